@@ -18,3 +18,6 @@ from .errors import (  # noqa: F401
     TargetError,
     UnsupportedOpError,
 )
+
+from .math import *  # noqa: E402,F401,F403  (the math floor is the top-level API)
+from .math import __all__ as _math_all  # noqa: E402

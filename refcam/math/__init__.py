@@ -1,4 +1,12 @@
 """The math floor of refcam: pure NumPy/SciPy functions, one per formula.
 
 Nothing in this package imports onnx, onnxruntime or any other floor of refcam.
+Each submodule defines ``__all__``; this package re-exports all of them.
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []
+
+# Each submodule adds one block below (keep one import line per submodule):
+# from .blocks import *  ; __all__ += blocks.__all__
