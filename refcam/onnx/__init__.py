@@ -12,10 +12,10 @@ It produces arrays (outputs, activations, head models, targets) and does no CAM 
 
 from __future__ import annotations
 
-from .head import cut_head
+from .head import LinearHead, cut_head, linear_head
 from .layers import LayerInfo
 from .model import Forward, Model, load, max_ir_version
 from .targets import Targets, TopK, resolve_targets
 
 __all__ = ["Model", "Forward", "load", "max_ir_version", "LayerInfo", "cut_head",
-           "Targets", "TopK", "resolve_targets"]
+           "Targets", "TopK", "resolve_targets", "LinearHead", "linear_head"]

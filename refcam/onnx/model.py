@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 
 from .. import _validate as V
 from ..errors import InvalidArgumentError, ModelError, ShapeError
-from .head import cut_head
+from .head import cut_head, linear_head
 from .layers import LayerInfo, default_layer, discover_layers, resolve_layer
 
 __all__ = ["Model", "Forward", "load", "max_ir_version", "LAYOUTS"]
@@ -454,6 +454,12 @@ class Model:
                 memory_budget=self.memory_budget, max_sessions=2,
             )
         return self._heads[li.name]
+
+    def linear_head(self, layer: str | LayerInfo):
+        """The GAP → linear head after ``layer`` (see :func:`refcam.onnx.head.linear_head`)."""
+        li = self.layer(layer)
+        return linear_head(self.proto.graph, li.name, self.output_name, rank=li.rank or 4,
+                           channels_last=self.channels_last)
 
     def __repr__(self) -> str:
         return (f"Model(input={self.input_name!r} {self.input_shape}, output={self.output_name!r}, "
