@@ -372,7 +372,7 @@ class Model:
         -------
         dict mapping each resolved tensor name to an array with leading axis ``N``.
         """
-        x = inputs if checked else self.check_inputs(inputs)
+        x = np.ascontiguousarray(inputs) if checked else self.check_inputs(inputs)
         names = self._resolve_names(names if names is not None else [self.output_name])
         run_names = [n for n in names if n != self.input_name]
         n = x.shape[0]
