@@ -10,3 +10,8 @@ __all__: list[str] = []
 
 # Each submodule adds one block below (keep one import line per submodule):
 # from .blocks import *  ; __all__ += blocks.__all__
+
+from . import post  # noqa: E402
+from .post import *  # noqa: E402,F401,F403
+
+__all__ += post.__all__
