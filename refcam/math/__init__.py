@@ -11,7 +11,14 @@ __all__: list[str] = []
 # Each submodule adds one block below (keep one import line per submodule):
 # from .blocks import *  ; __all__ += blocks.__all__
 
-from . import post  # noqa: E402
 from .post import *  # noqa: E402,F401,F403
+from .post import __all__ as _post_all  # noqa: E402
 
-__all__ += post.__all__
+__all__ += _post_all
+
+# NB: the function refcam.math.saliency shadows the submodule attribute of the same name
+# (import the module as ``from refcam.math.saliency import ...``, which uses sys.modules).
+from .saliency import *  # noqa: E402,F401,F403
+from .saliency import __all__ as _saliency_all  # noqa: E402
+
+__all__ += _saliency_all
