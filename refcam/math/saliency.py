@@ -72,6 +72,12 @@ def _broadcast_baseline(baseline: Any, inputs: np.ndarray) -> np.ndarray:
     return b
 
 
+def _common_dtype(*arrays: np.ndarray, baseline: np.ndarray) -> np.dtype:
+    """Result dtype; a scalar (0-d) baseline does not promote (0.0 with float32 stays float32)."""
+    dtypes = [a.dtype for a in arrays] + ([baseline.dtype] if baseline.ndim else [])
+    return np.result_type(*dtypes)
+
+
 def channel_max_saliency(input_gradients: Any) -> np.ndarray:
     r"""Image-specific class saliency map: the largest gradient magnitude over colour channels.
 
@@ -365,7 +371,8 @@ def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
 
     Returns
     -------
-    ndarray, shape ``(N, n_steps, C, *S)``, common dtype of ``inputs`` and ``baseline``.
+    ndarray, shape ``(N, n_steps, C, *S)``, common dtype of ``inputs`` and ``baseline`` (a
+    scalar baseline does not promote: float32 inputs with ``baseline=0.0`` stay float32).
 
     Examples
     --------
@@ -378,7 +385,7 @@ def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
     check_ndim(a, "alphas", min_ndim=1, max_ndim=1, layout="(n_steps,) with n_steps >= 1")
     if a.size == 0:
         raise ShapeError("alphas", a.shape, "(n_steps,) with n_steps >= 1")
-    dtype = np.result_type(x.dtype, b.dtype)
+    dtype = _common_dtype(x, baseline=b)
     x = x.astype(dtype, copy=False)
     b = np.broadcast_to(b.astype(dtype, copy=False), x.shape)
     a = a.astype(dtype, copy=False).reshape((1, -1) + (1,) * (x.ndim - 1))
@@ -414,7 +421,8 @@ def integrated_gradients(path_gradients: Any, inputs: Any, baseline: Any, rule: 
 
     Returns
     -------
-    ndarray, shape ``(N, C, *S)``, common dtype of the arguments.
+    ndarray, shape ``(N, C, *S)``, common dtype of the arguments (a scalar baseline does
+    not promote).
 
     Examples
     --------
@@ -432,7 +440,7 @@ def integrated_gradients(path_gradients: Any, inputs: Any, baseline: Any, rule: 
     if g.shape != expected:
         raise ShapeError("path_gradients", g.shape, f"(N, n_steps, C, *S) = {expected} to match inputs {x.shape}")
     _, weights = integration_points(g.shape[1], rule)
-    dtype = np.result_type(x.dtype, g.dtype, b.dtype)
+    dtype = _common_dtype(x, g, baseline=b)
     w = weights.astype(dtype).reshape((1, -1) + (1,) * (x.ndim - 1))
     avg = np.sum(w * g.astype(dtype, copy=False), axis=1)
     return (x.astype(dtype, copy=False) - b.astype(dtype, copy=False)) * avg
