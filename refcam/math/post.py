@@ -15,7 +15,8 @@ Peer conventions (read from the peers' source; the presets in the front floor na
 pytorch-grad-cam (``pytorch_grad_cam/utils/image.py``, ``scale_cam_image``)
     per image: ``img - min(img)`` then ``/ (1e-7 + max(img - min))``, i.e.
     :math:`(x-\min)/(\max-\min+10^{-7})` = ``normalize(m, "minmax", eps=1e-7)``, computed in
-    float32, then ``cv2.resize(img, (W, H))`` (``INTER_LINEAR``) = ``upsample(m, (H, W), "linear")``.
+    float32, then ``cv2.resize(img, (W, H))`` (``INTER_LINEAR``) =
+    ``upsample(m, (H, W), "linear")``.
     In ``base_cam.py`` each layer's map is ReLU'd (``np.maximum(cam, 0)``) *before* this
     scaling; ``aggregate_multi_layers`` then concatenates the per-layer scaled maps, applies
     ReLU again, takes the **mean over layers** and calls ``scale_cam_image`` once more.
@@ -34,7 +35,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._validate import as_float_array, choice, maps as _maps, nonnegative_float, positive_int
+from .._validate import as_float_array, choice, nonnegative_float, positive_int
+from .._validate import maps as _maps
 from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = ["relu", "normalize", "interpolation_matrix", "upsample", "fuse"]
@@ -156,7 +158,7 @@ def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
         num = xs
         den = np.sum(np.abs(xs), axis=axes, keepdims=True)
     if eps > 0:
-        # eps / scale in float64, clipped to the dtype's range (a huge term just drives the result to 0)
+        # eps / scale in float64, clipped to the dtype's range (a huge term only drives out to 0)
         eps_scaled = np.minimum(eps / scale.astype(np.float64), np.finfo(x.dtype).max)
         den = den + eps_scaled.astype(x.dtype)
     out = np.zeros_like(num)
@@ -259,7 +261,11 @@ def interpolation_matrix(in_size: int, out_size: int, mode: str = "linear") -> n
 
 def _size(size: Any, name: str = "size") -> tuple[int, ...]:
     expected = "a non-empty sequence of positive integers (one per trailing spatial axis)"
-    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) and not isinstance(size, np.ndarray):
+    if (
+        isinstance(size, (str, bytes))
+        or not isinstance(size, Sequence)
+        and not isinstance(size, np.ndarray)
+    ):
         raise InvalidArgumentError(name, size, expected)
     items = list(np.asarray(size).ravel()) if isinstance(size, np.ndarray) else list(size)
     if not items:
@@ -296,7 +302,8 @@ def upsample(maps: Any, size: Sequence[int], mode: str = "linear") -> np.ndarray
 
     Parameters
     ----------
-    maps : array_like, shape ``(B_1, ..., B_m, *S_in)`` with ``m >= 1`` and ``len(S_in) == len(size)``
+    maps : array_like, shape ``(B_1, ..., B_m, *S_in)``
+        ``m >= 1`` batch-like axes, then ``len(size)`` spatial axes.
     size : sequence of int >= 1
         Output spatial size ``S_out``, e.g. ``(H, W)`` (numpy order, **not** OpenCV's ``(W, H)``).
     mode : {"linear", "linear-align-corners", "nearest", "nearest-exact"}
@@ -323,7 +330,9 @@ def upsample(maps: Any, size: Sequence[int], mode: str = "linear") -> np.ndarray
     nsp = len(out_size)
     if x.ndim < nsp + 1:
         raise ShapeError(
-            "maps", x.shape, f"at least one batch axis followed by {nsp} spatial axes (len(size) = {nsp})"
+            "maps",
+            x.shape,
+            f"at least one batch axis followed by {nsp} spatial axes (len(size) = {nsp})",
         )
     if any(s == 0 for s in x.shape):
         raise ShapeError("maps", x.shape, "every axis non-empty")
@@ -388,12 +397,18 @@ def fuse(maps_per_layer: Any, mode: str = "mean", *, gamma: float = 2.0) -> np.n
     mode = choice(mode, "mode", FUSE_MODES)
     g = nonnegative_float(gamma, "gamma")
     if isinstance(maps_per_layer, np.ndarray):
-        items = [maps_per_layer[i] for i in range(maps_per_layer.shape[0])] if maps_per_layer.ndim else []
+        items = (
+            [maps_per_layer[i] for i in range(maps_per_layer.shape[0])]
+            if maps_per_layer.ndim
+            else []
+        )
     elif isinstance(maps_per_layer, (list, tuple)):
         items = list(maps_per_layer)
     else:
         raise InvalidArgumentError(
-            "maps_per_layer", type(maps_per_layer).__name__, "a non-empty list of (N, *S) maps or an (L, N, *S) array"
+            "maps_per_layer",
+            type(maps_per_layer).__name__,
+            "a non-empty list of (N, *S) maps or an (L, N, *S) array",
         )
     if not items:
         raise InvalidArgumentError("maps_per_layer", maps_per_layer, "at least one layer map")
@@ -401,7 +416,9 @@ def fuse(maps_per_layer: Any, mode: str = "mean", *, gamma: float = 2.0) -> np.n
     for i, a in enumerate(arrays[1:], start=1):
         if a.shape != arrays[0].shape:
             raise ShapeError(
-                f"maps_per_layer[{i}]", a.shape, arrays[0].shape,
+                f"maps_per_layer[{i}]",
+                a.shape,
+                arrays[0].shape,
                 "every layer's map must already be at the common size (use upsample first)",
             )
     dtype = np.result_type(*arrays)

@@ -1,4 +1,4 @@
-r"""Gradient saliency: vanilla gradients, Guided Grad-CAM, SmoothGrad, Integrated Gradients, class models.
+r"""Gradient saliency: vanilla gradients, Guided Grad-CAM, SmoothGrad, Integrated Gradients, ...
 
 Everything here is the arithmetic *around* gradients of a class score :math:`S_c` with respect to
 the input image :math:`I` (layout ``(N, C, *S)``); the adapter/autodiff floors compute those
@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import as_float_array, check_ndim, check_same_shape, choice, nonnegative_float, positive_int
+from .._validate import (
+    as_float_array,
+    check_ndim,
+    check_same_shape,
+    choice,
+    nonnegative_float,
+    positive_int,
+)
 from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = [
@@ -54,7 +61,9 @@ def _images(x: Any, name: str) -> np.ndarray:
 def _samples(x: Any, name: str, what: str) -> np.ndarray:
     """Validate (N, n, C, *S) stacks of per-sample gradients."""
     arr = as_float_array(x, name)
-    check_ndim(arr, name, min_ndim=4, layout=f"(N, {what}, C, *S): batch, {what}, channels, spatial axes")
+    check_ndim(
+        arr, name, min_ndim=4, layout=f"(N, {what}, C, *S): batch, {what}, channels, spatial axes"
+    )
     if any(s == 0 for s in arr.shape):
         raise ShapeError(name, arr.shape, f"(N, {what}, C, *S) with every axis non-empty")
     return arr
@@ -62,7 +71,9 @@ def _samples(x: Any, name: str, what: str) -> np.ndarray:
 
 def _broadcast_baseline(baseline: Any, inputs: np.ndarray) -> np.ndarray:
     b = as_float_array(baseline, "baseline")
-    expected = f"a scalar or an array broadcastable to inputs {inputs.shape}, e.g. (C, *S) or (N, C, *S)"
+    expected = (
+        f"a scalar or an array broadcastable to inputs {inputs.shape}, e.g. (C, *S) or (N, C, *S)"
+    )
     try:
         shape = np.broadcast_shapes(b.shape, inputs.shape)
     except ValueError:
@@ -163,7 +174,7 @@ def guided_gradcam(guided_gradients: Any, cam_map: Any) -> np.ndarray:
     use :func:`refcam.math.post.upsample`), then fused with Guided Backpropagation
     :math:`G^c` by element-wise multiplication, broadcast over the channels:
 
-    .. math:: \text{Guided Grad-CAM}^c_{n,k,\mathbf{x}} = G^c_{n,k,\mathbf{x}}\; L^c_{n,\mathbf{x}} .
+    .. math:: \text{Guided-Grad-CAM}^c_{n,k,\mathbf{x}} = G^c_{n,k,\mathbf{x}}\, L^c_{n,\mathbf{x}}
 
     No normalisation is applied here (the map is used as given, e.g. after ReLU).
 
@@ -189,8 +200,12 @@ def guided_gradcam(guided_gradients: Any, cam_map: Any) -> np.ndarray:
     m = as_float_array(cam_map, "cam_map")
     expected = (g.shape[0],) + g.shape[2:]
     if m.shape != expected:
-        raise ShapeError("cam_map", m.shape, expected,
-                         "(N, *S_in) matching guided_gradients; upsample the CAM to the input size first")
+        raise ShapeError(
+            "cam_map",
+            m.shape,
+            expected,
+            "(N, *S_in) matching guided_gradients; upsample the CAM to the input size first",
+        )
     return g * m[:, None]
 
 
@@ -200,11 +215,15 @@ def _rng(seed: Any) -> np.random.Generator:
     if seed is None:
         return np.random.default_rng()
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InvalidArgumentError("seed", seed, "a non-negative integer, None or a numpy.random.Generator")
+        raise InvalidArgumentError(
+            "seed", seed, "a non-negative integer, None or a numpy.random.Generator"
+        )
     return np.random.default_rng(int(seed))
 
 
-def smoothgrad_inputs(inputs: Any, n_samples: int, noise_level: float = 0.15, seed: Any = 0) -> np.ndarray:
+def smoothgrad_inputs(
+    inputs: Any, n_samples: int, noise_level: float = 0.15, seed: Any = 0
+) -> np.ndarray:
     r"""Noisy copies of each input for SmoothGrad: :math:`x + \mathcal N(0, \sigma^2)`.
 
     Smilkov, Thorat, Kim, Viégas & Wattenberg (2017), "SmoothGrad: removing noise by adding
@@ -289,19 +308,19 @@ def smoothgrad(gradient_samples: Any, *, square: bool = False) -> np.ndarray:
 
 
 def integration_points(n_steps: int, rule: str = "gauss-legendre") -> tuple[np.ndarray, np.ndarray]:
-    r"""Nodes :math:`\alpha_m` and weights :math:`w_m` with :math:`\int_0^1 f \approx \sum_m w_m f(\alpha_m)`.
+    r"""Quadrature nodes and weights: :math:`\int_0^1 f \approx \sum_m w_m f(\alpha_m)`.
 
     With :math:`n` = ``n_steps`` and :math:`m = 0..n-1`:
 
     .. math::
 
         \begin{array}{lll}
-        \text{riemann-left}   & \alpha_m = m/n            & w_m = 1/n \\
-        \text{riemann-right}  & \alpha_m = (m+1)/n        & w_m = 1/n \\
-        \text{riemann-middle} & \alpha_m = (m+\tfrac12)/n & w_m = 1/n \\
-        \text{trapezoid}      & \alpha_m = m/(n-1)        & w_m = 1/(n-1),\ w_0 = w_{n-1} = 1/(2(n-1)) \\
-        \text{trapezoid-captum} & \alpha_m = m/(n-1)      & w_m = 1/n,\ w_0 = w_{n-1} = 1/(2n) \\
-        \text{gauss-legendre} & \alpha_m = (1 + t_m)/2    & w_m = \omega_m / 2
+        \text{riemann-left}     & \alpha_m = m/n            & w_m = 1/n \\
+        \text{riemann-right}    & \alpha_m = (m+1)/n        & w_m = 1/n \\
+        \text{riemann-middle}   & \alpha_m = (m+\tfrac12)/n & w_m = 1/n \\
+        \text{trapezoid}        & \alpha_m = m/(n-1)        & w_m = 1/(n-1),\ \text{ends halved} \\
+        \text{trapezoid-captum} & \alpha_m = m/(n-1)        & w_m = 1/n,\ \text{ends halved} \\
+        \text{gauss-legendre}   & \alpha_m = (1 + t_m)/2    & w_m = \omega_m / 2
         \end{array}
 
     where :math:`(t_m, \omega_m)` is the :math:`n`-point Gauss--Legendre rule on
@@ -321,7 +340,8 @@ def integration_points(n_steps: int, rule: str = "gauss-legendre") -> tuple[np.n
     Parameters
     ----------
     n_steps : int >= 1 (>= 2 for the trapezoid rules)
-    rule : {"riemann-left", "riemann-right", "riemann-middle", "trapezoid", "trapezoid-captum", "gauss-legendre"}
+    rule : str
+        One of the six names in the table (``INTEGRATION_RULES``).
 
     Returns
     -------
@@ -392,7 +412,9 @@ def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
     return b[:, None] + a * (x - b)[:, None]
 
 
-def integrated_gradients(path_gradients: Any, inputs: Any, baseline: Any, rule: str = "gauss-legendre") -> np.ndarray:
+def integrated_gradients(
+    path_gradients: Any, inputs: Any, baseline: Any, rule: str = "gauss-legendre"
+) -> np.ndarray:
     r"""Integrated Gradients from gradients sampled along the straight path.
 
     Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks", Eq. 1:
@@ -426,7 +448,7 @@ def integrated_gradients(path_gradients: Any, inputs: Any, baseline: Any, rule: 
 
     Examples
     --------
-    >>> # F(x) = x^2 at x = 3, baseline 0: dF/dx on the path = 2 alpha 3; IG = 3 * 3 = 9 = F(3) - F(0)
+    >>> # F(x) = x^2 at x = 3, baseline 0: path gradient 2 * 3 alpha; IG = 3 * 3 = 9 = F(3) - F(0)
     >>> x = np.full((1, 1, 1), 3.0)
     >>> alphas, _ = integration_points(2, "gauss-legendre")
     >>> grads = 2 * path_inputs(x, 0.0, alphas)
@@ -438,7 +460,9 @@ def integrated_gradients(path_gradients: Any, inputs: Any, baseline: Any, rule: 
     b = _broadcast_baseline(baseline, x)
     expected = (x.shape[0], g.shape[1]) + x.shape[1:]
     if g.shape != expected:
-        raise ShapeError("path_gradients", g.shape, f"(N, n_steps, C, *S) = {expected} to match inputs {x.shape}")
+        raise ShapeError(
+            "path_gradients", g.shape, f"(N, n_steps, C, *S) = {expected} to match inputs {x.shape}"
+        )
     _, weights = integration_points(g.shape[1], rule)
     dtype = _common_dtype(x, g, baseline=b)
     w = weights.astype(dtype).reshape((1, -1) + (1,) * (x.ndim - 1))
@@ -471,7 +495,8 @@ def class_model_step(image: Any, gradient: Any, *, learning_rate: float, l2: flo
 
     Examples
     --------
-    >>> class_model_step(np.full((1, 1, 1), 2.0), np.full((1, 1, 1), 1.0), learning_rate=0.5, l2=0.25)
+    >>> image, grad = np.full((1, 1, 1), 2.0), np.full((1, 1, 1), 1.0)
+    >>> class_model_step(image, grad, learning_rate=0.5, l2=0.25)   # 2 + .5 (1 - 2 * .25 * 2)
     array([[[2.]]])
     """
     i = _images(image, "image")

@@ -4,7 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 
@@ -17,8 +18,11 @@ finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
 
 
 def batch_maps(min_dims=2, max_dims=4, dtype=np.float64, elements=finite):
-    return hnp.arrays(dtype, hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=5),
-                      elements=elements)
+    return hnp.arrays(
+        dtype,
+        hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=5),
+        elements=elements,
+    )
 
 
 # ----------------------------------------------------------------------------------------- relu
@@ -65,10 +69,16 @@ def test_normalize_other_modes_hand_cases():
 
 def test_normalize_eps_peer_conventions():
     # (x - min)/(max - min + eps): min 0, max 3, eps 1 -> x/4
-    np.testing.assert_array_equal(normalize(np.array([[0.0, 1.0, 3.0]]), eps=1.0), [[0.0, 0.25, 0.75]])
+    np.testing.assert_array_equal(
+        normalize(np.array([[0.0, 1.0, 3.0]]), eps=1.0), [[0.0, 0.25, 0.75]]
+    )
     # max: x/(max|x| + eps) = x/4 ; sum: x/(6 + 2) = x/8
-    np.testing.assert_array_equal(normalize(np.array([[-3.0, 1.0]]), "max", eps=1.0), [[-0.75, 0.25]])
-    np.testing.assert_array_equal(normalize(np.array([[-3.0, 3.0]]), "sum", eps=2.0), [[-0.375, 0.375]])
+    np.testing.assert_array_equal(
+        normalize(np.array([[-3.0, 1.0]]), "max", eps=1.0), [[-0.75, 0.25]]
+    )
+    np.testing.assert_array_equal(
+        normalize(np.array([[-3.0, 3.0]]), "sum", eps=2.0), [[-0.375, 0.375]]
+    )
 
 
 @pytest.mark.parametrize("eps", [1e-7, 1e-8])
@@ -100,7 +110,9 @@ def test_normalize_extreme_values_stay_finite():
         out = normalize(np.array([[-big, 0.0, big]]))
         np.testing.assert_array_equal(out, [[0.0, 0.5, 1.0]])
         f32 = np.array([[0.0, np.finfo(np.float32).smallest_subnormal]], np.float32)
-        out32 = normalize(f32, eps=1.0)  # eps dwarfs the range: result ~0, finite, no overflow warning
+        out32 = normalize(
+            f32, eps=1.0
+        )  # eps dwarfs the range: result ~0, finite, no overflow warning
         assert out32.dtype == np.float32 and np.isfinite(out32).all()
         np.testing.assert_array_equal(normalize(f32), [[0.0, 1.0]])
 
@@ -125,10 +137,14 @@ def test_normalize_range_and_batch_independence(x):
         else:
             assert np.abs(out).max() <= 1
         for i in range(x.shape[0]):
-            np.testing.assert_array_equal(out[i], normalize(x[i:i + 1], mode)[0])
+            np.testing.assert_array_equal(out[i], normalize(x[i : i + 1], mode)[0])
 
 
-@given(batch_maps(dtype=np.float32, elements=st.floats(allow_nan=False, allow_infinity=False, width=32)))
+@given(
+    batch_maps(
+        dtype=np.float32, elements=st.floats(allow_nan=False, allow_infinity=False, width=32)
+    )
+)
 def test_normalize_float32_preserved(x):
     assert normalize(x).dtype == np.float32
     assert normalize(x, eps=1e-7).dtype == np.float32
@@ -148,25 +164,34 @@ def test_normalize_errors_name_argument():
 # ------------------------------------------------------------------------ interpolation_matrix
 def test_interpolation_matrix_hand_cases():
     # half-pixel 2 -> 4: u = (d + .5)/2 - .5 = [-.25->0, .25, .75, 1.25->i0=1 clamped]
-    np.testing.assert_array_equal(interpolation_matrix(2, 4), [[1, 0], [.75, .25], [.25, .75], [0, 1]])
+    np.testing.assert_array_equal(
+        interpolation_matrix(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]]
+    )
     # half-pixel 4 -> 2: u = (d + .5)*2 - .5 = [.5, 2.5] -> averages of neighbours (= area for 2x)
-    np.testing.assert_array_equal(interpolation_matrix(4, 2), [[.5, .5, 0, 0], [0, 0, .5, .5]])
+    np.testing.assert_array_equal(interpolation_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
     # half-pixel 3 -> 2: u = (d + .5)*1.5 - .5 = [.25, 1.75]
-    np.testing.assert_array_equal(interpolation_matrix(3, 2), [[.75, .25, 0], [0, .25, .75]])
+    np.testing.assert_array_equal(interpolation_matrix(3, 2), [[0.75, 0.25, 0], [0, 0.25, 0.75]])
     # align corners 2 -> 3: u = d * 1/2
-    np.testing.assert_array_equal(interpolation_matrix(2, 3, "linear-align-corners"),
-                                  [[1, 0], [.5, .5], [0, 1]])
+    np.testing.assert_array_equal(
+        interpolation_matrix(2, 3, "linear-align-corners"), [[1, 0], [0.5, 0.5], [0, 1]]
+    )
     # align corners 3 -> 2: u = d * 2/1 = [0, 2];  n_out = 1 -> u = 0
-    np.testing.assert_array_equal(interpolation_matrix(3, 2, "linear-align-corners"), [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(
+        interpolation_matrix(3, 2, "linear-align-corners"), [[1, 0, 0], [0, 0, 1]]
+    )
     np.testing.assert_array_equal(interpolation_matrix(3, 1, "linear-align-corners"), [[1, 0, 0]])
     # half-pixel 3 -> 1: u = .5*3 - .5 = 1 -> the middle sample
     np.testing.assert_array_equal(interpolation_matrix(3, 1), [[0, 1, 0]])
     # nearest 3 -> 2: floor(d*1.5) = [0, 1];  nearest-exact: floor((d+.5)*1.5) = [0, 2]
     np.testing.assert_array_equal(interpolation_matrix(3, 2, "nearest"), [[1, 0, 0], [0, 1, 0]])
-    np.testing.assert_array_equal(interpolation_matrix(3, 2, "nearest-exact"), [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(
+        interpolation_matrix(3, 2, "nearest-exact"), [[1, 0, 0], [0, 0, 1]]
+    )
     # nearest 2 -> 5: floor(d*.4) = [0,0,0,1,1];  nearest-exact floor((d+.5)*.4) = [0,0,1,1,1]
     np.testing.assert_array_equal(interpolation_matrix(2, 5, "nearest").argmax(1), [0, 0, 0, 1, 1])
-    np.testing.assert_array_equal(interpolation_matrix(2, 5, "nearest-exact").argmax(1), [0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(
+        interpolation_matrix(2, 5, "nearest-exact").argmax(1), [0, 0, 1, 1, 1]
+    )
     # 1 -> n: every mode replicates the single sample
     for mode in UP_MODES:
         np.testing.assert_array_equal(interpolation_matrix(1, 3, mode), np.ones((3, 1)))
@@ -191,11 +216,14 @@ def test_linear_reproduces_affine_functions_inside(n_in, n_out):
     x = 3.0 * np.arange(n_in) - 2.0
     u = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
     inside = (u >= 0) & (u <= n_in - 1)
-    np.testing.assert_allclose((interpolation_matrix(n_in, n_out) @ x)[inside], 3 * u[inside] - 2, atol=1e-9)
+    np.testing.assert_allclose(
+        (interpolation_matrix(n_in, n_out) @ x)[inside], 3 * u[inside] - 2, atol=1e-9
+    )
     # align corners: u = d (n_in-1)/(n_out-1), always inside
     ua = np.arange(n_out) * (n_in - 1) / (n_out - 1)
-    np.testing.assert_allclose(interpolation_matrix(n_in, n_out, "linear-align-corners") @ x, 3 * ua - 2,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        interpolation_matrix(n_in, n_out, "linear-align-corners") @ x, 3 * ua - 2, atol=1e-9
+    )
 
 
 @given(st.integers(1, 30), st.integers(1, 30))
@@ -220,10 +248,15 @@ def test_upsample_1d_hand_case():
     # 2 -> 4 half-pixel: [a, .75a + .25b, .25a + .75b, b] with a = 4, b = 8
     np.testing.assert_array_equal(upsample(np.array([[4.0, 8.0]]), (4,)), [[4.0, 5.0, 7.0, 8.0]])
     # align corners 2 -> 3: [a, (a+b)/2, b]
-    np.testing.assert_array_equal(upsample(np.array([[4.0, 8.0]]), [3], "linear-align-corners"),
-                                  [[4.0, 6.0, 8.0]])
-    np.testing.assert_array_equal(upsample(np.array([[4.0, 8.0]]), (5,), "nearest"), [[4, 4, 4, 8, 8]])
-    np.testing.assert_array_equal(upsample(np.array([[4.0, 8.0]]), (5,), "nearest-exact"), [[4, 4, 8, 8, 8]])
+    np.testing.assert_array_equal(
+        upsample(np.array([[4.0, 8.0]]), [3], "linear-align-corners"), [[4.0, 6.0, 8.0]]
+    )
+    np.testing.assert_array_equal(
+        upsample(np.array([[4.0, 8.0]]), (5,), "nearest"), [[4, 4, 4, 8, 8]]
+    )
+    np.testing.assert_array_equal(
+        upsample(np.array([[4.0, 8.0]]), (5,), "nearest-exact"), [[4, 4, 8, 8, 8]]
+    )
 
 
 def test_upsample_2d_bilinear_hand_case():
@@ -242,10 +275,14 @@ def test_upsample_leading_axes_are_batch_like():
     assert out.shape == (2, 3, 7, 3)
     for n in range(2):
         for k in range(3):
-            np.testing.assert_allclose(out[n, k], upsample(masks[n, k][None], (7, 3))[0], rtol=1e-15)
+            np.testing.assert_allclose(
+                out[n, k], upsample(masks[n, k][None], (7, 3))[0], rtol=1e-15
+            )
     # and equals the explicit separable product W_h X W_w^T
     wh, ww = interpolation_matrix(4, 7), interpolation_matrix(5, 3)
-    np.testing.assert_allclose(out, np.einsum("pi,nkij,qj->nkpq", wh, masks, ww), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(
+        out, np.einsum("pi,nkij,qj->nkpq", wh, masks, ww), rtol=1e-13, atol=1e-13
+    )
 
 
 def test_upsample_3d_trilinear_is_separable_product():
@@ -257,13 +294,21 @@ def test_upsample_3d_trilinear_is_separable_product():
     np.testing.assert_allclose(out[0], np.einsum("i,j,k->ijk", ua, ub, uc), rtol=1e-12, atol=1e-14)
 
 
-@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6)),
-                  elements=finite),
-       st.integers(1, 9), st.integers(1, 9))
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6)),
+        elements=finite,
+    ),
+    st.integers(1, 9),
+    st.integers(1, 9),
+)
 def test_upsample_2d_matches_scipy_zoom_grid_mode(x, h, w):
     out = upsample(x, (h, w))
     for n in range(x.shape[0]):
-        ref = ndimage.zoom(x[n], (h / x.shape[1], w / x.shape[2]), order=1, grid_mode=True, mode="nearest")
+        ref = ndimage.zoom(
+            x[n], (h / x.shape[1], w / x.shape[2]), order=1, grid_mode=True, mode="nearest"
+        )
         np.testing.assert_allclose(out[n], ref, rtol=1e-9, atol=1e-6)
 
 
@@ -274,8 +319,10 @@ def test_upsample_same_size_is_identity_copy(x, mode):
     assert out is not x and not np.shares_memory(out, x)
 
 
-@given(batch_maps(min_dims=2, max_dims=3, dtype=np.float32, elements=st.floats(-1e3, 1e3, width=32)),
-       st.sampled_from(UP_MODES))
+@given(
+    batch_maps(min_dims=2, max_dims=3, dtype=np.float32, elements=st.floats(-1e3, 1e3, width=32)),
+    st.sampled_from(UP_MODES),
+)
 def test_upsample_float32_preserved_and_bounded(x, mode):
     size = tuple(s + 2 for s in x.shape[1:])
     out = upsample(x, size, mode)
@@ -344,7 +391,9 @@ def test_fuse_dtype_promotion():
 
 
 def test_fuse_errors_name_argument():
-    with pytest.raises(ShapeError, match=r"maps_per_layer\[1\]: got shape \(1, 3\), expected \(1, 2\)"):
+    with pytest.raises(
+        ShapeError, match=r"maps_per_layer\[1\]: got shape \(1, 3\), expected \(1, 2\)"
+    ):
         fuse([np.ones((1, 2)), np.ones((1, 3))])
     with pytest.raises(InvalidArgumentError, match="maps_per_layer"):
         fuse([])

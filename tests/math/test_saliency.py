@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from refcam.errors import InvalidArgumentError, NonFiniteError, ShapeError
@@ -18,14 +19,21 @@ from refcam.math.saliency import (
     smoothgrad_inputs,
 )
 
-RULES = ("riemann-left", "riemann-right", "riemann-middle", "trapezoid", "trapezoid-captum", "gauss-legendre")
+RULES = (
+    "riemann-left",
+    "riemann-right",
+    "riemann-middle",
+    "trapezoid",
+    "trapezoid-captum",
+    "gauss-legendre",
+)
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
-images = hnp.arrays(np.float64, hnp.array_shapes(min_dims=3, max_dims=5, min_side=1, max_side=4), elements=finite)
+images = hnp.arrays(
+    np.float64, hnp.array_shapes(min_dims=3, max_dims=5, min_side=1, max_side=4), elements=finite
+)
 
 # (N=1, C=3, H=2, W=2) gradients; per pixel the channel values are listed in the comments
-G = np.array([[[[1.0, -4.0], [0.0, 2.0]],
-               [[-3.0, 1.0], [0.5, -2.0]],
-               [[2.0, 0.0], [-0.25, 1.0]]]])
+G = np.array([[[[1.0, -4.0], [0.0, 2.0]], [[-3.0, 1.0], [0.5, -2.0]], [[2.0, 0.0], [-0.25, 1.0]]]])
 
 
 # --------------------------------------------------------------------------- channel max / saliency
@@ -103,7 +111,7 @@ def test_guided_gradcam_shape_mismatch_names_cam_map():
 # ------------------------------------------------------------------------------------ smoothgrad
 def test_smoothgrad_inputs_is_the_documented_draw():
     x = np.zeros((2, 1, 2, 2))
-    x[0, 0, 0, 0] = 2.0           # sample 0: range 2  -> sigma = .15 * 2 = .3
+    x[0, 0, 0, 0] = 2.0  # sample 0: range 2  -> sigma = .15 * 2 = .3
     x[1, 0] = [[-1.0, 9.0], [0.0, 0.0]]  # sample 1: range 10 -> sigma = 1.5
     out = smoothgrad_inputs(x, 3, noise_level=0.15, seed=7)
     noise = np.random.default_rng(7).standard_normal((2, 3, 1, 2, 2))
@@ -121,7 +129,7 @@ def test_smoothgrad_inputs_noise_statistics():
     noise = out - x[:, None]
     for n in range(2):
         sigma = 0.2 * (x[n].max() - x[n].min())
-        assert abs(noise[n].std() / sigma - 1) < 0.02   # 96 000 draws: relative s.e. ~0.2 %
+        assert abs(noise[n].std() / sigma - 1) < 0.02  # 96 000 draws: relative s.e. ~0.2 %
         assert abs(noise[n].mean()) < 0.02 * sigma
 
 
@@ -131,7 +139,9 @@ def test_smoothgrad_inputs_constant_and_zero_noise_are_exact_and_dtype_kept():
     assert out.dtype == np.float32 and out.shape == (1, 4, 2, 3)
     np.testing.assert_array_equal(out, 5.0)
     y = np.arange(6.0).reshape(1, 2, 3)
-    np.testing.assert_array_equal(smoothgrad_inputs(y, 2, noise_level=0.0), np.stack([y, y], axis=1))
+    np.testing.assert_array_equal(
+        smoothgrad_inputs(y, 2, noise_level=0.0), np.stack([y, y], axis=1)
+    )
     gen = np.random.default_rng(3)
     assert smoothgrad_inputs(y, 2, seed=gen).shape == (1, 2, 2, 3)
 
@@ -139,8 +149,10 @@ def test_smoothgrad_inputs_constant_and_zero_noise_are_exact_and_dtype_kept():
 def test_smoothgrad_hand_cases():
     # n = 2 samples of a (C=1, 1, 2) gradient: [1, -2] and [3, 4]
     g = np.array([[[[[1.0, -2.0]]], [[[3.0, 4.0]]]]])
-    np.testing.assert_array_equal(smoothgrad(g), [[[[2.0, 1.0]]]])            # means
-    np.testing.assert_array_equal(smoothgrad(g, square=True), [[[[5.0, 10.0]]]])  # (1+9)/2, (4+16)/2
+    np.testing.assert_array_equal(smoothgrad(g), [[[[2.0, 1.0]]]])  # means
+    np.testing.assert_array_equal(
+        smoothgrad(g, square=True), [[[[5.0, 10.0]]]]
+    )  # (1+9)/2, (4+16)/2
     assert smoothgrad(g.astype(np.float32)).dtype == np.float32
 
 
@@ -164,7 +176,8 @@ def test_smoothgrad_errors_name_argument():
 # ----------------------------------------------------------------------------- integration points
 def test_integration_points_hand_cases():
     a, w = integration_points(4, "riemann-left")
-    np.testing.assert_array_equal(a, [0.0, 0.25, 0.5, 0.75]); np.testing.assert_array_equal(w, [0.25] * 4)
+    np.testing.assert_array_equal(a, [0.0, 0.25, 0.5, 0.75])
+    np.testing.assert_array_equal(w, [0.25] * 4)
     a, w = integration_points(4, "riemann-right")
     np.testing.assert_array_equal(a, [0.25, 0.5, 0.75, 1.0])
     a, w = integration_points(4, "riemann-middle")
@@ -177,7 +190,8 @@ def test_integration_points_hand_cases():
     np.testing.assert_array_equal(a, [0.0, 0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(w, [0.1, 0.2, 0.2, 0.2, 0.1], rtol=1e-15)
     a, w = integration_points(1, "gauss-legendre")
-    np.testing.assert_array_equal(a, [0.5]); np.testing.assert_array_equal(w, [1.0])
+    np.testing.assert_array_equal(a, [0.5])
+    np.testing.assert_array_equal(w, [1.0])
     # 2-point Gauss-Legendre: t = -+1/sqrt(3) -> alpha = 1/2 -+ 1/(2 sqrt 3)
     a, w = integration_points(2, "gauss-legendre")
     np.testing.assert_allclose(a, [0.5 - 0.5 / np.sqrt(3), 0.5 + 0.5 / np.sqrt(3)], rtol=1e-15)
@@ -204,8 +218,12 @@ def test_gauss_legendre_exact_for_degree_up_to_2n_minus_1(n):
 def test_riemann_and_trapezoid_errors_on_linear_integrand(n):
     # integral of alpha over [0,1] = 1/2; left sum = (n-1)/(2n), right = (n+1)/(2n); middle and
     # trapezoid are exact on linear functions
-    for rule, value in (("riemann-left", (n - 1) / (2 * n)), ("riemann-right", (n + 1) / (2 * n)),
-                        ("riemann-middle", 0.5), ("trapezoid", 0.5)):
+    for rule, value in (
+        ("riemann-left", (n - 1) / (2 * n)),
+        ("riemann-right", (n + 1) / (2 * n)),
+        ("riemann-middle", 0.5),
+        ("trapezoid", 0.5),
+    ):
         a, w = integration_points(n, rule)
         np.testing.assert_allclose(np.sum(w * a), value, rtol=1e-13)
 
@@ -243,15 +261,21 @@ def test_integrated_gradients_hand_case():
     # F(x) = x1^2 + 3 x2 at x = (1, 2), baseline 0.  dF/dx on the path = (2 alpha, 3).
     # Exact IG = (1 * 2 * 1/2, 2 * 3) = (1, 6), sum 7 = F(x) - F(0).
     x = np.array([[[1.0, 2.0]]])
+
     def grads(alphas):
         p = path_inputs(x, 0.0, alphas)
         return np.stack([2 * p[..., 0], np.full_like(p[..., 1], 3.0)], axis=-1)
+
     for rule in ("gauss-legendre", "riemann-middle", "trapezoid"):
         alphas, _ = integration_points(3, rule)
-        np.testing.assert_allclose(integrated_gradients(grads(alphas), x, 0.0, rule), [[[1.0, 6.0]]], rtol=1e-14)
+        np.testing.assert_allclose(
+            integrated_gradients(grads(alphas), x, 0.0, rule), [[[1.0, 6.0]]], rtol=1e-14
+        )
     # right Riemann with 2 steps: IG1 = 1 * (2*.5*.5 + 2*1*.5) = 1.5 (the paper's Sect. 5 sum)
     alphas, _ = integration_points(2, "riemann-right")
-    np.testing.assert_allclose(integrated_gradients(grads(alphas), x, 0.0, "riemann-right"), [[[1.5, 6.0]]])
+    np.testing.assert_allclose(
+        integrated_gradients(grads(alphas), x, 0.0, "riemann-right"), [[[1.5, 6.0]]]
+    )
 
 
 @given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 2**31 - 1))
@@ -262,12 +286,17 @@ def test_integrated_gradients_completeness_exact_for_gauss_legendre(n_points, c,
     shape = (2, c, 3, 2)
     a, b, d = (rng.normal(size=shape[1:]) for _ in range(3))
     x, base = rng.normal(size=shape), rng.normal(size=shape[1:])
-    F = lambda z: np.sum(a * z**3 + b * z**2 + d * z, axis=tuple(range(1, z.ndim)))
+
+    def F(z):
+        return np.sum(a * z**3 + b * z**2 + d * z, axis=tuple(range(1, z.ndim)))
+
     n = n_points + 1
     alphas, _ = integration_points(n, "gauss-legendre")
     p = path_inputs(x, base, alphas)
     ig = integrated_gradients(3 * a * p**2 + 2 * b * p + d, x, base)
-    np.testing.assert_allclose(ig.reshape(2, -1).sum(1), F(x) - F(base[None]), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        ig.reshape(2, -1).sum(1), F(x) - F(base[None]), rtol=1e-10, atol=1e-10
+    )
 
 
 def test_integrated_gradients_riemann_converges_at_first_order():
@@ -275,10 +304,14 @@ def test_integrated_gradients_riemann_converges_at_first_order():
     errors = []
     for n in (10, 20, 40):
         alphas, _ = integration_points(n, "riemann-left")
-        ig = integrated_gradients(3 * path_inputs(x, 0.0, alphas) ** 2, x, 0.0, "riemann-left")  # F = x^3
+        ig = integrated_gradients(
+            3 * path_inputs(x, 0.0, alphas) ** 2, x, 0.0, "riemann-left"
+        )  # F = x^3
         errors.append(8.0 - ig[0, 0, 0])
     # left sum of 3 (2 alpha)^2 * 2 = 24 alpha^2:  error = 24 (1/(2n) - 1/(6 n^2))
-    np.testing.assert_allclose(errors, [24 * (1 / (2 * n) - 1 / (6 * n**2)) for n in (10, 20, 40)], rtol=1e-12)
+    np.testing.assert_allclose(
+        errors, [24 * (1 / (2 * n) - 1 / (6 * n**2)) for n in (10, 20, 40)], rtol=1e-12
+    )
 
 
 def test_integrated_gradients_dtype_and_errors():
@@ -311,8 +344,11 @@ def test_class_model_step_hand_cases():
     out = class_model_step(np.ones((1, 1, 1)), np.full((1, 1, 1), 3.0), learning_rate=0.1, l2=0.5)
     np.testing.assert_allclose(out, [[[1.2]]], rtol=1e-15)
     # lambda 0: plain ascent 1 + .1 * 3
-    np.testing.assert_allclose(class_model_step(np.ones((1, 1, 1)), np.full((1, 1, 1), 3.0),
-                                                learning_rate=0.1, l2=0.0), [[[1.3]]], rtol=1e-15)
+    np.testing.assert_allclose(
+        class_model_step(np.ones((1, 1, 1)), np.full((1, 1, 1), 3.0), learning_rate=0.1, l2=0.0),
+        [[[1.3]]],
+        rtol=1e-15,
+    )
 
 
 def test_class_model_iteration_converges_to_regularised_optimum():
@@ -325,8 +361,9 @@ def test_class_model_iteration_converges_to_regularised_optimum():
 
 
 def test_class_model_step_dtype_and_errors():
-    out = class_model_step(np.ones((1, 1, 2), np.float32), np.ones((1, 1, 2), np.float32),
-                           learning_rate=0.1, l2=0.1)
+    out = class_model_step(
+        np.ones((1, 1, 2), np.float32), np.ones((1, 1, 2), np.float32), learning_rate=0.1, l2=0.1
+    )
     assert out.dtype == np.float32
     with pytest.raises(ShapeError, match="gradient"):
         class_model_step(np.ones((1, 1, 2)), np.ones((1, 1, 3)), learning_rate=0.1, l2=0.1)
