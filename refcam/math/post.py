@@ -111,8 +111,10 @@ def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
 
     Overflow-safe: each sample is first divided by the power of two just below its largest
     absolute value (``eps`` likewise), which is exact in binary floating point, so the result
-    is bit-identical to the direct formula whenever that formula does not overflow, and finite
-    for every finite input.
+    is bit-identical to the direct formula (in the input's dtype) unless that formula would
+    overflow or the scaled values fall into the subnormal range, and finite for every finite
+    input.  In particular the float32 results equal pytorch-grad-cam's and torchcam's float32
+    arithmetic bit for bit (tested).
 
     Parameters
     ----------
@@ -204,7 +206,9 @@ def interpolation_matrix(in_size: int, out_size: int, mode: str = "linear") -> n
     :math:`i = \min(\lfloor (d + \tfrac12)\, s \rfloor, n_{in}-1)`.
 
     Torch evaluates :math:`s` in the tensor's floating type, so in rare cases where
-    :math:`d\,s` is an exact integer its nearest index can differ from this exact one.
+    :math:`d\,s` is an exact integer its nearest index can differ from this exact one; and
+    torch called with ``scale_factor=`` (instead of ``size=``) uses
+    :math:`s = 1/\text{scale\_factor}` unless ``recompute_scale_factor=True``.
 
     Parameters
     ----------
