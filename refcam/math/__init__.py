@@ -16,9 +16,7 @@ from .post import __all__ as _post_all  # noqa: E402
 
 __all__ += _post_all
 
-# NB: the function refcam.math.saliency shadows the submodule attribute of the same name
-# (import the module as ``from refcam.math.saliency import ...``, which uses sys.modules).
-from .saliency import *  # noqa: E402,F401,F403
-from .saliency import __all__ as _saliency_all  # noqa: E402
+from .gradients import *  # noqa: E402,F401,F403
+from .gradients import __all__ as _gradients_all  # noqa: E402
 
-__all__ += _saliency_all
+__all__ += _gradients_all

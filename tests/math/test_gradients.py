@@ -1,4 +1,4 @@
-"""Tests of refcam.math.saliency."""
+"""Tests of refcam.math.gradients."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from refcam.errors import InvalidArgumentError, NonFiniteError, ShapeError
-from refcam.math.saliency import (
+from refcam.math.gradients import (
     channel_max_saliency,
     class_model_step,
     guided_gradcam,
