@@ -22,7 +22,7 @@ from .errors import (  # noqa: F401
 from .math import *  # noqa: E402,F401,F403  (the math floor is the top-level API)
 from .math import __all__ as _math_all  # noqa: E402
 
-_LAZY = {"explain": ("explain", "explain"), "Explanation": ("explain", "Explanation"),
+_LAZY = {"explain": ("explanation", "explain"), "Explanation": ("explanation", "Explanation"),
          "methods": ("methods", None), "onnx": ("onnx", None)}
 
 

@@ -90,13 +90,30 @@ def provide_class_weights(ctx: "Context") -> np.ndarray:
         raise ModelError(f"CAM: the head found after {ctx.layer.name!r} ({head.nodes}) does not reproduce the "
                          f"model output (max deviation {np.abs(y - out).max() if y.shape == out.shape else 'shape'})")
     ctx.arrays["linear_bias"] = head.bias
-    return head.weight[ctx.targets.classes]
+    # the graph stores the weights in the activations' precision: keep the activations' dtype
+    return head.weight[ctx.targets.classes].astype(a.dtype)
 
 
 # ------------------------------------------------------------------------- Score-CAM family
 def masks(activations: np.ndarray, size: tuple[int, ...], upsample_mode: str) -> np.ndarray:
-    """Score-CAM masks ``H^k`` ``(N, K, *size)`` of a channel chunk, from the math floor."""
-    return M.scorecam_masks(activations, size, upsample_mode=upsample_mode)
+    r"""Score-CAM masks ``H^k`` ``(N, K, *size)`` of a channel chunk.
+
+    :math:`H^k = s(\mathrm{Up}(A^k))` with :math:`s(M) = (M - \min M) / (\max M - \min M)` per
+    channel (Wang et al. 2020, Sec. 3.3 / Algorithm 1: upsample, then normalise); a constant channel
+    gives an all-zero mask (:func:`refcam.math.normalize`'s guard).  Uses
+    ``refcam.math.scorecam_masks`` when the math floor provides it, else composes
+    :func:`refcam.math.upsample` and :func:`refcam.math.normalize`.
+
+    >>> masks(np.array([[[[0., 2.]], [[1., 1.]]]]), (1, 4), "linear")
+    array([[[[0.  , 0.25, 0.75, 1.  ]],
+    <BLANKLINE>
+            [[0.  , 0.  , 0.  , 0.  ]]]])
+    """
+    if hasattr(M, "scorecam_masks"):
+        return M.scorecam_masks(activations, size, upsample_mode=upsample_mode)
+    n, k = activations.shape[:2]
+    up = M.upsample(activations, size, upsample_mode)
+    return M.normalize(up.reshape(n * k, *size), "minmax").reshape(n, k, *size)
 
 
 def mask_coefficients(variant: str, n_samples: int) -> np.ndarray:
@@ -158,7 +175,7 @@ def provide_masked_scores(ctx: "Context") -> np.ndarray:
                     bar.update(k1 - k0)
     finally:
         bar.close()
-    return out / draws
+    return (out / draws).astype(ctx.outputs.dtype)  # model precision (float32 scores -> float32 maps)
 
 
 def provide_baseline_scores(ctx: "Context") -> np.ndarray:
@@ -200,7 +217,7 @@ def provide_ablated_scores(ctx: "Context") -> np.ndarray:
                 bar.update(k1 - k0)
     finally:
         bar.close()
-    return out
+    return out.astype(ctx.outputs.dtype)
 
 
 def provide_ablation_base_scores(ctx: "Context") -> np.ndarray:

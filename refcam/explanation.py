@@ -1,5 +1,8 @@
 """The one entry point: ``refcam.explain(model, inputs, method, layer=..., target=...)``.
 
+(The module is ``refcam.explanation``: a module named ``explain`` would shadow the function
+``refcam.explain`` once imported.)
+
 It loads the model (path, bytes, ModelProto or :class:`refcam.onnx.Model`), validates the inputs,
 runs the model once for the output tensor and the layer's activations, resolves the targets,
 obtains every array the method needs through the registry (:mod:`refcam.methods`), and calls the
