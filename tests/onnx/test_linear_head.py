@@ -58,3 +58,16 @@ def test_no_gap_head_errors():
     m = Model(cam_net(softmax=True), strip_softmax=False)
     with pytest.raises(ModelError, match="produces 'logits', not the class scores 'probs'"):
         m.linear_head("features")
+
+
+def test_opset18_reduce_mean_axes_input():
+    # opset >= 18 (torch dynamo exports): ReduceMean takes its axes as an input tensor
+    from onnx import version_converter
+
+    proto = version_converter.convert_version(cam_net(head="matmul"), 18)
+    proto.ir_version = 8
+    rm = next(n for n in proto.graph.node if n.op_type == "ReduceMean")
+    assert len(rm.input) == 2 and not any(a.name == "axes" for a in rm.attribute)
+    m = Model(proto)
+    assert m.default_layer().name == "features"
+    np.testing.assert_array_equal(m.linear_head("features").weight, Model(cam_net()).linear_head("features").weight)
