@@ -224,8 +224,8 @@ def imagenet_classes(full: bool = False) -> list[str]:
     torchvision, Keras and TensorFlow checkpoints).  ``full=False`` gives the first
     WordNet lemma (``"tabby"``); ``full=True`` gives all lemmas (``"tabby, tabby cat"``).
     Two short names repeat because WordNet uses one word for two senses: ``crane``
-    (134 the bird, 517 the machine) and ``maillot`` (638, 639); use ``full=True`` or
-    :func:`imagenet_synsets` to tell them apart.
+    (134 the bird, 517 the machine; identical even with ``full=True``) and ``maillot``
+    (638, 639); :func:`imagenet_synsets` tells them apart.
 
     Examples
     --------
@@ -271,9 +271,9 @@ def decode_predictions(logits: Any, top: int = 5) -> list[list[tuple[int, str, f
     Examples
     --------
     >>> import numpy as np
-    >>> z = np.zeros((1, 1000)); z[0, 967] = np.log(999.0)   # p = 999 / (999 + 999) = 0.5
+    >>> z = np.zeros((1, 1000)); z[0, 967] = np.log(999.0)   # p = 999 / (999 + 999 * 1) = 0.5
     >>> decode_predictions(z, top=2)
-    [[(967, 'espresso', 0.5), (0, 'tench', 0.0005005005005005005)]]
+    [[(967, 'espresso', 0.5), (0, 'tench', 0.0005005)]]
     """
     z = as_float_array(logits, "logits")
     check_ndim(z, "logits", min_ndim=2, max_ndim=2, layout="(N, 1000)")
