@@ -109,10 +109,8 @@ def _scale(m: np.ndarray, vmin: Any, vmax: Any) -> np.ndarray:
 def _fit_to(m: np.ndarray, size: tuple[int, int], mode: str, name: str) -> np.ndarray:
     if m.shape == size:
         return m
-    try:
-        from .math import upsample  # the math floor's post-processing
-    except ImportError:  # pragma: no cover - only before the math floor's upsample exists
-        raise ShapeError(name, m.shape, size, "must match the image size (refcam.math.upsample unavailable)") from None
+    from .math import upsample  # the math floor's post-processing
+
     return upsample(m[None], size, mode=mode)[0]
 
 

