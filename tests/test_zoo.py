@@ -451,3 +451,43 @@ def test_adapter_sees_the_cam_layer_head_and_torch_module_paths(model_path):
     assert m.layer("_blocks.2").name == "blocks.2.add"            # a block with a skip connection
     assert m.layer("_blocks.0._depthwise_conv").name == "blocks.0.depthwise_conv"
     assert {li.name: li.module_path for li in m.layers()}["head.flatten"] is None
+
+
+@given(st.data())
+def test_reader_round_trips_random_strided_views(tmp_path_factory, data):
+    """Any in-bounds (size, stride, offset) view of a storage comes back as NumPy's strided view."""
+    rank = data.draw(st.integers(0, 3))
+    size = tuple(data.draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank)))
+    stride = tuple(data.draw(st.lists(st.integers(0, 5), min_size=rank, max_size=rank)))
+    offset = data.draw(st.integers(0, 3))
+    numel = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 + data.draw(st.integers(0, 3))
+    stype, dtype = data.draw(st.sampled_from([("FloatStorage", "<f4"), ("DoubleStorage", "<f8"),
+                                              ("IntStorage", "<i4"), ("ByteStorage", "u1")]))
+    storage = (np.arange(numel) % 200).astype(dtype)
+    path = tmp_path_factory.mktemp("rt") / "t.pth"
+    path.write_bytes(_legacy_file([("t", _tensor(stype, "s", numel, offset, size, stride))], [("s", storage)]))
+    got = load_legacy_state_dict(path)["t"]
+    item = storage.dtype.itemsize
+    want = np.lib.stride_tricks.as_strided(storage[offset:], size, [s * item for s in stride])
+    assert got.shape == size and got.dtype == storage.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def test_builder_is_deterministic_and_checks_the_state_dict(tmp_path, model):
+    from refcam.zoo._efficientnet import build_efficientnet_lite0
+
+    sd = load_legacy_state_dict(zoo.efficientnet_lite0_weights())
+    a = build_efficientnet_lite0(sd).SerializeToString()
+    assert a == build_efficientnet_lite0(sd).SerializeToString()
+    wrong = dict(sd)
+    wrong["_fc.bias"] = np.zeros(999, np.float32)
+    with pytest.raises(ModelError, match=r"parameter '_fc\.bias' has shape \(999,\), expected \(1000,\)"):
+        build_efficientnet_lite0(wrong)
+    extra = dict(sd, **{"_blocks.16._bn1.weight": np.zeros(3, np.float32)})
+    with pytest.raises(ModelError, match=r"1 parameter\(s\) not used by EfficientNet-Lite0"):
+        build_efficientnet_lite0(extra)
+    # a weights file of another model: the first missing parameter is named
+    other = _write(tmp_path, _legacy_file([("w", _tensor("FloatStorage", "s1", 8, 0, (8,), (1,)))], [("s1", S1)]))
+    with pytest.raises(ModelError, match=r"missing parameter '_conv_stem\.weight'"):
+        zoo.efficientnet_lite0(weights=other, cache=tmp_path)
+    assert not list(tmp_path.glob("*.onnx"))
