@@ -22,8 +22,9 @@ Conventions
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +54,11 @@ def _image(image: Any, name: str = "image") -> np.ndarray:
     else:
         f = as_float_array(arr, name)
         if f.size and (f.min() < 0 or f.max() > 1):
-            raise InvalidArgumentError(name, f"values in [{f.min():.4g}, {f.max():.4g}]",
-                                       "uint8 pixels or floats in [0, 1]")
+            raise InvalidArgumentError(
+                name,
+                f"values in [{f.min():.4g}, {f.max():.4g}]",
+                "uint8 pixels or floats in [0, 1]",
+            )
         out = np.rint(f * 255.0).astype(np.uint8)
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
@@ -80,7 +84,9 @@ def _cmap(cmap: Any):
         try:
             return matplotlib.colormaps[cmap]
         except KeyError:
-            raise InvalidArgumentError("cmap", cmap, "a matplotlib colormap name such as 'jet' or 'viridis'") from None
+            raise InvalidArgumentError(
+                "cmap", cmap, "a matplotlib colormap name such as 'jet' or 'viridis'"
+            ) from None
     if isinstance(cmap, matplotlib.colors.Colormap):
         return cmap
     raise InvalidArgumentError("cmap", cmap, "a matplotlib colormap or its name")
@@ -101,7 +107,9 @@ def _scale(m: np.ndarray, vmin: Any, vmax: Any) -> np.ndarray:
     hi = float(m.max()) if vmax is None else float(vmax)
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
         raise InvalidArgumentError("vmin/vmax", (lo, hi), "finite numbers with vmin <= vmax")
-    if hi == lo:  # constant map or degenerate scale: explicit guard, everything at the bottom colour
+    if (
+        hi == lo
+    ):  # constant map or degenerate scale: explicit guard, everything at the bottom colour
         return np.zeros_like(m)
     return np.clip((m - lo) / (hi - lo), 0.0, 1.0)
 
@@ -117,7 +125,9 @@ def _fit_to(m: np.ndarray, size: tuple[int, int], mode: str, name: str) -> np.nd
 # ----------------------------------------------------------------------------- arrays
 
 
-def colorize(cam_map: Any, *, cmap: Any = "jet", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+def colorize(
+    cam_map: Any, *, cmap: Any = "jet", vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
     """RGB colours of a map: :math:`\\mathrm{cmap}(\\hat M)` with :math:`\\hat M` the clipped display scale.
 
     .. math:: \\hat M = \\mathrm{clip}\\Big(\\frac{M - v_{min}}{v_{max} - v_{min}}, 0, 1\\Big),
@@ -246,7 +256,11 @@ def saliency_image(gradients: Any, *, mode: str = "abs", percentile: float = 99.
     if g.ndim == 2 and mode != "rgb":
         g = g[None]
     if g.ndim != 3 or 0 in g.shape:
-        raise ShapeError("gradients", np.shape(gradients), "(C, H, W), (1, C, H, W) or, except for mode 'rgb', (H, W)")
+        raise ShapeError(
+            "gradients",
+            np.shape(gradients),
+            "(C, H, W), (1, C, H, W) or, except for mode 'rgb', (H, W)",
+        )
     if mode == "abs":
         shown = np.abs(g).max(axis=0)
     elif mode == "signed":
@@ -276,14 +290,17 @@ def _panels(items: Any, name: str) -> list[tuple[str, Any]]:
         try:
             pairs = [(str(t), v) for t, v in items]
         except (TypeError, ValueError):
-            raise InvalidArgumentError(name, type(items).__name__,
-                                       "a mapping or a sequence of (title, array) pairs") from None
+            raise InvalidArgumentError(
+                name, type(items).__name__, "a mapping or a sequence of (title, array) pairs"
+            ) from None
     if not pairs:
         raise InvalidArgumentError(name, "empty", "at least one (title, array) pair")
     return [(str(t), v) for t, v in pairs]
 
 
-def _grid_figure(n: int, ncols: int | None, panel_size: float, dpi: float, colorbar: bool, suptitle: str | None):
+def _grid_figure(
+    n: int, ncols: int | None, panel_size: float, dpi: float, colorbar: bool, suptitle: str | None
+):
     from matplotlib.figure import Figure
 
     if ncols is None:
@@ -358,7 +375,11 @@ def compare_grid(
         k = 1
     for (title, m), ax in zip(checked, axes[k:]):
         vmin, vmax = (lo, hi) if shared_scale else (None, None)
-        ax.imshow(overlay(img, m, alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax, upsample_mode=upsample_mode))
+        ax.imshow(
+            overlay(
+                img, m, alpha=alpha, cmap=cmap, vmin=vmin, vmax=vmax, upsample_mode=upsample_mode
+            )
+        )
         ax.set_title(title)
     if colorbar:
         norm = matplotlib.colors.Normalize(*((lo, hi) if shared_scale and hi > lo else (0.0, 1.0)))
@@ -422,7 +443,9 @@ def saliency_grid(
             ax.imshow(pic, cmap=cmap, vmin=0.0, vmax=1.0)
         ax.set_title(title)
     if colorbar:
-        sm = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=_cmap(cmap))
+        sm = matplotlib.cm.ScalarMappable(
+            norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=_cmap(cmap)
+        )
         cb = fig.colorbar(sm, ax=axes, fraction=0.04, pad=0.02)
         cb.set_label("|gradient| / q" if mode == "abs" else "0.5 + gradient / 2q")
     return fig

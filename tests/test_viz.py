@@ -64,7 +64,7 @@ def test_overlay_vmin_vmax_and_constant_maps():
     assert const.tolist() == np.zeros((1, 3, 3), int).tolist()
     # float images in [0, 1] and (1, H, W) maps are accepted
     f = viz.overlay(np.full((1, 3, 3), 0.5), np.zeros((1, 1, 3)), alpha=0.0)
-    assert f[0, 0].tolist() == [128, 128, 128]   # 0.5 * 255 = 127.5 -> 128
+    assert f[0, 0].tolist() == [128, 128, 128]  # 0.5 * 255 = 127.5 -> 128
 
 
 def test_colorize_hand_computed_and_dtype():
@@ -92,11 +92,13 @@ def test_overlay_upsamples_a_small_map_to_the_image():
 
     img = np.full((32, 32, 3), 128, np.uint8)
     m = np.zeros((4, 4))
-    m[0, 0] = 1.0                       # hot cell: top-left eighth-by-eighth of the image
+    m[0, 0] = 1.0  # hot cell: top-left eighth-by-eighth of the image
     out = viz.overlay(img, m, alpha=0.5).astype(int)
     hot = _hot(out)
     assert hot[:4, :4].all() and not hot[16:, :].any() and not hot[:, 16:].any()
-    np.testing.assert_array_equal(out, viz.overlay(img, up(m[None], (32, 32), mode="linear")[0], alpha=0.5))
+    np.testing.assert_array_equal(
+        out, viz.overlay(img, up(m[None], (32, 32), mode="linear")[0], alpha=0.5)
+    )
 
 
 def test_overlay_errors_name_the_argument():
@@ -123,9 +125,9 @@ def test_overlay_errors_name_the_argument():
 def test_compare_grid_hot_region_titles_and_colorbar(tmp_path):
     img = np.full((64, 64, 3), 128, np.uint8)
     m = np.zeros((64, 64))
-    m[:16, :16] = 1.0                          # hot square in the top-left quarter
+    m[:16, :16] = 1.0  # hot square in the top-left quarter
     m2 = np.zeros((64, 64))
-    m2[48:, 48:] = 1.0                         # hot square in the bottom-right quarter
+    m2[48:, 48:] = 1.0  # hot square in the bottom-right quarter
     fig = viz.compare_grid(img, {"top-left": m, "bottom-right": m2}, suptitle="synthetic", dpi=80)
     path = viz.save_png(fig, tmp_path / "grid.png")
     png = _png(path)
@@ -134,7 +136,7 @@ def test_compare_grid_hot_region_titles_and_colorbar(tmp_path):
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in panels] == ["input", "top-left", "bottom-right"]
     inp = _panel_pixels(fig, panels[0], png)
-    assert np.abs(inp - 128).max() <= 2                      # the input panel is the grey image
+    assert np.abs(inp - 128).max() <= 2  # the input panel is the grey image
     for ax, (r0, c0) in zip(panels[1:], [(0.0, 0.0), (0.75, 0.75)]):
         px = _panel_pixels(fig, ax, png)
         hot = _hot(px)
@@ -161,13 +163,15 @@ def test_compare_grid_shared_scale_keeps_relative_strength(tmp_path):
     strong[:8, :8] = 2.0
     weak = np.zeros((32, 32))
     weak[:8, :8] = 1.0
-    fig = viz.compare_grid(img, [("strong", strong), ("weak", weak)], shared_scale=True, show_input=False, dpi=60)
+    fig = viz.compare_grid(
+        img, [("strong", strong), ("weak", weak)], shared_scale=True, show_input=False, dpi=60
+    )
     png = _png(viz.save_png(fig, tmp_path / "shared.png"))
     panels = [ax for ax in fig.axes if ax.get_title()]
     s, w = (_panel_pixels(fig, ax, png) for ax in panels)
     # shared scale [0, 2]: strong corner at jet(1) = dark red, weak corner at jet(0.5) (green-ish, not red)
     assert _hot(s[:4, :4]).all() and not _hot(w[:4, :4]).any()
-    assert w[2, 2, 1] > 150                    # jet(0.5) has G = 1 -> 0.5*128 + 0.5*255 > 150
+    assert w[2, 2, 1] > 150  # jet(0.5) has G = 1 -> 0.5*128 + 0.5*255 > 150
     assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["map value"]
     # per-map scale: both corners dark red
     fig2 = viz.compare_grid(img, [("strong", strong), ("weak", weak)], show_input=False, dpi=60)
@@ -179,7 +183,7 @@ def test_compare_grid_shared_scale_keeps_relative_strength(tmp_path):
 def test_compare_grid_layout_and_errors():
     img = np.zeros((8, 8, 3), np.uint8)
     maps = {f"m{i}": np.zeros((8, 8)) for i in range(5)}
-    fig = viz.compare_grid(img, maps, ncols=3, colorbar=False)   # 6 panels -> 2 rows of 3
+    fig = viz.compare_grid(img, maps, ncols=3, colorbar=False)  # 6 panels -> 2 rows of 3
     assert len(fig.axes) == 6 and len([a for a in fig.axes if a.get_title()]) == 6
     with pytest.raises(InvalidArgumentError, match=r"^maps: got 'empty'"):
         viz.compare_grid(img, {})
@@ -193,25 +197,30 @@ def test_compare_grid_layout_and_errors():
 
 
 def test_saliency_image_hand_computed():
-    g = np.array([[[-2.0, 1.0]], [[0.5, -0.5]]])          # (C=2, H=1, W=2)
+    g = np.array([[[-2.0, 1.0]], [[0.5, -0.5]]])  # (C=2, H=1, W=2)
     # abs: max_c |G| = [2, 1], q = 2 -> [1, 0.5]
     np.testing.assert_allclose(viz.saliency_image(g, mode="abs", percentile=100), [[1.0, 0.5]])
     # signed: sum_c G = [-1.5, 0.5], q = 1.5 -> 0.5 + 0.5 * [-1, 1/3] = [0, 2/3]
     np.testing.assert_allclose(viz.saliency_image(g, mode="signed", percentile=100), [[0.0, 2 / 3]])
     # rgb: per channel, q = max |G| = 2 over all 6 values -> 0.5 + 0.5 * G / 2
     rgb = np.array([[[-2.0, 2.0]], [[1.0, 0.0]], [[0.0, -1.0]]])
-    np.testing.assert_allclose(viz.saliency_image(rgb, mode="rgb", percentile=100),
-                               [[[0.0, 0.75, 0.5], [1.0, 0.5, 0.25]]])
+    np.testing.assert_allclose(
+        viz.saliency_image(rgb, mode="rgb", percentile=100), [[[0.0, 0.75, 0.5], [1.0, 0.5, 0.25]]]
+    )
     # percentile capping: |values| 0..100, 50th percentile q = 50 -> values >= 50 are 1
     ramp = np.arange(101.0)[None, None, :]
     s = viz.saliency_image(ramp, mode="abs", percentile=50)
     assert s[0, 50] == 1.0 and s[0, 100] == 1.0 and s[0, 25] == 0.5
     # (1, C, H, W) batch of one and a 2-D map; zero gradients -> guard values, float32 kept
     assert viz.saliency_image(g[None], percentile=100).shape == (1, 2)
-    np.testing.assert_allclose(viz.saliency_image(np.array([[3.0, -6.0]]), percentile=100), [[0.5, 1.0]])
+    np.testing.assert_allclose(
+        viz.saliency_image(np.array([[3.0, -6.0]]), percentile=100), [[0.5, 1.0]]
+    )
     z = np.zeros((3, 2, 2), np.float32)
     assert viz.saliency_image(z).dtype == np.float32 and not viz.saliency_image(z).any()
-    assert (viz.saliency_image(z, mode="signed") == 0.5).all() and (viz.saliency_image(z, mode="rgb") == 0.5).all()
+    assert (viz.saliency_image(z, mode="signed") == 0.5).all() and (
+        viz.saliency_image(z, mode="rgb") == 0.5
+    ).all()
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from(["abs", "signed", "rgb"]), st.floats(1, 100))
@@ -219,7 +228,9 @@ def test_saliency_image_range_and_scale_invariance(seed, mode, pct):
     g = np.random.default_rng(seed).normal(size=(3, 6, 5))
     s = viz.saliency_image(g, mode=mode, percentile=pct)
     assert s.min() >= 0 and s.max() <= 1 and np.isfinite(s).all()
-    np.testing.assert_allclose(viz.saliency_image(7.5 * g, mode=mode, percentile=pct), s, atol=1e-12)
+    np.testing.assert_allclose(
+        viz.saliency_image(7.5 * g, mode=mode, percentile=pct), s, atol=1e-12
+    )
 
 
 def test_saliency_errors_name_the_argument():
@@ -227,7 +238,9 @@ def test_saliency_errors_name_the_argument():
         viz.saliency_image(np.zeros((3, 2, 2)), mode="log")
     with pytest.raises(InvalidArgumentError, match=r"^percentile: got 0"):
         viz.saliency_image(np.zeros((3, 2, 2)), percentile=0)
-    with pytest.raises(ShapeError, match=r"^gradients: got shape \(2, 2, 2\), expected \(3, H, W\)"):
+    with pytest.raises(
+        ShapeError, match=r"^gradients: got shape \(2, 2, 2\), expected \(3, H, W\)"
+    ):
         viz.saliency_image(np.zeros((2, 2, 2)), mode="rgb")
     with pytest.raises(ShapeError, match=r"^gradients: got shape \(2,\)"):
         viz.saliency_image(np.zeros(2))
@@ -236,17 +249,19 @@ def test_saliency_errors_name_the_argument():
 def test_saliency_grid_bright_where_the_gradient_is(tmp_path):
     img = np.full((40, 40, 3), 90, np.uint8)
     g = np.zeros((3, 40, 40))
-    g[:, :, 20:] = np.random.default_rng(1).normal(size=(3, 40, 20))   # gradient only in the right half
+    g[:, :, 20:] = np.random.default_rng(1).normal(
+        size=(3, 40, 20)
+    )  # gradient only in the right half
     fig = viz.saliency_grid(img, {"right": g}, mode="abs", dpi=60)
     png = _png(viz.save_png(fig, tmp_path / "sal.png"))
     panel = [ax for ax in fig.axes if ax.get_title() == "right"][0]
     px = _panel_pixels(fig, panel, png)
     half = px.shape[1] // 2
-    assert px[:, : half - 2].max() == 0                  # left half: zero gradient -> black
-    assert px[:, half + 2:].mean() > 60                  # right half: bright
+    assert px[:, : half - 2].max() == 0  # left half: zero gradient -> black
+    assert px[:, half + 2 :].mean() > 60  # right half: bright
     assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["|gradient| / q"]
     rgb = viz.saliency_grid(img, [("gb", g)], mode="rgb", show_input=False)
-    assert len(rgb.axes) == 1                            # no colorbar for rgb pictures
+    assert len(rgb.axes) == 1  # no colorbar for rgb pictures
 
 
 def test_save_png_figure_size_and_errors(tmp_path):

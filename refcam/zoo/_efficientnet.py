@@ -55,13 +55,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
 from ..errors import ModelError
 
-__all__ = ["BUILDER_VERSION", "CAM_LAYER", "IMAGE_SIZE", "build_efficientnet_lite0", "BLOCKS"]
+__all__ = ["BLOCKS", "BUILDER_VERSION", "CAM_LAYER", "IMAGE_SIZE", "build_efficientnet_lite0"]
 
 #: Bump whenever the produced graph changes; part of the cache key.
 BUILDER_VERSION = 2
@@ -85,8 +86,15 @@ def _stages() -> list[BlockSpec]:
     # 'r1_k3_s11_e1_i32_o16', 'r2_k3_s22_e6_i16_o24', 'r2_k5_s22_e6_i24_o40', 'r3_k3_s22_e6_i40_o80',
     # 'r3_k5_s11_e6_i80_o112', 'r4_k5_s22_e6_i112_o192', 'r1_k3_s11_e6_i192_o320'
     # (width and depth coefficients of lite0 are 1.0, so no rounding changes them).
-    stages = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+    stages = [
+        (1, 3, 1, 1, 32, 16),
+        (2, 3, 2, 6, 16, 24),
+        (2, 5, 2, 6, 24, 40),
+        (3, 3, 2, 6, 40, 80),
+        (3, 5, 1, 6, 80, 112),
+        (4, 5, 2, 6, 112, 192),
+        (1, 3, 1, 6, 192, 320),
+    ]
     blocks = []
     for repeats, k, s, e, cin, cout in stages:
         blocks.append(BlockSpec(e, k, s, cin, cout))
@@ -147,7 +155,9 @@ class _Builder:
         self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, source: str, module: str | None = "", **attrs) -> str:
+    def node(
+        self, op: str, inputs: list[str], name: str, source: str, module: str | None = "", **attrs
+    ) -> str:
         """Append a node; ``module`` is the PyTorch module path ("" = ``source``, None = none)."""
         n = self.helper.make_node(op, inputs, [name], name=name, **attrs)
         n.doc_string = f"torch module: {source}"
@@ -161,17 +171,40 @@ class _Builder:
         self.nodes.append(n)
         return name
 
-    def conv(self, x: str, name: str, source: str, cin: int, cout: int, k: int, stride: int,
-             groups: int, size: int) -> str:
+    def conv(
+        self,
+        x: str,
+        name: str,
+        source: str,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int,
+        groups: int,
+        size: int,
+    ) -> str:
         w = self.param(f"{source}.weight", (cout, cin // groups, k, k))
         before, after = same_pads(size, k, stride)
-        return self.node("Conv", [x, self.init(f"{name}.weight", w)], name, source,
-                         kernel_shape=[k, k], strides=[stride, stride], pads=[before, before, after, after],
-                         group=groups, dilations=[1, 1])
+        return self.node(
+            "Conv",
+            [x, self.init(f"{name}.weight", w)],
+            name,
+            source,
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[before, before, after, after],
+            group=groups,
+            dilations=[1, 1],
+        )
 
     def bn(self, x: str, name: str, source: str, c: int) -> str:
         ins = [x]
-        for suffix, key in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
+        for suffix, key in (
+            ("scale", "weight"),
+            ("bias", "bias"),
+            ("mean", "running_mean"),
+            ("var", "running_var"),
+        ):
             ins.append(self.init(f"{name}.{suffix}", self.param(f"{source}.{key}", (c,))))
         self.used.add(f"{source}.num_batches_tracked")
         return self.node("BatchNormalization", ins, name, source, epsilon=BN_EPSILON)
@@ -180,7 +213,9 @@ class _Builder:
         return self.node("Clip", [x, "relu6.min", "relu6.max"], name, source)
 
 
-def build_efficientnet_lite0(state: Mapping[str, np.ndarray], *, doc: str = "", metadata: Mapping[str, str] | None = None):
+def build_efficientnet_lite0(
+    state: Mapping[str, np.ndarray], *, doc: str = "", metadata: Mapping[str, str] | None = None
+):
     """Build the ONNX ``ModelProto`` of EfficientNet-Lite0 from its PyTorch state dict.
 
     Parameters
@@ -214,14 +249,28 @@ def build_efficientnet_lite0(state: Mapping[str, np.ndarray], *, doc: str = "", 
         inp = x
         mid = blk.in_channels * blk.expand_ratio
         if blk.expand_ratio != 1:
-            x = b.conv(x, f"{p}.expand_conv", f"{src}._expand_conv", blk.in_channels, mid, 1, 1, 1, size)
+            x = b.conv(
+                x, f"{p}.expand_conv", f"{src}._expand_conv", blk.in_channels, mid, 1, 1, 1, size
+            )
             x = b.bn(x, f"{p}.bn0", f"{src}._bn0", mid)
             x = b.relu6(x, f"{p}.expand_relu", f"{src}._swish")
-        x = b.conv(x, f"{p}.depthwise_conv", f"{src}._depthwise_conv", mid, mid, blk.kernel, blk.stride, mid, size)
+        x = b.conv(
+            x,
+            f"{p}.depthwise_conv",
+            f"{src}._depthwise_conv",
+            mid,
+            mid,
+            blk.kernel,
+            blk.stride,
+            mid,
+            size,
+        )
         size = math.ceil(size / blk.stride)
         x = b.bn(x, f"{p}.bn1", f"{src}._bn1", mid)
         x = b.relu6(x, f"{p}.depthwise_relu", f"{src}._swish")
-        x = b.conv(x, f"{p}.project_conv", f"{src}._project_conv", mid, blk.out_channels, 1, 1, 1, size)
+        x = b.conv(
+            x, f"{p}.project_conv", f"{src}._project_conv", mid, blk.out_channels, 1, 1, 1, size
+        )
         x = b.bn(x, f"{p}.bn2", f"{src}._bn2", blk.out_channels)
         if blk.stride == 1 and blk.in_channels == blk.out_channels:
             x = b.node("Add", [x, inp], f"{p}.add", f"{src} (skip connection)", module=src)
@@ -236,16 +285,27 @@ def build_efficientnet_lite0(state: Mapping[str, np.ndarray], *, doc: str = "", 
 
     unused = sorted(set(state) - b.used)
     if unused:
-        raise ModelError(f"weights: {len(unused)} parameter(s) not used by EfficientNet-Lite0, e.g. {unused[:3]}")
+        raise ModelError(
+            f"weights: {len(unused)} parameter(s) not used by EfficientNet-Lite0, e.g. {unused[:3]}"
+        )
 
     graph = helper.make_graph(
-        b.nodes, "efficientnet_lite0",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, IMAGE_SIZE, IMAGE_SIZE])],
+        b.nodes,
+        "efficientnet_lite0",
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, ["N", 3, IMAGE_SIZE, IMAGE_SIZE]
+            )
+        ],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
         initializer=b.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="refcam.zoo", producer_version=str(BUILDER_VERSION))
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="refcam.zoo",
+        producer_version=str(BUILDER_VERSION),
+    )
     model.ir_version = IR_VERSION
     model.doc_string = doc
     props = {"refcam.cam_layer": CAM_LAYER, "refcam.builder_version": str(BUILDER_VERSION)}

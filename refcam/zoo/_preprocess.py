@@ -18,8 +18,9 @@ antialiases when it downsamples; the difference is a few grey levels.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,12 +52,16 @@ def _to_pil(image: Any, name: str):
             with Image.open(image) as im:
                 return im.convert("RGB")
         except (OSError, ValueError) as exc:
-            raise InvalidArgumentError(name, os.fspath(image), f"a readable image file ({exc})") from None
+            raise InvalidArgumentError(
+                name, os.fspath(image), f"a readable image file ({exc})"
+            ) from None
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        raise DTypeError(name, arr.dtype, "uint8 RGB values in [0, 255] (or a PIL image or a file path)")
+        raise DTypeError(
+            name, arr.dtype, "uint8 RGB values in [0, 255] (or a PIL image or a file path)"
+        )
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -64,7 +69,9 @@ def _to_pil(image: Any, name: str):
     return Image.fromarray(np.ascontiguousarray(arr[:, :, :3]), "RGB")
 
 
-def prepare_image(image: Any, *, size: int = 224, crop_padding: int = 32, resample: str = "bicubic") -> np.ndarray:
+def prepare_image(
+    image: Any, *, size: int = 224, crop_padding: int = 32, resample: str = "bicubic"
+) -> np.ndarray:
     """Centre-crop and resize one image the way the EfficientNet-Lite evaluation pipeline does.
 
     The crop side is :math:`c = \\lfloor \\tfrac{s}{s + p} \\min(H, W) \\rfloor` with
@@ -93,7 +100,11 @@ def prepare_image(image: Any, *, size: int = 224, crop_padding: int = 32, resamp
     from PIL import Image
 
     size = positive_int(size, "size")
-    if isinstance(crop_padding, (bool, np.bool_)) or not isinstance(crop_padding, (int, np.integer)) or crop_padding < 0:
+    if (
+        isinstance(crop_padding, (bool, np.bool_))
+        or not isinstance(crop_padding, (int, np.integer))
+        or crop_padding < 0
+    ):
         raise InvalidArgumentError("crop_padding", crop_padding, "an integer >= 0")
     resample = choice(resample, "resample", _RESAMPLE)
     pil = _to_pil(image, "image")
@@ -101,8 +112,12 @@ def prepare_image(image: Any, *, size: int = 224, crop_padding: int = 32, resamp
     crop = max(1, int((size / (size + int(crop_padding))) * min(h, w)))
     top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
     pil = pil.crop((left, top, left + crop, top + crop))
-    filt = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-            "lanczos": Image.LANCZOS}[resample]
+    filt = {
+        "bicubic": Image.BICUBIC,
+        "bilinear": Image.BILINEAR,
+        "nearest": Image.NEAREST,
+        "lanczos": Image.LANCZOS,
+    }[resample]
     return np.asarray(pil.resize((size, size), filt), dtype=np.uint8)
 
 
@@ -163,8 +178,12 @@ def preprocess(
             raise ShapeError("images", (0,), "at least one image")
     else:
         items = [images]
-    pics = np.stack([prepare_image(im, size=size, crop_padding=crop_padding, resample=resample) for im in items])
-    x = (pics.astype(np.float64) - mean_a) / std_a  # std > 0 checked above: no division guard needed
+    pics = np.stack(
+        [prepare_image(im, size=size, crop_padding=crop_padding, resample=resample) for im in items]
+    )
+    x = (
+        pics.astype(np.float64) - mean_a
+    ) / std_a  # std > 0 checked above: no division guard needed
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
     return (x, pics) if return_images else x
 
@@ -174,4 +193,3 @@ def _read_path(p: Path) -> np.ndarray:
 
     with Image.open(p) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
-

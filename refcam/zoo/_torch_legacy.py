@@ -87,15 +87,21 @@ class _LazyTensor:
 
     def __init__(self, storage: Any, offset: Any, size: Any, stride: Any) -> None:
         if not isinstance(storage, (_Storage, _StorageView)):
-            raise ModelError(f"weights file: a tensor refers to {type(storage).__name__}, expected a storage")
+            raise ModelError(
+                f"weights file: a tensor refers to {type(storage).__name__}, expected a storage"
+            )
         try:
             self.offset = int(offset)
             self.size = tuple(int(s) for s in size)
             self.stride = tuple(int(s) for s in stride)
         except (TypeError, ValueError):
-            raise ModelError("weights file: a tensor has a malformed offset, size or stride") from None
+            raise ModelError(
+                "weights file: a tensor has a malformed offset, size or stride"
+            ) from None
         if len(self.size) != len(self.stride):
-            raise ModelError(f"weights file: tensor size {self.size} and stride {self.stride} differ in rank")
+            raise ModelError(
+                f"weights file: tensor size {self.size} and stride {self.stride} differ in rank"
+            )
         self.storage = storage
 
     def materialize(self) -> np.ndarray:
@@ -105,9 +111,11 @@ class _LazyTensor:
         else:
             base, start, numel = st, 0, st.numel
         assert base.data is not None
-        flat = base.data[start:start + numel]
+        flat = base.data[start : start + numel]
         if any(s < 0 for s in self.size) or any(s < 0 for s in self.stride) or self.offset < 0:
-            raise ModelError(f"weights file: negative size/stride/offset in tensor {self.size}/{self.stride}")
+            raise ModelError(
+                f"weights file: negative size/stride/offset in tensor {self.size}/{self.stride}"
+            )
         if 0 in self.size:
             return np.zeros(self.size, dtype=flat.dtype)
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
@@ -118,13 +126,17 @@ class _LazyTensor:
             )
         item = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
-            flat[self.offset:], shape=self.size, strides=[s * item for s in self.stride], writeable=False
+            flat[self.offset :],
+            shape=self.size,
+            strides=[s * item for s in self.stride],
+            writeable=False,
         )
         return np.array(view, copy=True, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     return _LazyTensor(storage, storage_offset, size, stride)
 
 
@@ -179,7 +191,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             root = self.storages[key] = _Storage(key, stype.dtype, numel)
         if view_metadata is None:
             return root
-        view_key, offset, view_size = view_metadata
+        _view_key, offset, view_size = view_metadata
         return _StorageView(root, int(offset), int(view_size))
 
 
@@ -188,8 +200,10 @@ def _unpickle(f: BinaryIO, storages: dict[str, _Storage] | None = None) -> Any:
         return _RestrictedUnpickler(f, storages).load()
     except ModelError:
         raise
-    except Exception as exc:  # truncated or garbled pickles
-        raise ModelError(f"weights file: cannot be unpickled ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001  (truncated or garbled pickles raise anything)
+        raise ModelError(
+            f"weights file: cannot be unpickled ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _resolve(obj: Any) -> Any:
@@ -247,17 +261,25 @@ def load_legacy_state_dict(path: str | os.PathLike) -> collections.OrderedDict:
             "format is supported by this reader"
         )
     if len(raw) > 262 and raw[257:262] == b"ustar":
-        raise ModelError(f"weights file {path!r}: is in the old tar format; only the legacy stream is supported")
+        raise ModelError(
+            f"weights file {path!r}: is in the old tar format; only the legacy stream is supported"
+        )
     f = io.BytesIO(raw)
     magic = _unpickle(f)
     if magic != LEGACY_MAGIC:
-        raise ModelError(f"weights file {path!r}: got magic number {magic!r}, expected {LEGACY_MAGIC:#x}")
+        raise ModelError(
+            f"weights file {path!r}: got magic number {magic!r}, expected {LEGACY_MAGIC:#x}"
+        )
     protocol = _unpickle(f)
     if protocol != LEGACY_PROTOCOL:
-        raise ModelError(f"weights file {path!r}: got protocol version {protocol!r}, expected {LEGACY_PROTOCOL}")
+        raise ModelError(
+            f"weights file {path!r}: got protocol version {protocol!r}, expected {LEGACY_PROTOCOL}"
+        )
     sys_info = _unpickle(f)
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
-        raise ModelError(f"weights file {path!r}: written on a big-endian machine, which is not supported")
+        raise ModelError(
+            f"weights file {path!r}: written on a big-endian machine, which is not supported"
+        )
     storages: dict[str, _Storage] = {}
     obj = _unpickle(f, storages)
     keys = _unpickle(f)
@@ -266,7 +288,9 @@ def load_legacy_state_dict(path: str | os.PathLike) -> collections.OrderedDict:
     for key in keys:
         st = storages.get(str(key))
         if st is None:
-            raise ModelError(f"weights file {path!r}: storage {key!r} is listed but never referenced")
+            raise ModelError(
+                f"weights file {path!r}: storage {key!r} is listed but never referenced"
+            )
         head = f.read(8)
         if len(head) != 8:
             raise ModelError(f"weights file {path!r}: truncated before storage {key!r}")
@@ -282,8 +306,12 @@ def load_legacy_state_dict(path: str | os.PathLike) -> collections.OrderedDict:
         st.data = np.frombuffer(buf, dtype=st.dtype)
     missing = [k for k, s in storages.items() if s.data is None]
     if missing:
-        raise ModelError(f"weights file {path!r}: storages {missing[:5]} are referenced but not stored")
+        raise ModelError(
+            f"weights file {path!r}: storages {missing[:5]} are referenced but not stored"
+        )
     result = _resolve(obj)
     if not isinstance(result, dict):
-        raise ModelError(f"weights file {path!r}: holds a {type(result).__name__}, expected a state dict")
+        raise ModelError(
+            f"weights file {path!r}: holds a {type(result).__name__}, expected a state dict"
+        )
     return result
