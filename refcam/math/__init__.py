@@ -10,3 +10,13 @@ __all__: list[str] = []
 
 # Each submodule adds one block below (keep one import line per submodule):
 # from .blocks import *  ; __all__ += blocks.__all__
+
+# NB: ``from .cam import __all__`` (not ``from . import cam``): the function ``cam`` shadows the
+# submodule ``cam`` as an attribute of this package once ``from .cam import *`` has run.
+from .blocks import *  # noqa: E402,F401,F403
+from .blocks import __all__ as _blocks_all  # noqa: E402
+__all__ += _blocks_all
+
+from .cam import *  # noqa: E402,F401,F403
+from .cam import __all__ as _cam_all  # noqa: E402
+__all__ += _cam_all
