@@ -20,3 +20,11 @@ __all__ += _blocks_all
 from .cam import *  # noqa: E402,F401,F403
 from .cam import __all__ as _cam_all  # noqa: E402
 __all__ += _cam_all
+
+from .eigen import *  # noqa: E402,F401,F403
+from .eigen import __all__ as _eigen_all  # noqa: E402
+__all__ += _eigen_all
+
+from .perturbation import *  # noqa: E402,F401,F403
+from .perturbation import __all__ as _perturbation_all  # noqa: E402
+__all__ += _perturbation_all
