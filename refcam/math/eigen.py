@@ -42,15 +42,19 @@ def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
 
 def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
     """+1/-1 per row of ``p`` (N, Z) so that the rule's reference quantity is positive."""
-    idx = np.argmax(np.abs(p), axis=1)                      # first occurrence of max |p|
+    rel = np.sqrt(np.finfo(p.dtype).eps)
+    mag = np.abs(p)
+    # max-abs rule: among the elements within a relative sqrt(eps) of max |p| (ties, which
+    # round-off must not decide), the first one in C order is made positive.
+    near_max = mag >= (1 - rel) * mag.max(axis=1, keepdims=True)
+    idx = np.argmax(near_max, axis=1)
     by_max = np.where(np.take_along_axis(p, idx[:, None], axis=1)[:, 0] < 0, -1, 1)
     if rule == "max-abs":
         return by_max.astype(p.dtype)
     total = p.sum(axis=1)
     # A sum within round-off of zero is a tie (always the case with center=True, where the
     # projection sums to 0 by construction): fall back to the max-abs rule.
-    tol = np.sqrt(np.finfo(p.dtype).eps) * np.abs(p).sum(axis=1)
-    tie = np.abs(total) <= tol
+    tie = np.abs(total) <= rel * mag.sum(axis=1)
     return np.where(tie, by_max, np.where(total < 0, -1, 1)).astype(p.dtype)
 
 
@@ -78,8 +82,9 @@ def eigencam(
         ``"sum"``: flip so that the map sums to a positive value; when the sum is zero within
         round-off (:math:`|\sum p| \le \sqrt{\epsilon}\sum|p|`; always the case with
         ``center=True``, where the projection sums to 0 by construction) use ``"max-abs"``.
-        ``"max-abs"``: the element of largest absolute value is positive (the first one in C
-        order on exact ties).  ``"none"``: LAPACK's sign, not reproducible (documented only;
+        ``"max-abs"``: the element of largest absolute value is positive; elements within a
+        relative :math:`\sqrt{\epsilon}` of the largest count as tied and the first of them in
+        C order decides (so round-off never decides a symmetric case).  ``"none"``: LAPACK's sign, not reproducible (documented only;
         this is what pytorch-grad-cam returns).
         For non-negative activations and ``center=False``, :math:`v_1 \ge 0`
         (Perron-Frobenius) and ``"sum"`` makes every value of the map >= 0.
