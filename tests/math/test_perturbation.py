@@ -1,0 +1,170 @@
+"""Oracle tests of refcam.math.perturbation (Score-CAM and Ablation-CAM math)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from refcam.errors import NonFiniteError, ShapeError
+from refcam.math import ablationcam, ablationcam_weights, cam, gap, scorecam, scorecam_weights
+
+# one sample, K = 2, 2x2:  A^0 = [[1, 2], [3, 4]], A^1 = [[0, 3], [2, 0]]
+A = np.array([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 3.0], [2.0, 0.0]]]])
+
+
+def close(x, y, rtol=1e-12, atol=1e-12):
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+# ------------------------------------------------------------------ Score-CAM
+
+def test_scorecam_weights_hand():
+    # C(A^k) = f(X o H^k) - f(X_b): [0.9 - 0.1, 0.3 - 0.1] (per-sample baseline)
+    close(scorecam_weights([[0.9, 0.3], [0.5, 0.5]], [0.1, 0.5]), [[0.8, 0.2], [0.0, 0.0]])
+    # scalar baseline broadcasts; None means no subtraction
+    close(scorecam_weights([[0.9, 0.3]], 0.1), [[0.8, 0.2]])
+    close(scorecam_weights([[0.9, 0.3]]), [[0.9, 0.3]])
+
+
+def test_scorecam_weights_channel_softmax_hand():
+    # softmax over k of [ln 1, ln 2, ln 5] = [1, 2, 5] / 8
+    c = np.log([[1.0, 2.0, 5.0]])
+    close(scorecam_weights(c, softmax=True), [[0.125, 0.25, 0.625]])
+    # shift invariant: the baseline does not matter under the channel softmax
+    close(scorecam_weights(c, [7.0], softmax=True), [[0.125, 0.25, 0.625]])
+    # large logits do not overflow: [1000, 1000 + ln 3] -> [0.25, 0.75]
+    close(scorecam_weights([[1000.0, 1000.0 + np.log(3.0)]], softmax=True), [[0.25, 0.75]],
+          rtol=1e-9)
+
+
+def test_scorecam_hand():
+    # alpha = [0.5, -0.5]: 0.5 (A^0 - A^1) = [[0.5, -0.5], [0.5, 2]] -> ReLU
+    close(scorecam(A, [[0.5, -0.5]], relu=False), [[[0.5, -0.5], [0.5, 2.0]]])
+    close(scorecam(A, [[0.5, -0.5]]), [[[0.5, 0.0], [0.5, 2.0]]])
+    # with baseline 0.5: alpha = [0, -1] -> -A^1 -> ReLU -> zeros
+    close(scorecam(A, [[0.5, -0.5]], baseline_score=[0.5]), np.zeros((1, 2, 2)))
+    # channel softmax of [0, ln 3] -> [0.25, 0.75]: 0.25 A^0 + 0.75 A^1
+    close(scorecam(A, [[0.0, np.log(3.0)]], softmax=True),
+          [[[0.25, 0.5 + 2.25], [0.75 + 1.5, 1.0]]])
+
+
+def test_scorecam_3d_hand():
+    a = A.reshape(1, 2, 2, 1, 2)
+    close(scorecam(a, [[0.5, -0.5]], relu=False), np.array([[0.5, -0.5], [0.5, 2.0]]).reshape(1, 2, 1, 2))
+
+
+# ------------------------------------------------------------------ Ablation-CAM
+
+def test_ablationcam_weights_hand():
+    # y = 2: w = (2 - [1, 3]) / 2 = [0.5, -0.5] ; y = 4: (4 - [0, 6]) / 4 = [1, -0.5]
+    close(ablationcam_weights([[1.0, 3.0], [0.0, 6.0]], [2.0, 4.0]), [[0.5, -0.5], [1.0, -0.5]])
+
+
+def test_ablationcam_hand():
+    # w = [0.5, -0.5] -> 0.5 (A^0 - A^1) = [[0.5, -0.5], [0.5, 2]] -> ReLU
+    close(ablationcam(A, [[1.0, 3.0]], [2.0], relu=False), [[[0.5, -0.5], [0.5, 2.0]]])
+    close(ablationcam(A, [[1.0, 3.0]], [2.0]), [[[0.5, 0.0], [0.5, 2.0]]])
+    close(ablationcam(A.reshape(1, 2, 4, 1), [[1.0, 3.0]], [2.0]), [[[0.5], [0.0], [0.5], [2.0]]])
+
+
+def test_ablationcam_zero_baseline_is_masked():
+    # y^c = 0: the relative drop is undefined -> zero weights -> zero map, no warning
+    close(ablationcam_weights([[1.0, -1.0]], [0.0]), [[0.0, 0.0]])
+    close(ablationcam(A, [[1.0, -1.0]], [0.0], relu=False), np.zeros((1, 2, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtypes(dtype):
+    a = A.astype(dtype)
+    s = np.array([[1.0, 3.0]], dtype)
+    b = np.array([2.0], dtype)
+    assert scorecam_weights(s, b).dtype == dtype
+    assert scorecam_weights(s, softmax=True).dtype == dtype
+    assert scorecam(a, s, softmax=True).dtype == dtype
+    assert ablationcam_weights(s, b).dtype == dtype
+    out = ablationcam(a, s, b)
+    assert out.dtype == dtype
+    close(out, [[[0.5, 0.0], [0.5, 2.0]]], rtol=1e-6)
+    assert ablationcam(a, s, b.astype(np.float64)).dtype == np.float64
+
+
+# ------------------------------------------------------------------ error paths
+
+def test_errors_name_the_argument():
+    with pytest.raises(ShapeError, match="scores: got shape \\(2,\\)"):
+        scorecam_weights([1.0, 2.0])
+    with pytest.raises(ShapeError, match="scores: got shape \\(1, 3\\)") as info:
+        scorecam(A, [[1.0, 2.0, 3.0]])
+    assert "(1, 2)" in str(info.value)
+    with pytest.raises(ShapeError, match="baseline_score: got shape \\(2,\\)"):
+        scorecam(A, [[1.0, 2.0]], baseline_score=[1.0, 2.0])
+    with pytest.raises(ShapeError, match="baseline_score: got shape \\(\\)"):
+        ablationcam_weights([[1.0, 2.0]], 1.0)          # Ablation-CAM needs one y^c per sample
+    with pytest.raises(ShapeError, match="activations"):
+        ablationcam(np.ones((1, 2)), [[1.0, 2.0]], [1.0])
+    with pytest.raises(NonFiniteError, match="scores"):
+        scorecam(A, [[np.nan, 1.0]])
+    with pytest.raises(NonFiniteError, match="baseline_score"):
+        ablationcam(A, [[1.0, 1.0]], [np.inf])
+    with pytest.raises(NonFiniteError, match="activations"):
+        ablationcam(np.full((1, 2, 2, 2), np.nan), [[1.0, 1.0]], [1.0])
+
+
+# ------------------------------------------------------------------ properties
+
+finite = st.floats(-5, 5, allow_nan=False, width=64)
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 3))
+    k = draw(st.integers(1, 5))
+    spatial = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    a = draw(hnp.arrays(np.float64, (n, k) + spatial, elements=finite))
+    s = draw(hnp.arrays(np.float64, (n, k), elements=finite))
+    b = draw(hnp.arrays(np.float64, (n,), elements=st.sampled_from([0.0, 1.0, -2.0, 3.5])))
+    return a, s, b
+
+
+METHODS = [
+    lambda a, s, b: scorecam(a, s, baseline_score=b),
+    lambda a, s, b: scorecam(a, s, softmax=True, relu=False),
+    lambda a, s, b: ablationcam(a, s, b, relu=False),
+]
+
+
+@given(problems(), st.sampled_from(METHODS), st.randoms(use_true_random=False))
+def test_permutation_equivariance_batch_independence_finiteness(p, fn, rnd):
+    a, s, b = p
+    out = fn(a, s, b)
+    assert np.isfinite(out).all()
+    perm = list(range(a.shape[1]))
+    rnd.shuffle(perm)
+    close(fn(a[:, perm], s[:, perm], b), out, rtol=1e-9, atol=1e-9)
+    each = np.concatenate([fn(a[i:i + 1], s[i:i + 1], b[i:i + 1]) for i in range(a.shape[0])])
+    close(out, each, rtol=1e-12, atol=1e-12)
+
+
+@given(problems())
+def test_channel_softmax_is_a_distribution(p):
+    _, s, b = p
+    w = scorecam_weights(s, b, softmax=True)
+    assert (w > 0).all()
+    close(w.sum(axis=1), np.ones(len(w)), rtol=1e-12)
+
+
+@given(st.data())
+def test_ablation_of_a_gap_linear_head(data):
+    # y^c = sum_k w_k GAP(A^k) (no bias); zeroing channel k gives y^c_k = y^c - w_k GAP(A^k)
+    # => Ablation-CAM weight = w_k GAP(A^k) / y^c, and the map = CAM with weights w_k GAP_k / y^c
+    a, _, _ = data.draw(problems())
+    n, k = a.shape[:2]
+    wl = data.draw(hnp.arrays(np.float64, (n, k), elements=finite))
+    contrib = wl * gap(a)
+    y = contrib.sum(axis=1)
+    yk = y[:, None] - contrib
+    expected = np.where(y[:, None] != 0, contrib / np.where(y == 0, 1, y)[:, None], 0)
+    close(ablationcam_weights(yk, y), expected, rtol=1e-6, atol=1e-6 * (1 + np.abs(expected).max()))
+    ok = np.abs(y) > 1e-3
+    close(ablationcam(a, yk, y, relu=False)[ok], cam(a, expected, relu=False)[ok],
+          rtol=1e-6, atol=1e-6 * (1 + np.abs(cam(a, expected)).max()))
