@@ -22,6 +22,10 @@ __all__ = [
     "scorecam",
     "ablationcam_weights",
     "ablationcam",
+    "sscam_masks",
+    "sscam_weights",
+    "iscam_masks",
+    "iscam_weights",
 ]
 
 
@@ -231,3 +235,159 @@ def ablationcam(activations: Any, scores: Any, baseline_score: Any, *, relu: boo
     dt = _v.result_dtype(a, w)
     m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
     return _relu(m) if relu else m
+
+
+# --------------------------------------------------------------------------- SS-CAM / IS-CAM
+
+def _masks(x: Any, name: str = "masks") -> np.ndarray:
+    return _v.feature_maps(x, name)
+
+
+def _sampled_scores(x: Any, name: str = "scores") -> np.ndarray:
+    arr = _v.as_float_array(x, name)
+    _v.check_ndim(arr, name, min_ndim=3, max_ndim=3,
+                  layout="(N, n, K): one score per sample, noise sample / step, and channel")
+    if 0 in arr.shape:
+        raise ShapeError(name, arr.shape, "(N, n, K) with every axis non-empty")
+    return arr
+
+
+def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> np.ndarray:
+    r"""SS-CAM noisy masks: each Score-CAM mask plus Gaussian noise, ``n_samples`` times.
+
+    .. math:: \hat H^k_m = H^k + \delta_m, \qquad \delta_m \sim \mathcal N(0, \sigma^2)
+              \text{ i.i.d. per element}, \quad m = 1..n
+
+    Wang, Naidu, Mardziel et al., 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
+    Localization" (arXiv:2006.14255), the variant that smooths the masks (noise added to the
+    normalised, upsampled activation, as torchcam's ``SSCAM`` does with ``std = 2.0``).
+
+    Parameters
+    ----------
+    masks : array of shape (N, K, *S_in)
+        Score-CAM masks :math:`H^k` (e.g. from ``scorecam_masks``).
+    n_samples : int >= 1
+    std : float >= 0
+        :math:`\sigma`.
+    seed : None, int or numpy Generator
+        Passed to ``np.random.default_rng``; an int makes the noise reproducible.
+
+    Returns
+    -------
+    ndarray of shape (N, n_samples, K, *S_in), dtype of ``masks``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sscam_masks(np.ones((1, 1, 2)), 3, std=0.0)[0, :, 0]      # no noise: 3 copies
+    array([[1., 1.],
+           [1., 1.],
+           [1., 1.]])
+    >>> np.array_equal(sscam_masks(np.ones((1, 1, 2)), 2, std=2.0, seed=7),
+    ...                sscam_masks(np.ones((1, 1, 2)), 2, std=2.0, seed=7))
+    True
+    """
+    h = _masks(masks)
+    n = _v.positive_int(n_samples, "n_samples")
+    sigma = _v.nonnegative_float(std, "std")
+    rng = np.random.default_rng(seed)
+    out = np.repeat(h[:, None], n, axis=1)
+    if sigma:
+        out = out + rng.normal(0.0, sigma, size=out.shape).astype(h.dtype, copy=False)
+    return out
+
+
+def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
+    r"""SS-CAM channel weights: Score-CAM weights of the scores averaged over the noise samples.
+
+    .. math:: \alpha^c_k = \frac{1}{n} \sum_{m=1}^{n} \Big(f^c(X \circ \hat H^k_m) - f^c(X_b)\Big)
+
+    (Wang, Naidu, Mardziel et al., 2020, SS-CAM), optionally followed by the softmax over
+    channels (``softmax=True``, torchcam's ``SSCAM``), exactly as :func:`scorecam_weights`.
+
+    Parameters
+    ----------
+    scores : array of shape (N, n, K)
+        Target score of the input masked by the m-th noisy mask of channel k.
+    baseline_score : None, scalar or array of shape (N,)
+    softmax : bool, default False
+
+    Returns
+    -------
+    ndarray of shape (N, K).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sscam_weights(np.array([[[1., 4.], [3., 0.]]]))        # means over the 2 samples
+    array([[2., 2.]])
+    """
+    c = _sampled_scores(scores)
+    b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
+                                                      allow_scalar=True)
+    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))
+
+
+def iscam_masks(masks: Any, n_steps: int) -> np.ndarray:
+    r"""IS-CAM scaled masks: each Score-CAM mask scaled by :math:`i/n`, :math:`i = 1..n`.
+
+    .. math:: H^k_i = \frac{i}{n} H^k, \qquad i = 1, \dots, n
+
+    The integration path of Naidu, Ghosh, Maurya & Kundu, 2020, "IS-CAM: Integrated Score-CAM
+    for axiomatic-based explanations" (arXiv:2010.03023): the mask is scaled from (almost) zero to
+    full, as Integrated Gradients scales the input.  The right-endpoint Riemann points
+    :math:`i/n` are used.  (torchcam's ``ISCAM`` instead accumulates
+    :math:`\sum_{j<i} (j/n) H^k`; that is a different path, not reproduced here.)
+
+    Parameters
+    ----------
+    masks : array of shape (N, K, *S_in)
+    n_steps : int >= 1
+
+    Returns
+    -------
+    ndarray of shape (N, n_steps, K, *S_in), dtype of ``masks``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> iscam_masks(np.array([[[4.]]]), 4)[0, :, 0, 0]
+    array([1., 2., 3., 4.])
+    """
+    h = _masks(masks)
+    n = _v.positive_int(n_steps, "n_steps")
+    t = (np.arange(1, n + 1) / n).astype(h.dtype)
+    return t.reshape((1, n) + (1,) * (h.ndim - 1)) * h[:, None]
+
+
+def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
+    r"""IS-CAM channel weights: the Score-CAM increase of confidence integrated along the mask path.
+
+    .. math:: \alpha^c_k = \frac{1}{n} \sum_{i=1}^{n} \Big(f^c\big(X \circ \tfrac{i}{n} H^k\big)
+              - f^c(X_b)\Big) \approx \int_0^1 \big(f^c(X \circ t H^k) - f^c(X_b)\big)\,dt
+
+    (Naidu et al., 2020, IS-CAM), optionally followed by the softmax over channels
+    (``softmax=True``, as torchcam), exactly as :func:`scorecam_weights`.  The average (not the
+    sum) over steps is used so that ``n_steps`` does not rescale the map.
+
+    Parameters
+    ----------
+    scores : array of shape (N, n, K)
+        Target score of the input masked by :math:`(i/n) H^k` (``iscam_masks`` order).
+    baseline_score : None, scalar or array of shape (N,)
+    softmax : bool, default False
+
+    Returns
+    -------
+    ndarray of shape (N, K).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> iscam_weights(np.array([[[1., 0.], [2., 0.], [3., 3.]]]), 1.0)   # means [2, 1] - 1
+    array([[1., 0.]])
+    """
+    c = _sampled_scores(scores)
+    b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
+                                                      allow_scalar=True)
+    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))

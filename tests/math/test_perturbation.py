@@ -168,3 +168,67 @@ def test_ablation_of_a_gap_linear_head(data):
     ok = np.abs(y) > 1e-3
     close(ablationcam(a, yk, y, relu=False)[ok], cam(a, expected, relu=False)[ok],
           rtol=1e-6, atol=1e-6 * (1 + np.abs(cam(a, expected)).max()))
+
+
+# ------------------------------------------------------------------ SS-CAM / IS-CAM helpers
+
+from refcam.errors import InvalidArgumentError  # noqa: E402
+from refcam.math import iscam_masks, iscam_weights, sscam_masks, sscam_weights  # noqa: E402
+
+
+def test_sscam_masks_noise_statistics_and_reproducibility():
+    h = np.full((2, 3, 40, 50), 0.5)
+    m = sscam_masks(h, 4, std=2.0, seed=0)
+    assert m.shape == (2, 4, 3, 40, 50) and m.dtype == np.float64
+    d = m - h[:, None]
+    # 48000 i.i.d. N(0, 4) draws: mean within 5 standard errors (5 * 2/sqrt(48000) ~ 0.046)
+    assert abs(d.mean()) < 0.046 and abs(d.std() - 2.0) < 0.03
+    assert np.array_equal(m, sscam_masks(h, 4, std=2.0, seed=0))
+    assert not np.array_equal(m, sscam_masks(h, 4, std=2.0, seed=1))
+    assert sscam_masks(h.astype(np.float32), 2, std=1.0, seed=0).dtype == np.float32
+    np.testing.assert_array_equal(sscam_masks(h, 2, std=0.0), np.stack([h, h], axis=1))
+
+
+def test_sscam_weights_hand():
+    # scores (1, 2 samples, 2 channels): means [(1+3)/2, (4+0)/2] = [2, 2]; baseline 0.5 -> 1.5
+    s = np.array([[[1.0, 4.0], [3.0, 0.0]]])
+    close(sscam_weights(s, [0.5]), [[1.5, 1.5]])
+    close(sscam_weights(s, softmax=True), [[0.5, 0.5]])
+
+
+def test_iscam_masks_and_weights_hand():
+    # H = [[2, 4]] (1, 1, 2), n = 2: steps 1/2 and 1 -> [[1, 2]], [[2, 4]]
+    m = iscam_masks(np.array([[[2.0, 4.0]]]), 2)
+    close(m, [[[[1.0, 2.0]], [[2.0, 4.0]]]])
+    assert iscam_masks(np.ones((1, 1, 2), np.float32), 3).dtype == np.float32
+    # 3D masks (1, 1, 1, 1, 2), n = 4 -> scales 0.25, 0.5, 0.75, 1
+    close(iscam_masks(np.full((1, 1, 1, 1, 2), 8.0), 4)[0, :, 0, 0, 0, 0], [2.0, 4.0, 6.0, 8.0])
+    # weights: mean over steps of [[1, 0], [2, 0], [3, 3]] = [2, 1]; minus baseline 1
+    close(iscam_weights(np.array([[[1.0, 0.0], [2.0, 0.0], [3.0, 3.0]]]), 1.0), [[1.0, 0.0]])
+
+
+def test_sampled_helpers_errors():
+    with pytest.raises(ShapeError, match="scores: got shape \\(1, 2\\)"):
+        sscam_weights([[1.0, 2.0]])
+    with pytest.raises(ShapeError, match="baseline_score"):
+        iscam_weights(np.ones((2, 3, 4)), [1.0, 2.0, 3.0])
+    with pytest.raises(ShapeError, match="masks"):
+        iscam_masks(np.ones((2, 3)), 2)
+    with pytest.raises(InvalidArgumentError, match="n_steps"):
+        iscam_masks(np.ones((1, 1, 2)), 0)
+    with pytest.raises(InvalidArgumentError, match="n_samples"):
+        sscam_masks(np.ones((1, 1, 2)), 2.5, std=1.0)
+    with pytest.raises(InvalidArgumentError, match="std"):
+        sscam_masks(np.ones((1, 1, 2)), 2, std=-1.0)
+    with pytest.raises(NonFiniteError, match="masks"):
+        sscam_masks(np.full((1, 1, 2), np.nan), 2, std=1.0)
+
+
+@given(problems(), st.integers(1, 4))
+def test_one_sample_or_constant_scores_reduce_to_scorecam(p, n):
+    _, s, b = p
+    # n identical samples average to the sample itself
+    stacked = np.repeat(s[:, None], n, axis=1)
+    close(sscam_weights(stacked, b), scorecam_weights(s, b), rtol=1e-12, atol=1e-12)
+    close(iscam_weights(stacked, b, softmax=True), scorecam_weights(s, b, softmax=True),
+          rtol=1e-12, atol=1e-12)
