@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as _v
-from ..errors import ShapeError
+from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _channel_vector, _relu, _weighted_sum
+from .post import UPSAMPLE_MODES, normalize, upsample
 
 __all__ = [
+    "scorecam_masks",
     "scorecam_weights",
     "scorecam",
     "ablationcam_weights",
@@ -59,6 +61,81 @@ def _scorecam_weights(c: np.ndarray, b: np.ndarray | None, softmax: bool) -> np.
 
 
 # --------------------------------------------------------------------------- Score-CAM
+
+_MASK_ORDERS = ("upsample-then-normalize", "normalize-then-upsample")
+
+
+def scorecam_masks(
+    activations: Any,
+    size: Any,
+    *,
+    upsample_mode: str = "linear",
+    order: str = "upsample-then-normalize",
+    eps: float = 0.0,
+) -> np.ndarray:
+    r"""Score-CAM masks :math:`H^k`: each channel upsampled to the input size and min-max scaled.
+
+    .. math:: H^k = s\big(\mathrm{Up}(A^k)\big), \qquad
+              s(M) = \frac{M - \min M}{\max M - \min M}
+
+    Wang et al., 2020, "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+    Networks", Definition 1 and Sec. 4 (Up = upsampling to the input resolution, :math:`s` =
+    min-max normalisation of each channel separately).  The adapter multiplies each mask into the
+    input (:math:`X \circ H^k`) and runs the model to get the ``scores`` of :func:`scorecam`.
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    size : sequence of int, length ``len(S)``
+        Input spatial size ``S_in`` (numpy order, e.g. ``(H, W)``).
+    upsample_mode : {"linear", "linear-align-corners", "nearest", "nearest-exact"}, default "linear"
+        See :func:`refcam.math.upsample`.  The paper does not name its interpolation; ``"linear"``
+        (half-pixel, torch ``align_corners=False``) is refcam's default.
+    order : {"upsample-then-normalize", "normalize-then-upsample"}
+        The paper normalises the upsampled map (:math:`s(\mathrm{Up}(A^k))`).  The other order
+        differs when an extreme lies between output samples (half-pixel linear upsampling does
+        not reproduce interior peaks).
+    eps : float >= 0, default 0.0
+        ``0.0``: exact :math:`s`, with a constant channel giving an all-zero mask (the
+        zero-range guard of :func:`refcam.math.normalize`).  ``eps > 0`` adds it to
+        :math:`\max M - \min M`, as the libraries do.
+
+    Returns
+    -------
+    ndarray of shape (N, K, *size), dtype of ``activations``.
+
+    Notes
+    -----
+    Peer conventions (reproducible with the keywords): pytorch-grad-cam ``ScoreCAM`` =
+    ``upsample_mode="linear-align-corners", order="upsample-then-normalize", eps=1e-8``
+    (``UpsamplingBilinear2d``); torchcam ``ScoreCAM`` = ``upsample_mode="linear",
+    order="normalize-then-upsample", eps=1e-8``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[0., 4.], [3., 3.]]])                 # (1, 2, 2): 1-D spatial
+    >>> scorecam_masks(a, (4,))                              # Up([0, 4]) = [0, 1, 3, 4]
+    array([[[0.  , 0.25, 0.75, 1.  ],
+            [0.  , 0.  , 0.  , 0.  ]]])
+    """
+    a = _v.feature_maps(activations, "activations")
+    spatial = a.shape[2:]
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != len(spatial):
+        raise InvalidArgumentError("size", size, f"a sequence of {len(spatial)} positive integers "
+                                   f"(one per spatial axis of activations {spatial})")
+    mode = _v.choice(upsample_mode, "upsample_mode", UPSAMPLE_MODES)
+    order = _v.choice(order, "order", _MASK_ORDERS)
+    eps = _v.nonnegative_float(eps, "eps")
+    n, k = a.shape[:2]
+
+    def _s(x: np.ndarray) -> np.ndarray:   # per-channel min-max over the spatial axes
+        return normalize(x.reshape((n * k,) + x.shape[2:]), "minmax", eps).reshape(x.shape)
+
+    if order == "upsample-then-normalize":
+        return _s(upsample(a, size, mode))
+    return upsample(_s(a), size, mode)
+
 
 def scorecam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
     r"""Score-CAM channel weights from the scores of the masked inputs.

@@ -232,3 +232,95 @@ def test_one_sample_or_constant_scores_reduce_to_scorecam(p, n):
     close(sscam_weights(stacked, b), scorecam_weights(s, b), rtol=1e-12, atol=1e-12)
     close(iscam_weights(stacked, b, softmax=True), scorecam_weights(s, b, softmax=True),
           rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ Score-CAM masks
+
+from refcam.math import scorecam_masks  # noqa: E402
+
+
+def test_scorecam_masks_hand_1d():
+    # channel 0 = [0, 4]: half-pixel linear to 4 samples -> [0, 1, 3, 4] -> min-max [0, .25, .75, 1]
+    # channel 1 = [3, 3]: constant -> all-zero mask (zero-range guard)
+    a = np.array([[[0.0, 4.0], [3.0, 3.0]]])
+    close(scorecam_masks(a, (4,)), [[[0.0, 0.25, 0.75, 1.0], [0.0, 0.0, 0.0, 0.0]]])
+    # align-corners to 3 samples: [0, 2, 4] -> [0, .5, 1]
+    close(scorecam_masks(a, (3,), upsample_mode="linear-align-corners"),
+          [[[0.0, 0.5, 1.0], [0.0, 0.0, 0.0]]])
+    # nearest to 4: [0, 0, 4, 4] -> [0, 0, 1, 1]
+    close(scorecam_masks(a, [4], upsample_mode="nearest")[0, 0], [0.0, 0.0, 1.0, 1.0])
+
+
+def test_scorecam_masks_order_matters_for_interior_peaks():
+    # [0, 4, 0] -> 6 samples at input coordinates -0.25(->0), .25, .75, 1.25, 1.75, 2.25(->2):
+    # Up = [0, 1, 3, 3, 1, 0]  -> s(Up) = [0, 1/3, 1, 1, 1/3, 0]
+    # s = [0, 1, 0]            -> Up(s) = [0, .25, .75, .75, .25, 0]
+    a = np.array([[[0.0, 4.0, 0.0]]])
+    close(scorecam_masks(a, (6,)), [[[0.0, 1 / 3, 1.0, 1.0, 1 / 3, 0.0]]])
+    close(scorecam_masks(a, (6,), order="normalize-then-upsample"),
+          [[[0.0, 0.25, 0.75, 0.75, 0.25, 0.0]]])
+
+
+def test_scorecam_masks_eps_convention():
+    # (x - min) / (max - min + eps): [0, 4] at the same size -> [0, 4 / (4 + 1)]
+    close(scorecam_masks(np.array([[[0.0, 4.0]]]), (2,), eps=1.0), [[[0.0, 0.8]]])
+
+
+def test_scorecam_masks_2d_and_3d_hand():
+    # 2-D: (1, 1, 2, 2) [[0, 2], [2, 4]] kept at 2x2 -> (x - 0)/4
+    close(scorecam_masks(np.array([[[[0.0, 2.0], [2.0, 4.0]]]]), (2, 2)),
+          [[[[0.0, 0.5], [0.5, 1.0]]]])
+    # 3-D: (1, 1, 1, 1, 2) [0, 4] -> (1, 1, 4): [0, .25, .75, 1] along the last axis
+    m = scorecam_masks(np.array([0.0, 4.0]).reshape(1, 1, 1, 1, 2), (1, 1, 4))
+    assert m.shape == (1, 1, 1, 1, 4)
+    close(m[0, 0, 0, 0], [0.0, 0.25, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scorecam_masks_dtype(dtype):
+    out = scorecam_masks(np.array([[[0.0, 4.0], [3.0, 3.0]]], dtype), (4,))
+    assert out.dtype == dtype
+    close(out, [[[0.0, 0.25, 0.75, 1.0], [0.0, 0.0, 0.0, 0.0]]], rtol=1e-6)
+
+
+def test_scorecam_masks_errors():
+    a = np.ones((1, 2, 3, 3))
+    with pytest.raises(InvalidArgumentError, match="size"):
+        scorecam_masks(a, (8,))
+    with pytest.raises(InvalidArgumentError, match="size"):
+        scorecam_masks(a, 8)
+    with pytest.raises(InvalidArgumentError, match="size"):
+        scorecam_masks(a, (8, 0))
+    with pytest.raises(InvalidArgumentError, match="upsample_mode"):
+        scorecam_masks(a, (8, 8), upsample_mode="cubic")
+    with pytest.raises(InvalidArgumentError, match="order"):
+        scorecam_masks(a, (8, 8), order="both")
+    with pytest.raises(ShapeError, match="activations"):
+        scorecam_masks(np.ones((2, 3)), (8,))
+    with pytest.raises(NonFiniteError, match="activations"):
+        scorecam_masks(np.full((1, 1, 2), np.nan), (4,))
+
+
+@given(problems(), st.sampled_from(["linear", "linear-align-corners", "nearest", "nearest-exact"]),
+       st.sampled_from(["upsample-then-normalize", "normalize-then-upsample"]), st.integers(1, 7))
+def test_scorecam_masks_properties(p, mode, order, factor):
+    a = p[0]
+    size = tuple(s * factor for s in a.shape[2:])
+    m = scorecam_masks(a, size, upsample_mode=mode, order=order)
+    assert m.shape == a.shape[:2] + size and np.isfinite(m).all()
+    assert (m >= 0).all() and (m <= 1 + 1e-12).all()
+    sp = tuple(range(2, a.ndim))
+    constant = a.max(axis=sp) == a.min(axis=sp)
+    assert np.array_equal(m[constant], np.zeros_like(m[constant]))
+    if order == "upsample-then-normalize":
+        # every non-constant channel's mask spans exactly [0, 1]
+        # (nearest modes at an integer factor repeat every input sample, so min and max survive)
+        if mode.startswith("nearest"):
+            close(m.max(axis=sp)[~constant], 1.0)
+            close(m.min(axis=sp)[~constant], 0.0)
+    # batch independence and channel equivariance
+    each = np.concatenate([scorecam_masks(a[i:i + 1], size, upsample_mode=mode, order=order)
+                           for i in range(a.shape[0])])
+    close(m, each, rtol=0, atol=0)
+    rev = scorecam_masks(a[:, ::-1], size, upsample_mode=mode, order=order)
+    close(rev, m[:, ::-1], rtol=0, atol=0)
