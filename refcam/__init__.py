@@ -23,7 +23,9 @@ from .math import *  # noqa: E402,F401,F403  (the math floor is the top-level AP
 from .math import __all__ as _math_all  # noqa: E402
 
 _LAZY = {"explain": ("explanation", "explain"), "Explanation": ("explanation", "Explanation"),
-         "methods": ("methods", None), "onnx": ("onnx", None)}
+         "methods": ("methods", None), "onnx": ("onnx", None),
+         # front: the embedded model (onnx) and the pictures (matplotlib) load on first use
+         "zoo": ("zoo", None), "viz": ("viz", None), "cli": ("cli", None)}
 
 
 def __getattr__(name: str):
@@ -35,3 +37,7 @@ def __getattr__(name: str):
         mod = importlib.import_module(f".{module}", __name__)
         return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'refcam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
