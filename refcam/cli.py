@@ -371,6 +371,8 @@ def _preset(name: str | None):
 def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .errors import RefcamError
+
     positional = list(args.inputs)
     model_spec = None
     if positional and (positional[0].lower().endswith(".onnx") or positional[0].startswith("toy:")
@@ -414,7 +416,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
             opts = dict(options)
             conv = None
             if presets is not None:
-                conv = presets.get(args.preset, meth.name)
+                try:
+                    conv = presets.get(args.preset, meth.name)
+                except RefcamError as exc:
+                    raise UsageError(f"--preset {args.preset}: {exc}") from None
+                if getattr(conv, "masks", None) is not None or getattr(conv, "ablation_value", None) not in (None, "zero"):
+                    raise UsageError(f"--preset {args.preset}: the {meth.name} convention changes how the model is "
+                                     f"queried (masks / ablation), which the CLI does not map yet; use "
+                                     f"refcam.presets.compute with refcam.explain's arrays")
                 if "relu" in meth.defaults and "relu" not in opts:
                     opts["relu"] = bool(conv.relu)
                 for k, v in conv.method_kwargs.items():

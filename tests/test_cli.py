@@ -152,6 +152,25 @@ def test_progress_bar_on_request(tmp_path, capsys):
     assert code == 0 and "refcam explain" not in err  # not a terminal: no bar by default
 
 
+def test_preset_postprocessing(tmp_path, capsys, cat):
+    presets = pytest.importorskip("refcam.presets")
+    model, x, picture = cat
+    code, out, err = run(capsys, "explain", "-m", "cam", "--preset", "paper", "-o", str(tmp_path), "-q")
+    assert code == 0, err
+    e = refcam.explain(model, x, "cam", relu=presets.get("paper", "cam").relu)
+    np.testing.assert_array_equal(np.load(tmp_path / "chelsea_cam.npy"), e.maps[0])
+    shown = presets.postprocess(("paper", "cam"), e.maps, (224, 224))
+    np.testing.assert_array_equal(np.load(tmp_path / "chelsea_cam_paper.npy"), shown[0])
+    assert shown.shape == (1, 224, 224) and shown.min() == 0.0 and shown.max() == 1.0
+    ov = np.asarray(Image.open(tmp_path / "chelsea_cam.png").convert("RGB"))
+    np.testing.assert_array_equal(ov, viz.overlay(picture, shown[0]))
+    # a method the preset does not cover, and a convention the CLI cannot map: usage errors
+    code, _, err = run(capsys, "explain", "-m", "cam", "--preset", "captum")
+    assert code == 2 and err.startswith("refcam: error: --preset captum: method: got 'cam'")
+    code, _, err = run(capsys, "explain", "-m", "scorecam", "--preset", "paper")
+    assert code == 2 and "does not map yet" in err
+
+
 def test_default_method_follows_the_registry(monkeypatch):
     assert cli.default_method() == ("gradcam" if "gradcam" in METHODS else "cam")
     monkeypatch.setitem(METHODS, "gradcam", METHODS["cam"])
