@@ -79,6 +79,10 @@ def _registry():
     from . import explanation  # noqa: F401  (imports refcam.methods and registers the methods)
     from .methods import METHODS
 
+    # the gradient floor may register its methods (gradcam, ...) when it is imported
+    if "gradcam" not in METHODS and importlib.util.find_spec("refcam.autodiff") is not None:
+        importlib.import_module("refcam.autodiff")
+
     return METHODS
 
 
@@ -378,7 +382,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if positional and (positional[0].lower().endswith(".onnx") or positional[0].startswith("toy:")
                        or positional[0] in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")):
         model_spec = positional.pop(0)
-    image_specs = positional or ([DEFAULT_IMAGE] if model_spec in (None, DEFAULT_MODEL) else [])
+    default_model = model_spec in (None, DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
+    image_specs = positional or ([DEFAULT_IMAGE] if default_model else [])
     if not image_specs:
         raise UsageError(f"explain: no IMAGE given for model {model_spec!r}")
     if args.top < 1:
@@ -565,16 +570,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "explain", parents=[common], formatter_class=fmt,
         help="write heat-map PNGs and raw maps (.npy) for images",
-        description="Explain images with CAM methods and write PNG overlays and raw maps.\n\n"
-                    "  refcam explain                              # default model + the cat photo\n"
-                    "  refcam explain coffee --method cam,scorecam # default model, a bundled sample\n"
-                    "  refcam explain model.onnx a.jpg b.jpg --layer layer4 --norm imagenet\n"
-                    "  refcam explain toy:cam_net x.npy            # preprocessed array input\n\n"
-                    "MODEL is an .onnx file, 'default' (EfficientNet-Lite0, ImageNet) or toy:NAME (test "
-                    "zoo); it may be omitted. IMAGE is an image file, a .npy array in the model's layout "
-                    "(N, C, H, W) / (C, H, W), or a bundled sample (chelsea, coffee, astronaut).\n"
-                    "Writes <stem>.png (figure with top classes), <stem>_<method>.png (overlay) and "
-                    "<stem>_<method>.npy (raw map at feature resolution) and prints their paths.")
+        description=(
+            "Explain images with CAM methods and write PNG overlays and raw maps.\n\n"
+            "  refcam explain                              # default model + the cat photo\n"
+            "  refcam explain coffee --method cam,scorecam # default model, a bundled sample\n"
+            "  refcam explain model.onnx a.jpg b.jpg --layer layer4 --norm imagenet\n"
+            "  refcam explain toy:cam x.npy                # preprocessed array input\n\n"
+            "MODEL is an .onnx file, 'default' (EfficientNet-Lite0, ImageNet) or toy:NAME\n"
+            "(the test zoo); it may be omitted. IMAGE is an image file, a .npy array in the\n"
+            "model's layout, (N, C, H, W) or (C, H, W), or a bundled sample photo (chelsea,\n"
+            "coffee, astronaut).\n\n"
+            "Writes, per image, <stem>.png (figure with the top classes),\n"
+            "<stem>_<method>.png (overlay at the model's input size) and <stem>_<method>.npy\n"
+            "(raw map at feature resolution), and prints their paths."))
     p.add_argument("inputs", nargs="*", metavar="[MODEL] IMAGE", help="model (optional) then images")
     p.add_argument("-m", "--method", help="method name(s), comma-separated (default: gradcam if "
                    "available, else cam; see `refcam methods`)")
