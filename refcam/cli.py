@@ -32,10 +32,11 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-__all__ = ["main", "build_parser", "default_method", "UsageError", "NORMALIZATIONS", "PLUGINS"]
+__all__ = ["NORMALIZATIONS", "PLUGINS", "UsageError", "build_parser", "default_method", "main"]
 
 #: Modules that may contribute subcommands (``add_cli(...)``, see above), imported when present.
 PLUGINS: tuple[str, ...] = ("refcam.check",)
@@ -110,7 +111,9 @@ def _get_method(name: str):
 
 
 class _LoadedModel:
-    def __init__(self, model: Any, label: str, classes: list[str] | None, default_norm: str) -> None:
+    def __init__(
+        self, model: Any, label: str, classes: list[str] | None, default_norm: str
+    ) -> None:
         self.model = model
         self.label = label
         self.classes = classes
@@ -125,19 +128,29 @@ def _load_model(spec: str | None, layout: str) -> _LoadedModel:
 
         if layout.upper() not in ("NCHW", "CHANNELS_FIRST"):
             raise UsageError(f"--layout: got {layout!r}, the default model is NCHW")
-        return _LoadedModel(Model(zoo.efficientnet_lite0()), "EfficientNet-Lite0 (ImageNet)",
-                            zoo.imagenet_classes(), "efficientnet")
+        return _LoadedModel(
+            Model(zoo.efficientnet_lite0()),
+            "EfficientNet-Lite0 (ImageNet)",
+            zoo.imagenet_classes(),
+            "efficientnet",
+        )
     if spec.startswith("toy:"):
         from .onnx import toy_models
 
         name = spec[4:]
         if name not in toy_models.ZOO:
-            raise UsageError(f"model: unknown toy model {name!r}; expected toy:NAME with NAME one of "
-                             f"{', '.join(sorted(toy_models.ZOO))}")
-        return _LoadedModel(Model(toy_models.toy_model(name), layout=layout), spec, None, "imagenet")
+            raise UsageError(
+                f"model: unknown toy model {name!r}; expected toy:NAME with NAME one of "
+                f"{', '.join(sorted(toy_models.ZOO))}"
+            )
+        return _LoadedModel(
+            Model(toy_models.toy_model(name), layout=layout), spec, None, "imagenet"
+        )
     path = Path(spec)
     if not path.exists():
-        raise UsageError(f"model: no such file {spec!r} (expected an .onnx file, 'default' or toy:NAME)")
+        raise UsageError(
+            f"model: no such file {spec!r} (expected an .onnx file, 'default' or toy:NAME)"
+        )
     if path.is_dir():
         raise UsageError(f"model: {spec!r} is a directory, expected an .onnx file")
     return _LoadedModel(Model(str(path), layout=layout), path.name, None, "imagenet")
@@ -149,7 +162,9 @@ def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
     except ValueError:
         vals = ()
     if len(vals) != 3:
-        raise UsageError(f"{option}: got {text!r}, expected three comma-separated numbers R,G,B (0-255 scale)")
+        raise UsageError(
+            f"{option}: got {text!r}, expected three comma-separated numbers R,G,B (0-255 scale)"
+        )
     return vals  # type: ignore[return-value]
 
 
@@ -165,7 +180,11 @@ def _display_picture(x_cf):
     import numpy as np
 
     x = np.asarray(x_cf, dtype=np.float64)
-    pic = x[:3].transpose(1, 2, 0) if x.shape[0] >= 3 else np.repeat(x.mean(axis=0)[..., None], 3, axis=2)
+    pic = (
+        x[:3].transpose(1, 2, 0)
+        if x.shape[0] >= 3
+        else np.repeat(x.mean(axis=0)[..., None], 3, axis=2)
+    )
     lo, hi = pic.min(), pic.max()
     return np.zeros_like(pic) if hi == lo else (pic - lo) / (hi - lo)  # constant input: guard
 
@@ -207,32 +226,54 @@ def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespac
         else:
             path = Path(spec)
             if not path.exists():
-                raise UsageError(f"image: no such file {spec!r} (expected an image file, a .npy array or one "
-                                 f"of the samples {', '.join(zoo.sample_images())})")
+                raise UsageError(
+                    f"image: no such file {spec!r} (expected an image file, a .npy array or one "
+                    f"of the samples {', '.join(zoo.sample_images())})"
+                )
             if path.is_dir():
-                raise UsageError(f"image: {spec!r} is a directory, expected an image file or a .npy array")
+                raise UsageError(
+                    f"image: {spec!r} is a directory, expected an image file or a .npy array"
+                )
         if path.suffix.lower() == ".npy":
             try:
                 arr = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as exc:
-                raise UsageError(f"image: cannot read {spec!r} as a .npy array ({_one_line(exc)})") from None
+                raise UsageError(
+                    f"image: cannot read {spec!r} as a .npy array ({_one_line(exc)})"
+                ) from None
             if shape and arr.ndim == len(shape) - 1:
                 arr = arr[None]
             x_all = model.check_inputs(arr, argument=f"image {spec!r}")
             for i in range(x_all.shape[0]):
-                x = x_all[i:i + 1]
+                x = x_all[i : i + 1]
                 cf = model.to_channels_first(x)[0]
                 stem = path.stem if x_all.shape[0] == 1 else f"{path.stem}_{i}"
-                items.append(_Item(stem_of(stem), x, _display_picture(cf) if cf.ndim == 3 else None))
+                items.append(
+                    _Item(stem_of(stem), x, _display_picture(cf) if cf.ndim == 3 else None)
+                )
             continue
         n_channels = shape[-1 if channels_last else 1] if len(shape) > 1 else None
-        if shape and (len(shape) != 4 or (isinstance(n_channels, int) and n_channels not in (0, 3))):
-            hint = (" (a channels-last model? pass --layout NHWC)" if not channels_last and len(shape) == 4
-                    and shape[-1] == 3 else "")
-            raise UsageError(f"image: the model input {model.input_name!r} has shape {shape}, not an RGB image "
-                             f"batch; pass the input as a .npy array instead of {spec!r}{hint}")
-        x, pics = zoo.preprocess(str(path), size=size, crop_padding=args.crop_padding, mean=mean, std=std,
-                                 resample=args.resample, return_images=True)
+        if shape and (
+            len(shape) != 4 or (isinstance(n_channels, int) and n_channels not in (0, 3))
+        ):
+            hint = (
+                " (a channels-last model? pass --layout NHWC)"
+                if not channels_last and len(shape) == 4 and shape[-1] == 3
+                else ""
+            )
+            raise UsageError(
+                f"image: the model input {model.input_name!r} has shape {shape}, not an RGB image "
+                f"batch; pass the input as a .npy array instead of {spec!r}{hint}"
+            )
+        x, pics = zoo.preprocess(
+            str(path),
+            size=size,
+            crop_padding=args.crop_padding,
+            mean=mean,
+            std=std,
+            resample=args.resample,
+            return_images=True,
+        )
         if channels_last:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         x = model.check_inputs(x, argument=f"image {spec!r}")
@@ -260,13 +301,17 @@ def _parse_target(text: str | None, lm: _LoadedModel, n: int):
             close = difflib.get_close_matches(key, [c.lower() for c in lm.classes], n=3, cutoff=0.6)
             hint = f" (closest: {', '.join(close)})" if close else ""
             raise UsageError(f"--target: unknown class name {p!r}{hint}")
-        raise UsageError(f"--target: got {p!r}, expected a class index (this model has no class names)")
+        raise UsageError(
+            f"--target: got {p!r}, expected a class index (this model has no class names)"
+        )
 
     vals = [one(p) for p in parts]
     if len(vals) == 1:
         return vals[0]
     if len(vals) != n:
-        raise UsageError(f"--target: got {len(vals)} comma-separated targets for {n} image(s), expected 1 or {n}")
+        raise UsageError(
+            f"--target: got {len(vals)} comma-separated targets for {n} image(s), expected 1 or {n}"
+        )
     return vals
 
 
@@ -303,8 +348,15 @@ def _softmax_top(outputs_row, k: int):
     return [(int(c), float(p[c])) for c in order]
 
 
-def explain_figure(picture, overlays: Sequence[tuple[str, Any]], top: Sequence[tuple[str, float]],
-                   *, title: str, highlight: int | None = None, dpi: float = 100):
+def explain_figure(
+    picture,
+    overlays: Sequence[tuple[str, Any]],
+    top: Sequence[tuple[str, float]],
+    *,
+    title: str,
+    highlight: int | None = None,
+    dpi: float = 100,
+):
     """Figure: the picture, one overlay panel per method, and a bar chart of the top classes.
 
     Parameters
@@ -365,10 +417,14 @@ def _preset(name: str | None):
     if name is None:
         return None
     if importlib.util.find_spec("refcam.presets") is None:
-        raise UsageError("--preset: convention presets (refcam.presets) are not in this version of refcam")
+        raise UsageError(
+            "--preset: convention presets (refcam.presets) are not in this version of refcam"
+        )
     presets = importlib.import_module("refcam.presets")
     if name not in presets.PRESET_NAMES:
-        raise UsageError(f"--preset: got {name!r}, expected one of {', '.join(presets.PRESET_NAMES)}")
+        raise UsageError(
+            f"--preset: got {name!r}, expected one of {', '.join(presets.PRESET_NAMES)}"
+        )
     return presets
 
 
@@ -379,8 +435,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     positional = list(args.inputs)
     model_spec = None
-    if positional and (positional[0].lower().endswith(".onnx") or positional[0].startswith("toy:")
-                       or positional[0] in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")):
+    if positional and (
+        positional[0].lower().endswith(".onnx")
+        or positional[0].startswith("toy:")
+        or positional[0] in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
+    ):
         model_spec = positional.pop(0)
     default_model = model_spec in (None, DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
     image_specs = positional or ([DEFAULT_IMAGE] if default_model else [])
@@ -425,19 +484,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     conv = presets.get(args.preset, meth.name)
                 except RefcamError as exc:
                     raise UsageError(f"--preset {args.preset}: {exc}") from None
-                if getattr(conv, "masks", None) is not None or getattr(conv, "ablation_value", None) not in (None, "zero"):
-                    raise UsageError(f"--preset {args.preset}: the {meth.name} convention changes how the model is "
-                                     f"queried (masks / ablation), which the CLI does not map yet; use "
-                                     f"refcam.presets.compute with refcam.explain's arrays")
+                if getattr(conv, "masks", None) is not None or getattr(
+                    conv, "ablation_value", None
+                ) not in (None, "zero"):
+                    raise UsageError(
+                        f"--preset {args.preset}: the {meth.name} convention changes how the model is "
+                        f"queried (masks / ablation), which the CLI does not map yet; use "
+                        f"refcam.presets.compute with refcam.explain's arrays"
+                    )
                 if "relu" in meth.defaults and "relu" not in opts:
                     opts["relu"] = bool(conv.relu)
                 for k, v in conv.method_kwargs.items():
                     if k not in meth.defaults:
-                        raise UsageError(f"--preset {args.preset}: {meth.name} needs option {k}={v!r}, which "
-                                         f"refcam.explain does not expose for this method")
+                        raise UsageError(
+                            f"--preset {args.preset}: {meth.name} needs option {k}={v!r}, which "
+                            f"refcam.explain does not expose for this method"
+                        )
                     opts.setdefault(k, v)
-            e = explain(lm.model, x, meth.name, layer=args.layer, target=target,
-                        batch_size=args.batch_size, progress=args.progress, **opts)
+            e = explain(
+                lm.model,
+                x,
+                meth.name,
+                layer=args.layer,
+                target=target,
+                batch_size=args.batch_size,
+                progress=args.progress,
+                **opts,
+            )
             shown = e.maps
             if conv is not None:
                 shown = presets.postprocess(conv, e.maps, e.input_size)
@@ -447,6 +520,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         bar.close()
 
     first = results[0][1]
+
+    def label(c: int) -> str:
+        return f"{lm.classes[c]} ({c})" if lm.classes is not None else f"class {c}"
+
     for i, it in enumerate(items):
         overlays = []
         for meth, e, shown in results:
@@ -468,22 +545,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if not overlays:
             continue
         top = _softmax_top(first.outputs[i], min(args.top, int(np.asarray(first.outputs[i]).size)))
-        names = lm.classes
-
-        def label(c: int) -> str:
-            return f"{names[c]} ({c})" if names is not None else f"class {c}"
-
         explained = None if first.targets is None else int(np.asarray(first.targets)[i].ravel()[0])
         hl = next((j for j, (c, _) in enumerate(top) if c == explained), None)
         title = f"{lm.label} — {it.stem}"
         if explained is not None:
             title += f" — target: {label(explained)}"
-        fig = explain_figure(it.picture, overlays, [(label(c), p) for c, p in top], title=title, highlight=hl)
+        fig = explain_figure(
+            it.picture, overlays, [(label(c), p) for c, p in top], title=title, highlight=hl
+        )
         pf = out / f"{it.stem}.png"
         viz.save_png(fig, pf)
         written.append(pf)
         if not args.quiet:
-            print(f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr)
+            print(
+                f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr
+            )
     for p in written:
         print(p)
     return 0
@@ -510,8 +586,15 @@ def cmd_layers(args: argparse.Namespace) -> int:
     rows = [li for li in model.layers() if args.all or li.is_spatial or li.shape is None]
     table = [("", "tensor", "op", "shape", "source name")]
     for li in rows:
-        table.append(("*" if li.name == default else "", li.name, li.op_type, _fmt_shape(li.shape),
-                      li.module_path or "-"))
+        table.append(
+            (
+                "*" if li.name == default else "",
+                li.name,
+                li.op_type,
+                _fmt_shape(li.shape),
+                li.module_path or "-",
+            )
+        )
     widths = [max(len(r[c]) for r in table) for c in range(5)]
     for r in table:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
@@ -542,8 +625,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print("  target  : class-agnostic (no --target)")
         print()
     if "gradcam" not in methods:
-        print("Gradient methods (gradcam, gradcampp, ...) appear here once the gradient floor "
-              "(refcam.autodiff) registers them.")
+        print(
+            "Gradient methods (gradcam, gradcampp, ...) appear here once the gradient floor "
+            "(refcam.autodiff) registers them."
+        )
     return 0
 
 
@@ -556,11 +641,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
     parser = _Parser(
-        prog="refcam", parents=[common],
+        prog="refcam",
+        parents=[common],
         description="Reference class activation maps (CAM, Grad-CAM, Score-CAM, ...) for ONNX models, "
-                    "in NumPy. `refcam explain` with no argument explains the embedded EfficientNet-Lite0 "
-                    "on a photo of a cat.",
-        epilog="Exit codes: 0 ok, 1 refcam error (e.g. unknown layer, unsupported op), 2 usage error.")
+        "in NumPy. `refcam explain` with no argument explains the embedded EfficientNet-Lite0 "
+        "on a photo of a cat.",
+        epilog="Exit codes: 0 ok, 1 refcam error (e.g. unknown layer, unsupported op), 2 usage error.",
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"refcam {__version__}")
@@ -568,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
-        "explain", parents=[common], formatter_class=fmt,
+        "explain",
+        parents=[common],
+        formatter_class=fmt,
         help="write heat-map PNGs and raw maps (.npy) for images",
         description=(
             "Explain images with CAM methods and write PNG overlays and raw maps.\n\n"
@@ -582,52 +671,117 @@ def build_parser() -> argparse.ArgumentParser:
             "coffee, astronaut).\n\n"
             "Writes, per image, <stem>.png (figure with the top classes),\n"
             "<stem>_<method>.png (overlay at the model's input size) and <stem>_<method>.npy\n"
-            "(raw map at feature resolution), and prints their paths."))
-    p.add_argument("inputs", nargs="*", metavar="[MODEL] IMAGE", help="model (optional) then images")
-    p.add_argument("-m", "--method", help="method name(s), comma-separated (default: gradcam if "
-                   "available, else cam; see `refcam methods`)")
-    p.add_argument("-l", "--layer", help="tensor, node or module name (default: last spatial activation "
-                   "before global pooling; see `refcam layers`)")
-    p.add_argument("-t", "--target", help="class index or ImageNet class name (default: top-1); "
-                   "comma-separated for one target per image")
-    p.add_argument("-p", "--preset", help="convention preset of refcam.presets (paper, pytorch-grad-cam, "
-                   "torchcam, captum): post-processing of the shown map, saved as <stem>_<method>_<preset>.npy")
-    p.add_argument("-o", "--out", default="refcam-out", help="output directory (default: ./refcam-out)")
-    p.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
-                   help="method option, repeatable (e.g. -O relu=false -O n_samples=4)")
+            "(raw map at feature resolution), and prints their paths."
+        ),
+    )
+    p.add_argument(
+        "inputs", nargs="*", metavar="[MODEL] IMAGE", help="model (optional) then images"
+    )
+    p.add_argument(
+        "-m",
+        "--method",
+        help="method name(s), comma-separated (default: gradcam if "
+        "available, else cam; see `refcam methods`)",
+    )
+    p.add_argument(
+        "-l",
+        "--layer",
+        help="tensor, node or module name (default: last spatial activation "
+        "before global pooling; see `refcam layers`)",
+    )
+    p.add_argument(
+        "-t",
+        "--target",
+        help="class index or ImageNet class name (default: top-1); "
+        "comma-separated for one target per image",
+    )
+    p.add_argument(
+        "-p",
+        "--preset",
+        help="convention preset of refcam.presets (paper, pytorch-grad-cam, "
+        "torchcam, captum): post-processing of the shown map, saved as <stem>_<method>_<preset>.npy",
+    )
+    p.add_argument(
+        "-o", "--out", default="refcam-out", help="output directory (default: ./refcam-out)"
+    )
+    p.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="method option, repeatable (e.g. -O relu=false -O n_samples=4)",
+    )
     g = p.add_argument_group("preprocessing (image files)")
-    g.add_argument("--size", type=int, help="side of the square model input (default: model's, else 224)")
-    g.add_argument("--crop-padding", type=int, default=32, help="centre crop of side size/(size+P)*min(H,W) "
-                   "before resizing (default 32, the TF/torchvision 224/256 crop; 0 = largest centred square)")
-    g.add_argument("--resample", default="bicubic", choices=("bicubic", "bilinear", "nearest", "lanczos"),
-                   help="resize filter (default bicubic)")
-    g.add_argument("--norm", help=f"mean/std preset: {', '.join(NORMALIZATIONS)} (default: efficientnet "
-                   "for the default model, imagenet otherwise)")
+    g.add_argument(
+        "--size", type=int, help="side of the square model input (default: model's, else 224)"
+    )
+    g.add_argument(
+        "--crop-padding",
+        type=int,
+        default=32,
+        help="centre crop of side size/(size+P)*min(H,W) "
+        "before resizing (default 32, the TF/torchvision 224/256 crop; 0 = largest centred square)",
+    )
+    g.add_argument(
+        "--resample",
+        default="bicubic",
+        choices=("bicubic", "bilinear", "nearest", "lanczos"),
+        help="resize filter (default bicubic)",
+    )
+    g.add_argument(
+        "--norm",
+        help=f"mean/std preset: {', '.join(NORMALIZATIONS)} (default: efficientnet "
+        "for the default model, imagenet otherwise)",
+    )
     g.add_argument("--mean", help="R,G,B means on the 0-255 scale (overrides --norm)")
     g.add_argument("--std", help="R,G,B standard deviations on the 0-255 scale (overrides --norm)")
-    g.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC", "NCDHW", "NDHWC"),
-                   help="model input/activation layout (default NCHW)")
+    g.add_argument(
+        "--layout",
+        default="NCHW",
+        choices=("NCHW", "NHWC", "NCDHW", "NDHWC"),
+        help="model input/activation layout (default NCHW)",
+    )
     g2 = p.add_argument_group("output")
     g2.add_argument("--top", type=int, default=5, help="classes shown in the figure (default 5)")
-    g2.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)")
+    g2.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)"
+    )
     g2.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
     g2.add_argument("--batch-size", type=int, help="samples per onnxruntime call")
-    g2.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="progress bar on stderr (default: when stderr is a terminal)")
+    g2.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     g2.add_argument("-q", "--quiet", action="store_true", help="print only the written paths")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("layers", parents=[common], help="list candidate layers with shapes and source names",
-                       description="List the model's candidate tensors (spatial ones unless --all) with "
-                                   "op, shape and the source framework's module name; * marks the default.")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL,
-                   help="an .onnx file, 'default' or toy:NAME (default: the embedded model)")
-    p.add_argument("--all", action="store_true", help="every floating tensor, not only spatial ones")
+    p = sub.add_parser(
+        "layers",
+        parents=[common],
+        help="list candidate layers with shapes and source names",
+        description="List the model's candidate tensors (spatial ones unless --all) with "
+        "op, shape and the source framework's module name; * marks the default.",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help="an .onnx file, 'default' or toy:NAME (default: the embedded model)",
+    )
+    p.add_argument(
+        "--all", action="store_true", help="every floating tensor, not only spatial ones"
+    )
     p.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC", "NCDHW", "NDHWC"))
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("methods", parents=[common], help="list every method with formula, paper and needs",
-                       description="Every registered method: formula, paper, the arrays it needs, options.")
+    p = sub.add_parser(
+        "methods",
+        parents=[common],
+        help="list every method with formula, paper and needs",
+        description="Every registered method: formula, paper, the arrays it needs, options.",
+    )
     p.add_argument("names", nargs="*", help="only these methods")
     p.set_defaults(func=cmd_methods)
 
@@ -664,7 +818,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from .errors import LayerNotFoundError
 
-        hint = " (run `refcam layers MODEL` to list them)" if isinstance(exc, LayerNotFoundError) else ""
+        hint = (
+            " (run `refcam layers MODEL` to list them)"
+            if isinstance(exc, LayerNotFoundError)
+            else ""
+        )
         print(f"refcam: error: {_one_line(exc)}{hint}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # `refcam layers | head`: the reader left; not an error
@@ -679,8 +837,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an environment problem: still one line
         if debug:
             raise
-        print(f"refcam: error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"refcam: error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

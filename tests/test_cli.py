@@ -50,7 +50,11 @@ def test_default_explain_writes_figure_overlay_and_raw_map(tmp_path, capsys, cat
     code, out, err = run(capsys, "explain", "--out", str(tmp_path))
     assert code == 0, err
     paths = [Path(p) for p in out.split()]
-    expected = {tmp_path / "chelsea.png", tmp_path / f"chelsea_{method}.png", tmp_path / f"chelsea_{method}.npy"}
+    expected = {
+        tmp_path / "chelsea.png",
+        tmp_path / f"chelsea_{method}.png",
+        tmp_path / f"chelsea_{method}.npy",
+    }
     assert set(paths) == expected and all(p.is_file() for p in paths)
 
     # raw map = refcam.explain's map, exactly
@@ -68,14 +72,14 @@ def test_default_explain_writes_figure_overlay_and_raw_map(tmp_path, capsys, cat
     colour = (ov.astype(float) - 0.5 * picture.astype(float)) / (0.5 * 255)
     hot, cold = np.unravel_index(up.argmax(), up.shape), np.unravel_index(up.argmin(), up.shape)
     jet = colormaps["jet"]
-    np.testing.assert_allclose(colour[hot], jet(1.0)[:3], atol=0.01)   # dark red (0.5, 0, 0)
+    np.testing.assert_allclose(colour[hot], jet(1.0)[:3], atol=0.01)  # dark red (0.5, 0, 0)
     np.testing.assert_allclose(colour[cold], jet(0.0)[:3], atol=0.01)  # dark blue (0, 0, 0.5)
 
     # the figure: input | overlay | top-5 bars, the explained (top-1) class drawn in tab:red
     fig = np.asarray(Image.open(tmp_path / "chelsea.png").convert("RGB"))
     assert fig.shape == (360, 1020, 3)  # figsize (3 * 2 + 4.2, 3.6) inches at 100 dpi
     red = np.all(fig == (214, 39, 40), axis=-1)  # matplotlib "tab:red"
-    rows, cols = np.nonzero(red)
+    cols = np.nonzero(red)[1]
     assert red.sum() > 500 and cols.min() > 2 * 1020 // 3 - 150  # a bar in the right-hand panel
     # the top-5 line on stderr names the model's top-1 class
     top1 = zoo.decode_predictions(e.outputs, 1)[0][0]
@@ -86,8 +90,17 @@ def test_npy_inputs_toy_model_several_methods(tmp_path, capsys):
     x = np.random.default_rng(0).random((2, 3, 12, 12), dtype=np.float32)
     np.save(tmp_path / "batch.npy", x)
     out_dir = tmp_path / "out"
-    code, out, err = run(capsys, "explain", "toy:cam", str(tmp_path / "batch.npy"), "-m", "cam,eigencam",
-                         "-o", str(out_dir), "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        "toy:cam",
+        str(tmp_path / "batch.npy"),
+        "-m",
+        "cam,eigencam",
+        "-o",
+        str(out_dir),
+        "-q",
+    )
     assert code == 0, err
     for method in ("cam", "eigencam"):
         e = refcam.explain(cam_net(), x, method)
@@ -100,15 +113,53 @@ def test_npy_inputs_toy_model_several_methods(tmp_path, capsys):
     assert Image.open(out_dir / "batch_0.png").size == (1320, 360)
 
 
+def test_volumes_write_arrays_only(tmp_path, capsys):
+    from refcam.onnx.toy_models import conv3d_net
+
+    x = np.random.default_rng(2).random((1, 1, 6, 6, 6), dtype=np.float32)
+    np.save(tmp_path / "vol.npy", x[0])  # (C, D, H, W): the batch axis is added
+    code, out, err = run(
+        capsys,
+        "explain",
+        "toy:conv3d",
+        str(tmp_path / "vol.npy"),
+        "-m",
+        "cam",
+        "-o",
+        str(tmp_path / "o"),
+        "-q",
+    )
+    assert code == 0, err
+    assert out.split() == [str(tmp_path / "o" / "vol_cam.npy")]  # pictures are 2-D: no PNG
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "o" / "vol_cam.npy"), refcam.explain(conv3d_net(), x, "cam").maps[0]
+    )
+
+
 def test_target_by_name_per_image_and_options(tmp_path, capsys, cat):
     model, x, _ = cat
-    code, _, err = run(capsys, "explain", "chelsea", "-m", "cam", "--target", "tabby", "-o", str(tmp_path), "-q")
+    code, _, err = run(
+        capsys, "explain", "chelsea", "-m", "cam", "--target", "tabby", "-o", str(tmp_path), "-q"
+    )
     assert code == 0, err
-    np.testing.assert_array_equal(np.load(tmp_path / "chelsea_cam.npy"),
-                                  refcam.explain(model, x, "cam", target=281).maps[0])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "chelsea_cam.npy"), refcam.explain(model, x, "cam", target=281).maps[0]
+    )
     # the cat seen as an espresso (967): CAM has negative evidence, which relu=true removes
-    code, _, err = run(capsys, "explain", "chelsea", "-m", "cam", "--target", "Espresso", "-O", "relu=true",
-                       "-o", str(tmp_path), "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        "chelsea",
+        "-m",
+        "cam",
+        "--target",
+        "Espresso",
+        "-O",
+        "relu=true",
+        "-o",
+        str(tmp_path),
+        "-q",
+    )
     assert code == 0, err
     e = refcam.explain(model, x, "cam", target=967, relu=True)
     raw = np.load(tmp_path / "chelsea_cam.npy")
@@ -116,8 +167,19 @@ def test_target_by_name_per_image_and_options(tmp_path, capsys, cat):
     assert raw.min() == 0.0 and refcam.explain(model, x, "cam", target=967).maps.min() < 0
 
     # one target per image, comma-separated; two images of the same stem are told apart
-    code, out, err = run(capsys, "explain", "chelsea", "coffee", "-m", "cam", "--target", "967,967",
-                         "-o", str(tmp_path / "b"), "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        "chelsea",
+        "coffee",
+        "-m",
+        "cam",
+        "--target",
+        "967,967",
+        "-o",
+        str(tmp_path / "b"),
+        "-q",
+    )
     assert code == 0, err
     xb = zoo.preprocess([zoo.sample_image_path("chelsea"), zoo.sample_image_path("coffee")])
     eb = refcam.explain(model, xb, "cam", target=967)
@@ -126,36 +188,87 @@ def test_target_by_name_per_image_and_options(tmp_path, capsys, cat):
 
 
 def test_preprocessing_options_nhwc(tmp_path, capsys):
-    code, _, err = run(capsys, "explain", "toy:nhwc", "coffee", "--layout", "NHWC", "--norm", "unit",
-                       "--crop-padding", "0", "--resample", "bilinear", "-m", "cam", "-o", str(tmp_path), "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        "toy:nhwc",
+        "coffee",
+        "--layout",
+        "NHWC",
+        "--norm",
+        "unit",
+        "--crop-padding",
+        "0",
+        "--resample",
+        "bilinear",
+        "-m",
+        "cam",
+        "-o",
+        str(tmp_path),
+        "-q",
+    )
     assert code == 0, err
     # toy:nhwc takes (N, 10, 10, 3): size 10 from the model, x / 255, largest centred square, bilinear
-    x = zoo.preprocess(zoo.sample_image_path("coffee"), size=10, crop_padding=0, mean=(0, 0, 0),
-                       std=(255, 255, 255), resample="bilinear").transpose(0, 2, 3, 1)
+    x = zoo.preprocess(
+        zoo.sample_image_path("coffee"),
+        size=10,
+        crop_padding=0,
+        mean=(0, 0, 0),
+        std=(255, 255, 255),
+        resample="bilinear",
+    ).transpose(0, 2, 3, 1)
     e = refcam.explain(nhwc_net(), x, "cam", layout="NHWC")
     np.testing.assert_array_equal(np.load(tmp_path / "coffee_cam.npy"), e.maps[0])
 
     # explicit mean/std override the preset (imagenet is the default for non-default models)
-    code, _, err = run(capsys, "explain", "toy:cam", "coffee", "--mean", "0,0,0", "--std", "1,1,1", "-m", "cam",
-                       "-o", str(tmp_path / "raw"), "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        "toy:cam",
+        "coffee",
+        "--mean",
+        "0,0,0",
+        "--std",
+        "1,1,1",
+        "-m",
+        "cam",
+        "-o",
+        str(tmp_path / "raw"),
+        "-q",
+    )
     assert code == 0, err
     x = zoo.preprocess(zoo.sample_image_path("coffee"), size=12, mean=(0, 0, 0), std=(1, 1, 1))
-    np.testing.assert_array_equal(np.load(tmp_path / "raw" / "coffee_cam.npy"),
-                                  refcam.explain(cam_net(), x, "cam").maps[0])
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "raw" / "coffee_cam.npy"), refcam.explain(cam_net(), x, "cam").maps[0]
+    )
 
 
 def test_progress_bar_on_request(tmp_path, capsys):
-    code, _, err = run(capsys, "explain", "toy:cam", "chelsea", "-m", "cam,eigencam", "--progress",
-                       "-o", str(tmp_path), "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        "toy:cam",
+        "chelsea",
+        "-m",
+        "cam,eigencam",
+        "--progress",
+        "-o",
+        str(tmp_path),
+        "-q",
+    )
     assert code == 0 and "refcam explain" in err and "0/2" in err and "eigencam" in err
-    code, _, err = run(capsys, "explain", "toy:cam", "chelsea", "-m", "cam", "-o", str(tmp_path), "-q")
+    code, _, err = run(
+        capsys, "explain", "toy:cam", "chelsea", "-m", "cam", "-o", str(tmp_path), "-q"
+    )
     assert code == 0 and "refcam explain" not in err  # not a terminal: no bar by default
 
 
 def test_preset_postprocessing(tmp_path, capsys, cat):
     presets = pytest.importorskip("refcam.presets")
     model, x, picture = cat
-    code, out, err = run(capsys, "explain", "-m", "cam", "--preset", "paper", "-o", str(tmp_path), "-q")
+    code, _, err = run(
+        capsys, "explain", "-m", "cam", "--preset", "paper", "-o", str(tmp_path), "-q"
+    )
     assert code == 0, err
     e = refcam.explain(model, x, "cam", relu=presets.get("paper", "cam").relu)
     np.testing.assert_array_equal(np.load(tmp_path / "chelsea_cam.npy"), e.maps[0])
@@ -186,14 +299,23 @@ def test_layers_default_model_marks_head_relu(capsys):
     code, out, _ = run(capsys, "layers")
     assert code == 0
     marked = [ln for ln in out.splitlines() if ln.startswith("*  ")]
-    assert len(marked) == 1 and marked[0].split()[1:] == ["head.relu", "Clip", "(N,", "1280,", "7,", "7)",
-                                                          "_swish"]
+    assert len(marked) == 1 and marked[0].split()[1:] == [
+        "head.relu",
+        "Clip",
+        "(N,",
+        "1280,",
+        "7,",
+        "7)",
+        "_swish",
+    ]
     assert "_conv_head" in out and "head.pool" in out and "* default layer: head.relu" in out
 
 
 def test_layers_all_and_toy(capsys):
     code, out, _ = run(capsys, "layers", "toy:cam")
-    spatial = [ln.split()[-4] if ln.startswith("*") else ln.split()[0] for ln in out.splitlines()[1:5]]
+    spatial = [
+        ln.split()[-4] if ln.startswith("*") else ln.split()[0] for ln in out.splitlines()[1:5]
+    ]
     assert code == 0 and "features" in out and "logits" not in out
     code, out, _ = run(capsys, "layers", "toy:cam", "--all")
     assert code == 0 and "logits" in out and "(N, 5)" in out
@@ -207,7 +329,7 @@ def test_methods_lists_registry(capsys):
     for name, m in METHODS.items():
         assert f"\n{name}" in "\n" + out
         assert m.paper in out and m.equation in out and ", ".join(m.needs) in out
-    assert f"(default of `refcam explain`)" in out
+    assert "(default of `refcam explain`)" in out
     code, out, _ = run(capsys, "methods", "Score-CAM")
     assert code == 0 and out.startswith("scorecam\n") and "ablationcam" not in out
 
@@ -215,25 +337,48 @@ def test_methods_lists_registry(capsys):
 # ----------------------------------------------------------------------------- errors and help
 
 
-@pytest.mark.parametrize("argv, code, needle", [
-    (["explain", "nofile.onnx", "x.jpg"], 2, "model: no such file 'nofile.onnx'"),
-    (["explain", "missing.jpg"], 2, "image: no such file 'missing.jpg'"),
-    (["explain", "--method", "foo"], 2, "method: got 'foo', expected one of"),
-    (["explain", "--target", "tabbby"], 2, "--target: unknown class name 'tabbby' (closest: tabby"),
-    (["explain", "--target", "1,2,3"], 2, "--target: got 3 comma-separated targets for 1 image(s)"),
-    (["explain", "--size", "x"], 2, "argument --size: invalid int value: 'x'"),
-    (["explain", "--alpha", "2"], 2, "--alpha: got 2.0, expected a number in [0, 1]"),
-    (["explain", "-O", "relu"], 2, "--option: got 'relu', expected KEY=VALUE"),
-    (["explain", "--mean", "1,2"], 2, "--mean: got '1,2', expected three comma-separated numbers"),
-    (["explain", "toy:nope", "x.npy"], 2, "model: unknown toy model 'nope'"),
-    (["explain", "toy:nhwc", "chelsea"], 2, "pass --layout NHWC"),
-    (["explain", "--bogus"], 2, "unrecognized arguments: --bogus"),
-    (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
-    (["explain", "--layer", "nope"], 1, "layer: got 'nope', expected one of the model's tensor names"),
-    (["explain", "--target", "5000"], 1, "target: class 5000 is out of range"),
-    (["explain", "-m", "cam", "-O", "foo=1"], 1, "foo: got 1, expected no such option for 'cam'"),
-    (["explain", "toy:cam", "chelsea", "--layer", "logits"], 1, "layer: got shape (N, 5)"),
-])
+@pytest.mark.parametrize(
+    "argv, code, needle",
+    [
+        (["explain", "nofile.onnx", "x.jpg"], 2, "model: no such file 'nofile.onnx'"),
+        (["explain", "missing.jpg"], 2, "image: no such file 'missing.jpg'"),
+        (["explain", "--method", "foo"], 2, "method: got 'foo', expected one of"),
+        (
+            ["explain", "--target", "tabbby"],
+            2,
+            "--target: unknown class name 'tabbby' (closest: tabby",
+        ),
+        (
+            ["explain", "--target", "1,2,3"],
+            2,
+            "--target: got 3 comma-separated targets for 1 image(s)",
+        ),
+        (["explain", "--size", "x"], 2, "argument --size: invalid int value: 'x'"),
+        (["explain", "--alpha", "2"], 2, "--alpha: got 2.0, expected a number in [0, 1]"),
+        (["explain", "-O", "relu"], 2, "--option: got 'relu', expected KEY=VALUE"),
+        (
+            ["explain", "--mean", "1,2"],
+            2,
+            "--mean: got '1,2', expected three comma-separated numbers",
+        ),
+        (["explain", "toy:nope", "x.npy"], 2, "model: unknown toy model 'nope'"),
+        (["explain", "toy:nhwc", "chelsea"], 2, "pass --layout NHWC"),
+        (["explain", "--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+        (
+            ["explain", "--layer", "nope"],
+            1,
+            "layer: got 'nope', expected one of the model's tensor names",
+        ),
+        (["explain", "--target", "5000"], 1, "target: class 5000 is out of range"),
+        (
+            ["explain", "-m", "cam", "-O", "foo=1"],
+            1,
+            "foo: got 1, expected no such option for 'cam'",
+        ),
+        (["explain", "toy:cam", "chelsea", "--layer", "logits"], 1, "layer: got shape (N, 5)"),
+    ],
+)
 def test_errors_are_one_line_with_exit_code(capsys, argv, code, needle):
     got, out, err = run(capsys, *argv)
     assert got == code
@@ -245,7 +390,10 @@ def test_errors_are_one_line_with_exit_code(capsys, argv, code, needle):
 def test_unknown_layer_hint_and_debug_traceback(capsys):
     _, _, err = run(capsys, "explain", "--layer", "nope")
     assert "run `refcam layers MODEL`" in err
-    for argv in (["--debug", "explain", "--layer", "nope"], ["explain", "--layer", "nope", "--debug"]):
+    for argv in (
+        ["--debug", "explain", "--layer", "nope"],
+        ["explain", "--layer", "nope", "--debug"],
+    ):
         with pytest.raises(LayerNotFoundError):
             cli.main(argv)
 
@@ -257,17 +405,31 @@ def test_not_an_onnx_file_and_unwritable_out(tmp_path, capsys):
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run(capsys, "explain", "toy:cam", "chelsea", "-m", "cam", "-o", str(blocker / "sub"))
+    code, _, err = run(
+        capsys, "explain", "toy:cam", "chelsea", "-m", "cam", "-o", str(blocker / "sub")
+    )
     assert code == 2 and "--out: cannot create directory" in err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["explain", "--help"], ["layers", "--help"], ["methods", "-h"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["explain", "--help"], ["layers", "--help"], ["methods", "-h"]]
+)
 def test_help_everywhere(capsys, argv):
     code, out, _ = run(capsys, *argv)
     assert code == 0 and out.startswith("usage: refcam")
     if argv[0] == "explain":
-        for opt in ("--method", "--layer", "--target", "--preset", "--out", "--size", "--crop-padding",
-                    "--norm", "--layout", "--progress"):
+        for opt in (
+            "--method",
+            "--layer",
+            "--target",
+            "--preset",
+            "--out",
+            "--size",
+            "--crop-padding",
+            "--norm",
+            "--layout",
+            "--progress",
+        ):
             assert opt in out
 
 
@@ -302,13 +464,32 @@ def test_python_m_refcam_help_and_light_import():
         "print(heavy); assert callable(refcam.explain) and refcam.zoo.CAM_LAYER == 'head.relu'"
         " and callable(refcam.viz.overlay); print('zoo' in dir(refcam))"
     )
-    r = subprocess.run([sys.executable, "-c", env_code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", env_code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == ["[]", "True"]
-    r = subprocess.run([sys.executable, "-m", "refcam", "--help"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "refcam", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: refcam") and "explain" in r.stdout and "layers" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "refcam", "explain", "--layer"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "refcam", "explain", "--layer"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1

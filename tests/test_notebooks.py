@@ -38,12 +38,30 @@ def kernel_env(tmp_path_factory):
     base = tmp_path_factory.mktemp("jupyter")
     spec = base / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "refcam test kernel", "language": "python", "env": env,
-    }))
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(
+            os.pathsep
+        ),
+        "MPLBACKEND": "Agg",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    }
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [
+                    sys.executable,
+                    "-Xfrozen_modules=off",
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                ],
+                "display_name": "refcam test kernel",
+                "language": "python",
+                "env": env,
+            }
+        )
+    )
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(base)] + ([old] if old else []))
     yield
@@ -55,14 +73,22 @@ def kernel_env(tmp_path_factory):
 
 def test_six_notebooks_present_and_in_sync_with_build_script():
     assert len(_names()) == 6
-    r = subprocess.run([sys.executable, str(NOTEBOOKS / "_build.py"), "--check"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "_build.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     for name in _names():
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(nb)
-        assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
-                   for c in nb.cells if c.cell_type == "code"), f"{name} is stored with outputs"
+        assert all(
+            c.get("outputs", []) == [] and c.get("execution_count") is None
+            for c in nb.cells
+            if c.cell_type == "code"
+        ), f"{name} is stored with outputs"
         assert sum(c.cell_type == "markdown" for c in nb.cells) >= 3
 
 
@@ -73,13 +99,19 @@ def test_notebook_runs_top_to_bottom(kernel_env, name):
     if need and importlib.util.find_spec(need) is None:
         pytest.skip(f"{need} is not installed in this version")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=TIMEOUT, kernel_name=KERNEL,
-                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=TIMEOUT, kernel_name=KERNEL, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     t0 = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - t0
     print(f"{name}: {elapsed:.1f} s")
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors
     assert elapsed < 60, f"{name} took {elapsed:.0f} s, expected < 60 s"

@@ -10,13 +10,16 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text(encoding="utf-8")
-BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
+BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, flags=re.DOTALL)
 
 
 def test_two_commands_at_the_top():
     first = TEXT.index("```bash")
-    block = TEXT[first:TEXT.index("```", first + 7)]
-    assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && refcam explain' in block
+    block = TEXT[first : TEXT.index("```", first + 7)]
+    assert (
+        'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && refcam explain'
+        in block
+    )
     assert "\npython -m pytest\n" in block
 
 
@@ -26,7 +29,10 @@ def test_readme_has_python_blocks():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index, capsys):
-    exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {"__name__": "__readme__"})
+    exec(
+        compile(BLOCKS[index], f"README.md python block {index}", "exec"),
+        {"__name__": "__readme__"},
+    )
     out = capsys.readouterr().out
     # the printed values the comments promise
     if index == 0:
