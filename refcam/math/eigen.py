@@ -33,6 +33,11 @@ def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
     o = np.swapaxes(x.reshape(n, k, -1), 1, 2)            # (N, Z, K)
     if center:
         o = o - o.mean(axis=1, keepdims=True)              # centre each channel over positions
+        # a spatially constant channel centres to exactly 0 (the mean's round-off must not leave
+        # 1e-17 residue that a later min-max normalisation would blow up into noise)
+        const = x.reshape(n, k, -1).max(axis=2) == x.reshape(n, k, -1).min(axis=2)
+        if const.any():
+            o = np.where(const[:, None, :], 0, o)
     u, s, _ = np.linalg.svd(o, full_matrices=False)
     p = u[:, :, 0] * s[:, :1]                               # O v1 = sigma1 u1, shape (N, Z)
     if sign != "none":

@@ -97,7 +97,8 @@ def scorecam_masks(
         not reproduce interior peaks).
     eps : float >= 0, default 0.0
         ``0.0``: exact :math:`s`, with a constant channel giving an all-zero mask (the
-        zero-range guard of :func:`refcam.math.normalize`).  ``eps > 0`` adds it to
+        zero-range guard of :func:`refcam.math.normalize`; constancy is decided on ``A^k``
+        itself, so interpolation round-off cannot turn a constant channel into noise).  ``eps > 0`` adds it to
         :math:`\max M - \min M`, as the libraries do.
 
     Returns
@@ -133,8 +134,17 @@ def scorecam_masks(
         return normalize(x.reshape((n * k,) + x.shape[2:]), "minmax", eps).reshape(x.shape)
 
     if order == "upsample-then-normalize":
-        return _s(upsample(a, size, mode))
-    return upsample(_s(a), size, mode)
+        h = _s(upsample(a, size, mode))
+    else:
+        h = upsample(_s(a), size, mode)
+    # A constant channel upsamples to a constant in exact arithmetic, but the interpolation
+    # weights' round-off can leave 1-ulp ripples that min-max would blow up to [0, 1]: decide
+    # constancy exactly, at feature resolution, and give those channels the zero mask.
+    sp = tuple(range(2, a.ndim))
+    constant = a.max(axis=sp) == a.min(axis=sp)
+    if constant.any():
+        h[constant] = 0
+    return h
 
 
 def scorecam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:

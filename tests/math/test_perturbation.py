@@ -324,3 +324,12 @@ def test_scorecam_masks_properties(p, mode, order, factor):
     close(m, each, rtol=0, atol=0)
     rev = scorecam_masks(a[:, ::-1], size, upsample_mode=mode, order=order)
     close(rev, m[:, ::-1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [3.75, 0.1, 1e-3, 7.3e5])
+@pytest.mark.parametrize("mode", ["linear", "linear-align-corners"])
+def test_scorecam_masks_constant_channel_is_exactly_zero_despite_interpolation_round_off(value, mode):
+    # Up(3.75 * ones(2)) to 6 samples has 1-ulp ripples; min-max of those would be 0/1 noise
+    for order in ("upsample-then-normalize", "normalize-then-upsample"):
+        m = scorecam_masks(np.full((1, 2, 2, 3), value), (6, 9), upsample_mode=mode, order=order)
+        assert np.array_equal(m, np.zeros((1, 2, 6, 9)))
