@@ -40,7 +40,8 @@ def _channel_vector(x: Any, name: str, a: np.ndarray) -> np.ndarray:
     """Validate a per-sample, per-channel array of shape ``(N, K)`` matching ``a``."""
     arr = _v.as_float_array(x, name)
     if arr.shape != a.shape[:2]:
-        raise ShapeError(name, arr.shape, a.shape[:2], "one value per sample and channel of activations")
+        raise ShapeError(name, arr.shape, a.shape[:2],
+                         "one value per sample and channel of activations")
     return arr
 
 
@@ -57,7 +58,7 @@ def _spatial_axes(a: np.ndarray) -> tuple[int, ...]:
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
-    """``max(x, 0)`` keeping the dtype (the public, validated version is ``refcam.math.post.relu``)."""
+    """``max(x, 0)`` keeping the dtype (unvalidated twin of ``refcam.math.post.relu``)."""
     return np.maximum(x, 0)
 
 

@@ -237,7 +237,9 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     return _gradcampp_weights(a, g, eps)
 
 
-def gradcampp(activations: Any, gradients: Any, *, relu: bool = False, eps: float = 0.0) -> np.ndarray:
+def gradcampp(
+    activations: Any, gradients: Any, *, relu: bool = False, eps: float = 0.0
+) -> np.ndarray:
     r"""Grad-CAM++ map.
 
     .. math:: L^c_{ij} = \sum_k w^c_k A^k_{ij}
@@ -331,7 +333,9 @@ def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> n
     return _xgradcam_weights(a, g, eps)
 
 
-def xgradcam(activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0) -> np.ndarray:
+def xgradcam(
+    activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
+) -> np.ndarray:
     r"""XGrad-CAM map.
 
     .. math:: M^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big)

@@ -89,8 +89,9 @@ def eigencam(
         ``center=True``, where the projection sums to 0 by construction) use ``"max-abs"``.
         ``"max-abs"``: the element of largest absolute value is positive; elements within a
         relative :math:`\sqrt{\epsilon}` of the largest count as tied and the first of them in
-        C order decides (so round-off never decides a symmetric case).  ``"none"``: LAPACK's sign, not reproducible (documented only;
-        this is what pytorch-grad-cam returns).
+        C order decides (so round-off never decides a symmetric case).
+        ``"none"``: LAPACK's sign, not reproducible (documented only; this is what
+        pytorch-grad-cam returns).
         For non-negative activations and ``center=False``, :math:`v_1 \ge 0`
         (Perron-Frobenius) and ``"sum"`` makes every value of the map >= 0.
     relu : bool, default False

@@ -33,7 +33,8 @@ __all__ = [
 
 def _scores(x: Any, name: str = "scores") -> np.ndarray:
     arr = _v.as_float_array(x, name)
-    _v.check_ndim(arr, name, min_ndim=2, max_ndim=2, layout="(N, K): one score per sample and channel")
+    _v.check_ndim(arr, name, min_ndim=2, max_ndim=2,
+                  layout="(N, K): one score per sample and channel")
     if 0 in arr.shape:
         raise ShapeError(name, arr.shape, "(N, K) with N, K >= 1")
     return arr
@@ -98,8 +99,8 @@ def scorecam_masks(
     eps : float >= 0, default 0.0
         ``0.0``: exact :math:`s`, with a constant channel giving an all-zero mask (the
         zero-range guard of :func:`refcam.math.normalize`; constancy is decided on ``A^k``
-        itself, so interpolation round-off cannot turn a constant channel into noise).  ``eps > 0`` adds it to
-        :math:`\max M - \min M`, as the libraries do.
+        itself, so interpolation round-off cannot turn a constant channel into noise).
+        ``eps > 0`` is added to :math:`\max M - \min M`, as the libraries do.
 
     Returns
     -------
@@ -147,7 +148,9 @@ def scorecam_masks(
     return h
 
 
-def scorecam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
+def scorecam_weights(
+    scores: Any, baseline_score: Any = None, *, softmax: bool = False
+) -> np.ndarray:
     r"""Score-CAM channel weights from the scores of the masked inputs.
 
     .. math:: \alpha^c_k = C(A^k) = f^c(X \circ H^k) - f^c(X_b)
@@ -286,7 +289,9 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     return _ablation_weights(c, y)
 
 
-def ablationcam(activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True) -> np.ndarray:
+def ablationcam(
+    activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True
+) -> np.ndarray:
     r"""Ablation-CAM map.
 
     .. math:: L^c_{\text{Ablation-CAM}} = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big), \qquad

@@ -258,7 +258,8 @@ def test_xgradcam_conservation(ag):
     rhs = (a * g).sum(axis=tuple(range(1, a.ndim)))
     close(lhs, rhs, rtol=1e-9, atol=1e-9)
     # ... and the linear map sums to the same number
-    close(xgradcam(a, g, relu=False).sum(axis=tuple(range(1, a.ndim - 1))), rhs, rtol=1e-9, atol=1e-9)
+    total = xgradcam(a, g, relu=False).sum(axis=tuple(range(1, a.ndim - 1)))
+    close(total, rhs, rtol=1e-9, atol=1e-9)
 
 
 @given(st.data())
@@ -284,7 +285,8 @@ def test_gradcam_scales_linearly_with_positive_score_scale(ag, scale):
     # XGrad-CAM weights too; Grad-CAM++ alpha is NOT scale invariant (1/(2 + S c)), by design
 
 
-@given(pairs(a_elements=st.sampled_from([0.0, 1.0, -1.0, 2.5]), g_elements=st.sampled_from([0.0, 1.0, -1.0, -2.0])),
+@given(pairs(a_elements=st.sampled_from([0.0, 1.0, -1.0, 2.5]),
+             g_elements=st.sampled_from([0.0, 1.0, -1.0, -2.0])),
        st.sampled_from(GRAD_METHODS + WEIGHT_FNS), st.booleans())
 def test_no_nan_or_inf_for_finite_input(ag, fn, zeros):
     a, g = ag

@@ -167,7 +167,7 @@ def test_channel_permutation_and_sign_invariance(a, center, rnd):
 
 
 def _well_separated(a, center):
-    """True when sigma1 > sigma2 clearly and the sign reference is clearly nonzero for all samples."""
+    """True when sigma1 > sigma2 clearly and the sign reference is clearly nonzero (all samples)."""
     for act in a:
         o = act.reshape(act.shape[0], -1).T
         if center:

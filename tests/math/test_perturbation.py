@@ -50,7 +50,8 @@ def test_scorecam_hand():
 
 def test_scorecam_3d_hand():
     a = A.reshape(1, 2, 2, 1, 2)
-    close(scorecam(a, [[0.5, -0.5]], relu=False), np.array([[0.5, -0.5], [0.5, 2.0]]).reshape(1, 2, 1, 2))
+    close(scorecam(a, [[0.5, -0.5]], relu=False),
+          np.array([[0.5, -0.5], [0.5, 2.0]]).reshape(1, 2, 1, 2))
 
 
 # ------------------------------------------------------------------ Ablation-CAM
@@ -328,7 +329,7 @@ def test_scorecam_masks_properties(p, mode, order, factor):
 
 @pytest.mark.parametrize("value", [3.75, 0.1, 1e-3, 7.3e5])
 @pytest.mark.parametrize("mode", ["linear", "linear-align-corners"])
-def test_scorecam_masks_constant_channel_is_exactly_zero_despite_interpolation_round_off(value, mode):
+def test_scorecam_masks_constant_channel_is_exactly_zero_despite_round_off(value, mode):
     # Up(3.75 * ones(2)) to 6 samples has 1-ulp ripples; min-max of those would be 0/1 noise
     for order in ("upsample-then-normalize", "normalize-then-upsample"):
         m = scorecam_masks(np.full((1, 2, 2, 3), value), (6, 9), upsample_mode=mode, order=order)
