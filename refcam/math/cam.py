@@ -12,7 +12,7 @@ function                    ``relu``     source of the default
 ==========================  ===========  ==================================================
 :func:`cam`                 ``False``    Zhou et al. 2016, Sec. 2, :math:`M_c=\sum_k w^c_k f_k`
 :func:`gradcam`             ``True``     Selvaraju et al. 2017, eq. 2
-:func:`gradcampp`           ``False``    Chattopadhay et al. 2018, Sec. 3 (CAM-form linear map)
+:func:`gradcampp`           ``False``    Chattopadhay et al. 2018 (CAM-form map, eqs. 7, 19)
 :func:`xgradcam`            ``True``     Fu et al. 2020 (Grad-CAM's map with new weights)
 :func:`layercam`            ``True``     Jiang et al. 2021, final LayerCAM equation
 :func:`hirescam`            ``False``    Draelos & Carin 2020, HiResCAM equation
@@ -193,11 +193,10 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
 
     Chattopadhay, Sarkar, Howlader & Balasubramanian, 2018, "Grad-CAM++: Generalized
     Gradient-based Visual Explanations for Deep Convolutional Networks" (WACV; arXiv:1710.11063),
-    eq. 19 (the
-    higher derivatives of :math:`Y^c=\exp(S^c)` written with first derivatives of :math:`S^c`) and
-    the weight equation :math:`w^c_k=\sum_{ij}\alpha^{kc}_{ij}\mathrm{ReLU}(\partial Y^c/\partial
-    A^k_{ij})` of Sec. 3.  ``gradients`` are the gradients of the *score* :math:`S^c` (the
-    pre-softmax class score), as in every implementation; the paper's :math:`\partial Y^c/\partial
+    eq. 19 (the higher derivatives of :math:`Y^c=\exp(S^c)` written with first derivatives of
+    :math:`S^c`) and eq. 7,
+    :math:`w^c_k=\sum_{ij}\alpha^{kc}_{ij}\mathrm{ReLU}(\partial Y^c/\partial A^k_{ij})`.
+    ``gradients`` are the gradients of the *score* :math:`S^c` (the pre-softmax class score), as in every implementation; the paper's :math:`\partial Y^c/\partial
     A = \exp(S^c)\,\partial S^c/\partial A` differs by the positive per-sample factor
     :math:`\exp(S^c)`, which cancels in :math:`\alpha` and only rescales the map (dropped, like
     pytorch-grad-cam and torchcam do).
@@ -224,6 +223,13 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     :math:`\mathrm{ReLU}(g) = 0` and the term again contributes nothing.  Only for a channel with a
     negative sum is it a genuine pole of the closed form; the mask gives 0 there too.
 
+    **Other implementations.**  pytorch-grad-cam: ``eps = 1e-6`` plus ``alpha = 0`` where
+    ``g == 0`` (``eps=1e-6`` here).  The authors' TensorFlow code (adityac94/Grad_CAM_plus_plus,
+    ``misc/utils.py``) replaces a zero denominator by 1 (same as the mask where :math:`g = 0`,
+    :math:`\alpha = g^2` at a pole) and additionally divides :math:`\alpha^{kc}_{ij}` by
+    :math:`\sum_{ij}\alpha^{kc}_{ij}` per channel, a step the paper does not write (not
+    reproduced).
+
     Examples
     --------
     >>> import numpy as np
@@ -244,8 +250,7 @@ def gradcampp(
 
     .. math:: L^c_{ij} = \sum_k w^c_k A^k_{ij}
 
-    with :math:`w^c_k` from :func:`gradcampp_weights` (Chattopadhay et al., 2018, eq. 19 and the
-    weight equation of Sec. 3).
+    with :math:`w^c_k` from :func:`gradcampp_weights` (Chattopadhay et al., 2018, eqs. 7 and 19).
 
     Parameters
     ----------
@@ -253,9 +258,10 @@ def gradcampp(
     relu : bool, default False
         The paper writes the saliency map as the CAM-form linear combination
         :math:`L^c_{ij}=\sum_k w^c_k A^k_{ij}` without a ReLU (its Sec. 3 reuses CAM's map).
-        This is ambiguous in practice: the authors' released code and pytorch-grad-cam apply
-        a ReLU before normalising.  We keep the written equation; with post-ReLU activations
-        and a positive-sum channel the weights are >= 0 and the map is >= 0 anyway.
+        This is ambiguous in practice: the authors' released code ("Passing through ReLU") and
+        pytorch-grad-cam apply a ReLU before normalising; pass ``relu=True`` for that.  We keep
+        the written equation; for non-negative (post-ReLU) activations the weights are >= 0
+        (:math:`\alpha = 1/(2 + g\sum A) > 0` where :math:`g > 0`) and the map is >= 0 anyway.
     eps : float >= 0, default 0.0
         See :func:`gradcampp_weights` (``1e-6`` reproduces pytorch-grad-cam).
 
@@ -302,7 +308,8 @@ def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> n
     activations, gradients : arrays of shape (N, K, *S)
     eps : float >= 0, default 0.0
         ``0.0`` is paper-exact; a positive value is added to :math:`\sum_{ab}A^k_{ab}`,
-        reproducing pytorch-grad-cam's ``XGradCAM`` (``eps = 1e-7``).
+        reproducing pytorch-grad-cam's ``XGradCAM`` (``eps = 1e-7``) or the authors' code
+        (Fu0511/XGrad-CAM, ``eps = 1e-6``).
 
     Returns
     -------
@@ -347,8 +354,8 @@ def xgradcam(
     activations, gradients : arrays of shape (N, K, *S)
     relu : bool, default True
         XGrad-CAM keeps Grad-CAM's map (Selvaraju et al. eq. 2, with ReLU) and only replaces the
-        weights; the authors' code applies the ReLU.  The conservation axiom is stated for the
-        linear map, i.e. ``relu=False``.
+        weights; the authors' code (Fu0511/XGrad-CAM) applies the ReLU.  The conservation axiom
+        is stated for the linear map, i.e. ``relu=False``.
     eps : float >= 0, default 0.0
         See :func:`xgradcam_weights`.
 
