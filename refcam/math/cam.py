@@ -196,10 +196,11 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     eq. 19 (the higher derivatives of :math:`Y^c=\exp(S^c)` written with first derivatives of
     :math:`S^c`) and eq. 7,
     :math:`w^c_k=\sum_{ij}\alpha^{kc}_{ij}\mathrm{ReLU}(\partial Y^c/\partial A^k_{ij})`.
-    ``gradients`` are the gradients of the *score* :math:`S^c` (the pre-softmax class score), as in every implementation; the paper's :math:`\partial Y^c/\partial
-    A = \exp(S^c)\,\partial S^c/\partial A` differs by the positive per-sample factor
-    :math:`\exp(S^c)`, which cancels in :math:`\alpha` and only rescales the map (dropped, like
-    pytorch-grad-cam and torchcam do).
+    ``gradients`` are the gradients of the *score* :math:`S^c` (the pre-softmax class score).
+    The paper's :math:`\partial Y^c/\partial A = \exp(S^c)\,\partial S^c/\partial A` in eq. 7
+    differs by the positive per-sample factor :math:`\exp(S^c)`, which cancels in
+    :math:`\alpha` and only rescales the map; it is dropped, as pytorch-grad-cam and torchcam do
+    (the authors' code keeps it; multiply the weights by :math:`\exp(S^c)` to reproduce it).
 
     Parameters
     ----------
