@@ -272,7 +272,9 @@ def test_gradcampp_constant_gradient_closed_form(data):
     c = data.draw(hnp.arrays(np.float64, (n, k), elements=finite))
     g = np.broadcast_to(c.reshape((n, k) + (1,) * (a.ndim - 2)), a.shape)
     s = a.sum(axis=tuple(range(2, a.ndim)))
-    expected = np.where(c > 0, z * c / (2 + s * c), 0.0)
+    pos = c > 0
+    expected = np.zeros_like(c)
+    expected[pos] = z * c[pos] / (2 + s[pos] * c[pos])
     close(gradcampp_weights(a, g), expected, rtol=1e-9, atol=1e-12)
 
 
