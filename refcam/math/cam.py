@@ -171,15 +171,17 @@ def gradcam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarra
 
 def _gradcampp_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     axes = _spatial_axes(a)
-    g2 = g * g
-    g3 = g2 * g
     sum_a = a.sum(axis=axes, keepdims=True)  # sum, not mean: sum_{a,b} A^k_{ab}
-    den = 2 * g2 + sum_a * g3
     if eps:
-        den = den + eps
-        # pytorch-grad-cam additionally zeroes alpha where g == 0
-        den = np.where(g != 0, den, 0)
-    alpha = _masked_divide(g2, den)
+        # the peer formula as written: g^2 / (2 g^2 + S g^3 + eps), zeroed where g == 0
+        g2 = g * g
+        den = np.where(g != 0, 2 * g2 + sum_a * (g2 * g) + eps, 0)
+        alpha = _masked_divide(g2, den)
+    else:
+        # eq. 19 with g^2 cancelled: alpha = 1 / (2 + g S) where g != 0 -- identical in exact
+        # arithmetic, immune to the under/overflow of g^2 and g^3 (float32 |g| < 1e-19 or > 1e13)
+        den = np.where(g != 0, 2 + g * sum_a, 0)
+        alpha = _masked_divide(np.ones_like(den), den)
     return (alpha * _relu(g)).sum(axis=axes)
 
 
@@ -216,6 +218,11 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
 
     Notes
     -----
+    **Evaluation.**  For :math:`g \ne 0` the closed form is evaluated as
+    :math:`\alpha = 1/(2 + g\sum_{ab}A^k_{ab})` (the common factor :math:`g^2` cancelled: equal in
+    exact arithmetic, and free of the underflow/overflow of :math:`g^2, g^3` that would zero or
+    NaN the weight of tiny or huge float32 gradients).
+
     **Division guard (explicit mask).**  Where the denominator
     :math:`g^2(2 + g\sum_{ab}A^k_{ab})` is exactly zero, :math:`\alpha` is set to 0.  This
     happens (i) where :math:`g = 0` -- the usual case, and harmless: the term is multiplied by

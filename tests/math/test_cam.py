@@ -306,3 +306,52 @@ def test_all_zero_inputs_give_zeros(fn, dtype):
     assert out.dtype == dtype and np.array_equal(out, np.zeros_like(out))
     out = fn(z, np.ones_like(z))
     assert np.isfinite(out).all()
+
+
+def test_gradcampp_tiny_and_huge_float32_gradients():
+    # S = 2.  g = 1e-25: alpha = 1/(2 + 2e-25) = 0.5 although g^2 underflows in float32;
+    # w = 0.5 * 1e-25 (second position g = 0 contributes nothing)
+    a = np.ones((1, 1, 1, 2), np.float32)
+    w = gradcampp_weights(a, np.array([[[[1e-25, 0.0]]]], np.float32))
+    assert w.dtype == np.float32
+    close(w, [[0.5e-25]], rtol=1e-6, atol=0)
+    # g = 1e15 at both positions: g^3 overflows float32; alpha = 1/(2 + 2e15),
+    # w = 2 * 1e15 / (2 + 2e15) = 1 (to float32 precision)
+    w = gradcampp_weights(a, np.full((1, 1, 1, 2), 1e15, np.float32))
+    close(w, [[1.0]], rtol=1e-6, atol=0)
+
+
+def _pgc_gradcampp_weights(activations, grads):
+    """pytorch-grad-cam GradCAMPlusPlus.get_cam_weights, transcribed (2-D maps)."""
+    grads_power_2 = grads**2
+    grads_power_3 = grads_power_2 * grads
+    sum_activations = np.sum(activations, axis=(2, 3))
+    eps = 0.000001
+    den = 2 * grads_power_2 + sum_activations[:, :, None, None] * grads_power_3 + eps
+    aij = grads_power_2 / den
+    aij = np.where(grads != 0, aij, 0)
+    weights = np.maximum(grads, 0) * aij
+    return np.sum(weights, axis=(2, 3))
+
+
+def _pgc_xgradcam_weights(activations, grads):
+    """pytorch-grad-cam XGradCAM.get_cam_weights, transcribed (2-D maps)."""
+    sum_activations = np.sum(activations, axis=(2, 3))
+    eps = 1e-7
+    weights = grads * activations / (sum_activations[:, :, None, None] + eps)
+    return weights.sum(axis=(2, 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eps_keywords_reproduce_pytorch_grad_cam(dtype):
+    rng = np.random.default_rng(3)
+    a = np.maximum(rng.standard_normal((2, 64, 7, 7)), 0).astype(dtype)
+    g = (rng.standard_normal((2, 64, 7, 7)) * 1e-2).astype(dtype)
+    g[0, :5] = 0
+    with np.errstate(all="ignore"):
+        ref_pp, ref_x = _pgc_gradcampp_weights(a, g), _pgc_xgradcam_weights(a, g)
+    # same operations in the same order: bit for bit
+    np.testing.assert_array_equal(gradcampp_weights(a, g, eps=1e-6), ref_pp)
+    # sum(A g) / (sum A + eps) vs sum(A g / (sum A + eps)): equal up to rounding
+    close(xgradcam_weights(a, g, eps=1e-7), ref_x, rtol=1e-5 if dtype == np.float32 else 1e-12,
+          atol=1e-7 if dtype == np.float32 else 1e-15)
