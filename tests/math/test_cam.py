@@ -132,6 +132,10 @@ def test_3d_hand_same_numbers_on_a_volume():
     close(gradcampp_weights(a3, g3), [[23 / 132, 1 / 7]])
     close(layercam(a3, g3), np.array([[1.0, 0.0], [2.0, 8.0]]).reshape(1, 2, 1, 2))
     close(cam(a3, [[1.0, -1.0]]), np.array([[1.0, -1.0], [1.0, 4.0]]).reshape(1, 2, 1, 2))
+    close(gradcam_elementwise(a3, g3), np.array([[1.0, 0.0], [2.0, 8.0]]).reshape(1, 2, 1, 2))
+    close(gradcam_weights(a3, g3), [[0.5, -0.5]])
+    close(gradcampp(a3, g3), (23 / 132 * A[0, 0] + 1 / 7 * A[0, 1]).reshape(1, 2, 1, 2))
+    close(xgradcam(a3, g3), np.array([[0.6, 0.6], [1.4, 2.4]]).reshape(1, 2, 1, 2))
 
 
 def test_3d_volume_gradcam_z8():

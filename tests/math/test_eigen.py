@@ -71,6 +71,8 @@ def test_3d_volume_hand():
     u = np.array([[[1.0, 0.0]], [[0.0, 2.0]]])
     a = np.stack([3 * u, 4 * u])[None]
     close(eigencam(a), (5 * u)[None])
+    # Eigen-Grad-CAM on the same volume: gradients 2 everywhere -> O doubles -> 10 u
+    close(eigengradcam(a, np.full_like(a, 2.0)), (10 * u)[None])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

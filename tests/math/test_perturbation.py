@@ -66,6 +66,9 @@ def test_ablationcam_hand():
     close(ablationcam(A, [[1.0, 3.0]], [2.0], relu=False), [[[0.5, -0.5], [0.5, 2.0]]])
     close(ablationcam(A, [[1.0, 3.0]], [2.0]), [[[0.5, 0.0], [0.5, 2.0]]])
     close(ablationcam(A.reshape(1, 2, 4, 1), [[1.0, 3.0]], [2.0]), [[[0.5], [0.0], [0.5], [2.0]]])
+    # 3-D volume (1, 2, 2, 1, 2): same four positions
+    close(ablationcam(A.reshape(1, 2, 2, 1, 2), [[1.0, 3.0]], [2.0]),
+          np.array([[0.5, 0.0], [0.5, 2.0]]).reshape(1, 2, 1, 2))
 
 
 def test_ablationcam_zero_baseline_is_masked():
@@ -188,6 +191,8 @@ def test_sscam_masks_noise_statistics_and_reproducibility():
     assert not np.array_equal(m, sscam_masks(h, 4, std=2.0, seed=1))
     assert sscam_masks(h.astype(np.float32), 2, std=1.0, seed=0).dtype == np.float32
     np.testing.assert_array_equal(sscam_masks(h, 2, std=0.0), np.stack([h, h], axis=1))
+    # 3-D masks keep their layout: (1, 1, 2, 2, 2) -> (1, 3, 1, 2, 2, 2)
+    assert sscam_masks(np.zeros((1, 1, 2, 2, 2)), 3, std=1.0, seed=0).shape == (1, 3, 1, 2, 2, 2)
 
 
 def test_sscam_weights_hand():
