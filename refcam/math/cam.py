@@ -33,6 +33,7 @@ from .. import _validate as _v
 from .blocks import (
     _channel_vector,
     _maps_and_gradients,
+    _maybe_relu,
     _relu,
     _spatial_axes,
     _weighted_sum,
@@ -56,10 +57,6 @@ def _masked_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den`` where ``den != 0``, exactly ``0`` where ``den == 0`` (no warning, no eps)."""
     nonzero = den != 0
     return np.where(nonzero, num / np.where(nonzero, den, 1), 0).astype(num.dtype, copy=False)
-
-
-def _maybe_relu(m: np.ndarray, relu: bool) -> np.ndarray:
-    return _relu(m) if relu else m
 
 
 # --------------------------------------------------------------------------- CAM

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as _v
-from .blocks import _maps_and_gradients, _relu
+from .blocks import _flag, _maps_and_gradients, _maybe_relu
 
 __all__ = ["eigencam", "eigengradcam"]
 
@@ -130,8 +130,8 @@ def eigencam(
     """
     x = _v.feature_maps(activations, "activations")
     sign = _v.choice(sign, "sign", _SIGN_RULES)
-    m = _first_component(x, bool(center), sign)
-    return _relu(m) if relu else m
+    m = _first_component(x, _flag(center, "center"), sign)
+    return _maybe_relu(m, relu)
 
 
 def eigengradcam(
@@ -167,5 +167,5 @@ def eigengradcam(
     """
     a, g = _maps_and_gradients(activations, gradients)
     sign = _v.choice(sign, "sign", _SIGN_RULES)
-    m = _first_component(a * g, bool(center), sign)
-    return _relu(m) if relu else m
+    m = _first_component(a * g, _flag(center, "center"), sign)
+    return _maybe_relu(m, relu)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
-from .blocks import _channel_vector, _relu, _weighted_sum
+from .blocks import _channel_vector, _flag, _maybe_relu, _weighted_sum
 from .post import UPSAMPLE_MODES, normalize, upsample
 
 __all__ = [
@@ -190,7 +190,7 @@ def scorecam_weights(
     c = _scores(scores)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
                                                       allow_scalar=True)
-    return _scorecam_weights(c, b, bool(softmax))
+    return _scorecam_weights(c, b, _flag(softmax, "softmax"))
 
 
 def scorecam(
@@ -233,10 +233,10 @@ def scorecam(
     c = _channel_vector(scores, "scores", a)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", a.shape[0],
                                                       allow_scalar=True)
-    w = _scorecam_weights(c, b, bool(softmax))
+    w = _scorecam_weights(c, b, _flag(softmax, "softmax"))
     dt = _v.result_dtype(a, w)
     m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
-    return _relu(m) if relu else m
+    return _maybe_relu(m, relu)
 
 
 # --------------------------------------------------------------------------- Ablation-CAM
@@ -326,7 +326,7 @@ def ablationcam(
     w = _ablation_weights(c, y)
     dt = _v.result_dtype(a, w)
     m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
-    return _relu(m) if relu else m
+    return _maybe_relu(m, relu)
 
 
 # --------------------------------------------------------------------------- SS-CAM / IS-CAM
@@ -417,7 +417,7 @@ def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     c = _sampled_scores(scores)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
                                                       allow_scalar=True)
-    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))
+    return _scorecam_weights(c.mean(axis=1), b, _flag(softmax, "softmax"))
 
 
 def iscam_masks(masks: Any, n_steps: int) -> np.ndarray:
@@ -482,4 +482,4 @@ def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     c = _sampled_scores(scores)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
                                                       allow_scalar=True)
-    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))
+    return _scorecam_weights(c.mean(axis=1), b, _flag(softmax, "softmax"))

@@ -359,3 +359,10 @@ def test_eps_keywords_reproduce_pytorch_grad_cam(dtype):
     # sum(A g) / (sum A + eps) vs sum(A g / (sum A + eps)): equal up to rounding
     close(xgradcam_weights(a, g, eps=1e-7), ref_x, rtol=1e-5 if dtype == np.float32 else 1e-12,
           atol=1e-7 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("fn", GRAD_METHODS)
+def test_relu_flag_must_be_boolean(fn):
+    with pytest.raises(InvalidArgumentError, match="relu: got 'yes'"):
+        fn(A, G, relu="yes")
+    assert fn(A, G, relu=np.bool_(False)).shape == (1, 2, 2)

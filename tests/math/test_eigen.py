@@ -214,3 +214,11 @@ def test_eigengradcam_is_eigencam_of_product(a, b):
         b = np.resize(b, a.shape)
     for center in (False, True):
         close(eigengradcam(a, b, center=center), eigencam(a * b, center=center), rtol=0, atol=0)
+
+
+def test_flags_must_be_boolean():
+    a = np.ones((1, 2, 3))
+    with pytest.raises(InvalidArgumentError, match="center"):
+        eigencam(a, center=None)
+    with pytest.raises(InvalidArgumentError, match="relu"):
+        eigengradcam(a, a, relu=1)

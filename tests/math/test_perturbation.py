@@ -339,3 +339,10 @@ def test_scorecam_masks_constant_channel_is_exactly_zero_despite_round_off(value
     for order in ("upsample-then-normalize", "normalize-then-upsample"):
         m = scorecam_masks(np.full((1, 2, 2, 3), value), (6, 9), upsample_mode=mode, order=order)
         assert np.array_equal(m, np.zeros((1, 2, 6, 9)))
+
+
+def test_flags_must_be_boolean():
+    with pytest.raises(InvalidArgumentError, match="softmax"):
+        scorecam_weights([[1.0, 2.0]], softmax="channels")
+    with pytest.raises(InvalidArgumentError, match="relu"):
+        ablationcam(A, [[1.0, 3.0]], [2.0], relu=None)
