@@ -254,7 +254,7 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
 
     .. math:: w^c_k = \frac{y^c - y^c_k}{y^c}
 
-    Ramaswamy & Desai, 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional Network
+    Desai & Ramaswamy, 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional Network
     via Gradient-free Localization" (WACV), the Ablation-CAM weight (the "slope" normalised by
     the unablated score).
 
@@ -297,7 +297,7 @@ def ablationcam(
     .. math:: L^c_{\text{Ablation-CAM}} = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big), \qquad
               w^c_k = \frac{y^c - y^c_k}{y^c}
 
-    Ramaswamy & Desai, 2020 (WACV), the Ablation-CAM map (weights: :func:`ablationcam_weights`).
+    Desai & Ramaswamy, 2020 (WACV), the Ablation-CAM map (weights: :func:`ablationcam_weights`).
 
     Parameters
     ----------
