@@ -12,7 +12,7 @@ function                    ``relu``     source of the default
 ==========================  ===========  ==================================================
 :func:`cam`                 ``False``    Zhou et al. 2016, Sec. 2, :math:`M_c=\sum_k w^c_k f_k`
 :func:`gradcam`             ``True``     Selvaraju et al. 2017, eq. 2
-:func:`gradcampp`           ``False``    Chattopadhay et al. 2018 (CAM-form map, eqs. 7, 19)
+:func:`gradcampp`           ``True``     Chattopadhay et al. 2018, arXiv:1710.11063 eq. 20
 :func:`xgradcam`            ``True``     Fu et al. 2020 (Grad-CAM's map with new weights)
 :func:`layercam`            ``True``     Jiang et al. 2021, final LayerCAM equation
 :func:`hirescam`            ``False``    Draelos & Carin 2020, HiResCAM equation
@@ -191,12 +191,14 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
         \qquad w^c_k = \sum_{i,j} \alpha^{kc}_{ij}\, \mathrm{ReLU}(g_{ij})
 
     Chattopadhay, Sarkar, Howlader & Balasubramanian, 2018, "Grad-CAM++: Generalized
-    Gradient-based Visual Explanations for Deep Convolutional Networks" (WACV; arXiv:1710.11063),
-    eq. 19 (the higher derivatives of :math:`Y^c=\exp(S^c)` written with first derivatives of
-    :math:`S^c`) and eq. 7,
-    :math:`w^c_k=\sum_{ij}\alpha^{kc}_{ij}\mathrm{ReLU}(\partial Y^c/\partial A^k_{ij})`.
+    Gradient-based Visual Explanations for Deep Convolutional Networks" (WACV 2018); equation
+    numbers are those of arXiv:1710.11063 ("Grad-CAM++: Improved Visual Explanations for Deep
+    Convolutional Networks"; the WACV numbering was not checked): eq. 19 (the higher
+    derivatives of :math:`Y^c=\exp(S^c)` written with first derivatives of :math:`S^c`) and
+    eq. 5, :math:`w^c_k=\sum_{ij}\alpha^{kc}_{ij}\mathrm{ReLU}(\partial Y^c/\partial A^k_{ij})`
+    (pytorch-grad-cam's comments call it "eq. 7").
     ``gradients`` are the gradients of the *score* :math:`S^c` (the pre-softmax class score).
-    The paper's :math:`\partial Y^c/\partial A = \exp(S^c)\,\partial S^c/\partial A` in eq. 7
+    The paper's :math:`\partial Y^c/\partial A = \exp(S^c)\,\partial S^c/\partial A` in eq. 5
     differs by the positive per-sample factor :math:`\exp(S^c)`, which cancels in
     :math:`\alpha` and only rescales the map; it is dropped, as pytorch-grad-cam and torchcam do
     (the authors' code keeps it; multiply the weights by :math:`\exp(S^c)` to reproduce it).
@@ -249,24 +251,24 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
 
 
 def gradcampp(
-    activations: Any, gradients: Any, *, relu: bool = False, eps: float = 0.0
+    activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
 ) -> np.ndarray:
     r"""Grad-CAM++ map.
 
-    .. math:: L^c_{ij} = \sum_k w^c_k A^k_{ij}
+    .. math:: L^c_{ij} = \mathrm{relu}\Big(\sum_k w^c_k A^k_{ij}\Big)
 
-    with :math:`w^c_k` from :func:`gradcampp_weights` (Chattopadhay et al., 2018, eqs. 7 and 19).
+    Chattopadhay et al., 2018, arXiv:1710.11063 eq. 20 ("a linear combination of the forward
+    activation maps, followed by a relu layer"), with :math:`w^c_k` from
+    :func:`gradcampp_weights` (eqs. 5 and 19).
 
     Parameters
     ----------
     activations, gradients : arrays of shape (N, K, *S)
-    relu : bool, default False
-        The paper writes the saliency map as the CAM-form linear combination
-        :math:`L^c_{ij}=\sum_k w^c_k A^k_{ij}` without a ReLU (its Sec. 3 reuses CAM's map).
-        This is ambiguous in practice: the authors' released code ("Passing through ReLU") and
-        pytorch-grad-cam apply a ReLU before normalising; pass ``relu=True`` for that.  We keep
-        the written equation; for non-negative (post-ReLU) activations the weights are >= 0
-        (:math:`\alpha = 1/(2 + g\sum A) > 0` where :math:`g > 0`) and the map is >= 0 anyway.
+    relu : bool, default True
+        Eq. 20 applies the ReLU (the ReLU-free :math:`\sum_k w^c_k A^k_{ij}`, eq. 2 there, is
+        CAM's map quoted in the related work).  The authors' code and pytorch-grad-cam apply it
+        too.  For non-negative (post-ReLU) activations the weights are >= 0
+        (:math:`\alpha = 1/(2 + g\sum A) > 0` where :math:`g > 0`), so it rarely bites.
     eps : float >= 0, default 0.0
         See :func:`gradcampp_weights` (``1e-6`` reproduces pytorch-grad-cam).
 
@@ -390,8 +392,9 @@ def layercam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarr
               \hat A^k_{ij} = \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k_{ij}}\Big) A^k_{ij}
 
     Jiang, Zhang, Hou, Cheng & Wei, 2021, "LayerCAM: Exploring Hierarchical Class Activation
-    Maps for Localization" (IEEE TIP), Sec. 3 (pixel-wise weight
-    :math:`w^{kc}_{ij}=\mathrm{ReLU}(g^{kc}_{ij})`, weighted map, final map with ReLU).
+    Maps for Localization" (IEEE TIP 30, 2021): pixel-wise weight
+    :math:`w^{kc}_{ij}=\mathrm{ReLU}(g^{kc}_{ij})`, weighted map, final map with ReLU (the
+    consensus of torchcam and the other ports; equation numbers not verified).
 
     Parameters
     ----------
@@ -429,8 +432,9 @@ def hirescam(activations: Any, gradients: Any, *, relu: bool = False) -> np.ndar
     ----------
     activations, gradients : arrays of shape (N, K, *S)
     relu : bool, default False
-        The HiResCAM equation has no ReLU (signed explanation); pytorch-grad-cam applies one in
-        post-processing.
+        The HiResCAM equation is written without a ReLU (a signed explanation; the paper's
+        final-map ReLU placement could not be verified against its text).  pytorch-grad-cam
+        applies one in post-processing.
 
     Returns
     -------

@@ -99,7 +99,8 @@ def eigencam(
     ----------
     activations : array of shape (N, K, *S)
     center : bool, default False
-        The paper factorises the activations as they are (no mean subtraction is written).
+        The paper factorises the layer output as it is: no mean subtraction is written in the
+        Eigen-CAM equation (the full text was not available to verify the surrounding prose).
         ``True`` subtracts each channel's spatial mean first, i.e. a true PCA, as
         pytorch-grad-cam's ``get_2d_projection`` does.
     sign : {"sum", "max-abs", "none"}, default "sum"

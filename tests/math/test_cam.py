@@ -63,6 +63,15 @@ def test_gradcampp_hand():
     close(gradcampp(A, G), expected[None])
 
 
+def test_gradcampp_relu_default_is_eq_20():
+    # A = [-1, 2] (S = 1), g = [1, 1]: alpha = 1/(2 + 1) = 1/3 at both, w = 2/3
+    # linear map 2/3 * [-1, 2] = [-2/3, 4/3]; eq. 20 applies the ReLU -> [0, 4/3]
+    a, g = np.array([[[-1.0, 2.0]]]), np.ones((1, 1, 2))
+    close(gradcampp_weights(a, g), [[2 / 3]])
+    close(gradcampp(a, g, relu=False), [[-2 / 3, 4 / 3]])
+    close(gradcampp(a, g), [[0.0, 4 / 3]])
+
+
 def test_gradcampp_pytorch_grad_cam_eps_convention():
     # eps = 1e-6 added to the denominator, alpha zeroed where g == 0:
     # w^0 = 1/(12 + 1e-6) + 2 * 4/(88 + 1e-6) ; w^1 = 1/(7 + 1e-6)
