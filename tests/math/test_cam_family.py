@@ -1,4 +1,4 @@
-"""Oracle tests of refcam.math.cam (CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM,
+"""Oracle tests of refcam.math.cam_family (CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM,
 Grad-CAM element-wise).
 
 The hand case used throughout (one sample, K = 2 channels, 2x2 positions, Z = 4):
