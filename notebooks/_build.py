@@ -49,7 +49,8 @@ NB1 = [
     with respect to the input image (Simonyan, Vedaldi & Zisserman, 2014, *Deep Inside
     Convolutional Networks*, Sect. 3.1):
 
-    $$ w = \frac{\partial S_c}{\partial I}\Big|_{I_0}, \qquad M_{ij} = \max_{ch} |w_{ch,ij}| .$$
+    $$ w = \frac{\partial S_c}{\partial I}\Big|_{I_0} \ \text{(eq. 4)}, \qquad
+       M_{ij} = \max_{ch} |w_{h(i,j,ch)}| \ \text{(Sect. 3.1)} .$$
 
     Guided backpropagation (Springenberg et al., 2015, *Striving for Simplicity*, Fig. 1) and the
     deconvnet (Zeiler & Fergus, 2014) change **only the backward rule of ReLU**. With $z$ the
@@ -246,7 +247,10 @@ NB2 = [
 
     $M_c = \sum_k w^c_k A^k$ is the **class activation map**: the logit is exactly the spatial mean
     of the map plus the bias, so $M_c(i,j)$ says how much position $(i,j)$ contributes to $y^c$.
-    (Zhou et al. drop the bias; so do we. CAM has no ReLU in the paper: `refcam.cam(..., relu=False)`.)
+    Zhou et al. write $F_k$ as a plain *sum* over positions (the $1/Z$ dropped) and omit the bias,
+    so in the paper $S_c = \sum_{x,y} M_c(x,y)$; with a real GAP layer (a mean) the identity reads
+    $y^c = \mathrm{mean}_{ij}\, M_c(i,j) + b_c$, which is what we check below. CAM has no ReLU in the
+    paper: `refcam.cam(..., relu=False)`.
 
     The embedded default model, EfficientNet-Lite0, has exactly this head: `head.relu`
     $(N, 1280, 7, 7)$ → GlobalAveragePool → Gemm.
@@ -406,12 +410,12 @@ NB3 = [
     md(r"""
     ## Grad-CAM++
 
-    Chattopadhay, Sarkar, Howlader & Balasubramanian (2018), Eq. 19 and Sec. 3, with
-    $g = \partial S^c/\partial A^k_{ij}$ (the exponential output $Y^c=\exp S^c$ only rescales):
+    Chattopadhay, Sarkar, Howlader & Balasubramanian (2018, arXiv:1710.11063), eqs. 19, 5 and 20,
+    with $g = \partial S^c/\partial A^k_{ij}$ (the exponential output $Y^c=\exp S^c$ only rescales):
 
     $$ \alpha^{kc}_{ij} = \frac{g_{ij}^2}{2g_{ij}^2 + \sum_{a,b}A^k_{ab}\,g_{ij}^3}, \qquad
        w^c_k = \sum_{i,j}\alpha^{kc}_{ij}\,\mathrm{ReLU}(g_{ij}), \qquad
-       L^c = \sum_k w^c_k A^k . $$
+       L^c = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big) . $$
 
     On the GAP head $g_{ij} = w^c_k/Z =: g_k$ is constant, so for $g_k \ne 0$
     $\alpha^{kc} = \frac{1}{2 + g_k S_k}$ with $S_k = \sum_{ab}A^k_{ab}$, and
@@ -428,7 +432,7 @@ NB3 = [
     print("channels with w > 0:", int((w_ref > 0).sum()), "of", K)
     assert np.allclose(w_hand, w_ref, rtol=1e-12, atol=0)
     Lpp = refcam.gradcampp(A, G)
-    assert np.allclose(Lpp, refcam.weighted_sum(A, w_ref[None]))
+    assert np.allclose(Lpp, refcam.relu(refcam.weighted_sum(A, w_ref[None])))
     display(viz.compare_grid(pictures[0], {"Grad-CAM": L, "Grad-CAM++": Lpp}))
     """),
     md(r"""
@@ -458,13 +462,17 @@ NB4 = [
     Gradients can be noisy or saturated; the gradient-free methods weigh each channel by what the
     model *does* when it sees that channel, or loses it.
 
-    **Score-CAM** (Wang et al., 2020, Definitions 1–2). Each activation map is upsampled to the
-    input size and min–max normalised into a mask $H^k = s(\mathrm{Up}(A^k))$; the input is
-    masked, $X \circ H^k$, and
+    **Score-CAM** (Wang et al., 2020, Def. 4–5, eqs. 6–10). Each activation map is upsampled to
+    the input size and min–max normalised into a mask $H^k = s(\mathrm{Up}(A^k))$ (eqs. 7–8); the
+    input is masked, $X \circ H^k$, and
 
-    $$ \alpha^c_k = f^c(X\circ H^k) - f^c(X_b), \qquad L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big). $$
+    $$ \alpha^c_k = C(A^k) = f^c(X\circ H^k) - f^c(X_b), \qquad
+       L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big). $$
 
-    **Ablation-CAM** (Ramaswamy & Desai, 2020): $w^c_k = \frac{y^c - y^c_k}{y^c}$ with $y^c_k$ the
+    (The paper's text scores with the post-softmax probability, its Algorithm 1 with logits and a
+    softmax over channels; refcam exposes both as options — see `refcam methods scorecam`.)
+
+    **Ablation-CAM** (Desai & Ramaswamy, 2020): $w^c_k = \frac{y^c - y^c_k}{y^c}$ with $y^c_k$ the
     score when channel $k$ is set to zero. **Eigen-CAM** (Muhammad & Yeasin, 2020): project the
     activations on their first principal direction — no class at all.
 
