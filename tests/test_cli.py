@@ -398,6 +398,36 @@ def test_unknown_layer_hint_and_debug_traceback(capsys):
             cli.main(argv)
 
 
+def test_unsupported_op_and_internal_errors_are_one_line(monkeypatch, capsys):
+    import refcam.explanation
+    from refcam.errors import UnsupportedOpError
+
+    def unsupported(*args, **kwargs):
+        raise UnsupportedOpError(
+            "op 'NonMaxSuppression' (node 'nms') has no backward rule in opset 17"
+        )
+
+    monkeypatch.setattr(refcam.explanation, "explain", unsupported)
+    code, out, err = run(capsys, "explain", "toy:cam", "chelsea")
+    assert (code, out) == (1, "")
+    assert (
+        err
+        == "refcam: error: op 'NonMaxSuppression' (node 'nms') has no backward rule in opset 17\n"
+    )
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(refcam.explanation, "explain", bug)
+    code, _, err = run(capsys, "explain", "toy:cam", "chelsea")
+    assert code == 1 and err == (
+        "refcam: error: ZeroDivisionError: division by zero second line "
+        "(run with --debug for the traceback)\n"
+    )
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["explain", "toy:cam", "chelsea", "--debug"])
+
+
 def test_not_an_onnx_file_and_unwritable_out(tmp_path, capsys):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf")
