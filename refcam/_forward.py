@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["provide_activations", "provide_target_scores", "provide_class_weights",
            "provide_masked_scores", "provide_baseline_scores", "provide_ablated_scores",
-           "provide_ablation_base_scores", "class_probabilities", "masks", "mask_coefficients"]
+           "provide_ablation_base_scores", "class_probabilities", "mask_coefficients"]
 
 SCORES = ("logit", "probability")
 BASELINES = (None, "zeros", "input")
@@ -95,27 +95,6 @@ def provide_class_weights(ctx: "Context") -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- Score-CAM family
-def masks(activations: np.ndarray, size: tuple[int, ...], upsample_mode: str) -> np.ndarray:
-    r"""Score-CAM masks ``H^k`` ``(N, K, *size)`` of a channel chunk.
-
-    :math:`H^k = s(\mathrm{Up}(A^k))` with :math:`s(M) = (M - \min M) / (\max M - \min M)` per
-    channel (Wang et al. 2020, Sec. 3.3 / Algorithm 1: upsample, then normalise); a constant channel
-    gives an all-zero mask (:func:`refcam.math.normalize`'s guard).  Uses
-    ``refcam.math.scorecam_masks`` when the math floor provides it, else composes
-    :func:`refcam.math.upsample` and :func:`refcam.math.normalize`.
-
-    >>> masks(np.array([[[[0., 2.]], [[1., 1.]]]]), (1, 4), "linear")
-    array([[[[0.  , 0.25, 0.75, 1.  ]],
-    <BLANKLINE>
-            [[0.  , 0.  , 0.  , 0.  ]]]])
-    """
-    if hasattr(M, "scorecam_masks"):
-        return M.scorecam_masks(activations, size, upsample_mode=upsample_mode)
-    n, k = activations.shape[:2]
-    up = M.upsample(activations, size, upsample_mode)
-    return M.normalize(up.reshape(n * k, *size), "minmax").reshape(n, k, *size)
-
-
 def mask_coefficients(variant: str, n_samples: int) -> np.ndarray:
     r"""IS-CAM mask scales :math:`\gamma_i = \sum_{j=1}^{i} j/n`, ``i = 1..n`` (the accumulated mask of
     Naidu et al. 2020, Algorithm 1, as torchcam implements it); ``[1.0]`` for the other variants.
@@ -160,7 +139,8 @@ def provide_masked_scores(ctx: "Context") -> np.ndarray:
         for s in range(n):
             for k0 in range(0, k, chunk):
                 k1 = min(k, k0 + chunk)
-                h = masks(a[s:s + 1, k0:k1], size, o["upsample_mode"])[0]      # (kc, *S_in)
+                h = M.scorecam_masks(a[s:s + 1, k0:k1], size, upsample_mode=o["upsample_mode"],
+                                     order=o["mask_order"], eps=o["mask_eps"])[0]   # (kc, *S_in)
                 for i in range(draws):
                     if variant == "noise":
                         noise = np.stack([

@@ -27,7 +27,8 @@ __all__ = ["explain", "Explanation"]
 
 _UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
 _CHOICES = {"upsample_mode": _UPSAMPLE_MODES, "score": ("logit", "probability"),
-            "variant": ("plain", "noise", "integrate"), "sign": ("sum", "max-abs", "none")}
+            "variant": ("plain", "noise", "integrate"), "sign": ("sum", "max-abs", "none"),
+            "mask_order": ("upsample-then-normalize", "normalize-then-upsample")}
 
 
 @dataclass
@@ -82,8 +83,9 @@ def _options(meth: Method, given: dict) -> dict:
             raise InvalidArgumentError(key, opts[key], "True or False")
     if "n_samples" in opts:
         V.positive_int(opts["n_samples"], "n_samples")
-    if "sigma" in opts:
-        V.nonnegative_float(opts["sigma"], "sigma")
+    for key in ("sigma", "mask_eps"):
+        if key in opts:
+            V.nonnegative_float(opts[key], key)
     if "ablation_value" in opts:
         v = opts["ablation_value"]
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
@@ -109,7 +111,8 @@ def explain(model: Any, inputs: Any, method: Any, *, layer: Any = None, target: 
     batch_size, memory_budget : chunking of every model run (see :meth:`refcam.onnx.Model.run`).
     progress : tqdm bar for the perturbation loops (``None``: only on a terminal).
     layout : model layout when ``model`` is not already a :class:`Model`.
-    **options : the method's options (``relu``, ``upsample_mode``, ``score``, ``softmax``,
+    **options : the method's options (``relu``, ``upsample_mode``, ``mask_order``, ``mask_eps``
+        (see :func:`refcam.math.scorecam_masks`), ``score``, ``softmax``,
         ``baseline``, ``n_samples``, ``sigma``, ``seed``, ``ablation_value``, ``center``, ``sign``);
         see ``METHODS[name].defaults``.
 

@@ -185,7 +185,7 @@ def _eigencam(ctx: Context, t: int) -> np.ndarray:
     return M.eigencam(ctx.need("activations"), center=o["center"], sign=o["sign"], relu=o["relu"])
 
 
-_MASKS = dict(upsample_mode="linear", baseline=None, score="probability", softmax=False, relu=True, variant="plain")
+_MASKS = dict(upsample_mode="linear", mask_order="upsample-then-normalize", mask_eps=0.0, baseline=None, score="probability", softmax=False, relu=True, variant="plain")
 
 register_method(Method(
     "cam", ("activations", "class_weights"), M.cam, _cam,

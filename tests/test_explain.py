@@ -341,3 +341,24 @@ def test_import_refcam_does_not_import_onnx():
             "f = refcam.explain; assert callable(f) and 'onnxruntime' in sys.modules; "
             "import refcam.explanation; assert callable(refcam.explain)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scorecam_torchcam_mask_convention():
+    # torchcam: normalise at feature resolution (eps 1e-8), then upsample half-pixel 8x8 -> 16x16;
+    # channel softmax of the raw logits
+    x = _x("resnet", 2)
+    e = refcam.explain(toy_model("resnet"), x, "scorecam", score="logit", softmax=True,
+                       mask_order="normalize-then-upsample", mask_eps=1e-8)
+    o = Oracle("resnet")
+    a, y = o.forward(x, "relu_4")
+    lo = a.min(axis=(2, 3), keepdims=True)
+    hi = a.max(axis=(2, 3), keepdims=True)
+    h = M.upsample((a - lo) / (hi - lo + 1e-8), (16, 16), "linear")
+    cls = y.argmax(1)
+    s = o.masked_logits(x, h)[np.arange(2), :, cls]
+    _close(e.maps, M.scorecam(a, s, softmax=True))
+    # the other order gives different masks here, hence (slightly) different scores
+    p = refcam.explain(toy_model("resnet"), x, "scorecam", score="logit", softmax=True)
+    assert not np.allclose(p.arrays["masked_scores"], e.arrays["masked_scores"], rtol=1e-6, atol=0)
+    with pytest.raises(InvalidArgumentError, match="mask_order"):
+        refcam.explain(toy_model("resnet"), x, "scorecam", mask_order="both")
