@@ -65,13 +65,17 @@ def main() -> None:
         t_sc.append(dt)
         peaks.append(peak)
     fw, sc = min(t_fw), min(t_sc)
-    print(f"model: input (1, 3, 224, 224), layer {layer.name!r} {layer.shape}, chunk {chunk} masked inputs, "
-          f"budget {args.budget_mib} MiB, onnxruntime threads: default")
+    print(
+        f"model: input (1, 3, 224, 224), layer {layer.name!r} {layer.shape}, chunk {chunk} masked inputs, "
+        f"budget {args.budget_mib} MiB, onnxruntime threads: default"
+    )
     print(f"2048 plain forwards : {fw:8.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_fw)})")
     print(f"Score-CAM (K=2048)  : {sc:8.2f} s   (runs: {', '.join(f'{t:.2f}' for t in t_sc)})")
     print(f"ratio               : {sc / fw:8.3f}   (goal <= 1.15)")
     print(f"peak traced memory during Score-CAM: {max(peaks) / 2**20:.1f} MiB (tracemalloc)")
-    print(f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (ru_maxrss)")
+    print(
+        f"process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB (ru_maxrss)"
+    )
     print(f"map: shape {maps.shape}, finite {bool(np.isfinite(maps).all())}")
 
 

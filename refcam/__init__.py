@@ -18,12 +18,15 @@ from .errors import (  # noqa: F401
     TargetError,
     UnsupportedOpError,
 )
+from .math import *
+from .math import __all__ as _math_all
 
-from .math import *  # noqa: E402,F401,F403  (the math floor is the top-level API)
-from .math import __all__ as _math_all  # noqa: E402
-
-_LAZY = {"explain": ("explanation", "explain"), "Explanation": ("explanation", "Explanation"),
-         "methods": ("methods", None), "onnx": ("onnx", None)}
+_LAZY = {
+    "explain": ("explanation", "explain"),
+    "Explanation": ("explanation", "Explanation"),
+    "methods": ("methods", None),
+    "onnx": ("onnx", None),
+}
 
 
 def __getattr__(name: str):
