@@ -411,3 +411,21 @@ def test_scorecam_torchcam_mask_convention():
     assert not np.allclose(p.arrays["masked_scores"], e.arrays["masked_scores"], rtol=1e-6, atol=0)
     with pytest.raises(InvalidArgumentError, match="mask_order"):
         refcam.explain(toy_model("resnet"), x, "scorecam", mask_order="both")
+
+
+def test_scorecam_callable_target_per_sample():
+    # per-sample targets: a class index for sample 0, a callable (probability of class 3) for 1
+    x = _x("cam", 2)
+
+    def prob3(out):
+        return _softmax(out)[:, 3]
+
+    e = refcam.explain(cam_net(), x, "scorecam", target=[1, prob3], score="logit")
+    o = Oracle("cam")
+    a, y = o.forward(x, "features")
+    logits = o.masked_logits(x, _masks(a, (12, 12)))
+    s = np.stack([logits[0, :, 1], _softmax(logits[1])[:, 3]])
+    _close(e.arrays["masked_scores"][:, 0], s, rtol=1e-4)
+    _close(e.maps, M.scorecam(a, s))
+    assert e.targets is None  # callables have no class index
+    _close(e.scores[:, 0], np.array([y[0, 1], _softmax(y[1])[3]]))

@@ -395,3 +395,44 @@ def test_load_passthrough():
     m = Model(cam_net())
     assert load(m) is m
     assert load(m, layout="NCHW") is not m
+
+
+# ---------------------------------------------------------------- properties
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from refcam.onnx.layers import legacy_module_path  # noqa: E402
+
+_ident = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True) | st.integers(0, 12).map(str)
+
+
+@given(
+    st.lists(st.tuples(_ident, st.booleans()), min_size=1, max_size=5),
+    st.sampled_from(["Relu", "Conv"]),
+)
+def test_legacy_module_path_recovers_qualified_name(parts, op):
+    # torch's legacy exporter writes each scope either relative ('conv1') or qualified
+    # ('layer4.1'); both spellings must give the same module path
+    names = [p for p, _ in parts]
+    scopes = []
+    for i, (p, qualified) in enumerate(parts):
+        scopes.append(".".join(names[: i + 1]) if qualified and i > 0 else p)
+    tensor = "/" + "/".join(scopes) + f"/{op}_output_0"
+    assert legacy_module_path(tensor) == ".".join(names)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    batch_size=st.one_of(st.none(), st.integers(1, 10)),
+    budget=st.integers(1, 10**6),
+)
+def test_run_is_chunk_invariant(zoo, n, batch_size, budget):
+    m = zoo["cam"]
+    x = _inputs(m, n, seed=n)
+    want = ReferenceEvaluator(m.proto).run(["features", "logits"], {"input": x})
+    got = m.run(x, ["features", "logits"], batch_size=batch_size, memory_budget=budget)
+    np.testing.assert_allclose(got["features"], want[0], rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(got["logits"], want[1], rtol=2e-5, atol=2e-5)
+    got1 = zoo["batch1"].run(x, ["logits"], batch_size=batch_size)  # fixed batch: loops of 1
+    np.testing.assert_allclose(got1["logits"], want[1], rtol=2e-5, atol=2e-5)
