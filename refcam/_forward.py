@@ -140,9 +140,13 @@ def provide_masked_scores(ctx: Context) -> np.ndarray:
     Score-CAM: :math:`f^c(X \circ H^k)`; SS-CAM: :math:`\frac1n\sum_i f^c(X \circ (H^k + \delta_i))`,
     :math:`\delta_i \sim N(0, \sigma^2)` per pixel (seeded per sample, channel and draw, so the
     numbers do not depend on the chunking); IS-CAM: :math:`\frac1n\sum_i f^c(X \circ \gamma_i H^k)`.
-    Masks and masked inputs exist only one channel chunk at a time: the chunk is
-    ``memory_budget // (3 × bytes of one input)``.
+
+    Masked inputs are built one channel chunk at a time, the next chunk on a worker thread while
+    onnxruntime runs the current one (NumPy and onnxruntime release the GIL).  At most two chunks
+    exist at once: the chunk is ``memory_budget // (4 × bytes of one input)``.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     o = ctx.options
     model = ctx.model
     a = ctx.need("activations")
@@ -152,45 +156,58 @@ def provide_masked_scores(ctx: Context) -> np.ndarray:
     variant = o.get("variant", "plain")
     nsamp = V.positive_int(o.get("n_samples", 1), "n_samples") if variant != "plain" else 1
     sigma = V.nonnegative_float(o.get("sigma", 0.0), "sigma")
+    seed = o.get("seed", 0)
     coeffs = mask_coefficients(variant, nsamp)
     draws = nsamp if variant == "noise" else len(coeffs)
     score = o.get("score", "logit")
-    per_input = x[0].nbytes
-    chunk = int(min(k, max(1, _budget(ctx) // (3 * per_input))))
+    chunk = int(min(k, max(1, _budget(ctx) // (4 * x[0].nbytes))))
     if ctx.batch_size is not None:
         chunk = min(chunk, V.positive_int(ctx.batch_size, "batch_size"))
+    items = [
+        (s, k0, min(k, k0 + chunk), i)
+        for s in range(n)
+        for k0 in range(0, k, chunk)
+        for i in range(draws)
+    ]
+    last: dict = {}
+
+    def prepare(item: tuple[int, int, int, int]) -> np.ndarray:
+        s, k0, k1, i = item
+        if last.get("key") != (s, k0):  # masks of this chunk, reused by every draw
+            last["key"] = (s, k0)
+            last["h"] = M.scorecam_masks(
+                a[s : s + 1, k0:k1],
+                size,
+                upsample_mode=o["upsample_mode"],
+                order=o["mask_order"],
+                eps=o["mask_eps"],
+            )[0]  # (kc, *S_in)
+        h = last["h"]
+        if variant == "noise":
+            noise = np.stack(
+                [
+                    np.random.default_rng([seed, s, kk, i]).standard_normal(size)
+                    for kk in range(k0, k1)
+                ]
+            )
+            h = h + (sigma * noise).astype(h.dtype, copy=False)
+        elif variant == "integrate":
+            h = h * h.dtype.type(coeffs[i])
+        return model.to_native((x[s][None] * h[:, None]).astype(model.input_dtype, copy=False))
+
     out = np.zeros((n, ctx.targets.n_targets, k), dtype=np.float64)
     bar = _bar(ctx, n * k * draws, f"{variant if variant != 'plain' else 'score'}-cam forwards")
     try:
-        for s in range(n):
-            for k0 in range(0, k, chunk):
-                k1 = min(k, k0 + chunk)
-                h = M.scorecam_masks(
-                    a[s : s + 1, k0:k1],
-                    size,
-                    upsample_mode=o["upsample_mode"],
-                    order=o["mask_order"],
-                    eps=o["mask_eps"],
-                )[0]  # (kc, *S_in)
-                for i in range(draws):
-                    if variant == "noise":
-                        noise = np.stack(
-                            [
-                                np.random.default_rng([o.get("seed", 0), s, kk, i]).standard_normal(
-                                    size
-                                )
-                                for kk in range(k0, k1)
-                            ]
-                        ).astype(h.dtype, copy=False)
-                        hv = h + sigma * noise
-                    else:
-                        hv = h * h.dtype.type(coeffs[i]) if variant == "integrate" else h
-                    xm = (x[s][None] * hv[:, None]).astype(model.input_dtype, copy=False)
-                    res = model.run(model.to_native(xm), batch_size=k1 - k0, checked=True)[
-                        model.output_name
-                    ]
-                    out[s, :, k0:k1] += _scores(ctx, res, np.full(k1 - k0, s), score).T
-                    bar.update(k1 - k0)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(prepare, items[0])
+            for j, (s, k0, k1, _) in enumerate(items):
+                xm = future.result()
+                if j + 1 < len(items):
+                    future = pool.submit(prepare, items[j + 1])
+                res = model.run(xm, batch_size=k1 - k0, checked=True)[model.output_name]
+                del xm
+                out[s, :, k0:k1] += _scores(ctx, res, np.full(k1 - k0, s), score).T
+                bar.update(k1 - k0)
     finally:
         bar.close()
     return (out / draws).astype(
