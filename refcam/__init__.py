@@ -18,14 +18,19 @@ from .errors import (  # noqa: F401
     TargetError,
     UnsupportedOpError,
 )
+from .math import *
+from .math import __all__ as _math_all
 
-from .math import *  # noqa: E402,F401,F403  (the math floor is the top-level API)
-from .math import __all__ as _math_all  # noqa: E402
-
-_LAZY = {"explain": ("explanation", "explain"), "Explanation": ("explanation", "Explanation"),
-         "methods": ("methods", None), "onnx": ("onnx", None),
-         # front: the embedded model (onnx) and the pictures (matplotlib) load on first use
-         "zoo": ("zoo", None), "viz": ("viz", None), "cli": ("cli", None)}
+_LAZY = {
+    "explain": ("explanation", "explain"),
+    "Explanation": ("explanation", "Explanation"),
+    "methods": ("methods", None),
+    "onnx": ("onnx", None),
+    # front: the embedded model (onnx) and the pictures (matplotlib) load on first use
+    "zoo": ("zoo", None),
+    "viz": ("viz", None),
+    "cli": ("cli", None),
+}
 
 
 def __getattr__(name: str):

@@ -23,11 +23,16 @@ from .errors import InvalidArgumentError
 from .methods import Context, Method, get_method
 from .onnx import LayerInfo, Model, load, resolve_targets
 
-__all__ = ["explain", "Explanation"]
+__all__ = ["Explanation", "explain"]
 
 _UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
-_CHOICES = {"upsample_mode": _UPSAMPLE_MODES, "score": ("logit", "probability"),
-            "variant": ("plain", "noise", "integrate"), "sign": ("sum", "max-abs", "none")}
+_CHOICES = {
+    "upsample_mode": _UPSAMPLE_MODES,
+    "score": ("logit", "probability"),
+    "variant": ("plain", "noise", "integrate"),
+    "sign": ("sum", "max-abs", "none"),
+    "mask_order": ("upsample-then-normalize", "normalize-then-upsample"),
+}
 
 
 @dataclass
@@ -69,8 +74,11 @@ def _options(meth: Method, given: dict) -> dict:
     allowed = set(meth.defaults)
     unknown = sorted(set(given) - allowed)
     if unknown:
-        raise InvalidArgumentError(unknown[0], given[unknown[0]],
-                                   f"no such option for {meth.name!r}; options: {', '.join(sorted(allowed)) or 'none'}")
+        raise InvalidArgumentError(
+            unknown[0],
+            given[unknown[0]],
+            f"no such option for {meth.name!r}; options: {', '.join(sorted(allowed)) or 'none'}",
+        )
     opts = {**meth.defaults, **given}
     for key, choices in _CHOICES.items():
         if key in opts:
@@ -82,18 +90,33 @@ def _options(meth: Method, given: dict) -> dict:
             raise InvalidArgumentError(key, opts[key], "True or False")
     if "n_samples" in opts:
         V.positive_int(opts["n_samples"], "n_samples")
-    if "sigma" in opts:
-        V.nonnegative_float(opts["sigma"], "sigma")
+    for key in ("sigma", "mask_eps"):
+        if key in opts:
+            V.nonnegative_float(opts[key], key)
     if "ablation_value" in opts:
         v = opts["ablation_value"]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
+        if (
+            isinstance(v, (bool, np.bool_))
+            or not isinstance(v, (int, float, np.floating, np.integer))
+            or not np.isfinite(v)
+        ):
             raise InvalidArgumentError("ablation_value", v, "a finite real number")
     return opts
 
 
-def explain(model: Any, inputs: Any, method: Any, *, layer: Any = None, target: Any = None,
-            batch_size: int | None = None, memory_budget: int | None = None, progress: bool | None = None,
-            layout: str | None = None, **options: Any) -> Explanation:
+def explain(
+    model: Any,
+    inputs: Any,
+    method: Any,
+    *,
+    layer: Any = None,
+    target: Any = None,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool | None = None,
+    layout: str | None = None,
+    **options: Any,
+) -> Explanation:
     """Explain ``inputs`` with a CAM ``method`` of an ONNX ``model``.
 
     Parameters
@@ -109,7 +132,8 @@ def explain(model: Any, inputs: Any, method: Any, *, layer: Any = None, target: 
     batch_size, memory_budget : chunking of every model run (see :meth:`refcam.onnx.Model.run`).
     progress : tqdm bar for the perturbation loops (``None``: only on a terminal).
     layout : model layout when ``model`` is not already a :class:`Model`.
-    **options : the method's options (``relu``, ``upsample_mode``, ``score``, ``softmax``,
+    **options : the method's options (``relu``, ``upsample_mode``, ``mask_order``, ``mask_eps``
+        (see :func:`refcam.math.scorecam_masks`), ``score``, ``softmax``,
         ``baseline``, ``n_samples``, ``sigma``, ``seed``, ``ablation_value``, ``center``, ``sign``);
         see ``METHODS[name].defaults``.
 
@@ -146,8 +170,13 @@ def explain(model: Any, inputs: Any, method: Any, *, layer: Any = None, target: 
     out = maps[0] if n_t == 1 else np.stack(maps, axis=1)
     scores = ctx.need("target_scores") if targets is not None else None
     return Explanation(
-        maps=out, method=meth.name, layer=li,
+        maps=out,
+        method=meth.name,
+        layer=li,
         targets=None if targets is None else targets.classes,
-        scores=scores, outputs=fw.outputs, options=opts, arrays=ctx.arrays,
+        scores=scores,
+        outputs=fw.outputs,
+        options=opts,
+        arrays=ctx.arrays,
         input_size=m.input_spatial_shape(x),
     )

@@ -34,8 +34,9 @@ need                       shape               meaning
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,16 @@ from . import _forward as F
 from . import math as M
 from .errors import InvalidArgumentError
 
-__all__ = ["Need", "Method", "Context", "NEEDS", "METHODS", "register_need", "register_method",
-           "get_method"]
+__all__ = [
+    "METHODS",
+    "NEEDS",
+    "Context",
+    "Method",
+    "Need",
+    "get_method",
+    "register_method",
+    "register_need",
+]
 
 
 @dataclass
@@ -78,7 +87,9 @@ class Context:
         """The array ``name``, computed once by its registered provider."""
         if name not in self.arrays:
             if name not in NEEDS:
-                raise InvalidArgumentError("need", name, f"a registered need ({', '.join(sorted(NEEDS))})")
+                raise InvalidArgumentError(
+                    "need", name, f"a registered need ({', '.join(sorted(NEEDS))})"
+                )
             self.arrays[name] = NEEDS[name].provider(self)
         return self.arrays[name]
 
@@ -125,7 +136,9 @@ METHODS: dict[str, Method] = {}
 def register_need(need: Need, *, replace: bool = False) -> Need:
     """Add a need provider (``replace=True`` to override an existing one)."""
     if need.name in NEEDS and not replace:
-        raise InvalidArgumentError("need", need.name, "a name not registered yet (pass replace=True)")
+        raise InvalidArgumentError(
+            "need", need.name, "a name not registered yet (pass replace=True)"
+        )
     NEEDS[need.name] = need
     return need
 
@@ -134,7 +147,9 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     """Add a method (``replace=True`` to override an existing one)."""
     key = method.name.lower()
     if key in METHODS and not replace:
-        raise InvalidArgumentError("method", method.name, "a name not registered yet (pass replace=True)")
+        raise InvalidArgumentError(
+            "method", method.name, "a name not registered yet (pass replace=True)"
+        )
     METHODS[key] = method
     return method
 
@@ -153,14 +168,29 @@ def get_method(name: Any) -> Method:
 
 
 # ---------------------------------------------------------------------------- built-in needs
-register_need(Need("activations", F.provide_activations, "layer activations (N, K, *S), channels first"))
+register_need(
+    Need("activations", F.provide_activations, "layer activations (N, K, *S), channels first")
+)
 register_need(Need("target_scores", F.provide_target_scores, "y^c of the unmodified inputs (N, T)"))
-register_need(Need("class_weights", F.provide_class_weights, "GAP→linear class weights w^c (N, T, K)"))
-register_need(Need("masked_scores", F.provide_masked_scores, "f^c(X ∘ H^k) of the masked inputs (N, T, K)"))
-register_need(Need("baseline_scores", F.provide_baseline_scores, "f^c(X_b) of the Score-CAM baseline (N, T)"))
-register_need(Need("ablated_scores", F.provide_ablated_scores, "y^c_k with channel k ablated (N, T, K)"))
-register_need(Need("ablation_base_scores", F.provide_ablation_base_scores,
-                   "y^c from the head model on the unablated activations (N, T)"))
+register_need(
+    Need("class_weights", F.provide_class_weights, "GAP→linear class weights w^c (N, T, K)")
+)
+register_need(
+    Need("masked_scores", F.provide_masked_scores, "f^c(X ∘ H^k) of the masked inputs (N, T, K)")
+)
+register_need(
+    Need("baseline_scores", F.provide_baseline_scores, "f^c(X_b) of the Score-CAM baseline (N, T)")
+)
+register_need(
+    Need("ablated_scores", F.provide_ablated_scores, "y^c_k with channel k ablated (N, T, K)")
+)
+register_need(
+    Need(
+        "ablation_base_scores",
+        F.provide_ablation_base_scores,
+        "y^c from the head model on the unablated activations (N, T)",
+    )
+)
 
 
 # ---------------------------------------------------------------------------- built-in methods
@@ -171,13 +201,22 @@ def _cam(ctx: Context, t: int) -> np.ndarray:
 def _score_family(ctx: Context, t: int) -> np.ndarray:
     o = ctx.options
     base = ctx.need("baseline_scores")[:, t] if o["baseline"] is not None else None
-    return M.scorecam(ctx.need("activations"), ctx.need("masked_scores")[:, t], baseline_score=base,
-                      softmax=o["softmax"], relu=o["relu"])
+    return M.scorecam(
+        ctx.need("activations"),
+        ctx.need("masked_scores")[:, t],
+        baseline_score=base,
+        softmax=o["softmax"],
+        relu=o["relu"],
+    )
 
 
 def _ablationcam(ctx: Context, t: int) -> np.ndarray:
-    return M.ablationcam(ctx.need("activations"), ctx.need("ablated_scores")[:, t],
-                         ctx.need("ablation_base_scores")[:, t], relu=ctx.options["relu"])
+    return M.ablationcam(
+        ctx.need("activations"),
+        ctx.need("ablated_scores")[:, t],
+        ctx.need("ablation_base_scores")[:, t],
+        relu=ctx.options["relu"],
+    )
 
 
 def _eigencam(ctx: Context, t: int) -> np.ndarray:
@@ -185,34 +224,83 @@ def _eigencam(ctx: Context, t: int) -> np.ndarray:
     return M.eigencam(ctx.need("activations"), center=o["center"], sign=o["sign"], relu=o["relu"])
 
 
-_MASKS = dict(upsample_mode="linear", baseline=None, score="probability", softmax=False, relu=True, variant="plain")
+_MASKS = dict(
+    upsample_mode="linear",
+    mask_order="upsample-then-normalize",
+    mask_eps=0.0,
+    baseline=None,
+    score="probability",
+    softmax=False,
+    relu=True,
+    variant="plain",
+)
 
-register_method(Method(
-    "cam", ("activations", "class_weights"), M.cam, _cam,
-    "Zhou, Khosla, Lapedriza, Oliva & Torralba, 2016, Learning Deep Features for Discriminative Localization",
-    "Sec. 2, M_c(x, y) = Σ_k w^c_k f_k(x, y)", dict(relu=False)))
-register_method(Method(
-    "scorecam", ("activations", "masked_scores"), M.scorecam, _score_family,
-    "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, 2020, Score-CAM: Score-Weighted Visual "
-    "Explanations for Convolutional Neural Networks",
-    "Definitions 1-2: α^c_k = f^c(X ∘ H^k) − f^c(X_b), L = ReLU(Σ_k α^c_k A^k)", dict(_MASKS)))
-register_method(Method(
-    "sscam", ("activations", "masked_scores"), M.scorecam, _score_family,
-    "Wang, Naidu, Michael & Kundu, 2020, SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization",
-    "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ (H^k + δ_i))), δ_i ~ N(0, σ²)",
-    dict(_MASKS, score="logit", softmax=True, n_samples=10, sigma=2.0, seed=0, variant="noise")))
-register_method(Method(
-    "iscam", ("activations", "masked_scores"), M.scorecam, _score_family,
-    "Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, IS-CAM: Integrated Score-CAM for axiomatic-based explanations",
-    "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ γ_i H^k)), γ_i = Σ_{j≤i} j/n (Algorithm 1, accumulated mask)",
-    dict(_MASKS, score="logit", softmax=True, n_samples=10, variant="integrate")))
-register_method(Method(
-    "ablationcam", ("activations", "ablated_scores", "ablation_base_scores"), M.ablationcam, _ablationcam,
-    "Ramaswamy & Desai, 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via "
-    "Gradient-free Localization",
-    "w^c_k = (y^c − y^c_k) / y^c, L = ReLU(Σ_k w^c_k A^k)", dict(relu=True, ablation_value=0.0)))
-register_method(Method(
-    "eigencam", ("activations",), M.eigencam, _eigencam,
-    "Muhammad & Yeasin, 2020, Eigen-CAM: Class Activation Map using Principal Components",
-    "L = O v_1 (projection on the first right singular vector)",
-    dict(relu=False, center=False, sign="sum"), targeted=False))
+register_method(
+    Method(
+        "cam",
+        ("activations", "class_weights"),
+        M.cam,
+        _cam,
+        "Zhou, Khosla, Lapedriza, Oliva & Torralba, 2016, Learning Deep Features for Discriminative Localization",
+        "Sec. 2, M_c(x, y) = Σ_k w^c_k f_k(x, y)",
+        dict(relu=False),
+    )
+)
+register_method(
+    Method(
+        "scorecam",
+        ("activations", "masked_scores"),
+        M.scorecam,
+        _score_family,
+        "Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, 2020, Score-CAM: Score-Weighted Visual "
+        "Explanations for Convolutional Neural Networks",
+        "Definitions 1-2: α^c_k = f^c(X ∘ H^k) − f^c(X_b), L = ReLU(Σ_k α^c_k A^k)",
+        dict(_MASKS),
+    )
+)
+register_method(
+    Method(
+        "sscam",
+        ("activations", "masked_scores"),
+        M.scorecam,
+        _score_family,
+        "Wang, Naidu, Michael & Kundu, 2020, SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization",
+        "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ (H^k + δ_i))), δ_i ~ N(0, σ²)",
+        dict(_MASKS, score="logit", softmax=True, n_samples=10, sigma=2.0, seed=0, variant="noise"),
+    )
+)
+register_method(
+    Method(
+        "iscam",
+        ("activations", "masked_scores"),
+        M.scorecam,
+        _score_family,
+        "Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, IS-CAM: Integrated Score-CAM for axiomatic-based explanations",
+        "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ γ_i H^k)), γ_i = Σ_{j≤i} j/n (Algorithm 1, accumulated mask)",
+        dict(_MASKS, score="logit", softmax=True, n_samples=10, variant="integrate"),
+    )
+)
+register_method(
+    Method(
+        "ablationcam",
+        ("activations", "ablated_scores", "ablation_base_scores"),
+        M.ablationcam,
+        _ablationcam,
+        "Ramaswamy & Desai, 2020, Ablation-CAM: Visual Explanations for Deep Convolutional Network via "
+        "Gradient-free Localization",
+        "w^c_k = (y^c − y^c_k) / y^c, L = ReLU(Σ_k w^c_k A^k)",
+        dict(relu=True, ablation_value=0.0),
+    )
+)
+register_method(
+    Method(
+        "eigencam",
+        ("activations",),
+        M.eigencam,
+        _eigencam,
+        "Muhammad & Yeasin, 2020, Eigen-CAM: Class Activation Map using Principal Components",
+        "L = O v_1 (projection on the first right singular vector)",
+        dict(relu=False, center=False, sign="sum"),
+        targeted=False,
+    )
+)

@@ -17,7 +17,13 @@ from onnx.reference import ReferenceEvaluator
 
 import refcam
 from refcam import math as M
-from refcam.errors import InvalidArgumentError, LayerNotFoundError, ModelError, ShapeError, TargetError
+from refcam.errors import (
+    InvalidArgumentError,
+    LayerNotFoundError,
+    ModelError,
+    ShapeError,
+    TargetError,
+)
 from refcam.methods import METHODS, get_method
 from refcam.onnx import Model, TopK
 from refcam.onnx.toy_models import ZOO, cam_net, toy_model
@@ -47,7 +53,7 @@ class Oracle:
     def run(self, x, names):
         # the fixed-batch model runs one sample at a time, as its graph demands
         if self.name == "batch1":
-            parts = [self.ref.run(names, {self.input: x[i:i + 1]}) for i in range(len(x))]
+            parts = [self.ref.run(names, {self.input: x[i : i + 1]}) for i in range(len(x))]
             return [np.concatenate([p[j] for p in parts]) for j in range(len(names))]
         return self.ref.run(names, {self.input: x})
 
@@ -78,7 +84,9 @@ def _softmax(y, axis=-1):
 
 def _masks(a, size, mode="linear"):
     n, k = a.shape[:2]
-    return M.normalize(M.upsample(a, size, mode).reshape(n * k, *size), "minmax").reshape(n, k, *size)
+    return M.normalize(M.upsample(a, size, mode).reshape(n * k, *size), "minmax").reshape(
+        n, k, *size
+    )
 
 
 def _layer(name):
@@ -102,9 +110,9 @@ def test_cam_equals_math_with_graph_weights(name):
     for node in o.proto.graph.node:
         if node.op_type == "Constant":
             const[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    if "fc.weight" in const or "logits.weight" in const:          # Gemm transB=1: (classes, K)
+    if "fc.weight" in const or "logits.weight" in const:  # Gemm transB=1: (classes, K)
         w = const.get("fc.weight", const.get("logits.weight"))
-    else:                                                          # MatMul: (K, classes)
+    else:  # MatMul: (K, classes)
         w = const.get("fc.weight_t", const.get("fc.kernel")).T
     b = const.get("fc.bias", const.get("logits.bias"))
     cls = y.argmax(1)
@@ -142,9 +150,9 @@ def test_scorecam_equals_math(name):
     o = Oracle(name)
     a, y = o.forward(x, e.layer.name)
     size = x.shape[1:-1] if o.nhwc else x.shape[2:]
-    logits = o.masked_logits(x, _masks(a, size))                   # (N, K, classes)
+    logits = o.masked_logits(x, _masks(a, size))  # (N, K, classes)
     cls = y.argmax(1)
-    scores = _softmax(logits)[np.arange(len(x)), :, cls]           # probabilities f^c(X o H^k)
+    scores = _softmax(logits)[np.arange(len(x)), :, cls]  # probabilities f^c(X o H^k)
     _close(e.arrays["masked_scores"][:, 0], scores, rtol=1e-4)
     _close(e.maps, M.scorecam(a, scores))
     assert e.maps.dtype == np.float32
@@ -152,8 +160,15 @@ def test_scorecam_equals_math(name):
 
 def test_scorecam_pytorch_grad_cam_options_and_baseline():
     x = _x("resnet", 2)
-    e = refcam.explain(toy_model("resnet"), x, "scorecam", score="logit", softmax=True,
-                       upsample_mode="linear-align-corners", baseline="zeros")
+    e = refcam.explain(
+        toy_model("resnet"),
+        x,
+        "scorecam",
+        score="logit",
+        softmax=True,
+        upsample_mode="linear-align-corners",
+        baseline="zeros",
+    )
     o = Oracle("resnet")
     a, y = o.forward(x, "relu_4")
     logits = o.masked_logits(x, _masks(a, (16, 16), "linear-align-corners"))
@@ -169,8 +184,15 @@ def test_scorecam_pytorch_grad_cam_options_and_baseline():
 def test_sscam_equals_math(name):
     x = _x(name, 2)
     n_samples, sigma = 3, 0.5
-    e = refcam.explain(toy_model(name), x, "sscam", n_samples=n_samples, sigma=sigma, seed=7,
-                       layout=LAYOUT.get(name))
+    e = refcam.explain(
+        toy_model(name),
+        x,
+        "sscam",
+        n_samples=n_samples,
+        sigma=sigma,
+        seed=7,
+        layout=LAYOUT.get(name),
+    )
     o = Oracle(name)
     a, y = o.forward(x, e.layer.name)
     size = x.shape[1:-1] if o.nhwc else x.shape[2:]
@@ -180,8 +202,14 @@ def test_sscam_equals_math(name):
     total = np.zeros((n, k))
     for i in range(n_samples):
         # documented seeding: one generator per (seed, sample, channel, draw)
-        noise = np.stack([np.stack([np.random.default_rng([7, s, kk, i]).standard_normal(size) for kk in range(k)])
-                          for s in range(n)])
+        noise = np.stack(
+            [
+                np.stack(
+                    [np.random.default_rng([7, s, kk, i]).standard_normal(size) for kk in range(k)]
+                )
+                for s in range(n)
+            ]
+        )
         total += o.masked_logits(x, h + sigma * noise.astype(np.float32))[np.arange(n), :, cls]
     _close(e.maps, M.scorecam(a, total / n_samples, softmax=True))
 
@@ -211,7 +239,7 @@ def test_ablationcam_equals_math_gap_linear(name):
     cls = y.argmax(1)
     yc = y[np.arange(2), cls].astype(np.float64)
     gap = a.reshape(2, a.shape[1], -1).astype(np.float64).mean(-1)
-    ablated = yc[:, None] - head.weight[cls] * gap                  # y^c_k
+    ablated = yc[:, None] - head.weight[cls] * gap  # y^c_k
     _close(e.arrays["ablated_scores"][:, 0], ablated, rtol=1e-4)
     _close(e.maps, M.ablationcam(a, ablated, yc), rtol=1e-3)
 
@@ -228,7 +256,7 @@ def test_ablationcam_nonlinear_heads(name, tmp_path):
     onnx.utils.extract_model(str(path), str(tmp_path / "h.onnx"), [e.layer.name], ["logits"])
     ref = ReferenceEvaluator(onnx.load(tmp_path / "h.onnx"))
     n, k = a.shape[:2]
-    abl = np.repeat(a[:, None], k, axis=1)                          # (N, K, K, *S)
+    abl = np.repeat(a[:, None], k, axis=1)  # (N, K, K, *S)
     abl[:, np.arange(k), np.arange(k)] = -1.0
     (yk,) = ref.run(None, {e.layer.name: abl.reshape(n * k, *a.shape[1:])})
     cls = y.argmax(1)
@@ -320,15 +348,27 @@ def test_registry_is_data_and_extensible():
     assert "Wang" in m.paper and "Definition" in m.equation
     for meth in METHODS.values():
         assert meth.paper and meth.equation and "activations" in meth.needs
-    from refcam.methods import Method, Need, NEEDS, register_method, register_need
+    from refcam.methods import NEEDS, Method, Need, register_method, register_need
 
     register_need(Need("doubled", lambda ctx: 2 * ctx.need("activations"), "test need"))
-    register_method(Method("testcam", ("doubled",), M.eigencam, lambda ctx, t: M.eigencam(ctx.need("doubled")),
-                           "nobody", "none", {}, targeted=False))
+    register_method(
+        Method(
+            "testcam",
+            ("doubled",),
+            M.eigencam,
+            lambda ctx, t: M.eigencam(ctx.need("doubled")),
+            "nobody",
+            "none",
+            {},
+            targeted=False,
+        )
+    )
     try:
         x = _x("cam")
         e = refcam.explain(cam_net(), x, "testcam")
-        np.testing.assert_allclose(e.maps, 2 * refcam.explain(cam_net(), x, "eigencam").maps, rtol=1e-6)
+        np.testing.assert_allclose(
+            e.maps, 2 * refcam.explain(cam_net(), x, "eigencam").maps, rtol=1e-6
+        )
         with pytest.raises(InvalidArgumentError, match="not registered yet"):
             register_need(Need("doubled", lambda ctx: None, ""))
     finally:
@@ -337,7 +377,55 @@ def test_registry_is_data_and_extensible():
 
 
 def test_import_refcam_does_not_import_onnx():
-    code = ("import sys, refcam; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules; "
-            "f = refcam.explain; assert callable(f) and 'onnxruntime' in sys.modules; "
-            "import refcam.explanation; assert callable(refcam.explain)")
+    code = (
+        "import sys, refcam; assert 'onnx' not in sys.modules and 'onnxruntime' not in sys.modules; "
+        "f = refcam.explain; assert callable(f) and 'onnxruntime' in sys.modules; "
+        "import refcam.explanation; assert callable(refcam.explain)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_scorecam_torchcam_mask_convention():
+    # torchcam: normalise at feature resolution (eps 1e-8), then upsample half-pixel 8x8 -> 16x16;
+    # channel softmax of the raw logits
+    x = _x("resnet", 2)
+    e = refcam.explain(
+        toy_model("resnet"),
+        x,
+        "scorecam",
+        score="logit",
+        softmax=True,
+        mask_order="normalize-then-upsample",
+        mask_eps=1e-8,
+    )
+    o = Oracle("resnet")
+    a, y = o.forward(x, "relu_4")
+    lo = a.min(axis=(2, 3), keepdims=True)
+    hi = a.max(axis=(2, 3), keepdims=True)
+    h = M.upsample((a - lo) / (hi - lo + 1e-8), (16, 16), "linear")
+    cls = y.argmax(1)
+    s = o.masked_logits(x, h)[np.arange(2), :, cls]
+    _close(e.maps, M.scorecam(a, s, softmax=True))
+    # the other order gives different masks here, hence (slightly) different scores
+    p = refcam.explain(toy_model("resnet"), x, "scorecam", score="logit", softmax=True)
+    assert not np.allclose(p.arrays["masked_scores"], e.arrays["masked_scores"], rtol=1e-6, atol=0)
+    with pytest.raises(InvalidArgumentError, match="mask_order"):
+        refcam.explain(toy_model("resnet"), x, "scorecam", mask_order="both")
+
+
+def test_scorecam_callable_target_per_sample():
+    # per-sample targets: a class index for sample 0, a callable (probability of class 3) for 1
+    x = _x("cam", 2)
+
+    def prob3(out):
+        return _softmax(out)[:, 3]
+
+    e = refcam.explain(cam_net(), x, "scorecam", target=[1, prob3], score="logit")
+    o = Oracle("cam")
+    a, y = o.forward(x, "features")
+    logits = o.masked_logits(x, _masks(a, (12, 12)))
+    s = np.stack([logits[0, :, 1], _softmax(logits[1])[:, 3]])
+    _close(e.arrays["masked_scores"][:, 0], s, rtol=1e-4)
+    _close(e.maps, M.scorecam(a, s))
+    assert e.targets is None  # callables have no class index
+    _close(e.scores[:, 0], np.array([y[0, 1], _softmax(y[1])[3]]))

@@ -35,7 +35,9 @@ def test_gemm_alpha_beta_transb_folded():
     wt = onnx.numpy_helper.to_array(w)
     w.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(wt.T), "fc.weight"))
     del gemm.attribute[:]
-    gemm.attribute.extend([onnx.helper.make_attribute("alpha", 2.0), onnx.helper.make_attribute("beta", 0.5)])
+    gemm.attribute.extend(
+        [onnx.helper.make_attribute("alpha", 2.0), onnx.helper.make_attribute("beta", 0.5)]
+    )
     head = Model(proto).linear_head("features")
     np.testing.assert_allclose(head.weight, 2.0 * wt, rtol=1e-7)
     b = constant_value(proto.graph, "fc.bias")
@@ -50,7 +52,9 @@ def test_nhwc_reduce_mean_head():
 
 def test_no_gap_head_errors():
     m = Model(vgg_like())
-    with pytest.raises(ModelError, match=r"consumed by \['Flatten'\], not by global average pooling"):
+    with pytest.raises(
+        ModelError, match=r"consumed by \['Flatten'\], not by global average pooling"
+    ):
         m.linear_head(m.default_layer())
     m = Model(cam_net())
     with pytest.raises(ModelError, match="not by global average pooling"):
@@ -70,4 +74,6 @@ def test_opset18_reduce_mean_axes_input():
     assert len(rm.input) == 2 and not any(a.name == "axes" for a in rm.attribute)
     m = Model(proto)
     assert m.default_layer().name == "features"
-    np.testing.assert_array_equal(m.linear_head("features").weight, Model(cam_net()).linear_head("features").weight)
+    np.testing.assert_array_equal(
+        m.linear_head("features").weight, Model(cam_net()).linear_head("features").weight
+    )
