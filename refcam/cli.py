@@ -199,9 +199,10 @@ def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespac
     channels_last = model.channels_last
     spatial = tuple(shape[1:-1] if channels_last else shape[2:]) if shape else ()
     size = args.size
+    fixed = [d for d in spatial if isinstance(d, int) and d > 0]
     if size is None:
-        fixed = [d for d in spatial if isinstance(d, int) and d > 0]
         size = fixed[0] if fixed else 224
+    square_ok = len(set(fixed)) <= 1
     if args.norm not in (None, *NORMALIZATIONS):
         raise UsageError(f"--norm: got {args.norm!r}, expected one of {', '.join(NORMALIZATIONS)}")
     mean, std = NORMALIZATIONS[args.norm or lm.default_norm]
@@ -264,6 +265,11 @@ def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespac
             raise UsageError(
                 f"image: the model input {model.input_name!r} has shape {shape}, not an RGB image "
                 f"batch; pass the input as a .npy array instead of {spec!r}{hint}"
+            )
+        if not square_ok:
+            raise UsageError(
+                f"image: the model input {model.input_name!r} has shape {shape}, not square; image "
+                f"files are centre-cropped to a square, so pass the input of {spec!r} as a .npy array"
             )
         x, pics = zoo.preprocess(
             str(path),

@@ -113,6 +113,53 @@ def test_npy_inputs_toy_model_several_methods(tmp_path, capsys):
     assert Image.open(out_dir / "batch_0.png").size == (1320, 360)
 
 
+def test_onnx_file_model_non_square(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    wf = rng.standard_normal((5, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["features"]),
+        helper.make_node("GlobalAveragePool", ["features"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "Wf"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nonsquare",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 12])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(wf, "Wf")],
+    )
+    path = tmp_path / "nonsquare.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path
+    )
+    code, _, err = run(capsys, "explain", str(path), "chelsea")
+    assert code == 2 and "has shape ('N', 3, 8, 12), not square" in err
+    x = rng.random((3, 8, 12), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, out, err = run(
+        capsys,
+        "explain",
+        str(path),
+        str(tmp_path / "x.npy"),
+        "-m",
+        "cam",
+        "-o",
+        str(tmp_path / "o"),
+        "-q",
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "o" / "x_cam.npy"), refcam.explain(str(path), x[None], "cam").maps[0]
+    )
+    assert Image.open(tmp_path / "o" / "x_cam.png").size == (12, 8)  # overlay at input size (W, H)
+
+
 def test_volumes_write_arrays_only(tmp_path, capsys):
     from refcam.onnx.toy_models import conv3d_net
 
