@@ -30,14 +30,22 @@ def code(text: str):
 
 
 SETUP = code("""
+    import io
+
     import numpy as np
-    import matplotlib
-    matplotlib.use("Agg")          # headless: figures are shown inline by the notebook front end
-    from IPython.display import display
+    from IPython.display import Image, display
 
     import refcam
     from refcam import viz
+
     np.set_printoptions(precision=4, suppress=True)
+
+
+    def show(fig):
+        \"\"\"Display a refcam.viz figure (headless Agg canvas, no pyplot) as a PNG.\"\"\"
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=fig.dpi)
+        display(Image(buf.getvalue()))
 """)
 
 # --------------------------------------------------------------------------------------------------
@@ -182,7 +190,7 @@ NB1 = [
     assert guided[near_square].sum() / guided.sum() > 0.999
 
     fig = viz.saliency_grid(picture, {f"{r} (red thing)": g[0] for r, g in grads.items()}, mode="abs")
-    display(fig)
+    show(fig)
     """),
     md(r"""
     On this network the three rules coincide wherever the upstream gradient $W_{ck}/Z$ is positive
@@ -215,7 +223,7 @@ NB1 = [
     L = refcam.gradcam(A, gradients_A)                                  # (1, H, W)
     ggc = refcam.guided_gradcam(grads["guided"], L)                    # (1, 3, H, W)
     assert np.allclose(L, refcam.relu(refcam.cam(A, Wfc[[0]])) / Z)
-    display(viz.saliency_grid(picture, {"guided backprop": grads["guided"][0], "guided Grad-CAM": ggc[0]}))
+    show(viz.saliency_grid(picture, {"guided backprop": grads["guided"][0], "guided Grad-CAM": ggc[0]}))
     """),
     md(r"""
     ## Where the autodiff path slots in
@@ -310,7 +318,7 @@ NB2 = [
     names = zoo.imagenet_classes()
     for i in range(2):
         maps = {f"{names[c]} ({c})": refcam.cam(A[i:i + 1], Wfc[[c]]) for c in (top1[i], 282, 967)}
-        display(viz.compare_grid(pictures[i], maps, suptitle="CAM for three classes"))
+        show(viz.compare_grid(pictures[i], maps, suptitle="CAM for three classes"))
     """),
     md(r"""
     ## What is the map's scale?
@@ -404,7 +412,7 @@ NB3 = [
     err = np.abs(refcam.gradcam(A, G) - refcam.relu(M) / Z).max()
     print(f"max |Grad-CAM - ReLU(CAM)/Z| = {err:.2e}  (map scale {np.abs(M).max() / Z:.3f})")
     assert err < 1e-12
-    display(viz.compare_grid(pictures[0], {"CAM": M, "Grad-CAM": refcam.gradcam(A, G)},
+    show(viz.compare_grid(pictures[0], {"CAM": M, "Grad-CAM": refcam.gradcam(A, G)},
                              suptitle="same picture after min-max display scaling"))
     """),
     md(r"""
@@ -433,7 +441,7 @@ NB3 = [
     assert np.allclose(w_hand, w_ref, rtol=1e-12, atol=0)
     Lpp = refcam.gradcampp(A, G)
     assert np.allclose(Lpp, refcam.relu(refcam.weighted_sum(A, w_ref[None])))
-    display(viz.compare_grid(pictures[0], {"Grad-CAM": L, "Grad-CAM++": Lpp}))
+    show(viz.compare_grid(pictures[0], {"Grad-CAM": L, "Grad-CAM++": Lpp}))
     """),
     md(r"""
     ## The autodiff path
@@ -535,7 +543,7 @@ NB4 = [
     model = Model(zoo.efficientnet_lite0())
     xc, pics = zoo.preprocess(zoo.sample_image_path("chelsea"), return_images=True)
     maps = {m: refcam.explain(model, xc, m, progress=False).maps for m in ("cam", "ablationcam", "eigencam")}
-    display(viz.compare_grid(pics[0], maps, suptitle="gradient-free maps of the cat"))
+    show(viz.compare_grid(pics[0], maps, suptitle="gradient-free maps of the cat"))
     """),
     md(r"""
     ## How similar are they?

@@ -8,6 +8,7 @@ notebooks must equal what ``notebooks/_build.py`` generates (no outputs, no drif
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -114,4 +115,18 @@ def test_notebook_runs_top_to_bottom(kernel_env, name):
         if o.get("output_type") == "error"
     ]
     assert not errors
+    # every show(...) call produced a real PNG picture (not a text repr of a Figure)
+    n_show = (
+        sum(c.source.count("show(") for c in nb.cells if c.cell_type == "code") - 1
+    )  # minus its def
+    pngs = [
+        o["data"]["image/png"]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+    ]
+    assert len(pngs) >= max(n_show, 0)
+    for data in pngs:
+        assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     assert elapsed < 60, f"{name} took {elapsed:.0f} s, expected < 60 s"
