@@ -232,10 +232,9 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
         if gt is None:  # not on a path to the seed: the gradient is exactly zero
             gt = b.zeros_like(w, info.elem[w])
         tail.append(helper.make_node("Identity", [gt], [gname]))
-        shp = info.shape.get(w)
-        ng.output.append(helper.make_tensor_value_info(gname, info.elem[w], None if shp is None else list(shp)))
+        ng.output.append(_value_info(gname, w, info))
         if w not in graph_inputs and w not in out_names:
-            ng.output.append(helper.make_tensor_value_info(w, info.elem[w], None))
+            ng.output.append(_value_info(w, w, info))
         mapping[w] = gname
     ng.node.extend(b.nodes)
     ng.node.extend(tail)
@@ -252,6 +251,13 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
         except onnx.checker.ValidationError as exc:
             raise ModelError(f"the gradient model failed onnx.checker: {exc}") from exc
     return new
+
+
+def _value_info(name: str, like: str, info: TensorInfo) -> onnx.ValueInfoProto:
+    shp = info.shape.get(like)
+    if shp is None:  # unknown rank: a name-only value info (onnxruntime infers the rest)
+        return onnx.ValueInfoProto(name=name)
+    return helper.make_tensor_value_info(name, info.elem[like], list(shp))
 
 
 def _toposort(g: onnx.GraphProto) -> None:

@@ -225,7 +225,11 @@ def cut_head(model: onnx.ModelProto, tensor: str, outputs: Sequence[str] | None 
     return head, side
 
 
-def _session(model: onnx.ModelProto):
+def _session(model: onnx.ModelProto, backend: str = "onnxruntime"):
+    if backend == "reference":
+        from onnx.reference import ReferenceEvaluator
+
+        return ReferenceEvaluator(model)
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -246,8 +250,8 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
 
 def fd_gradients(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], wrt: str,
                  seed_values: np.ndarray, *, seed: str | None = None, mode: str = "full",
-                 step: float | None = None, richardson: bool = True, batched: bool = True
-                 ) -> tuple[np.ndarray, FDResult]:
+                 step: float | None = None, richardson: bool = True, batched: bool = True,
+                 backend: str = "onnxruntime") -> tuple[np.ndarray, FDResult]:
     r"""Finite-difference gradient of :math:`S_n = \langle s_n, y_n\rangle` with respect to tensor ``wrt``.
 
     Parameters
@@ -263,6 +267,8 @@ def fd_gradients(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], wrt: 
         (2K copies).
     step, richardson : see :func:`directional_derivatives`.
     batched : stack copies along axis 0 (see the module notes) or run them one by one.
+    backend : ``"onnxruntime"`` or ``"reference"`` (``onnx.reference.ReferenceEvaluator``: ~50x
+        slower but runs every op in float64 — the accurate oracle for float32-only kernels).
 
     Returns
     -------
@@ -271,6 +277,8 @@ def fd_gradients(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], wrt: 
     """
     if mode not in ("full", "channel"):
         raise InvalidArgumentError("mode", mode, "'full' or 'channel'")
+    if backend not in ("onnxruntime", "reference"):
+        raise InvalidArgumentError("backend", backend, "'onnxruntime' or 'reference'")
     outs = [o.name for o in model.graph.output]
     seed = outs[0] if seed is None else seed
     head, side = cut_head(model, wrt, [seed])
@@ -278,13 +286,13 @@ def fd_gradients(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray], wrt: 
     need = [n for n in [wrt] + side if n not in graph_inputs]
     values = dict(inputs)
     if need:
-        full = _session(_with_outputs(model, need))
+        full = _session(_with_outputs(model, need), backend)
         res = full.run(need, dict(inputs))
         values.update(zip(need, res))
     a = np.asarray(values[wrt])
     s = as_float_array(seed_values, "seed_values")
     n = a.shape[0]
-    sess = _session(head)
+    sess = _session(head, backend)
     side_vals = {k: np.asarray(values[k]) for k in side}
 
     if not batched:
