@@ -31,13 +31,13 @@ class _G:
         self.nodes.append(helper.make_node(op, ins, [out], name=out, **attrs))
         return out
 
-    def conv_bn(self, x, cin, cout, k, stride=1, relu=True, hint="conv"):
+    def conv_bn(self, x, cin, cout, k, stride=1, relu=True, hint="conv", gain=1.0):
         w = self.w((cout, cin, k, k), np.sqrt(2.0 / (cin * k * k)))
         y = self.node("Conv", [x, w], hint=hint, kernel_shape=[k, k], strides=[stride, stride],
                       pads=[k // 2] * 4)
         sc = self.w((cout,), 0.1)
         self.inits[-1] = numpy_helper.from_array(
-            (1.0 + numpy_helper.to_array(self.inits[-1])).astype(self.dtype), sc)
+            (gain * (1.0 + numpy_helper.to_array(self.inits[-1]))).astype(self.dtype), sc)
         b = self.w((cout,), 0.1)
         m = self.w((cout,), 0.1)
         v = self.name("var")
@@ -65,10 +65,10 @@ def resnet(depths=(1, 1), width=4, bottleneck=False, classes=5, in_ch=3, size=32
             if bottleneck:
                 h = g.conv_bn(y, cin, mid, 1)
                 h = g.conv_bn(h, mid, mid, 3, stride)
-                h = g.conv_bn(h, mid, cout, 1, relu=False)
+                h = g.conv_bn(h, mid, cout, 1, relu=False, gain=0.3)
             else:
                 h = g.conv_bn(y, cin, mid, 3, stride)
-                h = g.conv_bn(h, mid, cout, 3, relu=False)
+                h = g.conv_bn(h, mid, cout, 3, relu=False, gain=0.3)
             sc = y if (stride == 1 and cin == cout) else g.conv_bn(y, cin, cout, 1, stride, relu=False, hint="down")
             y = g.node("Relu", [g.node("Add", [h, sc])], hint=f"stage{si}_block{bi}")
             cin = cout

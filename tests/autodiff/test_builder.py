@@ -233,3 +233,30 @@ def test_registry_lists_issue_ops():
     Transpose Concat Split Slice Pad ReduceMean ReduceSum Resize Expand Where Gather Identity Dropout Cast
     Shape Size ConstantOfShape Range ArgMax""".split()
     assert set(required) <= set(supported_ops())
+
+
+@pytest.mark.parametrize("stage", ["stage0", "stage1"])
+def test_structured_channel_fd_equals_running_all_copies(stage):
+    """The channel-wise chain + seed folding evaluation gives the numbers of the 2K explicit copies."""
+    from refcam.autodiff.fd import FiniteDifferences, directional_derivatives
+
+    rng = np.random.default_rng(5)
+    model, names = resnet(depths=(1, 1), width=4, size=16, seed=5)
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    s = rng.standard_normal((2, 5)).astype(np.float32)
+    fd = FiniteDifferences(model, names[stage])
+    a, r = fd({"input": x}, s, mode="channel", step=1e-2)
+    assert fd._channel_plan.usable and fd._channel_plan.fold is not None
+    assert bool(fd._channel_plan.sep) == (stage == "stage1")  # stage1 -> GlobalAveragePool chain
+    head = fd.head
+    side = fd.side
+    vals = dict(zip(fd.need, fd.prefix.run(fd.need, {"input": x})))
+
+    def score(stack):
+        m = stack.shape[0]
+        feed = {names[stage]: stack.reshape((-1,) + a.shape[1:])}
+        feed.update({k: np.concatenate([vals[k]] * m) for k in side})
+        return (head.run(None, feed)[0].reshape(m, 2, 5).astype(np.float64) * s).sum(-1)
+
+    ref = directional_derivatives(score, a, step=1e-2, channel=True)
+    np.testing.assert_allclose(r.value, ref.value.T, rtol=1e-4, atol=1e-4 * np.abs(ref.value).max())
