@@ -856,8 +856,12 @@ def _conv(ctx):
         return [None] * len(ctx.inputs)
     r = ctx.rank(x)
     n = r - 2
-    in_sp = ctx.static_dims(x, list(range(2, r)))
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    if all(si == 1 for si in ctx.attrs.get("strides", [1] * n)):
+        # stride 1: the geometry does not depend on the input size (dynamic spatial axes are fine)
+        in_sp = [k[i] * ctx.attrs.get("dilations", [1] * n)[i] for i in range(n)]
+    else:
+        in_sp = ctx.static_dims(x, list(range(2, r)))
     s, d, pads = _conv_geometry(ctx, in_sp, k)
     pe_new, opad = [], []
     for i in range(n):
