@@ -6,6 +6,8 @@ finite differences as the oracle, and gradients a model already exports.
 * :func:`gradients` — activations and gradients through the adapter's :class:`refcam.onnx.Model`,
   forward + backward in one cached onnxruntime session.
 * :func:`exported_gradients` — read gradient tensors a model outputs itself.
+* :mod:`.methods` — gradient methods end to end (Grad-CAM family, saliency, guided backprop,
+  deconvnet, Guided Grad-CAM, SmoothGrad, Integrated Gradients, class model visualisation).
 """
 
 from __future__ import annotations
