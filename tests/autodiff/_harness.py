@@ -67,3 +67,33 @@ def check_op(label, model, feeds, wrt, *, rtol, seed=None, batched=False, rng=No
         WORST[label] = max(WORST.get(label, 0.0), err)
         assert err <= rtol, f"{label}: wrt {w}: relative error {err:.3g} > {rtol}"
     return grads
+
+
+def agree(vjp_value, fd, rel=1e-4, k=10.0):
+    """VJP within float32 FD's own accuracy: ``rel`` of the scale (float32 rounding at h=1e-2) plus
+    ``k`` times the Richardson error estimate (which flags ReLU/max kinks crossed inside [A-h, A+h]).
+    Returns (ok, worst relative error)."""
+    scale = np.max(np.abs(fd.value))
+    err = np.abs(np.asarray(vjp_value, np.float64) - fd.value)
+    return bool(np.all(err <= rel * scale + k * fd.error)), float(err.max() / scale)
+
+
+def to_float64(proto):
+    """A float64 twin of a float32 model: every FLOAT initializer, Constant value, value info and
+    Cast target becomes DOUBLE (weights are the float32 values widened exactly)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    g = m.graph
+    for i, t in enumerate(list(g.initializer)):
+        if t.data_type == TensorProto.FLOAT:
+            g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            vi.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for n in g.node:
+        for a in n.attribute:
+            if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float64), a.t.name))
+            if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.DOUBLE
+    return m
