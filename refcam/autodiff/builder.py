@@ -217,9 +217,12 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
             seed_vi = vi
             break
     seed_in = onnx.ValueInfoProto()
-    if seed_vi is not None:
-        seed_in.CopyFrom(seed_vi)
-        seed_in.name = SEED_INPUT
+    if seed_vi is not None and seed_vi.type.tensor_type.HasField("shape"):
+        # rank and dtype of the seeded tensor; every axis symbolic (shape inference and
+        # onnxruntime can disagree on sizes, e.g. MaxPool ceil_mode windows starting in the padding)
+        rank = len(seed_vi.type.tensor_type.shape.dim)
+        seed_in = helper.make_tensor_value_info(SEED_INPUT, seed_vi.type.tensor_type.elem_type,
+                                                [f"refcam_seed_d{i}" for i in range(rank)])
     else:
         seed_in = helper.make_tensor_value_info(SEED_INPUT, info.elem[seed], None)
     ng.input.append(seed_in)
@@ -260,7 +263,7 @@ def _value_info(name: str, like: str, info: TensorInfo) -> onnx.ValueInfoProto:
     shp = info.shape.get(like)
     if shp is None:  # unknown rank: a name-only value info (onnxruntime infers the rest)
         return onnx.ValueInfoProto(name=name)
-    return helper.make_tensor_value_info(name, info.elem[like], list(shp))
+    return helper.make_tensor_value_info(name, info.elem[like], [None] * len(shp))
 
 
 def _toposort(g: onnx.GraphProto) -> None:
