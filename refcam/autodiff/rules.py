@@ -870,7 +870,25 @@ def _conv(ctx):
         need = full - pads[i] - in_sp[i]
         pe_new.append(max(need, 0))
         opad.append(max(-need, 0))
-    dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=ctx.attrs.get("group", 1), strides=s,
+    group = ctx.attrs.get("group", 1)
+    ext = [d[i] * (k[i] - 1) for i in range(n)]
+    if (all(si == 1 for si in s) and w in ctx.info.const and ctx.shape(w) is not None
+            and all(pads[i] <= ext[i] and pads[i + n] <= ext[i] for i in range(n))):
+        # stride 1: the adjoint is a correlation with the flipped, in/out-swapped kernel and pads
+        # d(k-1) - pad; onnxruntime's Conv is faster than its ConvTranspose.  The kernel transform
+        # reads only an initializer, so onnxruntime constant-folds it at session creation.
+        b = ctx.b
+        co, ci_g = ctx.shape(w)[:2]
+        co_g = co // group
+        wt = b.op("Reshape", [w, b.ints([group, co_g, ci_g] + k)])
+        wt = b.op("Transpose", [wt], perm=[0, 2, 1] + list(range(3, 3 + n)))
+        wt = b.op("Reshape", [wt, b.ints([group * ci_g, co_g] + k)])
+        wt = b.op("Slice", [wt, b.ints([-1] * n), b.ints([-(2 ** 62)] * n), b.ints(list(range(2, 2 + n))),
+                            b.ints([-1] * n)])
+        dx = ctx.op("Conv", [ctx.grads[0], wt], group=group, strides=s, dilations=d, kernel_shape=k,
+                    pads=[ext[i] - pads[i] for i in range(n)] + [ext[i] - pads[i + n] for i in range(n)])
+        return [dx] + [None] * (len(ctx.inputs) - 1)
+    dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=group, strides=s,
                 dilations=d, kernel_shape=k, pads=list(pads[:n]) + pe_new, output_padding=opad)
     return [dx] + [None] * (len(ctx.inputs) - 1)
 
