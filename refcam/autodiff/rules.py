@@ -571,6 +571,65 @@ def _softplus(ctx):
     return [ctx.op("Mul", [ctx.grads[0], ctx.op("Sigmoid", [ctx.inputs[0]])])]
 
 
+@rule("Elu", "Selu", "Celu")
+def _elu(ctx):
+    # Elu: x (x > 0), a(e^x - 1);  Selu: g(x) (x > 0), g a (e^x - 1);  Celu: x, a(e^{x/a} - 1)
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    op = ctx.op_type
+    if op == "Selu":
+        a = ctx.attrs.get("alpha", 1.67326319217681884765625)
+        gam = ctx.attrs.get("gamma", 1.05070102214813232421875)
+        neg = ctx.op("Add", [y, ctx.c(gam * a, x)])   # d/dx of g a (e^x - 1) = y + g a
+        pos = ctx.c(gam, x)
+    elif op == "Celu":
+        a = ctx.attrs.get("alpha", 1.0)
+        neg = ctx.op("Add", [ctx.op("Div", [y, ctx.c(a, x)]), ctx.c(1.0, x)])  # e^{x/a} = y/a + 1
+        pos = ctx.c(1.0, x)
+    else:
+        a = ctx.attrs.get("alpha", 1.0)
+        neg = ctx.op("Add", [y, ctx.c(a, x)])          # d/dx a(e^x - 1) = y + a
+        pos = ctx.c(1.0, x)
+    d = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), pos, neg])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Mish")
+def _mish(ctx):
+    # y = x tanh(sp(x)), sp = softplus;  dy/dx = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
+    x = ctx.inputs[0]
+    t = ctx.op("Tanh", [ctx.op("Softplus", [x])])
+    sech2 = ctx.op("Sub", [ctx.c(1.0, x), ctx.op("Mul", [t, t])])
+    d = ctx.op("Add", [t, ctx.op("Mul", [x, ctx.op("Mul", [sech2, ctx.op("Sigmoid", [x])])])])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Softsign")
+def _softsign(ctx):
+    x = ctx.inputs[0]
+    den = ctx.op("Add", [ctx.c(1.0, x), ctx.op("Abs", [x])])
+    return [ctx.op("Div", [ctx.grads[0], ctx.op("Mul", [den, den])])]
+
+
+@rule("Tile")
+def _tile(ctx):
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    reps = [int(v) for v in ctx.need_const(1, "repeats").tolist()]
+    s = ctx.shape(x)
+    dims = [None if s is None else s[i] for i in range(r)]
+    inter = []
+    for i in range(r):
+        if dims[i] is None:
+            if reps[i] != 1 or any(dims[j] is None for j in range(i)):
+                ctx.static_dims(x, [i])  # raises a ModelError naming the axis
+            inter += [1, -1]
+        else:
+            inter += [reps[i], dims[i]]
+    g = ctx.op("Reshape", [ctx.grads[0], ctx.b.ints(inter)])
+    g = ctx.b.reduce("ReduceSum", g, [2 * i for i in range(r)], keepdims=False)
+    return [g, None]
+
+
 @rule("HardSigmoid")
 def _hardsigmoid(ctx):
     x = ctx.inputs[0]

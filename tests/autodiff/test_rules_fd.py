@@ -78,6 +78,9 @@ for op, kw in [("Relu", {}), ("LeakyRelu", dict(alpha=0.1)), ("Sigmoid", {}), ("
                ("Exp", {}), ("Neg", {}), ("Abs", {})]:
     case(op, [node(op, ["x"], **kw)], {"x": rnd(2, 3, 4, lo=0.05)}, **D64)
 case("PRelu", [node("PRelu", ["x", "s"])], {"x": rnd(2, 3, 4, 2, lo=0.05), "s": rnd(3, 1, 1)}, wrt=("x", "s"), **D64)
+for op, kw in [("Elu", dict(alpha=0.7)), ("Selu", {}), ("Celu", dict(alpha=1.5)), ("Mish", {}), ("Softsign", {})]:
+    case(op, [node(op, ["x"], **kw)], {"x": rnd(2, 3, 4, lo=0.05, dtype=F32)}, opset=18, **NL32)
+case("Tile", [node("Tile", ["x", "r"])], {"x": rnd(2, 3, 4)}, {"r": np.array([1, 2, 3])}, **D64)
 case("Softplus", [node("Softplus", ["x"])], {"x": rnd(2, 3, 4, dtype=F32)}, **NL32)
 case("HardSigmoid", [node("HardSigmoid", ["x"], alpha=0.3, beta=0.4)], {"x": rnd(2, 3, 4, lo=0.05, dtype=F32) * 3}, **NL32)
 case("HardSwish", [node("HardSwish", ["x"])], {"x": rnd(2, 3, 4, lo=0.05, dtype=F32) * 3}, **NL32)
@@ -150,14 +153,16 @@ case("ReduceMean", [node("ReduceMean", ["x", "a"])], {"x": rnd(2, 3, 4)}, {"a": 
 case("ReduceMean", [node("ReduceMean", ["x"], keepdims=0)], {"x": rnd(2, 3, 4)}, opset=18, **D64)
 case("ReduceMax", [node("ReduceMax", ["x"], axes=[1], keepdims=0)], {"x": rnd(2, 3, 4)}, opset=13, **D64)
 case("GlobalAveragePool", [node("GlobalAveragePool", ["x"])], {"x": rnd(2, 3, 4, 5, dtype=F32)}, **LIN32)
-case("GlobalMaxPool", [node("GlobalMaxPool", ["x"])], {"x": rnd(2, 3, 4, 5, dtype=F32)}, **LIN32 | {"step": 1e-3})
+case("GlobalMaxPool", [node("GlobalMaxPool", ["x"])], {"x": R.permutation(120).reshape(2, 3, 4, 5).astype(F32)},
+     **LIN32 | {"step": 0.25})
 
 # ---- pooling / resize ----
 for attrs in [dict(kernel_shape=[2, 2], strides=[2, 2]), dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
               dict(kernel_shape=[3, 2], strides=[2, 1], ceil_mode=1), dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"),
               dict(kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 0, 0, 1])]:
-    case("MaxPool", [node("MaxPool", ["x"], **attrs)], {"x": rnd(2, 3, 7, 6, dtype=F32)}, rtol=1e-4, step=1e-3,
-         richardson=False)
+    # distinct values with gaps >= 1 (a permutation): a step of 0.25 never moves an argmax
+    case("MaxPool", [node("MaxPool", ["x"], **attrs)], {"x": R.permutation(252).reshape(2, 3, 7, 6).astype(F32)},
+         rtol=1e-4, step=0.25, richardson=False)
 case("MaxPool", [node("MaxPool", ["x"], kernel_shape=[3], strides=[2])], {"x": rnd(2, 3, 9)}, opset=16, **D64)
 for attrs in [dict(kernel_shape=[2, 2], strides=[2, 2]), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
               dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0),
