@@ -41,7 +41,17 @@ def grad_name(wrt: str) -> str:
 
 
 def model_opset(model: onnx.ModelProto) -> int:
-    """The ai.onnx opset version a model imports."""
+    """The ai.onnx opset version a model imports.
+
+    Examples
+    --------
+    >>> from onnx import helper, TensorProto
+    >>> g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    >>> model_opset(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    13
+    """
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             return int(o.version)

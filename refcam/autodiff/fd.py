@@ -176,12 +176,15 @@ def cut_head(model: onnx.ModelProto, tensor: str, outputs: Sequence[str] | None 
              ) -> tuple[onnx.ModelProto, list[str]]:
     """Cut ``model`` at ``tensor``: a head model computing ``outputs`` from ``tensor`` (+ side inputs).
 
-    Returns ``(head, side)`` where ``side`` lists the other tensors the head takes as inputs (values
-    the prefix computes that do not depend on ``tensor``, e.g. a residual branch).  Local helper,
-    to be replaced by the adapter's head cut.
+    Returns ``(head, side)`` where ``side`` lists the other tensors the head takes as inputs: values
+    the prefix computes that do not depend on ``tensor`` (e.g. the other branch of a residual block
+    around the cut).  The graph is cut by the adapter's :func:`refcam.onnx.cut_head` at
+    ``[tensor, *side]``; the batch axis of the head's inputs and outputs is made symbolic so the
+    perturbed copies can be stacked along it.
     """
+    from ..onnx.head import cut_head as _adapter_cut
+
     inferred = shape_inference.infer_shapes(model, data_prop=True)
-    info = TensorInfo(inferred)
     g = inferred.graph
     produced = {o for n in g.node for o in n.output}
     graph_inputs = [i.name for i in g.input]
@@ -194,34 +197,27 @@ def cut_head(model: onnx.ModelProto, tensor: str, outputs: Sequence[str] | None 
         if any(i in dep for i in n.input if i):
             head_nodes.append(n)
             dep.update(o for o in n.output if o)
-    # keep only nodes needed for the requested outputs
     need = set(outputs)
     keep = []
     for n in reversed(head_nodes):
         if any(o in need for o in n.output):
             keep.append(n)
             need.update(i for i in n.input if i)
-    keep.reverse()
-    inits = {t.name for t in g.initializer}
+    consts = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
     made = {o for n in keep for o in n.output}
-    side = []
-    for n in keep:
+    side: list[str] = []
+    for n in reversed(keep):
         for i in n.input:
-            if i and i not in made and i not in inits and i != tensor and i not in side:
+            if i and i not in made and i not in consts and i != tensor and i not in side:
                 side.append(i)
-
-    def vi(name: str) -> onnx.ValueInfoProto:
-        shp = info.shape.get(name)
-        return helper.make_tensor_value_info(name, info.elem.get(name, onnx.TensorProto.FLOAT),
-                                             None if shp is None else [None] + list(shp[1:]) if shp else [])
-
-    used = {i for n in keep for i in n.input}
-    head_outputs = [o for o in outputs if o in made or o == tensor]
-    graph = helper.make_graph(
-        keep, "head", [vi(tensor)] + [vi(s) for s in side], [vi(o) for o in head_outputs],
-        [t for t in g.initializer if t.name in used])
-    head = helper.make_model(graph, opset_imports=list(model.opset_import),
-                             ir_version=_ir_for(model_opset(model), model.ir_version))
+    value_info = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    head = _adapter_cut(model, [tensor] + side, outputs, value_info=value_info,
+                        ir_version=_ir_for(model_opset(model), model.ir_version))
+    for vi in list(head.graph.input) + list(head.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and len(tt.shape.dim):
+            tt.shape.dim[0].Clear()
+            tt.shape.dim[0].dim_param = "refcam_fd_batch"
     return head, side
 
 

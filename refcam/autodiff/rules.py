@@ -186,7 +186,14 @@ def rule(*op_types: str) -> Callable[[RuleFn], RuleFn]:
 
 
 def supported_ops() -> list[str]:
-    """Sorted op types that have a backward rule or carry no gradient."""
+    """Sorted op types that have a backward rule or carry no gradient.
+
+    Examples
+    --------
+    >>> ops = supported_ops()
+    >>> {"Conv", "MaxPool", "Resize", "Shape"} <= set(ops), "Loop" in ops
+    (True, False)
+    """
     return sorted(set(RULES) | NO_GRADIENT_OPS)
 
 
