@@ -133,7 +133,7 @@ def _agree(vjp_value, fd):
     return bool(np.all(err <= 1e-4 * scale + 10 * fd.error)), float(err.max() / scale)
 
 
-@pytest.mark.parametrize("opset", [11, 13, 17, 18])
+@pytest.mark.parametrize("opset", [11, 13, 17, 18, 21])
 def test_whole_resnet_matches_float64_fd(opset):
     """float32 VJP on onnxruntime vs float64 FD (reference evaluator, h = 6e-6, Richardson) of the
     same ResNet built in float64: kinks are practically never crossed, so the only gap is the float32
