@@ -777,8 +777,7 @@ def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
         return ctx.c(float(np.prod([s[a] for a in axes])), like)
     b = ctx.b
     sizes = [b.op("Slice", [b.shape(x), b.ints([a]), b.ints([a + 1])]) for a in axes]
-    n = b.op("ReduceProd", [b.op("Concat", sizes, axis=0)], keepdims=0) if ctx.opset < 18 else \
-        b.op("ReduceProd", [b.op("Concat", sizes, axis=0)], keepdims=0)
+    n = b.op("ReduceProd", [b.op("Concat", sizes, axis=0)], keepdims=0)  # no axes: all (any opset)
     return b.op("Cast", [n], to=ctx.elem(like))
 
 
@@ -996,8 +995,6 @@ def _convtranspose(ctx):
 # ============================ pooling and resizing ===========================================
 @rule("MaxPool")
 def _maxpool(ctx):
-    import onnx as _onnx  # noqa: F401
-
     x = ctx.inputs[0]
     b = ctx.b
     n = ctx.rank(x) - 2

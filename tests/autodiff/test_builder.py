@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper
@@ -260,3 +259,24 @@ def test_structured_channel_fd_equals_running_all_copies(stage):
 
     ref = directional_derivatives(score, a, step=1e-2, channel=True)
     np.testing.assert_allclose(r.value, ref.value.T, rtol=1e-4, atol=1e-4 * np.abs(ref.value).max())
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_mean_backward_with_dynamic_spatial_sizes(opset):
+    """H, W symbolic: the 1/Z of GlobalAveragePool / ReduceMean comes from Shape at run time.
+    y = GAP(x) + mean_{HW}(x)  ->  dS/dx_{nkij} = 2 s_{nk} / (H W)."""
+    from onnx import TensorProto, numpy_helper
+
+    axes_in = [numpy_helper.from_array(np.array([2, 3]), "a")] if opset >= 18 else []
+    g = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+         helper.make_node("ReduceMean", ["x"] + (["a"] if opset >= 18 else []), ["q"],
+                          **({} if opset >= 18 else {"axes": [2, 3]})),
+         helper.make_node("Add", ["p", "q"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 1, 1])], axes_in)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    x = np.random.default_rng(0).random((2, 2, 3, 4)).astype(np.float32)
+    s = np.array([[3.0, -1.0], [0.5, 2.0]], np.float32).reshape(2, 2, 1, 1)
+    got = vjp(m, {"x": x}, "x", s)
+    np.testing.assert_allclose(got, np.broadcast_to(2 * s / 12, x.shape), rtol=1e-6)
