@@ -49,7 +49,7 @@ def vjp(model, feeds, wrt, seed_values, rules="plain", seed=None):
 
 
 def check_op(label, model, feeds, wrt, *, rtol, seed=None, batched=False, rng=None, step=None,
-             richardson=True):
+             richardson=True, ref64=False):
     """Compare the VJP gradient with the FD oracle; record the worst relative error under ``label``."""
     rng = rng or np.random.default_rng(0)
     sess = session(model)
@@ -59,8 +59,13 @@ def check_op(label, model, feeds, wrt, *, rtol, seed=None, batched=False, rng=No
     wl = [wrt] if isinstance(wrt, str) else list(wrt)
     grads = vjp(model, feeds, wl, s, seed=seed)
     for w, gv in zip(wl, grads):
-        _, fd = fd_gradients(model, feeds, w, s, seed=seed, batched=batched, step=step,
-                             richardson=richardson)
+        if ref64:  # float64 twin run by onnx.reference: FD accurate to ~1e-9
+            f64 = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in feeds.items()}
+            _, fd = fd_gradients(to_float64(model), f64, w, s, seed=seed, batched=batched, step=step,
+                                 richardson=richardson, backend="reference")
+        else:
+            _, fd = fd_gradients(model, feeds, w, s, seed=seed, batched=batched, step=step,
+                                 richardson=richardson)
         assert gv.shape == fd.value.shape, (gv.shape, fd.value.shape)
         scale = max(np.max(np.abs(fd.value)), 1e-12)
         err = float(np.max(np.abs(gv - fd.value)) / scale)

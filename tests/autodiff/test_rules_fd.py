@@ -4,8 +4,9 @@ Tolerances: float64 graphs (ops onnxruntime runs in float64) use Richardson-extr
 differences with the default step and ``rtol=1e-6`` (relative to the largest gradient entry).
 float32-only ops (Conv, pools, Erf, ...) that are *linear* in the differentiated input use step
 ``h = 1`` (central differences are exact for linear maps, only float32 rounding remains:
-``~1e-7 |S| / h``) and ``rtol=1e-4``; float32 nonlinear ops use the default step and ``rtol=2e-2``
-(truncation ``h^2 S'''/6`` with ``h ≈ 5e-3`` plus rounding ``1e-7|S|/h ≈ 2e-5 |S|``).
+``~1e-7 |S| / h``) and ``rtol=1e-4``; float32-only nonlinear ops are checked against float64 FD of
+the model's float64 twin run by ``onnx.reference`` (default step, Richardson: ~1e-9), so only the
+float32 arithmetic of the VJP remains: ``rtol=1e-4``.
 Inputs of piecewise ops are drawn away from their kinks.
 """
 
@@ -33,7 +34,10 @@ def node(op, ins, outs=("y",), **attrs):
 
 
 LIN32 = dict(rtol=1e-4, step=1.0, richardson=False)
-NL32 = dict(rtol=2e-2)
+NL32 = dict(rtol=1e-4, ref64=True)
+# onnx.reference evaluates Erf in float32 even for float64 input, so Erf/Gelu keep the float32
+# onnxruntime oracle: Richardson removes truncation (O(h^4)), rounding ~1e-7 |S| / h with h = 5e-3
+ORT32 = dict(rtol=1e-4)
 D64 = dict(rtol=1e-6)
 
 CASES = []
@@ -98,8 +102,8 @@ PW32 = dict(rtol=1e-3, step=1e-2, richardson=False)
 case("HardSigmoid", [node("HardSigmoid", ["x"], alpha=0.3, beta=0.4)],
      {"x": away(rnd(2, 3, 4) * 3, [-4 / 3, 2.0])}, **PW32)   # kinks where 0.3 x + 0.4 = 0 or 1
 case("HardSwish", [node("HardSwish", ["x"])], {"x": away(rnd(2, 3, 4) * 3, [-3.0, 3.0])}, **PW32)
-case("Erf", [node("Erf", ["x"])], {"x": rnd(2, 3, 4, dtype=F32)}, **NL32)
-case("Gelu", [node("Gelu", ["x"])], {"x": rnd(2, 3, 4, dtype=F32)}, opset=20, **NL32)
+case("Erf", [node("Erf", ["x"])], {"x": rnd(2, 3, 4, dtype=F32)}, **ORT32)
+case("Gelu", [node("Gelu", ["x"])], {"x": rnd(2, 3, 4, dtype=F32)}, opset=20, **ORT32)
 case("Gelu", [node("Gelu", ["x"], approximate="tanh")], {"x": rnd(2, 3, 4, dtype=F32)}, opset=20, **NL32)
 case("Clip", [node("Clip", ["x", "lo", "hi"])], {"x": rnd(2, 3, 4, lo=0.05) * 2},
      {"lo": np.array(-0.5), "hi": np.array(1.0)}, opset=13, **D64)
