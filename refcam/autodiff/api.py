@@ -47,16 +47,16 @@ class GradientResult:
     gradients: dict
 
 
-def _vjp_session(model: Model, wrt: tuple, rules: str):
+def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input"):
     per = _CACHE.setdefault(model, {})
-    key = (wrt, rules)
+    key = (wrt, rules, seed_mode)
     if key not in per:
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
         if model.output_name not in [o.name for o in proto.graph.output]:
             vi = model.value_info.get(model.output_name)
             proto.graph.output.append(vi if vi is not None else onnx.ValueInfoProto(name=model.output_name))
-        vjp = build_vjp_model(proto, list(wrt), seed=model.output_name, rules=rules)
+        vjp = build_vjp_model(proto, list(wrt), seed=model.output_name, rules=rules, seed_mode=seed_mode)
         sess = ort.InferenceSession(vjp.SerializeToString(), sess_options=model._options(),
                                     providers=model.providers)
         per[key] = sess
@@ -92,7 +92,8 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
 
     Returns
     -------
-    GradientResult.  ``None`` and ``TopK`` targets need the outputs first: one extra forward run.
+    GradientResult.  ``target=None`` seeds the top-1 class inside the graph (one run);
+    ``TopK`` targets need the outputs first: one extra forward run.
 
     Examples
     --------
@@ -117,6 +118,9 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
         dims = out_vi.type.tensor_type.shape.dim
         if len(dims) == 2 and dims[1].HasField("dim_value"):
             n_cls = dims[1].dim_value
+    if target is None and out_vi is not None and out_vi.type.tensor_type.HasField("shape") and \
+            len(out_vi.type.tensor_type.shape.dim) >= 2:
+        return _top1(m, x, names, rules, batch_size)
     if target is None or n_cls is None or not isinstance(target, (int, np.integer, list, tuple, np.ndarray)):
         outputs_first = m.run(x, [m.output_name], checked=True)[m.output_name]
         tg = resolve_targets(target, outputs_first)
@@ -167,6 +171,41 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
             a = np.concatenate(results[w], axis=0)
             acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
             grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+    return GradientResult(outputs, classes, acts, grads)
+
+
+def _collect(m: Model, x: np.ndarray, names: list[str], run_names: list[str], outs: dict) -> tuple[dict, dict]:
+    acts, grads = {}, {}
+    for w in names:
+        g = np.concatenate(outs[grad_name(w)], axis=0)[:, None]          # (N, 1, *native)
+        if w == m.input_name:
+            acts[w], grads[w] = x, g
+        else:
+            a = np.concatenate(outs[w], axis=0)
+            acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
+            grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+    return acts, grads
+
+
+def _top1(m: Model, x: np.ndarray, names: list[str], rules: str, batch_size: int | None) -> GradientResult:
+    """target=None: the VJP model seeds one-hot(ArgMax(y)) itself, so one run gives y and the gradients."""
+    sess = _vjp_session(m, tuple(names), rules, "top1")
+    run_names = [m.output_name] + [grad_name(w) for w in names] + [w for w in names if w != m.input_name]
+    n = x.shape[0]
+    chunk = batch_size or m.fixed_batch or max(1, m.memory_budget // max(1, x[:1].nbytes * (1 + 2 * len(names))))
+    outs: dict[str, list] = {k: [] for k in run_names}
+    for start in range(0, n, chunk):
+        xb = x[start:start + chunk]
+        pad = 0
+        if m.fixed_batch is not None and xb.shape[0] < m.fixed_batch:
+            pad = m.fixed_batch - xb.shape[0]
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+        res = sess.run(run_names, {m.input_name: xb})
+        for k, o in zip(run_names, res):
+            outs[k].append(o[: xb.shape[0] - pad] if pad else o)
+    outputs = np.concatenate(outs[m.output_name], axis=0)
+    classes = np.argmax(outputs.reshape(n, outputs.shape[1], -1)[:, :, 0], axis=1)[:, None].astype(np.int64)
+    acts, grads = _collect(m, x, names, run_names, outs)
     return GradientResult(outputs, classes, acts, grads)
 
 

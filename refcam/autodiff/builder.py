@@ -13,6 +13,7 @@ import json
 import warnings
 from typing import Sequence
 
+import numpy as np
 import onnx
 from onnx import helper, shape_inference
 
@@ -64,7 +65,7 @@ def _ir_for(opset: int, current: int) -> int:
 
 
 def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str | None = None,
-                    rules: str = "plain", *, check: bool = True) -> onnx.ModelProto:
+                    rules: str = "plain", *, seed_mode: str = "input", check: bool = True) -> onnx.ModelProto:
     r"""Append the reverse-mode sweep of ``model`` to its forward graph.
 
     The returned model has one extra input ``SEED_INPUT`` (``"refcam_seed"``) of the shape and
@@ -84,6 +85,9 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
     wrt : tensor name(s) to differentiate with respect to (graph inputs or intermediates).
     seed : name of the output that receives the seed (default: the first graph output).
     rules : ``"plain"`` | ``"guided"`` | ``"deconvnet"`` (see :mod:`refcam.autodiff.rules`).
+    seed_mode : ``"input"`` (default): :math:`s` is the graph input ``refcam_seed``; ``"top1"``:
+        :math:`s` is computed in the graph as the one-hot row of ``ArgMax(y, axis=1)`` (first maximum,
+        as ``numpy.argmax``), so the top-1 class gradient needs a single run and no extra input.
     check : run ``onnx.checker`` on the result.
 
     Returns
@@ -123,11 +127,12 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
     array([[2., 4., 6.]])
     """
     rules = choice(rules, "rules", RULE_SETS)
+    seed_mode = choice(seed_mode, "seed_mode", ("input", "top1"))
     wrt_list = [wrt] if isinstance(wrt, str) else list(wrt)
     if not wrt_list:
         raise InvalidArgumentError("wrt", wrt, "at least one tensor name")
     try:
-        return _build(model, wrt_list, seed, rules, check)
+        return _build(model, wrt_list, seed, rules, check, seed_mode)
     except NeedsOpset as need:
         from onnx import version_converter
 
@@ -140,14 +145,14 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
             raise UnsupportedOpError(
                 f"{need.reason} (model opset {old}) and onnx.version_converter could not convert "
                 f"the model: {exc}; use finite differences (refcam.autodiff.fd)") from exc
-        out = _build(conv, wrt_list, seed, rules, check)
+        out = _build(conv, wrt_list, seed, rules, check, seed_mode)
         out.metadata_props.append(onnx.StringStringEntryProto(
             key="refcam.opset_raised", value=f"{old}->{need.opset}: {need.reason}"))
         return out
 
 
 def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
-           check: bool) -> onnx.ModelProto:
+           check: bool, seed_mode: str = "input") -> onnx.ModelProto:
     opset = model_opset(model)
     if not 7 <= opset <= 23:
         raise ModelError(f"model opset {opset} is outside the supported range 11–21")
@@ -235,7 +240,18 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
                                                 [f"refcam_seed_d{i}" for i in range(rank)])
     else:
         seed_in = helper.make_tensor_value_info(SEED_INPUT, info.elem[seed], None)
-    ng.input.append(seed_in)
+    if seed_mode == "input":
+        ng.input.append(seed_in)
+    else:  # one-hot of the first arg-max along axis 1, computed in the graph
+        r = info.rank(seed)
+        if r is None or r < 2:
+            raise ModelError(f"seed_mode='top1' needs the seeded tensor {seed!r} to have a class axis 1 "
+                             f"(shape (N, C, ...)), shape inference gave {info.shape.get(seed)}")
+        am = b.op("ArgMax", [seed], axis=1, keepdims=1)
+        n_cls = b.squeeze(b.op("Slice", [b.shape(seed), b.ints([1]), b.ints([2])]), [0])
+        cls = b.op("Range", [b.const(np.int64(0)), n_cls, b.const(np.int64(1))])
+        cls = b.op("Reshape", [cls, b.ints([1, -1] + [1] * (r - 2))])
+        b.nodes.append(helper.make_node("Cast", [b.op("Equal", [am, cls])], [SEED_INPUT], to=info.elem[seed]))
     graph_inputs = {i.name for i in ng.input}
     mapping = {}
     tail = []

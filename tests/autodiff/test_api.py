@@ -89,3 +89,19 @@ def test_exported_gradients_reads_named_outputs():
     assert out["g"].tolist() == [[[2.0, -4.0]]]   # d(x^2)/dx = 2x
     with pytest.raises(LayerNotFoundError, match="names"):
         exported_gradients(m, np.ones((1, 1, 2)), "h")
+
+
+@pytest.mark.parametrize("name", ["resnet", "nhwc", "batch1", "softmax"])
+def test_default_target_seeds_top1_in_graph(name):
+    """target=None uses the in-graph one-hot(ArgMax) seed: same result as the explicit classes."""
+    m = Model(tm.ZOO[name](), layout="NHWC" if name == "nhwc" else "NCHW")
+    shape = tuple(d if isinstance(d, int) else 12 for d in m.input_shape[1:])
+    n = m.fixed_batch or 3
+    x = np.random.default_rng(4).standard_normal((n,) + shape).astype(np.float32)
+    r0 = gradients(m, x, wrt=["input", m.default_layer().name])
+    cls = np.argmax(m.run(x)[m.output_name], axis=1)
+    assert r0.classes[:, 0].tolist() == cls.tolist()
+    r1 = gradients(m, x, wrt=["input", m.default_layer().name], target=list(cls))
+    for k in r0.gradients:
+        np.testing.assert_array_equal(r0.gradients[k], r1.gradients[k])
+    np.testing.assert_array_equal(r0.outputs, r1.outputs)
