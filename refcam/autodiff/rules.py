@@ -1149,6 +1149,8 @@ def _layernorm(ctx):
     x, scale = ctx.inputs[0], ctx.inputs[1]
     if any(ctx.needs[1:]):
         raise ctx.unsupported("the gradient with respect to LayerNormalization parameters")
+    if any(g is not None for g in ctx.grads[1:]):
+        raise ctx.unsupported("a gradient flowing into the Mean/InvStdDev outputs of LayerNormalization")
     r = ctx.rank(x)
     axis = ctx.attrs.get("axis", -1) % r
     gh = ctx.op("Mul", [ctx.grads[0], scale])
