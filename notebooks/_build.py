@@ -266,6 +266,11 @@ NB1 = [
         assert rel < 1e-3
     show(viz.saliency_grid(pics[0], {rule: g[0] for rule, g in g_in.items()}, suptitle="EfficientNet-Lite0"))
     """),
+    md(r"""
+    The pattern of the toy network repeats at scale: guided backprop keeps the fine structure of
+    the eyes and the nose; the plain gradient is noisier; the deconvnet, which ignores where the
+    forward pass was active, mostly shows the network's stride-2 sampling grid rather than the cat.
+    """),
 ]
 
 # --------------------------------------------------------------------------------------------------
