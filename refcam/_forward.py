@@ -96,11 +96,11 @@ def provide_target_scores(ctx: Context) -> np.ndarray:
 
 def provide_class_weights(ctx: Context) -> np.ndarray:
     """Rows ``w^c`` of the GAP → linear head, ``(N, T, K)``; checks ``y = W gap(A) + b`` numerically."""
+    head = ctx.model.linear_head(ctx.layer)  # ModelError first: no GAP -> linear head at all
     if ctx.targets.classes is None:
         raise TargetError(
             "target: CAM needs class-index targets (the rows of the linear layer), not a callable"
         )
-    head = ctx.model.linear_head(ctx.layer)
     a = ctx.need("activations")
     if head.weight.shape[1] != a.shape[1]:
         raise ModelError(
