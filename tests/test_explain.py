@@ -226,6 +226,11 @@ def test_iscam_equals_math(name):
     gammas = [0.25, 0.75, 1.5, 2.5]  # 1/4, 1/4+2/4, +3/4, +4/4
     s = np.mean([o.masked_logits(x, g * h)[np.arange(2), :, cls] for g in gammas], axis=0)
     _close(e.maps, M.scorecam(a, s, softmax=True))
+    lin = refcam.explain(toy_model(name), x, "iscam", n_samples=4, scales="linear", softmax=False)
+    s = np.mean(
+        [o.masked_logits(x, g * h)[np.arange(2), :, cls] for g in [0.25, 0.5, 0.75, 1.0]], axis=0
+    )
+    _close(lin.maps, M.scorecam(a, s))
 
 
 # ------------------------------------------------------------------------------------ Ablation-CAM
