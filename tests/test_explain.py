@@ -461,3 +461,24 @@ def test_segmentation_callable_target_mask_sum():
         refcam.explain(toy_model("segmentation"), x, "scorecam")
     with pytest.raises(ModelError, match="not by global average pooling"):
         refcam.explain(toy_model("segmentation"), x, "cam", target=region)
+
+
+def test_explanation_arrays_reproduce_maps_exactly():
+    # "a user can reproduce any number": the math floor on Explanation.arrays gives the maps bit for bit
+    x = _x("resnet", 2)
+    m = Model(toy_model("resnet"))
+    e = refcam.explain(m, x, "scorecam", baseline="zeros")
+    a = e.arrays["activations"]
+    want = M.scorecam(
+        a, e.arrays["masked_scores"][:, 0], baseline_score=e.arrays["baseline_scores"][:, 0]
+    )
+    np.testing.assert_array_equal(e.maps, want)
+    e = refcam.explain(m, x, "ablationcam")
+    want = M.ablationcam(
+        a, e.arrays["ablated_scores"][:, 0], e.arrays["ablation_base_scores"][:, 0]
+    )
+    np.testing.assert_array_equal(e.maps, want)
+    e = refcam.explain(m, x, "cam", target=TopK(2))
+    for t in range(2):
+        np.testing.assert_array_equal(e.maps[:, t], M.cam(a, e.arrays["class_weights"][:, t]))
+    assert e.options == {"relu": False} and e.method == "cam" and e.input_size == (16, 16)
