@@ -44,6 +44,7 @@ __all__ = [
     "mobilenet_like",
     "nhwc_net",
     "resnet50_sized",
+    "segmentation_net",
     "resnet_like",
     "toy_model",
     "vgg_like",
