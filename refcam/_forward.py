@@ -96,11 +96,11 @@ def provide_target_scores(ctx: Context) -> np.ndarray:
 
 def provide_class_weights(ctx: Context) -> np.ndarray:
     """Rows ``w^c`` of the GAP → linear head, ``(N, T, K)``; checks ``y = W gap(A) + b`` numerically."""
+    head = ctx.model.linear_head(ctx.layer)  # ModelError first: no GAP -> linear head at all
     if ctx.targets.classes is None:
         raise TargetError(
             "target: CAM needs class-index targets (the rows of the linear layer), not a callable"
         )
-    head = ctx.model.linear_head(ctx.layer)
     a = ctx.need("activations")
     if head.weight.shape[1] != a.shape[1]:
         raise ModelError(
@@ -121,17 +121,24 @@ def provide_class_weights(ctx: Context) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- Score-CAM family
-def mask_coefficients(variant: str, n_samples: int) -> np.ndarray:
-    r"""IS-CAM mask scales :math:`\gamma_i = \sum_{j=1}^{i} j/n`, ``i = 1..n`` (the accumulated mask of
-    Naidu et al. 2020, Algorithm 1, as torchcam implements it); ``[1.0]`` for the other variants.
+def mask_coefficients(variant: str, n_samples: int, scales: str = "accumulated") -> np.ndarray:
+    r"""IS-CAM mask scales :math:`\gamma_i`, ``i = 1..n``; ``[1.0]`` for the other variants.
+
+    ``scales="accumulated"``: :math:`\gamma_i = \sum_{j=1}^{i} j/n` -- the mask accumulated over
+    the iterations of Naidu et al. (2020), "IS-CAM: Integrated Score-CAM for axiomatic-based
+    explanations", Algorithm 1, as torchcam's ``ISCAM`` implements it (its coefficient grows past
+    1).  ``scales="linear"``: :math:`\gamma_i = i/n`, a right Riemann sum of the straight path
+    :math:`0 \to H^k`, the Integrated-Gradients reading of "integration".
 
     >>> mask_coefficients("integrate", 4)
     array([0.25, 0.75, 1.5 , 2.5 ])
+    >>> mask_coefficients("integrate", 4, "linear")
+    array([0.25, 0.5 , 0.75, 1.  ])
     """
     if variant != "integrate":
         return np.ones(1)
     i = np.arange(1, n_samples + 1, dtype=np.float64)
-    return np.cumsum(i / n_samples)
+    return np.cumsum(i / n_samples) if scales == "accumulated" else i / n_samples
 
 
 def provide_masked_scores(ctx: Context) -> np.ndarray:
@@ -157,7 +164,7 @@ def provide_masked_scores(ctx: Context) -> np.ndarray:
     nsamp = V.positive_int(o.get("n_samples", 1), "n_samples") if variant != "plain" else 1
     sigma = V.nonnegative_float(o.get("sigma", 0.0), "sigma")
     seed = o.get("seed", 0)
-    coeffs = mask_coefficients(variant, nsamp)
+    coeffs = mask_coefficients(variant, nsamp, o.get("scales", "accumulated"))
     draws = nsamp if variant == "noise" else len(coeffs)
     score = o.get("score", "logit")
     chunk = int(min(k, max(1, _budget(ctx) // (4 * x[0].nbytes))))

@@ -32,6 +32,7 @@ _CHOICES = {
     "variant": ("plain", "noise", "integrate"),
     "sign": ("sum", "max-abs", "none"),
     "mask_order": ("upsample-then-normalize", "normalize-then-upsample"),
+    "scales": ("accumulated", "linear"),
 }
 
 

@@ -277,7 +277,14 @@ register_method(
         _score_family,
         "Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, IS-CAM: Integrated Score-CAM for axiomatic-based explanations",
         "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ γ_i H^k)), γ_i = Σ_{j≤i} j/n (Algorithm 1, accumulated mask)",
-        dict(_MASKS, score="logit", softmax=True, n_samples=10, variant="integrate"),
+        dict(
+            _MASKS,
+            score="logit",
+            softmax=True,
+            n_samples=10,
+            variant="integrate",
+            scales="accumulated",
+        ),
     )
 )
 register_method(

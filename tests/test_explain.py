@@ -30,7 +30,8 @@ from refcam.onnx.toy_models import ZOO, cam_net, toy_model
 
 LAYOUT = {"nhwc": "NHWC"}
 SPATIAL = {"vgg": 16, "resnet": 16, "mobilenet": 16, "nhwc": 10, "conv3d": 6}
-CAM_ZOO = sorted(set(ZOO) - {"vgg"})  # every zoo model but VGG has a GAP -> linear head
+CAM_ZOO = sorted(set(ZOO) - {"vgg", "segmentation"})  # the models with a GAP -> linear head
+CLASSIFIERS = sorted(set(ZOO) - {"segmentation"})  # (N, C) outputs: class-index targets
 
 
 def _x(name: str, n: int = 2, seed: int = 0) -> np.ndarray:
@@ -143,7 +144,7 @@ def test_cam_errors():
 
 
 # ------------------------------------------------------------------------------------ Score-CAM family
-@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_scorecam_equals_math(name):
     x = _x(name, 2)
     e = refcam.explain(toy_model(name), x, "scorecam", layout=LAYOUT.get(name), progress=False)
@@ -225,6 +226,11 @@ def test_iscam_equals_math(name):
     gammas = [0.25, 0.75, 1.5, 2.5]  # 1/4, 1/4+2/4, +3/4, +4/4
     s = np.mean([o.masked_logits(x, g * h)[np.arange(2), :, cls] for g in gammas], axis=0)
     _close(e.maps, M.scorecam(a, s, softmax=True))
+    lin = refcam.explain(toy_model(name), x, "iscam", n_samples=4, scales="linear", softmax=False)
+    s = np.mean(
+        [o.masked_logits(x, g * h)[np.arange(2), :, cls] for g in [0.25, 0.5, 0.75, 1.0]], axis=0
+    )
+    _close(lin.maps, M.scorecam(a, s))
 
 
 # ------------------------------------------------------------------------------------ Ablation-CAM
@@ -429,3 +435,50 @@ def test_scorecam_callable_target_per_sample():
     _close(e.maps, M.scorecam(a, s))
     assert e.targets is None  # callables have no class index
     _close(e.scores[:, 0], np.array([y[0, 1], _softmax(y[1])[3]]))
+
+
+def test_segmentation_callable_target_mask_sum():
+    # "how much does each region support class 1 inside the top-left quadrant": a mask-sum target
+    x = _x("segmentation", 2)
+
+    def region(out):
+        return out[:, 1, :6, :6].sum(axis=(1, 2))
+
+    o = Oracle("segmentation")
+    a, y = o.forward(x, "features")
+    s = (
+        o.masked_logits(x.copy(), _masks(a, (12, 12)))
+        .reshape(2, 6, 3, 12, 12)[:, :, 1, :6, :6]
+        .sum((-1, -2))
+    )
+    e = refcam.explain(toy_model("segmentation"), x, "scorecam", target=region, score="logit")
+    assert e.layer.name == "features"
+    _close(e.maps, M.scorecam(a, s))
+    _close(e.scores[:, 0], y[:, 1, :6, :6].sum((1, 2)))
+    ab = refcam.explain(toy_model("segmentation"), x, "ablationcam", target=region)
+    assert ab.maps.shape == (2, 12, 12)
+    with pytest.raises(TargetError, match="callable target"):
+        refcam.explain(toy_model("segmentation"), x, "scorecam")
+    with pytest.raises(ModelError, match="not by global average pooling"):
+        refcam.explain(toy_model("segmentation"), x, "cam", target=region)
+
+
+def test_explanation_arrays_reproduce_maps_exactly():
+    # "a user can reproduce any number": the math floor on Explanation.arrays gives the maps bit for bit
+    x = _x("resnet", 2)
+    m = Model(toy_model("resnet"))
+    e = refcam.explain(m, x, "scorecam", baseline="zeros")
+    a = e.arrays["activations"]
+    want = M.scorecam(
+        a, e.arrays["masked_scores"][:, 0], baseline_score=e.arrays["baseline_scores"][:, 0]
+    )
+    np.testing.assert_array_equal(e.maps, want)
+    e = refcam.explain(m, x, "ablationcam")
+    want = M.ablationcam(
+        a, e.arrays["ablated_scores"][:, 0], e.arrays["ablation_base_scores"][:, 0]
+    )
+    np.testing.assert_array_equal(e.maps, want)
+    e = refcam.explain(m, x, "cam", target=TopK(2))
+    for t in range(2):
+        np.testing.assert_array_equal(e.maps[:, t], M.cam(a, e.arrays["class_weights"][:, t]))
+    assert e.options == {"relu": False} and e.method == "cam" and e.input_size == (16, 16)

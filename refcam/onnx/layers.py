@@ -167,15 +167,23 @@ def _spatial_size(info: LayerInfo, channels_last: bool) -> int | None:
 
 
 def default_layer(
-    layers: Sequence[LayerInfo], graph: onnx.GraphProto, *, channels_last: bool = False
+    layers: Sequence[LayerInfo],
+    graph: onnx.GraphProto,
+    *,
+    channels_last: bool = False,
+    exclude: Iterable[str] = (),
 ) -> LayerInfo | None:
     """The last spatial activation before global pooling.
 
     Rule: among rank-4/5 tensors whose spatial extent is not 1 (so squeeze-excite gates and pooled
     ``(N, K, 1, 1)`` tensors are skipped), take the input of the last global-pooling node
     (GlobalAveragePool/GlobalMaxPool, or ReduceMean/ReduceMax over all spatial axes); without
-    one, the last such tensor in graph order.  ``None`` if the graph has no spatial tensor.
+    one, the last such tensor in graph order.  Tensors in ``exclude`` (the graph outputs and the
+    class-score tensor: a segmenter's per-pixel logits are not a layer to explain) are skipped.
+    ``None`` if the graph has no spatial tensor.
     """
+    skip = set(exclude)
+    layers = [li for li in layers if li.name not in skip]
     by_name = {li.name: li for li in layers}
 
     def ok(li: LayerInfo | None) -> bool:

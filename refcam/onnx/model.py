@@ -280,7 +280,12 @@ class Model:
 
     def default_layer(self) -> LayerInfo:
         """The last spatial activation before global pooling (see :func:`layers.default_layer`)."""
-        li = default_layer(self._layers, self.proto.graph, channels_last=self.channels_last)
+        li = default_layer(
+            self._layers,
+            self.proto.graph,
+            channels_last=self.channels_last,
+            exclude=[*self.graph_outputs, self.output_name],
+        )
         if li is None:
             raise ModelError(
                 "layer: the model has no spatial (4-D or 5-D) activation to explain; pass layer="

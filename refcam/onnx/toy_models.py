@@ -18,6 +18,7 @@ name                what it exercises
 ``dynamic``         the ``cam`` net with symbolic height and width
 ``batch1``          the ``cam`` net with the batch axis fixed to 1
 ``constant``        the ``cam`` net with every weight in a Constant node (PaddlePaddle style)
+``segmentation``    fully convolutional, per-pixel class scores ``(N, 3, H, W)`` (callable targets)
 ==================  ==============================================================================
 
 >>> sorted(ZOO)[:3]
@@ -43,6 +44,7 @@ __all__ = [
     "mobilenet_like",
     "nhwc_net",
     "resnet50_sized",
+    "segmentation_net",
     "resnet_like",
     "toy_model",
     "vgg_like",
@@ -377,6 +379,23 @@ def nhwc_net(*, num_classes: int = 5, size: int = 10, seed: int = 5) -> onnx.Mod
     )
 
 
+def segmentation_net(*, num_classes: int = 3, size: int = 12, seed: int = 7) -> onnx.ModelProto:
+    """Fully convolutional segmenter: Conv→Relu→Conv→Relu (``features``, 6 channels) → 1×1 Conv
+    (``logits``: ``(N, num_classes, size, size)`` per-pixel class scores).  No global pooling, so
+    class-index targets are ambiguous: explain it with a callable target (e.g. a mask sum)."""
+    b = _Builder(seed)
+    x = b.conv("input", 3, 4, 3, "conv1")
+    x = b.node("Relu", [x], "relu1")
+    x = b.conv(x, 4, 6, 3, "conv2")
+    x = b.node("Relu", [x], "features")
+    x = b.conv(x, 6, num_classes, 1, "logits", pad=False)
+    return b.model(
+        "segmentation_net",
+        _input(["N", 3, size, size]),
+        [_output("logits", ["N", num_classes, size, size])],
+    )
+
+
 def resnet50_sized(
     *, num_classes: int = 1000, size: int = 224, channels: int = 2048, seed: int = 6
 ) -> onnx.ModelProto:
@@ -415,6 +434,7 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "dynamic": lambda: cam_net(dynamic_spatial=True),
     "batch1": lambda: cam_net(batch=1),
     "constant": lambda: cam_net(constant_weights=True),
+    "segmentation": segmentation_net,
 }
 
 

@@ -186,6 +186,7 @@ DEFAULTS = {
     "dynamic": "features",
     "batch1": "features",
     "constant": "features",
+    "segmentation": "features",  # not the per-pixel logits (the output is never the default)
 }
 
 
