@@ -369,7 +369,8 @@ def explain_figure(
     ----------
     picture : ``(H, W, 3)`` uint8 or floats in [0, 1] (what the model saw).
     overlays : ``(title, (H, W, 3) uint8 overlay)`` pairs (from :func:`refcam.viz.overlay`).
-    top : ``(label, probability)`` pairs, highest first (softmax of the model output).
+    top : ``(label, probability)`` pairs, highest first (softmax of the model output); empty:
+        no bar chart (outputs that are not one score per class).
     title : figure title.  highlight : index in ``top`` of the explained class (drawn in red).
 
     Returns
@@ -379,9 +380,10 @@ def explain_figure(
     from matplotlib.figure import Figure
 
     n = 1 + len(overlays)
-    fig = Figure(figsize=(3.0 * n + 4.2, 3.6), dpi=dpi)
-    widths = [3.0] * n + [3.2]
-    axes = fig.subplots(1, n + 1, gridspec_kw={"width_ratios": widths})
+    bars = len(top) > 0
+    fig = Figure(figsize=(3.0 * n + (4.2 if bars else 0.4), 3.6), dpi=dpi)
+    widths = [3.0] * n + ([3.2] if bars else [])
+    axes = fig.subplots(1, n + int(bars), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
     axes[0].imshow(picture)
     axes[0].set_title("input")
     for ax, (t, ov) in zip(axes[1:n], overlays):
@@ -389,6 +391,10 @@ def explain_figure(
         ax.set_title(t)
     for ax in axes[:n]:
         ax.set_axis_off()
+    fig.suptitle(title)
+    if not bars:
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.05, wspace=0.08)
+        return fig
     bar = axes[n]
     labels = [lab for lab, _ in top][::-1]
     probs = [p for _, p in top][::-1]
@@ -404,7 +410,6 @@ def explain_figure(
     bar.set_xlim(0, 1)
     bar.set_xlabel("softmax probability")
     bar.set_title(f"top-{len(top)}")
-    fig.suptitle(title)
     fig.subplots_adjust(left=0.01, right=0.8, top=0.82, bottom=0.15, wspace=0.08)
     return fig
 
@@ -525,7 +530,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     finally:
         bar.close()
 
-    first = results[0][1]
+    # the top classes and the explained class come from the first class-specific method
+    first = next((e for _, e, _ in results if e.targets is not None), results[0][1])
 
     def label(c: int) -> str:
         return f"{lm.classes[c]} ({c})" if lm.classes is not None else f"class {c}"
@@ -550,7 +556,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             overlays.append((meth.name if not args.preset else f"{meth.name} ({args.preset})", ov))
         if not overlays:
             continue
-        top = _softmax_top(first.outputs[i], min(args.top, int(np.asarray(first.outputs[i]).size)))
+        row = np.asarray(first.outputs[i])
+        # class scores (one axis): softmax top-k; other outputs (e.g. segmentation maps): no chart
+        top = _softmax_top(row, min(args.top, row.size)) if row.ndim == 1 else []
         explained = None if first.targets is None else int(np.asarray(first.targets)[i].ravel()[0])
         hl = next((j for j, (c, _) in enumerate(top) if c == explained), None)
         title = f"{lm.label} — {it.stem}"
@@ -562,7 +570,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         pf = out / f"{it.stem}.png"
         viz.save_png(fig, pf)
         written.append(pf)
-        if not args.quiet:
+        if not args.quiet and top:
             print(
                 f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr
             )

@@ -160,6 +160,25 @@ def test_onnx_file_model_non_square(tmp_path, capsys):
     assert Image.open(tmp_path / "o" / "x_cam.png").size == (12, 8)  # overlay at input size (W, H)
 
 
+def test_class_agnostic_first_method_still_titles_the_target(tmp_path, capsys):
+    def red_pixels(path):
+        return int(
+            np.all(np.asarray(Image.open(path).convert("RGB")) == (214, 39, 40), axis=-1).sum()
+        )
+
+    code, _, err = run(
+        capsys, "explain", "toy:cam", "coffee", "-m", "eigencam", "-o", str(tmp_path / "a")
+    )
+    assert code == 0, err
+    assert red_pixels(tmp_path / "a" / "coffee.png") == 0  # class-agnostic: no explained class
+    code, _, err = run(
+        capsys, "explain", "toy:cam", "coffee", "-m", "eigencam,cam", "-o", str(tmp_path / "b")
+    )
+    assert code == 0, err
+    assert red_pixels(tmp_path / "b" / "coffee.png") > 100  # the target of cam, drawn in red
+    assert "# coffee: class " in err
+
+
 def test_volumes_write_arrays_only(tmp_path, capsys):
     from refcam.onnx.toy_models import conv3d_net
 
