@@ -1,0 +1,355 @@
+r"""Cross-method theorems: identities the papers prove, checked as hypothesis properties.
+
+Every property draws its inputs from the public strategies of :mod:`refcam.testing`.  The
+*GAP → linear* head (:func:`refcam.testing.gap_linear_problems`) has the closed-form gradient
+:math:`\partial y^c/\partial A^k_{ij} = w^c_k / Z`, which turns the papers' remarks into exact
+identities up to rounding.
+
+Tolerances: a quantity assembled from ``K`` products ``|w||A|`` carries a rounding error of a few
+``K * eps * max|w| * max|A|``; :func:`assert_close` uses ``TOL_ULPS`` (64) times ``eps`` of the
+dtype times that scale, absolute, plus the same relative term.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+import refcam
+from refcam.testing import (
+    activations, activations_and_gradients, float_arrays, float_dtypes, gap_linear_problems, gradients_like,
+)
+
+TOL_ULPS = 64
+
+
+def assert_close(actual, expected, scale, dtype, ulps=TOL_ULPS):
+    """``|actual - expected| <= ulps * eps(dtype) * (scale + |expected|)`` element-wise."""
+    eps = np.finfo(dtype).eps
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    np.testing.assert_allclose(actual, expected, rtol=ulps * eps, atol=ulps * eps * scale)
+
+
+def sum_scale(a, w):
+    """Scale of ``sum_k w_k A^k``: ``K * max|w| * max|A|`` (at least 1)."""
+    a = np.asarray(a, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    return max(1.0, a.shape[1] * np.abs(w).max(initial=0) * np.abs(a).max(initial=0))
+
+
+def spatial_sum(m):
+    return np.asarray(m, dtype=np.float64).reshape(m.shape[0], -1).sum(axis=1)
+
+
+def bcast(w, a):
+    """(N, K) -> broadcastable against (N, K, *S)."""
+    return w.reshape(w.shape + (1,) * (a.ndim - 2))
+
+
+# --------------------------------------------------------------------------- the method table
+# Each entry: name -> f(A, G, W, S, B) where A, G are (N,K,*S), W are CAM class weights (N,K),
+# S are per-channel scores (N,K) (Score-CAM / Ablation-CAM), B is the unablated score (N,).
+# Every method returns the raw map (N, *S) with its paper's default ReLU.
+
+GRADIENT_METHODS = {
+    "gradcam": lambda a, g: refcam.gradcam(a, g),
+    "gradcampp": lambda a, g: refcam.gradcampp(a, g),
+    "xgradcam": lambda a, g: refcam.xgradcam(a, g),
+    "layercam": lambda a, g: refcam.layercam(a, g),
+    "hirescam": lambda a, g: refcam.hirescam(a, g),
+    "gradcam_elementwise": lambda a, g: refcam.gradcam_elementwise(a, g),
+    "eigengradcam": lambda a, g: refcam.eigengradcam(a, g),
+}
+
+METHODS = {
+    **{name: (lambda f: lambda a, g, w, s, b: f(a, g))(f) for name, f in GRADIENT_METHODS.items()},
+    "cam": lambda a, g, w, s, b: refcam.cam(a, w),
+    "eigencam": lambda a, g, w, s, b: refcam.eigencam(a),
+    "scorecam": lambda a, g, w, s, b: refcam.scorecam(a, s),
+    "ablationcam": lambda a, g, w, s, b: refcam.ablationcam(a, s, b),
+}
+
+#: methods that are positively homogeneous in the gradient (G -> sG multiplies the map by s).
+HOMOGENEOUS = ["gradcam", "xgradcam", "layercam", "hirescam", "gradcam_elementwise"]
+
+
+@st.composite
+def method_inputs(draw, dtype=None, **shape_bounds):
+    """(A, G, W, S, B) of one dtype for the METHODS table."""
+    dt = draw(float_dtypes()) if dtype is None else np.dtype(dtype)
+    a = draw(activations(dtype=dt, **shape_bounds))
+    g = draw(gradients_like(a))
+    n, k = a.shape[:2]
+    w = draw(float_arrays((n, k), dtype=dt))
+    s = draw(float_arrays((n, k), dtype=dt))
+    b = draw(float_arrays((n,), dtype=dt))
+    return a, g, w, s, b
+
+
+def top_two_singular_gap(mats):
+    """min over samples of (s1 - s2) / max(s1, tiny) for a batch of (Z, K) matrices."""
+    gaps = []
+    for m in mats:
+        sv = np.linalg.svd(m, compute_uv=False)
+        s1 = sv[0] if sv.size else 0.0
+        s2 = sv[1] if sv.size > 1 else 0.0
+        gaps.append((s1 - s2) / s1 if s1 > 0 else 0.0)
+    return min(gaps)
+
+
+# --------------------------------------------------------------------------- Grad-CAM vs CAM
+
+@given(st.data())
+def test_gradcam_equals_cam_over_z_on_a_gap_linear_head(data):
+    # Selvaraju et al. 2017, Sec. 3.1 "Grad-CAM generalizes CAM": alpha_k^c = w_k^c / Z, so
+    # sum_k alpha_k A^k = (1/Z) sum_k w_k A^k, with ReLU on both sides: ReLU(cam)/Z.
+    dt = data.draw(float_dtypes())
+    p = data.draw(gap_linear_problems(dtype=dt))
+    scale = sum_scale(p.activations, p.class_weights) / p.Z
+    raw_cam = refcam.cam(p.activations, p.class_weights, relu=False)
+    assert_close(refcam.gradcam(p.activations, p.gradients, relu=False), raw_cam / p.Z, scale, dt)
+    assert_close(refcam.gradcam(p.activations, p.gradients, relu=True),
+                 np.maximum(raw_cam, 0) / p.Z, scale, dt)
+    assert_close(refcam.cam(p.activations, p.class_weights, relu=True), np.maximum(raw_cam, 0),
+                 scale * p.Z, dt)
+
+
+@given(st.data())
+def test_cam_is_the_class_weighted_sum(data):
+    # Zhou et al. 2016, Eq. (2): M_c = sum_k w_k^c f_k, computed here with plain NumPy.
+    p = data.draw(gap_linear_problems(dtype=data.draw(float_dtypes())))
+    expected = (bcast(p.class_weights.astype(np.float64), p.activations)
+                * p.activations.astype(np.float64)).sum(axis=1)
+    assert_close(refcam.cam(p.activations, p.class_weights, relu=False), expected,
+                 sum_scale(p.activations, p.class_weights), p.activations.dtype)
+
+
+# --------------------------------------------------------------------------- HiResCAM, LayerCAM
+
+@given(st.data())
+def test_hirescam_equals_gradcam_for_spatially_constant_gradients(data):
+    # Draelos & Carin 2020: HiResCAM = sum_k G^k * A^k; with G^k constant, G^k = alpha_k (Grad-CAM).
+    a, g = data.draw(activations_and_gradients(dtype=data.draw(float_dtypes()),
+                                               spatially_constant_gradients=True))
+    scale = sum_scale(a, g)
+    for relu in (False, True):
+        assert_close(refcam.hirescam(a, g, relu=relu), refcam.gradcam(a, g, relu=relu), scale, a.dtype)
+
+
+@given(st.data())
+def test_layercam_equals_relu_hirescam_for_nonnegative_gradients(data):
+    # Jiang et al. 2021, Eq. (5)-(6): LayerCAM = ReLU(sum_k ReLU(g^k) * A^k); with g >= 0 the inner
+    # ReLU is the identity, leaving ReLU(HiResCAM).
+    a, g = data.draw(activations_and_gradients(dtype=data.draw(float_dtypes()),
+                                               nonnegative_gradients=True))
+    scale = sum_scale(a, g)
+    hires = refcam.hirescam(a, g, relu=False)
+    assert_close(refcam.layercam(a, g), np.maximum(hires, 0), scale, a.dtype)
+    assert_close(refcam.layercam(a, g, relu=False), hires, scale, a.dtype)
+
+
+# --------------------------------------------------------------------------- XGrad-CAM
+
+@given(st.data())
+def test_xgradcam_conserves_sum_of_activation_times_gradient(data):
+    # Fu et al. 2020, Eq. (6)-(8): alpha_k = sum_ij (A^k_ij / sum_ab A^k_ab) G^k_ij, so
+    # sum_ij sum_k alpha_k A^k_ij = sum_k sum_ij A^k_ij G^k_ij whenever every channel sum is nonzero
+    # (strictly positive activations guarantee it).
+    dt = data.draw(float_dtypes())
+    a = data.draw(activations(dtype=dt, min_value=0.5, max_value=10.0))
+    g = data.draw(gradients_like(a))
+    expected = (a.astype(np.float64) * g).reshape(a.shape[0], -1).sum(axis=1)
+    scale = sum_scale(a, g) * np.prod(a.shape[2:])
+    assert_close(spatial_sum(refcam.xgradcam(a, g, relu=False)), expected, scale, dt)
+
+
+@given(st.data())
+def test_xgradcam_map_sums_to_the_score_minus_bias_on_a_gap_linear_head(data):
+    # Fu et al. 2020, the "conservation" axiom: sum over the map = y^c for a ReLU-CNN without biases
+    # (Euler's theorem); on a GAP-linear head sum_k sum_ij A G = sum_k w_k mean(A^k) = y^c - b_c.
+    dt = data.draw(float_dtypes())
+    p = data.draw(gap_linear_problems(dtype=dt, nonnegative_activations=True, min_activation=0.5))
+    n = p.activations.shape[0]
+    expected = p.logits.astype(np.float64)[np.arange(n), p.targets] - p.bias.astype(np.float64)[p.targets]
+    scale = sum_scale(p.activations, p.class_weights) + np.abs(p.bias).max()
+    assert_close(spatial_sum(refcam.xgradcam(p.activations, p.gradients, relu=False)), expected,
+                 scale, dt)
+
+
+# --------------------------------------------------------------------------- Grad-CAM++
+
+def gradcampp_closed_form_weights(p):
+    r"""Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19 and 10) with the constant gradient g = w_k/Z:
+
+    alpha^{kc}_{ij} = g^2 / (2 g^2 + sum_ab A^k_ab g^3) = 1 / (2 + m_k w_k)      (g != 0)
+    w_k^{++} = sum_ij alpha^{kc}_{ij} ReLU(g) = Z ReLU(w_k / Z) / (2 + m_k w_k) = ReLU(w_k) / (2 + m_k w_k)
+
+    with m_k = mean_ij A^k_ij (since sum_ab A^k_ab g = Z m_k w_k / Z).  Channels with w_k <= 0 weigh 0.
+    """
+    w = p.class_weights.astype(np.float64)
+    m = p.activations.astype(np.float64).reshape(w.shape + (-1,)).mean(axis=2)
+    denom = 2.0 + m * w
+    out = np.zeros_like(w)
+    pos = w > 0
+    out[pos] = w[pos] / denom[pos]
+    return out, denom
+
+
+@given(st.data())
+def test_gradcampp_closed_form_on_a_gap_linear_head_post_relu(data):
+    # Post-ReLU activations: m_k >= 0, so the denominator 2 + m_k w_k >= 2 for w_k > 0.
+    dt = data.draw(float_dtypes())
+    p = data.draw(gap_linear_problems(dtype=dt, nonnegative_activations=True))
+    weights, _ = gradcampp_closed_form_weights(p)
+    expected = (bcast(weights, p.activations) * p.activations.astype(np.float64)).sum(axis=1)
+    assert_close(refcam.gradcampp(p.activations, p.gradients, relu=False), expected,
+                 sum_scale(p.activations, weights), dt)
+    assert_close(refcam.gradcampp(p.activations, p.gradients, relu=True), np.maximum(expected, 0),
+                 sum_scale(p.activations, weights), dt)
+
+
+@given(gap_linear_problems(magnitude=5.0))
+def test_gradcampp_closed_form_on_a_gap_linear_head_signed_activations(p):
+    # Signed activations: the formula still holds wherever the denominator is away from 0.
+    weights, denom = gradcampp_closed_form_weights(p)
+    assume(np.all(np.abs(denom[p.class_weights > 0]) > 1e-3))
+    expected = (bcast(weights, p.activations) * p.activations).sum(axis=1)
+    scale = sum_scale(p.activations, weights) * max(1.0, np.abs(p.class_weights).max()
+                                                    * np.abs(p.activations).max())
+    assert_close(refcam.gradcampp(p.activations, p.gradients, relu=False), expected, scale,
+                 np.float64, ulps=1024)
+
+
+# --------------------------------------------------------------------------- scale invariance
+
+def _minmax_range_ok(m, scale, ratio=1e-3):
+    m = np.asarray(m, dtype=np.float64).reshape(m.shape[0], -1)
+    rng = m.max(axis=1) - m.min(axis=1)
+    return np.all((rng == 0) | (rng > ratio * scale))
+
+
+@pytest.mark.parametrize("name", HOMOGENEOUS + ["cam", "eigengradcam"])
+@given(data=st.data())
+def test_minmax_normalised_maps_are_invariant_to_positive_scaling_of_the_score(name, data):
+    # y -> s y (W -> sW, b -> sb, s > 0) multiplies G by s; these methods are positively homogeneous
+    # in G, so the min-max normalised map does not change.  (Grad-CAM++ is NOT: its weights
+    # ReLU(w)/(2 + m w) are not homogeneous in w — see the closed-form tests above.)
+    dt = data.draw(float_dtypes())
+    p = data.draw(gap_linear_problems(dtype=dt))
+    s = data.draw(st.sampled_from([0.25, 3.0, 1000.0]) | st.floats(0.01, 100.0))
+    q = p.scaled(s)
+    f = METHODS[name]
+    m1 = f(p.activations, p.gradients, p.class_weights, None, None)
+    m2 = f(q.activations, q.gradients, q.class_weights, None, None)
+    scale = sum_scale(p.activations, p.class_weights)
+    # near-constant maps amplify rounding without bound under min-max: require a real range
+    assume(_minmax_range_ok(m1, scale) and _minmax_range_ok(np.asarray(m2) / s, scale))
+    n1, n2 = refcam.normalize(m1), refcam.normalize(m2)
+    assert_close(n1, n2, 1.0, dt, ulps=4096)
+
+
+# --------------------------------------------------------------------------- structure: permutation, batch
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@given(data=st.data())
+def test_every_method_is_equivariant_to_channel_permutation(name, data):
+    a, g, w, s, b = data.draw(method_inputs())
+    perm = np.array(data.draw(st.permutations(range(a.shape[1]))))
+    if name in ("eigencam", "eigengradcam"):
+        mat = a if name == "eigencam" else a * g
+        z = mat.reshape(mat.shape[0], mat.shape[1], -1).transpose(0, 2, 1)
+        # a tie between the two largest singular values makes the principal component ambiguous
+        assume(top_two_singular_gap(z.astype(np.float64)) > 1e-3)
+    f = METHODS[name]
+    m1 = f(a, g, w, s, b)
+    m2 = f(a[:, perm], g[:, perm], w[:, perm], s[:, perm], b)
+    tol_scale = sum_scale(a, np.abs(g).max() + np.abs(w).max() + 1)
+    ulps = 1024 if name.startswith("eigen") else TOL_ULPS
+    assert_close(m2, m1, tol_scale, a.dtype, ulps=ulps)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@given(data=st.data())
+def test_batch_items_are_independent(name, data):
+    a, g, w, s, b = data.draw(method_inputs(batch=(2, 3)))
+    f = METHODS[name]
+    batch = f(a, g, w, s, b)
+    singles = np.concatenate([f(a[i:i + 1], g[i:i + 1], w[i:i + 1], s[i:i + 1], b[i:i + 1])
+                              for i in range(a.shape[0])])
+    tol_scale = sum_scale(a, np.abs(g).max() + np.abs(w).max() + 1)
+    assert_close(batch, singles, tol_scale, a.dtype, ulps=1024 if name.startswith("eigen") else TOL_ULPS)
+
+
+# --------------------------------------------------------------------------- robustness and dtype
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@given(data=st.data())
+def test_finite_in_finite_out_through_normalize_and_upsample_and_dtype_kept(name, data):
+    a, g, w, s, b = data.draw(method_inputs(magnitude=data.draw(st.sampled_from([1e-30, 1.0, 1e15]))))
+    m = METHODS[name](a, g, w, s, b)
+    assert m.shape == (a.shape[0],) + a.shape[2:]
+    assert m.dtype == a.dtype, "float32 in must give float32 out (float64 likewise)"
+    assert np.isfinite(m).all()
+    n = refcam.normalize(m)
+    assert n.dtype == a.dtype
+    assert np.isfinite(n).all() and n.min() >= 0 and n.max() <= 1
+    size = tuple(data.draw(st.integers(1, 9)) for _ in a.shape[2:])
+    mode = data.draw(st.sampled_from(["linear", "linear-align-corners", "nearest", "nearest-exact"]))
+    u = refcam.upsample(n, size, mode=mode)
+    assert u.shape == (a.shape[0],) + size and np.isfinite(u).all()
+    assert u.dtype == a.dtype
+
+
+# --------------------------------------------------------------------------- upsampling
+
+@st.composite
+def affine_maps(draw):
+    """(maps (N, *S_in) of f(x) = c_0 + sum_d c_d x_d on the integer grid, coefficients, out size)."""
+    dt = draw(float_dtypes())
+    rank = draw(st.integers(1, 3))
+    in_size = tuple(draw(st.integers(1, 6)) for _ in range(rank))
+    out_size = tuple(draw(st.integers(1, 12)) for _ in range(rank))
+    n = draw(st.integers(1, 2))
+    coef = draw(float_arrays((n, rank + 1), magnitude=5.0)).astype(dt).astype(np.float64)
+    return dt, coef, in_size, out_size
+
+
+def _affine(coef, coords):
+    """c_0 + sum_d c_d coords_d on the grid spanned by the 1-D coordinate vectors ``coords``."""
+    grids = np.meshgrid(*coords, indexing="ij")
+    out = np.broadcast_to(coef[:, :1].reshape((-1,) + (1,) * len(coords)),
+                          (coef.shape[0],) + grids[0].shape).copy()
+    for d, grid in enumerate(grids):
+        out += coef[:, d + 1].reshape((-1,) + (1,) * len(coords)) * grid
+    return out
+
+
+@given(affine_maps())
+def test_linear_half_pixel_upsampling_reproduces_affine_functions_in_the_interior(case):
+    # Half-pixel (align_corners=False) sampling: output index j reads the input at
+    # x = (j + 1/2) in/out - 1/2; multilinear interpolation is exact on affine functions wherever
+    # no clamping happens, i.e. 0 <= x <= in - 1 on every axis.
+    dt, coef, in_size, out_size = case
+    maps = _affine(coef, [np.arange(s, dtype=np.float64) for s in in_size]).astype(dt)
+    src = [(np.arange(o) + 0.5) * i / o - 0.5 for i, o in zip(in_size, out_size)]
+    inside = np.ix_(*[np.flatnonzero((x >= 0) & (x <= i - 1)) for x, i in zip(src, in_size)])
+    out = refcam.upsample(maps, out_size, mode="linear")
+    assert out.shape == (coef.shape[0],) + out_size and out.dtype == dt
+    expected = _affine(coef, src)
+    scale = np.abs(coef).sum() * max(in_size)
+    assert_close(out[(slice(None),) + inside], expected[(slice(None),) + inside], scale, dt)
+
+
+@given(affine_maps())
+def test_align_corners_upsampling_reproduces_affine_functions_everywhere(case):
+    # align_corners=True: x = j (in - 1)/(out - 1) (x = 0 when out = 1) stays inside [0, in - 1].
+    dt, coef, in_size, out_size = case
+    maps = _affine(coef, [np.arange(s, dtype=np.float64) for s in in_size]).astype(dt)
+    src = [np.arange(o) * (i - 1) / (o - 1) if o > 1 else np.zeros(1)
+           for i, o in zip(in_size, out_size)]
+    out = refcam.upsample(maps, out_size, mode="linear-align-corners")
+    scale = np.abs(coef).sum() * max(in_size)
+    assert_close(out, _affine(coef, src), scale, dt)
