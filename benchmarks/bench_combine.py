@@ -25,10 +25,7 @@ import statistics
 import sys
 import timeit
 
-import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
-import refcam  # noqa: E402
+np = refcam = None  # imported in main(), after --blas-threads has set the environment
 
 
 def median_seconds(fn, repeat: int, budget: float = 0.1) -> float:
@@ -56,13 +53,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timeit repeats (median is printed)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--channels", type=int, default=2048)
+    parser.add_argument("--blas-threads", type=int, default=None,
+                        help="set OPENBLAS/OMP/MKL_NUM_THREADS before importing numpy "
+                             "(1 avoids OpenBLAS spin-waiting on a busy machine)")
     args = parser.parse_args(argv)
+    if args.blas_threads is not None:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.blas_threads)
+    global np, refcam
+    import numpy as np
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+    import refcam
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     n, k = args.batch, args.channels
     rng = np.random.default_rng(0)
 
-    print(f"numpy {np.__version__}, refcam {refcam.__version__}, {os.cpu_count()} CPUs; "
-          f"median of {args.repeat} repeats")
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"numpy {np.__version__}, refcam {refcam.__version__}, {os.cpu_count()} CPUs, "
+          f"BLAS threads {threads}, load average {load}; median of {args.repeat} repeats")
     header = f"{'kernel':<46}{'dtype':<9}{'MB':>8}{'time ms':>10}{'copy ms':>10}{'ratio':>8}"
     print(header)
     print("-" * len(header))
