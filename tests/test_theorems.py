@@ -14,14 +14,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import Phase, assume, given, settings, strategies as st
 
 import refcam
 from refcam.testing import (
     activations, activations_and_gradients, float_arrays, float_dtypes, gap_linear_problems, gradients_like,
+    input_gradients, maps,
 )
 
 TOL_ULPS = 64
+
+# Bugs the properties found in refcam.math (reported to the lead with minimal counterexamples,
+# pinned in the "minimal counterexamples" section at the end).  Strict: once fixed, the tests
+# XPASS and fail, so the marker must be removed.
+BUG_GRADCAMPP_RANGE = pytest.mark.xfail(strict=True, reason=(
+    "refcam.math.cam Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3) under/overflows: 0 for "
+    "|g| < ~1e-154 (float64) and NaN / 0 for |g| > ~1e102 (float64), ~1e12 (float32); "
+    "compute 1 / (2 + g sum(A)) where g != 0"))
+BUG_ABLATION_OVERFLOW = pytest.mark.xfail(strict=True, reason=(
+    "refcam.math.perturbation Ablation-CAM: (y - y_k) / y overflows to -inf for tiny y "
+    "(guard only masks y == 0)"))
+KNOWN_BUGS = {"gradcampp": BUG_GRADCAMPP_RANGE, "ablationcam": BUG_ABLATION_OVERFLOW}
+
+
+#: an expected failure need not be shrunk (shrinking a failure costs tens of seconds)
+NO_SHRINK = settings(phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
 def assert_close(actual, expected, scale, dtype, ulps=TOL_ULPS):
@@ -241,6 +258,8 @@ def gradcampp_closed_form_weights(p):
     return out, denom
 
 
+@BUG_GRADCAMPP_RANGE
+@NO_SHRINK
 @given(st.data())
 def test_gradcampp_closed_form_on_a_gap_linear_head_post_relu(data):
     # Post-ReLU activations: m_k >= 0, so the denominator 2 + m_k w_k >= 2 for w_k > 0.
@@ -298,9 +317,20 @@ def test_minmax_normalised_maps_are_invariant_to_positive_scaling_of_the_score(n
 
 # --------------------------------------------------------------------------- every method: structure, robustness, dtype
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(set(METHODS) - set(KNOWN_BUGS)))
 @given(data=st.data())
 def test_every_method_structure_and_robustness(name, data):
+    check_structure_and_robustness(name, data)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=m) for n, m in sorted(KNOWN_BUGS.items())])
+@NO_SHRINK
+@given(data=st.data())
+def test_every_method_structure_and_robustness_known_bugs(name, data):
+    check_structure_and_robustness(name, data)
+
+
+def check_structure_and_robustness(name, data):
     """For every method and finite input of any magnitude, float32 or float64:
 
     * the raw map has shape (N, *S) and the input dtype, and is finite; so are ``normalize`` (in
@@ -445,10 +475,106 @@ def test_align_corners_upsampling_reproduces_affine_functions_everywhere(case):
     assert_close(out, _affine(coef, src), scale, dt)
 
 
+# --------------------------------------------------------------------------- perturbation methods
+
+@given(st.data())
+def test_scorecam_softmax_ignores_a_common_shift_and_the_baseline_is_a_shift(data):
+    # Wang et al. 2020, Eq. (5): softmax(s + t) = softmax(s); and alpha_k = f(X o H^k) - f(X_b)
+    # (Definition 2) so a baseline score is the same as subtracting it from every channel score.
+    dt = data.draw(float_dtypes())
+    a, g, w, s, b = data.draw(method_inputs(dtype=dt))
+    t = np.asarray(data.draw(st.floats(-50, 50)), dtype=dt)
+    scale = sum_scale(a, np.ones(1))
+    assert_close(refcam.scorecam(a, s + t, softmax=True, relu=False),
+                 refcam.scorecam(a, s, softmax=True, relu=False), scale, dt, ulps=256)
+    assert_close(refcam.scorecam(a, s, baseline_score=b, relu=False),
+                 refcam.scorecam(a, s - b[:, None], relu=False), sum_scale(a, np.abs(s).max() + np.abs(b).max()), dt)
+    # without softmax nor baseline the channel scores are the CAM weights
+    assert_close(refcam.scorecam(a, w, relu=False), refcam.cam(a, w, relu=False), sum_scale(a, w), dt)
+
+
+@given(st.data())
+def test_ablationcam_recovers_cam_weights_and_ignores_the_score_scale(data):
+    # Desai & Ramaswamy 2020: w_k = (y^c - y^c_k) / y^c.  Scores y_k = y (1 - v_k) give w = v, and
+    # (y, y_k) -> (t y, t y_k) leaves w unchanged for any t != 0.
+    dt = data.draw(float_dtypes())
+    a, g, v, s, y = data.draw(method_inputs(dtype=dt))
+    y = np.where(np.abs(y) < 0.5, 1.0, y).astype(dt)      # a baseline score away from 0
+    scores = (y[:, None].astype(np.float64) * (1 - v.astype(np.float64))).astype(dt)
+    scale = sum_scale(a, 2 + np.abs(v).max())
+    assert_close(refcam.ablationcam(a, scores, y, relu=False), refcam.cam(a, v, relu=False),
+                 scale, dt, ulps=256)
+    t = data.draw(st.sampled_from([-3.0, 0.5, 8.0]))     # exact powers/halves keep the products exact
+    assert_close(refcam.ablationcam(a, (t * scores).astype(dt), (t * y).astype(dt), relu=False),
+                 refcam.ablationcam(a, scores, y, relu=False), scale, dt)
+
+
+# --------------------------------------------------------------------------- normalisation
+
+@given(maps(dtype=np.float64) | maps(dtype=np.float32), st.floats(0.01, 100.0), st.floats(-100, 100))
+def test_minmax_normalisation_is_invariant_to_positive_affine_maps(m, scale, shift):
+    # (a m + b - min)/(max - min) is the same for every a > 0: min-max normalisation only sees the
+    # order and the relative spacing of the values.
+    dt = m.dtype
+    m64 = m.astype(np.float64)
+    rng = m64.reshape(len(m), -1).max(axis=1) - m64.reshape(len(m), -1).min(axis=1)
+    size = np.abs(m64).max(initial=0) * scale + abs(shift)
+    assume(np.all((rng == 0) | (rng * scale > 1e-3 * size)))
+    moved = (m64 * scale + shift).astype(dt)
+    moved_rng = moved.reshape(len(m), -1).max(axis=1) - moved.reshape(len(m), -1).min(axis=1)
+    assume(np.all((rng == 0) == (moved_rng == 0)))     # rounding may not create/destroy a range
+    assert_close(refcam.normalize(moved), refcam.normalize(m), 1.0, dt, ulps=8 * 4096)
+
+
+# --------------------------------------------------------------------------- Integrated Gradients
+
+@st.composite
+def quadratic_ig_problems(draw):
+    """F(x) = 1/2 x^T Q x + c^T x per sample on (N, C, *S) inputs, with inputs and a baseline."""
+    x = draw(input_gradients(magnitude=3.0, max_positions=12, batch=(1, 2)))
+    d = int(np.prod(x.shape[1:]))
+    q = draw(float_arrays((d, d), magnitude=2.0))
+    q = (q + q.T) / 2
+    c = draw(float_arrays((d,), magnitude=2.0))
+    base = draw(float_arrays(x.shape, magnitude=3.0))
+    return x, base, q, c
+
+
+def _quadratic(xs, q, c):
+    flat = xs.reshape(xs.shape[0], -1)
+    return 0.5 * np.einsum("ni,ij,nj->n", flat, q, flat) + flat @ c
+
+
+@pytest.mark.parametrize("rule", ["gauss-legendre", "trapezoid", "riemann-middle", "riemann-left",
+                                  "riemann-right", "trapezoid-captum"])
+@given(problem=quadratic_ig_problems(), n_steps=st.integers(2, 9))
+def test_integrated_gradients_completeness_on_quadratic_models(rule, problem, n_steps):
+    # Sundararajan et al. 2017, Prop. 1 (completeness): sum_i IG_i = F(x) - F(x').  For quadratic F
+    # the path gradient is affine in alpha, p + q alpha with q = Q d, d = x - x', so every rule that
+    # integrates affine functions exactly (Gauss-Legendre, trapezoid, midpoint) is complete; the
+    # others have a closed-form error:  left/right Riemann -/+ d^T Q d / (2n);
+    # captum's trapezoid (weights 1/n, ends 1/(2n), sum (n-1)/n) gives (n-1)/n (F(x) - F(x')).
+    x, base, q, c = problem
+    alphas, _ = refcam.integration_points(n_steps, rule)
+    path = refcam.path_inputs(x, base, alphas)                           # (N, n, C, *S)
+    flat = path.reshape(path.shape[0], n_steps, -1)
+    grads = (flat @ q + c).reshape(path.shape)                           # Q x + c (Q symmetric)
+    ig = refcam.integrated_gradients(grads, x, base, rule)
+    total = ig.reshape(len(x), -1).sum(axis=1)
+    delta = _quadratic(x, q, c) - _quadratic(base, q, c)
+    d = (x - base).reshape(len(x), -1)
+    dqd = np.einsum("ni,ij,nj->n", d, q, d)
+    expected = {"riemann-left": delta - dqd / (2 * n_steps), "riemann-right": delta + dqd / (2 * n_steps),
+                "trapezoid-captum": delta * (n_steps - 1) / n_steps}.get(rule, delta)
+    size = d.shape[1] * (np.abs(q).max() * 36 + 2 * 6)
+    assert_close(total, expected, size, np.float64, ulps=256)
+
+
 # --------------------------------------------------------------------------- minimal counterexamples
 # Found by the properties above against the first version of refcam.math (see the report); kept
 # as plain tests so the regressions stay pinned even if hypothesis stops generating them.
 
+@BUG_ABLATION_OVERFLOW
 def test_ablationcam_tiny_baseline_score_gives_finite_weights():
     # (y - y_k) / y with y = 1e-308, y_k = 4: the quotient overflows (|.| > 1.8e308) although every
     # input is finite.  The weights must stay finite (here the map is relu(-4e308 * 1) -> 0 anyway,
@@ -457,6 +583,7 @@ def test_ablationcam_tiny_baseline_score_gives_finite_weights():
     assert np.isfinite(out).all()
 
 
+@BUG_GRADCAMPP_RANGE
 @pytest.mark.parametrize("dtype, g", [(np.float32, 1e13), (np.float64, 1e160)])
 def test_gradcampp_large_gradients_give_the_closed_form_not_nan(dtype, g):
     # alpha = g^2 / (2 g^2 + sum(A) g^3) = 1 / (2 + g sum(A)) for g != 0: with A = [1, 1] (sum 2) and
@@ -468,6 +595,7 @@ def test_gradcampp_large_gradients_give_the_closed_form_not_nan(dtype, g):
                                rtol=8 * np.finfo(dtype).eps)
 
 
+@BUG_GRADCAMPP_RANGE
 def test_gradcampp_tiny_gradients_do_not_underflow_to_zero():
     # g = 1e-170: g^2 underflows to 0 in float64, but alpha = 1 / (2 + g sum(A)) = 1/2 exactly in
     # value; w = 1/2 * relu(g) = 5e-171 and the map of A = [[1]] is 5e-171, not 0.
