@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += [
                 (f"gap({shape})", a.nbytes, lambda a=a: refcam.gap(a)),
                 (f"gradient_weights({shape})", a.nbytes, lambda g=g: refcam.gradient_weights(g)),
-                (f"weighted_sum({shape}, (N,K))", a.nbytes, lambda a=a, w=w: refcam.weighted_sum(a, w)),
+                (f"weighted_sum({shape}, (N,K))", a.nbytes,
+                 lambda a=a, w=w: refcam.weighted_sum(a, w)),
                 (f"weighted_sum({shape}, pixel-wise)", a.nbytes,
                  lambda a=a, g=g: refcam.weighted_sum(a, g)),
             ]

@@ -5,17 +5,18 @@ array conventions (``docs/design.md``):
 
 * activations / gradients ``(N, K, *S)`` with one to three spatial axes,
 * maps ``(N, *S)``, input gradients ``(N, C, *S)``,
-* whole *GAP → linear* classification heads (:func:`gap_linear_problems`) whose gradient is known in
-  closed form, which turns the CAM identities of the papers into exact, checkable theorems.
+* whole *GAP → linear* classification heads (:func:`gap_linear_problems`) whose gradient is
+  known in closed form, which turns the CAM identities of the papers into exact, checkable theorems.
 
-Every strategy draws finite values only, keeps arrays small (default at most 3 samples, 4 channels,
-side 5, 64 spatial positions) so a property runs in milliseconds, and takes ``dtype=np.float64``
-(default) or ``np.float32``.  Subnormal numbers are never drawn (some BLAS builds flush them to zero,
-which makes exact identities fail for reasons unrelated to the code under test).
+Every strategy draws finite values only, keeps arrays small (default at most 3 samples,
+4 channels, side 5, 64 spatial positions) so a property runs in milliseconds, and takes
+``dtype=np.float64`` (default) or ``np.float32``.  Subnormal numbers are never drawn (some BLAS
+builds flush them to zero, which makes exact identities fail for reasons unrelated to the code
+under test).
 
-This module imports :mod:`hypothesis` (the ``testing`` / ``dev`` extras).  ``import refcam`` does not
-import it.  The closed forms here are computed in plain NumPy, independently of :mod:`refcam.math`,
-so they can serve as an oracle for it.
+This module imports :mod:`hypothesis` (the ``testing`` / ``dev`` extras).  ``import refcam`` does
+not import it.  The closed forms here are computed in plain NumPy, independently of
+:mod:`refcam.math`, so they can serve as an oracle for it.
 
 Examples
 --------
@@ -73,7 +74,8 @@ def _bounds(value: Bounds, name: str, lowest: int) -> tuple[int, int]:
         except (TypeError, ValueError):
             raise InvalidArgumentError(name, value, "an int or a (min, max) pair") from None
     if not lowest <= lo <= hi:
-        raise InvalidArgumentError(name, value, f"an int or a (min, max) pair with {lowest} <= min <= max")
+        raise InvalidArgumentError(name, value,
+                                   f"an int or a (min, max) pair with {lowest} <= min <= max")
     return lo, hi
 
 
@@ -91,7 +93,8 @@ def _range(min_value: float | None, max_value: float | None, nonnegative: bool,
     if nonnegative and lo < 0:
         raise InvalidArgumentError("min_value", lo, "a value >= 0 when nonnegative=True")
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-        raise InvalidArgumentError("min_value, max_value", (lo, hi), "finite bounds with min_value <= max_value")
+        raise InvalidArgumentError("min_value, max_value", (lo, hi),
+                                   "finite bounds with min_value <= max_value")
     return lo, hi
 
 
@@ -432,7 +435,7 @@ class GapLinearProblem:
 
         Examples
         --------
-        >>> p = GapLinearProblem.build(np.ones((1, 2, 2, 2)), np.array([[2.0, -1.0]]), np.zeros(1), [0])
+        >>> p = GapLinearProblem.build(np.ones((1, 2, 2, 2)), [[2.0, -1.0]], np.zeros(1), [0])
         >>> p.Z, p.scores, p.gradients[0, :, 0, 0]
         (4, array([1.]), array([ 0.5 , -0.25]))
         """
@@ -474,11 +477,12 @@ class GapLinearProblem:
     def scaled(self, s: float) -> "GapLinearProblem":
         """The same problem with the head scaled: ``W → sW``, ``b → sb`` (so ``y → s y``)."""
         dt = self.activations.dtype
-        return GapLinearProblem.build(self.activations, (self.weight.astype(np.float64) * s).astype(dt),
-                                      (self.bias.astype(np.float64) * s).astype(dt), self.targets)
+        weight = (self.weight.astype(np.float64) * s).astype(dt)
+        bias = (self.bias.astype(np.float64) * s).astype(dt)
+        return GapLinearProblem.build(self.activations, weight, bias, self.targets)
 
     def permuted(self, perm: Sequence[int] | np.ndarray) -> "GapLinearProblem":
-        """The same function with channels reordered: ``A[:, perm]``, ``W[:, perm]`` (logits unchanged)."""
+        """The same head with channels reordered: ``A[:, perm]``, ``W[:, perm]`` (same logits)."""
         p = np.asarray(perm)
         return GapLinearProblem.build(self.activations[:, p], self.weight[:, p], self.bias,
                                       self.targets)
@@ -496,8 +500,8 @@ def gap_linear_problems(*, dtype: Any = np.float64, n_classes: Bounds = (1, 5), 
     n_classes : int or (min, max)
         Bounds on ``M``, the number of rows of ``W``.
     bias : bool
-        Draw a bias (values in ``[-magnitude, magnitude]``); ``False`` gives ``b = 0`` (then ``y^c`` is
-        positively homogeneous of degree 1 in ``A``).
+        Draw a bias (values in ``[-magnitude, magnitude]``); ``False`` gives ``b = 0`` (then
+        ``y^c`` is positively homogeneous of degree 1 in ``A``).
     nonnegative_activations : bool
         Post-ReLU activations in ``[0, magnitude]``.
     min_activation : float, optional

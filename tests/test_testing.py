@@ -151,9 +151,8 @@ def test_problem_logits_are_w_times_mean_plus_b(dtype, data):
     np.testing.assert_array_equal(p.class_weights, p.weight[p.targets])
     np.testing.assert_array_equal(p.scores, p.logits[np.arange(n), p.targets])
     expected_grad = (p.class_weights.astype(np.float64) / p.Z).astype(dtype)
-    np.testing.assert_array_equal(
-        p.gradients, np.broadcast_to(expected_grad.reshape(expected_grad.shape + (1,) * len(p.spatial_shape)),
-                                     p.activations.shape))
+    expected_grad = expected_grad.reshape(expected_grad.shape + (1,) * len(p.spatial_shape))
+    np.testing.assert_array_equal(p.gradients, np.broadcast_to(expected_grad, p.activations.shape))
 
 
 @given(gap_linear_problems(bias=False, nonnegative_activations=True, min_activation=0.5))

@@ -18,8 +18,8 @@ from hypothesis import Phase, assume, given, settings, strategies as st
 
 import refcam
 from refcam.testing import (
-    activations, activations_and_gradients, float_arrays, float_dtypes, gap_linear_problems, gradients_like,
-    input_gradients, maps,
+    activations, activations_and_gradients, float_arrays, float_dtypes, gap_linear_problems,
+    gradients_like, input_gradients, maps,
 )
 
 TOL_ULPS = 64
@@ -182,7 +182,8 @@ def test_hirescam_equals_gradcam_for_spatially_constant_gradients(data):
                                                spatially_constant_gradients=True))
     scale = sum_scale(a, g)
     for relu in (False, True):
-        assert_close(refcam.hirescam(a, g, relu=relu), refcam.gradcam(a, g, relu=relu), scale, a.dtype)
+        assert_close(refcam.hirescam(a, g, relu=relu), refcam.gradcam(a, g, relu=relu), scale,
+                     a.dtype)
 
 
 @given(st.data())
@@ -233,7 +234,8 @@ def test_xgradcam_map_sums_to_the_score_minus_bias_on_a_gap_linear_head(data):
     dt = data.draw(float_dtypes())
     p = data.draw(gap_linear_problems(dtype=dt, nonnegative_activations=True, min_activation=0.5))
     n = p.activations.shape[0]
-    expected = p.logits.astype(np.float64)[np.arange(n), p.targets] - p.bias.astype(np.float64)[p.targets]
+    rows = np.arange(n)
+    expected = p.logits.astype(np.float64)[rows, p.targets] - p.bias.astype(np.float64)[p.targets]
     scale = sum_scale(p.activations, p.class_weights) + np.abs(p.bias).max()
     assert_close(spatial_sum(refcam.xgradcam(p.activations, p.gradients, relu=False)), expected,
                  scale, dt)
@@ -245,9 +247,11 @@ def gradcampp_closed_form_weights(p):
     r"""Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19 and 10) with the constant gradient g = w_k/Z:
 
     alpha^{kc}_{ij} = g^2 / (2 g^2 + sum_ab A^k_ab g^3) = 1 / (2 + m_k w_k)      (g != 0)
-    w_k^{++} = sum_ij alpha^{kc}_{ij} ReLU(g) = Z ReLU(w_k / Z) / (2 + m_k w_k) = ReLU(w_k) / (2 + m_k w_k)
+    w_k^{++} = sum_ij alpha^{kc}_{ij} ReLU(g) = Z ReLU(w_k / Z) / (2 + m_k w_k)
+             = ReLU(w_k) / (2 + m_k w_k)
 
-    with m_k = mean_ij A^k_ij (since sum_ab A^k_ab g = Z m_k w_k / Z).  Channels with w_k <= 0 weigh 0.
+    with m_k = mean_ij A^k_ij (since sum_ab A^k_ab g = Z m_k w_k / Z).  Channels with w_k <= 0
+    weigh 0.
     """
     w = p.class_weights.astype(np.float64)
     m = p.activations.astype(np.float64).reshape(w.shape + (-1,)).mean(axis=2)
@@ -315,7 +319,7 @@ def test_minmax_normalised_maps_are_invariant_to_positive_scaling_of_the_score(n
     assert_close(n1, n2, 1.0, dt, ulps=4096)
 
 
-# --------------------------------------------------------------------------- every method: structure, robustness, dtype
+# ----------------------------------------------------- every method: structure, robustness, dtype
 
 @pytest.mark.parametrize("name", sorted(set(METHODS) - set(KNOWN_BUGS)))
 @given(data=st.data())
@@ -350,7 +354,8 @@ def check_structure_and_robustness(name, data):
     n = refcam.normalize(m)
     assert n.dtype == dt and np.isfinite(n).all() and n.min() >= 0 and n.max() <= 1
     size = tuple(data.draw(st.integers(1, 9)) for _ in a.shape[2:])
-    mode = data.draw(st.sampled_from(["linear", "linear-align-corners", "nearest", "nearest-exact"]))
+    modes = ["linear", "linear-align-corners", "nearest", "nearest-exact"]
+    mode = data.draw(st.sampled_from(modes))
     u = refcam.upsample(n, size, mode=mode)
     assert u.shape == (a.shape[0],) + size and u.dtype == dt and np.isfinite(u).all()
 
@@ -383,8 +388,8 @@ def _sum_rule_is_clear(p, dt, margin=4.0):
 @given(st.data())
 def test_eigencam_of_rank_one_activations_is_the_common_pattern(data):
     # Bany Muhammad & Yeasin 2020 (Eigen-CAM): projection of O (Z x K) on its first right singular
-    # vector.  For A^k = c_k P (rank one), O = P c^T, v_1 = +-c/|c| and O v_1 = +-|c| P; the sum rule
-    # fixes the sign so that the map sums to a positive number: |c| P sign(sum P).
+    # vector.  For A^k = c_k P (rank one), O = P c^T, v_1 = +-c/|c| and O v_1 = +-|c| P; the sum
+    # rule fixes the sign so that the map sums to a positive number: |c| P sign(sum P).
     dt = data.draw(float_dtypes())
     shape = data.draw(st.sampled_from([(2, 3, 4, 4), (1, 2, 6), (2, 4, 2, 3, 3), (1, 1, 5, 5)]))
     n, k, spatial = shape[0], shape[1], shape[2:]
@@ -427,7 +432,7 @@ def test_eigen_methods_are_deterministic_under_a_sign_flip_of_the_activations(na
 
 @st.composite
 def affine_maps(draw):
-    """(maps (N, *S_in) of f(x) = c_0 + sum_d c_d x_d on the integer grid, coefficients, out size)."""
+    """(dtype, coefficients c of f(x) = c_0 + sum_d c_d x_d, input size, output size)."""
     dt = draw(float_dtypes())
     rank = draw(st.integers(1, 3))
     in_size = tuple(draw(st.integers(1, 6)) for _ in range(rank))
@@ -488,9 +493,11 @@ def test_scorecam_softmax_ignores_a_common_shift_and_the_baseline_is_a_shift(dat
     assert_close(refcam.scorecam(a, s + t, softmax=True, relu=False),
                  refcam.scorecam(a, s, softmax=True, relu=False), scale, dt, ulps=256)
     assert_close(refcam.scorecam(a, s, baseline_score=b, relu=False),
-                 refcam.scorecam(a, s - b[:, None], relu=False), sum_scale(a, np.abs(s).max() + np.abs(b).max()), dt)
+                 refcam.scorecam(a, s - b[:, None], relu=False),
+                 sum_scale(a, np.abs(s).max() + np.abs(b).max()), dt)
     # without softmax nor baseline the channel scores are the CAM weights
-    assert_close(refcam.scorecam(a, w, relu=False), refcam.cam(a, w, relu=False), sum_scale(a, w), dt)
+    assert_close(refcam.scorecam(a, w, relu=False), refcam.cam(a, w, relu=False), sum_scale(a, w),
+                 dt)
 
 
 @given(st.data())
@@ -504,14 +511,15 @@ def test_ablationcam_recovers_cam_weights_and_ignores_the_score_scale(data):
     scale = sum_scale(a, 2 + np.abs(v).max())
     assert_close(refcam.ablationcam(a, scores, y, relu=False), refcam.cam(a, v, relu=False),
                  scale, dt, ulps=256)
-    t = data.draw(st.sampled_from([-3.0, 0.5, 8.0]))     # exact powers/halves keep the products exact
+    t = data.draw(st.sampled_from([-3.0, 0.5, 8.0]))
     assert_close(refcam.ablationcam(a, (t * scores).astype(dt), (t * y).astype(dt), relu=False),
                  refcam.ablationcam(a, scores, y, relu=False), scale, dt)
 
 
 # --------------------------------------------------------------------------- normalisation
 
-@given(maps(dtype=np.float64) | maps(dtype=np.float32), st.floats(0.01, 100.0), st.floats(-100, 100))
+@given(maps(dtype=np.float64) | maps(dtype=np.float32), st.floats(0.01, 100.0),
+       st.floats(-100, 100))
 def test_minmax_normalisation_is_invariant_to_positive_affine_maps(m, scale, shift):
     # (a m + b - min)/(max - min) is the same for every a > 0: min-max normalisation only sees the
     # order and the relative spacing of the values.
@@ -564,13 +572,14 @@ def test_integrated_gradients_completeness_on_quadratic_models(rule, problem, n_
     delta = _quadratic(x, q, c) - _quadratic(base, q, c)
     d = (x - base).reshape(len(x), -1)
     dqd = np.einsum("ni,ij,nj->n", d, q, d)
-    expected = {"riemann-left": delta - dqd / (2 * n_steps), "riemann-right": delta + dqd / (2 * n_steps),
+    expected = {"riemann-left": delta - dqd / (2 * n_steps),
+                "riemann-right": delta + dqd / (2 * n_steps),
                 "trapezoid-captum": delta * (n_steps - 1) / n_steps}.get(rule, delta)
     size = d.shape[1] * (np.abs(q).max() * 36 + 2 * 6)
     assert_close(total, expected, size, np.float64, ulps=256)
 
 
-# --------------------------------------------------------------------------- minimal counterexamples
+# ------------------------------------------------------------------------ minimal counterexamples
 # Found by the properties above against the first version of refcam.math (see the report); kept
 # as plain tests so the regressions stay pinned even if hypothesis stops generating them.
 
@@ -586,8 +595,8 @@ def test_ablationcam_tiny_baseline_score_gives_finite_weights():
 @BUG_GRADCAMPP_RANGE
 @pytest.mark.parametrize("dtype, g", [(np.float32, 1e13), (np.float64, 1e160)])
 def test_gradcampp_large_gradients_give_the_closed_form_not_nan(dtype, g):
-    # alpha = g^2 / (2 g^2 + sum(A) g^3) = 1 / (2 + g sum(A)) for g != 0: with A = [1, 1] (sum 2) and
-    # g constant, w = sum_ij alpha * relu(g) = 2 g / (2 + 2 g), map = w * A ~= [1, 1].
+    # alpha = g^2 / (2 g^2 + sum(A) g^3) = 1 / (2 + g sum(A)) for g != 0: with A = [1, 1] (sum 2)
+    # and g constant, w = sum_ij alpha * relu(g) = 2 g / (2 + 2 g), map = w * A ~= [1, 1].
     a = np.ones((1, 1, 2), dtype=dtype)
     grads = np.full((1, 1, 2), g, dtype=dtype)
     expected = 2 * g / (2 + 2 * g)
