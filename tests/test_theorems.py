@@ -27,14 +27,17 @@ TOL_ULPS = 64
 # Bugs the properties found in refcam.math (reported to the lead with minimal counterexamples,
 # pinned in the "minimal counterexamples" section at the end).  Strict: once fixed, the tests
 # XPASS and fail, so the marker must be removed.
-BUG_GRADCAMPP_RANGE = pytest.mark.xfail(strict=True, reason=(
-    "refcam.math.cam Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3) under/overflows: 0 for "
-    "|g| < ~1e-154 (float64) and NaN / 0 for |g| > ~1e102 (float64), ~1e12 (float32); "
-    "compute 1 / (2 + g sum(A)) where g != 0"))
-BUG_ABLATION_OVERFLOW = pytest.mark.xfail(strict=True, reason=(
-    "refcam.math.perturbation Ablation-CAM: (y - y_k) / y overflows to -inf for tiny y "
-    "(guard only masks y == 0)"))
-KNOWN_BUGS = {"gradcampp": BUG_GRADCAMPP_RANGE, "ablationcam": BUG_ABLATION_OVERFLOW}
+# The pinned counterexamples are strict (deterministic); the properties that find the same bugs
+# are not (a random seed may miss them) -- remove both markers together once fixed.
+_GRADCAMPP_BUG = ("refcam.math.cam Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3) under/overflows: "
+                  "0 for |g| < ~1e-154 (float64) and NaN / 0 for |g| > ~1e102 (float64), ~1e12 "
+                  "(float32); compute 1 / (2 + g sum(A)) where g != 0")
+_ABLATION_BUG = ("refcam.math.perturbation Ablation-CAM: (y - y_k) / y overflows to -inf for tiny "
+                 "y (the guard only masks y == 0)")
+BUG_GRADCAMPP_RANGE = pytest.mark.xfail(strict=True, reason=_GRADCAMPP_BUG)
+BUG_ABLATION_OVERFLOW = pytest.mark.xfail(strict=True, reason=_ABLATION_BUG)
+KNOWN_BUGS = {"gradcampp": pytest.mark.xfail(strict=False, reason=_GRADCAMPP_BUG),
+              "ablationcam": pytest.mark.xfail(strict=False, reason=_ABLATION_BUG)}
 
 
 #: an expected failure need not be shrunk (shrinking a failure costs tens of seconds)
@@ -262,13 +265,19 @@ def gradcampp_closed_form_weights(p):
     return out, denom
 
 
-@BUG_GRADCAMPP_RANGE
-@NO_SHRINK
+def gradients_not_tiny(p, smallest=1e-15):
+    """Every gradient w_k/Z is 0 or >= ``smallest`` in magnitude.  Tinier gradients hit the
+    under/overflow bug pinned at the end of this file (test_gradcampp_tiny_gradients_...)."""
+    g = np.abs(p.class_weights.astype(np.float64)) / p.Z
+    return bool(np.all((g == 0) | (g >= smallest)))
+
+
 @given(st.data())
 def test_gradcampp_closed_form_on_a_gap_linear_head_post_relu(data):
     # Post-ReLU activations: m_k >= 0, so the denominator 2 + m_k w_k >= 2 for w_k > 0.
     dt = data.draw(float_dtypes())
     p = data.draw(gap_linear_problems(dtype=dt, nonnegative_activations=True))
+    assume(gradients_not_tiny(p))
     weights, _ = gradcampp_closed_form_weights(p)
     assert_close(refcam.gradcampp_weights(p.activations, p.gradients), weights,
                  np.abs(weights).max(initial=0), dt)
@@ -282,6 +291,7 @@ def test_gradcampp_closed_form_on_a_gap_linear_head_post_relu(data):
 @given(gap_linear_problems(magnitude=5.0))
 def test_gradcampp_closed_form_on_a_gap_linear_head_signed_activations(p):
     # Signed activations: the formula still holds wherever the denominator is away from 0.
+    assume(gradients_not_tiny(p))
     weights, denom = gradcampp_closed_form_weights(p)
     assume(np.all(np.abs(denom[p.class_weights > 0]) > 1e-3))
     expected = (bcast(weights, p.activations) * p.activations).sum(axis=1)
