@@ -10,6 +10,9 @@ enough calls to last about 0.1 s) and printed as a ratio to ``np.copyto`` of its
 bytes, measured in the same run: the bytes of the activations it reads (gap, weighted_sum) or
 of the map it writes (upsample).  A reduction that streams its input once from memory costs
 about 0.5-1x such a copy; an interpolation writes its output once and reads much less.
+Rows starting with ``ref:`` time plain NumPy for comparison: the finiteness check every public
+refcam function runs on its inputs (``np.isfinite(A).all()``) and the bare kernels without
+validation, so validation overhead and kernel cost can be told apart.
 
 Run from the repository root::
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"numpy {np.__version__}, refcam {refcam.__version__}, {os.cpu_count()} CPUs, "
           f"BLAS threads {threads}, load average {load}; median of {args.repeat} repeats")
-    header = f"{'kernel':<46}{'dtype':<9}{'MB':>8}{'time ms':>10}{'copy ms':>10}{'ratio':>8}"
+    header = f"{'kernel':<48}{'dtype':<9}{'MB':>8}{'time ms':>10}{'copy ms':>10}{'ratio':>8}"
     print(header)
     print("-" * len(header))
     for name in dtypes:
@@ -83,7 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             g = rng.standard_normal(a.shape).astype(dt)
             w = rng.standard_normal((n, k)).astype(dt)
             shape = "x".join(map(str, a.shape))
+            a3, g3 = a.reshape(n, k, -1), g.reshape(n, k, -1)
             rows += [
+                # reference rows (plain NumPy): the validation every public function runs, and the
+                # bare kernels, to tell validation overhead from kernel cost
+                (f"  ref: np.isfinite(A).all() {shape}", a.nbytes,
+                 lambda a=a: np.isfinite(a).all()),
+                ("  ref: A.reshape(N,K,-1).mean(-1)", a.nbytes, lambda a3=a3: a3.mean(-1)),
+                ("  ref: matmul(w[:,None], A3)", a.nbytes,
+                 lambda a3=a3, w=w: np.matmul(w[:, None, :], a3)),
+                ("  ref: einsum nkz,nkz->nz", a.nbytes,
+                 lambda a3=a3, g3=g3: np.einsum("nkz,nkz->nz", g3, a3)),
                 (f"gap({shape})", a.nbytes, lambda a=a: refcam.gap(a)),
                 (f"gradient_weights({shape})", a.nbytes, lambda g=g: refcam.gradient_weights(g)),
                 (f"weighted_sum({shape}, (N,K))", a.nbytes,
@@ -94,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         for side in (7, 28):
             m = rng.standard_normal((n, side, side)).astype(dt)
             out_bytes = n * 224 * 224 * dt.itemsize
+            from refcam.math.post import interpolation_matrix
+            wm = interpolation_matrix(side, 224).astype(dt)
+            rows.append((f"  ref: Wh @ M @ Ww.T ({side}->224)", out_bytes,
+                         lambda m=m, wm=wm: wm @ m @ wm.T))
             for mode in ("linear", "nearest"):
                 rows.append((f"upsample({n}x{side}x{side} -> 224x224, {mode})", out_bytes,
                              lambda m=m, mode=mode: refcam.upsample(m, (224, 224), mode=mode)))
@@ -103,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                 copies[nbytes] = copy_seconds(nbytes, args.repeat)
             t = median_seconds(fn, args.repeat)
             c = copies[nbytes]
-            print(f"{label:<46}{name:<9}{nbytes / 1e6:>8.1f}{t * 1e3:>10.2f}{c * 1e3:>10.2f}"
+            print(f"{label:<48}{name:<9}{nbytes / 1e6:>8.1f}{t * 1e3:>10.2f}{c * 1e3:>10.2f}"
                   f"{t / c:>8.2f}", flush=True)
-        del rows, a, g
+        del rows, a, g, a3, g3
     return 0
 
 
