@@ -299,8 +299,17 @@ def activations_and_gradients(*, dtype: Any = np.float64, nonnegative_activation
                               ) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
     """Pairs ``(A, G)`` of the same shape ``(N, K, *S)`` and dtype.
 
-    Keyword arguments are those of :func:`activations` / :func:`gradients_like` (prefixed by the
-    array they apply to) plus the shape bounds of :func:`shapes`.
+    Parameters
+    ----------
+    dtype : float64 (default) or float32.
+    nonnegative_activations : bool
+        Post-ReLU activations, in ``[0, magnitude]``.
+    nonnegative_gradients, spatially_constant_gradients : bool
+        See ``nonnegative`` and ``spatially_constant`` of :func:`gradients_like`.
+    magnitude, gradient_magnitude : float
+        Bounds on ``|A|`` and ``|G|``.
+    **shape_bounds
+        ``batch``, ``channels``, ``spatial_rank``, ``side``, ``max_positions`` of :func:`shapes`.
 
     Examples
     --------
@@ -493,6 +502,16 @@ def gap_linear_problems(*, dtype: Any = np.float64, n_classes: Bounds = (1, 5), 
                         magnitude: float = 10.0, weight_magnitude: float = 2.0,
                         **shape_bounds: Any) -> st.SearchStrategy[GapLinearProblem]:
     r"""Whole *GAP → linear* heads with their closed-form gradients (:class:`GapLinearProblem`).
+
+    .. math::
+        y^c = \sum_k w^c_k \frac{1}{Z}\sum_{ij} A^k_{ij} + b_c, \qquad
+        \frac{\partial y^c}{\partial A^k_{ij}} = \frac{w^c_k}{Z}
+
+    the CAM architecture (Zhou et al. 2016, "Learning Deep Features for Discriminative
+    Localization", Eq. 1–2) for which Grad-CAM equals CAM up to ``1/Z`` (Selvaraju et al. 2017,
+    "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization", Sec. 3.1).
+    The logits are computed in float64 NumPy (:func:`gap_linear_logits`), independently of
+    :mod:`refcam.math`.
 
     Parameters
     ----------
