@@ -59,6 +59,7 @@ __all__ = [
     "compute",
     "score_masks",
     "score_weights",
+    "postprocess",
 ]
 
 
@@ -488,6 +489,46 @@ def compute(
         m = _raw_map(conv, a, g, class_weights, scores, baseline_score)
         maps.append(m)
 
+    return postprocess(conv, maps, input_size)
+
+
+def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
+                input_size: Sequence[int] | None = None) -> np.ndarray:
+    r"""Steps 2-3 of :func:`compute` (scaling, resizing, fusion) on raw maps.
+
+    Use it when the raw map ``(N, *S)`` comes from elsewhere (e.g. a third-party formula or a
+    hand-fixed Eigen-CAM sign).
+
+    Parameters
+    ----------
+    conv : Convention or (preset, method)
+    raw_maps : array (N, *S) or a list of them (one per layer)
+    input_size : sequence of ints, optional
+
+    Returns
+    -------
+    ndarray (N, *S_out), see :func:`compute`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.array([[[0., 1.], [2., 4.]]])
+    >>> np.round(postprocess(("pytorch-grad-cam", "gradcam"), m, (2, 2)), 6)  # / (4 + 1e-7), twice
+    array([[[0.  , 0.25],
+            [0.5 , 1.  ]]])
+    """
+    if isinstance(conv, tuple):
+        conv = get(*conv)
+    items = list(raw_maps) if isinstance(raw_maps, (list, tuple)) else [raw_maps]
+    if not items:
+        raise InvalidArgumentError("raw_maps", raw_maps, "an array or a non-empty list of arrays")
+    if len(items) > 1 and conv.fuse is None:
+        raise InvalidArgumentError("raw_maps", f"{len(items)} layers",
+                                   f"one layer ({conv.preset} has no multi-layer fusion for {conv.method})")
+    maps = [_v.maps(m, "raw_maps" if len(items) == 1 else f"raw_maps[{i}]") for i, m in enumerate(items)]
+    for i, m in enumerate(maps[1:], start=1):
+        if m.ndim != maps[0].ndim:
+            raise ShapeError(f"raw_maps[{i}]", m.shape, f"{maps[0].ndim} axes like raw_maps[0]")
     n_spatial = maps[0].ndim - 1
     size = None if input_size is None else _size(input_size, n_spatial)
     if conv.upsample is not None and size is None and conv.fuse_to == "input":
@@ -509,8 +550,13 @@ def compute(
             common = tuple(max(s) for s in zip(*(m.shape[1:] for m in out)))
         else:
             common = size
-        if conv.fuse_prescale:      # torchcam LayerCAM: tanh(2 m / max m) per layer, resize, max
-            out = [_m.fuse([m], "tanh-max") for m in out]
+        if conv.fuse_prescale:
+            # torchcam LayerCAM (gradient.py:457-459): tanh(2 m) of the min-max(+1e-8) map, per
+            # layer, *before* resampling; then max.  refcam.math.fuse("tanh-max") divides by
+            # max|m| again (exact LayerCAM Eq. 9), which differs from torchcam by up to ~1e-4
+            # when a layer's range is small (its +1e-8 keeps the max below 1).
+            # TODO(lead): a fuse(..., prescaled=True) keyword would let this use the math floor.
+            out = [np.tanh(m.dtype.type(2.0) * m) for m in out]
         out = [m if m.shape[1:] == common else _m.upsample(m, common, "linear") for m in out]
         if conv.renormalize_eps is not None:        # pytorch-grad-cam re-applies the ReLU
             out = [_m.relu(m) for m in out]
