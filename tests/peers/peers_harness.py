@@ -219,7 +219,26 @@ def _signed_to_match(ref: np.ndarray, peer: np.ndarray) -> np.ndarray:
     return np.where(d_minus < d_plus, -1, 1).astype(ref.dtype)
 
 
-def run_pgc(method: str, kind: str = "resnet", multi: bool = False, seed: int = 0) -> dict:
+def baseline_scores(model: nn.Module, x: torch.Tensor, classes: list[int], rule: str) -> np.ndarray | None:
+    """Score of the Score-CAM baseline: ``"input"`` (torchcam), ``"zeros"`` (black image), ``"none"``."""
+    if rule == "none":
+        return None
+    xb = x if rule == "input" else torch.zeros_like(x)
+    with torch.no_grad():
+        return model(xb).gather(1, torch.tensor(classes).view(-1, 1))[:, 0].numpy()
+
+
+def paper_formula(conv: presets.Convention, relu: bool = False) -> presets.Convention:
+    """``conv`` with the paper's formula (method keywords, Score-CAM masks/weights, ablation value;
+    with ``relu`` also the paper's map ReLU) but the peer's post-processing."""
+    paper = presets.PRESETS["paper"][conv.method]
+    out = conv.replace(method_kwargs=dict(paper.method_kwargs), masks=paper.masks,
+                       ablation_value=paper.ablation_value)
+    return out.replace(relu=paper.relu) if relu else out
+
+
+def run_pgc(method: str, kind: str = "resnet", multi: bool = False, seed: int = 0,
+            conv: presets.Convention | None = None) -> dict:
     """Run pytorch-grad-cam and refcam's ``pytorch-grad-cam`` preset on the same model and input.
 
     Returns a dict with ``ref``/``peer`` at input resolution and, for single-layer runs,
@@ -234,7 +253,7 @@ def run_pgc(method: str, kind: str = "resnet", multi: bool = False, seed: int = 
     x = make_input(seed)
     layers = target_layers(model, multi)
     targets = [ClassifierOutputTarget(c) for c in CLASSES]
-    conv = presets.get("pytorch-grad-cam", method)
+    conv = conv or presets.get("pytorch-grad-cam", method)
     acts, grads, _ = extract(model, layers, x, CLASSES)
 
     cls = getattr(pgc, PGC_METHODS[method])
@@ -252,26 +271,25 @@ def run_pgc(method: str, kind: str = "resnet", multi: bool = False, seed: int = 
     if method == "scorecam":
         masks = presets.score_masks(conv, acts[0], INPUT_SIZE)
         kw["scores"] = masked_scores(model, x, masks, CLASSES)
+        kw["baseline_score"] = baseline_scores(model, x, CLASSES, conv.masks.baseline)
     elif method == "ablationcam":
-        with torch.no_grad():
-            base = model(x).gather(1, torch.tensor(CLASSES).view(-1, 1))[:, 0].numpy()
-        kw["scores"] = ablated_scores(model, layers[0], x, CLASSES, "pgc")
-        kw["baseline_score"] = base
+        kw["scores"] = ablated_scores(model, layers[0], x, CLASSES, conv.ablation_value)
+        kw["baseline_score"] = baseline_scores(model, x, CLASSES, "input")
     if method in ("eigencam", "eigengradcam"):
         if method == "eigencam":
             raw = [rm.eigencam(a, relu=False, **conv.method_kwargs) for a in acts]
         else:
             raw = [rm.eigengradcam(a, g, relu=False, **conv.method_kwargs) for a, g in zip(acts, grads)]
-        if peer_raw is not None:
+        if peer_raw is not None and conv.method_kwargs.get("sign") == "none":
             out["raw_sign"] = _signed_to_match(raw[0], peer_raw)
             raw = [raw[0] * out["raw_sign"][:, None, None]]
             out["ref_raw"], out["peer_raw"] = raw[0], peer_raw
-        out["ref"] = presets.postprocess(conv, [rm.relu(r) for r in raw], INPUT_SIZE)
+        out["ref"] = presets.postprocess(conv, [rm.relu(r) if conv.relu else r for r in raw], INPUT_SIZE)
     else:
-        out["ref"] = presets.compute(method, "pytorch-grad-cam", activations=acts if multi else acts[0],
+        out["ref"] = presets.compute(method, convention=conv, activations=acts if multi else acts[0],
                                      gradients=grads if multi else grads[0], input_size=INPUT_SIZE, **kw)
     if method in ("scorecam",):
-        out["ref_weights"] = presets.score_weights(conv, kw["scores"])
+        out["ref_weights"] = presets.score_weights(conv, kw["scores"], kw["baseline_score"])
         out["peer_weights"] = weights
     if method == "ablationcam":
         out["ref_weights"] = rm.ablationcam_weights(kw["scores"], kw["baseline_score"])
@@ -280,7 +298,7 @@ def run_pgc(method: str, kind: str = "resnet", multi: bool = False, seed: int = 
         peer_feat = scale_cam_image(np.maximum(peer_raw, 0))
         feat_conv = conv.replace(upsample=None, renormalize_eps=None)
         if "ref_raw" in out:
-            out["ref_feat"] = presets.postprocess(feat_conv, rm.relu(out["ref_raw"]))
+            out["ref_feat"] = presets.postprocess(feat_conv, rm.relu(out["ref_raw"]) if conv.relu else out["ref_raw"])
         else:
             out["ref_feat"] = presets.compute(method, convention=feat_conv, activations=acts[0],
                                               gradients=grads[0])
@@ -294,7 +312,8 @@ TORCHCAM_METHODS = {"cam": "CAM", "gradcam": "GradCAM", "gradcampp": "GradCAMpp"
                     "xgradcam": "XGradCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM"}
 
 
-def run_torchcam(method: str, kind: str = "resnet", multi: bool = False, seed: int = 0) -> dict:
+def run_torchcam(method: str, kind: str = "resnet", multi: bool = False, seed: int = 0,
+                 conv: presets.Convention | None = None) -> dict:
     """torchcam (feature resolution; ``multi``: ``fuse_cams``) vs refcam's ``torchcam`` preset."""
     import torchcam.methods as tm
 
@@ -302,7 +321,7 @@ def run_torchcam(method: str, kind: str = "resnet", multi: bool = False, seed: i
     x = make_input(seed)
     layers = target_layers(model, multi)
     acts, grads, _ = extract(model, layers, x, CLASSES)
-    conv = presets.get("torchcam", method)
+    conv = conv or presets.get("torchcam", method)
     cls = getattr(tm, TORCHCAM_METHODS[method])
     kwargs = {"input_shape": (3,) + INPUT_SIZE}
     if method == "cam":
@@ -321,9 +340,8 @@ def run_torchcam(method: str, kind: str = "resnet", multi: bool = False, seed: i
     if method == "scorecam":
         masks = presets.score_masks(conv, acts[0], INPUT_SIZE)
         kw["scores"] = masked_scores(model, x, masks, CLASSES)
-        with torch.no_grad():
-            kw["baseline_score"] = model(x).gather(1, torch.tensor(CLASSES).view(-1, 1))[:, 0].numpy()
-    ref = presets.compute(method, "torchcam", activations=acts if multi else acts[0],
+        kw["baseline_score"] = baseline_scores(model, x, CLASSES, conv.masks.baseline)
+    ref = presets.compute(method, convention=conv, activations=acts if multi else acts[0],
                           gradients=None if method in ("cam", "scorecam") else (grads if multi else grads[0]),
                           input_size=INPUT_SIZE, **kw)
     return {"ref": ref, "peer": peer}
@@ -331,7 +349,8 @@ def run_torchcam(method: str, kind: str = "resnet", multi: bool = False, seed: i
 
 # --------------------------------------------------------------------------- captum
 
-def run_captum(method: str = "gradcam", kind: str = "resnet", seed: int = 0) -> dict:
+def run_captum(method: str = "gradcam", kind: str = "resnet", seed: int = 0,
+               conv: presets.Convention | None = None) -> dict:
     """captum LayerGradCam (feature resolution) and ``LayerAttribution.interpolate`` (nearest)."""
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -342,8 +361,8 @@ def run_captum(method: str = "gradcam", kind: str = "resnet", seed: int = 0) -> 
     attr = LayerGradCam(model, layers[0]).attribute(x, target=list(CLASSES))
     peer_feat = attr.detach().numpy()[:, 0]
     peer = LayerAttribution.interpolate(attr, INPUT_SIZE).detach().numpy()[:, 0]
-    conv = presets.get("captum", method)
-    ref_feat = presets.compute(method, "captum", activations=acts[0], gradients=grads[0])
+    conv = conv or presets.get("captum", method)
+    ref_feat = presets.compute(method, convention=conv, activations=acts[0], gradients=grads[0])
     ref = presets.compute(method, convention=conv.replace(upsample=presets.CAPTUM_INTERPOLATE),
                           activations=acts[0], gradients=grads[0], input_size=INPUT_SIZE)
     return {"ref": ref, "peer": peer, "ref_feat": ref_feat, "peer_feat": peer_feat}
