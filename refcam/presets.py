@@ -73,7 +73,7 @@ class MaskConvention:
     ----------
     upsample : str
         :func:`refcam.math.upsample` mode used to bring ``A^k`` to the input size.
-    order : {"upsample-normalize", "normalize-upsample"}
+    order : {"upsample-then-normalize", "normalize-then-upsample"}
         Whether the per-channel min-max scaling happens at input or at feature resolution.
     eps : float
         Additive term of the per-channel min-max denominator (0 = zero-range guard).
@@ -107,7 +107,7 @@ class Convention:
         Per-sample min-max with this additive eps (0 = zero-range guard); ``None``: no scaling.
     upsample : str or None
         :func:`refcam.math.upsample` mode to the input size; ``None``: feature resolution.
-    order : {"normalize-upsample", "upsample-normalize"}
+    order : {"normalize-then-upsample", "upsample-then-normalize"}
         Order of the two steps above (per layer).
     fuse : str or None
         :func:`refcam.math.fuse` mode for several layers; ``None``: one layer only.
@@ -132,7 +132,7 @@ class Convention:
     method_kwargs: Mapping[str, Any] = field(default_factory=dict)
     normalize_eps: float | None = 0.0
     upsample: str | None = "linear"
-    order: str = "upsample-normalize"
+    order: str = "upsample-then-normalize"
     fuse: str | None = "mean"
     fuse_to: str = "input"
     fuse_prescale: bool = False
@@ -159,17 +159,17 @@ _PAPER_RELU = {
     "scorecam": True, "ablationcam": True,
 }
 
-_PAPER_MASKS = MaskConvention(upsample="linear", order="upsample-normalize", eps=0.0,
+_PAPER_MASKS = MaskConvention(upsample="linear", order="upsample-then-normalize", eps=0.0,
                               softmax=False, baseline="zeros")
-_PGC_MASKS = MaskConvention(upsample="linear-align-corners", order="upsample-normalize",
+_PGC_MASKS = MaskConvention(upsample="linear-align-corners", order="upsample-then-normalize",
                             eps=1e-8, softmax=True, baseline="none")
-_TORCHCAM_MASKS = MaskConvention(upsample="linear", order="normalize-upsample", eps=1e-8,
+_TORCHCAM_MASKS = MaskConvention(upsample="linear", order="normalize-then-upsample", eps=1e-8,
                                  softmax=True, baseline="input")
 
 
 def _paper(method: str, **kw: Any) -> Convention:
     base = dict(relu=_PAPER_RELU[method], normalize_eps=0.0, upsample="linear",
-                order="upsample-normalize", fuse="tanh-max" if method == "layercam" else "mean",
+                order="upsample-then-normalize", fuse="tanh-max" if method == "layercam" else "mean",
                 source="the method's paper (see the refcam.math docstring)")
     base.update(kw)
     return Convention("paper", method, **base)
@@ -178,7 +178,7 @@ def _paper(method: str, **kw: Any) -> Convention:
 def _pgc(method: str, source: str, **kw: Any) -> Convention:
     # base_cam.py:171 ReLU; utils/image.py:164-171 min-max +1e-7 then cv2 INTER_LINEAR;
     # base_cam.py:177-181 ReLU, mean over layers, min-max +1e-7 again.
-    base = dict(relu=True, normalize_eps=1e-7, upsample="linear", order="normalize-upsample",
+    base = dict(relu=True, normalize_eps=1e-7, upsample="linear", order="normalize-then-upsample",
                 fuse="mean", fuse_to="input", renormalize_eps=1e-7,
                 source="pytorch_grad_cam/base_cam.py:171-181, utils/image.py:161-176; " + source)
     base.update(kw)
@@ -188,7 +188,7 @@ def _pgc(method: str, source: str, **kw: Any) -> Convention:
 def _torchcam(method: str, source: str, **kw: Any) -> Convention:
     # core.py:296-303 nansum, ReLU (if _relu), _normalize +1e-8; no upsampling;
     # core.py:316-372 fuse_cams: bilinear align_corners=False to the largest map, max.
-    base = dict(relu=True, normalize_eps=1e-8, upsample=None, order="normalize-upsample",
+    base = dict(relu=True, normalize_eps=1e-8, upsample=None, order="normalize-then-upsample",
                 fuse="max", fuse_to="largest",
                 source="torchcam/methods/core.py:193-199,287-307,316-372; " + source)
     base.update(kw)
@@ -196,7 +196,7 @@ def _torchcam(method: str, source: str, **kw: Any) -> Convention:
 
 
 def _captum(method: str, source: str, **kw: Any) -> Convention:
-    base = dict(relu=False, normalize_eps=None, upsample=None, order="normalize-upsample",
+    base = dict(relu=False, normalize_eps=None, upsample=None, order="normalize-then-upsample",
                 fuse=None, source=source)
     base.update(kw)
     return Convention("captum", method, **base)
@@ -293,12 +293,6 @@ def _size(input_size: Any, n_spatial: int, name: str = "input_size") -> tuple[in
     return size
 
 
-def _per_channel_minmax(x: np.ndarray, eps: float) -> np.ndarray:
-    """Min-max of every (sample, channel) map of ``x`` (N, K, *S) with :func:`refcam.math.normalize`."""
-    n, k = x.shape[:2]
-    return _m.normalize(x.reshape((n * k,) + x.shape[2:]), "minmax", eps=eps).reshape(x.shape)
-
-
 def _gradcampp_g2(a: np.ndarray, g: np.ndarray, relu: bool) -> np.ndarray:
     # torchcam 0.5.0 GradCAMpp (gradient.py:192-206): ``alpha[mask].div_(...)`` divides a copy
     # made by boolean indexing, so alpha stays g^2 and w_k = sum_ij g^2 relu(g).
@@ -378,9 +372,7 @@ def score_masks(conv: Convention | tuple[str, str], activations: Any, input_size
     a = _v.feature_maps(activations, "activations")
     size = _size(input_size, a.ndim - 2)
     mc = conv.masks
-    if mc.order == "upsample-normalize":
-        return _per_channel_minmax(_m.upsample(a, size, mc.upsample), mc.eps)
-    return _m.upsample(_per_channel_minmax(a, mc.eps), size, mc.upsample)
+    return _m.scorecam_masks(a, size, upsample_mode=mc.upsample, order=mc.order, eps=mc.eps)
 
 
 def score_weights(conv: Convention | tuple[str, str], scores: Any, baseline_score: Any = None) -> np.ndarray:
@@ -543,7 +535,7 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
 
     out = []
     for m in maps:
-        out.append(_up(_norm(m)) if conv.order == "normalize-upsample" else _norm(_up(m)))
+        out.append(_up(_norm(m)) if conv.order == "normalize-then-upsample" else _norm(_up(m)))
 
     if len(out) > 1:
         if conv.fuse_to == "largest":
