@@ -1,7 +1,8 @@
-"""Peer cross-checks: collected only where torch and the genuine peers are installed.
+"""Peer cross-checks: they run only where torch and the genuine peers are installed.
 
-``peers_harness.py`` is a helper module, not a test module: keep ``--doctest-modules`` from
-importing it (it imports torch) in environments without the ``peers`` extra.
+``peers_harness.py`` and ``peers_divergences.py`` are helper modules (they import torch), not
+test modules: keep ``--doctest-modules`` from importing them where the ``peers`` extra is absent.
+The test modules skip themselves with the install hint.
 """
 
-collect_ignore = ["peers_harness.py"]
+collect_ignore = ["peers_harness.py", "peers_divergences.py"]
