@@ -60,6 +60,7 @@ __all__ = [
     "score_masks",
     "score_weights",
     "postprocess",
+    "markdown_table",
 ]
 
 
@@ -154,7 +155,7 @@ class Convention:
 # The paper's ReLU on the final map, per method (the math floor's defaults, written out here so
 # the table is complete and a change in either place shows up in tests/test_presets.py).
 _PAPER_RELU = {
-    "cam": False, "gradcam": True, "gradcampp": False, "xgradcam": True, "layercam": True,
+    "cam": False, "gradcam": True, "gradcampp": True, "xgradcam": True, "layercam": True,
     "hirescam": False, "gradcam_elementwise": True, "eigencam": False, "eigengradcam": False,
     "scorecam": True, "ablationcam": True,
 }
@@ -558,3 +559,41 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
     if conv.renormalize_eps is not None:
         fused = _m.normalize(_m.relu(fused), "minmax", eps=conv.renormalize_eps)
     return fused
+
+
+def markdown_table() -> str:
+    """The preset table as markdown (the table of ``docs/presets.md``; a test keeps them equal).
+
+    Examples
+    --------
+    >>> print(markdown_table().splitlines()[2])
+    | paper | cam | no | — | 0 (guard) | `linear` to input, before min-max | `mean` at input | — | — |
+    """
+    rows = ["| preset | method | map ReLU | formula keywords | min-max eps | resize (when) | fusion "
+            "| Score-CAM masks / weights | ablation |", "|---|---|---|---|---|---|---|---|---|"]
+    for preset in PRESET_NAMES:
+        for method, c in PRESETS[preset].items():
+            kw = ", ".join(f"{k}={v!r}" for k, v in c.method_kwargs.items()) or "—"
+            if c.normalize_eps is None:
+                eps = "none"
+            else:
+                eps = "0 (guard)" if c.normalize_eps == 0 else f"+{c.normalize_eps:g}"
+            if c.upsample is None:
+                up = "feature resolution"
+            else:
+                when = "after min-max" if c.order == "normalize-then-upsample" else "before min-max"
+                up = f"`{c.upsample}` to input, {when}"
+            if c.fuse is None:
+                fuse = "—"
+            else:
+                fuse = f"`{c.fuse}` at {c.fuse_to}" + (", tanh(2m) first" if c.fuse_prescale else "")
+                fuse += f", then min-max +{c.renormalize_eps:g}" if c.renormalize_eps else ""
+            if c.masks is None:
+                masks = "—"
+            else:
+                mk = c.masks
+                masks = (f"`{mk.upsample}`, {mk.order}, eps {mk.eps:g}; "
+                         + ("channel softmax" if mk.softmax else "no softmax") + f", baseline {mk.baseline}")
+            rows.append(f"| {preset} | {method} | {'yes' if c.relu else 'no'} | {kw} | {eps} | {up} | "
+                        f"{fuse} | {masks} | {c.ablation_value or '—'} |")
+    return "\n".join(rows)

@@ -223,3 +223,10 @@ def test_errors_name_the_argument():
         P.compute("gradcam", "captum", activations=np.ones((2, 3)), gradients=np.ones((2, 3)))
     with pytest.raises(RefcamError):
         P.postprocess(("captum", "gradcam"), [np.ones((1, 2, 2))] * 2)
+
+
+def test_docs_table_is_the_code_table():
+    import pathlib
+
+    doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "presets.md").read_text(encoding="utf-8")
+    assert P.markdown_table() in doc, "docs/presets.md is stale: paste refcam.presets.markdown_table()"
