@@ -383,3 +383,62 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         raise AssertionError(f"shape mismatch: refcam {a.shape} vs peer {b.shape}")
     return float(np.max(np.abs(a - b)))
+
+
+# --------------------------------------------------------------------------- ONNX level
+
+ONNX_LAYER = {"resnet": "layer3.relu_out", "vgg": "features.8"}
+#: (peer, method) pairs cross-checked on the exported ONNX file (forward-only methods).
+ONNX_CASES = (("torchcam", "cam"), ("pytorch-grad-cam", "scorecam"), ("torchcam", "scorecam"),
+              ("pytorch-grad-cam", "ablationcam"))
+
+
+def export_onnx(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool) -> None:
+    """Export with the legacy (``dynamo=False``, BN folded) or the default dynamo exporter."""
+    import warnings
+
+    with warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            torch.onnx.export(model, (x,), path, dynamo=True, input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("n")},), verbose=False)
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=False, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
+
+
+def _onnx_scores(m, inputs: np.ndarray, per: int) -> np.ndarray:
+    out = m.run(inputs.astype(np.float32))[m.output_name]
+    cls = np.repeat(np.asarray(CLASSES), per)
+    return out[np.arange(out.shape[0]), cls].reshape(len(CLASSES), per)
+
+
+def run_onnx(peer: str, method: str, kind: str, m) -> dict:
+    """refcam on the ONNX :class:`refcam.onnx.Model` ``m`` vs ``peer`` on the torch model."""
+    model, x = make_model(kind), make_input()
+    fw = m.forward(x.numpy(), [ONNX_LAYER[kind]])
+    (a,) = fw.activations.values()
+    logits = fw.outputs
+    kw: dict = {}
+    if method == "cam":
+        kw["class_weights"] = m.linear_head(ONNX_LAYER[kind]).weight[CLASSES].astype(np.float32)
+    elif method == "scorecam":
+        masks = presets.score_masks((peer, method), a, INPUT_SIZE)
+        inputs = (x.numpy()[:, None] * masks[:, :, None]).reshape((-1, 3) + INPUT_SIZE)
+        kw["scores"] = _onnx_scores(m, inputs, a.shape[1])
+        kw["baseline_score"] = logits[np.arange(len(CLASSES)), CLASSES]
+    elif method == "ablationcam":
+        if a.min() != 0:      # pytorch-grad-cam's value is 0 exactly when the layer's min is 0
+            raise AssertionError("the ONNX ablation check needs a layer whose minimum is 0")
+        n, k = a.shape[:2]
+        ablated = np.repeat(a[:, None], k, axis=1)                  # (N, K copies, K, *S)
+        ablated[:, np.arange(k), np.arange(k)] = 0.0
+        head = m.head(ONNX_LAYER[kind])
+        out = head.run(ablated.reshape((n * k,) + a.shape[1:]))[head.output_name].reshape(n, k, -1)
+        kw["scores"] = out[np.arange(n), :, CLASSES]
+        kw["baseline_score"] = logits[np.arange(n), CLASSES]
+    ref = presets.compute(method, peer, activations=a, input_size=INPUT_SIZE, **kw)
+    peer_map = RUNNERS[peer](method, kind=kind)["peer"]
+    acts, _, torch_logits = extract(model, target_layers(model), x, CLASSES)
+    return {"ref": ref, "peer": peer_map, "act_err": max_abs(a, acts[0]) / float(np.abs(acts[0]).max()),
+            "logit_err": max_abs(logits, torch_logits) / float(np.abs(torch_logits).max())}
