@@ -72,6 +72,28 @@ def _agreement_and_departure() -> tuple[list[str], list[str]]:
     return agree, depart
 
 
+def _onnx() -> list[str]:
+    import tempfile
+
+    from refcam.onnx import Model
+
+    rows = ["| peer | method | model | exporter | activations rel. err (ORT vs torch) | max |refcam on ONNX − peer| |",
+            "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in KINDS:
+            for dynamo in (False, True):
+                path = os.path.join(tmp, f"{kind}_{int(dynamo)}.onnx")
+                H.export_onnx(H.make_model(kind), H.make_input(), path, dynamo)
+                m = Model(path)
+                for peer, method in H.ONNX_CASES:
+                    if method == "cam" and kind != "resnet":
+                        continue
+                    r = H.run_onnx(peer, method, kind, m)
+                    rows.append(f"| {peer} | {method} | {kind} | {'dynamo' if dynamo else 'legacy'} | "
+                                f"{_fmt(r['act_err'])} | {_fmt(H.max_abs(r['ref'], r['peer']))} |")
+    return rows
+
+
 def _repros() -> list[str]:
     out = []
     for title, fn in D.REPROS.items():
@@ -98,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     versions = ", ".join(f"{d} {md.version(d)}" for d in ("grad-cam", "torchcam", "captum", "torch", "numpy"))
     agree, depart = _agreement_and_departure()
+    onnx_rows = _onnx()
     repros = _repros()
     lines = [
         "# Divergences of the peers from the papers, and refcam's agreement with them",
@@ -119,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
         "compared after matching LAPACK's per-sample sign (see below).",
         "",
         *agree,
+        "",
+        "## ONNX level: refcam on the exported file vs the peer on the torch model",
+        "",
+        "Forward-only methods (refcam's gradients are not on main yet): activations, CAM class "
+        "weights (`Model.linear_head`), masked-input scores and ablated scores (`Model.head`) "
+        "all from onnxruntime; legacy exporter (`dynamo=False`, BatchNorm folded) and dynamo "
+        "exporter.  torchcam maps are at feature resolution, pytorch-grad-cam maps at input size.",
+        "",
+        *onnx_rows,
         "",
         "## Departure from the paper: max |peer − refcam with the paper's formula|",
         "",
