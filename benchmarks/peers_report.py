@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "Forward-only methods (refcam's gradients are not on main yet): activations, CAM class "
         "weights (`Model.linear_head`), masked-input scores and ablated scores (`Model.head`) "
         "all from onnxruntime; legacy exporter (`dynamo=False`, BatchNorm folded) and dynamo "
-        "exporter.  torchcam maps are at feature resolution, pytorch-grad-cam maps at input size.",
+        "exporter.  torchcam maps are at feature resolution, pytorch-grad-cam maps at input size.  "
+        "Ablation-CAM divides by the unablated score y^c (0.0044 for the VGG-like model's first "
+        "sample), which amplifies float32 score differences between onnxruntime and torch ~200x.",
         "",
         *onnx_rows,
         "",
