@@ -447,7 +447,7 @@ def compute(
     --------
     >>> import numpy as np
     >>> a = np.array([[[[0., 1.], [2., 3.]]]]); g = np.ones_like(a)
-    >>> np.round(compute("gradcam", "torchcam", activations=a, gradients=g), 4)  # x / (0.75 + 1e-8)
+    >>> np.round(compute("gradcam", "torchcam", activations=a, gradients=g), 4)  # x / (3 + 1e-8)
     array([[[0.    , 0.3333],
             [0.6667, 1.    ]]])
     >>> # columns 2 -> 4 half-pixel: [0, 1] -> [0, .25, .75, 1], [2, 3] -> [2, 2.25, 2.75, 3]; / 3
