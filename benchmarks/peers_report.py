@@ -69,6 +69,14 @@ def _agreement_and_departure() -> tuple[list[str], list[str]]:
                     r = run(method, kind=kind, conv=pc)
                     acc.append(H.max_abs(r["ref"], r["peer"]))
             depart.append(f"| {peer} | {method} | {_fmt(max(d1))} | {_fmt(max(d2))} |")
+    cells = []
+    for kind in KINDS:
+        r = H.run_captum_gradients(kind=kind)
+        scale = float(np.abs(r["peer_ig"]).max())
+        cells.append((H.max_abs(r["ref_saliency"], r["peer_saliency"]), H.max_abs(r["ref_ig"], r["peer_ig"]) / scale))
+    agree.append("| captum | saliency (`Saliency`, abs) | — | — | " + " | — | ".join(_fmt(c[0]) for c in cells) + " |")
+    agree.append("| captum | integrated gradients (relative to max |IG|) | — | — | "
+                 + " | — | ".join(_fmt(c[1]) for c in cells) + " |")
     return agree, depart
 
 

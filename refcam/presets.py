@@ -61,6 +61,7 @@ __all__ = [
     "score_weights",
     "postprocess",
     "markdown_table",
+    "GRADIENT_PRESETS",
 ]
 
 
@@ -246,6 +247,23 @@ PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 #: captum's ``LayerAttribution.interpolate`` default, for callers who resize captum's map.
 CAPTUM_INTERPOLATE = "nearest"
+
+#: Input-gradient methods (no map post-processing): the keywords of :func:`refcam.math.saliency`
+#: and of :func:`refcam.math.integrated_gradients` / :func:`refcam.math.integration_points`
+#: per preset.  Paper: Simonyan et al. 2014 Sect. 3.1 (max over channels of ``|g|``);
+#: Sundararajan et al. 2017 Sect. 5 (right Riemann sum; the step count is the user's).
+#: captum 0.9.0: ``Saliency(abs=True)`` (``attr/_core/saliency.py:43,137``, no channel
+#: reduction); ``IntegratedGradients`` defaults ``n_steps=50, method="gausslegendre"``, baseline 0.
+GRADIENT_PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = MappingProxyType({
+    "paper": MappingProxyType({
+        "saliency": MappingProxyType({"reduce": "max-abs"}),
+        "integrated_gradients": MappingProxyType({"rule": "riemann-right", "n_steps": None, "baseline": 0.0}),
+    }),
+    "captum": MappingProxyType({
+        "saliency": MappingProxyType({"reduce": "abs"}),
+        "integrated_gradients": MappingProxyType({"rule": "gauss-legendre", "n_steps": 50, "baseline": 0.0}),
+    }),
+})
 
 
 def get(preset: str, method: str) -> Convention:

@@ -230,3 +230,14 @@ def test_docs_table_is_the_code_table():
 
     doc = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "presets.md").read_text(encoding="utf-8")
     assert P.markdown_table() in doc, "docs/presets.md is stale: paste refcam.presets.markdown_table()"
+
+
+def test_gradient_presets():
+    assert dict(P.GRADIENT_PRESETS["captum"]["saliency"]) == {"reduce": "abs"}
+    ig = P.GRADIENT_PRESETS["captum"]["integrated_gradients"]
+    assert (ig["rule"], ig["n_steps"], ig["baseline"]) == ("gauss-legendre", 50, 0.0)
+    assert P.GRADIENT_PRESETS["paper"]["saliency"]["reduce"] == "max-abs"
+    assert P.GRADIENT_PRESETS["paper"]["integrated_gradients"]["rule"] == "riemann-right"
+    g = np.array([[[[1.0, -3.0]], [[-2.0, 0.5]]]])                   # (1, C=2, 1, 2)
+    np.testing.assert_array_equal(rm.saliency(g, **P.GRADIENT_PRESETS["paper"]["saliency"]), [[[2.0, 3.0]]])
+    np.testing.assert_array_equal(rm.saliency(g, **P.GRADIENT_PRESETS["captum"]["saliency"]), np.abs(g))

@@ -93,3 +93,11 @@ def test_captum_layer_gradcam(kind):
     r = H.run_captum("gradcam", kind=kind)
     assert H.max_abs(r["ref_feat"], r["peer_feat"]) <= FEAT_TOL
     assert H.max_abs(r["ref"], r["peer"]) <= UP_TOL
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vgg"])
+def test_captum_saliency_and_integrated_gradients(kind):
+    r = H.run_captum_gradients(kind=kind)
+    assert H.max_abs(r["ref_saliency"], r["peer_saliency"]) <= 1e-7
+    scale = float(np.abs(r["peer_ig"]).max())
+    assert H.max_abs(r["ref_ig"], r["peer_ig"]) <= 1e-5 * scale
