@@ -75,7 +75,7 @@ def _agreement_and_departure() -> tuple[list[str], list[str]]:
         scale = float(np.abs(r["peer_ig"]).max())
         cells.append((H.max_abs(r["ref_saliency"], r["peer_saliency"]), H.max_abs(r["ref_ig"], r["peer_ig"]) / scale))
     agree.append("| captum | saliency (`Saliency`, abs) | — | — | " + " | — | ".join(_fmt(c[0]) for c in cells) + " |")
-    agree.append("| captum | integrated gradients (relative to max |IG|) | — | — | "
+    agree.append("| captum | integrated gradients (relative to max abs IG) | — | — | "
                  + " | — | ".join(_fmt(c[1]) for c in cells) + " |")
     return agree, depart
 
@@ -85,7 +85,7 @@ def _onnx() -> list[str]:
 
     from refcam.onnx import Model
 
-    rows = ["| peer | method | model | exporter | activations rel. err (ORT vs torch) | max |refcam on ONNX − peer| |",
+    rows = ["| peer | method | model | exporter | activations rel. err (ORT vs torch) | max abs(refcam on ONNX − peer) |",
             "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
