@@ -153,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## ONNX level: refcam on the exported file vs the peer on the torch model",
         "",
-        "Forward-only methods (refcam's gradients are not on main yet): activations, CAM class "
-        "weights (`Model.linear_head`), masked-input scores and ablated scores (`Model.head`) "
+        "Activations, CAM class weights (`Model.linear_head`), masked-input scores, ablated "
+        "scores (`Model.head`) and gradients (`refcam.autodiff.gradients`, exact VJP graph) "
         "all from onnxruntime; legacy exporter (`dynamo=False`, BatchNorm folded) and dynamo "
-        "exporter.  torchcam maps are at feature resolution, pytorch-grad-cam maps at input size.  "
+        "exporter.  torchcam maps are at feature resolution, pytorch-grad-cam maps at input size, captum "
+        "maps raw (nearest-resized; not scaled to [0, 1]).  "
         "Ablation-CAM divides by the unablated score y^c (0.0044 for the VGG-like model's first "
         "sample), which amplifies float32 score differences between onnxruntime and torch ~200x.",
         "",

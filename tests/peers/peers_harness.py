@@ -388,9 +388,15 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- ONNX level
 
 ONNX_LAYER = {"resnet": "layer3.relu_out", "vgg": "features.8"}
-#: (peer, method) pairs cross-checked on the exported ONNX file (forward-only methods).
+CAPTUM_UPSAMPLE = presets.CAPTUM_INTERPOLATE
+#: (peer, method) pairs cross-checked on the exported ONNX file: forward-only methods, and the
+#: gradient methods with refcam.autodiff's exact VJP gradients (Eigen-CAM: LAPACK sign, omitted).
 ONNX_CASES = (("torchcam", "cam"), ("pytorch-grad-cam", "scorecam"), ("torchcam", "scorecam"),
-              ("pytorch-grad-cam", "ablationcam"))
+              ("pytorch-grad-cam", "ablationcam"),
+              *(("pytorch-grad-cam", m) for m in ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam",
+                                                  "gradcam_elementwise")),
+              *(("torchcam", m) for m in ("gradcam", "gradcampp", "xgradcam", "layercam")),
+              ("captum", "gradcam"))
 
 
 def export_onnx(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool) -> None:
@@ -420,6 +426,12 @@ def run_onnx(peer: str, method: str, kind: str, m) -> dict:
     (a,) = fw.activations.values()
     logits = fw.outputs
     kw: dict = {}
+    if method in PGC_METHODS and method not in ("scorecam", "ablationcam", "eigencam", "eigengradcam"):
+        from refcam.autodiff import gradients
+
+        gr = gradients(m, x.numpy(), wrt=ONNX_LAYER[kind], target=list(CLASSES))
+        (name,) = gr.gradients
+        a, kw["gradients"] = gr.activations[name], gr.gradients[name][:, 0]
     if method == "cam":
         kw["class_weights"] = m.linear_head(ONNX_LAYER[kind]).weight[CLASSES].astype(np.float32)
     elif method == "scorecam":
@@ -437,7 +449,10 @@ def run_onnx(peer: str, method: str, kind: str, m) -> dict:
         out = head.run(ablated.reshape((n * k,) + a.shape[1:]))[head.output_name].reshape(n, k, -1)
         kw["scores"] = out[np.arange(n), :, CLASSES]
         kw["baseline_score"] = logits[np.arange(n), CLASSES]
-    ref = presets.compute(method, peer, activations=a, input_size=INPUT_SIZE, **kw)
+    conv = presets.get(peer, method)
+    if peer == "captum":
+        conv = conv.replace(upsample=CAPTUM_UPSAMPLE)
+    ref = presets.compute(method, convention=conv, activations=a, input_size=INPUT_SIZE, **kw)
     peer_map = RUNNERS[peer](method, kind=kind)["peer"]
     acts, _, torch_logits = extract(model, target_layers(model), x, CLASSES)
     return {"ref": ref, "peer": peer_map, "act_err": max_abs(a, acts[0]) / float(np.abs(acts[0]).max()),
