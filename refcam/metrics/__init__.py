@@ -20,3 +20,8 @@ from .perturbation import *  # noqa: F401,F403
 __all__: list[str] = []
 __all__ += confidence.__all__
 __all__ += perturbation.__all__
+
+from . import localization  # noqa: E402
+from .localization import *  # noqa: E402,F401,F403
+
+__all__ += localization.__all__
