@@ -25,3 +25,8 @@ from . import localization  # noqa: E402
 from .localization import *  # noqa: E402,F401,F403
 
 __all__ += localization.__all__
+
+from . import sanity  # noqa: E402
+from .sanity import *  # noqa: E402,F401,F403
+
+__all__ += sanity.__all__

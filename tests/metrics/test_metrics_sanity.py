@@ -1,0 +1,104 @@
+"""Sanity-check comparisons: Spearman, SSIM, report (Adebayo et al. 2018; Wang et al. 2004)."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+from skimage.metrics import structural_similarity
+
+from refcam.errors import InvalidArgumentError, NonFiniteError, ShapeError
+from refcam.metrics import compare_maps, spearman, ssim
+
+
+def test_spearman_hand_computed_with_ties():
+    # ranks a (1.5, 1.5, 3), b (1, 2, 3); centred (-.5, -.5, 1), (-1, 0, 1)
+    # rho = 1.5 / sqrt(1.5 * 2) = sqrt(3)/2
+    np.testing.assert_allclose(spearman([[1.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]]), [np.sqrt(3) / 2], rtol=1e-15)
+    np.testing.assert_allclose(spearman([[3.0, 2.0, 1.0]], [[1.0, 2.0, 3.0]]), [-1.0])
+    # absolute: |(-3, 1, 2)| = (3, 1, 2) -> ranks (3, 1, 2) vs (1, 2, 3): centred (1,-1,0),(-1,0,1) -> -1/2
+    np.testing.assert_allclose(spearman([[-3.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]], absolute=True), [-0.5])
+
+
+def test_spearman_constant_map_guard():
+    assert spearman(np.ones((1, 2, 2)), np.arange(4.0).reshape(1, 2, 2))[0] == 0.0
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_spearman_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 4, size=(3, 4, 5)).astype(float)
+    b = a + rng.integers(0, 3, size=(3, 4, 5))
+    got = spearman(a, b)
+    for i in range(3):
+        want = stats.spearmanr(a[i].ravel(), b[i].ravel()).statistic
+        np.testing.assert_allclose(got[i], want, atol=1e-12)
+    np.testing.assert_allclose(spearman(a, 3 * a + 1), 1.0)
+
+
+def test_ssim_hand_computed_constant_images():
+    # constant images c = 1 and d = 0: sigma terms vanish, SSIM = (2cd + C1)/(c^2 + d^2 + C1)
+    # with C1 = (0.01*1)^2 = 1e-4: 1e-4 / 1.0001
+    got = ssim(np.ones((1, 11, 11)), np.zeros((1, 11, 11)))
+    np.testing.assert_allclose(got, [1e-4 / 1.0001], rtol=1e-12)
+    # c = d: SSIM = 1 exactly
+    np.testing.assert_allclose(ssim(np.full((1, 12, 13), 0.3), np.full((1, 12, 13), 0.3)), [1.0], rtol=1e-14)
+
+
+def test_ssim_matches_skimage_gaussian_reference():
+    rng = np.random.default_rng(3)
+    a = rng.random((2, 24, 30))
+    b = 0.6 * a + 0.4 * rng.random((2, 24, 30))
+    got = ssim(a, b, data_range=1.0)
+    for i in range(2):
+        want = structural_similarity(a[i], b[i], gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False, data_range=1.0)
+        np.testing.assert_allclose(got[i], want, rtol=1e-12)
+
+
+def test_ssim_3d_and_symmetry():
+    rng = np.random.default_rng(4)
+    a = rng.random((1, 11, 12, 11))
+    b = rng.random((1, 11, 12, 11))
+    np.testing.assert_allclose(ssim(a, b), ssim(b, a), rtol=1e-14)
+    np.testing.assert_allclose(ssim(a, a), [1.0], rtol=1e-14)
+
+
+def test_compare_maps_report_cascading_and_independent():
+    rng = np.random.default_rng(5)
+    orig = rng.random((3, 12, 12))
+    same = orig * 3.0                      # perfectly rank-correlated
+    noise = rng.random((3, 12, 12))        # unrelated
+    r = compare_maps(orig, [same, noise], labels=["fc", "fc+conv"])
+    np.testing.assert_allclose(r.spearman_abs[0], 1.0)
+    assert r.decisive_step == 1 and r.passes and r.ssim_computed
+    np.testing.assert_allclose(r.ssim[0], 1.0, rtol=1e-12)   # min-max normalised maps are equal
+    assert "PASSES" in r.to_markdown() and "fc+conv" in r.to_markdown()
+    # an edge detector: the maps never change -> fails
+    r2 = compare_maps(orig, np.stack([orig, orig]), mode="independent")
+    assert not r2.passes and "FAILS" in r2.to_markdown()
+    # independent: the most-changed step decides
+    r3 = compare_maps(orig, [same, noise], mode="independent")
+    assert r3.decisive_step == 1 and r3.passes
+    # small maps: SSIM not computed, flagged
+    r4 = compare_maps(orig[:, :5, :5], [noise[:, :5, :5]])
+    assert not r4.ssim_computed and "n/a" in r4.to_markdown()
+
+
+def test_errors_name_argument():
+    with pytest.raises(ShapeError, match="maps_b"):
+        spearman(np.ones((1, 3)), np.ones((1, 4)))
+    with pytest.raises(NonFiniteError, match="maps_a"):
+        spearman(np.array([[np.nan, 1.0]]), np.ones((1, 2)))
+    with pytest.raises(ShapeError, match="maps_a"):
+        ssim(np.ones((1, 10, 20)), np.ones((1, 10, 20)))
+    with pytest.raises(InvalidArgumentError, match="data_range"):
+        ssim(np.ones((1, 11, 11)), np.ones((1, 11, 11)), data_range=0)
+    with pytest.raises(ShapeError, match=r"randomized\[1\]"):
+        compare_maps(np.ones((1, 3, 3)), [np.ones((1, 3, 3)), np.ones((1, 3, 4))])
+    with pytest.raises(ShapeError, match="randomized"):
+        compare_maps(np.ones((1, 3, 3)), [])
+    with pytest.raises(InvalidArgumentError, match="labels"):
+        compare_maps(np.ones((1, 3, 3)), [np.ones((1, 3, 3))], labels=["a", "b"])
+    with pytest.raises(InvalidArgumentError, match="mode"):
+        compare_maps(np.ones((1, 3, 3)), [np.ones((1, 3, 3))], mode="cascade")
