@@ -7,7 +7,7 @@ work just as well.  This package never imports onnx.
 
 Modules: :mod:`~refcam.metrics.confidence` (Average Drop, Increase in Confidence, Win %),
 :mod:`~refcam.metrics.perturbation` (deletion/insertion curves, AUC), :mod:`~refcam.metrics.localization`
-(pointing game, energy-based pointing game, CAM boxes, IoU), :mod:`~refcam.metrics.road` (ROAD),
+(pointing game, energy-based pointing game, CAM boxes, IoU), :mod:`~refcam.metrics.imputation` (ROAD, noisy linear imputation),
 :mod:`~refcam.metrics.sanity` (Adebayo et al. sanity checks: Spearman, SSIM, reports).
 """
 
@@ -30,3 +30,8 @@ from . import sanity  # noqa: E402
 from .sanity import *  # noqa: E402,F401,F403
 
 __all__ += sanity.__all__
+
+from . import imputation  # noqa: E402
+from .imputation import *  # noqa: E402,F401,F403
+
+__all__ += imputation.__all__
