@@ -16,7 +16,7 @@ Spearman with and without absolute values, SSIM, HOG).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage, stats
@@ -30,6 +30,7 @@ __all__ = [
     "ssim",
     "SanityReport",
     "compare_maps",
+    "model_randomization_test",
 ]
 
 
@@ -61,7 +62,7 @@ def spearman(maps_a: Any, maps_b: Any, *, absolute: bool = False) -> np.ndarray:
 
     Returns
     -------
-    (N,) float64 in [-1, 1].
+    (N,) in [-1, 1], the maps' common floating dtype (ranks are computed in float64).
 
     Examples
     --------
@@ -81,7 +82,7 @@ def spearman(maps_a: Any, maps_b: Any, *, absolute: bool = False) -> np.ndarray:
     rb -= rb.mean(axis=1, keepdims=True)
     den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
     ok = den > 0
-    return np.where(ok, (ra * rb).sum(axis=1) / np.where(ok, den, 1), 0.0)
+    return np.where(ok, (ra * rb).sum(axis=1) / np.where(ok, den, 1), 0.0).astype(V.result_dtype(a, b))
 
 
 def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.5, truncate: float = 3.5,
@@ -114,7 +115,7 @@ def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.
 
     Returns
     -------
-    (N,) float64.
+    (N,), the maps' common floating dtype (statistics are computed in float64).
 
     Examples
     --------
@@ -125,6 +126,7 @@ def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.
     True
     """
     a, b = _pair(maps_a, maps_b)
+    dt = V.result_dtype(a, b)
     L = V.nonnegative_float(data_range, "data_range")
     if L == 0:
         raise InvalidArgumentError("data_range", data_range, "a positive number (L in C1 = (K1 L)^2)")
@@ -152,7 +154,7 @@ def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.
     cov = filt(a * b) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
     crop = (slice(None),) + (slice(radius, -radius if radius else None),) * (a.ndim - 1)
-    return s[crop].reshape(a.shape[0], -1).mean(axis=1)
+    return s[crop].reshape(a.shape[0], -1).mean(axis=1).astype(dt)
 
 
 @dataclass(frozen=True)
@@ -262,3 +264,62 @@ def compare_maps(original: Any, randomized: Any, *, labels: Sequence[str] | None
     step = len(rnd) - 1 if mode == "cascading" else int(np.argmin(means))
     return SanityReport(labels, mode, np.array(sp), spa_arr, ssim_arr, side_ok, th, step,
                         bool(means[step] < th))
+
+
+def model_randomization_test(explain: Callable[[Any], Any], model: Any, layers: Sequence[str] | None = None, *,
+                             mode: str = "cascading", seed: int = 0,
+                             randomized: Iterable[tuple[str, Any]] | None = None,
+                             threshold: float = 0.5, progress: bool = True) -> SanityReport:
+    r"""Model parameter randomisation test (Adebayo et al. 2018, §3): recompute maps, compare, judge.
+
+    ``explain(model) -> maps (N, *S)`` is called once on the original model and once per randomised
+    model; :func:`compare_maps` compares the results.
+
+    Parameters
+    ----------
+    explain : callable model -> (N, *S) maps
+        The explanation method with inputs and targets fixed (a closure); it receives ``model`` and
+        then each randomised model (ONNX ``ModelProto`` objects when ``randomized`` is ``None``).
+    model : the original model.
+    layers : sequence of str, optional
+        Layers to randomise, **top (output side) first**; ``None`` = every parameterised layer.
+        Used only when ``randomized`` is ``None``.
+    mode : {"cascading", "independent"}
+        Cascading: step :math:`t` randomises ``layers[:t+1]``; independent: only ``layers[t]``.
+    seed : int
+        Seed of the randomisation.
+    randomized : iterable of (label, model), optional
+        Ready randomised models (any model type ``explain`` accepts).  Default: the ONNX graph's
+        initializers randomised by :func:`refcam.onnx.randomize.randomize_initializers` (imported
+        lazily; this module never imports onnx).
+    threshold : float — see :func:`compare_maps`.
+    progress : bool — tqdm bar over the randomisation steps.
+
+    Returns
+    -------
+    SanityReport
+
+    Examples
+    --------
+    >>> x = np.random.default_rng(0).random((2, 4, 4))
+    >>> grad_times_input = lambda w: x * w          # a "model" that is just a weight map
+    >>> rnd = [("w", np.random.default_rng(1).normal(size=(4, 4)))]
+    >>> model_randomization_test(grad_times_input, np.ones((4, 4)), randomized=rnd, progress=False).passes
+    True
+    """
+    if not callable(explain):
+        raise InvalidArgumentError("explain", type(explain).__name__, "a callable model -> maps")
+    V.choice(mode, "mode", ("cascading", "independent"))
+    if randomized is None:
+        from ..onnx.randomize import randomize_initializers  # lazy: only this path needs onnx
+
+        randomized = randomize_initializers(model, layers, mode=mode, seed=seed, lazy=True)
+    original = V.maps(explain(model), "explain(model)")
+    from tqdm.auto import tqdm
+
+    labels, maps = [], []
+    for label, m in tqdm(randomized, desc=f"randomisation ({mode})", disable=None if progress else True,
+                         leave=False):
+        labels.append(str(label))
+        maps.append(V.maps(explain(m), f"explain(randomized model {label!r})"))
+    return compare_maps(original, maps, labels=labels, mode=mode, threshold=threshold)

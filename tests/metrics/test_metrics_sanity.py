@@ -102,3 +102,39 @@ def test_errors_name_argument():
         compare_maps(np.ones((1, 3, 3)), [np.ones((1, 3, 3))], labels=["a", "b"])
     with pytest.raises(InvalidArgumentError, match="mode"):
         compare_maps(np.ones((1, 3, 3)), [np.ones((1, 3, 3))], mode="cascade")
+
+
+def test_model_randomization_test_with_toy_models():
+    # toy "model" = weight map w; explanation = x * w (gradient x input of a linear model)
+    from refcam.metrics import model_randomization_test
+
+    rng = np.random.default_rng(6)
+    x = rng.random((2, 12, 12)) + 0.5
+    w = np.linspace(0.0, 1.0, 144).reshape(12, 12)
+    calls = []
+
+    def explain(model):
+        calls.append(model)
+        return x * model
+
+    rnd = [("head", w * 2.0), ("head+body", rng.normal(size=(12, 12)))]
+    r = model_randomization_test(explain, w, randomized=rnd, progress=False)
+    assert len(calls) == 3 and calls[0] is w
+    assert r.labels == ("head", "head+body")
+    np.testing.assert_allclose(r.spearman[0], 1.0)   # scaling keeps the ranks
+    assert r.passes and r.decisive_step == 1
+    # an edge detector ignores the model: identical maps -> fails
+    edge = model_randomization_test(lambda m: x, w, randomized=rnd, progress=False)
+    np.testing.assert_allclose(edge.spearman_abs, 1.0)
+    assert not edge.passes
+    with pytest.raises(InvalidArgumentError, match="explain"):
+        model_randomization_test(None, w, randomized=rnd)
+    with pytest.raises(InvalidArgumentError, match="mode"):
+        model_randomization_test(explain, w, randomized=rnd, mode="custom")
+    with pytest.raises(NonFiniteError, match="randomized model 'head'"):
+        model_randomization_test(lambda m: x * np.nan if m is not w else x, w, randomized=rnd, progress=False)
+
+
+def test_float32_in_float32_out():
+    a = np.random.default_rng(0).random((1, 11, 11)).astype(np.float32)
+    assert spearman(a, a).dtype == np.float32 and ssim(a, a).dtype == np.float32
