@@ -301,11 +301,12 @@ def model_randomization_test(explain: Callable[[Any], Any], model: Any, layers: 
 
     Examples
     --------
-    >>> x = np.random.default_rng(0).random((2, 4, 4))
-    >>> grad_times_input = lambda w: x * w          # a "model" that is just a weight map
-    >>> rnd = [("w", np.random.default_rng(1).normal(size=(4, 4)))]
-    >>> model_randomization_test(grad_times_input, np.ones((4, 4)), randomized=rnd, progress=False).passes
-    True
+    >>> gradient = lambda w: np.stack([w, w])     # linear "model" w: its input gradient is w
+    >>> w0 = np.linspace(0, 1, 64).reshape(8, 8)
+    >>> rnd = [("w", np.random.default_rng(1).normal(size=(8, 8)))]
+    >>> r = model_randomization_test(gradient, w0, randomized=rnd, progress=False)
+    >>> r.spearman_abs.round(3), r.passes
+    (array([[0.053, 0.053]]), True)
     """
     if not callable(explain):
         raise InvalidArgumentError("explain", type(explain).__name__, "a callable model -> maps")
