@@ -98,14 +98,15 @@ def boxes_to_masks(boxes: Any, size: Any, *, clip: bool = False) -> np.ndarray:
         raise InvalidArgumentError("size", size, "(H, W)")
     h, w = (V.positive_int(s, "size") for s in size)
     bl = _box_list(boxes, len(sequence_of(boxes, "boxes")), (h, w), clip=clip)
+    sid = np.repeat(np.arange(len(bl)), [len(b) for b in bl])  # sample of each box
+    b = np.concatenate(bl)  # all boxes, (B_total, 4)
     cx = np.arange(w) + 0.5
     cy = np.arange(h) + 0.5
-    out = np.zeros((len(bl), h, w), dtype=bool)
-    for i, b in enumerate(bl):  # loop over samples only; boxes and pixels are vectorised
-        inx = (b[:, 0, None] <= cx) & (cx < b[:, 2, None])  # (n_i, W)
-        iny = (b[:, 1, None] <= cy) & (cy < b[:, 3, None])  # (n_i, H)
-        out[i] = (iny[:, :, None] & inx[:, None, :]).any(axis=0)
-    return out
+    inx = (b[:, 0, None] <= cx) & (cx < b[:, 2, None])  # (B_total, W)
+    iny = (b[:, 1, None] <= cy) & (cy < b[:, 3, None])  # (B_total, H)
+    count = np.zeros((len(bl), h, w), dtype=np.int64)
+    np.add.at(count, sid, iny[:, :, None] & inx[:, None, :])  # union = covered by >= 1 box
+    return count > 0
 
 
 def _regions(m: np.ndarray, masks: Any, boxes: Any, clip: bool) -> np.ndarray:
@@ -397,7 +398,10 @@ def localization_accuracy(maps: Any, boxes: Any, *, threshold: float = 0.2, iou_
     iou_t = V.nonnegative_float(iou_threshold, "iou_threshold")
     gt = _box_list(boxes, m.shape[0], m.shape[1:], clip=clip)
     pred = cam_box(m, threshold)
-    iou = np.array([box_iou(pred[i], g).max() for i, g in enumerate(gt)], dtype=np.float64)
+    sid = np.repeat(np.arange(len(gt)), [len(g) for g in gt])
+    per_box = box_iou(pred[sid], np.concatenate(gt)).astype(np.float64)
+    iou = np.zeros(len(gt))
+    np.maximum.at(iou, sid, per_box)  # best IoU per sample (IoU >= 0, so 0 is a neutral start)
     ok = iou >= iou_t
     if classified is not None:
         c = np.asarray(classified)

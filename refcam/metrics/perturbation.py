@@ -189,7 +189,7 @@ def _curve(kind: str, score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any, *
     return PerturbationCurve(fr, sc, auc(fr, sc), order)
 
 
-def deletion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, step: int = 1,
+def deletion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, step: int,
              baseline: Any = "zeros", blur_sigma: float = 5.0, resize: str | None = None,
              batch_size: int = 64, progress: bool = True) -> PerturbationCurve:
     r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE, §4.1): remove the most salient pixels first.
@@ -210,7 +210,9 @@ def deletion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, 
     inputs : (N, C, *S) array
     maps : (N, *S) array — saliency; must match the input's spatial size unless ``resize`` is given.
     targets : None, int or (N,) ints
-    step : int — pixels (spatial positions) removed per step.
+    step : int, required — pixels (spatial positions) removed per step.  No default on purpose: the
+        exact curve (``step=1``) costs ``P + 1`` forward passes per image; RISE used 224 on
+        224×224 images (``T = 225`` points).
     baseline : {"zeros", "blur", "mean"} or array — see :func:`make_baseline`; RISE uses zeros.
     blur_sigma : float — sigma of the ``"blur"`` baseline.
     resize : None or str — see :func:`refcam.metrics.confidence.explanation_inputs`.
@@ -224,7 +226,7 @@ def deletion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, 
     Examples
     --------
     >>> f = lambda x: x.reshape(len(x), -1).sum(axis=1)          # linear toy model
-    >>> c = deletion(f, np.array([[[[1.0, 2.0]]]]), np.array([[[0.0, 1.0]]]), progress=False)
+    >>> c = deletion(f, np.array([[[[1.0, 2.0]]]]), np.array([[[0.0, 1.0]]]), step=1, progress=False)
     >>> c.fractions, c.scores, c.auc       # remove pixel 1 (value 2) first, then pixel 0
     (array([0. , 0.5, 1. ]), array([[3., 1., 0.]]), array([1.25]))
     """
@@ -232,7 +234,7 @@ def deletion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, 
                   blur_sigma=blur_sigma, resize=resize, batch_size=batch_size, progress=progress)
 
 
-def insertion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, step: int = 1,
+def insertion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, step: int,
               baseline: Any = "blur", blur_sigma: float = 5.0, resize: str | None = None,
               batch_size: int = 64, progress: bool = True) -> PerturbationCurve:
     r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE, §4.1): insert the most salient pixels first.
@@ -248,7 +250,7 @@ def insertion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *,
     Examples
     --------
     >>> f = lambda x: x.reshape(len(x), -1).sum(axis=1)
-    >>> c = insertion(f, np.array([[[[1.0, 2.0]]]]), np.array([[[0.0, 1.0]]]), baseline="zeros",
+    >>> c = insertion(f, np.array([[[[1.0, 2.0]]]]), np.array([[[0.0, 1.0]]]), step=1, baseline="zeros",
     ...               progress=False)
     >>> c.scores, c.auc
     (array([[0., 2., 3.]]), array([1.75]))

@@ -22,7 +22,7 @@ def test_order_descending_ties_by_flat_index():
     np.testing.assert_array_equal(saliency_order(np.zeros((2, 2, 2))), [[0, 1, 2, 3]] * 2)
 
 
-def test_deletion_hand_computed_step_two_weighted_model():
+def test_deletion_hand_computed_step_three_weighted_model():
     # model: score = 1*x0 + 2*x1 + 3*x2 + 4*x3 (flat 2x2 positions), single channel
     w = np.array([1.0, 2.0, 3.0, 4.0])
 
@@ -47,7 +47,7 @@ def test_insertion_hand_computed_mean_baseline_two_channels():
     x[0, 1] = [[0.0, 0.0, 6.0]]
     # mean baseline per channel: channel 0 -> 1, channel 1 -> 2; baseline score = 3*1 + 3*2 = 9
     m = np.array([[[0.0, 1.0, 2.0]]])  # order 2, 1, 0
-    c = insertion(linear, x, m, baseline="mean", progress=False)
+    c = insertion(linear, x, m, step=1, baseline="mean", progress=False)
     # k=1: insert pos 2 -> ch0 (1,1,0) ch1 (2,2,6) -> 2 + 10 = 12
     # k=2: insert pos 1 -> ch0 (1,0,0) ch1 (2,0,6) -> 1 + 8 = 9 ; k=3: the image -> 9
     np.testing.assert_array_equal(c.scores, [[9.0, 12.0, 9.0, 9.0]])
@@ -120,20 +120,20 @@ def test_auc_rule():
 def test_errors_name_argument():
     x = np.ones((1, 1, 2, 2))
     with pytest.raises(ShapeError, match="maps"):
-        deletion(linear, x, np.ones((1, 3, 2)), progress=False)
+        deletion(linear, x, np.ones((1, 3, 2)), step=1, progress=False)
     with pytest.raises(ShapeError, match="maps"):
-        deletion(linear, x, np.ones((2, 2, 2)), progress=False)
+        deletion(linear, x, np.ones((2, 2, 2)), step=1, progress=False)
     with pytest.raises(NonFiniteError, match="maps"):
-        deletion(linear, x, np.array([[[np.nan, 1.0], [0.0, 0.0]]]), progress=False)
+        deletion(linear, x, np.array([[[np.nan, 1.0], [0.0, 0.0]]]), step=1, progress=False)
     with pytest.raises(ShapeError, match="inputs"):
-        deletion(linear, np.ones((2, 2)), np.ones((2, 2)), progress=False)
+        deletion(linear, np.ones((2, 2)), np.ones((2, 2)), step=1, progress=False)
     with pytest.raises(InvalidArgumentError, match="step"):
         deletion(linear, x, np.ones((1, 2, 2)), step=0, progress=False)
     with pytest.raises(InvalidArgumentError, match="baseline"):
-        insertion(linear, x, np.ones((1, 2, 2)), baseline="noise", progress=False)
+        insertion(linear, x, np.ones((1, 2, 2)), step=1, baseline="noise", progress=False)
     with pytest.raises(ShapeError, match="baseline"):
-        insertion(linear, x, np.ones((1, 2, 2)), baseline=np.ones(3), progress=False)
+        insertion(linear, x, np.ones((1, 2, 2)), step=1, baseline=np.ones(3), progress=False)
     with pytest.raises(InvalidArgumentError, match="blur_sigma"):
-        insertion(linear, x, np.ones((1, 2, 2)), blur_sigma=-1, progress=False)
+        insertion(linear, x, np.ones((1, 2, 2)), step=1, blur_sigma=-1, progress=False)
     with pytest.raises(InvalidArgumentError, match="score_fn"):
-        deletion(None, x, np.ones((1, 2, 2)), progress=False)
+        deletion(None, x, np.ones((1, 2, 2)), step=1, progress=False)
