@@ -10,3 +10,13 @@ __all__: list[str] = []
 
 # Each submodule adds one block below (keep one import line per submodule):
 # from .blocks import *  ; __all__ += blocks.__all__
+
+from .post import *  # noqa: E402,F401,F403
+from .post import __all__ as _post_all  # noqa: E402
+
+__all__ += _post_all
+
+from .gradients import *  # noqa: E402,F401,F403
+from .gradients import __all__ as _gradients_all  # noqa: E402
+
+__all__ += _gradients_all

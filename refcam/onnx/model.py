@@ -1,0 +1,474 @@
+"""The ONNX model object: loading, layer discovery, batched runs returning any tensors, head cuts.
+
+Session caching
+---------------
+Each distinct *set* of requested tensors gets its own :class:`onnxruntime.InferenceSession`, built
+from an in-memory copy of the model whose ``graph.output`` lists exactly those tensors (so
+onnxruntime prunes everything else, e.g. a trailing Softmax).  Sessions live in a small LRU cache
+(``max_sessions``) keyed by the frozenset of names; the file on disk is never written.
+
+Batching
+--------
+:meth:`Model.run` splits the batch into chunks.  ``batch_size`` fixes the chunk; otherwise the
+first sample is run alone, the bytes per sample of input + requested tensors are measured, and the
+chunk is ``memory_budget // bytes_per_sample`` (at least 1).  Models whose batch axis is fixed
+(to 1 or any ``B``) run in chunks of ``B``, padding the last chunk by repeating its last sample.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from .. import _validate as V
+from ..errors import InvalidArgumentError, ModelError, ShapeError
+from .head import cut_head, linear_head
+from .layers import LayerInfo, default_layer, discover_layers, resolve_layer
+
+__all__ = ["Model", "Forward", "load", "max_ir_version", "LAYOUTS"]
+
+LAYOUTS = {"NCHW": False, "NCDHW": False, "channels_first": False,
+           "NHWC": True, "NDHWC": True, "channels_last": True}
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
+
+
+@lru_cache(maxsize=1)
+def max_ir_version() -> int:
+    """Highest ONNX IR version the installed onnxruntime loads (probed once with a 1-node model)."""
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for ir in range(onnx.IR_VERSION, 6, -1):
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir)
+        try:
+            ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:
+            continue
+    return 7
+
+
+class Forward(NamedTuple):
+    """Result of :meth:`Model.forward`: the target output tensor and channels-first activations."""
+
+    outputs: np.ndarray
+    activations: dict
+
+
+def _load_proto(source: Any, base_dir: str | None) -> onnx.ModelProto:
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+        if base_dir is not None:
+            from onnx.external_data_helper import load_external_data_for_model
+            try:
+                load_external_data_for_model(proto, base_dir)
+            except Exception as exc:
+                raise ModelError(f"model: could not load external data from {base_dir!r}: {exc}") from exc
+        what = "ModelProto"
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            proto = onnx.load_from_string(bytes(source))
+        except Exception as exc:
+            raise ModelError(f"model: could not parse {len(source)} bytes as an ONNX model ({type(exc).__name__}: {exc})") from exc
+        what = f"{len(source)} bytes"
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise ModelError(f"model: file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise ModelError(f"model: {path!r} is a directory, expected an .onnx file")
+        try:
+            # reads the file (and external data next to it); never writes
+            proto = onnx.load(path, load_external_data=True)
+        except Exception as exc:
+            raise ModelError(f"model: could not read {path!r} as an ONNX model ({type(exc).__name__}: {exc})") from exc
+        what = repr(path)
+    else:
+        raise ModelError(f"model: got {type(source).__name__}, expected a path, bytes, onnx.ModelProto or refcam.onnx.Model")
+    if not proto.graph.node or not proto.graph.output or not proto.opset_import:
+        raise ModelError(f"model: {what} is not an ONNX model (no graph nodes, outputs or opset)")
+    return proto
+
+
+class Model:
+    """An ONNX model ready for CAM: layers, batched runs returning any tensors, head cuts.
+
+    Parameters
+    ----------
+    source : path (``str``/``PathLike``, external data files next to it are loaded), ``bytes``, an
+        :class:`onnx.ModelProto` (copied, never modified) or another :class:`Model` (its proto).
+    providers : onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
+    intra_op_num_threads, inter_op_num_threads : onnxruntime thread settings (``None``: its default).
+    session_options : a ready :class:`onnxruntime.SessionOptions` (overrides the thread settings).
+    layout : ``"NCHW"``/``"NCDHW"``/``"channels_first"`` (default) or ``"NHWC"``/``"NDHWC"``/
+        ``"channels_last"``: the layout of the model input and of its spatial activations.
+        :meth:`forward` returns activations transposed to channels-first ``(N, K, *S)``.
+    output : name of the tensor whose entries are the class scores ``y^c``; default: the first
+        graph output, or the input of its producing Softmax/LogSoftmax when ``strip_softmax``.
+    strip_softmax : target pre-softmax logits when the model ends in Softmax (default ``True``).
+    input_name : the image input (needed only when the graph has several non-initializer inputs).
+    memory_budget : bytes of input + returned tensors per onnxruntime call (default 64 MiB).
+    base_dir : directory of external data files when ``source`` is a ModelProto whose external
+        data is not loaded yet.
+    max_sessions : size of the session cache.
+
+    Examples
+    --------
+    >>> from refcam.onnx.toy_models import cam_net
+    >>> import numpy as np
+    >>> m = Model(cam_net())
+    >>> m.default_layer().name, m.output_name
+    ('features', 'logits')
+    >>> fw = m.forward(np.zeros((2, 3, 12, 12), np.float32), ["features"])
+    >>> fw.outputs.shape, fw.activations["features"].shape
+    ((2, 5), (2, 6, 12, 12))
+    """
+
+    def __init__(self, source: Any, *, providers: Sequence[Any] | None = None,
+                 intra_op_num_threads: int | None = None, inter_op_num_threads: int | None = None,
+                 session_options: ort.SessionOptions | None = None, layout: str = "NCHW",
+                 output: str | None = None, strip_softmax: bool = True, input_name: str | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, base_dir: str | None = None,
+                 max_sessions: int = 8) -> None:
+        if isinstance(source, Model):
+            source = source.proto
+        self.proto = _load_proto(source, base_dir)
+        self.ir_version_loaded = self.proto.ir_version
+        if self.proto.ir_version > max_ir_version():
+            # onnx >= 1.23 writes IR 14 by default; onnxruntime may load only up to 13.  Only the
+            # in-memory copy is changed.
+            self.proto.ir_version = max_ir_version()
+        self.layout = V.choice(layout, "layout", list(LAYOUTS))
+        self.channels_last = LAYOUTS[layout]
+        self.providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
+        self._threads = (intra_op_num_threads, inter_op_num_threads)
+        for v, nm in zip(self._threads, ("intra_op_num_threads", "inter_op_num_threads")):
+            if v is not None:
+                V.positive_int(v, nm)
+        self._session_options = session_options
+        self.memory_budget = V.positive_int(memory_budget, "memory_budget")
+        self.max_sessions = V.positive_int(max_sessions, "max_sessions")
+        self._sessions: OrderedDict = OrderedDict()
+        self._bytes_per_sample: dict = {}
+        self._heads: dict = {}
+
+        try:
+            self._inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False, data_prop=True)
+        except Exception:  # foreign graphs: keep going without shapes
+            self._inferred = self.proto
+        g = self._inferred.graph
+        self.value_info = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+        self._layers = discover_layers(self.proto, self._inferred)
+
+        inits = {t.name for t in self.proto.graph.initializer}
+        real_inputs = [i for i in self.proto.graph.input if i.name not in inits]
+        if input_name is None:
+            if len(real_inputs) != 1:
+                raise ModelError(f"model: has {len(real_inputs)} inputs {[i.name for i in real_inputs]}, "
+                                 f"expected exactly 1 image input (pass input_name=)")
+            self.input_name = real_inputs[0].name
+        else:
+            if input_name not in [i.name for i in real_inputs]:
+                raise InvalidArgumentError("input_name", input_name, f"one of {[i.name for i in real_inputs]}")
+            if len(real_inputs) != 1:
+                raise ModelError("model: models with several inputs are not supported yet")
+            self.input_name = input_name
+        vi = next(i for i in real_inputs if i.name == self.input_name)
+        tt = vi.type.tensor_type
+        if tt.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+            raise ModelError(f"model: input {self.input_name!r} has element type "
+                             f"{TensorProto.DataType.Name(tt.elem_type)}, expected a float tensor")
+        self.input_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        # None: rank unknown (graphs cut from foreign exporters without shape information)
+        self.input_shape: tuple | None = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        ) if tt.HasField("shape") else None
+        if self.input_shape is not None and len(self.input_shape) < 2:
+            raise ModelError(f"model: input {self.input_name!r} has shape {self.input_shape}, expected (N, C, *S)")
+        b0 = self.input_shape[0] if self.input_shape else None
+        self.fixed_batch: int | None = b0 if isinstance(b0, int) and b0 > 0 else None
+
+        self.graph_outputs = [o.name for o in self.proto.graph.output]
+        self.softmax_stripped = False
+        if output is None:
+            output = self.graph_outputs[0]
+            prod = self._producer(output)
+            if strip_softmax and prod is not None and prod.op_type in ("Softmax", "LogSoftmax"):
+                output = prod.input[0]
+                self.softmax_stripped = True
+        elif output not in self.graph_outputs and self._info(output) is None:
+            self._raise_unknown(output, "output")
+        self.output_name = output
+
+    # ------------------------------------------------------------------ structure
+    def _producer(self, name: str) -> onnx.NodeProto | None:
+        for n in self.proto.graph.node:
+            if name in n.output:
+                return n
+        return None
+
+    def _info(self, name: str) -> LayerInfo | None:
+        return next((li for li in self._layers if li.name == name), None)
+
+    def _raise_unknown(self, name: str, argument: str) -> None:
+        resolve_layer(name, self._layers, argument=argument)
+
+    def layers(self) -> list[LayerInfo]:
+        """Every candidate tensor (non-constant, floating) in graph order."""
+        return list(self._layers)
+
+    def layer(self, name: str | LayerInfo, *, argument: str = "layer") -> LayerInfo:
+        """Resolve a tensor name, node name or module path (``layer4``) to its :class:`LayerInfo`."""
+        if isinstance(name, LayerInfo):
+            name = name.name
+        return resolve_layer(name, self._layers, argument=argument)
+
+    def default_layer(self) -> LayerInfo:
+        """The last spatial activation before global pooling (see :func:`layers.default_layer`)."""
+        li = default_layer(self._layers, self.proto.graph, channels_last=self.channels_last)
+        if li is None:
+            raise ModelError("layer: the model has no spatial (4-D or 5-D) activation to explain; pass layer=")
+        return li
+
+    def spatial_layer(self, name: str | LayerInfo | None = None, *, argument: str = "layer") -> LayerInfo:
+        """Resolve ``name`` (default: :meth:`default_layer`) and require a spatial tensor."""
+        li = self.default_layer() if name is None else self.layer(name, argument=argument)
+        if li.shape is not None and not li.is_spatial:
+            exp = "(N, H, W, K) or (N, D, H, W, K)" if self.channels_last else "(N, K, H, W) or (N, K, D, H, W)"
+            raise ShapeError(argument, li.shape, exp, f"tensor {li.name!r} ({li.op_type}) is not a spatial activation")
+        return li
+
+    # ------------------------------------------------------------------ layout
+    def to_channels_first(self, a: np.ndarray) -> np.ndarray:
+        """Native layout → ``(N, K, *S)`` (identity for channels-first models or rank < 3)."""
+        if not self.channels_last or a.ndim < 3:
+            return a
+        return np.moveaxis(a, -1, 1)
+
+    def to_native(self, a: np.ndarray) -> np.ndarray:
+        """``(N, K, *S)`` → the model's native layout (inverse of :meth:`to_channels_first`)."""
+        if not self.channels_last or a.ndim < 3:
+            return a
+        return np.moveaxis(a, 1, -1)
+
+    @property
+    def input_channels_axis(self) -> int:
+        return -1 if self.channels_last else 1
+
+    def input_spatial_shape(self, inputs: np.ndarray) -> tuple[int, ...]:  # noqa: D102
+        """Spatial shape ``S_in`` of a (validated) native-layout input batch."""
+        return tuple(inputs.shape[1:-1] if self.channels_last else inputs.shape[2:])
+
+    # ------------------------------------------------------------------ inputs
+    def check_inputs(self, inputs: Any, *, argument: str = "inputs") -> np.ndarray:
+        """Validate ``inputs`` against the model input and cast to its dtype.
+
+        Real float/int arrays are accepted and cast to the model input dtype (float64 → float32 for
+        a float32 model).  Wrong rank, a wrong fixed axis, an empty batch, complex/object dtype or
+        non-finite values raise a :class:`RefcamError` naming ``argument``.
+        """
+        x = V.as_float_array(inputs, argument)
+        if self.input_shape is None:
+            if x.ndim < 2 or any(s == 0 for s in x.shape):
+                raise ShapeError(argument, x.shape, "(N, C, *S) with every axis non-empty")
+            return np.ascontiguousarray(x, dtype=self.input_dtype)
+        exp = "(" + ", ".join("N" if i == 0 else (str(d) if isinstance(d, int) else (d or "?"))
+                              for i, d in enumerate(self.input_shape)) + ")"
+        if x.ndim != len(self.input_shape):
+            raise ShapeError(argument, x.shape, exp, f"model input {self.input_name!r} has rank {len(self.input_shape)}")
+        for ax, (got, want) in enumerate(zip(x.shape, self.input_shape)):
+            if ax == 0:
+                continue
+            if isinstance(want, int) and want > 0 and got != want:
+                raise ShapeError(argument, x.shape, exp, f"axis {ax} must be {want}")
+        if x.shape[0] == 0 or any(s == 0 for s in x.shape):
+            raise ShapeError(argument, x.shape, exp, "every axis must be non-empty")
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    # ------------------------------------------------------------------ sessions
+    def _options(self) -> ort.SessionOptions:
+        if self._session_options is not None:
+            return self._session_options
+        so = ort.SessionOptions()
+        if self._threads[0] is not None:
+            so.intra_op_num_threads = self._threads[0]
+        if self._threads[1] is not None:
+            so.inter_op_num_threads = self._threads[1]
+        so.log_severity_level = 3
+        return so
+
+    def session(self, names: Iterable[str]) -> ort.InferenceSession:
+        """The (cached) session whose outputs are exactly ``names``."""
+        key = frozenset(names)
+        sess = self._sessions.get(key)
+        if sess is not None:
+            self._sessions.move_to_end(key)
+            return sess
+        g = self.proto.graph
+        saved = [onnx.ValueInfoProto() for _ in g.output]
+        for s, o in zip(saved, g.output):
+            s.CopyFrom(o)
+        by_name = {o.name: o for o in saved}
+        new = []
+        for name in sorted(key):
+            if name in by_name:
+                new.append(by_name[name])
+            else:
+                vi = self.value_info.get(name)
+                et = vi.type.tensor_type.elem_type if vi is not None and vi.type.HasField("tensor_type") else 0
+                new.append(helper.make_tensor_value_info(name, et or TensorProto.FLOAT, None))
+        del g.output[:]
+        g.output.extend(new)
+        try:
+            data = self.proto.SerializeToString()
+        finally:
+            del g.output[:]
+            g.output.extend(saved)
+        try:
+            sess = ort.InferenceSession(data, sess_options=self._options(), providers=self.providers)
+        except Exception as exc:
+            raise ModelError(f"model: onnxruntime could not load the model with outputs {sorted(key)}: {exc}") from exc
+        self._sessions[key] = sess
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return sess
+
+    # ------------------------------------------------------------------ running
+    def _resolve_names(self, names: Iterable[str | LayerInfo]) -> list[str]:
+        out = []
+        for n in names:
+            if isinstance(n, LayerInfo):
+                n = n.name
+            if n == self.output_name or n in self.graph_outputs or n == self.input_name:
+                out.append(n)
+            else:
+                out.append(self.layer(n).name)
+        return list(dict.fromkeys(out))
+
+    def run(self, inputs: Any, names: Iterable[str | LayerInfo] | None = None, *,
+            batch_size: int | None = None, memory_budget: int | None = None,
+            progress: bool | None = False, desc: str = "forward", checked: bool = False) -> dict[str, np.ndarray]:
+        """Run the model on ``inputs`` and return the requested tensors (native layout).
+
+        Parameters
+        ----------
+        inputs : ``(N, *input_shape[1:])`` array in the model's native layout.
+        names : tensors to return (names, node names or module paths); default the output tensor.
+        batch_size : chunk size (default: from ``memory_budget``, see module docstring).
+        memory_budget : bytes per chunk of input + returned tensors (default ``self.memory_budget``).
+        progress : show a tqdm bar (``None``: only when stderr is a terminal).
+        checked : skip input validation (``inputs`` already passed :meth:`check_inputs`).
+
+        Returns
+        -------
+        dict mapping each resolved tensor name to an array with leading axis ``N``.
+        """
+        x = inputs if checked else self.check_inputs(inputs)
+        names = self._resolve_names(names if names is not None else [self.output_name])
+        run_names = [n for n in names if n != self.input_name]
+        n = x.shape[0]
+        results: dict[str, np.ndarray] = {}
+        if run_names:
+            sess = self.session(run_names)
+            if batch_size is not None:
+                chunk = V.positive_int(batch_size, "batch_size")
+            else:
+                chunk = None
+            if self.fixed_batch is not None:
+                chunk = self.fixed_batch
+            budget = V.positive_int(memory_budget, "memory_budget") if memory_budget is not None else self.memory_budget
+            from tqdm.auto import tqdm
+            show = progress if progress is not None else sys.stderr.isatty()
+            bar = tqdm(total=n, desc=desc, unit="sample", disable=not show, leave=False)
+            start = 0
+            key = (frozenset(run_names), x.shape[1:])
+            try:
+                while start < n:
+                    if chunk is None:
+                        per = self._bytes_per_sample.get(key)
+                        c = 1 if per is None else max(1, budget // per)
+                    else:
+                        c = chunk
+                    stop = min(n, start + c)
+                    xb = x[start:stop]
+                    pad = 0
+                    if self.fixed_batch is not None and stop - start < self.fixed_batch:
+                        pad = self.fixed_batch - (stop - start)
+                        xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+                    try:
+                        outs = sess.run(run_names, {self.input_name: xb})
+                    except Exception as exc:
+                        raise ModelError(f"model: onnxruntime failed on inputs of shape {tuple(xb.shape)}: {exc}") from exc
+                    if pad:
+                        outs = [o[: stop - start] for o in outs]
+                    if not results:
+                        for nm, o in zip(run_names, outs):
+                            results[nm] = np.empty((n, *o.shape[1:]), dtype=o.dtype)
+                        per = xb[:1].nbytes + sum(o[:1].nbytes for o in outs)
+                        self._bytes_per_sample[key] = max(1, per)
+                    for nm, o in zip(run_names, outs):
+                        results[nm][start:stop] = o
+                    bar.update(stop - start)
+                    start = stop
+            finally:
+                bar.close()
+        if self.input_name in names:
+            results[self.input_name] = x
+        return {nm: results[nm] for nm in names}
+
+    def forward(self, inputs: Any, layers: Iterable[str | LayerInfo] = (), **kwargs) -> Forward:
+        """One run returning the output tensor and channels-first ``(N, K, *S)`` activations.
+
+        ``layers`` are resolved with :meth:`layer`; the keys of ``activations`` are the resolved
+        tensor names.  Keyword arguments go to :meth:`run`.
+        """
+        names = self._resolve_names(layers)
+        res = self.run(inputs, [self.output_name, *names], **kwargs)
+        acts = {nm: self.to_channels_first(res[nm]) if res[nm].ndim in (4, 5) else res[nm] for nm in names}
+        return Forward(res[self.output_name], acts)
+
+    # ------------------------------------------------------------------ head
+    def head(self, layer: str | LayerInfo) -> "Model":
+        """The sub-model mapping the activation ``layer`` (native layout) to the output tensor.
+
+        Cached per layer.  Raises :class:`ModelError` when the output also depends on the input
+        through a path bypassing ``layer``.
+        """
+        li = self.layer(layer)
+        if li.name not in self._heads:
+            proto = cut_head(self.proto, li.name, [self.output_name], value_info=self.value_info,
+                             ir_version=self.proto.ir_version)
+            self._heads[li.name] = Model(
+                proto, providers=self.providers, intra_op_num_threads=self._threads[0],
+                inter_op_num_threads=self._threads[1], session_options=self._session_options,
+                layout=self.layout, output=self.output_name, strip_softmax=False,
+                memory_budget=self.memory_budget, max_sessions=2,
+            )
+        return self._heads[li.name]
+
+    def linear_head(self, layer: str | LayerInfo):
+        """The GAP → linear head after ``layer`` (see :func:`refcam.onnx.head.linear_head`)."""
+        li = self.layer(layer)
+        return linear_head(self.proto.graph, li.name, self.output_name, rank=li.rank or 4,
+                           channels_last=self.channels_last)
+
+    def __repr__(self) -> str:
+        return (f"Model(input={self.input_name!r} {self.input_shape}, output={self.output_name!r}, "
+                f"layout={self.layout!r}, {len(self._layers)} layers)")
+
+
+def load(source: Any, **kwargs) -> Model:
+    """Return ``source`` if it is a :class:`Model` (and no options are given), else ``Model(source, **kwargs)``."""
+    if isinstance(source, Model) and not kwargs:
+        return source
+    return Model(source, **kwargs)
+
