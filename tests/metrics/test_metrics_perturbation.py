@@ -137,3 +137,21 @@ def test_errors_name_argument():
         insertion(linear, x, np.ones((1, 2, 2)), step=1, blur_sigma=-1, progress=False)
     with pytest.raises(InvalidArgumentError, match="score_fn"):
         deletion(None, x, np.ones((1, 2, 2)), step=1, progress=False)
+
+
+def test_resize_option_uses_math_upsample():
+    from refcam.math import upsample
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 1, 4, 4))
+    small = rng.random((2, 2, 2))
+    for mode in ("linear", "nearest"):
+        got = deletion(linear, x, small, step=4, resize=mode, progress=False)
+        want = deletion(linear, x, upsample(small, (4, 4), mode=mode), step=4, progress=False)
+        np.testing.assert_array_equal(got.scores, want.scores)
+        np.testing.assert_array_equal(got.order, want.order)
+    # nearest 2x: each coarse cell becomes a 2x2 block -> blocks removed in descending coarse order
+    s = np.array([[[0.1, 0.9], [0.5, 0.3]]])
+    c = deletion(linear, np.ones((1, 1, 4, 4)), s, step=4, resize="nearest", progress=False)
+    np.testing.assert_array_equal(c.order[0, :4], [2, 3, 6, 7])   # top-right block first
+    np.testing.assert_array_equal(c.scores, [[16.0, 12.0, 8.0, 4.0, 0.0]])
