@@ -17,7 +17,8 @@ generated lazily in chunks of ``batch_size`` and the forward passes show a tqdm 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,13 +34,17 @@ RESIZE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
 def images(x: Any, name: str = "inputs") -> np.ndarray:
     """Validate a batch of model inputs of layout (N, C, *S) with at least one spatial axis."""
     arr = V.as_float_array(x, name)
-    V.check_ndim(arr, name, min_ndim=3, layout="(N, C, *S): batch, channels and at least one spatial axis")
+    V.check_ndim(
+        arr, name, min_ndim=3, layout="(N, C, *S): batch, channels and at least one spatial axis"
+    )
     if any(s == 0 for s in arr.shape):
         raise ShapeError(name, arr.shape, "(N, C, *S) with every axis non-empty")
     return arr
 
 
-def maps_for_inputs(maps: Any, inputs: np.ndarray, *, resize: str | None, name: str = "maps") -> np.ndarray:
+def maps_for_inputs(
+    maps: Any, inputs: np.ndarray, *, resize: str | None, name: str = "maps"
+) -> np.ndarray:
     """Validate ``maps`` (N, *S) against ``inputs`` (N, C, *S_in); resize only when asked.
 
     ``resize=None`` refuses maps whose spatial shape differs from the input's; a mode name upsamples
@@ -47,18 +52,30 @@ def maps_for_inputs(maps: Any, inputs: np.ndarray, *, resize: str | None, name: 
     """
     m = V.maps(maps, name)
     if m.shape[0] != inputs.shape[0]:
-        raise ShapeError(name, m.shape, (inputs.shape[0],) + tuple(inputs.shape[2:]),
-                         "one map per input: batch sizes differ")
+        raise ShapeError(
+            name,
+            m.shape,
+            (inputs.shape[0],) + tuple(inputs.shape[2:]),
+            "one map per input: batch sizes differ",
+        )
     size = tuple(inputs.shape[2:])
     if m.shape[1:] != size:
         if resize is None:
-            raise ShapeError(name, m.shape, (inputs.shape[0],) + size,
-                             "map and input spatial sizes differ; pass resize='linear' (or another "
-                             "upsample mode) to resize the maps explicitly")
+            raise ShapeError(
+                name,
+                m.shape,
+                (inputs.shape[0],) + size,
+                "map and input spatial sizes differ; pass resize='linear' (or another "
+                "upsample mode) to resize the maps explicitly",
+            )
         V.choice(resize, "resize", RESIZE_MODES)
         if m.ndim - 1 != len(size):
-            raise ShapeError(name, m.shape, (inputs.shape[0],) + size,
-                             "maps and inputs have different numbers of spatial axes")
+            raise ShapeError(
+                name,
+                m.shape,
+                (inputs.shape[0],) + size,
+                "maps and inputs have different numbers of spatial axes",
+            )
         from ..math.post import upsample  # the math floor owns resizing
 
         m = np.asarray(upsample(m, size, mode=resize))
@@ -80,14 +97,18 @@ def targets_array(targets: Any, n: int, name: str = "targets") -> np.ndarray | N
         if t.dtype.kind not in "iu":
             raise TargetError(f"{name}: got dtype {t.dtype}, expected integer class indices")
         if t.shape != (n,):
-            raise TargetError(f"{name}: got shape {t.shape}, expected ({n},): one class index per sample")
+            raise TargetError(
+                f"{name}: got shape {t.shape}, expected ({n},): one class index per sample"
+            )
         t = t.astype(np.int64)
     if (t < 0).any():
         raise TargetError(f"{name}: got negative class index {int(t.min())}, expected indices >= 0")
     return t
 
 
-def pick_scores(raw: Any, m: int, item_targets: np.ndarray | None, name: str = "score_fn") -> np.ndarray:
+def pick_scores(
+    raw: Any, m: int, item_targets: np.ndarray | None, name: str = "score_fn"
+) -> np.ndarray:
     """Turn one ``score_fn`` output for ``m`` inputs into the ``(m,)`` float64 target scores."""
     try:
         out = np.asarray(raw)
@@ -97,26 +118,40 @@ def pick_scores(raw: Any, m: int, item_targets: np.ndarray | None, name: str = "
         raise ModelError(f"{name}: returned dtype {out.dtype}, expected real scores")
     if out.ndim == 1:
         if out.shape[0] != m:
-            raise ModelError(f"{name}: returned shape {out.shape} for {m} inputs, expected ({m},) or ({m}, n_classes)")
+            raise ModelError(
+                f"{name}: returned shape {out.shape} for {m} inputs, expected ({m},) or ({m}, n_classes)"
+            )
         if item_targets is not None:
-            raise TargetError(f"{name}: returned one score per input (shape {out.shape}) but targets were given; "
-                              "pass targets=None when score_fn already applies the target")
+            raise TargetError(
+                f"{name}: returned one score per input (shape {out.shape}) but targets were given; "
+                "pass targets=None when score_fn already applies the target"
+            )
         s = out
     elif out.ndim == 2:
         if out.shape[0] != m:
-            raise ModelError(f"{name}: returned shape {out.shape} for {m} inputs, expected ({m},) or ({m}, n_classes)")
+            raise ModelError(
+                f"{name}: returned shape {out.shape} for {m} inputs, expected ({m},) or ({m}, n_classes)"
+            )
         if item_targets is None:
-            raise TargetError(f"{name}: returned scores of shape {out.shape} (one column per class); "
-                              "targets: got None, expected a class index or one per sample")
+            raise TargetError(
+                f"{name}: returned scores of shape {out.shape} (one column per class); "
+                "targets: got None, expected a class index or one per sample"
+            )
         if (item_targets >= out.shape[1]).any():
-            raise TargetError(f"targets: got class index {int(item_targets.max())}, expected < {out.shape[1]} "
-                              f"(score_fn returned {out.shape[1]} classes)")
+            raise TargetError(
+                f"targets: got class index {int(item_targets.max())}, expected < {out.shape[1]} "
+                f"(score_fn returned {out.shape[1]} classes)"
+            )
         s = out[np.arange(m), item_targets]
     else:
-        raise ModelError(f"{name}: returned shape {out.shape} for {m} inputs, expected ({m},) or ({m}, n_classes)")
+        raise ModelError(
+            f"{name}: returned shape {out.shape} for {m} inputs, expected ({m},) or ({m}, n_classes)"
+        )
     s = s.astype(np.float64)
     if not np.isfinite(s).all():
-        raise ModelError(f"{name}: returned {int(np.count_nonzero(~np.isfinite(s)))} non-finite score(s)")
+        raise ModelError(
+            f"{name}: returned {int(np.count_nonzero(~np.isfinite(s)))} non-finite score(s)"
+        )
     return s
 
 
@@ -135,13 +170,17 @@ def batched_scores(
     Returns the float64 target scores ``(n_items,)``.
     """
     if not callable(score_fn):
-        raise InvalidArgumentError("score_fn", type(score_fn).__name__, "a callable inputs -> scores")
+        raise InvalidArgumentError(
+            "score_fn", type(score_fn).__name__, "a callable inputs -> scores"
+        )
     batch_size = V.positive_int(batch_size, "batch_size")
     out = np.empty(n_items, dtype=np.float64)
     starts = range(0, n_items, batch_size)
     from tqdm.auto import tqdm
 
-    with tqdm(total=n_items, desc=desc, unit="input", disable=None if progress else True, leave=False) as bar:
+    with tqdm(
+        total=n_items, desc=desc, unit="input", disable=None if progress else True, leave=False
+    ) as bar:
         for start in starts:
             idx = np.arange(start, min(start + batch_size, n_items))
             t = None if item_targets is None else item_targets[idx]

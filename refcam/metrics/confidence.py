@@ -31,20 +31,24 @@ from ._common import (
 )
 
 __all__ = [
+    "ConfidenceResult",
     "average_drop",
+    "confidence_metrics",
+    "explanation_inputs",
     "increase_in_confidence",
     "win_percentage",
-    "explanation_inputs",
-    "ConfidenceResult",
-    "confidence_metrics",
 ]
 
 
 def _positive(y: np.ndarray, name: str) -> None:
     if (y <= 0).any():
         i = int(np.argmax(y <= 0))
-        raise InvalidArgumentError(name, float(y[i]), f"scores > 0 (entry {i}); Average Drop divides by Y_i^c, "
-                                   "so pass probabilities (e.g. softmax) rather than logits")
+        raise InvalidArgumentError(
+            name,
+            float(y[i]),
+            f"scores > 0 (entry {i}); Average Drop divides by Y_i^c, "
+            "so pass probabilities (e.g. softmax) rather than logits",
+        )
 
 
 def average_drop(full_scores: Any, explanation_scores: Any) -> float:
@@ -134,7 +138,9 @@ def win_percentage(full_scores: Any, scores_a: Any, scores_b: Any) -> float:
     return float(100.0 * np.mean((y - a) < (y - b)))
 
 
-def explanation_inputs(inputs: Any, maps: Any, *, normalize: bool = True, resize: str | None = None) -> np.ndarray:
+def explanation_inputs(
+    inputs: Any, maps: Any, *, normalize: bool = True, resize: str | None = None
+) -> np.ndarray:
     r"""The explanation images :math:`E^c = L^c \circ I` of Grad-CAM++.
 
     Parameters
@@ -227,7 +233,14 @@ def confidence_metrics(
     t = targets_array(targets, x.shape[0])
     both = np.concatenate([x.astype(e.dtype, copy=False), e])
     tt = None if t is None else np.concatenate([t, t])
-    s = batched_scores(score_fn, both.shape[0], lambda i: both[i], tt,
-                       batch_size=batch_size, progress=progress, desc="confidence")
-    y, o = s[: x.shape[0]], s[x.shape[0]:]
+    s = batched_scores(
+        score_fn,
+        both.shape[0],
+        lambda i: both[i],
+        tt,
+        batch_size=batch_size,
+        progress=progress,
+        desc="confidence",
+    )
+    y, o = s[: x.shape[0]], s[x.shape[0] :]
     return ConfidenceResult(y, o, average_drop(y, o), increase_in_confidence(y, o))

@@ -27,8 +27,9 @@ Evaluation Strategy for Attribution Methods", ICML 2022, §4 "Noisy linear imput
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -38,13 +39,18 @@ from .. import _validate as V
 from ..errors import InvalidArgumentError, ShapeError
 from ._common import ScoreFn, batched_scores, images, maps_for_inputs, targets_array
 
-__all__ = ["NEIGHBOR_WEIGHTS", "noisy_linear_imputation", "RoadCurve", "road"]
+__all__ = ["NEIGHBOR_WEIGHTS", "RoadCurve", "noisy_linear_imputation", "road"]
 
 #: (dy, dx, weight) of the 8 neighbours in the linear imputation.
 NEIGHBOR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
-    (-1, -1, 1 / 12), (-1, 0, 1 / 6), (-1, 1, 1 / 12),
-    (0, -1, 1 / 6), (0, 1, 1 / 6),
-    (1, -1, 1 / 12), (1, 0, 1 / 6), (1, 1, 1 / 12),
+    (-1, -1, 1 / 12),
+    (-1, 0, 1 / 6),
+    (-1, 1, 1 / 12),
+    (0, -1, 1 / 6),
+    (0, 1, 1 / 6),
+    (1, -1, 1 / 12),
+    (1, 0, 1 / 6),
+    (1, 1, 1 / 12),
 )
 
 
@@ -57,8 +63,12 @@ def _impute(x: np.ndarray, rem: np.ndarray, noise: float, seeds: Sequence[Any]) 
     """
     if x.shape[0] == 1:
         return _impute_block(x, rem, noise, seeds)
-    return np.concatenate([_impute_block(x[i:i + 1], rem[i:i + 1], noise, seeds[i:i + 1])
-                           for i in range(x.shape[0])])
+    return np.concatenate(
+        [
+            _impute_block(x[i : i + 1], rem[i : i + 1], noise, seeds[i : i + 1])
+            for i in range(x.shape[0])
+        ]
+    )
 
 
 def _impute_block(x: np.ndarray, rem: np.ndarray, noise: float, seeds: Sequence[Any]) -> np.ndarray:
@@ -89,8 +99,9 @@ def _impute_block(x: np.ndarray, rem: np.ndarray, noise: float, seeds: Sequence[
     rows.append(np.arange(u.size))
     cols.append(np.arange(u.size))
     vals.append(diag)
-    a = sparse.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(u.size, u.size))
+    a = sparse.csc_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(u.size, u.size)
+    )
     sol = splinalg.spsolve(a, rhs)
     sol = sol.reshape(u.size, c)
     if noise > 0:
@@ -108,7 +119,9 @@ def _seed(seed: Any) -> int:
     return int(seed)
 
 
-def noisy_linear_imputation(inputs: Any, remove: Any, *, noise: float = 0.01, seed: int = 0) -> np.ndarray:
+def noisy_linear_imputation(
+    inputs: Any, remove: Any, *, noise: float = 0.01, seed: int = 0
+) -> np.ndarray:
     r"""Fill removed pixels by noisy linear imputation (Rong et al. 2022, ROAD, §4).
 
     For every removed pixel :math:`i` (all channels independently) the imputed value solves
@@ -145,12 +158,17 @@ def noisy_linear_imputation(inputs: Any, remove: Any, *, noise: float = 0.01, se
         raise ShapeError("inputs", x.shape, "(N, C, H, W): noisy linear imputation is 2-D")
     r = np.asarray(remove)
     if r.dtype.kind not in "biu" or r.shape != (x.shape[0],) + x.shape[2:]:
-        raise ShapeError("remove", r.shape, (x.shape[0],) + x.shape[2:], "a boolean mask per sample")
+        raise ShapeError(
+            "remove", r.shape, (x.shape[0],) + x.shape[2:], "a boolean mask per sample"
+        )
     r = r != 0
     full = r.reshape(r.shape[0], -1).all(axis=1)
     if full.any():
-        raise InvalidArgumentError("remove", f"all pixels of sample {int(np.argmax(full))} removed",
-                                   "at least one kept pixel per sample to impute from")
+        raise InvalidArgumentError(
+            "remove",
+            f"all pixels of sample {int(np.argmax(full))} removed",
+            "at least one kept pixel per sample to impute from",
+        )
     nz = V.nonnegative_float(noise, "noise")
     seed = _seed(seed)
     return _impute(x, r, nz, [[seed, n] for n in range(x.shape[0])])
@@ -176,10 +194,20 @@ class RoadCurve:
     order: str
 
 
-def road(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *,
-         percentages: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-         order: str = "morf", noise: float = 0.01, seed: int = 0, resize: str | None = None,
-         batch_size: int = 32, progress: bool = True) -> RoadCurve:
+def road(
+    score_fn: ScoreFn,
+    inputs: Any,
+    maps: Any,
+    targets: Any = None,
+    *,
+    percentages: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    order: str = "morf",
+    noise: float = 0.01,
+    seed: int = 0,
+    resize: str | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> RoadCurve:
     r"""ROAD curve (Rong et al. 2022): score after removing a share of pixels with noisy linear imputation.
 
     .. math::
@@ -212,7 +240,9 @@ def road(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *,
     V.choice(order, "order", ("morf", "lerf"))
     q = V.as_float_array(percentages, "percentages")
     if q.ndim != 1 or q.size == 0 or (q < 0).any() or (q >= 1).any():
-        raise InvalidArgumentError("percentages", percentages, "a non-empty list of fractions in [0, 1)")
+        raise InvalidArgumentError(
+            "percentages", percentages, "a non-empty list of fractions in [0, 1)"
+        )
     nz = V.nonnegative_float(noise, "noise")
     seed = _seed(seed)
     t = targets_array(targets, x.shape[0])
@@ -225,7 +255,9 @@ def road(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *,
     np.put_along_axis(rank, ranking, np.broadcast_to(np.arange(p), (n, p)), axis=1)
     counts = np.floor(q * p + 0.5).astype(np.int64)
     if (counts >= p).any():
-        raise InvalidArgumentError("percentages", percentages, f"fractions that keep at least one of the {p} pixels")
+        raise InvalidArgumentError(
+            "percentages", percentages, f"fractions that keep at least one of the {p} pixels"
+        )
     n_pts = q.size
     dt = V.result_dtype(x, m)
     xx = x.astype(dt, copy=False)
@@ -236,6 +268,17 @@ def road(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *,
         return _impute(xx[s], rem, nz, [[seed, int(i)] for i in items])
 
     item_t = None if t is None else np.repeat(t, n_pts)
-    sc = batched_scores(score_fn, n * n_pts, build, item_t, batch_size=batch_size, progress=progress,
-                        desc=f"ROAD {order}").reshape(n, n_pts).astype(dt)
+    sc = (
+        batched_scores(
+            score_fn,
+            n * n_pts,
+            build,
+            item_t,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"ROAD {order}",
+        )
+        .reshape(n, n_pts)
+        .astype(dt)
+    )
     return RoadCurve(q.astype(dt), counts, sc, sc.mean(axis=1), order)

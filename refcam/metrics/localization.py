@@ -29,28 +29,36 @@ from ..errors import InvalidArgumentError, ShapeError
 from ._common import sequence_of
 
 __all__ = [
-    "boxes_to_masks",
-    "PointingResult",
-    "pointing_game",
-    "energy_pointing_game",
-    "cam_box",
-    "box_iou",
     "LocalizationResult",
+    "PointingResult",
+    "box_iou",
+    "boxes_to_masks",
+    "cam_box",
+    "energy_pointing_game",
     "localization_accuracy",
+    "pointing_game",
 ]
 
 
-def _box_list(boxes: Any, n: int, size: tuple[int, int] | None, *, clip: bool, name: str = "boxes") -> list[np.ndarray]:
+def _box_list(
+    boxes: Any, n: int, size: tuple[int, int] | None, *, clip: bool, name: str = "boxes"
+) -> list[np.ndarray]:
     seq = sequence_of(boxes, name)
     if len(seq) != n:
-        raise ShapeError(name, f"a sequence of {len(seq)}", f"a sequence of {n} (one entry per sample)")
+        raise ShapeError(
+            name, f"a sequence of {len(seq)}", f"a sequence of {n} (one entry per sample)"
+        )
     out = []
     for i, b in enumerate(seq):
         arr = V.as_float_array(b, f"{name}[{i}]")
         if arr.ndim == 1:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
-            raise ShapeError(f"{name}[{i}]", arr.shape, "(n_boxes, 4) with n_boxes >= 1: (x_min, y_min, x_max, y_max)")
+            raise ShapeError(
+                f"{name}[{i}]",
+                arr.shape,
+                "(n_boxes, 4) with n_boxes >= 1: (x_min, y_min, x_max, y_max)",
+            )
         if size is not None:
             h, w = size
             lim = np.array([w, h, w, h], dtype=float)
@@ -59,13 +67,19 @@ def _box_list(boxes: Any, n: int, size: tuple[int, int] | None, *, clip: bool, n
             bad = (arr < 0).any(axis=1) | (arr > lim).any(axis=1)
             if bad.any():
                 j = int(np.argmax(bad))
-                raise InvalidArgumentError(f"{name}[{i}]", tuple(arr[j].tolist()),
-                                           f"a box inside the image [0, {w}] x [0, {h}] (or pass clip=True)")
+                raise InvalidArgumentError(
+                    f"{name}[{i}]",
+                    tuple(arr[j].tolist()),
+                    f"a box inside the image [0, {w}] x [0, {h}] (or pass clip=True)",
+                )
         empty = (arr[:, 2] <= arr[:, 0]) | (arr[:, 3] <= arr[:, 1])
         if empty.any():
             j = int(np.argmax(empty))
-            raise InvalidArgumentError(f"{name}[{i}]", tuple(arr[j].tolist()),
-                                       "a non-empty box with x_min < x_max and y_min < y_max")
+            raise InvalidArgumentError(
+                f"{name}[{i}]",
+                tuple(arr[j].tolist()),
+                "a non-empty box with x_min < x_max and y_min < y_max",
+            )
         out.append(arr)
     return out
 
@@ -111,18 +125,26 @@ def boxes_to_masks(boxes: Any, size: Any, *, clip: bool = False) -> np.ndarray:
 
 def _regions(m: np.ndarray, masks: Any, boxes: Any, clip: bool) -> np.ndarray:
     if (masks is None) == (boxes is None):
-        raise InvalidArgumentError("masks/boxes", "both" if masks is not None else "neither",
-                                   "exactly one of masks= or boxes=")
+        raise InvalidArgumentError(
+            "masks/boxes",
+            "both" if masks is not None else "neither",
+            "exactly one of masks= or boxes=",
+        )
     if boxes is not None:
         if m.ndim != 3:
-            raise ShapeError("maps", m.shape, "(N, H, W): boxes are 2-D; use masks= for other ranks")
+            raise ShapeError(
+                "maps", m.shape, "(N, H, W): boxes are 2-D; use masks= for other ranks"
+            )
         _box_list(boxes, m.shape[0], m.shape[1:], clip=clip)  # count, shape, emptiness, bounds
         r = boxes_to_masks(boxes, m.shape[1:], clip=clip)
         empty = ~r.reshape(r.shape[0], -1).any(axis=1)
         if empty.any():
             i = int(np.argmax(empty))
-            raise InvalidArgumentError(f"boxes[{i}]", "boxes covering no pixel centre",
-                                       "boxes that contain at least one pixel centre")
+            raise InvalidArgumentError(
+                f"boxes[{i}]",
+                "boxes covering no pixel centre",
+                "boxes that contain at least one pixel centre",
+            )
         return r
     r = np.asarray(masks)
     if r.dtype.kind not in "biuf":
@@ -132,8 +154,11 @@ def _regions(m: np.ndarray, masks: Any, boxes: Any, clip: bool) -> np.ndarray:
     r = r != 0
     empty = ~r.reshape(r.shape[0], -1).any(axis=1)
     if empty.any():
-        raise InvalidArgumentError("masks", f"an empty mask for sample {int(np.argmax(empty))}",
-                                   "at least one True pixel per sample")
+        raise InvalidArgumentError(
+            "masks",
+            f"an empty mask for sample {int(np.argmax(empty))}",
+            "at least one True pixel per sample",
+        )
     return r
 
 
@@ -153,8 +178,9 @@ class PointingResult:
     accuracy: float
 
 
-def pointing_game(maps: Any, *, masks: Any = None, boxes: Any = None, tolerance: float = 15.0,
-                  clip: bool = False) -> PointingResult:
+def pointing_game(
+    maps: Any, *, masks: Any = None, boxes: Any = None, tolerance: float = 15.0, clip: bool = False
+) -> PointingResult:
     r"""Pointing game (Zhang et al. 2018, "Top-down neural attention by excitation backprop").
 
     A hit is counted when the maximum point of the map lies within ``tolerance`` pixels of the
@@ -202,7 +228,9 @@ def pointing_game(maps: Any, *, masks: Any = None, boxes: Any = None, tolerance:
     return PointingResult(hits, pts, float(hits.mean()))
 
 
-def energy_pointing_game(maps: Any, *, masks: Any = None, boxes: Any = None, clip: bool = False) -> np.ndarray:
+def energy_pointing_game(
+    maps: Any, *, masks: Any = None, boxes: Any = None, clip: bool = False
+) -> np.ndarray:
     r"""Energy-based pointing game (Wang et al. 2020, Score-CAM): share of the map's energy in the region.
 
     .. math::
@@ -232,8 +260,9 @@ def energy_pointing_game(maps: Any, *, masks: Any = None, boxes: Any = None, cli
     """
     m = V.maps(maps, "maps")
     if (m < 0).any():
-        raise InvalidArgumentError("maps", f"minimum {float(m.min())}",
-                                   "non-negative maps (apply refcam.math.relu first)")
+        raise InvalidArgumentError(
+            "maps", f"minimum {float(m.min())}", "non-negative maps (apply refcam.math.relu first)"
+        )
     r = _regions(m, masks, boxes, clip)
     axes = tuple(range(1, m.ndim))
     inside = np.where(r, m, 0).sum(axis=axes)
@@ -290,7 +319,9 @@ def cam_box(maps: Any, threshold: float = 0.2) -> np.ndarray:
         return boxes
     idx = np.arange(1, count + 1)
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, idx)
-    sample = ndimage.minimum(np.broadcast_to(np.arange(n)[:, None, None], m.shape), labels, idx).astype(np.int64)
+    sample = ndimage.minimum(
+        np.broadcast_to(np.arange(n)[:, None, None], m.shape), labels, idx
+    ).astype(np.int64)
     # per sample: largest component, ties -> smallest label (= first in raster order)
     order = np.lexsort((idx, -sizes, sample))
     first = np.ones(order.size, dtype=bool)
@@ -365,8 +396,15 @@ class LocalizationResult:
     accuracy: float
 
 
-def localization_accuracy(maps: Any, boxes: Any, *, threshold: float = 0.2, iou_threshold: float = 0.5,
-                          classified: Any = None, clip: bool = False) -> LocalizationResult:
+def localization_accuracy(
+    maps: Any,
+    boxes: Any,
+    *,
+    threshold: float = 0.2,
+    iou_threshold: float = 0.5,
+    classified: Any = None,
+    clip: bool = False,
+) -> LocalizationResult:
     r"""Weakly supervised localisation accuracy (Zhou et al. 2016, CAM §3; ILSVRC criterion).
 
     .. math::

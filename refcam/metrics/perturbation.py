@@ -34,7 +34,15 @@ from .. import _validate as V
 from ..errors import ShapeError
 from ._common import ScoreFn, batched_scores, images, maps_for_inputs, targets_array
 
-__all__ = ["BASELINES", "saliency_order", "make_baseline", "auc", "PerturbationCurve", "deletion", "insertion"]
+__all__ = [
+    "BASELINES",
+    "PerturbationCurve",
+    "auc",
+    "deletion",
+    "insertion",
+    "make_baseline",
+    "saliency_order",
+]
 
 BASELINES = ("zeros", "blur", "mean")
 
@@ -97,7 +105,9 @@ def make_baseline(inputs: Any, baseline: Any = "zeros", *, blur_sigma: float = 5
             return np.broadcast_to(x.mean(axis=axes, keepdims=True), x.shape).astype(x.dtype)
         sigma = V.nonnegative_float(blur_sigma, "blur_sigma")
         sig = (0.0, 0.0) + (sigma,) * (x.ndim - 2)
-        return ndimage.gaussian_filter(x, sigma=sig, mode="reflect", truncate=4.0).astype(x.dtype, copy=False)
+        return ndimage.gaussian_filter(x, sigma=sig, mode="reflect", truncate=4.0).astype(
+            x.dtype, copy=False
+        )
     b = V.as_float_array(baseline, "baseline")
     try:
         out = np.broadcast_to(b, x.shape)
@@ -133,7 +143,9 @@ def auc(fractions: Any, scores: Any) -> np.ndarray:
     if y.ndim < 1 or y.shape[-1] != x.shape[0]:
         raise ShapeError("scores", y.shape, f"(..., {x.shape[0]}) matching fractions")
     if (np.diff(x) < 0).any():
-        raise ShapeError("fractions", x.shape, "non-decreasing values", "fractions must not decrease")
+        raise ShapeError(
+            "fractions", x.shape, "non-decreasing values", "fractions must not decrease"
+        )
     dt = V.result_dtype(x, y)
     return np.asarray((np.diff(x) * (y[..., 1:] + y[..., :-1]) / 2).sum(axis=-1), dtype=dt)
 
@@ -156,8 +168,20 @@ class PerturbationCurve:
     order: np.ndarray
 
 
-def _curve(kind: str, score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any, *, step: int, baseline: Any,
-           blur_sigma: float, resize: str | None, batch_size: int, progress: bool) -> PerturbationCurve:
+def _curve(
+    kind: str,
+    score_fn: ScoreFn,
+    inputs: Any,
+    maps: Any,
+    targets: Any,
+    *,
+    step: int,
+    baseline: Any,
+    blur_sigma: float,
+    resize: str | None,
+    batch_size: int,
+    progress: bool,
+) -> PerturbationCurve:
     x = images(inputs)
     m = maps_for_inputs(maps, x, resize=resize)
     step = V.positive_int(step, "step")
@@ -169,7 +193,9 @@ def _curve(kind: str, score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any, *
     order = saliency_order(m)
     n, p = order.shape
     rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(p), (n, p)), axis=1)  # rank of each pixel
+    np.put_along_axis(
+        rank, order, np.broadcast_to(np.arange(p), (n, p)), axis=1
+    )  # rank of each pixel
     counts = np.minimum(np.arange(-(-p // step) + 1) * step, p)  # pixels changed at each point
     n_pts = counts.size
     xs = x.reshape(n, x.shape[1], p)
@@ -183,15 +209,30 @@ def _curve(kind: str, score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any, *
         return out.reshape((items.size,) + x.shape[1:])
 
     item_t = None if t is None else np.repeat(t, n_pts)
-    sc = batched_scores(score_fn, n * n_pts, build, item_t, batch_size=batch_size, progress=progress,
-                        desc=kind).reshape(n, n_pts).astype(dt)
+    sc = (
+        batched_scores(
+            score_fn, n * n_pts, build, item_t, batch_size=batch_size, progress=progress, desc=kind
+        )
+        .reshape(n, n_pts)
+        .astype(dt)
+    )
     fr = (counts / p).astype(dt)
     return PerturbationCurve(fr, sc, auc(fr, sc), order)
 
 
-def deletion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, step: int,
-             baseline: Any = "zeros", blur_sigma: float = 5.0, resize: str | None = None,
-             batch_size: int = 64, progress: bool = True) -> PerturbationCurve:
+def deletion(
+    score_fn: ScoreFn,
+    inputs: Any,
+    maps: Any,
+    targets: Any = None,
+    *,
+    step: int,
+    baseline: Any = "zeros",
+    blur_sigma: float = 5.0,
+    resize: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> PerturbationCurve:
     r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE, §4.1): remove the most salient pixels first.
 
     Point :math:`k` of the curve is :math:`y_k = f_c(I^{(k)})` with
@@ -230,13 +271,34 @@ def deletion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, 
     >>> c.fractions, c.scores, c.auc       # remove pixel 1 (value 2) first, then pixel 0
     (array([0. , 0.5, 1. ]), array([[3., 1., 0.]]), array([1.25]))
     """
-    return _curve("deletion", score_fn, inputs, maps, targets, step=step, baseline=baseline,
-                  blur_sigma=blur_sigma, resize=resize, batch_size=batch_size, progress=progress)
+    return _curve(
+        "deletion",
+        score_fn,
+        inputs,
+        maps,
+        targets,
+        step=step,
+        baseline=baseline,
+        blur_sigma=blur_sigma,
+        resize=resize,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
-def insertion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *, step: int,
-              baseline: Any = "blur", blur_sigma: float = 5.0, resize: str | None = None,
-              batch_size: int = 64, progress: bool = True) -> PerturbationCurve:
+def insertion(
+    score_fn: ScoreFn,
+    inputs: Any,
+    maps: Any,
+    targets: Any = None,
+    *,
+    step: int,
+    baseline: Any = "blur",
+    blur_sigma: float = 5.0,
+    resize: str | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> PerturbationCurve:
     r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE, §4.1): insert the most salient pixels first.
 
     .. math::
@@ -255,5 +317,16 @@ def insertion(score_fn: ScoreFn, inputs: Any, maps: Any, targets: Any = None, *,
     >>> c.scores, c.auc
     (array([[0., 2., 3.]]), array([1.75]))
     """
-    return _curve("insertion", score_fn, inputs, maps, targets, step=step, baseline=baseline,
-                  blur_sigma=blur_sigma, resize=resize, batch_size=batch_size, progress=progress)
+    return _curve(
+        "insertion",
+        score_fn,
+        inputs,
+        maps,
+        targets,
+        step=step,
+        baseline=baseline,
+        blur_sigma=blur_sigma,
+        resize=resize,
+        batch_size=batch_size,
+        progress=progress,
+    )

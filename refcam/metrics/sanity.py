@@ -15,8 +15,9 @@ Spearman with and without absolute values, SSIM, HOG).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage, stats
@@ -26,11 +27,11 @@ from ..errors import InvalidArgumentError, ShapeError
 from ._common import minmax01
 
 __all__ = [
-    "spearman",
-    "ssim",
     "SanityReport",
     "compare_maps",
     "model_randomization_test",
+    "spearman",
+    "ssim",
 ]
 
 
@@ -82,11 +83,21 @@ def spearman(maps_a: Any, maps_b: Any, *, absolute: bool = False) -> np.ndarray:
     rb -= rb.mean(axis=1, keepdims=True)
     den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
     ok = den > 0
-    return np.where(ok, (ra * rb).sum(axis=1) / np.where(ok, den, 1), 0.0).astype(V.result_dtype(a, b))
+    return np.where(ok, (ra * rb).sum(axis=1) / np.where(ok, den, 1), 0.0).astype(
+        V.result_dtype(a, b)
+    )
 
 
-def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.5, truncate: float = 3.5,
-         k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
+def ssim(
+    maps_a: Any,
+    maps_b: Any,
+    *,
+    data_range: float = 1.0,
+    sigma: float = 1.5,
+    truncate: float = 3.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> np.ndarray:
     r"""Mean structural similarity (SSIM) per sample (Wang et al. 2004), Gaussian window.
 
     .. math::
@@ -129,7 +140,9 @@ def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.
     dt = V.result_dtype(a, b)
     L = V.nonnegative_float(data_range, "data_range")
     if L == 0:
-        raise InvalidArgumentError("data_range", data_range, "a positive number (L in C1 = (K1 L)^2)")
+        raise InvalidArgumentError(
+            "data_range", data_range, "a positive number (L in C1 = (K1 L)^2)"
+        )
     sig = V.nonnegative_float(sigma, "sigma")
     if sig == 0:
         raise InvalidArgumentError("sigma", sigma, "a positive window width")
@@ -137,8 +150,12 @@ def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.
     radius = int(tr * sig + 0.5)
     side = 2 * radius + 1
     if any(s < side for s in a.shape[1:]):
-        raise ShapeError("maps_a", a.shape, f"every spatial axis >= {side} (the SSIM window)",
-                         "upsample the maps to the input size first")
+        raise ShapeError(
+            "maps_a",
+            a.shape,
+            f"every spatial axis >= {side} (the SSIM window)",
+            "upsample the maps to the input size first",
+        )
     a = a.astype(np.float64)
     b = b.astype(np.float64)
     c1 = (V.nonnegative_float(k1, "k1") * L) ** 2
@@ -152,7 +169,7 @@ def ssim(maps_a: Any, maps_b: Any, *, data_range: float = 1.0, sigma: float = 1.
     va = filt(a * a) - mu_a * mu_a
     vb = filt(b * b) - mu_b * mu_b
     cov = filt(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2))
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (va + vb + c2))
     crop = (slice(None),) + (slice(radius, -radius if radius else None),) * (a.ndim - 1)
     return s[crop].reshape(a.shape[0], -1).mean(axis=1).astype(dt)
 
@@ -191,16 +208,26 @@ class SanityReport:
         rows = ["| step | randomised | Spearman | Spearman (abs) | SSIM |", "|---|---|---|---|---|"]
         for i, lab in enumerate(self.labels):
             ss = f"{self.ssim[i].mean():.3f}" if self.ssim_computed else "n/a"
-            rows.append(f"| {i} | {lab} | {self.spearman[i].mean():.3f} | {self.spearman_abs[i].mean():.3f} | {ss} |")
+            rows.append(
+                f"| {i} | {lab} | {self.spearman[i].mean():.3f} | {self.spearman_abs[i].mean():.3f} | {ss} |"
+            )
         verdict = "PASSES" if self.passes else "FAILS"
         rows.append("")
-        rows.append(f"{verdict} ({self.mode}): mean Spearman(abs) at step {self.decisive_step} = "
-                    f"{self.spearman_abs[self.decisive_step].mean():.3f} vs threshold {self.threshold}")
+        rows.append(
+            f"{verdict} ({self.mode}): mean Spearman(abs) at step {self.decisive_step} = "
+            f"{self.spearman_abs[self.decisive_step].mean():.3f} vs threshold {self.threshold}"
+        )
         return "\n".join(rows)
 
 
-def compare_maps(original: Any, randomized: Any, *, labels: Sequence[str] | None = None,
-                 mode: str = "cascading", threshold: float = 0.5) -> SanityReport:
+def compare_maps(
+    original: Any,
+    randomized: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    mode: str = "cascading",
+    threshold: float = 0.5,
+) -> SanityReport:
     r"""Compare original maps with maps from randomised models (Adebayo et al. 2018, §3).
 
     For each step :math:`t` and sample :math:`i`: Spearman :math:`\rho(L_i, L_i^{(t)})`, Spearman of
@@ -230,12 +257,18 @@ def compare_maps(original: Any, randomized: Any, *, labels: Sequence[str] | None
     """
     o = V.maps(original, "original")
     if isinstance(randomized, np.ndarray):
-        rnd = [randomized[t] for t in range(randomized.shape[0])] if randomized.ndim == o.ndim + 1 else None
+        rnd = (
+            [randomized[t] for t in range(randomized.shape[0])]
+            if randomized.ndim == o.ndim + 1
+            else None
+        )
         if rnd is None:
             raise ShapeError("randomized", randomized.shape, f"(T, {', '.join(map(str, o.shape))})")
     else:
         if isinstance(randomized, (str, bytes)) or not hasattr(randomized, "__len__"):
-            raise InvalidArgumentError("randomized", type(randomized).__name__, "a sequence of map batches")
+            raise InvalidArgumentError(
+                "randomized", type(randomized).__name__, "a sequence of map batches"
+            )
         rnd = list(randomized)
     if not rnd:
         raise ShapeError("randomized", (0,), "at least one randomisation step")
@@ -262,14 +295,22 @@ def compare_maps(original: Any, randomized: Any, *, labels: Sequence[str] | None
     spa_arr = np.array(spa)
     means = spa_arr.mean(axis=1)
     step = len(rnd) - 1 if mode == "cascading" else int(np.argmin(means))
-    return SanityReport(labels, mode, np.array(sp), spa_arr, ssim_arr, side_ok, th, step,
-                        bool(means[step] < th))
+    return SanityReport(
+        labels, mode, np.array(sp), spa_arr, ssim_arr, side_ok, th, step, bool(means[step] < th)
+    )
 
 
-def model_randomization_test(explain: Callable[[Any], Any], model: Any, layers: Sequence[str] | None = None, *,
-                             mode: str = "cascading", seed: int = 0,
-                             randomized: Iterable[tuple[str, Any]] | None = None,
-                             threshold: float = 0.5, progress: bool = True) -> SanityReport:
+def model_randomization_test(
+    explain: Callable[[Any], Any],
+    model: Any,
+    layers: Sequence[str] | None = None,
+    *,
+    mode: str = "cascading",
+    seed: int = 0,
+    randomized: Iterable[tuple[str, Any]] | None = None,
+    threshold: float = 0.5,
+    progress: bool = True,
+) -> SanityReport:
     r"""Model parameter randomisation test (Adebayo et al. 2018, §3): recompute maps, compare, judge.
 
     ``explain(model) -> maps (N, *S)`` is called once on the original model and once per randomised
@@ -319,8 +360,9 @@ def model_randomization_test(explain: Callable[[Any], Any], model: Any, layers: 
     from tqdm.auto import tqdm
 
     labels, maps = [], []
-    for label, m in tqdm(randomized, desc=f"randomisation ({mode})", disable=None if progress else True,
-                         leave=False):
+    for label, m in tqdm(
+        randomized, desc=f"randomisation ({mode})", disable=None if progress else True, leave=False
+    ):
         labels.append(str(label))
         maps.append(V.maps(explain(m), f"explain(randomized model {label!r})"))
     return compare_maps(original, maps, labels=labels, mode=mode, threshold=threshold)

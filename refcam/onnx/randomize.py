@@ -33,8 +33,9 @@ randomisation of one layer at a time).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -45,9 +46,15 @@ from ..errors import InvalidArgumentError, LayerNotFoundError, ModelError
 __all__ = ["ParameterLayer", "parameter_layers", "randomize_initializers", "truncated_normal_like"]
 
 _WEIGHT_INPUTS: dict[str, tuple[int, ...] | None] = {
-    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": None, "MatMul": None,
-    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2),
-    "GroupNormalization": (1, 2), "PRelu": (1,),
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": None,
+    "MatMul": None,
+    "BatchNormalization": (1, 2),
+    "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "GroupNormalization": (1, 2),
+    "PRelu": (1,),
 }
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
@@ -72,7 +79,9 @@ def _proto(model: Any) -> onnx.ModelProto:
         return onnx.load_model_from_string(bytes(model))
     if isinstance(model, (str, os.PathLike)):
         return onnx.load(os.fspath(model))
-    raise InvalidArgumentError("model", type(model).__name__, "an onnx.ModelProto, refcam.onnx.Model, path or bytes")
+    raise InvalidArgumentError(
+        "model", type(model).__name__, "an onnx.ModelProto, refcam.onnx.Model, path or bytes"
+    )
 
 
 def _param_sources(graph: onnx.GraphProto) -> dict[str, Any]:
@@ -118,7 +127,9 @@ def parameter_layers(model: Any) -> list[ParameterLayer]:
             if bias:
                 ins += bias
                 aliases.append(cons[0].output[0])
-        tensors = tuple(dict.fromkeys(t for t in ins if t not in taken))  # shared tensors: first layer
+        tensors = tuple(
+            dict.fromkeys(t for t in ins if t not in taken)
+        )  # shared tensors: first layer
         taken.update(tensors)
         if tensors:
             layers.append(ParameterLayer(n.output[0], n.op_type, tuple(aliases), tensors))
@@ -163,9 +174,11 @@ def _resolve(layers: Sequence[Any] | None, found: list[ParameterLayer]) -> list[
             import difflib
 
             close = difflib.get_close_matches(str(name), list(by_alias), n=3)
-            raise LayerNotFoundError(f"layers: {name!r} is not a parameter layer of the model"
-                                     + (f"; closest: {close}" if close else "")
-                                     + f"; parameter layers: {[p.name for p in found]}")
+            raise LayerNotFoundError(
+                f"layers: {name!r} is not a parameter layer of the model"
+                + (f"; closest: {close}" if close else "")
+                + f"; parameter layers: {[p.name for p in found]}"
+            )
         out.append(by_alias[name])
     if len({p.name for p in out}) != len(out):
         raise InvalidArgumentError("layers", [p.name for p in out], "each layer at most once")
@@ -178,8 +191,14 @@ def _set(sources: dict[str, Any], name: str, arr: np.ndarray) -> None:
     t.CopyFrom(new)
 
 
-def randomize_initializers(model: Any, layers: Sequence[Any] | None = None, *, mode: str = "cascading",
-                           seed: int = 0, lazy: bool = False) -> Any:
+def randomize_initializers(
+    model: Any,
+    layers: Sequence[Any] | None = None,
+    *,
+    mode: str = "cascading",
+    seed: int = 0,
+    lazy: bool = False,
+) -> Any:
     """Randomised copies of an ONNX model, one per step of the Adebayo et al. (2018) test.
 
     Parameters
@@ -210,7 +229,9 @@ def randomize_initializers(model: Any, layers: Sequence[Any] | None = None, *, m
     proto = _proto(model)
     found = parameter_layers(proto)
     if not found:
-        raise ModelError("model: has no parameter layers (Conv/Gemm/MatMul/normalisation weights) to randomise")
+        raise ModelError(
+            "model: has no parameter layers (Conv/Gemm/MatMul/normalisation weights) to randomise"
+        )
     chosen = _resolve(layers, found)
     if not chosen:
         raise InvalidArgumentError("layers", list(layers or []), "at least one layer")
@@ -219,11 +240,15 @@ def randomize_initializers(model: Any, layers: Sequence[Any] | None = None, *, m
     for p in chosen:
         for t in p.tensors:
             if base_sources[t].data_location == onnx.TensorProto.EXTERNAL:
-                raise ModelError(f"model: tensor {t!r} is stored externally and not loaded; "
-                                 "load the model with its external data first")
+                raise ModelError(
+                    f"model: tensor {t!r} is stored externally and not loaded; "
+                    "load the model with its external data first"
+                )
 
     def new_values(t: str) -> np.ndarray:
-        return truncated_normal_like(numpy_helper.to_array(base_sources[t]), np.random.default_rng([int(seed), order[t]]))
+        return truncated_normal_like(
+            numpy_helper.to_array(base_sources[t]), np.random.default_rng([int(seed), order[t]])
+        )
 
     def gen() -> Iterator[tuple[str, onnx.ModelProto]]:
         work = onnx.ModelProto()

@@ -95,7 +95,7 @@ def test_confidence_metrics_with_class_scores_and_targets():
 
 
 def test_driver_errors():
-    f = lambda x: x.reshape(len(x), -1).sum(axis=1)  # noqa: E731
+    f = lambda x: x.reshape(len(x), -1).sum(axis=1)
     x = np.ones((1, 1, 2, 2))
     with pytest.raises(ShapeError, match="maps"):
         confidence_metrics(f, x, np.ones((1, 3, 3)), progress=False)
@@ -106,7 +106,9 @@ def test_driver_errors():
     with pytest.raises(TargetError, match="targets"):
         confidence_metrics(lambda x: np.ones((len(x), 3)), x, np.ones((1, 2, 2)), progress=False)
     with pytest.raises(TargetError, match="targets"):
-        confidence_metrics(lambda x: np.ones((len(x), 3)), x, np.ones((1, 2, 2)), targets=5, progress=False)
+        confidence_metrics(
+            lambda x: np.ones((len(x), 3)), x, np.ones((1, 2, 2)), targets=5, progress=False
+        )
     with pytest.raises(ModelError, match="score_fn"):
         confidence_metrics(lambda x: np.ones(7), x, np.ones((1, 2, 2)), progress=False)
     with pytest.raises(ModelError, match="score_fn"):

@@ -29,30 +29,34 @@ def test_boxes_to_masks_half_open_union_and_fractional():
 
 def test_pointing_game_tolerance_hand_computed():
     m = np.zeros((3, 20, 20))
-    m[0, 5, 5] = 1.0     # inside box
-    m[1, 5, 17] = 1.0    # 17 - 9 = 8 px right of the last in-box column 9 -> hit at tol 8, miss at 7
-    m[2, 19, 19] = 1.0   # nearest in-box pixel (9, 9): sqrt(200) = 14.14 -> hit at 15, miss at 14
+    m[0, 5, 5] = 1.0  # inside box
+    m[1, 5, 17] = 1.0  # 17 - 9 = 8 px right of the last in-box column 9 -> hit at tol 8, miss at 7
+    m[2, 19, 19] = 1.0  # nearest in-box pixel (9, 9): sqrt(200) = 14.14 -> hit at 15, miss at 14
     boxes = [[0, 0, 10, 10]] * 3
     np.testing.assert_array_equal(pointing_game(m, boxes=boxes).hits, [True, True, True])
-    np.testing.assert_array_equal(pointing_game(m, boxes=boxes, tolerance=8).hits, [True, True, False])
-    np.testing.assert_array_equal(pointing_game(m, boxes=boxes, tolerance=7).hits, [True, False, False])
+    np.testing.assert_array_equal(
+        pointing_game(m, boxes=boxes, tolerance=8).hits, [True, True, False]
+    )
+    np.testing.assert_array_equal(
+        pointing_game(m, boxes=boxes, tolerance=7).hits, [True, False, False]
+    )
     r = pointing_game(m, boxes=boxes, tolerance=14.1)
     assert r.accuracy == pytest.approx(2 / 3)
     np.testing.assert_array_equal(r.points, [[5, 5], [5, 17], [19, 19]])
 
 
 def test_pointing_game_ties_first_in_raster_order_and_3d_masks():
-    m = np.ones((1, 3, 3))                 # constant -> point (0, 0)
+    m = np.ones((1, 3, 3))  # constant -> point (0, 0)
     mask = np.zeros((1, 3, 3), bool)
     mask[0, 2, 2] = True
-    r = pointing_game(m, masks=mask, tolerance=2.0)   # distance sqrt(8) = 2.83 > 2
+    r = pointing_game(m, masks=mask, tolerance=2.0)  # distance sqrt(8) = 2.83 > 2
     np.testing.assert_array_equal(r.points, [[0, 0]])
     assert not r.hits[0]
     assert pointing_game(m, masks=mask, tolerance=2.9).hits[0]
     v = np.zeros((1, 2, 3, 3))
     v[0, 1, 2, 2] = 5.0
     mv = np.zeros((1, 2, 3, 3), bool)
-    mv[0, 0, 2, 2] = True                  # one voxel away along depth
+    mv[0, 0, 2, 2] = True  # one voxel away along depth
     assert not pointing_game(v, masks=mv, tolerance=0.5).hits[0]
     assert pointing_game(v, masks=mv, tolerance=1.0).hits[0]
 
@@ -80,9 +84,15 @@ def test_energy_in_unit_interval_and_full_mask_is_one(seed):
 
 
 def test_cam_box_largest_component_8_connectivity_and_ties():
-    m = np.array([[[0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
-                   [0.5, 0.0, 0.0, 0.0, 0.0, 0.3],
-                   [0.3, 0.1, 0.0, 0.0, 0.0, 0.3]]])
+    m = np.array(
+        [
+            [
+                [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                [0.5, 0.0, 0.0, 0.0, 0.0, 0.3],
+                [0.3, 0.1, 0.0, 0.0, 0.0, 0.3],
+            ]
+        ]
+    )
     # threshold 0.2 -> > 0.2: {(1,0),(2,0)} size 2 and {(0,5),(1,5),(2,5)} size 3 -> right column
     np.testing.assert_array_equal(cam_box(m), [[5, 0, 6, 3]])
     # threshold 0.4 -> > 0.4: (1,0) and (0,5), both size 1 -> first in raster order is (0,5)
@@ -98,17 +108,18 @@ def test_cam_box_largest_component_8_connectivity_and_ties():
 
 
 def test_box_iou_hand_computed():
-    np.testing.assert_allclose(box_iou([[0, 0, 2, 2], [0, 0, 1, 1]], [[1, 1, 3, 3], [2, 2, 3, 3]]),
-                               [1 / 7, 0.0])   # inter 1, union 4 + 4 - 1 ; disjoint
-    assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0   # union 0 -> guard
+    np.testing.assert_allclose(
+        box_iou([[0, 0, 2, 2], [0, 0, 1, 1]], [[1, 1, 3, 3], [2, 2, 3, 3]]), [1 / 7, 0.0]
+    )  # inter 1, union 4 + 4 - 1 ; disjoint
+    assert box_iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0  # union 0 -> guard
     with pytest.raises(ShapeError, match="boxes_a"):
         box_iou([0, 0, 1], [0, 0, 1, 1])
 
 
 def test_localization_accuracy_hand_computed():
     m = np.zeros((2, 4, 4))
-    m[0, 0:2, 0:2] = 1.0    # box (0,0,2,2)
-    m[1, 2:4, 2:4] = 1.0    # box (2,2,4,4)
+    m[0, 0:2, 0:2] = 1.0  # box (0,0,2,2)
+    m[1, 2:4, 2:4] = 1.0  # box (2,2,4,4)
     gt = [np.array([[0, 0, 2, 4], [3, 3, 4, 4]]), [0, 0, 2, 2]]
     r = localization_accuracy(m, gt)
     # sample 0: IoU with (0,0,2,4) = 4/8 = 0.5 -> correct (>=) ; sample 1: disjoint -> 0
@@ -121,18 +132,18 @@ def test_localization_accuracy_hand_computed():
 def test_errors_name_argument():
     m = np.ones((1, 4, 4))
     with pytest.raises(InvalidArgumentError, match=r"boxes\[0\]"):
-        pointing_game(m, boxes=[[2, 0, 2, 3]])                 # empty box
+        pointing_game(m, boxes=[[2, 0, 2, 3]])  # empty box
     with pytest.raises(InvalidArgumentError, match=r"boxes\[0\]"):
-        pointing_game(m, boxes=[[0, 0, 5, 3]])                 # outside the image
+        pointing_game(m, boxes=[[0, 0, 5, 3]])  # outside the image
     with pytest.raises(InvalidArgumentError, match=r"boxes\[0\]"):
-        pointing_game(m, boxes=[[5, 5, 9, 9]], clip=True)      # empty after clipping
+        pointing_game(m, boxes=[[5, 5, 9, 9]], clip=True)  # empty after clipping
     assert pointing_game(m, boxes=[[-3, -3, 1, 1]], clip=True).hits[0]
     with pytest.raises(ShapeError, match="boxes"):
-        pointing_game(m, boxes=[[0, 0, 1, 1], [0, 0, 1, 1]])   # 2 entries for 1 map
+        pointing_game(m, boxes=[[0, 0, 1, 1], [0, 0, 1, 1]])  # 2 entries for 1 map
     with pytest.raises(ShapeError, match=r"boxes\[0\]"):
         pointing_game(m, boxes=[[0, 0, 1]])
     with pytest.raises(InvalidArgumentError, match="masks"):
-        pointing_game(m, masks=np.zeros((1, 4, 4), bool))      # empty mask
+        pointing_game(m, masks=np.zeros((1, 4, 4), bool))  # empty mask
     with pytest.raises(ShapeError, match="masks"):
         pointing_game(m, masks=np.ones((1, 3, 4), bool))
     with pytest.raises(InvalidArgumentError, match="masks/boxes"):

@@ -29,8 +29,8 @@ def test_deletion_hand_computed_step_three_weighted_model():
     def f(x):
         return x.reshape(len(x), -1) @ w
 
-    x = np.array([[[[1.0, 1.0], [2.0, 1.0]]]])   # flat (1, 1, 2, 1) -> full score 1+2+6+4 = 13
-    m = np.array([[[0.2, 0.7], [0.7, 0.1]]])     # order: 1, 2 (tie 0.7 by index), 0, 3
+    x = np.array([[[[1.0, 1.0], [2.0, 1.0]]]])  # flat (1, 1, 2, 1) -> full score 1+2+6+4 = 13
+    m = np.array([[[0.2, 0.7], [0.7, 0.1]]])  # order: 1, 2 (tie 0.7 by index), 0, 3
     c = deletion(f, x, m, step=3, progress=False)
     # counts: 0, 3, 4 -> fractions 0, .75, 1
     # k=1 removes positions 1, 2, 0 -> remaining 4*1 = 4 ; k=2 -> 0
@@ -60,8 +60,12 @@ def test_blur_baseline_is_spatial_gaussian():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 3, 5, 6))
     b = make_baseline(x, "blur", blur_sigma=1.5)
-    expect = np.stack([np.stack([ndimage.gaussian_filter(x[n, c], 1.5, mode="reflect") for c in range(3)])
-                       for n in range(2)])
+    expect = np.stack(
+        [
+            np.stack([ndimage.gaussian_filter(x[n, c], 1.5, mode="reflect") for c in range(3)])
+            for n in range(2)
+        ]
+    )
     np.testing.assert_allclose(b, expect, atol=1e-12)
     np.testing.assert_array_equal(make_baseline(x, "blur", blur_sigma=0), x)
 
@@ -80,7 +84,7 @@ def test_targets_and_batching_do_not_change_results():
     np.testing.assert_array_equal(a.scores, b.scores)
     assert a.scores.dtype == np.float32 and a.auc.dtype == np.float32
     # per-sample 1-D model equals the column pick
-    g = lambda z: f(z)[:, 3]  # noqa: E731
+    g = lambda z: f(z)[:, 3]
     c = deletion(g, x, m, step=5, progress=False)
     d = deletion(f, x, m, targets=3, step=5, progress=False)
     np.testing.assert_array_equal(c.scores, d.scores)
@@ -101,7 +105,9 @@ def test_linear_model_deletion_plus_insertion_is_constant(step, seed):
     m = rng.integers(0, 3, size=(2, 3, 3)).astype(float)  # many ties
     d = deletion(linear, x, m, step=step, progress=False)
     i = insertion(linear, x, m, step=step, baseline="zeros", progress=False)
-    np.testing.assert_allclose(d.scores + i.scores, linear(x)[:, None] * np.ones_like(d.scores), atol=1e-9)
+    np.testing.assert_allclose(
+        d.scores + i.scores, linear(x)[:, None] * np.ones_like(d.scores), atol=1e-9
+    )
     assert d.fractions[0] == 0 and d.fractions[-1] == 1
     assert np.all(np.diff(d.fractions) > 0)
     np.testing.assert_allclose(d.auc + i.auc, linear(x), atol=1e-9)
@@ -153,5 +159,5 @@ def test_resize_option_uses_math_upsample():
     # nearest 2x: each coarse cell becomes a 2x2 block -> blocks removed in descending coarse order
     s = np.array([[[0.1, 0.9], [0.5, 0.3]]])
     c = deletion(linear, np.ones((1, 1, 4, 4)), s, step=4, resize="nearest", progress=False)
-    np.testing.assert_array_equal(c.order[0, :4], [2, 3, 6, 7])   # top-right block first
+    np.testing.assert_array_equal(c.order[0, :4], [2, 3, 6, 7])  # top-right block first
     np.testing.assert_array_equal(c.scores, [[16.0, 12.0, 8.0, 4.0, 0.0]])

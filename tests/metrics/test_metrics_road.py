@@ -45,7 +45,7 @@ def test_affine_images_reconstructed_exactly_inside(seed):
     yy, xx = np.mgrid[0:7, 0:8]
     img = (a * yy + b * xx + c)[None, None]
     rem = np.zeros((1, 7, 8), bool)
-    rem[0, 1:-1, 1:-1] = rng.random((5, 6)) < 0.7   # interior only: symmetric neighbourhoods
+    rem[0, 1:-1, 1:-1] = rng.random((5, 6)) < 0.7  # interior only: symmetric neighbourhoods
     out = noisy_linear_imputation(img, rem, noise=0.0)
     np.testing.assert_allclose(out, img, atol=1e-9)
 
@@ -56,7 +56,7 @@ def test_noise_statistics_and_reproducibility():
     rem[0, 0, 0] = False
     out = noisy_linear_imputation(x, rem, noise=0.5, seed=7)
     resid = out[0, 0][rem[0]] - 3.0
-    assert abs(resid.std() - 0.5) < 0.03 and abs(resid.mean()) < 0.03   # 1599 samples
+    assert abs(resid.std() - 0.5) < 0.03 and abs(resid.mean()) < 0.03  # 1599 samples
     np.testing.assert_array_equal(out, noisy_linear_imputation(x, rem, noise=0.5, seed=7))
     assert not np.array_equal(out, noisy_linear_imputation(x, rem, noise=0.5, seed=8))
 
@@ -67,7 +67,7 @@ def sum_model(x):
 
 def test_road_curve_hand_computed_morf_and_lerf():
     x = np.array([[[[1.0, 2.0, 3.0, 4.0]]]])
-    m = np.array([[[0.0, 0.0, 1.0, 0.5]]])   # morf: 2, 3, then ties 0, 1 ; lerf: 0, 1 (ties), 3, 2
+    m = np.array([[[0.0, 0.0, 1.0, 0.5]]])  # morf: 2, 3, then ties 0, 1 ; lerf: 0, 1 (ties), 3, 2
     # morf 25 % removes pixel 2 -> (2 + 4)/2 = 3 -> sum 10 ; 50 % removes 2, 3 ->
     # p3 has only p2 as neighbour -> p3 = p2, p2 = (2 + p3)/2 -> p2 = p3 = 2 -> sum 1+2+2+2 = 7
     r = road(sum_model, x, m, percentages=[0.25, 0.5], noise=0.0, progress=False)

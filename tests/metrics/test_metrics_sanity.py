@@ -14,10 +14,14 @@ from refcam.metrics import compare_maps, spearman, ssim
 def test_spearman_hand_computed_with_ties():
     # ranks a (1.5, 1.5, 3), b (1, 2, 3); centred (-.5, -.5, 1), (-1, 0, 1)
     # rho = 1.5 / sqrt(1.5 * 2) = sqrt(3)/2
-    np.testing.assert_allclose(spearman([[1.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]]), [np.sqrt(3) / 2], rtol=1e-15)
+    np.testing.assert_allclose(
+        spearman([[1.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]]), [np.sqrt(3) / 2], rtol=1e-15
+    )
     np.testing.assert_allclose(spearman([[3.0, 2.0, 1.0]], [[1.0, 2.0, 3.0]]), [-1.0])
     # absolute: |(-3, 1, 2)| = (3, 1, 2) -> ranks (3, 1, 2) vs (1, 2, 3): centred (1,-1,0),(-1,0,1) -> -1/2
-    np.testing.assert_allclose(spearman([[-3.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]], absolute=True), [-0.5])
+    np.testing.assert_allclose(
+        spearman([[-3.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]], absolute=True), [-0.5]
+    )
 
 
 def test_spearman_constant_map_guard():
@@ -42,7 +46,9 @@ def test_ssim_hand_computed_constant_images():
     got = ssim(np.ones((1, 11, 11)), np.zeros((1, 11, 11)))
     np.testing.assert_allclose(got, [1e-4 / 1.0001], rtol=1e-12)
     # c = d: SSIM = 1 exactly
-    np.testing.assert_allclose(ssim(np.full((1, 12, 13), 0.3), np.full((1, 12, 13), 0.3)), [1.0], rtol=1e-14)
+    np.testing.assert_allclose(
+        ssim(np.full((1, 12, 13), 0.3), np.full((1, 12, 13), 0.3)), [1.0], rtol=1e-14
+    )
 
 
 def test_ssim_matches_skimage_gaussian_reference():
@@ -51,8 +57,14 @@ def test_ssim_matches_skimage_gaussian_reference():
     b = 0.6 * a + 0.4 * rng.random((2, 24, 30))
     got = ssim(a, b, data_range=1.0)
     for i in range(2):
-        want = structural_similarity(a[i], b[i], gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False, data_range=1.0)
+        want = structural_similarity(
+            a[i],
+            b[i],
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+        )
         np.testing.assert_allclose(got[i], want, rtol=1e-12)
 
 
@@ -67,12 +79,12 @@ def test_ssim_3d_and_symmetry():
 def test_compare_maps_report_cascading_and_independent():
     rng = np.random.default_rng(5)
     orig = rng.random((3, 12, 12))
-    same = orig * 3.0                      # perfectly rank-correlated
-    noise = rng.random((3, 12, 12))        # unrelated
+    same = orig * 3.0  # perfectly rank-correlated
+    noise = rng.random((3, 12, 12))  # unrelated
     r = compare_maps(orig, [same, noise], labels=["fc", "fc+conv"])
     np.testing.assert_allclose(r.spearman_abs[0], 1.0)
     assert r.decisive_step == 1 and r.passes and r.ssim_computed
-    np.testing.assert_allclose(r.ssim[0], 1.0, rtol=1e-12)   # min-max normalised maps are equal
+    np.testing.assert_allclose(r.ssim[0], 1.0, rtol=1e-12)  # min-max normalised maps are equal
     assert "PASSES" in r.to_markdown() and "fc+conv" in r.to_markdown()
     # an edge detector: the maps never change -> fails
     r2 = compare_maps(orig, np.stack([orig, orig]), mode="independent")
@@ -121,7 +133,7 @@ def test_model_randomization_test_with_toy_models():
     r = model_randomization_test(explain, w, randomized=rnd, progress=False)
     assert len(calls) == 3 and calls[0] is w
     assert r.labels == ("head", "head+body")
-    np.testing.assert_allclose(r.spearman[0], 1.0)   # scaling keeps the ranks
+    np.testing.assert_allclose(r.spearman[0], 1.0)  # scaling keeps the ranks
     assert r.passes and r.decisive_step == 1
     # an edge detector ignores the model: identical maps -> fails
     edge = model_randomization_test(lambda m: x, w, randomized=rnd, progress=False)
@@ -132,7 +144,9 @@ def test_model_randomization_test_with_toy_models():
     with pytest.raises(InvalidArgumentError, match="mode"):
         model_randomization_test(explain, w, randomized=rnd, mode="custom")
     with pytest.raises(NonFiniteError, match="randomized model 'head'"):
-        model_randomization_test(lambda m: x * np.nan if m is not w else x, w, randomized=rnd, progress=False)
+        model_randomization_test(
+            lambda m: x * np.nan if m is not w else x, w, randomized=rnd, progress=False
+        )
 
 
 def test_float32_in_float32_out():
