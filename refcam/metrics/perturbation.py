@@ -17,6 +17,13 @@ Conventions (all explicit, all documented here once):
 * **AUC** — trapezoid rule over the fraction axis:
   :math:`\\mathrm{AUC} = \\sum_k (x_{k+1}-x_k)\\,(y_k + y_{k+1})/2`.
 
+Differences from the RISE reference code (``evaluation.py``), stated so results can be compared:
+its pixel order flips an ascending, non-stable ``np.argsort`` (tie order unspecified); its x axis is
+uniform ``k / n_steps`` even when ``step`` does not divide ``P`` (refcam uses the true fraction; the
+two agree when it does); its blur is a conv2d with an 11×11 kernel (``gaussian_filter`` of a delta,
+σ = 5) and zero padding, which darkens the borders, whereas refcam's ``"blur"`` filters the whole
+image (reflect padding, 4σ radius).
+
 Reference: V. Petsiuk, A. Das, K. Saenko, "RISE: Randomized Input Sampling for Explanation of
 Black-box Models", BMVC 2018, §4.1 "Evaluation metrics" (deletion and insertion are defined in the
 text, no equation number).
