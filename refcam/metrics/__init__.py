@@ -11,17 +11,19 @@ Modules:
 * :mod:`~refcam.metrics.perturbation` — deletion/insertion curves, AUC;
 * :mod:`~refcam.metrics.localization` — pointing game, energy-based pointing game, CAM boxes, IoU;
 * :mod:`~refcam.metrics.imputation` — ROAD with noisy linear imputation;
-* :mod:`~refcam.metrics.sanity` — Adebayo et al. sanity checks: Spearman, SSIM, reports.
+* :mod:`~refcam.metrics.sanity` — Adebayo et al. sanity checks: Spearman, SSIM, reports;
+* :mod:`~refcam.metrics.models` — ``score_fn`` from a model (duck-typed), softmax wrapper.
 
 Conventions are collected in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
-from . import confidence, imputation, localization, perturbation, sanity
+from . import confidence, imputation, localization, models, perturbation, sanity
 from .confidence import *
 from .imputation import *
 from .localization import *
+from .models import *
 from .perturbation import *
 from .sanity import *
 
@@ -31,3 +33,4 @@ __all__ += perturbation.__all__
 __all__ += localization.__all__
 __all__ += imputation.__all__
 __all__ += sanity.__all__
+__all__ += models.__all__
