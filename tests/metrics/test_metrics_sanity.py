@@ -8,7 +8,7 @@ from scipy import stats
 from skimage.metrics import structural_similarity
 
 from refcam.errors import InvalidArgumentError, NonFiniteError, ShapeError
-from refcam.metrics import compare_maps, spearman, ssim
+from refcam.metrics import compare_maps, hog_features, hog_similarity, spearman, ssim
 
 
 def test_spearman_hand_computed_with_ties():
@@ -83,7 +83,7 @@ def test_compare_maps_report_cascading_and_independent():
     noise = rng.random((3, 12, 12))  # unrelated
     r = compare_maps(orig, [same, noise], labels=["fc", "fc+conv"])
     np.testing.assert_allclose(r.spearman_abs[0], 1.0)
-    assert r.decisive_step == 1 and r.passes and r.ssim_computed
+    assert r.decisive_step == 1 and r.passes and r.hog is None  # 12x12 < one HOG block
     np.testing.assert_allclose(r.ssim[0], 1.0, rtol=1e-12)  # min-max normalised maps are equal
     assert "PASSES" in r.to_markdown() and "fc+conv" in r.to_markdown()
     # an edge detector: the maps never change -> fails
@@ -94,7 +94,35 @@ def test_compare_maps_report_cascading_and_independent():
     assert r3.decisive_step == 1 and r3.passes
     # small maps: SSIM not computed, flagged
     r4 = compare_maps(orig[:, :5, :5], [noise[:, :5, :5]])
-    assert not r4.ssim_computed and "n/a" in r4.to_markdown()
+    assert r4.ssim is None and r4.hog is None and "n/a" in r4.to_markdown()
+    r5 = compare_maps(np.tile(orig, (1, 2, 2)), [np.tile(noise, (1, 2, 2))])  # 24x24: HOG too
+    assert r5.hog.shape == (1, 3) and r5.ssim.shape == (1, 3)
+
+
+def test_hog_matches_skimage_and_similarity():
+    from skimage.feature import hog
+
+    rng = np.random.default_rng(8)
+    a = rng.random((2, 35, 41))
+    a[1] = np.round(a[1] * 3)  # integer maps: many gradients exactly on bin edges (0, 20, ... deg)
+    for kw in ({}, {"orientations": 7, "pixels_per_cell": (4, 6), "cells_per_block": (2, 2)}):
+        got = hog_features(a, **kw)
+        for i in range(2):
+            want = hog(a[i], **kw)
+            # skimage accumulates cell histograms in C float (float32): agreement to ~3e-8
+            np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(hog_similarity(a, 2 * a + 1), 1.0, rtol=1e-9)
+    assert hog_similarity(np.zeros((1, 24, 24)), a[:1, :24, :24])[0] == 0.0  # flat map: guard
+    # hand-computed: a vertical step edge 0 | 1 at column 12 of a 24x24 map, one block of 3x3 cells
+    # g_c = 1 at columns 11 and 12 (central differences), orientation 0 deg -> bin 0 only;
+    # cells of column-block 1 (cols 8..15) hold magnitude 2 per row * 8 rows / 64 = 0.25 in bin 0
+    step = np.zeros((1, 24, 24))
+    step[0, :, 12:] = 1.0
+    f = hog_features(step).reshape(3, 3, 9)  # (cell row, cell col, orientation)
+    # L2-Hys: three non-zero entries 0.25 -> normalised 1/sqrt(3) = 0.577 -> clipped to 0.2 ->
+    # renormalised to 1/sqrt(3) again (all equal)
+    np.testing.assert_allclose(f[:, 1, 0], 1 / np.sqrt(3), rtol=1e-8)
+    assert np.count_nonzero(f) == 3
 
 
 def test_errors_name_argument():
@@ -114,6 +142,10 @@ def test_errors_name_argument():
         compare_maps(np.ones((1, 3, 3)), [np.ones((1, 3, 3))], labels=["a", "b"])
     with pytest.raises(InvalidArgumentError, match="mode"):
         compare_maps(np.ones((1, 3, 3)), [np.ones((1, 3, 3))], mode="cascade")
+    with pytest.raises(ShapeError, match="maps"):
+        hog_features(np.ones((1, 20, 30)))
+    with pytest.raises(ShapeError, match="maps"):
+        hog_features(np.ones((1, 24, 24, 24)))
 
 
 def test_model_randomization_test_with_toy_models():
