@@ -1,0 +1,146 @@
+r"""Eigen-CAM: the projection of the feature maps on their first principal direction.
+
+Per sample, the activations are reshaped to a matrix :math:`O \in \mathbb{R}^{Z \times K}`
+(one row per spatial position, one column per channel) and factorised
+:math:`O = U \Sigma V^\top`; the map is the projection :math:`O v_1 = \sigma_1 u_1` on the first
+right singular vector, reshaped to the spatial grid.  The whole batch is one call to
+``np.linalg.svd`` on the stacked ``(N, Z, K)`` array.
+
+Sign convention.  A singular vector is defined up to sign, and LAPACK's choice depends on the
+build and on round-off, so "the raw SVD output" is not a reproducible quantity.  refcam fixes
+the sign with a documented rule (``sign=``); ``sign="none"`` returns LAPACK's sign for
+inspection only (not deterministic across platforms, and what pytorch-grad-cam returns).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _validate as _v
+from .blocks import _maps_and_gradients, _relu
+
+__all__ = ["eigencam", "eigengradcam"]
+
+_SIGN_RULES = ("sum", "max-abs", "none")
+
+
+def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
+    """``x`` of shape (N, K, *S) -> signed projection on the first right singular vector."""
+    n, k = x.shape[:2]
+    spatial = x.shape[2:]
+    o = np.swapaxes(x.reshape(n, k, -1), 1, 2)            # (N, Z, K)
+    if center:
+        o = o - o.mean(axis=1, keepdims=True)              # centre each channel over positions
+    u, s, _ = np.linalg.svd(o, full_matrices=False)
+    p = u[:, :, 0] * s[:, :1]                               # O v1 = sigma1 u1, shape (N, Z)
+    if sign != "none":
+        p = p * _sign_factor(p, sign)[:, None]
+    return p.reshape((n,) + spatial).astype(x.dtype, copy=False)
+
+
+def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
+    """+1/-1 per row of ``p`` (N, Z) so that the rule's reference quantity is positive."""
+    rel = np.sqrt(np.finfo(p.dtype).eps)
+    mag = np.abs(p)
+    # max-abs rule: among the elements within a relative sqrt(eps) of max |p| (ties, which
+    # round-off must not decide), the first one in C order is made positive.
+    near_max = mag >= (1 - rel) * mag.max(axis=1, keepdims=True)
+    idx = np.argmax(near_max, axis=1)
+    by_max = np.where(np.take_along_axis(p, idx[:, None], axis=1)[:, 0] < 0, -1, 1)
+    if rule == "max-abs":
+        return by_max.astype(p.dtype)
+    total = p.sum(axis=1)
+    # A sum within round-off of zero is a tie (always the case with center=True, where the
+    # projection sums to 0 by construction): fall back to the max-abs rule.
+    tie = np.abs(total) <= rel * mag.sum(axis=1)
+    return np.where(tie, by_max, np.where(total < 0, -1, 1)).astype(p.dtype)
+
+
+def eigencam(
+    activations: Any, *, center: bool = False, sign: str = "sum", relu: bool = False
+) -> np.ndarray:
+    r"""Eigen-CAM map: projection of the activations on their first principal direction.
+
+    .. math:: L_{\text{Eigen-CAM}} = O\, v_1, \qquad O = U \Sigma V^\top,
+              \quad O_{(ij),k} = A^k_{ij}
+
+    Muhammad & Yeasin, 2020, "Eigen-CAM: Class Activation Map using Principal Components"
+    (IJCNN; arXiv:2008.00299), the equation :math:`L_{\text{Eigen-CAM}} = O_{L=k} V_1`: the
+    projection of the layer output :math:`O_{L=k} = U\Sigma V^\top` on its first right singular
+    vector ("first eigenvector") :math:`V_1`.
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    center : bool, default False
+        The paper factorises the activations as they are (no mean subtraction is written).
+        ``True`` subtracts each channel's spatial mean first, i.e. a true PCA, as
+        pytorch-grad-cam's ``get_2d_projection`` does.
+    sign : {"sum", "max-abs", "none"}, default "sum"
+        ``"sum"``: flip so that the map sums to a positive value; when the sum is zero within
+        round-off (:math:`|\sum p| \le \sqrt{\epsilon}\sum|p|`; always the case with
+        ``center=True``, where the projection sums to 0 by construction) use ``"max-abs"``.
+        ``"max-abs"``: the element of largest absolute value is positive; elements within a
+        relative :math:`\sqrt{\epsilon}` of the largest count as tied and the first of them in
+        C order decides (so round-off never decides a symmetric case).  ``"none"``: LAPACK's sign, not reproducible (documented only;
+        this is what pytorch-grad-cam returns).
+        For non-negative activations and ``center=False``, :math:`v_1 \ge 0`
+        (Perron-Frobenius) and ``"sum"`` makes every value of the map >= 0.
+    relu : bool, default False
+        The paper's map has no ReLU.
+
+    Returns
+    -------
+    ndarray of shape (N, *S), dtype of ``activations``.  All-zero (or, with ``center=True``,
+    spatially constant) activations give an all-zero map: :math:`\sigma_1 = 0`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[[3., 0.]], [[4., 0.]]]])            # O = [[3, 4], [0, 0]]
+    >>> eigencam(a)                                          # v1 = [0.6, 0.8]: O v1 = [5, 0]
+    array([[[5., 0.]]])
+    """
+    x = _v.feature_maps(activations, "activations")
+    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    m = _first_component(x, bool(center), sign)
+    return _relu(m) if relu else m
+
+
+def eigengradcam(
+    activations: Any, gradients: Any, *, center: bool = False, sign: str = "sum", relu: bool = False
+) -> np.ndarray:
+    r"""Eigen-Grad-CAM: Eigen-CAM of the element-wise product of activations and gradients.
+
+    .. math:: L = O'\, v'_1, \qquad O'_{(ij),k} = A^k_{ij}\,\frac{\partial y^c}{\partial A^k_{ij}}
+
+    No paper of its own: ``EigenGradCAM`` of pytorch-grad-cam
+    (https://github.com/jacobgil/pytorch-grad-cam, ``eigen_grad_cam.py``) applies Eigen-CAM
+    (Muhammad & Yeasin, 2020) to ``grads * activations``.  refcam defines it exactly as
+    ``eigencam(activations * gradients, ...)`` with the same keywords and defaults; the library's
+    behaviour is ``center=True, sign="none"`` followed by a ReLU.
+
+    Parameters
+    ----------
+    activations, gradients : arrays of shape (N, K, *S)
+    center, sign, relu
+        As in :func:`eigencam`.
+
+    Returns
+    -------
+    ndarray of shape (N, *S).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[[3., 1.]], [[2., 5.]]]])
+    >>> g = np.array([[[[1., 0.]], [[2., 0.]]]])              # A * G: O = [[3, 4], [0, 0]]
+    >>> eigengradcam(a, g)
+    array([[[5., 0.]]])
+    """
+    a, g = _maps_and_gradients(activations, gradients)
+    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    m = _first_component(a * g, bool(center), sign)
+    return _relu(m) if relu else m

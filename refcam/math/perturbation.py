@@ -1,0 +1,470 @@
+r"""Forward-only (perturbation) CAM methods: the math around the model's scores.
+
+The adapter runs the model on perturbed inputs (masked images for Score-CAM, ablated channels
+for Ablation-CAM) and passes the target-class scores here; these functions turn those scores
+into channel weights and maps.  Shapes: activations ``(N, K, *S)``; ``scores`` ``(N, K)`` -- the
+target score of sample ``n`` when channel ``k`` is used to perturb it; ``baseline_score``
+``(N,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _validate as _v
+from ..errors import InvalidArgumentError, ShapeError
+from .blocks import _channel_vector, _relu, _weighted_sum
+from .post import UPSAMPLE_MODES, normalize, upsample
+
+__all__ = [
+    "scorecam_masks",
+    "scorecam_weights",
+    "scorecam",
+    "ablationcam_weights",
+    "ablationcam",
+    "sscam_masks",
+    "sscam_weights",
+    "iscam_masks",
+    "iscam_weights",
+]
+
+
+def _scores(x: Any, name: str = "scores") -> np.ndarray:
+    arr = _v.as_float_array(x, name)
+    _v.check_ndim(arr, name, min_ndim=2, max_ndim=2, layout="(N, K): one score per sample and channel")
+    if 0 in arr.shape:
+        raise ShapeError(name, arr.shape, "(N, K) with N, K >= 1")
+    return arr
+
+
+def _baseline(x: Any, name: str, n: int, *, allow_scalar: bool) -> np.ndarray:
+    arr = _v.as_float_array(x, name)
+    if allow_scalar and arr.ndim == 0:
+        return np.broadcast_to(arr, (n,))
+    if arr.shape != (n,):
+        raise ShapeError(name, arr.shape, (n,) if not allow_scalar else f"() or {(n,)}",
+                         "one score per sample")
+    return arr
+
+
+def _scorecam_weights(c: np.ndarray, b: np.ndarray | None, softmax: bool) -> np.ndarray:
+    dt = c.dtype if b is None else _v.result_dtype(c, b)
+    c = c.astype(dt, copy=False)
+    if b is not None:
+        c = c - b.astype(dt, copy=False)[:, None]
+    if softmax:
+        e = np.exp(c - c.max(axis=1, keepdims=True))    # max term is exp(0) = 1: sum >= 1
+        c = e / e.sum(axis=1, keepdims=True)
+    return c
+
+
+# --------------------------------------------------------------------------- Score-CAM
+
+_MASK_ORDERS = ("upsample-then-normalize", "normalize-then-upsample")
+
+
+def scorecam_masks(
+    activations: Any,
+    size: Any,
+    *,
+    upsample_mode: str = "linear",
+    order: str = "upsample-then-normalize",
+    eps: float = 0.0,
+) -> np.ndarray:
+    r"""Score-CAM masks :math:`H^k`: each channel upsampled to the input size and min-max scaled.
+
+    .. math:: H^k = s\big(\mathrm{Up}(A^k)\big), \qquad
+              s(M) = \frac{M - \min M}{\max M - \min M}
+
+    Wang et al., 2020, "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+    Networks", Definition 1 and Sec. 4 (Up = upsampling to the input resolution, :math:`s` =
+    min-max normalisation of each channel separately).  The adapter multiplies each mask into the
+    input (:math:`X \circ H^k`) and runs the model to get the ``scores`` of :func:`scorecam`.
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    size : sequence of int, length ``len(S)``
+        Input spatial size ``S_in`` (numpy order, e.g. ``(H, W)``).
+    upsample_mode : {"linear", "linear-align-corners", "nearest", "nearest-exact"}, default "linear"
+        See :func:`refcam.math.upsample`.  The paper does not name its interpolation; ``"linear"``
+        (half-pixel, torch ``align_corners=False``) is refcam's default.
+    order : {"upsample-then-normalize", "normalize-then-upsample"}
+        The paper normalises the upsampled map (:math:`s(\mathrm{Up}(A^k))`).  The other order
+        differs when an extreme lies between output samples (half-pixel linear upsampling does
+        not reproduce interior peaks).
+    eps : float >= 0, default 0.0
+        ``0.0``: exact :math:`s`, with a constant channel giving an all-zero mask (the
+        zero-range guard of :func:`refcam.math.normalize`).  ``eps > 0`` adds it to
+        :math:`\max M - \min M`, as the libraries do.
+
+    Returns
+    -------
+    ndarray of shape (N, K, *size), dtype of ``activations``.
+
+    Notes
+    -----
+    Peer conventions (reproducible with the keywords): pytorch-grad-cam ``ScoreCAM`` =
+    ``upsample_mode="linear-align-corners", order="upsample-then-normalize", eps=1e-8``
+    (``UpsamplingBilinear2d``); torchcam ``ScoreCAM`` = ``upsample_mode="linear",
+    order="normalize-then-upsample", eps=1e-8``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[0., 4.], [3., 3.]]])                 # (1, 2, 2): 1-D spatial
+    >>> scorecam_masks(a, (4,))                              # Up([0, 4]) = [0, 1, 3, 4]
+    array([[[0.  , 0.25, 0.75, 1.  ],
+            [0.  , 0.  , 0.  , 0.  ]]])
+    """
+    a = _v.feature_maps(activations, "activations")
+    spatial = a.shape[2:]
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != len(spatial):
+        raise InvalidArgumentError("size", size, f"a sequence of {len(spatial)} positive integers "
+                                   f"(one per spatial axis of activations {spatial})")
+    mode = _v.choice(upsample_mode, "upsample_mode", UPSAMPLE_MODES)
+    order = _v.choice(order, "order", _MASK_ORDERS)
+    eps = _v.nonnegative_float(eps, "eps")
+    n, k = a.shape[:2]
+
+    def _s(x: np.ndarray) -> np.ndarray:   # per-channel min-max over the spatial axes
+        return normalize(x.reshape((n * k,) + x.shape[2:]), "minmax", eps).reshape(x.shape)
+
+    if order == "upsample-then-normalize":
+        return _s(upsample(a, size, mode))
+    return upsample(_s(a), size, mode)
+
+
+def scorecam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
+    r"""Score-CAM channel weights from the scores of the masked inputs.
+
+    .. math:: \alpha^c_k = C(A^k) = f^c(X \circ H^k) - f^c(X_b)
+
+    Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, 2020, "Score-CAM: Score-Weighted Visual
+    Explanations for Convolutional Neural Networks" (CVPR Workshops), Definition 1 (increase of
+    confidence) and Definition 2 (:math:`\alpha^c_k = C(A^k_l)`).
+
+    Parameters
+    ----------
+    scores : array of shape (N, K)
+        :math:`f^c(X \circ H^k)`, the target score of each masked input.
+    baseline_score : None, scalar or array of shape (N,)
+        :math:`f^c(X_b)`, the score of the baseline input; ``None`` means 0 (no subtraction,
+        which is what pytorch-grad-cam and torchcam do).
+    softmax : bool, default False
+        ``False``: :math:`\alpha^c_k = C(A^k)` as in Definition 2; there the score :math:`f^c`
+        is the model's **softmax probability** of class :math:`c` (the adapter chooses what
+        ``scores`` are).  ``True``: softmax **over the channels k** of
+        :math:`C(A^k)`, :math:`\alpha_k = e^{C_k} / \sum_{k'} e^{C_{k'}}`, as in the paper's
+        Algorithm 1 and in pytorch-grad-cam / torchcam, which apply it to the **raw logits** of
+        the masked inputs.  The softmax is shift invariant, so ``baseline_score`` has no effect
+        when ``softmax=True``.
+
+    Returns
+    -------
+    ndarray of shape (N, K).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> scorecam_weights(np.array([[0.5, 0.2]]), np.array([0.1]))
+    array([[0.4, 0.1]])
+    >>> scorecam_weights(np.array([[np.log(3.), 0.]]), softmax=True)   # e^C = [3, 1]
+    array([[0.75, 0.25]])
+    """
+    c = _scores(scores)
+    b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
+                                                      allow_scalar=True)
+    return _scorecam_weights(c, b, bool(softmax))
+
+
+def scorecam(
+    activations: Any,
+    scores: Any,
+    *,
+    baseline_score: Any = None,
+    softmax: bool = False,
+    relu: bool = True,
+) -> np.ndarray:
+    r"""Score-CAM map.
+
+    .. math:: L^c_{\text{Score-CAM}} = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big),
+              \qquad \alpha^c_k = f^c(X \circ H^k) - f^c(X_b)
+
+    Wang et al., 2020, Definition 2 (weights: :func:`scorecam_weights`).
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    scores : array of shape (N, K)
+    baseline_score : None, scalar or array of shape (N,)
+    softmax : bool, default False
+        See :func:`scorecam_weights`.
+    relu : bool, default True
+        Definition 2 applies a ReLU.
+
+    Returns
+    -------
+    ndarray of shape (N, *S).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[[1., 0.]], [[0., 1.]]]])
+    >>> scorecam(a, np.array([[0.5, -0.2]]))                   # ReLU([0.5, -0.2])
+    array([[[0.5, 0. ]]])
+    """
+    a = _v.feature_maps(activations, "activations")
+    c = _channel_vector(scores, "scores", a)
+    b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", a.shape[0],
+                                                      allow_scalar=True)
+    w = _scorecam_weights(c, b, bool(softmax))
+    dt = _v.result_dtype(a, w)
+    m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
+    return _relu(m) if relu else m
+
+
+# --------------------------------------------------------------------------- Ablation-CAM
+
+def _ablation_weights(c: np.ndarray, y: np.ndarray) -> np.ndarray:
+    dt = _v.result_dtype(c, y)
+    c = c.astype(dt, copy=False)
+    y = y.astype(dt, copy=False)[:, None]
+    nonzero = y != 0
+    return np.where(nonzero, (y - c) / np.where(nonzero, y, 1), 0).astype(dt, copy=False)
+
+
+def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
+    r"""Ablation-CAM channel weights: relative drop of the class score when a channel is ablated.
+
+    .. math:: w^c_k = \frac{y^c - y^c_k}{y^c}
+
+    Ramaswamy & Desai, 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional Network
+    via Gradient-free Localization" (WACV), the Ablation-CAM weight (the "slope" normalised by
+    the unablated score).
+
+    Parameters
+    ----------
+    scores : array of shape (N, K)
+        :math:`y^c_k`, the class score with channel :math:`k` ablated (set to zero in the paper).
+    baseline_score : array of shape (N,)
+        :math:`y^c`, the class score of the unablated input.
+
+    Returns
+    -------
+    ndarray of shape (N, K).
+
+    Notes
+    -----
+    **Division guard (explicit mask).**  When :math:`y^c = 0` the relative drop is undefined;
+    refcam returns :math:`w^c_k = 0` for every channel of that sample (so the map is zero)
+    instead of Inf/NaN.  pytorch-grad-cam divides unguarded.  The paper assumes
+    :math:`y^c > 0`; a negative :math:`y^c` flips the sign of every weight (not guarded: it is
+    what the formula says).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ablationcam_weights(np.array([[1., 3.], [5., 1.]]), np.array([2., 0.]))
+    array([[ 0.5, -0.5],
+           [ 0. ,  0. ]])
+    """
+    c = _scores(scores)
+    y = _baseline(baseline_score, "baseline_score", c.shape[0], allow_scalar=False)
+    return _ablation_weights(c, y)
+
+
+def ablationcam(activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True) -> np.ndarray:
+    r"""Ablation-CAM map.
+
+    .. math:: L^c_{\text{Ablation-CAM}} = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big), \qquad
+              w^c_k = \frac{y^c - y^c_k}{y^c}
+
+    Ramaswamy & Desai, 2020 (WACV), the Ablation-CAM map (weights: :func:`ablationcam_weights`).
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    scores : array of shape (N, K)
+        :math:`y^c_k`, score with channel k ablated.
+    baseline_score : array of shape (N,)
+        :math:`y^c`, unablated score; 0 gives a zero map (see :func:`ablationcam_weights`).
+    relu : bool, default True
+        The paper's map applies a ReLU, as Grad-CAM's eq. 2.
+
+    Returns
+    -------
+    ndarray of shape (N, *S).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[[2., 0.]], [[0., 2.]]]])
+    >>> ablationcam(a, np.array([[1., 3.]]), np.array([2.]))   # w = [0.5, -0.5]
+    array([[[1., 0.]]])
+    """
+    a = _v.feature_maps(activations, "activations")
+    c = _channel_vector(scores, "scores", a)
+    y = _baseline(baseline_score, "baseline_score", a.shape[0], allow_scalar=False)
+    w = _ablation_weights(c, y)
+    dt = _v.result_dtype(a, w)
+    m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
+    return _relu(m) if relu else m
+
+
+# --------------------------------------------------------------------------- SS-CAM / IS-CAM
+
+def _masks(x: Any, name: str = "masks") -> np.ndarray:
+    return _v.feature_maps(x, name)
+
+
+def _sampled_scores(x: Any, name: str = "scores") -> np.ndarray:
+    arr = _v.as_float_array(x, name)
+    _v.check_ndim(arr, name, min_ndim=3, max_ndim=3,
+                  layout="(N, n, K): one score per sample, noise sample / step, and channel")
+    if 0 in arr.shape:
+        raise ShapeError(name, arr.shape, "(N, n, K) with every axis non-empty")
+    return arr
+
+
+def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> np.ndarray:
+    r"""SS-CAM noisy masks: each Score-CAM mask plus Gaussian noise, ``n_samples`` times.
+
+    .. math:: \hat H^k_m = H^k + \delta_m, \qquad \delta_m \sim \mathcal N(0, \sigma^2)
+              \text{ i.i.d. per element}, \quad m = 1..n
+
+    Wang, Naidu, Mardziel et al., 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
+    Localization" (arXiv:2006.14255), the variant that smooths the masks (noise added to the
+    normalised, upsampled activation, as torchcam's ``SSCAM`` does with ``std = 2.0``).
+
+    Parameters
+    ----------
+    masks : array of shape (N, K, *S_in)
+        Score-CAM masks :math:`H^k` (e.g. from ``scorecam_masks``).
+    n_samples : int >= 1
+    std : float >= 0
+        :math:`\sigma`.
+    seed : None, int or numpy Generator
+        Passed to ``np.random.default_rng``; an int makes the noise reproducible.
+
+    Returns
+    -------
+    ndarray of shape (N, n_samples, K, *S_in), dtype of ``masks``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sscam_masks(np.ones((1, 1, 2)), 3, std=0.0)[0, :, 0]      # no noise: 3 copies
+    array([[1., 1.],
+           [1., 1.],
+           [1., 1.]])
+    >>> np.array_equal(sscam_masks(np.ones((1, 1, 2)), 2, std=2.0, seed=7),
+    ...                sscam_masks(np.ones((1, 1, 2)), 2, std=2.0, seed=7))
+    True
+    """
+    h = _masks(masks)
+    n = _v.positive_int(n_samples, "n_samples")
+    sigma = _v.nonnegative_float(std, "std")
+    rng = np.random.default_rng(seed)
+    out = np.repeat(h[:, None], n, axis=1)
+    if sigma:
+        out = out + rng.normal(0.0, sigma, size=out.shape).astype(h.dtype, copy=False)
+    return out
+
+
+def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
+    r"""SS-CAM channel weights: Score-CAM weights of the scores averaged over the noise samples.
+
+    .. math:: \alpha^c_k = \frac{1}{n} \sum_{m=1}^{n} \Big(f^c(X \circ \hat H^k_m) - f^c(X_b)\Big)
+
+    (Wang, Naidu, Mardziel et al., 2020, SS-CAM), optionally followed by the softmax over
+    channels (``softmax=True``, torchcam's ``SSCAM``), exactly as :func:`scorecam_weights`.
+
+    Parameters
+    ----------
+    scores : array of shape (N, n, K)
+        Target score of the input masked by the m-th noisy mask of channel k.
+    baseline_score : None, scalar or array of shape (N,)
+    softmax : bool, default False
+
+    Returns
+    -------
+    ndarray of shape (N, K).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sscam_weights(np.array([[[1., 4.], [3., 0.]]]))        # means over the 2 samples
+    array([[2., 2.]])
+    """
+    c = _sampled_scores(scores)
+    b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
+                                                      allow_scalar=True)
+    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))
+
+
+def iscam_masks(masks: Any, n_steps: int) -> np.ndarray:
+    r"""IS-CAM scaled masks: each Score-CAM mask scaled by :math:`i/n`, :math:`i = 1..n`.
+
+    .. math:: H^k_i = \frac{i}{n} H^k, \qquad i = 1, \dots, n
+
+    The integration path of Naidu, Ghosh, Maurya & Kundu, 2020, "IS-CAM: Integrated Score-CAM
+    for axiomatic-based explanations" (arXiv:2010.03023): the mask is scaled from (almost) zero to
+    full, as Integrated Gradients scales the input.  The right-endpoint Riemann points
+    :math:`i/n` are used.  (torchcam's ``ISCAM`` instead accumulates
+    :math:`\sum_{j<i} (j/n) H^k`; that is a different path, not reproduced here.)
+
+    Parameters
+    ----------
+    masks : array of shape (N, K, *S_in)
+    n_steps : int >= 1
+
+    Returns
+    -------
+    ndarray of shape (N, n_steps, K, *S_in), dtype of ``masks``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> iscam_masks(np.array([[[4.]]]), 4)[0, :, 0, 0]
+    array([1., 2., 3., 4.])
+    """
+    h = _masks(masks)
+    n = _v.positive_int(n_steps, "n_steps")
+    t = (np.arange(1, n + 1) / n).astype(h.dtype)
+    return t.reshape((1, n) + (1,) * (h.ndim - 1)) * h[:, None]
+
+
+def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
+    r"""IS-CAM channel weights: the Score-CAM increase of confidence integrated along the mask path.
+
+    .. math:: \alpha^c_k = \frac{1}{n} \sum_{i=1}^{n} \Big(f^c\big(X \circ \tfrac{i}{n} H^k\big)
+              - f^c(X_b)\Big) \approx \int_0^1 \big(f^c(X \circ t H^k) - f^c(X_b)\big)\,dt
+
+    (Naidu et al., 2020, IS-CAM), optionally followed by the softmax over channels
+    (``softmax=True``, as torchcam), exactly as :func:`scorecam_weights`.  The average (not the
+    sum) over steps is used so that ``n_steps`` does not rescale the map.
+
+    Parameters
+    ----------
+    scores : array of shape (N, n, K)
+        Target score of the input masked by :math:`(i/n) H^k` (``iscam_masks`` order).
+    baseline_score : None, scalar or array of shape (N,)
+    softmax : bool, default False
+
+    Returns
+    -------
+    ndarray of shape (N, K).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> iscam_weights(np.array([[[1., 0.], [2., 0.], [3., 3.]]]), 1.0)   # means [2, 1] - 1
+    array([[1., 0.]])
+    """
+    c = _sampled_scores(scores)
+    b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
+                                                      allow_scalar=True)
+    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))
