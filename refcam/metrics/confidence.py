@@ -5,10 +5,13 @@ Notation of the paper: :math:`Y_i^c` is the model's score for class :math:`c` on
 upsampled to the input and scaled to [0, 1], multiplied pointwise into the image).  The paper uses
 softmax probabilities; pass a ``score_fn`` returning probabilities to reproduce its numbers.
 
-Reference: A. Chattopadhay, A. Sarkar, P. Howlader, V. N. Balasubramanian, "Grad-CAM++: Generalized
-Gradient-based Visual Explanations for Deep Convolutional Networks", WACV 2018, section
-"Objective evaluation for object recognition" (the three metrics are unnumbered displays/definitions
-in the text).
+Reference: A. Chattopadhay, A. Sarkar, P. Howlader, V. N. Balasubramanian, "Grad-CAM++: Improved
+Visual Explanations for Deep Convolutional Networks", arXiv:1710.11063 (WACV 2018 as "Grad-CAM++:
+Generalized Gradient-based Visual Explanations ..."), Sec. 4.1: the three metrics are inline and
+unnumbered (Win % in words only); :math:`E^c = L^c \\circ I` is eq. (25).  The printed Average Drop
+formula omits :math:`1/N`, but the text says it is "computed per image and averaged over the entire
+dataset", which is what refcam does.  (Score-CAM, Sec. 4.2, uses the same formulas with the map
+restricted to 50 % of the pixels; refcam does not apply that restriction.)
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ Conventions:
 Inherently 2-D (the 8-neighbourhood of images).
 
 Reference: Y. Rong, T. Leemann, V. Borisov, G. Kasneci, E. Kasneci, "A Consistent and Efficient
-Evaluation Strategy for Attribution Methods", ICML 2022, §4 "Noisy linear imputation".
+Evaluation Strategy for Attribution Methods", ICML 2022, arXiv:2202.00449 (noisy linear imputation; the section is not verified — the weights
+and the system follow the authors' public reference code).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _seed(seed: Any) -> int:
 def noisy_linear_imputation(
     inputs: Any, remove: Any, *, noise: float = 0.01, seed: int = 0
 ) -> np.ndarray:
-    r"""Fill removed pixels by noisy linear imputation (Rong et al. 2022, ROAD, §4).
+    r"""Fill removed pixels by noisy linear imputation (Rong et al. 2022, ROAD).
 
     For every removed pixel :math:`i` (all channels independently) the imputed value solves
 

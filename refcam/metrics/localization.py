@@ -195,8 +195,9 @@ def pointing_game(
     flat C order (``np.argmax``) is the point, so a constant map points at pixel ``(0, 0, ...)``.
 
     Reference: J. Zhang, S. A. Bargal, Z. Lin, J. Brandt, X. Shen, S. Sclaroff, "Top-down Neural
-    Attention by Excitation Backprop", IJCV 2018 (ECCV 2016), §5.1 "The pointing game" (defined in
-    the text, no equation number).
+    Attention by Excitation Backprop", IJCV 2018 (ECCV 2016), arXiv:1608.00507: accuracy
+    :math:`\#\mathrm{Hits}/(\#\mathrm{Hits}+\#\mathrm{Misses})` (text, no equation number).  The
+    15-px tolerance is quoted from recollection of the paper and not verified against its text.
 
     Parameters
     ----------
@@ -242,7 +243,9 @@ def energy_pointing_game(
 
     Reference: H. Wang, Z. Wang, M. Du, F. Yang, Z. Zhang, S. Ding, P. Mardziel, X. Hu,
     "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks", CVPR
-    Workshops 2020, §5.2 "Localization evaluation" (the proportion formula).
+    Workshops 2020, Sec. 4.3 "Localization Evaluation" (inline, unnumbered).  The paper also drops
+    images whose object covers more than 50 % of the image or that have several boxes; that data
+    selection is left to the caller.
 
     Parameters
     ----------
@@ -272,7 +275,7 @@ def energy_pointing_game(
 
 
 def cam_box(maps: Any, threshold: float = 0.2) -> np.ndarray:
-    r"""The CAM paper's weakly supervised box (Zhou et al. 2016, §3 / "Weakly-supervised localization").
+    r"""The CAM paper's weakly supervised box (Zhou et al. 2016, "Weakly-supervised localization").
 
     Segment :math:`\{p : L(p) > \theta \max_q L(q)\}` (strictly above ``threshold`` times the max),
     take the largest connected component (8-connectivity, as MATLAB's ``bwlabel``; equal sizes: the
@@ -283,7 +286,8 @@ def cam_box(maps: Any, threshold: float = 0.2) -> np.ndarray:
     empty box ``(0, 0, 0, 0)`` (IoU 0 with anything).
 
     Reference: B. Zhou, A. Khosla, A. Lapedriza, A. Oliva, A. Torralba, "Learning Deep Features for
-    Discriminative Localization", CVPR 2016, §3 (threshold 20 % of the max, text, no equation number).
+    Discriminative Localization", CVPR 2016 (threshold 20 % of the max, stated in the text; the
+    section number is not verified).  (Grad-CAM's localisation uses 15 %: pass ``threshold=0.15``.)
 
     Parameters
     ----------
@@ -405,7 +409,7 @@ def localization_accuracy(
     classified: Any = None,
     clip: bool = False,
 ) -> LocalizationResult:
-    r"""Weakly supervised localisation accuracy (Zhou et al. 2016, CAM §3; ILSVRC criterion).
+    r"""Weakly supervised localisation accuracy (Zhou et al. 2016, CAM; ILSVRC criterion).
 
     .. math::
         \mathrm{correct}_i = \mathbb{1}\Big[\max_j \mathrm{IoU}(\hat B_i, B_{ij}) \ge 0.5\Big]

@@ -25,8 +25,8 @@ two agree when it does); its blur is a conv2d with an 11×11 kernel (``gaussian_
 image (reflect padding, 4σ radius).
 
 Reference: V. Petsiuk, A. Das, K. Saenko, "RISE: Randomized Input Sampling for Explanation of
-Black-box Models", BMVC 2018, §4.1 "Evaluation metrics" (deletion and insertion are defined in the
-text, no equation number).
+Black-box Models", BMVC 2018, arXiv:1806.07421 (deletion and insertion are defined in the text, no
+equation number; the section is not verified).
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def deletion(
     batch_size: int = 64,
     progress: bool = True,
 ) -> PerturbationCurve:
-    r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE, §4.1): remove the most salient pixels first.
+    r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE): remove the most salient pixels first.
 
     Point :math:`k` of the curve is :math:`y_k = f_c(I^{(k)})` with
 
@@ -306,7 +306,7 @@ def insertion(
     batch_size: int = 64,
     progress: bool = True,
 ) -> PerturbationCurve:
-    r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE, §4.1): insert the most salient pixels first.
+    r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE): insert the most salient pixels first.
 
     .. math::
         I^{(k)}_{c,p} = \begin{cases} I_{c,p} & \mathrm{rank}(p) < \min(k\,s, P) \\

@@ -9,7 +9,7 @@ This module holds the comparison part (pure NumPy/SciPy).  The randomisation of 
 initializers lives in :mod:`refcam.onnx.randomize`, and :func:`model_randomization_test` drives it.
 
 Reference: J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim, "Sanity Checks for
-Saliency Maps", NeurIPS 2018, §3 "Model parameter randomization test" (no numbered equations;
+Saliency Maps", NeurIPS 2018, arXiv:1810.03292, "model parameter randomization test" (no numbered equations;
 Spearman with and without absolute values, SSIM, HOG).
 """
 
@@ -116,7 +116,9 @@ def ssim(
     keep the ratio finite (they are part of the formula, not an added eps).
 
     Reference: Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli, "Image Quality Assessment: From
-    Error Visibility to Structural Similarity", IEEE TIP 13(4), 2004.
+    Error Visibility to Structural Similarity", IEEE TIP 13(4):600–612, 2004.  The equation and
+    section numbers above are from recollection (the TIP text was not reachable to verify them);
+    the implementation is checked numerically against scikit-image.
 
     Parameters
     ----------
@@ -200,8 +202,8 @@ def hog_features(
        :math:`\epsilon = 10^{-5}` (Dalal & Triggs' constant, part of the descriptor's definition).
 
     Inherently 2-D.  Reference: N. Dalal, B. Triggs, "Histograms of Oriented Gradients for Human
-    Detection", CVPR 2005, §6.4 (block normalisation schemes); used for map similarity by Adebayo
-    et al. 2018, §3.
+    Detection", CVPR 2005 (L2-Hys block normalisation; section not verified); used for map similarity by Adebayo
+    et al. 2018.
 
     Parameters
     ----------
@@ -339,7 +341,7 @@ def compare_maps(
     mode: str = "cascading",
     threshold: float = 0.5,
 ) -> SanityReport:
-    r"""Compare original maps with maps from randomised models (Adebayo et al. 2018, §3).
+    r"""Compare original maps with maps from randomised models (Adebayo et al. 2018).
 
     For each step :math:`t` and sample :math:`i`: Spearman :math:`\rho(L_i, L_i^{(t)})`, Spearman of
     absolute values :math:`\rho(|L_i|, |L_i^{(t)}|)`, and SSIM and HOG similarity of the per-sample
@@ -431,7 +433,7 @@ def model_randomization_test(
     threshold: float = 0.5,
     progress: bool = True,
 ) -> SanityReport:
-    r"""Model parameter randomisation test (Adebayo et al. 2018, §3): recompute maps, compare, judge.
+    r"""Model parameter randomisation test (Adebayo et al. 2018): recompute maps, compare, judge.
 
     ``explain(model) -> maps (N, *S)`` is called once on the original model and once per randomised
     model; :func:`compare_maps` compares the results.

@@ -26,7 +26,7 @@ order of :func:`parameter_layers`) draws from ``numpy.random.default_rng([seed, 
 gets the same values in every cascading step and in the independent test.
 
 Reference: J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim, "Sanity Checks for
-Saliency Maps", NeurIPS 2018, §3 (cascading randomisation from the top layer down; independent
+Saliency Maps", NeurIPS 2018, arXiv:1810.03292 (cascading randomisation from the top layer down; independent
 randomisation of one layer at a time).
 """
 
