@@ -160,3 +160,32 @@ def test_errors_name_argument():
         cam_box(m, 1.5)
     with pytest.raises(ShapeError, match="classified"):
         localization_accuracy(m, [[0, 0, 1, 1]], classified=[True, False])
+
+
+boxes_st = st.tuples(st.integers(0, 9), st.integers(0, 9), st.integers(1, 10), st.integers(1, 10)).map(
+    lambda t: (t[0], t[1], t[0] + t[2], t[1] + t[3])
+)
+
+
+@given(boxes_st, boxes_st)
+def test_iou_properties_and_raster_agreement(a, b):
+    iou = float(box_iou(a, b))
+    assert 0.0 <= iou <= 1.0 and iou == float(box_iou(b, a))
+    assert float(box_iou(a, a)) == 1.0
+    # on integer boxes the IoU equals the IoU of the rasterised masks
+    ma, mb = boxes_to_masks([a, b], (20, 20))
+    inter = np.logical_and(ma, mb).sum()
+    union = np.logical_or(ma, mb).sum()
+    assert iou == pytest.approx(inter / union, abs=1e-12)
+
+
+@given(st.integers(0, 2**31 - 1), st.floats(0, 20), st.floats(0, 20))
+def test_pointing_tolerance_monotonic(seed, t1, t2):
+    rng = np.random.default_rng(seed)
+    m = rng.random((4, 12, 12))
+    mask = rng.random((4, 12, 12)) > 0.9
+    mask[:, 6, 6] = True
+    lo, hi = sorted((t1, t2))
+    a = pointing_game(m, masks=mask, tolerance=lo).hits
+    b = pointing_game(m, masks=mask, tolerance=hi).hits
+    assert np.all(b[a])   # a hit stays a hit with a larger tolerance
