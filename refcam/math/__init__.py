@@ -26,12 +26,10 @@ from .blocks import __all__ as _blocks_all  # noqa: E402
 
 __all__ += _blocks_all
 
-# NB: the function ``cam`` shadows the submodule ``cam`` as an attribute of this package once
-# ``from .cam import *`` has run; hence ``from .cam import __all__`` and never ``from . import cam``.
-from .cam import *  # noqa: E402,F401,F403
-from .cam import __all__ as _cam_all  # noqa: E402
+from .cam_family import *  # noqa: E402,F401,F403
+from .cam_family import __all__ as _cam_family_all  # noqa: E402
 
-__all__ += _cam_all
+__all__ += _cam_family_all
 
 from .eigen import *  # noqa: E402,F401,F403
 from .eigen import __all__ as _eigen_all  # noqa: E402

@@ -15,17 +15,13 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as _v
-from ..errors import ShapeError
+from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = ["gap", "weighted_sum", "gradient_weights"]
 
 
 # --------------------------------------------------------------------------- internal helpers
 # (shared by cam.py, eigen.py and perturbation.py; not public API)
-
-def _feature_maps(x: Any, name: str = "activations") -> np.ndarray:
-    return _v.feature_maps(x, name)
-
 
 def _maps_and_gradients(activations: Any, gradients: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``(A, G)`` of identical layout ``(N, K, *S)``; cast both to their common dtype."""
@@ -40,15 +36,8 @@ def _channel_vector(x: Any, name: str, a: np.ndarray) -> np.ndarray:
     """Validate a per-sample, per-channel array of shape ``(N, K)`` matching ``a``."""
     arr = _v.as_float_array(x, name)
     if arr.shape != a.shape[:2]:
-        raise ShapeError(name, arr.shape, a.shape[:2], "one value per sample and channel of activations")
-    return arr
-
-
-def _sample_vector(x: Any, name: str, n: int) -> np.ndarray:
-    """Validate a per-sample array of shape ``(N,)``."""
-    arr = _v.as_float_array(x, name)
-    if arr.shape != (n,):
-        raise ShapeError(name, arr.shape, (n,), "one value per sample")
+        raise ShapeError(name, arr.shape, a.shape[:2],
+                         "one value per sample and channel of activations")
     return arr
 
 
@@ -57,8 +46,20 @@ def _spatial_axes(a: np.ndarray) -> tuple[int, ...]:
 
 
 def _relu(x: np.ndarray) -> np.ndarray:
-    """``max(x, 0)`` keeping the dtype (the public, validated version is ``refcam.math.post.relu``)."""
+    """``max(x, 0)`` keeping the dtype (unvalidated twin of ``refcam.math.post.relu``)."""
     return np.maximum(x, 0)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """Require a real boolean (``True``/``False``, NumPy bools accepted)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(name, value, "True or False")
+    return bool(value)
+
+
+def _maybe_relu(m: np.ndarray, relu: Any) -> np.ndarray:
+    """Apply the final ReLU when the (validated) ``relu`` flag says so."""
+    return _relu(m) if _flag(relu, "relu") else m
 
 
 def _weighted_sum(a: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@ r"""Eigen-CAM: the projection of the feature maps on their first principal direc
 Per sample, the activations are reshaped to a matrix :math:`O \in \mathbb{R}^{Z \times K}`
 (one row per spatial position, one column per channel) and factorised
 :math:`O = U \Sigma V^\top`; the map is the projection :math:`O v_1 = \sigma_1 u_1` on the first
-right singular vector, reshaped to the spatial grid.  The whole batch is one call to
-``np.linalg.svd`` on the stacked ``(N, Z, K)`` array.
+right singular vector, reshaped to the spatial grid.  The whole batch is computed at once on
+the stacked ``(N, Z, K)`` array: a QR factorisation of its long side, then ``np.linalg.svd`` of
+the small triangular factor (same accuracy as an SVD of ``O``, several times faster).
 
 Sign convention.  A singular vector is defined up to sign, and LAPACK's choice depends on the
 build and on round-off, so "the raw SVD output" is not a reproducible quantity.  refcam fixes
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as _v
-from .blocks import _maps_and_gradients, _relu
+from .blocks import _flag, _maps_and_gradients, _maybe_relu
 
 __all__ = ["eigencam", "eigengradcam"]
 
@@ -33,11 +34,34 @@ def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
     o = np.swapaxes(x.reshape(n, k, -1), 1, 2)            # (N, Z, K)
     if center:
         o = o - o.mean(axis=1, keepdims=True)              # centre each channel over positions
-    u, s, _ = np.linalg.svd(o, full_matrices=False)
-    p = u[:, :, 0] * s[:, :1]                               # O v1 = sigma1 u1, shape (N, Z)
+        # a spatially constant channel centres to exactly 0 (the mean's round-off must not leave
+        # 1e-17 residue that a later min-max normalisation would blow up into noise)
+        const = x.reshape(n, k, -1).max(axis=2) == x.reshape(n, k, -1).min(axis=2)
+        if const.any():
+            o = np.where(const[:, None, :], 0, o)
+    p = _projection_on_v1(o)                                # O v1 = sigma1 u1, shape (N, Z)
     if sign != "none":
         p = p * _sign_factor(p, sign)[:, None]
     return p.reshape((n,) + spatial).astype(x.dtype, copy=False)
+
+
+def _projection_on_v1(o: np.ndarray) -> np.ndarray:
+    """``O v1 = sigma1 u1`` for a stack ``o`` (N, Z, K), through a QR of the long side.
+
+    The SVD is taken of the small triangular factor only (backward stable, same accuracy as
+    ``np.linalg.svd(o)``, 2-5x faster for the usual Z << K or Z >> K):
+    tall (Z >= K): ``O = Q R``, the right singular vectors of ``R`` are those of ``O``, so
+    ``p = O v1``; wide (Z < K): ``O^T = Q R``, so ``O = R^T Q^T`` and the left singular pairs of
+    ``R^T`` are those of ``O``: ``p = sigma1 u1``.
+    """
+    z, k = o.shape[1:]
+    if z >= k:
+        r = np.linalg.qr(o, mode="r")                       # (N, K, K)
+        _, _, vt = np.linalg.svd(r)
+        return np.matmul(o, vt[:, 0, :, None])[:, :, 0]
+    r = np.linalg.qr(np.swapaxes(o, 1, 2), mode="r")        # (N, Z, Z)
+    u, s, _ = np.linalg.svd(np.swapaxes(r, 1, 2))
+    return u[:, :, 0] * s[:, :1]
 
 
 def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
@@ -75,7 +99,8 @@ def eigencam(
     ----------
     activations : array of shape (N, K, *S)
     center : bool, default False
-        The paper factorises the activations as they are (no mean subtraction is written).
+        The paper factorises the layer output as it is: no mean subtraction is written in the
+        Eigen-CAM equation (the full text was not available to verify the surrounding prose).
         ``True`` subtracts each channel's spatial mean first, i.e. a true PCA, as
         pytorch-grad-cam's ``get_2d_projection`` does.
     sign : {"sum", "max-abs", "none"}, default "sum"
@@ -84,8 +109,9 @@ def eigencam(
         ``center=True``, where the projection sums to 0 by construction) use ``"max-abs"``.
         ``"max-abs"``: the element of largest absolute value is positive; elements within a
         relative :math:`\sqrt{\epsilon}` of the largest count as tied and the first of them in
-        C order decides (so round-off never decides a symmetric case).  ``"none"``: LAPACK's sign, not reproducible (documented only;
-        this is what pytorch-grad-cam returns).
+        C order decides (so round-off never decides a symmetric case).
+        ``"none"``: LAPACK's sign, not reproducible (documented only; this is what
+        pytorch-grad-cam returns).
         For non-negative activations and ``center=False``, :math:`v_1 \ge 0`
         (Perron-Frobenius) and ``"sum"`` makes every value of the map >= 0.
     relu : bool, default False
@@ -105,8 +131,8 @@ def eigencam(
     """
     x = _v.feature_maps(activations, "activations")
     sign = _v.choice(sign, "sign", _SIGN_RULES)
-    m = _first_component(x, bool(center), sign)
-    return _relu(m) if relu else m
+    m = _first_component(x, _flag(center, "center"), sign)
+    return _maybe_relu(m, relu)
 
 
 def eigengradcam(
@@ -142,5 +168,5 @@ def eigengradcam(
     """
     a, g = _maps_and_gradients(activations, gradients)
     sign = _v.choice(sign, "sign", _SIGN_RULES)
-    m = _first_component(a * g, bool(center), sign)
-    return _relu(m) if relu else m
+    m = _first_component(a * g, _flag(center, "center"), sign)
+    return _maybe_relu(m, relu)

@@ -94,7 +94,7 @@ def channel_max_saliency(input_gradients: Any) -> np.ndarray:
 
     Simonyan, Vedaldi & Zisserman (2014), "Deep Inside Convolutional Networks: Visualising
     Image Classification Models and Saliency Maps", Sect. 3.1: with
-    :math:`w = \partial S_c / \partial I \,|_{I_0}` (Eq. 3),
+    :math:`w = \partial S_c / \partial I \,|_{I_0}` (Eq. 4; Eq. 3 is the first-order Taylor expansion it comes from),
 
     .. math:: M_{ij} = \max_c |w_{h(i,j,c)}| ,
 

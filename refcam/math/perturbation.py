@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
-from .blocks import _channel_vector, _relu, _weighted_sum
+from .blocks import _channel_vector, _flag, _maybe_relu, _weighted_sum
 from .post import UPSAMPLE_MODES, normalize, upsample
 
 __all__ = [
@@ -33,7 +33,8 @@ __all__ = [
 
 def _scores(x: Any, name: str = "scores") -> np.ndarray:
     arr = _v.as_float_array(x, name)
-    _v.check_ndim(arr, name, min_ndim=2, max_ndim=2, layout="(N, K): one score per sample and channel")
+    _v.check_ndim(arr, name, min_ndim=2, max_ndim=2,
+                  layout="(N, K): one score per sample and channel")
     if 0 in arr.shape:
         raise ShapeError(name, arr.shape, "(N, K) with N, K >= 1")
     return arr
@@ -79,8 +80,9 @@ def scorecam_masks(
               s(M) = \frac{M - \min M}{\max M - \min M}
 
     Wang et al., 2020, "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
-    Networks", Definition 1 and Sec. 4 (Up = upsampling to the input resolution, :math:`s` =
-    min-max normalisation of each channel separately).  The adapter multiplies each mask into the
+    Networks" (CVPR Workshops; = arXiv:1910.01279 v2+), eq. 7 in Definition 4 (Up = upsampling
+    to the input resolution) and eq. 8, Sec. 3.1 (:math:`s` = min-max normalisation of each
+    channel separately).  The adapter multiplies each mask into the
     input (:math:`X \circ H^k`) and runs the model to get the ``scores`` of :func:`scorecam`.
 
     Parameters
@@ -97,8 +99,9 @@ def scorecam_masks(
         not reproduce interior peaks).
     eps : float >= 0, default 0.0
         ``0.0``: exact :math:`s`, with a constant channel giving an all-zero mask (the
-        zero-range guard of :func:`refcam.math.normalize`).  ``eps > 0`` adds it to
-        :math:`\max M - \min M`, as the libraries do.
+        zero-range guard of :func:`refcam.math.normalize`; constancy is decided on ``A^k``
+        itself, so interpolation round-off cannot turn a constant channel into noise).
+        ``eps > 0`` is added to :math:`\max M - \min M`, as the libraries do.
 
     Returns
     -------
@@ -133,18 +136,30 @@ def scorecam_masks(
         return normalize(x.reshape((n * k,) + x.shape[2:]), "minmax", eps).reshape(x.shape)
 
     if order == "upsample-then-normalize":
-        return _s(upsample(a, size, mode))
-    return upsample(_s(a), size, mode)
+        h = _s(upsample(a, size, mode))
+    else:
+        h = upsample(_s(a), size, mode)
+    # A constant channel upsamples to a constant in exact arithmetic, but the interpolation
+    # weights' round-off can leave 1-ulp ripples that min-max would blow up to [0, 1]: decide
+    # constancy exactly, at feature resolution, and give those channels the zero mask.
+    sp = tuple(range(2, a.ndim))
+    constant = a.max(axis=sp) == a.min(axis=sp)
+    if constant.any():
+        h[constant] = 0
+    return h
 
 
-def scorecam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
+def scorecam_weights(
+    scores: Any, baseline_score: Any = None, *, softmax: bool = False
+) -> np.ndarray:
     r"""Score-CAM channel weights from the scores of the masked inputs.
 
     .. math:: \alpha^c_k = C(A^k) = f^c(X \circ H^k) - f^c(X_b)
 
     Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, 2020, "Score-CAM: Score-Weighted Visual
-    Explanations for Convolutional Neural Networks" (CVPR Workshops), Definition 1 (increase of
-    confidence) and Definition 2 (:math:`\alpha^c_k = C(A^k_l)`).
+    Explanations for Convolutional Neural Networks" (CVPR Workshops; numbering of arXiv:1910.01279
+    v2+): Definition 4, eq. 6 (channel-wise increase of confidence :math:`C(A^k_l)`) and
+    Definition 5, eq. 10 (:math:`\alpha^c_k = C(A^k_l)`).
 
     Parameters
     ----------
@@ -154,13 +169,15 @@ def scorecam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool =
         :math:`f^c(X_b)`, the score of the baseline input; ``None`` means 0 (no subtraction,
         which is what pytorch-grad-cam and torchcam do).
     softmax : bool, default False
-        ``False``: :math:`\alpha^c_k = C(A^k)` as in Definition 2; there the score :math:`f^c`
-        is the model's **softmax probability** of class :math:`c` (the adapter chooses what
-        ``scores`` are).  ``True``: softmax **over the channels k** of
+        The paper describes the score twice, inconsistently.  ``False``:
+        :math:`\alpha^c_k = C(A^k)` as in eq. 10; Sec. 3.2 ("Normalization on Score") takes
+        :math:`f^c` to be the model's **post-softmax probability** of class :math:`c` (the
+        adapter chooses what ``scores`` are).  ``True``: softmax **over the channels k** of
         :math:`C(A^k)`, :math:`\alpha_k = e^{C_k} / \sum_{k'} e^{C_{k'}}`, as in the paper's
-        Algorithm 1 and in pytorch-grad-cam / torchcam, which apply it to the **raw logits** of
-        the masked inputs.  The softmax is shift invariant, so ``baseline_score`` has no effect
-        when ``softmax=True``.
+        Algorithm 1 (where :math:`f^c` is the **logit**) and in pytorch-grad-cam / torchcam,
+        which apply it to the raw logits of the masked inputs.  The softmax is shift invariant,
+        so ``baseline_score`` has no effect when ``softmax=True``.  (The experiments use the
+        baseline :math:`X_b = 0`.)
 
     Returns
     -------
@@ -177,7 +194,7 @@ def scorecam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool =
     c = _scores(scores)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
                                                       allow_scalar=True)
-    return _scorecam_weights(c, b, bool(softmax))
+    return _scorecam_weights(c, b, _flag(softmax, "softmax"))
 
 
 def scorecam(
@@ -193,7 +210,7 @@ def scorecam(
     .. math:: L^c_{\text{Score-CAM}} = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big),
               \qquad \alpha^c_k = f^c(X \circ H^k) - f^c(X_b)
 
-    Wang et al., 2020, Definition 2 (weights: :func:`scorecam_weights`).
+    Wang et al., 2020, Definition 5, eqs. 9-10 (weights: :func:`scorecam_weights`).
 
     Parameters
     ----------
@@ -203,7 +220,7 @@ def scorecam(
     softmax : bool, default False
         See :func:`scorecam_weights`.
     relu : bool, default True
-        Definition 2 applies a ReLU.
+        Eq. 9 applies a ReLU.
 
     Returns
     -------
@@ -220,10 +237,10 @@ def scorecam(
     c = _channel_vector(scores, "scores", a)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", a.shape[0],
                                                       allow_scalar=True)
-    w = _scorecam_weights(c, b, bool(softmax))
+    w = _scorecam_weights(c, b, _flag(softmax, "softmax"))
     dt = _v.result_dtype(a, w)
     m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
-    return _relu(m) if relu else m
+    return _maybe_relu(m, relu)
 
 
 # --------------------------------------------------------------------------- Ablation-CAM
@@ -241,9 +258,10 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
 
     .. math:: w^c_k = \frac{y^c - y^c_k}{y^c}
 
-    Ramaswamy & Desai, 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional Network
-    via Gradient-free Localization" (WACV), the Ablation-CAM weight (the "slope" normalised by
-    the unablated score).
+    Desai & Ramaswamy, 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional Network
+    via Gradient-free Localization" (WACV 2020, pp. 972-980), the Ablation-CAM weight: the paper
+    first defines the slope :math:`(y^c - y^c_k)/\lVert A^k\rVert` and, the norm being large,
+    uses the fractional drop below instead.  Equation numbers not verified.
 
     Parameters
     ----------
@@ -276,13 +294,15 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     return _ablation_weights(c, y)
 
 
-def ablationcam(activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True) -> np.ndarray:
+def ablationcam(
+    activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True
+) -> np.ndarray:
     r"""Ablation-CAM map.
 
     .. math:: L^c_{\text{Ablation-CAM}} = \mathrm{ReLU}\Big(\sum_k w^c_k A^k\Big), \qquad
               w^c_k = \frac{y^c - y^c_k}{y^c}
 
-    Ramaswamy & Desai, 2020 (WACV), the Ablation-CAM map (weights: :func:`ablationcam_weights`).
+    Desai & Ramaswamy, 2020 (WACV), the Ablation-CAM map (weights: :func:`ablationcam_weights`).
 
     Parameters
     ----------
@@ -311,7 +331,7 @@ def ablationcam(activations: Any, scores: Any, baseline_score: Any, *, relu: boo
     w = _ablation_weights(c, y)
     dt = _v.result_dtype(a, w)
     m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
-    return _relu(m) if relu else m
+    return _maybe_relu(m, relu)
 
 
 # --------------------------------------------------------------------------- SS-CAM / IS-CAM
@@ -335,9 +355,10 @@ def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> 
     .. math:: \hat H^k_m = H^k + \delta_m, \qquad \delta_m \sim \mathcal N(0, \sigma^2)
               \text{ i.i.d. per element}, \quad m = 1..n
 
-    Wang, Naidu, Mardziel et al., 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
+    Wang, Naidu, Michael & Kundu, 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
     Localization" (arXiv:2006.14255), the variant that smooths the masks (noise added to the
-    normalised, upsampled activation, as torchcam's ``SSCAM`` does with ``std = 2.0``).
+    normalised, upsampled activation, as torchcam's ``SSCAM`` does with ``std = 2.0``; the paper
+    also has an input-noise variant).  Formula not verified against the paper's text.
 
     Parameters
     ----------
@@ -379,7 +400,7 @@ def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
 
     .. math:: \alpha^c_k = \frac{1}{n} \sum_{m=1}^{n} \Big(f^c(X \circ \hat H^k_m) - f^c(X_b)\Big)
 
-    (Wang, Naidu, Mardziel et al., 2020, SS-CAM), optionally followed by the softmax over
+    (Wang, Naidu, Michael & Kundu, 2020, SS-CAM), optionally followed by the softmax over
     channels (``softmax=True``, torchcam's ``SSCAM``), exactly as :func:`scorecam_weights`.
 
     Parameters
@@ -402,7 +423,7 @@ def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     c = _sampled_scores(scores)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
                                                       allow_scalar=True)
-    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))
+    return _scorecam_weights(c.mean(axis=1), b, _flag(softmax, "softmax"))
 
 
 def iscam_masks(masks: Any, n_steps: int) -> np.ndarray:
@@ -410,11 +431,14 @@ def iscam_masks(masks: Any, n_steps: int) -> np.ndarray:
 
     .. math:: H^k_i = \frac{i}{n} H^k, \qquad i = 1, \dots, n
 
-    The integration path of Naidu, Ghosh, Maurya & Kundu, 2020, "IS-CAM: Integrated Score-CAM
-    for axiomatic-based explanations" (arXiv:2010.03023): the mask is scaled from (almost) zero to
-    full, as Integrated Gradients scales the input.  The right-endpoint Riemann points
-    :math:`i/n` are used.  (torchcam's ``ISCAM`` instead accumulates
-    :math:`\sum_{j<i} (j/n) H^k`; that is a different path, not reproduced here.)
+    IS-CAM (Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, "IS-CAM: Integrated Score-CAM for
+    axiomatic-based explanations", arXiv:2010.03023) integrates the Score-CAM confidence along
+    a mask-scaling path.  This helper gives the straight path from zero to the full mask at the
+    right Riemann points :math:`i/n` (the Integrated-Gradients discretisation, Sundararajan et
+    al. 2017, eq. 3).  **Not verified against the paper's Algorithm 1**: torchcam's ``ISCAM``
+    and refcam's adapter (``refcam._forward.mask_coefficients``) use *accumulated* scales
+    instead (torchcam's docstring :math:`\sum_{j<i} j/n`, the adapter :math:`\sum_{j\le i}
+    j/n`); see ``docs/references.md`` (D10).
 
     Parameters
     ----------
@@ -443,7 +467,8 @@ def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     .. math:: \alpha^c_k = \frac{1}{n} \sum_{i=1}^{n} \Big(f^c\big(X \circ \tfrac{i}{n} H^k\big)
               - f^c(X_b)\Big) \approx \int_0^1 \big(f^c(X \circ t H^k) - f^c(X_b)\big)\,dt
 
-    (Naidu et al., 2020, IS-CAM), optionally followed by the softmax over channels
+    (Naidu et al., 2020, IS-CAM, with the path of :func:`iscam_masks`; not verified against the
+    paper), optionally followed by the softmax over channels
     (``softmax=True``, as torchcam), exactly as :func:`scorecam_weights`.  The average (not the
     sum) over steps is used so that ``n_steps`` does not rescale the map.
 
@@ -467,4 +492,4 @@ def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     c = _sampled_scores(scores)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
                                                       allow_scalar=True)
-    return _scorecam_weights(c.mean(axis=1), b, bool(softmax))
+    return _scorecam_weights(c.mean(axis=1), b, _flag(softmax, "softmax"))

@@ -71,6 +71,8 @@ def test_3d_volume_hand():
     u = np.array([[[1.0, 0.0]], [[0.0, 2.0]]])
     a = np.stack([3 * u, 4 * u])[None]
     close(eigencam(a), (5 * u)[None])
+    # Eigen-Grad-CAM on the same volume: gradients 2 everywhere -> O doubles -> 10 u
+    close(eigengradcam(a, np.full_like(a, 2.0)), (10 * u)[None])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -93,8 +95,10 @@ def test_zero_and_constant_activations_give_zero_map(center, dtype):
     c = np.full((1, 3, 4, 4), 2.5, dtype)
     out = eigencam(c, center=center)
     assert np.isfinite(out).all()
-    if center:
-        close(out, np.zeros((1, 4, 4)), atol=1e-5)
+    if center:  # exactly zero, even though 2.5 * 16 / 16 style means may round
+        assert np.array_equal(out, np.zeros((1, 4, 4), dtype))
+        third = np.full((1, 3, 5, 7), 0.1, dtype)
+        assert np.array_equal(eigencam(third, center=True), np.zeros((1, 5, 7), dtype))
     else:  # rank one: O = 2.5 * ones(16, 3) -> O v1 = 2.5 * sqrt(3) everywhere
         close(out, np.full((1, 4, 4), 2.5 * np.sqrt(3)), rtol=1e-5)
 
@@ -165,7 +169,7 @@ def test_channel_permutation_and_sign_invariance(a, center, rnd):
 
 
 def _well_separated(a, center):
-    """True when sigma1 > sigma2 clearly and the sign reference is clearly nonzero for all samples."""
+    """True when sigma1 > sigma2 clearly and the sign reference is clearly nonzero (all samples)."""
     for act in a:
         o = act.reshape(act.shape[0], -1).T
         if center:
@@ -210,3 +214,11 @@ def test_eigengradcam_is_eigencam_of_product(a, b):
         b = np.resize(b, a.shape)
     for center in (False, True):
         close(eigengradcam(a, b, center=center), eigencam(a * b, center=center), rtol=0, atol=0)
+
+
+def test_flags_must_be_boolean():
+    a = np.ones((1, 2, 3))
+    with pytest.raises(InvalidArgumentError, match="center"):
+        eigencam(a, center=None)
+    with pytest.raises(InvalidArgumentError, match="relu"):
+        eigengradcam(a, a, relu=1)

@@ -50,7 +50,8 @@ def test_scorecam_hand():
 
 def test_scorecam_3d_hand():
     a = A.reshape(1, 2, 2, 1, 2)
-    close(scorecam(a, [[0.5, -0.5]], relu=False), np.array([[0.5, -0.5], [0.5, 2.0]]).reshape(1, 2, 1, 2))
+    close(scorecam(a, [[0.5, -0.5]], relu=False),
+          np.array([[0.5, -0.5], [0.5, 2.0]]).reshape(1, 2, 1, 2))
 
 
 # ------------------------------------------------------------------ Ablation-CAM
@@ -65,6 +66,9 @@ def test_ablationcam_hand():
     close(ablationcam(A, [[1.0, 3.0]], [2.0], relu=False), [[[0.5, -0.5], [0.5, 2.0]]])
     close(ablationcam(A, [[1.0, 3.0]], [2.0]), [[[0.5, 0.0], [0.5, 2.0]]])
     close(ablationcam(A.reshape(1, 2, 4, 1), [[1.0, 3.0]], [2.0]), [[[0.5], [0.0], [0.5], [2.0]]])
+    # 3-D volume (1, 2, 2, 1, 2): same four positions
+    close(ablationcam(A.reshape(1, 2, 2, 1, 2), [[1.0, 3.0]], [2.0]),
+          np.array([[0.5, 0.0], [0.5, 2.0]]).reshape(1, 2, 1, 2))
 
 
 def test_ablationcam_zero_baseline_is_masked():
@@ -187,6 +191,8 @@ def test_sscam_masks_noise_statistics_and_reproducibility():
     assert not np.array_equal(m, sscam_masks(h, 4, std=2.0, seed=1))
     assert sscam_masks(h.astype(np.float32), 2, std=1.0, seed=0).dtype == np.float32
     np.testing.assert_array_equal(sscam_masks(h, 2, std=0.0), np.stack([h, h], axis=1))
+    # 3-D masks keep their layout: (1, 1, 2, 2, 2) -> (1, 3, 1, 2, 2, 2)
+    assert sscam_masks(np.zeros((1, 1, 2, 2, 2)), 3, std=1.0, seed=0).shape == (1, 3, 1, 2, 2, 2)
 
 
 def test_sscam_weights_hand():
@@ -324,3 +330,19 @@ def test_scorecam_masks_properties(p, mode, order, factor):
     close(m, each, rtol=0, atol=0)
     rev = scorecam_masks(a[:, ::-1], size, upsample_mode=mode, order=order)
     close(rev, m[:, ::-1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [3.75, 0.1, 1e-3, 7.3e5])
+@pytest.mark.parametrize("mode", ["linear", "linear-align-corners"])
+def test_scorecam_masks_constant_channel_is_exactly_zero_despite_round_off(value, mode):
+    # Up(3.75 * ones(2)) to 6 samples has 1-ulp ripples; min-max of those would be 0/1 noise
+    for order in ("upsample-then-normalize", "normalize-then-upsample"):
+        m = scorecam_masks(np.full((1, 2, 2, 3), value), (6, 9), upsample_mode=mode, order=order)
+        assert np.array_equal(m, np.zeros((1, 2, 6, 9)))
+
+
+def test_flags_must_be_boolean():
+    with pytest.raises(InvalidArgumentError, match="softmax"):
+        scorecam_weights([[1.0, 2.0]], softmax="channels")
+    with pytest.raises(InvalidArgumentError, match="relu"):
+        ablationcam(A, [[1.0, 3.0]], [2.0], relu=None)

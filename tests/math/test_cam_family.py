@@ -1,4 +1,4 @@
-"""Oracle tests of refcam.math.cam (CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM,
+"""Oracle tests of refcam.math.cam_family (CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM,
 Grad-CAM element-wise).
 
 The hand case used throughout (one sample, K = 2 channels, 2x2 positions, Z = 4):
@@ -61,6 +61,15 @@ def test_gradcampp_hand():
     # = [[23/132, 46/132 + 3/7], [69/132 + 2/7, 92/132]]
     close(expected, [[23 / 132, 46 / 132 + 3 / 7], [69 / 132 + 2 / 7, 92 / 132]])
     close(gradcampp(A, G), expected[None])
+
+
+def test_gradcampp_relu_default_is_eq_20():
+    # A = [-1, 2] (S = 1), g = [1, 1]: alpha = 1/(2 + 1) = 1/3 at both, w = 2/3
+    # linear map 2/3 * [-1, 2] = [-2/3, 4/3]; eq. 20 applies the ReLU -> [0, 4/3]
+    a, g = np.array([[[-1.0, 2.0]]]), np.ones((1, 1, 2))
+    close(gradcampp_weights(a, g), [[2 / 3]])
+    close(gradcampp(a, g, relu=False), [[-2 / 3, 4 / 3]])
+    close(gradcampp(a, g), [[0.0, 4 / 3]])
 
 
 def test_gradcampp_pytorch_grad_cam_eps_convention():
@@ -132,6 +141,10 @@ def test_3d_hand_same_numbers_on_a_volume():
     close(gradcampp_weights(a3, g3), [[23 / 132, 1 / 7]])
     close(layercam(a3, g3), np.array([[1.0, 0.0], [2.0, 8.0]]).reshape(1, 2, 1, 2))
     close(cam(a3, [[1.0, -1.0]]), np.array([[1.0, -1.0], [1.0, 4.0]]).reshape(1, 2, 1, 2))
+    close(gradcam_elementwise(a3, g3), np.array([[1.0, 0.0], [2.0, 8.0]]).reshape(1, 2, 1, 2))
+    close(gradcam_weights(a3, g3), [[0.5, -0.5]])
+    close(gradcampp(a3, g3), (23 / 132 * A[0, 0] + 1 / 7 * A[0, 1]).reshape(1, 2, 1, 2))
+    close(xgradcam(a3, g3), np.array([[0.6, 0.6], [1.4, 2.4]]).reshape(1, 2, 1, 2))
 
 
 def test_3d_volume_gradcam_z8():
@@ -258,7 +271,8 @@ def test_xgradcam_conservation(ag):
     rhs = (a * g).sum(axis=tuple(range(1, a.ndim)))
     close(lhs, rhs, rtol=1e-9, atol=1e-9)
     # ... and the linear map sums to the same number
-    close(xgradcam(a, g, relu=False).sum(axis=tuple(range(1, a.ndim - 1))), rhs, rtol=1e-9, atol=1e-9)
+    total = xgradcam(a, g, relu=False).sum(axis=tuple(range(1, a.ndim - 1)))
+    close(total, rhs, rtol=1e-9, atol=1e-9)
 
 
 @given(st.data())
@@ -271,7 +285,9 @@ def test_gradcampp_constant_gradient_closed_form(data):
     c = data.draw(hnp.arrays(np.float64, (n, k), elements=finite))
     g = np.broadcast_to(c.reshape((n, k) + (1,) * (a.ndim - 2)), a.shape)
     s = a.sum(axis=tuple(range(2, a.ndim)))
-    expected = np.where(c > 0, z * c / (2 + s * c), 0.0)
+    pos = c > 0
+    expected = np.zeros_like(c)
+    expected[pos] = z * c[pos] / (2 + s[pos] * c[pos])
     close(gradcampp_weights(a, g), expected, rtol=1e-9, atol=1e-12)
 
 
@@ -284,7 +300,8 @@ def test_gradcam_scales_linearly_with_positive_score_scale(ag, scale):
     # XGrad-CAM weights too; Grad-CAM++ alpha is NOT scale invariant (1/(2 + S c)), by design
 
 
-@given(pairs(a_elements=st.sampled_from([0.0, 1.0, -1.0, 2.5]), g_elements=st.sampled_from([0.0, 1.0, -1.0, -2.0])),
+@given(pairs(a_elements=st.sampled_from([0.0, 1.0, -1.0, 2.5]),
+             g_elements=st.sampled_from([0.0, 1.0, -1.0, -2.0])),
        st.sampled_from(GRAD_METHODS + WEIGHT_FNS), st.booleans())
 def test_no_nan_or_inf_for_finite_input(ag, fn, zeros):
     a, g = ag
@@ -302,3 +319,59 @@ def test_all_zero_inputs_give_zeros(fn, dtype):
     assert out.dtype == dtype and np.array_equal(out, np.zeros_like(out))
     out = fn(z, np.ones_like(z))
     assert np.isfinite(out).all()
+
+
+def test_gradcampp_tiny_and_huge_float32_gradients():
+    # S = 2.  g = 1e-25: alpha = 1/(2 + 2e-25) = 0.5 although g^2 underflows in float32;
+    # w = 0.5 * 1e-25 (second position g = 0 contributes nothing)
+    a = np.ones((1, 1, 1, 2), np.float32)
+    w = gradcampp_weights(a, np.array([[[[1e-25, 0.0]]]], np.float32))
+    assert w.dtype == np.float32
+    close(w, [[0.5e-25]], rtol=1e-6, atol=0)
+    # g = 1e15 at both positions: g^3 overflows float32; alpha = 1/(2 + 2e15),
+    # w = 2 * 1e15 / (2 + 2e15) = 1 (to float32 precision)
+    w = gradcampp_weights(a, np.full((1, 1, 1, 2), 1e15, np.float32))
+    close(w, [[1.0]], rtol=1e-6, atol=0)
+
+
+def _pgc_gradcampp_weights(activations, grads):
+    """pytorch-grad-cam GradCAMPlusPlus.get_cam_weights, transcribed (2-D maps)."""
+    grads_power_2 = grads**2
+    grads_power_3 = grads_power_2 * grads
+    sum_activations = np.sum(activations, axis=(2, 3))
+    eps = 0.000001
+    den = 2 * grads_power_2 + sum_activations[:, :, None, None] * grads_power_3 + eps
+    aij = grads_power_2 / den
+    aij = np.where(grads != 0, aij, 0)
+    weights = np.maximum(grads, 0) * aij
+    return np.sum(weights, axis=(2, 3))
+
+
+def _pgc_xgradcam_weights(activations, grads):
+    """pytorch-grad-cam XGradCAM.get_cam_weights, transcribed (2-D maps)."""
+    sum_activations = np.sum(activations, axis=(2, 3))
+    eps = 1e-7
+    weights = grads * activations / (sum_activations[:, :, None, None] + eps)
+    return weights.sum(axis=(2, 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eps_keywords_reproduce_pytorch_grad_cam(dtype):
+    rng = np.random.default_rng(3)
+    a = np.maximum(rng.standard_normal((2, 64, 7, 7)), 0).astype(dtype)
+    g = (rng.standard_normal((2, 64, 7, 7)) * 1e-2).astype(dtype)
+    g[0, :5] = 0
+    with np.errstate(all="ignore"):
+        ref_pp, ref_x = _pgc_gradcampp_weights(a, g), _pgc_xgradcam_weights(a, g)
+    # same operations in the same order: bit for bit
+    np.testing.assert_array_equal(gradcampp_weights(a, g, eps=1e-6), ref_pp)
+    # sum(A g) / (sum A + eps) vs sum(A g / (sum A + eps)): equal up to rounding
+    close(xgradcam_weights(a, g, eps=1e-7), ref_x, rtol=1e-5 if dtype == np.float32 else 1e-12,
+          atol=1e-7 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("fn", GRAD_METHODS)
+def test_relu_flag_must_be_boolean(fn):
+    with pytest.raises(InvalidArgumentError, match="relu: got 'yes'"):
+        fn(A, G, relu="yes")
+    assert fn(A, G, relu=np.bool_(False)).shape == (1, 2, 2)

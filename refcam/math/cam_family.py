@@ -12,7 +12,7 @@ function                    ``relu``     source of the default
 ==========================  ===========  ==================================================
 :func:`cam`                 ``False``    Zhou et al. 2016, Sec. 2, :math:`M_c=\sum_k w^c_k f_k`
 :func:`gradcam`             ``True``     Selvaraju et al. 2017, eq. 2
-:func:`gradcampp`           ``False``    Chattopadhay et al. 2018, Sec. 3 (CAM-form linear map)
+:func:`gradcampp`           ``True``     Chattopadhay et al. 2018, arXiv:1710.11063 eq. 20
 :func:`xgradcam`            ``True``     Fu et al. 2020 (Grad-CAM's map with new weights)
 :func:`layercam`            ``True``     Jiang et al. 2021, final LayerCAM equation
 :func:`hirescam`            ``False``    Draelos & Carin 2020, HiResCAM equation
@@ -33,6 +33,7 @@ from .. import _validate as _v
 from .blocks import (
     _channel_vector,
     _maps_and_gradients,
+    _maybe_relu,
     _relu,
     _spatial_axes,
     _weighted_sum,
@@ -56,10 +57,6 @@ def _masked_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den`` where ``den != 0``, exactly ``0`` where ``den == 0`` (no warning, no eps)."""
     nonzero = den != 0
     return np.where(nonzero, num / np.where(nonzero, den, 1), 0).astype(num.dtype, copy=False)
-
-
-def _maybe_relu(m: np.ndarray, relu: bool) -> np.ndarray:
-    return _relu(m) if relu else m
 
 
 # --------------------------------------------------------------------------- CAM
@@ -171,15 +168,17 @@ def gradcam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarra
 
 def _gradcampp_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     axes = _spatial_axes(a)
-    g2 = g * g
-    g3 = g2 * g
     sum_a = a.sum(axis=axes, keepdims=True)  # sum, not mean: sum_{a,b} A^k_{ab}
-    den = 2 * g2 + sum_a * g3
     if eps:
-        den = den + eps
-        # pytorch-grad-cam additionally zeroes alpha where g == 0
-        den = np.where(g != 0, den, 0)
-    alpha = _masked_divide(g2, den)
+        # the peer formula as written: g^2 / (2 g^2 + S g^3 + eps), zeroed where g == 0
+        g2 = g * g
+        den = np.where(g != 0, 2 * g2 + sum_a * (g2 * g) + eps, 0)
+        alpha = _masked_divide(g2, den)
+    else:
+        # eq. 19 with g^2 cancelled: alpha = 1 / (2 + g S) where g != 0 -- identical in exact
+        # arithmetic, immune to the under/overflow of g^2 and g^3 (float32 |g| < 1e-19 or > 1e13)
+        den = np.where(g != 0, 2 + g * sum_a, 0)
+        alpha = _masked_divide(np.ones_like(den), den)
     return (alpha * _relu(g)).sum(axis=axes)
 
 
@@ -192,15 +191,17 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
         \qquad w^c_k = \sum_{i,j} \alpha^{kc}_{ij}\, \mathrm{ReLU}(g_{ij})
 
     Chattopadhay, Sarkar, Howlader & Balasubramanian, 2018, "Grad-CAM++: Generalized
-    Gradient-based Visual Explanations for Deep Convolutional Networks" (WACV; arXiv:1710.11063),
-    eq. 19 (the
-    higher derivatives of :math:`Y^c=\exp(S^c)` written with first derivatives of :math:`S^c`) and
-    the weight equation :math:`w^c_k=\sum_{ij}\alpha^{kc}_{ij}\mathrm{ReLU}(\partial Y^c/\partial
-    A^k_{ij})` of Sec. 3.  ``gradients`` are the gradients of the *score* :math:`S^c` (the
-    pre-softmax class score), as in every implementation; the paper's :math:`\partial Y^c/\partial
-    A = \exp(S^c)\,\partial S^c/\partial A` differs by the positive per-sample factor
-    :math:`\exp(S^c)`, which cancels in :math:`\alpha` and only rescales the map (dropped, like
-    pytorch-grad-cam and torchcam do).
+    Gradient-based Visual Explanations for Deep Convolutional Networks" (WACV 2018); equation
+    numbers are those of arXiv:1710.11063 ("Grad-CAM++: Improved Visual Explanations for Deep
+    Convolutional Networks"; the WACV numbering was not checked): eq. 19 (the higher
+    derivatives of :math:`Y^c=\exp(S^c)` written with first derivatives of :math:`S^c`) and
+    eq. 5, :math:`w^c_k=\sum_{ij}\alpha^{kc}_{ij}\mathrm{ReLU}(\partial Y^c/\partial A^k_{ij})`
+    (pytorch-grad-cam's comments call it "eq. 7").
+    ``gradients`` are the gradients of the *score* :math:`S^c` (the pre-softmax class score).
+    The paper's :math:`\partial Y^c/\partial A = \exp(S^c)\,\partial S^c/\partial A` in eq. 5
+    differs by the positive per-sample factor :math:`\exp(S^c)`, which cancels in
+    :math:`\alpha` and only rescales the map; it is dropped, as pytorch-grad-cam and torchcam do
+    (the authors' code keeps it; multiply the weights by :math:`\exp(S^c)` to reproduce it).
 
     Parameters
     ----------
@@ -216,6 +217,11 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
 
     Notes
     -----
+    **Evaluation.**  For :math:`g \ne 0` the closed form is evaluated as
+    :math:`\alpha = 1/(2 + g\sum_{ab}A^k_{ab})` (the common factor :math:`g^2` cancelled: equal in
+    exact arithmetic, and free of the underflow/overflow of :math:`g^2, g^3` that would zero or
+    NaN the weight of tiny or huge float32 gradients).
+
     **Division guard (explicit mask).**  Where the denominator
     :math:`g^2(2 + g\sum_{ab}A^k_{ab})` is exactly zero, :math:`\alpha` is set to 0.  This
     happens (i) where :math:`g = 0` -- the usual case, and harmless: the term is multiplied by
@@ -223,6 +229,13 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     When :math:`\sum_{ab}A^k_{ab} > 0` (e.g. post-ReLU activations) that :math:`g` is negative, so
     :math:`\mathrm{ReLU}(g) = 0` and the term again contributes nothing.  Only for a channel with a
     negative sum is it a genuine pole of the closed form; the mask gives 0 there too.
+
+    **Other implementations.**  pytorch-grad-cam: ``eps = 1e-6`` plus ``alpha = 0`` where
+    ``g == 0`` (``eps=1e-6`` here).  The authors' TensorFlow code (adityac94/Grad_CAM_plus_plus,
+    ``misc/utils.py``) replaces a zero denominator by 1 (same as the mask where :math:`g = 0`,
+    :math:`\alpha = g^2` at a pole) and additionally divides :math:`\alpha^{kc}_{ij}` by
+    :math:`\sum_{ij}\alpha^{kc}_{ij}` per channel, a step the paper does not write (not
+    reproduced).
 
     Examples
     --------
@@ -237,23 +250,25 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     return _gradcampp_weights(a, g, eps)
 
 
-def gradcampp(activations: Any, gradients: Any, *, relu: bool = False, eps: float = 0.0) -> np.ndarray:
+def gradcampp(
+    activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
+) -> np.ndarray:
     r"""Grad-CAM++ map.
 
-    .. math:: L^c_{ij} = \sum_k w^c_k A^k_{ij}
+    .. math:: L^c_{ij} = \mathrm{relu}\Big(\sum_k w^c_k A^k_{ij}\Big)
 
-    with :math:`w^c_k` from :func:`gradcampp_weights` (Chattopadhay et al., 2018, eq. 19 and the
-    weight equation of Sec. 3).
+    Chattopadhay et al., 2018, arXiv:1710.11063 eq. 20 ("a linear combination of the forward
+    activation maps, followed by a relu layer"), with :math:`w^c_k` from
+    :func:`gradcampp_weights` (eqs. 5 and 19).
 
     Parameters
     ----------
     activations, gradients : arrays of shape (N, K, *S)
-    relu : bool, default False
-        The paper writes the saliency map as the CAM-form linear combination
-        :math:`L^c_{ij}=\sum_k w^c_k A^k_{ij}` without a ReLU (its Sec. 3 reuses CAM's map).
-        This is ambiguous in practice: the authors' released code and pytorch-grad-cam apply
-        a ReLU before normalising.  We keep the written equation; with post-ReLU activations
-        and a positive-sum channel the weights are >= 0 and the map is >= 0 anyway.
+    relu : bool, default True
+        Eq. 20 applies the ReLU (the ReLU-free :math:`\sum_k w^c_k A^k_{ij}`, eq. 2 there, is
+        CAM's map quoted in the related work).  The authors' code and pytorch-grad-cam apply it
+        too.  For non-negative (post-ReLU) activations the weights are >= 0
+        (:math:`\alpha = 1/(2 + g\sum A) > 0` where :math:`g > 0`), so it rarely bites.
     eps : float >= 0, default 0.0
         See :func:`gradcampp_weights` (``1e-6`` reproduces pytorch-grad-cam).
 
@@ -300,7 +315,8 @@ def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> n
     activations, gradients : arrays of shape (N, K, *S)
     eps : float >= 0, default 0.0
         ``0.0`` is paper-exact; a positive value is added to :math:`\sum_{ab}A^k_{ab}`,
-        reproducing pytorch-grad-cam's ``XGradCAM`` (``eps = 1e-7``).
+        reproducing pytorch-grad-cam's ``XGradCAM`` (``eps = 1e-7``) or the authors' code
+        (Fu0511/XGrad-CAM, ``eps = 1e-6``).
 
     Returns
     -------
@@ -331,7 +347,9 @@ def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> n
     return _xgradcam_weights(a, g, eps)
 
 
-def xgradcam(activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0) -> np.ndarray:
+def xgradcam(
+    activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
+) -> np.ndarray:
     r"""XGrad-CAM map.
 
     .. math:: M^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big)
@@ -343,8 +361,8 @@ def xgradcam(activations: Any, gradients: Any, *, relu: bool = True, eps: float 
     activations, gradients : arrays of shape (N, K, *S)
     relu : bool, default True
         XGrad-CAM keeps Grad-CAM's map (Selvaraju et al. eq. 2, with ReLU) and only replaces the
-        weights; the authors' code applies the ReLU.  The conservation axiom is stated for the
-        linear map, i.e. ``relu=False``.
+        weights; the authors' code (Fu0511/XGrad-CAM) applies the ReLU.  The conservation axiom
+        is stated for the linear map, i.e. ``relu=False``.
     eps : float >= 0, default 0.0
         See :func:`xgradcam_weights`.
 
@@ -374,8 +392,9 @@ def layercam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarr
               \hat A^k_{ij} = \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k_{ij}}\Big) A^k_{ij}
 
     Jiang, Zhang, Hou, Cheng & Wei, 2021, "LayerCAM: Exploring Hierarchical Class Activation
-    Maps for Localization" (IEEE TIP), Sec. 3 (pixel-wise weight
-    :math:`w^{kc}_{ij}=\mathrm{ReLU}(g^{kc}_{ij})`, weighted map, final map with ReLU).
+    Maps for Localization" (IEEE TIP 30, 2021): pixel-wise weight
+    :math:`w^{kc}_{ij}=\mathrm{ReLU}(g^{kc}_{ij})`, weighted map, final map with ReLU (the
+    consensus of torchcam and the other ports; equation numbers not verified).
 
     Parameters
     ----------
@@ -413,8 +432,9 @@ def hirescam(activations: Any, gradients: Any, *, relu: bool = False) -> np.ndar
     ----------
     activations, gradients : arrays of shape (N, K, *S)
     relu : bool, default False
-        The HiResCAM equation has no ReLU (signed explanation); pytorch-grad-cam applies one in
-        post-processing.
+        The HiResCAM equation is written without a ReLU (a signed explanation; the paper's
+        final-map ReLU placement could not be verified against its text).  pytorch-grad-cam
+        applies one in post-processing.
 
     Returns
     -------

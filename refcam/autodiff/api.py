@@ -1,0 +1,250 @@
+r"""Gradients of a model's class scores through the adapter: forward + backward in one session run.
+
+:func:`gradients` builds (once per model, ``wrt`` set and rule set; cached) the VJP model of
+:func:`~refcam.autodiff.build_vjp_model`, seeds it with one-hot rows of the resolved targets and
+runs forward and backward together in one onnxruntime session, batched.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .._validate import choice
+from ..errors import TargetError
+from ..onnx import Model, load
+from ..onnx.targets import resolve_targets
+from .builder import SEED_INPUT, build_vjp_model, grad_name
+from .rules import RULE_SETS
+
+__all__ = ["gradients", "GradientResult", "exported_gradients"]
+
+_CACHE: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class GradientResult:
+    r"""Result of :func:`gradients`.
+
+    Attributes
+    ----------
+    outputs : ``(N, ...)`` the model's target output tensor (pre-softmax logits by default).
+    classes : ``(N, T)`` int64 target classes.
+    activations : name → ``(N, K, *S)`` channels-first activation :math:`A` (the model input for
+        ``"input"``, in its native layout).
+    gradients : name → ``(N, T, K, *S)``: :math:`\partial y^{c_{n,t}} / \partial A_n` for each
+        target :math:`t` of sample :math:`n` (axis ``T`` always present).
+    """
+
+    outputs: np.ndarray
+    classes: np.ndarray
+    activations: dict
+    gradients: dict
+
+
+def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input"):
+    per = _CACHE.setdefault(model, {})
+    key = (wrt, rules, seed_mode)
+    if key not in per:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        if model.output_name not in [o.name for o in proto.graph.output]:
+            vi = model.value_info.get(model.output_name)
+            proto.graph.output.append(vi if vi is not None else onnx.ValueInfoProto(name=model.output_name))
+        vjp = build_vjp_model(proto, list(wrt), seed=model.output_name, rules=rules, seed_mode=seed_mode)
+        sess = ort.InferenceSession(vjp.SerializeToString(), sess_options=model._options(),
+                                    providers=model.providers)
+        per[key] = sess
+    return per[key]
+
+
+def _resolve_wrt(model: Model, wrt: Any) -> list[str]:
+    if wrt is None:
+        return [model.default_layer().name]
+    items = [wrt] if isinstance(wrt, str) else list(wrt)
+    out = []
+    for w in items:
+        out.append(model.input_name if w in ("input", model.input_name) else model.layer(w, argument="wrt").name)
+    return list(dict.fromkeys(out))
+
+
+def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, rules: str = "plain",
+              batch_size: int | None = None) -> GradientResult:
+    r"""Activations and exact gradients :math:`\partial y^c/\partial A` from an ONNX model.
+
+    Parameters
+    ----------
+    model : a :class:`refcam.onnx.Model` or anything :func:`refcam.onnx.load` accepts.
+    inputs : ``(N, *input_shape[1:])`` batch in the model's native layout.
+    wrt : layer name(s) (tensor names, node names or module paths as :meth:`Model.layer`
+        resolves them) or ``"input"``; default the model's default CAM layer.
+    target : ``None`` (top-1), an ``int``, :class:`refcam.onnx.TopK`, a per-sample sequence or an
+        ``(N, T)`` int array (see :mod:`refcam.onnx.targets`).  Callable targets have no ONNX
+        graph to differentiate: they raise :class:`~refcam.errors.TargetError` (use
+        :mod:`refcam.autodiff.fd`).
+    rules : ``"plain"``, ``"guided"`` or ``"deconvnet"`` (see :mod:`refcam.autodiff.rules`).
+    batch_size : samples per onnxruntime run (default: from the model's ``memory_budget``).
+
+    Returns
+    -------
+    GradientResult.  ``target=None`` seeds the top-1 class inside the graph (one run);
+    ``TopK`` targets need the outputs first: one extra forward run.
+
+    Examples
+    --------
+    >>> from refcam.onnx.toy_models import cam_net
+    >>> r = gradients(cam_net(), np.ones((2, 3, 12, 12), np.float32), target=1)
+    >>> name = next(iter(r.gradients))
+    >>> r.activations[name].shape, r.gradients[name].shape, r.classes.tolist()
+    ((2, 6, 12, 12), (2, 1, 6, 12, 12), [[1], [1]])
+    """
+    m = load(model)
+    rules = choice(rules, "rules", RULE_SETS)
+    x = m.check_inputs(inputs)
+    n = x.shape[0]
+    names = _resolve_wrt(m, wrt)
+    if callable(target) or (isinstance(target, (list, tuple)) and any(callable(t) for t in target)):
+        raise TargetError("target: a callable target has no ONNX graph to differentiate; pass class indices "
+                          "or use finite differences (refcam.autodiff.fd)")
+    # targets that need the outputs (top-1, top-k) or a class count: one forward run
+    out_vi = m.value_info.get(m.output_name)
+    n_cls = None
+    if out_vi is not None and out_vi.type.tensor_type.HasField("shape"):
+        dims = out_vi.type.tensor_type.shape.dim
+        if len(dims) == 2 and dims[1].HasField("dim_value"):
+            n_cls = dims[1].dim_value
+    if target is None and out_vi is not None and out_vi.type.tensor_type.HasField("shape") and \
+            len(out_vi.type.tensor_type.shape.dim) >= 2:
+        return _top1(m, x, names, rules, batch_size)
+    if target is None or n_cls is None or not isinstance(target, (int, np.integer, list, tuple, np.ndarray)):
+        outputs_first = m.run(x, [m.output_name], checked=True)[m.output_name]
+        tg = resolve_targets(target, outputs_first)
+    else:
+        tg = resolve_targets(target, np.zeros((n, n_cls), dtype=m.input_dtype))
+    classes = tg.classes
+    sess = _vjp_session(m, tuple(names), rules)
+    run_names = [m.output_name] + [grad_name(w) for w in names] + [w for w in names if w != m.input_name]
+    out_shape = None
+    chunk = batch_size or m.fixed_batch or max(1, m.memory_budget // max(1, x[:1].nbytes * (1 + 2 * len(names))))
+    results: dict[str, list] = {k: [] for k in run_names}
+    grads_t: dict[str, list] = {w: [] for w in names}
+    for t in range(tg.n_targets):
+        per_t: dict[str, list] = {w: [] for w in names}
+        for start in range(0, n, chunk):
+            xb = x[start:start + chunk]
+            cb = classes[start:start + chunk, t]
+            pad = 0
+            if m.fixed_batch is not None and xb.shape[0] < m.fixed_batch:
+                pad = m.fixed_batch - xb.shape[0]
+                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+                cb = np.concatenate([cb, np.repeat(cb[-1:], pad)])
+            if out_shape is None:
+                probe = m.session([m.output_name]).run([m.output_name], {m.input_name: xb[:1]})[0] \
+                    if n_cls is None else None
+                out_shape = (n_cls,) if n_cls is not None else probe.shape[1:]
+            seed = np.zeros((xb.shape[0],) + tuple(out_shape), dtype=m.input_dtype)
+            seed.reshape(xb.shape[0], -1)[np.arange(xb.shape[0]), cb] = 1
+            outs = sess.run(run_names, {m.input_name: xb, SEED_INPUT: seed})
+            if pad:
+                outs = [o[: xb.shape[0] - pad] for o in outs]
+            for k, o in zip(run_names, outs):
+                if t == 0:
+                    results[k].append(o)
+                if k.startswith("refcam_grad/"):
+                    per_t[k[len("refcam_grad/"):]].append(o)
+        for w in names:
+            grads_t[w].append(np.concatenate(per_t[w], axis=0))
+    outputs = np.concatenate(results[m.output_name], axis=0)
+    acts = {}
+    grads = {}
+    for w in names:
+        g = np.stack(grads_t[w], axis=1)                       # (N, T, *native)
+        if w == m.input_name:
+            acts[w] = x
+            grads[w] = g
+        else:
+            a = np.concatenate(results[w], axis=0)
+            acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
+            grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+    return GradientResult(outputs, classes, acts, grads)
+
+
+def _collect(m: Model, x: np.ndarray, names: list[str], run_names: list[str], outs: dict) -> tuple[dict, dict]:
+    acts, grads = {}, {}
+    for w in names:
+        g = np.concatenate(outs[grad_name(w)], axis=0)[:, None]          # (N, 1, *native)
+        if w == m.input_name:
+            acts[w], grads[w] = x, g
+        else:
+            a = np.concatenate(outs[w], axis=0)
+            acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
+            grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+    return acts, grads
+
+
+def _top1(m: Model, x: np.ndarray, names: list[str], rules: str, batch_size: int | None) -> GradientResult:
+    """target=None: the VJP model seeds one-hot(ArgMax(y)) itself, so one run gives y and the gradients."""
+    sess = _vjp_session(m, tuple(names), rules, "top1")
+    run_names = [m.output_name] + [grad_name(w) for w in names] + [w for w in names if w != m.input_name]
+    n = x.shape[0]
+    chunk = batch_size or m.fixed_batch or max(1, m.memory_budget // max(1, x[:1].nbytes * (1 + 2 * len(names))))
+    outs: dict[str, list] = {k: [] for k in run_names}
+    for start in range(0, n, chunk):
+        xb = x[start:start + chunk]
+        pad = 0
+        if m.fixed_batch is not None and xb.shape[0] < m.fixed_batch:
+            pad = m.fixed_batch - xb.shape[0]
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+        res = sess.run(run_names, {m.input_name: xb})
+        for k, o in zip(run_names, res):
+            outs[k].append(o[: xb.shape[0] - pad] if pad else o)
+    outputs = np.concatenate(outs[m.output_name], axis=0)
+    classes = np.argmax(outputs.reshape(n, outputs.shape[1], -1)[:, :, 0], axis=1)[:, None].astype(np.int64)
+    acts, grads = _collect(m, x, names, run_names, outs)
+    return GradientResult(outputs, classes, acts, grads)
+
+
+def exported_gradients(model: Any, inputs: Any, names: Sequence[str] | str, *,
+                       feeds: dict | None = None) -> dict:
+    """Gradients a model already outputs itself (e.g. a user's own export with gradient outputs).
+
+    Parameters
+    ----------
+    model : a :class:`refcam.onnx.Model` or anything :func:`refcam.onnx.load` accepts.
+    inputs : the batch for the model's image input.
+    names : the output tensor name(s) holding gradients.
+    feeds : extra graph inputs (e.g. a seed/one-hot input the export takes).
+
+    Returns
+    -------
+    dict name → array as the model returns it (native layout).
+
+    Examples
+    --------
+    >>> from onnx import helper, TensorProto
+    >>> g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"]),
+    ...                        helper.make_node("Add", ["x", "x"], ["dy_dx"])], "g",
+    ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 1])],
+    ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 1]),
+    ...      helper.make_tensor_value_info("dy_dx", TensorProto.FLOAT, ["N", 2, 1])])
+    >>> m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    >>> exported_gradients(m, np.array([[[1.0], [3.0]]]), "dy_dx")["dy_dx"].ravel()
+    array([2., 6.], dtype=float32)
+    """
+    from ..errors import LayerNotFoundError
+
+    m = load(model)
+    x = m.check_inputs(inputs)
+    wanted = [names] if isinstance(names, str) else list(names)
+    for nm in wanted:
+        if nm not in m.graph_outputs:
+            raise LayerNotFoundError(f"names: {nm!r} is not an output of the model (outputs: {m.graph_outputs})")
+    sess = m.session(wanted)
+    feed = {m.input_name: x}
+    feed.update(feeds or {})
+    return dict(zip(wanted, sess.run(wanted, feed)))

@@ -1,0 +1,1170 @@
+r"""Backward (vector-Jacobian product) rules, one per ONNX op type, in standard ai.onnx ops.
+
+A rule receives a :class:`RuleContext` (the forward node, its attributes, the names of its inputs
+and outputs, the names of the incoming output gradients ``ctx.grads`` -- ``None`` where an output
+receives no gradient --, which inputs need a gradient ``ctx.needs``, the opset and the rule set) and
+returns one gradient tensor name (or ``None``) per input.  Rules emit nodes only through
+``ctx.b`` (a :class:`~refcam.autodiff.graph.GraphBuilder`), so every emitted op is a standard
+``ai.onnx`` op with fresh unique names and constants stored as initializers.
+
+Register a new rule with the decorator::
+
+    @rule("MyOp")
+    def _my_op(ctx):
+        return [ctx.b.op("Mul", [ctx.grads[0], ...])]
+
+Rule sets (selected per call with ``rules=``)
+---------------------------------------------
+``"plain"``
+    the exact gradient :math:`\partial y^c / \partial x`.
+``"guided"``
+    guided backpropagation (Springenberg, Dosovitskiy, Brox, Riedmiller 2015, "Striving for
+    simplicity: the all convolutional net", Sec. 3.4, Fig. 1): at every ReLU
+    :math:`R^{l} = [f^{l} > 0]\,[R^{l+1} > 0]\,R^{l+1}`, i.e. ``Relu(g) * [X > 0]``.
+``"deconvnet"``
+    deconvolution network backward pass (Zeiler & Fergus 2014, "Visualizing and understanding
+    convolutional networks", Sec. 2.1): at every ReLU :math:`R^{l} = \max(R^{l+1}, 0)`, i.e.
+    ``Relu(g)``, ignoring the forward input.
+
+The modified rules apply to every ReLU-like node; documented choices for the relatives:
+
+* ``Relu``: as above.
+* ``LeakyRelu`` (slope :math:`a`): guided ``Relu(g) * f'(X)`` with :math:`f'(x)=1` for
+  :math:`x>0` and :math:`a` otherwise; deconvnet ``Relu(g)``.
+* ``Clip`` whose ``min`` is the constant 0 (ReLU6 and friends): guided
+  ``Relu(g) * [0 < X < max]``; deconvnet ``Relu(g)``.  ``Clip`` with any other ``min`` keeps
+  its plain rule in every set.
+* ``PRelu``, ``HardSwish``, ``Gelu``, ... keep their plain rule (they are not ReLUs).
+
+Conventions at kinks (measure-zero sets, where finite differences are not defined either):
+``Relu``: gradient 0 at ``X == 0``; ``Clip``: 0 at ``X == min`` or ``X == max``;
+``Max``/``Min``/``MaxPool``-free ties (``Max``, ``Min``, ``GlobalMaxPool``, ``ReduceMax``) split the
+gradient equally among the tied entries; ``MaxPool`` gives it to the index onnxruntime returns.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import ModelError, UnsupportedOpError
+from .graph import GraphBuilder, TensorInfo
+
+__all__ = ["RULES", "RULE_SETS", "NO_GRADIENT_OPS", "RuleContext", "rule", "supported_ops"]
+
+RULE_SETS = ("plain", "guided", "deconvnet")
+
+RuleFn = Callable[["RuleContext"], Sequence[Any]]
+RULES: dict[str, RuleFn] = {}
+
+#: ops whose outputs carry no gradient (integer/boolean outputs or piecewise-constant functions)
+NO_GRADIENT_OPS = frozenset({
+    "Shape", "Size", "ConstantOfShape", "Range", "ArgMax", "ArgMin", "NonZero", "Equal", "Less",
+    "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
+    "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike", "OneHot",
+    "Constant", "Multinomial", "Bernoulli",
+})
+
+
+class NeedsOpset(Exception):
+    """Raised by a rule whose backward needs a newer opset than the model's (internal)."""
+
+    def __init__(self, opset: int, reason: str) -> None:
+        self.opset = opset
+        self.reason = reason
+        super().__init__(reason)
+
+
+class RuleContext:
+    """Everything a backward rule needs about one forward node."""
+
+    def __init__(self, node: onnx.NodeProto, grads: list[str | None], needs: list[bool],
+                 b: GraphBuilder, info: TensorInfo, rules: str) -> None:
+        self.node = node
+        self.op_type = node.op_type
+        self.attrs: dict[str, Any] = {}
+        for a in node.attribute:
+            v = helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode()
+            self.attrs[a.name] = v
+        self.inputs = list(node.input)
+        self.outputs = list(node.output)
+        self.grads = grads
+        self.needs = needs + [False] * (len(self.inputs) - len(needs))
+        self.b = b
+        self.info = info
+        self.opset = b.opset
+        self.rules = rules
+
+    # ---- static facts ------------------------------------------------------------------
+    def shape(self, name: str) -> tuple | None:
+        return self.info.shape.get(name)
+
+    def rank(self, name: str) -> int:
+        r = self.info.rank(name)
+        if r is None:
+            raise ModelError(
+                f"node {self.node.name or '?'} ({self.op_type}): the rank of tensor {name!r} is "
+                "unknown after shape inference; the backward rule needs it (give the model "
+                "fixed input ranks)")
+        return r
+
+    def static_dims(self, name: str, axes: Sequence[int]) -> list[int]:
+        s = self.shape(name)
+        if s is None:
+            dims = None
+        else:
+            dims = [s[a] for a in axes]
+        if dims is None or any(d is None for d in dims):
+            raise ModelError(
+                f"node {self.node.name or '?'} ({self.op_type}): the backward rule needs static "
+                f"sizes of axes {list(axes)} of tensor {name!r}, shape inference gave {s}; fix the "
+                "model's input shape (only the batch axis may stay dynamic)")
+        return [int(d) for d in dims]
+
+    def elem(self, name: str) -> int:
+        e = self.info.elem.get(name)
+        if e is None:
+            raise ModelError(f"node {self.node.name or '?'} ({self.op_type}): unknown element type "
+                             f"of tensor {name!r} after shape inference")
+        return e
+
+    def const(self, idx: int) -> np.ndarray | None:
+        """Constant value of input ``idx`` (initializer or Constant node), None if absent/dynamic."""
+        if idx >= len(self.inputs) or not self.inputs[idx]:
+            return None
+        return self.info.const.get(self.inputs[idx])
+
+    def has_input(self, idx: int) -> bool:
+        return idx < len(self.inputs) and bool(self.inputs[idx])
+
+    def need_const(self, idx: int, what: str) -> np.ndarray:
+        v = self.const(idx)
+        if v is None:
+            raise UnsupportedOpError(
+                f"node {self.node.name or '?'} ({self.op_type}, opset {self.opset}): the backward "
+                f"rule needs {what} (input {idx}) to be a constant; use finite differences "
+                "(refcam.autodiff.fd) for this model")
+        return v
+
+    def unsupported(self, what: str) -> UnsupportedOpError:
+        return UnsupportedOpError(
+            f"node {self.node.name or '?'} ({self.op_type}, opset {self.opset}): {what} has no "
+            "backward rule; use finite differences (refcam.autodiff.fd) for this model")
+
+    # ---- small emit helpers ------------------------------------------------------------
+    def c(self, value: float, like: str) -> str:
+        """Scalar constant with the element type of tensor ``like``."""
+        return self.b.scalar(value, self.elem(like))
+
+    def op(self, op_type: str, inputs: Sequence[str], **kw: Any) -> Any:
+        return self.b.op(op_type, inputs, **kw)
+
+    def unbroadcast(self, g: str, x: str, out: str | None = None) -> str:
+        out = out or self.outputs[0]
+        return self.b.unbroadcast(g, self.shape(out), x, self.shape(x))
+
+    def mask(self, cond: str, like: str) -> str:
+        """Cast a boolean tensor to the element type of ``like``."""
+        return self.op("Cast", [cond], to=self.elem(like))
+
+
+def rule(*op_types: str) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as the backward rule of each op type in ``op_types``."""
+
+    def deco(fn: RuleFn) -> RuleFn:
+        for t in op_types:
+            RULES[t] = fn
+        return fn
+
+    return deco
+
+
+def supported_ops() -> list[str]:
+    """Sorted op types that have a backward rule or carry no gradient.
+
+    Examples
+    --------
+    >>> ops = supported_ops()
+    >>> {"Conv", "MaxPool", "Resize", "Shape"} <= set(ops), "Loop" in ops
+    (True, False)
+    """
+    return sorted(set(RULES) | NO_GRADIENT_OPS)
+
+
+def _nograd(ctx: RuleContext) -> list[None]:
+    return [None] * len(ctx.inputs)
+
+
+for _t in NO_GRADIENT_OPS:
+    RULES[_t] = _nograd
+
+
+# ============================ identity-like and shape ops ====================================
+@rule("Identity", "Dropout")
+def _identity(ctx):
+    return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("Cast")
+def _cast(ctx):
+    x = ctx.inputs[0]
+    if not ctx.info.is_float(x):
+        return [None]
+    return [ctx.op("Cast", [ctx.grads[0]], to=ctx.elem(x))]
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def _reshape(ctx):
+    return [ctx.b.reshape_like(ctx.grads[0], ctx.inputs[0])] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("Transpose")
+def _transpose(ctx):
+    r = ctx.rank(ctx.inputs[0])
+    perm = ctx.attrs.get("perm", list(range(r))[::-1])
+    inv = [0] * r
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return [ctx.op("Transpose", [ctx.grads[0]], perm=inv)]
+
+
+@rule("Expand")
+def _expand(ctx):
+    return [ctx.unbroadcast(ctx.grads[0], ctx.inputs[0]), None]
+
+
+@rule("Concat")
+def _concat(ctx):
+    b = ctx.b
+    g = ctx.grads[0]
+    r = ctx.rank(ctx.outputs[0])
+    axis = ctx.attrs["axis"] % r
+    sizes = []
+    for x in ctx.inputs:
+        s = ctx.shape(x)
+        sizes.append(None if s is None else s[axis])
+    res: list[str | None] = []
+    if all(s is not None for s in sizes):
+        off = 0
+        for x, s, need in zip(ctx.inputs, sizes, ctx.needs):
+            if need:
+                res.append(b.op("Slice", [g, b.ints([off]), b.ints([off + s]), b.ints([axis])]))
+            else:
+                res.append(None)
+            off += s
+        return res
+    off = b.ints([0])
+    ax = b.ints([axis])
+    for x, need in zip(ctx.inputs, ctx.needs):
+        d = b.op("Slice", [b.shape(x), ax, b.ints([axis + 1])])
+        end = b.op("Add", [off, d])
+        res.append(b.op("Slice", [g, off, end, ax]) if need else None)
+        off = end
+    return res
+
+
+@rule("Split")
+def _split(ctx):
+    b = ctx.b
+    r = ctx.rank(ctx.inputs[0])
+    axis = ctx.attrs.get("axis", 0) % r
+    parts = []
+    for y, g in zip(ctx.outputs, ctx.grads):
+        parts.append(g if g is not None else b.zeros_like(y, ctx.elem(y)))
+    return [b.op("Concat", parts, axis=axis)] + [None] * (len(ctx.inputs) - 1)
+
+
+def _index_map_backward(ctx: RuleContext, g: str, rank: int, maps: dict[int, np.ndarray],
+                        in_dims: dict[int, int]) -> str:
+    """Backward of a per-axis gather ``y[..., o, ...] = x[..., idx[o], ...]`` (idx = -1: constant).
+
+    Contiguous increasing maps become one Slice + one Pad (zero fill); other maps (steps != 1,
+    reflect/edge/wrap padding) become a 0/1 matrix contracted along the axis with MatMul, which
+    sums repeated sources exactly.
+    """
+    b = ctx.b
+    elem = ctx.elem(ctx.inputs[0])
+    npdt = helper.tensor_dtype_to_np_dtype(elem)
+    sl_axes, sl_st, sl_en = [], [], []
+    pads_b = [0] * rank
+    pads_e = [0] * rank
+    mats = {}
+    for ax, idx in maps.items():
+        n_in = in_dims[ax]
+        valid = np.nonzero(idx >= 0)[0]
+        src = idx[valid]
+        contiguous = valid.size == 0 or (
+            np.all(np.diff(valid) == 1) and np.all(np.diff(src) == 1))
+        if contiguous and valid.size:
+            o0, o1 = int(valid[0]), int(valid[-1]) + 1
+            if o0 != 0 or o1 != idx.size:
+                sl_axes.append(ax)
+                sl_st.append(o0)
+                sl_en.append(o1)
+            pads_b[ax] = int(src[0])
+            pads_e[ax] = n_in - int(src[-1]) - 1
+        else:
+            m = np.zeros((idx.size, n_in), dtype=npdt)
+            m[valid, src] = 1
+            mats[ax] = m
+    if sl_axes:
+        g = b.op("Slice", [g, b.ints(sl_st), b.ints(sl_en), b.ints(sl_axes)])
+    if any(pads_b) or any(pads_e):
+        g = b.op("Pad", [g, b.ints(pads_b + pads_e)])
+    for ax, m in mats.items():
+        g = b.move_axis_matmul(g, rank, ax, b.const(m, hint="select"))
+    return g
+
+
+@rule("Slice")
+def _slice(ctx):
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    if "starts" in ctx.attrs:  # opset < 10
+        starts, ends = ctx.attrs["starts"], ctx.attrs["ends"]
+        axes = ctx.attrs.get("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts = ctx.need_const(1, "starts").tolist()
+        ends = ctx.need_const(2, "ends").tolist()
+        axes = ctx.need_const(3, "axes").tolist() if ctx.has_input(3) else list(range(len(starts)))
+        steps = ctx.need_const(4, "steps").tolist() if ctx.has_input(4) else [1] * len(starts)
+    axes = [a % r for a in axes]
+    dims = ctx.static_dims(x, axes)
+    maps, in_dims = {}, {}
+    for a, st, en, sp, d in zip(axes, starts, ends, steps, dims):
+        big = 2 ** 62
+        st = max(min(st, big), -big)
+        en = max(min(en, big), -big)
+        maps[a] = np.arange(d)[slice(st, en, sp)]
+        in_dims[a] = d
+    return [_index_map_backward(ctx, ctx.grads[0], r, maps, in_dims)] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("Pad")
+def _pad(ctx):
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    mode = ctx.attrs.get("mode", "constant")
+    if "pads" in ctx.attrs:
+        pads = list(ctx.attrs["pads"])
+    else:
+        pads = ctx.need_const(1, "pads").tolist()
+    axes = list(range(r))
+    if ctx.has_input(3):
+        axes = [a % r for a in ctx.need_const(3, "axes").tolist()]
+    n = len(axes)
+    dims = ctx.static_dims(x, axes)
+    maps, in_dims = {}, {}
+    for i, (a, d) in enumerate(zip(axes, dims)):
+        pb, pe = int(pads[i]), int(pads[i + n])
+        src = np.arange(d)[max(-pb, 0): d - max(-pe, 0)]
+        wb, we = max(pb, 0), max(pe, 0)
+        if mode == "constant":
+            idx = np.pad(src, (wb, we), mode="constant", constant_values=-1)
+        elif mode in ("reflect", "edge", "wrap"):
+            idx = np.pad(src, (wb, we), mode=mode)
+        else:
+            raise ctx.unsupported(f"Pad mode {mode!r}")
+        if pb or pe:
+            maps[a] = idx
+            in_dims[a] = d
+    res = _index_map_backward(ctx, ctx.grads[0], r, maps, in_dims) if maps else ctx.grads[0]
+    return [res] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("Gather")
+def _gather(ctx):
+    b = ctx.b
+    x, ind = ctx.inputs[0], ctx.inputs[1]
+    r = ctx.rank(x)
+    axis = ctx.attrs.get("axis", 0) % r
+    (d,) = ctx.static_dims(x, [axis])
+    shp = b.shape(x)
+    parts = []
+    if axis > 0:
+        parts.append(b.op("Slice", [shp, b.ints([0]), b.ints([axis])]))
+    parts.append(b.ints([-1]))
+    if axis < r - 1:
+        parts.append(b.op("Slice", [shp, b.ints([axis + 1]), b.ints([r])]))
+    g2 = b.op("Reshape", [ctx.grads[0], b.op("Concat", parts, axis=0) if len(parts) > 1 else parts[0]])
+    flat = b.op("Reshape", [b.op("Cast", [ind], to=TensorProto.INT64), b.ints([-1, 1])])
+    dd = b.const(np.int64(d))
+    flat = b.op("Where", [b.op("Less", [flat, b.const(np.int64(0))]), b.op("Add", [flat, dd]), flat])
+    onehot = b.op("Equal", [flat, b.ints(list(range(d)))])
+    m = ctx.mask(onehot, x)  # (n_indices, d)
+    return [b.move_axis_matmul(g2, r, axis, m), None]
+
+
+# ============================ elementwise arithmetic =========================================
+@rule("Add", "Sum")
+def _add(ctx):
+    return [ctx.unbroadcast(ctx.grads[0], x) if need else None
+            for x, need in zip(ctx.inputs, ctx.needs)]
+
+
+@rule("Mean")
+def _mean(ctx):
+    g = ctx.op("Mul", [ctx.grads[0], ctx.c(1.0 / len(ctx.inputs), ctx.outputs[0])])
+    return [ctx.unbroadcast(g, x) if need else None for x, need in zip(ctx.inputs, ctx.needs)]
+
+
+@rule("Sub")
+def _sub(ctx):
+    a, bb = ctx.inputs
+    g = ctx.grads[0]
+    ga = ctx.unbroadcast(g, a) if ctx.needs[0] else None
+    gb = ctx.unbroadcast(ctx.op("Neg", [g]), bb) if ctx.needs[1] else None
+    return [ga, gb]
+
+
+@rule("Mul")
+def _mul(ctx):
+    a, bb = ctx.inputs
+    g = ctx.grads[0]
+    ga = ctx.unbroadcast(ctx.op("Mul", [g, bb]), a) if ctx.needs[0] else None
+    gb = ctx.unbroadcast(ctx.op("Mul", [g, a]), bb) if ctx.needs[1] else None
+    return [ga, gb]
+
+
+@rule("Div")
+def _div(ctx):
+    a, bb = ctx.inputs
+    g = ctx.grads[0]
+    ga = ctx.unbroadcast(ctx.op("Div", [g, bb]), a) if ctx.needs[0] else None
+    gb = None
+    if ctx.needs[1]:
+        t = ctx.op("Div", [ctx.op("Mul", [g, ctx.outputs[0]]), bb])
+        gb = ctx.unbroadcast(ctx.op("Neg", [t]), bb)
+    return [ga, gb]
+
+
+@rule("Neg")
+def _neg(ctx):
+    return [ctx.op("Neg", [ctx.grads[0]])]
+
+
+@rule("Abs")
+def _abs(ctx):
+    return [ctx.op("Mul", [ctx.grads[0], ctx.op("Sign", [ctx.inputs[0]])])]
+
+
+@rule("Exp")
+def _exp(ctx):
+    return [ctx.op("Mul", [ctx.grads[0], ctx.outputs[0]])]
+
+
+@rule("Log")
+def _log(ctx):
+    return [ctx.op("Div", [ctx.grads[0], ctx.inputs[0]])]
+
+
+@rule("Sqrt")
+def _sqrt(ctx):
+    y = ctx.outputs[0]
+    return [ctx.op("Div", [ctx.grads[0], ctx.op("Mul", [y, ctx.c(2.0, y)])])]
+
+
+@rule("Reciprocal")
+def _reciprocal(ctx):
+    y = ctx.outputs[0]
+    return [ctx.op("Neg", [ctx.op("Mul", [ctx.grads[0], ctx.op("Mul", [y, y])])])]
+
+
+@rule("Pow")
+def _pow(ctx):
+    x, p = ctx.inputs
+    y = ctx.outputs[0]
+    g = ctx.grads[0]
+    gx = gp = None
+    if ctx.needs[0]:
+        pc = p if ctx.elem(p) == ctx.elem(x) else ctx.op("Cast", [p], to=ctx.elem(x))
+        t = ctx.op("Pow", [x, ctx.op("Sub", [pc, ctx.c(1.0, x)])])
+        gx = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [pc, t])]), x)
+    if ctx.needs[1]:
+        gp = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [y, ctx.op("Log", [x])])]), p)
+    return [gx, gp]
+
+
+def _tie_split(ctx: RuleContext, xs: Sequence[str], needs: Sequence[bool]) -> list[str | None]:
+    """Max/Min: the gradient goes to the inputs equal to the output, split equally among ties."""
+    y = ctx.outputs[0]
+    if len(xs) == 1:
+        return [ctx.grads[0]]
+    masks = [ctx.mask(ctx.op("Equal", [x, y]), y) for x in xs]
+    cnt = ctx.op("Sum", masks)
+    gs = ctx.op("Div", [ctx.grads[0], cnt])
+    return [ctx.unbroadcast(ctx.op("Mul", [gs, m]), x) if need else None
+            for x, m, need in zip(xs, masks, needs)]
+
+
+@rule("Max", "Min")
+def _maxmin(ctx):
+    return _tie_split(ctx, ctx.inputs, ctx.needs)
+
+
+@rule("Where")
+def _where(ctx):
+    c, x, y = ctx.inputs
+    g = ctx.grads[0]
+    z = ctx.c(0.0, ctx.outputs[0])
+    gx = ctx.unbroadcast(ctx.op("Where", [c, g, z]), x) if ctx.needs[1] else None
+    gy = ctx.unbroadcast(ctx.op("Where", [c, z, g]), y) if ctx.needs[2] else None
+    return [None, gx, gy]
+
+
+# ============================ activations ====================================================
+@rule("Relu")
+def _relu(ctx):
+    x = ctx.inputs[0]
+    g = ctx.grads[0]
+    if ctx.rules == "deconvnet":
+        return [ctx.op("Relu", [g])]
+    pos = ctx.mask(ctx.op("Greater", [x, ctx.c(0.0, x)]), x)
+    if ctx.rules == "guided":
+        g = ctx.op("Relu", [g])
+    return [ctx.op("Mul", [g, pos])]
+
+
+@rule("LeakyRelu")
+def _leaky(ctx):
+    x = ctx.inputs[0]
+    g = ctx.grads[0]
+    if ctx.rules == "deconvnet":
+        return [ctx.op("Relu", [g])]
+    if ctx.rules == "guided":
+        g = ctx.op("Relu", [g])
+    alpha = ctx.attrs.get("alpha", 0.01)
+    slope = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), ctx.c(1.0, x), ctx.c(alpha, x)])
+    return [ctx.op("Mul", [g, slope])]
+
+
+@rule("PRelu")
+def _prelu(ctx):
+    x, s = ctx.inputs
+    g = ctx.grads[0]
+    neg = ctx.op("Less", [x, ctx.c(0.0, x)])
+    gx = gs = None
+    if ctx.needs[0]:
+        gx = ctx.op("Where", [neg, ctx.op("Mul", [g, s]), g])
+    if ctx.needs[1]:
+        t = ctx.op("Where", [neg, ctx.op("Mul", [g, x]), ctx.c(0.0, x)])
+        gs = ctx.unbroadcast(t, s)
+    return [gx, gs]
+
+
+@rule("Sigmoid")
+def _sigmoid(ctx):
+    y = ctx.outputs[0]
+    d = ctx.op("Mul", [y, ctx.op("Sub", [ctx.c(1.0, y), y])])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Tanh")
+def _tanh(ctx):
+    y = ctx.outputs[0]
+    d = ctx.op("Sub", [ctx.c(1.0, y), ctx.op("Mul", [y, y])])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Softplus")
+def _softplus(ctx):
+    return [ctx.op("Mul", [ctx.grads[0], ctx.op("Sigmoid", [ctx.inputs[0]])])]
+
+
+@rule("Elu", "Selu", "Celu")
+def _elu(ctx):
+    # Elu: x (x > 0), a(e^x - 1);  Selu: g(x) (x > 0), g a (e^x - 1);  Celu: x, a(e^{x/a} - 1)
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    op = ctx.op_type
+    if op == "Selu":
+        a = ctx.attrs.get("alpha", 1.67326319217681884765625)
+        gam = ctx.attrs.get("gamma", 1.05070102214813232421875)
+        neg = ctx.op("Add", [y, ctx.c(gam * a, x)])   # d/dx of g a (e^x - 1) = y + g a
+        pos = ctx.c(gam, x)
+    elif op == "Celu":
+        a = ctx.attrs.get("alpha", 1.0)
+        neg = ctx.op("Add", [ctx.op("Div", [y, ctx.c(a, x)]), ctx.c(1.0, x)])  # e^{x/a} = y/a + 1
+        pos = ctx.c(1.0, x)
+    else:
+        a = ctx.attrs.get("alpha", 1.0)
+        neg = ctx.op("Add", [y, ctx.c(a, x)])          # d/dx a(e^x - 1) = y + a
+        pos = ctx.c(1.0, x)
+    d = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), pos, neg])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Mish")
+def _mish(ctx):
+    # y = x tanh(sp(x)), sp = softplus;  dy/dx = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
+    x = ctx.inputs[0]
+    t = ctx.op("Tanh", [ctx.op("Softplus", [x])])
+    sech2 = ctx.op("Sub", [ctx.c(1.0, x), ctx.op("Mul", [t, t])])
+    d = ctx.op("Add", [t, ctx.op("Mul", [x, ctx.op("Mul", [sech2, ctx.op("Sigmoid", [x])])])])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Softsign")
+def _softsign(ctx):
+    x = ctx.inputs[0]
+    den = ctx.op("Add", [ctx.c(1.0, x), ctx.op("Abs", [x])])
+    return [ctx.op("Div", [ctx.grads[0], ctx.op("Mul", [den, den])])]
+
+
+@rule("Tile")
+def _tile(ctx):
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    reps = [int(v) for v in ctx.need_const(1, "repeats").tolist()]
+    s = ctx.shape(x)
+    dims = [None if s is None else s[i] for i in range(r)]
+    inter = []
+    for i in range(r):
+        if dims[i] is None:
+            if reps[i] != 1 or any(dims[j] is None for j in range(i)):
+                ctx.static_dims(x, [i])  # raises a ModelError naming the axis
+            inter += [1, -1]
+        else:
+            inter += [reps[i], dims[i]]
+    g = ctx.op("Reshape", [ctx.grads[0], ctx.b.ints(inter)])
+    g = ctx.b.reduce("ReduceSum", g, [2 * i for i in range(r)], keepdims=False)
+    return [g, None]
+
+
+@rule("HardSigmoid")
+def _hardsigmoid(ctx):
+    x = ctx.inputs[0]
+    alpha = ctx.attrs.get("alpha", 0.2)
+    beta = ctx.attrs.get("beta", 0.5)
+    t = ctx.op("Add", [ctx.op("Mul", [x, ctx.c(alpha, x)]), ctx.c(beta, x)])
+    inside = ctx.op("And", [ctx.op("Greater", [t, ctx.c(0.0, x)]), ctx.op("Less", [t, ctx.c(1.0, x)])])
+    d = ctx.op("Mul", [ctx.mask(inside, x), ctx.c(alpha, x)])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("HardSwish")
+def _hardswish(ctx):
+    # y = x * clip(x/6 + 1/2, 0, 1);  dy/dx = 0 (x < -3), x/3 + 1/2 (-3 < x < 3), 1 (x > 3)
+    x = ctx.inputs[0]
+    mid = ctx.op("Add", [ctx.op("Div", [x, ctx.c(3.0, x)]), ctx.c(0.5, x)])
+    d = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(3.0, x)]), ctx.c(1.0, x), mid])
+    d = ctx.op("Where", [ctx.op("Less", [x, ctx.c(-3.0, x)]), ctx.c(0.0, x), d])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Clip")
+def _clip(ctx):
+    x = ctx.inputs[0]
+    g = ctx.grads[0]
+    if ctx.opset < 11 or "min" in ctx.attrs or "max" in ctx.attrs:
+        lo = ctx.attrs.get("min")
+        hi = ctx.attrs.get("max")
+        lo_t = None if lo is None else ctx.c(lo, x)
+        hi_t = None if hi is None else ctx.c(hi, x)
+        lo_val = lo
+    else:
+        lo_t = ctx.inputs[1] if ctx.has_input(1) else None
+        hi_t = ctx.inputs[2] if ctx.has_input(2) else None
+        v = ctx.const(1)
+        lo_val = None if v is None else float(v)
+    relu_like = lo_t is not None and lo_val == 0.0
+    if relu_like and ctx.rules == "deconvnet":
+        return [ctx.op("Relu", [g])] + [None] * (len(ctx.inputs) - 1)
+    conds = []
+    if lo_t is not None:
+        conds.append(ctx.op("Greater", [x, lo_t]))
+    if hi_t is not None:
+        conds.append(ctx.op("Less", [x, hi_t]))
+    if relu_like and ctx.rules == "guided":
+        g = ctx.op("Relu", [g])
+    if conds:
+        cond = conds[0] if len(conds) == 1 else ctx.op("And", conds)
+        g = ctx.op("Mul", [g, ctx.mask(cond, x)])
+    return [g] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("Erf")
+def _erf(ctx):
+    x = ctx.inputs[0]
+    e = ctx.op("Exp", [ctx.op("Neg", [ctx.op("Mul", [x, x])])])
+    d = ctx.op("Mul", [e, ctx.c(2.0 / math.sqrt(math.pi), x)])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+@rule("Gelu")
+def _gelu(ctx):
+    x = ctx.inputs[0]
+    c = lambda v: ctx.c(v, x)  # noqa: E731
+    if ctx.attrs.get("approximate", "none") == "tanh":
+        k = math.sqrt(2.0 / math.pi)
+        x2 = ctx.op("Mul", [x, x])
+        u = ctx.op("Mul", [c(k), ctx.op("Add", [x, ctx.op("Mul", [c(0.044715), ctx.op("Mul", [x2, x])])])])
+        t = ctx.op("Tanh", [u])
+        du = ctx.op("Mul", [c(k), ctx.op("Add", [c(1.0), ctx.op("Mul", [c(3 * 0.044715), x2])])])
+        sech2 = ctx.op("Sub", [c(1.0), ctx.op("Mul", [t, t])])
+        d = ctx.op("Add", [ctx.op("Mul", [c(0.5), ctx.op("Add", [c(1.0), t])]),
+                           ctx.op("Mul", [ctx.op("Mul", [c(0.5), x]), ctx.op("Mul", [sech2, du])])])
+    else:
+        cdf = ctx.op("Mul", [c(0.5), ctx.op("Add", [c(1.0), ctx.op("Erf", [ctx.op("Mul", [x, c(1 / math.sqrt(2))])])])])
+        pdf = ctx.op("Mul", [c(1 / math.sqrt(2 * math.pi)),
+                             ctx.op("Exp", [ctx.op("Mul", [c(-0.5), ctx.op("Mul", [x, x])])])])
+        d = ctx.op("Add", [cdf, ctx.op("Mul", [x, pdf])])
+    return [ctx.op("Mul", [ctx.grads[0], d])]
+
+
+def _softmax_axes(ctx: RuleContext) -> list[int]:
+    r = ctx.rank(ctx.inputs[0])
+    if ctx.opset >= 13:
+        return [ctx.attrs.get("axis", -1) % r]
+    return list(range(ctx.attrs.get("axis", 1) % r, r))  # < 13: coerced to 2-D at `axis`
+
+
+@rule("Softmax")
+def _softmax(ctx):
+    y = ctx.outputs[0]
+    g = ctx.grads[0]
+    s = ctx.b.reduce("ReduceSum", ctx.op("Mul", [g, y]), _softmax_axes(ctx), keepdims=True)
+    return [ctx.op("Mul", [y, ctx.op("Sub", [g, s])])]
+
+
+@rule("LogSoftmax")
+def _logsoftmax(ctx):
+    y = ctx.outputs[0]
+    g = ctx.grads[0]
+    s = ctx.b.reduce("ReduceSum", g, _softmax_axes(ctx), keepdims=True)
+    return [ctx.op("Sub", [g, ctx.op("Mul", [ctx.op("Exp", [y]), s])])]
+
+
+# ============================ reductions =====================================================
+def _reduce_axes(ctx: RuleContext, op: str) -> list[int] | None:
+    """Normalised reduced axes, or None for 'identity' (noop_with_empty_axes and no axes)."""
+    r = ctx.rank(ctx.inputs[0])
+    from .graph import _AXES_AS_INPUT
+
+    if ctx.opset >= _AXES_AS_INPUT.get(op, 13) and "axes" not in ctx.attrs:
+        axes = ctx.need_const(1, "axes").tolist() if ctx.has_input(1) else []
+    else:
+        axes = list(ctx.attrs.get("axes", []))
+    if not axes:
+        if ctx.attrs.get("noop_with_empty_axes", 0):
+            return None
+        axes = list(range(r))
+    return sorted(a % r for a in axes)
+
+
+def _expand_back(ctx: RuleContext, g: str, axes: list[int]) -> str:
+    if not ctx.attrs.get("keepdims", 1):
+        g = ctx.b.unsqueeze(g, axes)
+    return ctx.op("Expand", [g, ctx.b.shape(ctx.inputs[0])])
+
+
+@rule("ReduceSum")
+def _reducesum(ctx):
+    axes = _reduce_axes(ctx, ctx.op_type)
+    res = ctx.grads[0] if axes is None else _expand_back(ctx, ctx.grads[0], axes)
+    return [res] + [None] * (len(ctx.inputs) - 1)
+
+
+def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
+    s = ctx.shape(x)
+    if s is not None and all(s[a] is not None for a in axes):
+        return ctx.c(float(np.prod([s[a] for a in axes])), like)
+    b = ctx.b
+    sizes = [b.op("Slice", [b.shape(x), b.ints([a]), b.ints([a + 1])]) for a in axes]
+    n = b.op("ReduceProd", [b.op("Concat", sizes, axis=0)], keepdims=0)  # no axes: all (any opset)
+    return b.op("Cast", [n], to=ctx.elem(like))
+
+
+@rule("ReduceMean")
+def _reducemean(ctx):
+    x = ctx.inputs[0]
+    axes = _reduce_axes(ctx, ctx.op_type)
+    if axes is None:
+        return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
+    g = ctx.op("Div", [ctx.grads[0], _count(ctx, x, axes, x)])
+    return [_expand_back(ctx, g, axes)] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("ReduceMax", "ReduceMin")
+def _reducemax(ctx):
+    x = ctx.inputs[0]
+    y = ctx.outputs[0]
+    axes = _reduce_axes(ctx, ctx.op_type)
+    if axes is None:
+        return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
+    yk = y if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(y, axes)
+    gk = ctx.grads[0] if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(ctx.grads[0], axes)
+    m = ctx.mask(ctx.op("Equal", [x, yk]), x)
+    cnt = ctx.b.reduce("ReduceSum", m, axes, keepdims=True)
+    return [ctx.op("Mul", [m, ctx.op("Div", [gk, cnt])])] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("GlobalAveragePool")
+def _gap(ctx):
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    axes = list(range(2, r))
+    g = ctx.op("Div", [ctx.grads[0], _count(ctx, x, axes, x)])
+    return [ctx.op("Expand", [g, ctx.b.shape(x)])]
+
+
+@rule("GlobalMaxPool")
+def _gmp(ctx):
+    x = ctx.inputs[0]
+    axes = list(range(2, ctx.rank(x)))
+    m = ctx.mask(ctx.op("Equal", [x, ctx.outputs[0]]), x)
+    cnt = ctx.b.reduce("ReduceSum", m, axes, keepdims=True)
+    return [ctx.op("Mul", [m, ctx.op("Div", [ctx.grads[0], cnt])])]
+
+
+# ============================ linear algebra =================================================
+@rule("Gemm")
+def _gemm(ctx):
+    a, bm = ctx.inputs[0], ctx.inputs[1]
+    g = ctx.grads[0]
+    alpha = ctx.attrs.get("alpha", 1.0)
+    beta = ctx.attrs.get("beta", 1.0)
+    ta, tb = ctx.attrs.get("transA", 0), ctx.attrs.get("transB", 0)
+    ga = gb = gc = None
+    if ctx.needs[0]:
+        if not ta:  # dA = alpha g B'^T
+            ga = ctx.op("Gemm", [g, bm], alpha=alpha, transB=1 - tb)
+        else:  # dA = alpha B' g^T
+            ga = ctx.op("Gemm", [bm, g], alpha=alpha, transA=tb, transB=1)
+    if ctx.needs[1]:
+        if not tb:  # dB = alpha A'^T g
+            gb = ctx.op("Gemm", [a, g], alpha=alpha, transA=1 - ta)
+        else:  # dB = alpha g^T A'
+            gb = ctx.op("Gemm", [g, a], alpha=alpha, transA=1, transB=ta)
+    if len(ctx.needs) > 2 and ctx.needs[2]:
+        gc = ctx.unbroadcast(ctx.op("Mul", [g, ctx.c(beta, ctx.outputs[0])]), ctx.inputs[2])
+    return [ga, gb, gc][: len(ctx.inputs)]
+
+
+@rule("MatMul")
+def _matmul(ctx):
+    a, bm = ctx.inputs
+    b = ctx.b
+    ra, rb = ctx.rank(a), ctx.rank(bm)
+    g = ctx.grads[0]
+    a2 = a if ra >= 2 else b.unsqueeze(a, [0])
+    b2 = bm if rb >= 2 else b.unsqueeze(bm, [1])
+    if rb == 1:
+        g = b.unsqueeze(g, [-1])
+    if ra == 1:
+        g = b.unsqueeze(g, [-2]) if ctx.opset >= 11 else g
+    sa = ctx.shape(a)
+    sb = ctx.shape(bm)
+    sa2 = sa if ra >= 2 else (1,) + tuple(sa)
+    sb2 = sb if rb >= 2 else tuple(sb) + (1,)
+    so = ctx.shape(ctx.outputs[0])
+    rg = max(len(sa2), len(sb2))
+    # broadcast batch shape of the (unsqueezed) output gradient
+    so2 = None
+    if so is not None:
+        batch = tuple(so[: rg - 2]) if rg > 2 else ()
+        so2 = batch + (sa2[-2], sb2[-1])
+
+    def tr(t, r):
+        p = list(range(r))
+        p[-1], p[-2] = p[-2], p[-1]
+        return b.op("Transpose", [t], perm=p)
+
+    ga = gb = None
+    if ctx.needs[0]:
+        t = b.op("MatMul", [g, tr(b2, len(sb2))])
+        t = b.unbroadcast(t, so2, a2 if ra >= 2 else a, sa2) if so2 is not None else t
+        ga = b.reshape_like(t, a)
+    if ctx.needs[1]:
+        t = b.op("MatMul", [tr(a2, len(sa2)), g])
+        t = b.unbroadcast(t, so2, b2 if rb >= 2 else bm, sb2) if so2 is not None else t
+        gb = b.reshape_like(t, bm)
+    return [ga, gb]
+
+
+# ============================ convolution ====================================================
+def _conv_geometry(ctx: RuleContext, in_sp: list[int], k: list[int]):
+    n = len(in_sp)
+    s = list(ctx.attrs.get("strides", [1] * n))
+    d = list(ctx.attrs.get("dilations", [1] * n))
+    auto = ctx.attrs.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(ctx.attrs.get("pads", [0] * 2 * n))
+    elif auto == "VALID":
+        pads = [0] * 2 * n
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        pb, pe = [], []
+        for i in range(n):
+            out = -(-in_sp[i] // s[i])
+            total = max((out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - in_sp[i], 0)
+            small, big = total // 2, total - total // 2
+            pb.append(small if auto == "SAME_UPPER" else big)
+            pe.append(big if auto == "SAME_UPPER" else small)
+        pads = pb + pe
+    else:
+        raise ctx.unsupported(f"auto_pad={auto!r}")
+    return s, d, pads
+
+
+@rule("Conv")
+def _conv(ctx):
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    if len(ctx.needs) > 1 and ctx.needs[1]:
+        raise ctx.unsupported("the gradient with respect to a non-constant Conv weight")
+    if not ctx.needs[0]:
+        return [None] * len(ctx.inputs)
+    r = ctx.rank(x)
+    n = r - 2
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    if all(si == 1 for si in ctx.attrs.get("strides", [1] * n)):
+        # stride 1: the geometry does not depend on the input size (dynamic spatial axes are fine)
+        in_sp = [k[i] * ctx.attrs.get("dilations", [1] * n)[i] for i in range(n)]
+    else:
+        in_sp = ctx.static_dims(x, list(range(2, r)))
+    s, d, pads = _conv_geometry(ctx, in_sp, k)
+    pe_new, opad = [], []
+    for i in range(n):
+        out = (in_sp[i] + pads[i] + pads[i + n] - ((k[i] - 1) * d[i] + 1)) // s[i] + 1
+        full = s[i] * (out - 1) + d[i] * (k[i] - 1) + 1
+        need = full - pads[i] - in_sp[i]
+        pe_new.append(max(need, 0))
+        opad.append(max(-need, 0))
+    group = ctx.attrs.get("group", 1)
+    ext = [d[i] * (k[i] - 1) for i in range(n)]
+    if (all(si == 1 for si in s) and w in ctx.info.const and ctx.shape(w) is not None
+            and all(pads[i] <= ext[i] and pads[i + n] <= ext[i] for i in range(n))):
+        # stride 1: the adjoint is a correlation with the flipped, in/out-swapped kernel and pads
+        # d(k-1) - pad; onnxruntime's Conv is faster than its ConvTranspose.  The kernel transform
+        # reads only an initializer, so onnxruntime constant-folds it at session creation.
+        b = ctx.b
+        co, ci_g = ctx.shape(w)[:2]
+        co_g = co // group
+        wt = b.op("Reshape", [w, b.ints([group, co_g, ci_g] + k)])
+        wt = b.op("Transpose", [wt], perm=[0, 2, 1] + list(range(3, 3 + n)))
+        wt = b.op("Reshape", [wt, b.ints([group * ci_g, co_g] + k)])
+        wt = b.op("Slice", [wt, b.ints([-1] * n), b.ints([-(2 ** 62)] * n), b.ints(list(range(2, 2 + n))),
+                            b.ints([-1] * n)])
+        dx = ctx.op("Conv", [ctx.grads[0], wt], group=group, strides=s, dilations=d, kernel_shape=k,
+                    pads=[ext[i] - pads[i] for i in range(n)] + [ext[i] - pads[i + n] for i in range(n)])
+        return [dx] + [None] * (len(ctx.inputs) - 1)
+    dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=group, strides=s,
+                dilations=d, kernel_shape=k, pads=list(pads[:n]) + pe_new, output_padding=opad)
+    return [dx] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("ConvTranspose")
+def _convtranspose(ctx):
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    if len(ctx.needs) > 1 and ctx.needs[1]:
+        raise ctx.unsupported("the gradient with respect to a non-constant ConvTranspose weight")
+    if not ctx.needs[0]:
+        return [None] * len(ctx.inputs)
+    r = ctx.rank(x)
+    n = r - 2
+    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
+        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    s = list(ctx.attrs.get("strides", [1] * n))
+    d = list(ctx.attrs.get("dilations", [1] * n))
+    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
+    # adjoint: y[o] += x[i] w[k] at o = i*s + k*d - pad_begin  =>  dx = Conv(g, W) (correlation)
+    in_sp = ctx.static_dims(x, list(range(2, r)))
+    out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    pe = []
+    for i in range(n):
+        # Conv output = floor((out + pb + pe - eff)/s) + 1 must equal in
+        eff = (k[i] - 1) * d[i] + 1
+        pe.append((in_sp[i] - 1) * s[i] + eff - out_sp[i] - pads[i])
+    if any(p < 0 for p in pe):
+        pe_pos = [max(p, 0) for p in pe]
+    else:
+        pe_pos = pe
+    dx = ctx.op("Conv", [ctx.grads[0], w], group=ctx.attrs.get("group", 1), strides=s,
+                dilations=d, kernel_shape=k, pads=pads[:n] + pe_pos)
+    if pe_pos != pe:  # negative end pad = crop
+        dx = ctx.op("Slice", [dx, ctx.b.ints([0] * n), ctx.b.ints(in_sp), ctx.b.ints(list(range(2, r)))])
+    return [dx] + [None] * (len(ctx.inputs) - 1)
+
+
+# ============================ pooling and resizing ===========================================
+@rule("MaxPool")
+def _maxpool(ctx):
+    x = ctx.inputs[0]
+    b = ctx.b
+    n = ctx.rank(x) - 2
+    k = ctx.attrs["kernel_shape"]
+    s = ctx.attrs.get("strides", [1] * n)
+    d = ctx.attrs.get("dilations", [1] * n)
+    overlapping = any(si < (ki - 1) * di + 1 for si, ki, di in zip(s, k, d))
+    if overlapping and ctx.opset < 16:
+        raise NeedsOpset(16, "MaxPool with overlapping windows needs ScatterElements(reduction='add')")
+    attrs = {a: v for a, v in ctx.attrs.items() if a != "storage_order"}
+    _, idx = b.op("MaxPool", [x], n_out=2, **attrs)
+    zeros = b.op("Reshape", [b.zeros_like(x, ctx.elem(x)), b.ints([-1])])
+    flat_i = b.op("Reshape", [idx, b.ints([-1])])
+    flat_g = b.op("Reshape", [ctx.grads[0], b.ints([-1])])
+    red = {"reduction": "add"} if ctx.opset >= 16 else {}
+    sc = b.op("ScatterElements", [zeros, flat_i, flat_g], axis=0, **red)
+    return [b.reshape_like(sc, x)]
+
+
+def _run_1d(op_type: str, attrs: dict, n_in: int, opset: int, extra_inputs=(), rank: int = 3):
+    """Run ``op_type`` with onnxruntime on the identity basis (n_in, 1, [1,] n_in); return (out, in)."""
+    import onnxruntime as ort
+
+    shape = [n_in, 1] + [1] * (rank - 3) + [n_in]
+    x = np.eye(n_in, dtype=np.float32).reshape(shape)
+    inits, names = [], ["x"]
+    for i, v in enumerate(extra_inputs):
+        if v is None:
+            names.append("")
+        else:
+            nm = f"e{i}"
+            inits.append(onnx.numpy_helper.from_array(np.asarray(v), nm))
+            names.append(nm)
+    node = helper.make_node(op_type, names, ["y"], **attrs)
+    graph = helper.make_graph([node], "basis", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0]
+    return y.reshape(n_in, -1).T.astype(np.float64)  # (out, in)
+
+
+@rule("AveragePool")
+def _avgpool(ctx):
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    n = r - 2
+    in_sp = ctx.static_dims(x, list(range(2, r)))
+    k = ctx.attrs["kernel_shape"]
+    s = ctx.attrs.get("strides", [1] * n)
+    d = ctx.attrs.get("dilations", None)
+    pads = ctx.attrs.get("pads", [0] * 2 * n)
+    g = ctx.grads[0]
+    npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
+    for i in range(n):
+        a = {"kernel_shape": [k[i]], "strides": [s[i]],
+             "ceil_mode": ctx.attrs.get("ceil_mode", 0),
+             "count_include_pad": ctx.attrs.get("count_include_pad", 0)}
+        auto = ctx.attrs.get("auto_pad", "NOTSET")
+        if auto not in ("NOTSET", ""):
+            a["auto_pad"] = auto
+        else:
+            a["pads"] = [pads[i], pads[i + n]]
+        if d is not None:
+            a["dilations"] = [d[i]]
+        m = _run_1d("AveragePool", a, in_sp[i], max(ctx.opset, 11))
+        # entries are 1/count: recover the exact reciprocal of the integer count
+        nz = m != 0
+        m[nz] = 1.0 / np.round(1.0 / m[nz])
+        g = ctx.b.move_axis_matmul(g, r, 2 + i, ctx.b.const(m.astype(npdt), hint="avgpool_T"))
+    return [g]
+
+
+@rule("Resize")
+def _resize(ctx):
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    in_dims = ctx.static_dims(x, list(range(r)))
+    out_dims = ctx.static_dims(ctx.outputs[0], list(range(r)))
+    if ctx.attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise ctx.unsupported("Resize keep_aspect_ratio_policy other than 'stretch'")
+    axes = ctx.attrs.get("axes")
+    axes = list(range(r)) if axes is None else [a % r for a in axes]
+    scales = ctx.const(2)
+    if scales is not None and scales.size == 0:
+        scales = None
+    roi = ctx.const(1)
+    if roi is not None and roi.size == 0:
+        roi = None
+    if ctx.has_input(1) and roi is None and ctx.attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+        ctx.need_const(1, "roi")
+    attrs = {a: v for a, v in ctx.attrs.items() if a in (
+        "mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
+        "extrapolation_value", "nearest_mode", "antialias")}
+    g = ctx.grads[0]
+    npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
+    for j, ax in enumerate(axes):
+        if scales is not None:
+            extra = [np.array([1, 1, 1, float(scales[j])], np.float32), None]
+        else:
+            extra = [None, np.array([in_dims[ax], 1, 1, out_dims[ax]], np.int64)]
+        rr = np.array([0, 0, 0, 0, 1, 1, 1, 1], np.float32)
+        if roi is not None:
+            rr[3], rr[7] = roi[j], roi[j + len(axes)]
+        opset = max(ctx.opset, 11)
+        inputs = [rr] + extra if opset < 13 or roi is not None else [None] + extra
+        if opset < 13 and extra[0] is None:
+            inputs = [rr, np.zeros(0, np.float32), extra[1]]
+        m = _run_1d("Resize", attrs, in_dims[ax], opset, inputs, rank=4)
+        if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
+            continue
+        g = ctx.b.move_axis_matmul(g, r, ax, ctx.b.const(m.astype(npdt), hint="resize_T"))
+    return [g] + [None] * (len(ctx.inputs) - 1)
+
+
+# ============================ normalisation ==================================================
+@rule("BatchNormalization")
+def _batchnorm(ctx):
+    x, scale, _bias, _mean, var = ctx.inputs[:5]
+    if ctx.attrs.get("training_mode", 0) or len([o for o in ctx.outputs if o]) > 1:
+        raise ctx.unsupported("BatchNormalization in training mode")
+    if any(ctx.needs[1:]):
+        raise ctx.unsupported("the gradient with respect to BatchNormalization parameters")
+    r = ctx.rank(x)
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    f = ctx.op("Div", [scale, ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, var)])])])
+    if ctx.elem(var) != ctx.elem(x):
+        f = ctx.op("Cast", [f], to=ctx.elem(x))
+    f = ctx.b.unsqueeze(f, list(range(1, r - 1)))
+    return [ctx.op("Mul", [ctx.grads[0], f])] + [None] * (len(ctx.inputs) - 1)
+
+
+def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
+    r"""dX of x̂ = (x - μ)/σ over ``axes`` given ĝ = g·scale:  (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ."""
+    b = ctx.b
+    mu = b.reduce("ReduceMean", x, axes, keepdims=True)
+    xc = ctx.op("Sub", [x, mu])
+    var = b.reduce("ReduceMean", ctx.op("Mul", [xc, xc]), axes, keepdims=True)
+    sd = ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, x)])])
+    xh = ctx.op("Div", [xc, sd])
+    m1 = b.reduce("ReduceMean", gh, axes, keepdims=True)
+    m2 = b.reduce("ReduceMean", ctx.op("Mul", [gh, xh]), axes, keepdims=True)
+    t = ctx.op("Sub", [ctx.op("Sub", [gh, m1]), ctx.op("Mul", [xh, m2])])
+    return ctx.op("Div", [t, sd])
+
+
+@rule("LayerNormalization")
+def _layernorm(ctx):
+    x, scale = ctx.inputs[0], ctx.inputs[1]
+    if any(ctx.needs[1:]):
+        raise ctx.unsupported("the gradient with respect to LayerNormalization parameters")
+    if any(g is not None for g in ctx.grads[1:]):
+        raise ctx.unsupported("a gradient flowing into the Mean/InvStdDev outputs of LayerNormalization")
+    r = ctx.rank(x)
+    axis = ctx.attrs.get("axis", -1) % r
+    gh = ctx.op("Mul", [ctx.grads[0], scale])
+    dx = _norm_backward(ctx, x, list(range(axis, r)), ctx.attrs.get("epsilon", 1e-5), gh)
+    return [dx] + [None] * (len(ctx.inputs) - 1)
+
+
+@rule("InstanceNormalization")
+def _instnorm(ctx):
+    x, scale = ctx.inputs[0], ctx.inputs[1]
+    if any(ctx.needs[1:]):
+        raise ctx.unsupported("the gradient with respect to InstanceNormalization parameters")
+    r = ctx.rank(x)
+    sc = ctx.b.unsqueeze(scale, list(range(1, r - 1)))
+    gh = ctx.op("Mul", [ctx.grads[0], sc])
+    dx = _norm_backward(ctx, x, list(range(2, r)), ctx.attrs.get("epsilon", 1e-5), gh)
+    return [dx, None, None]

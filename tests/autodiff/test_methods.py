@@ -1,0 +1,98 @@
+"""Gradient methods end to end (refcam.autodiff.methods) with hand-derived expectations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper, numpy_helper
+
+from refcam import math as M
+from refcam.autodiff import methods as AM
+from refcam.errors import InvalidArgumentError, TargetError
+from refcam.onnx import Model, TopK
+from refcam.onnx import toy_models as tm
+
+X = np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(np.float32)
+
+
+def _fc(proto):
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}["fc.weight"]
+
+
+def test_gradcam_on_gap_linear_head_is_cam_over_z():
+    """Selvaraju et al. 2017, Sect. 3.1: with GAP -> linear, alpha_k^c = w_ck / Z, so
+    Grad-CAM = ReLU(sum_k w_ck A^k) / Z = ReLU(CAM) / Z (Z = 144); HiResCAM (no ReLU) = CAM / Z."""
+    proto = tm.cam_net()
+    m = Model(proto)
+    a = m.forward(X, ["features"]).activations["features"]
+    w = _fc(proto)
+    got = AM.gradient_cam(m, X, "gradcam", layer="features", target=[3, 1])
+    want = np.maximum(M.cam(a, w[[3, 1]]), 0) / 144
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    hi = AM.gradient_cam(m, X, "hirescam", layer="features", target=[3, 1])
+    np.testing.assert_allclose(hi, M.cam(a, w[[3, 1]]) / 144, rtol=1e-5, atol=1e-7)
+    for meth in AM.CAM_METHODS:
+        assert AM.gradient_cam(m, X, meth, layer="features", target=0).shape == (2, 12, 12)
+    multi = AM.gradient_cam(m, X, "gradcam", layer="features", target=TopK(2))
+    assert multi.shape == (2, 2, 12, 12)
+
+
+def _linear_model():
+    """S = W flatten(I) + b on I of shape (N, 2, 3, 3), 2 classes: every gradient is a row of W."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((2, 18))
+    b = rng.standard_normal(2)
+    from onnx import TensorProto
+
+    g = helper.make_graph([helper.make_node("Flatten", ["x"], ["f"]),
+                           helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)], "linear",
+                          [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 2, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 2])],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return Model(proto), w.reshape(2, 2, 3, 3), b
+
+
+def test_saliency_smoothgrad_ig_on_linear_model():
+    m, w, b = _linear_model()
+    x = np.random.default_rng(2).standard_normal((2, 2, 3, 3))
+    # Simonyan et al. 2014: max_c |w_{c..}| for class 1
+    np.testing.assert_allclose(AM.saliency_map(m, x, target=1), np.abs(w[1]).max(axis=0)[None].repeat(2, 0))
+    # SmoothGrad of a linear model: every noisy copy has gradient w_c
+    np.testing.assert_allclose(AM.smoothgrad_map(m, x, target=[0, 1], n_samples=4), w[[0, 1]])
+    # IG of a linear model: (x - x') * w_c exactly (quadrature weights sum to 1)
+    ig = AM.integrated_gradients_map(m, x, target=[1, 0], baseline=0.5, n_steps=3)
+    np.testing.assert_allclose(ig, (x - 0.5) * w[[1, 0]], rtol=1e-12)
+    # guided / deconvnet on a ReLU-free model = plain gradient
+    np.testing.assert_allclose(AM.guided_backprop(m, x, target=0), w[[0, 0]])
+    np.testing.assert_allclose(AM.deconvnet(m, x, target=0), w[[0, 0]])
+
+
+def test_class_model_visualisation_linear_closed_form():
+    """Linear S_c: I_{t+1} = I_t + eta (w_c - 2 lambda I_t) from I_0 = 0 gives
+    I_t = (1 - (1 - 2 lambda eta)^t) w_c / (2 lambda); with eta=0.5, lambda=0.5: I_t = (1 - 0.5^t) w_c."""
+    m, w, b = _linear_model()
+    img, scores = AM.class_model_visualisation(m, 1, steps=3, learning_rate=0.5, l2=0.5)
+    np.testing.assert_allclose(img[0], (1 - 0.5 ** 3) * w[1], rtol=1e-12)
+    want = [(1 - 0.5 ** t) * (w[1] ** 2).sum() + b[1] for t in range(4)]
+    np.testing.assert_allclose(scores, want, rtol=1e-12)
+
+
+def test_guided_gradcam_shape_and_factorisation():
+    proto = tm.cam_net()
+    m = Model(proto)
+    gg = AM.guided_gradcam(m, X, layer="features", target=2)
+    gb = AM.guided_backprop(m, X, target=2)
+    cam = AM.gradient_cam(m, X, "gradcam", layer="features", target=2)
+    np.testing.assert_allclose(gg, gb * M.upsample(cam, (12, 12))[:, None], rtol=1e-6)
+    assert not np.allclose(gb, AM.deconvnet(m, X, target=2))
+
+
+def test_method_errors():
+    m = Model(tm.cam_net())
+    with pytest.raises(InvalidArgumentError, match="method"):
+        AM.gradient_cam(m, X, "scorecam")
+    with pytest.raises(TargetError):
+        AM.smoothgrad_map(m, X, target=lambda y: y[:, 0], n_samples=2)
+    with pytest.raises(InvalidArgumentError, match="n_samples"):
+        AM.smoothgrad_map(m, X, n_samples=0)
