@@ -11,10 +11,10 @@ Usage (from the repository root)::
 Reproducible bit for bit: every random draw is seeded (``--seed``) and onnxruntime runs with one
 intra-op thread (``--threads`` to change that at the price of run-to-run float noise).
 
-Methods: the gradient-free ones the math floor provides today (CAM, Eigen-CAM, Score-CAM,
-Ablation-CAM) plus two reference maps that explain nothing (a seeded random map and a centred
-Gaussian blob) to show each metric's scale.  Gradient methods join when the method registry
-(``refcam.methods``) lands.
+Methods: CAM, the gradient CAMs of :mod:`refcam.autodiff.methods` (Grad-CAM, Grad-CAM++,
+XGrad-CAM, LayerCAM, HiResCAM; each with its paper's ReLU default), Eigen-CAM, Score-CAM,
+Ablation-CAM, the Simonyan saliency map, plus two reference maps that explain nothing (a seeded
+random map and a centred Gaussian blob) to show each metric's scale.
 
 Metrics (see ``docs/metrics.md`` for every convention): Average Drop %, Increase in
 Confidence % and Win % against CAM on softmax probabilities (Grad-CAM++), deletion AUC (zeros baseline) and insertion
@@ -42,6 +42,7 @@ from refcam.metrics import (
     road,
     win_percentage,
 )
+from refcam.autodiff.methods import gradient_cam, saliency_map
 from refcam.onnx import Model
 from refcam.onnx.randomize import parameter_layers
 
@@ -53,7 +54,7 @@ def log(msg: str) -> None:
 def method_maps(
     model: Model, x: np.ndarray, layer: str, targets: np.ndarray, names, *, seed: int, batch: int
 ) -> dict[str, np.ndarray]:
-    """Feature-resolution maps (N, h, w) of every method in ``names``."""
+    """Maps of every method in ``names``: (N, h, w) at feature resolution (Saliency: input resolution)."""
     fw = model.forward(x, [layer])
     a = fw.activations[layer].astype(np.float64)
     n, k = a.shape[:2]
@@ -84,6 +85,18 @@ def method_maps(
                 logits = head.run(abl.astype(np.float32))[head.output_name]
                 scores[i, ks] = logits[:, targets[i]]
         out["Ablation-CAM"] = rmath.ablationcam(a, scores, base)
+    grad_cams = {
+        "Grad-CAM": "gradcam",
+        "Grad-CAM++": "gradcampp",
+        "XGrad-CAM": "xgradcam",
+        "LayerCAM": "layercam",
+        "HiResCAM": "hirescam",
+    }
+    for nm, key in grad_cams.items():
+        if nm in names:
+            out[nm] = gradient_cam(model, x, key, layer=layer, target=targets.tolist())
+    if "Saliency" in names:  # input resolution; the metrics' resize is then a no-op
+        out["Saliency"] = saliency_map(model, x, target=targets.tolist())
     h, w_ = a.shape[2:]
     if "random (reference)" in names:
         out["random (reference)"] = np.random.default_rng(seed).random((n, h, w_))
@@ -116,9 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     targets = logits.argmax(axis=1)
     names = [
         "CAM",
+        "Grad-CAM",
+        "Grad-CAM++",
+        "XGrad-CAM",
+        "LayerCAM",
+        "HiResCAM",
         "Eigen-CAM",
         "Score-CAM",
         "Ablation-CAM",
+        "Saliency",
         "random (reference)",
         "centre (reference)",
     ]
@@ -155,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{nm}: done")
 
     lines = [
-        "# Metrics of the gradient-free methods on EfficientNet-Lite0",
+        "# Metrics of the CAM and saliency methods on EfficientNet-Lite0",
         "",
         f"Images: {', '.join(args.images)} (top-1 class each: "
         f"{', '.join(zoo.imagenet_classes()[t] for t in targets)}); layer `{layer}`; maps upsampled "
@@ -186,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "| method | Spearman(abs) per step | SSIM per step | HOG per step | verdict |",
             "|---|---|---|---|---|",
         ]
-        for nm in ("CAM", "Eigen-CAM", "centre (reference)"):
+        for nm in ("CAM", "Grad-CAM", "Grad-CAM++", "Eigen-CAM", "Saliency", "centre (reference)"):
 
             def explain(proto, nm=nm):
                 mm = (
@@ -195,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                     else Model(proto, intra_op_num_threads=args.threads)
                 )
                 fmaps = method_maps(mm, x, layer, targets, [nm], seed=args.seed, batch=64)[nm]
+                if fmaps.shape[1:] == x.shape[2:]:
+                    return fmaps
                 return rmath.upsample(fmaps, x.shape[2:], mode="linear")
 
             r = model_randomization_test(

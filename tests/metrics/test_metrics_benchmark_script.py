@@ -27,9 +27,15 @@ def test_method_maps_on_linear_head():
     t = fw.outputs.argmax(axis=1)
     names = [
         "CAM",
+        "Grad-CAM",
+        "Grad-CAM++",
+        "XGrad-CAM",
+        "LayerCAM",
+        "HiResCAM",
         "Eigen-CAM",
         "Score-CAM",
         "Ablation-CAM",
+        "Saliency",
         "random (reference)",
         "centre (reference)",
     ]
@@ -44,3 +50,7 @@ def test_method_maps_on_linear_head():
     want = np.maximum(np.einsum("nk,nkhw->nhw", wk, a), 0)
     np.testing.assert_allclose(maps["Ablation-CAM"], want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(maps["Eigen-CAM"], rmath.eigencam(a))
+    # GAP -> Gemm: dy^c/dA^k_ij = w_k^c / Z, so Grad-CAM = ReLU(CAM) / Z with Z = 12 * 12
+    np.testing.assert_allclose(
+        maps["Grad-CAM"], np.maximum(maps["CAM"], 0) / 144, rtol=1e-4, atol=1e-7
+    )
