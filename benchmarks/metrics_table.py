@@ -33,6 +33,7 @@ import numpy as np
 
 from refcam import math as rmath
 from refcam import zoo
+from refcam.autodiff.methods import gradient_cam, saliency_map
 from refcam.metrics import (
     confidence_metrics,
     deletion,
@@ -42,7 +43,6 @@ from refcam.metrics import (
     road,
     win_percentage,
 )
-from refcam.autodiff.methods import gradient_cam, saliency_map
 from refcam.onnx import Model
 from refcam.onnx.randomize import parameter_layers
 
