@@ -18,6 +18,23 @@ from .errors import (  # noqa: F401
     TargetError,
     UnsupportedOpError,
 )
+from .math import *
+from .math import __all__ as _math_all
 
-from .math import *  # noqa: E402,F401,F403  (the math floor is the top-level API)
-from .math import __all__ as _math_all  # noqa: E402
+_LAZY = {
+    "explain": ("explanation", "explain"),
+    "Explanation": ("explanation", "Explanation"),
+    "methods": ("methods", None),
+    "onnx": ("onnx", None),
+}
+
+
+def __getattr__(name: str):
+    """Lazy front: ``refcam.explain`` and friends import onnx/onnxruntime only when first used."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(f".{module}", __name__)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'refcam' has no attribute {name!r}")
