@@ -310,7 +310,14 @@ def test_minmax_normalised_maps_are_invariant_to_positive_scaling_of_the_score(n
     m2 = f(q.activations, q.gradients, q.class_weights, None, None)
     scale = sum_scale(p.activations, p.class_weights)
     # near-constant maps amplify rounding without bound under min-max: require a real range
-    assume(_minmax_range_ok(m1, scale) and _minmax_range_ok(np.asarray(m2) / s, scale))
+    # (divide in float64: a float32 division by s can merge adjacent floats and hide a range)
+    assume(_minmax_range_ok(m1, scale) and _minmax_range_ok(np.asarray(m2, dtype=np.float64) / s, scale))
+    if name == "eigengradcam":
+        # A tie between the two largest singular values of A*G leaves the principal direction
+        # undefined (any unit vector of the tied subspace is a first singular vector), so no
+        # invariance can hold there: require a clear gap, as the Eigen-CAM theorems below do.
+        z = (p.activations * p.gradients).reshape(p.activations.shape[0], p.activations.shape[1], -1)
+        assume(top_two_singular_gap(np.swapaxes(z, 1, 2).astype(np.float64)) > 1e-3)
     n1, n2 = refcam.normalize(m1), refcam.normalize(m2)
     assert_close(n1, n2, 1.0, dt, ulps=4096)
 
