@@ -1,4 +1,4 @@
-"""The ``refcam`` command line: ``refcam explain``, ``refcam layers``, ``refcam methods``.
+"""The ``refcam`` command line: ``refcam explain``, ``layers``, ``methods``, ``check``.
 
 ``refcam explain`` with no argument explains the embedded default model (EfficientNet-Lite0 on
 ImageNet, :mod:`refcam.zoo`) on the bundled photo of a cat and writes, into ``./refcam-out``:
@@ -20,6 +20,9 @@ Other modules add subcommands without editing this file: every module named in
 is called with the :class:`argparse` sub-parser action, the common parent parsers (``--debug``)
 and the parser class (one-line errors); the parser it adds must ``set_defaults(func=f)`` with
 ``f(args) -> int`` and raise :class:`UsageError` or a ``RefcamError`` on failure.  ``refcam check`` (conformance against peer libraries) plugs in this way.
+
+``refcam check MODULE:FUNCTION --method M`` (conformance of another implementation,
+:mod:`refcam.conformance`) is built in unless a plugin provides its own ``check``.
 
 The module imports nothing heavy at import time (``refcam --help`` does not load onnx).
 """
@@ -646,6 +649,107 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_target(spec: str):
+    """``module:function`` or ``path/to/file.py:function`` → the callable."""
+    mod_name, sep, attr = spec.rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise UsageError(f"check: got {spec!r}, expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise UsageError(f"check: no such file {mod_name!r}")
+        modspec = importlib.util.spec_from_file_location(f"_refcam_check_{path.stem}", path)
+        module = importlib.util.module_from_spec(modspec)
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            modspec.loader.exec_module(module)  # type: ignore[union-attr]
+        finally:
+            sys.path.pop(0)
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise UsageError(
+                f"check: cannot import module {mod_name!r} ({_one_line(exc)})"
+            ) from None
+        finally:
+            sys.path.pop(0)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UsageError(f"check: {mod_name!r} has no function {attr!r}")
+    return fn
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import conformance
+
+    if args.method not in conformance.METHOD_ARGUMENTS:
+        raise UsageError(
+            f"--method: got {args.method!r}, expected one of {', '.join(conformance.METHOD_ARGUMENTS)}"
+        )
+    size = None
+    if args.input_size is not None:
+        try:
+            size = tuple(int(v) for v in args.input_size.split(","))
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            raise UsageError(
+                f"--input-size: got {args.input_size!r}, expected H,W (two positive integers)"
+            )
+    fn = _import_target(args.function)
+    report = conformance.check(
+        fn,
+        args.method,
+        preset=args.preset,
+        input_size=size,
+        max_examples=args.max_examples,
+        atol=args.atol,
+        rtol=args.rtol,
+        dtype=np.float32 if args.float32 else np.float64,
+        seed=args.seed,
+    )
+    print(report)
+    ok = report.matched(args.preset) if args.preset is not None else bool(report.matches)
+    return 0 if ok else EXIT_ERROR
+
+
+def _add_check(sub, common) -> None:
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="check your own CAM function against refcam's formulas and presets",
+        description=(
+            "Run hypothesis-generated arrays through FUNCTION and through every refcam candidate of\n"
+            "the method (the paper formula raw and min-max scaled, each peer preset) and report the\n"
+            "errors, which candidates it matches and a shrunk counterexample (refcam.conformance).\n\n"
+            "  refcam check mylib.cams:gradcam --method gradcam\n"
+            "  refcam check ./my_cam.py:score_cam --method scorecam --preset paper\n\n"
+            "FUNCTION takes the arrays of `refcam.conformance.METHOD_ARGUMENTS` (e.g. activations,\n"
+            "gradients (N, K, H, W)) and returns the maps (N, H, W). Exit code 0 when it matches\n"
+            "(--preset, else any candidate), 1 when it does not."
+        ),
+    )
+    p.add_argument("function", metavar="FUNCTION", help="MODULE:FUNCTION or FILE.py:FUNCTION")
+    p.add_argument("-m", "--method", required=True, help="gradcam, gradcampp, cam, scorecam, ...")
+    p.add_argument(
+        "-p", "--preset", help="the candidate that must match (e.g. 'paper (min-max)', torchcam)"
+    )
+    p.add_argument("--input-size", help="H,W: the function returns maps upsampled to this size")
+    p.add_argument("--max-examples", type=int, default=100, help="generated cases (default 100)")
+    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    p.add_argument(
+        "--float32", action="store_true", help="generate float32 arrays (default float64)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    p.set_defaults(func=cmd_check)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -804,6 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
             plugin = importlib.import_module(mod)
             if hasattr(plugin, "add_cli"):
                 plugin.add_cli(sub, parents=[common], parser_class=_Parser)
+    if "check" not in sub.choices and importlib.util.find_spec("refcam.conformance") is not None:
+        _add_check(sub, common)  # built in unless a plugin provides its own `refcam check`
     return parser
 
 

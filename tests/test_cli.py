@@ -589,3 +589,76 @@ def test_python_m_refcam_help_and_light_import():
         timeout=120,
     )
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- refcam check
+
+MY_CAMS = """
+import numpy as np
+import refcam
+
+
+def paper_gradcam(a, g):
+    return refcam.normalize(refcam.gradcam(a, g))
+
+
+def sum_gradcam(a, g):  # alpha = sum instead of mean: off by the factor Z
+    return np.maximum(np.einsum("nk,nkhw->nhw", g.sum(axis=(2, 3)), a), 0)
+"""
+
+
+def test_check_conforming_and_buggy_functions(tmp_path, capsys):
+    pytest.importorskip("refcam.conformance")
+    (tmp_path / "my_cams.py").write_text(MY_CAMS)
+    target = str(tmp_path / "my_cams.py")
+    code, out, err = run(
+        capsys, "check", f"{target}:paper_gradcam", "-m", "gradcam", "--max-examples", "10"
+    )
+    assert code == 0, err
+    assert out.startswith("conformance of a gradcam implementation: ") and "paper (min-max)" in out
+    matches = [ln for ln in out.splitlines() if ln.startswith("matches: ")]
+    assert matches and "paper (min-max)" in matches[0]
+
+    code, out, _ = run(
+        capsys,
+        "check",
+        f"{target}:sum_gradcam",
+        "-m",
+        "gradcam",
+        "-p",
+        "paper (raw)",
+        "--max-examples",
+        "10",
+    )
+    assert code == 1
+    assert "shrunk counterexample against 'paper (raw)'" in out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["check", "no_colon", "-m", "gradcam"], "expected MODULE:FUNCTION or FILE.py:FUNCTION"),
+        (["check", "missing.py:f", "-m", "gradcam"], "check: no such file 'missing.py'"),
+        (
+            ["check", "refcam_no_such_module:f", "-m", "gradcam"],
+            "cannot import module 'refcam_no_such_module'",
+        ),
+        (
+            ["check", "refcam.math:no_such_fn", "-m", "gradcam"],
+            "'refcam.math' has no function 'no_such_fn'",
+        ),
+        (
+            ["check", "refcam.math:gradcam", "-m", "gradcamm"],
+            "--method: got 'gradcamm', expected one of",
+        ),
+        (
+            ["check", "refcam.math:gradcam", "-m", "gradcam", "--input-size", "7"],
+            "--input-size: got '7'",
+        ),
+        (["check", "refcam.math:gradcam"], "the following arguments are required: -m/--method"),
+    ],
+)
+def test_check_usage_errors(capsys, argv, needle):
+    pytest.importorskip("refcam.conformance")
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err, err
