@@ -9,7 +9,6 @@ notebooks must equal what ``notebooks/_build.py`` generates (no outputs, no drif
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import subprocess
@@ -27,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 KERNEL = "refcam-test-python"
 TIMEOUT = 120  # seconds per cell; each notebook is meant to run in well under a minute
-NEEDS = {"06_property_based_testing.ipynb": "refcam.testing"}
 
 
 def _names() -> list[str]:
@@ -96,9 +94,6 @@ def test_six_notebooks_present_and_in_sync_with_build_script():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _names())
 def test_notebook_runs_top_to_bottom(kernel_env, name):
-    need = NEEDS.get(name)
-    if need and importlib.util.find_spec(need) is None:
-        pytest.skip(f"{need} is not installed in this version")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=TIMEOUT, kernel_name=KERNEL, resources={"metadata": {"path": str(NOTEBOOKS)}}
