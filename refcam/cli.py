@@ -550,9 +550,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 np.save(pp, shown[i])
                 written.append(pp)
             m2 = shown[i]
-            if it.picture is None or m2.ndim != 2:
-                continue  # 3-D volumes / multi-target maps: arrays only (pictures are 2-D)
-            ov = viz.overlay(it.picture, m2, alpha=args.alpha, cmap=args.cmap)
+            if it.picture is None:
+                continue
+            if m2.ndim == 2:
+                ov = viz.overlay(it.picture, m2, alpha=args.alpha, cmap=args.cmap)
+            elif m2.ndim == 3 and m2.shape[1:] == it.picture.shape[:2]:
+                # input gradients (guided backprop, SmoothGrad, ...): (C, H, W) at the input size,
+                # shown as the grey image max_c |G_c| / q (refcam.viz.saliency_image)
+                grey = viz.saliency_image(m2, mode="abs")
+                ov = np.repeat(
+                    np.rint(255 * grey.astype(np.float64)).astype(np.uint8)[..., None], 3, 2
+                )
+            else:
+                continue  # 3-D volumes / several targets per sample: arrays only
             po = out / f"{it.stem}_{meth.name}.png"
             viz.save_png(ov, po)
             written.append(po)

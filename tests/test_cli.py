@@ -179,6 +179,35 @@ def test_class_agnostic_first_method_still_titles_the_target(tmp_path, capsys):
     assert "# coffee: class " in err
 
 
+def test_input_gradient_maps_are_drawn_as_saliency_images(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    # a stand-in for an input-gradient method: its "gradient" is the input itself, (N, 3, H, W)
+    fake = dataclasses.replace(
+        METHODS["eigencam"], name="fakegrad", compute=lambda ctx, t: ctx.inputs
+    )
+    monkeypatch.setitem(METHODS, "fakegrad", fake)
+    x = np.random.default_rng(3).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code, out, err = run(
+        capsys,
+        "explain",
+        "toy:cam",
+        str(tmp_path / "x.npy"),
+        "-m",
+        "fakegrad",
+        "-o",
+        str(tmp_path / "o"),
+        "-q",
+    )
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "x_fakegrad.npy"), x[0])
+    png = np.asarray(Image.open(tmp_path / "o" / "x_fakegrad.png").convert("RGB"))
+    grey = np.rint(255 * viz.saliency_image(x[0], mode="abs").astype(np.float64)).astype(np.uint8)
+    np.testing.assert_array_equal(png, np.repeat(grey[..., None], 3, axis=2))
+    assert (png[..., 0] == 255).sum() >= 1  # the 99th-percentile cap saturates the largest values
+
+
 def test_volumes_write_arrays_only(tmp_path, capsys):
     from refcam.onnx.toy_models import conv3d_net
 
