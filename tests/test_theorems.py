@@ -398,7 +398,8 @@ def test_eigencam_of_rank_one_activations_is_the_common_pattern(data):
     n, k, spatial = shape[0], shape[1], shape[2:]
     c = data.draw(float_arrays((n, k), min_value=0.5, max_value=3.0))
     c = c * np.where(data.draw(float_arrays((n, k), min_value=-1.0, max_value=1.0)) >= 0, 1.0, -1.0)
-    pattern = data.draw(float_arrays((n,) + spatial, magnitude=5.0))
+    # drawn in the tested dtype: a float64 pattern below float32's range would flush to zero in A
+    pattern = data.draw(float_arrays((n,) + spatial, dtype=dt, magnitude=5.0)).astype(np.float64)
     assume(_sum_rule_is_clear(pattern, np.float64, margin=64))
     a = (c.reshape((n, k) + (1,) * len(spatial)) * pattern[:, None]).astype(dt)
     expected = (np.linalg.norm(c, axis=1).reshape((n,) + (1,) * len(spatial)) * pattern

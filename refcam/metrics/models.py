@@ -3,8 +3,8 @@
 * :func:`softmax_scores` wraps a logits ``score_fn`` into one returning class probabilities (the
   scores Grad-CAM++'s Average Drop and RISE's deletion/insertion are defined on);
 * :func:`model_score_fn` wraps any object with ``run(inputs, names) -> {name: array}`` and an
-  ``output_name`` attribute — e.g. :class:`refcam.onnx.Model` — duck-typed, so this module does not
-  import onnx.
+  ``output_name`` attribute — e.g. :class:`refcam.onnx.Model` — duck-typed, so this module never
+  imports the onnx package.
 """
 
 from __future__ import annotations
