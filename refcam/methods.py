@@ -396,11 +396,10 @@ def _raw(need: str) -> Callable[[Context, int], np.ndarray]:
 
 def _guided_gradcam(ctx: Context, t: int) -> np.ndarray:
     o = ctx.options
+    guided = ctx.need("guided_input_gradients")[:, t]  # first: fails fast for a non-VJP source
     cam = M.gradcam(ctx.need("activations"), ctx.need("gradients")[:, t], relu=True)
     size = ctx.model.input_spatial_shape(ctx.inputs)
-    return M.guided_gradcam(
-        ctx.need("guided_input_gradients")[:, t], M.upsample(cam, size, mode=o["upsample_mode"])
-    )
+    return M.guided_gradcam(guided, M.upsample(cam, size, mode=o["upsample_mode"]))
 
 
 def _smoothgrad(ctx: Context, t: int) -> np.ndarray:

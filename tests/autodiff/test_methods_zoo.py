@@ -80,7 +80,7 @@ def test_layer_gradient_methods_equal_math_floor_on_fd_gradients(name):
         assert np.abs(want).max() > 0  # relu=False: a non-trivial comparison
 
 
-@pytest.mark.parametrize("name", ["cam", "mobilenet", "dynamic"])
+@pytest.mark.parametrize("name", ["cam", "mobilenet", "dynamic", "nhwc"])
 def test_input_gradient_methods_equal_math_floor_on_fd_gradients(name):
     m, x = _setup(name, size=6)
     classes = np.array([1, 0][: x.shape[0]])
@@ -92,7 +92,7 @@ def test_input_gradient_methods_equal_math_floor_on_fd_gradients(name):
     # Guided Grad-CAM: the guided part from the VJP (the guided rule is not a derivative), the
     # Grad-CAM part from FD layer gradients
     gl = m.to_channels_first(_fd(m, x, gg.layer.name, classes))
-    cam = M.upsample(M.gradcam(gg.arrays["activations"].astype(np.float64), gl), x.shape[2:])
+    cam = M.upsample(M.gradcam(gg.arrays["activations"].astype(np.float64), gl), gg.input_size)
     want = M.guided_gradcam(gg.arrays["guided_input_gradients"][:, 0].astype(np.float64), cam)
     assert _rel(gg.maps, want) <= TOL
 
