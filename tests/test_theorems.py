@@ -414,8 +414,7 @@ def test_eigencam_of_rank_one_activations_is_the_common_pattern(data):
     # drawn in the tested dtype: a float64 pattern below float32's range would flush to zero in A
     pattern = data.draw(float_arrays((n,) + spatial, dtype=dt, magnitude=5.0)).astype(np.float64)
     assume(_sum_rule_is_clear(pattern, np.float64, margin=64))
-    # the pattern must survive the cast to dt with its squares representable (the SVD forms them):
-    # a float64 pattern of magnitude 5e-65 is all zeros in float32, so no float32 map can show it
+    # and its squares must stay representable in dt (the SVD forms them)
     assume(np.abs(pattern).max() >= 1e4 * np.sqrt(np.finfo(dt).tiny))
     a = (c.reshape((n, k) + (1,) * len(spatial)) * pattern[:, None]).astype(dt)
     expected = (np.linalg.norm(c, axis=1).reshape((n,) + (1,) * len(spatial)) * pattern
