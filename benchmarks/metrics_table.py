@@ -11,8 +11,8 @@ Usage (from the repository root)::
 Reproducible bit for bit: every random draw is seeded (``--seed``) and onnxruntime runs with one
 intra-op thread (``--threads`` to change that at the price of run-to-run float noise).
 
-Methods: CAM, the gradient CAMs of :mod:`refcam.autodiff.methods` (Grad-CAM, Grad-CAM++,
-XGrad-CAM, LayerCAM, HiResCAM; each with its paper's ReLU default), Eigen-CAM, Score-CAM,
+Methods, all through :func:`refcam.explain` with their papers' defaults: CAM, Grad-CAM,
+Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Eigen-CAM, Score-CAM (softmax probability scores),
 Ablation-CAM, the Simonyan saliency map, plus two reference maps that explain nothing (a seeded
 random map and a centred Gaussian blob) to show each metric's scale.
 
@@ -31,9 +31,8 @@ import time
 
 import numpy as np
 
-from refcam import math as rmath
+import refcam
 from refcam import zoo
-from refcam.autodiff.methods import gradient_cam, saliency_map
 from refcam.metrics import (
     confidence_metrics,
     deletion,
@@ -51,53 +50,43 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+# Display name -> refcam.explain method key (every real map comes from the one entry point).
+METHODS = {
+    "CAM": "cam",
+    "Grad-CAM": "gradcam",
+    "Grad-CAM++": "gradcampp",
+    "XGrad-CAM": "xgradcam",
+    "LayerCAM": "layercam",
+    "HiResCAM": "hirescam",
+    "Eigen-CAM": "eigencam",
+    "Score-CAM": "scorecam",
+    "Ablation-CAM": "ablationcam",
+    "Saliency": "saliency",
+}
+REFERENCE_MAPS = ("random (reference)", "centre (reference)")
+NAMES = [*METHODS, *REFERENCE_MAPS]
+
+
 def method_maps(
     model: Model, x: np.ndarray, layer: str, targets: np.ndarray, names, *, seed: int, batch: int
 ) -> dict[str, np.ndarray]:
-    """Maps of every method in ``names``: (N, h, w) at feature resolution (Saliency: input resolution)."""
-    fw = model.forward(x, [layer])
-    a = fw.activations[layer].astype(np.float64)
-    n, k = a.shape[:2]
-    size = x.shape[2:]
+    """Maps of every method in ``names``: (N, h, w) at feature resolution (Saliency: input resolution).
+
+    Each real method runs through :func:`refcam.explain` with its paper defaults (Score-CAM scores
+    the softmax probability, Ablation-CAM zeroes the channel); the two reference maps explain
+    nothing and bound the table from below.
+    """
     out: dict[str, np.ndarray] = {}
-    if "CAM" in names:
-        w = model.linear_head(layer).weight
-        out["CAM"] = rmath.cam(a, w[targets])
-    if "Eigen-CAM" in names:
-        out["Eigen-CAM"] = rmath.eigencam(a)
-    if "Score-CAM" in names:
-        scores = np.empty((n, k))
-        for i in range(n):  # masks of one image at a time, channels in chunks (memory)
-            for k0 in range(0, k, batch):
-                h = rmath.scorecam_masks(a[i : i + 1, k0 : k0 + batch], size)[0]  # (B, H, W)
-                logits = model.run((x[i] * h[:, None]).astype(np.float32))[model.output_name]
-                scores[i, k0 : k0 + batch] = logits[:, targets[i]]
-        out["Score-CAM"] = rmath.scorecam(a, scores)
-    if "Ablation-CAM" in names:
-        head = model.head(layer)
-        base = fw.outputs[np.arange(n), targets]
-        scores = np.empty((n, k))
-        for i in range(n):
-            for k0 in range(0, k, batch):
-                ks = np.arange(k0, min(k0 + batch, k))
-                abl = np.repeat(a[i : i + 1], ks.size, axis=0)
-                abl[np.arange(ks.size), ks] = 0.0  # channel k set to zero (the paper's ablation)
-                logits = head.run(abl.astype(np.float32))[head.output_name]
-                scores[i, ks] = logits[:, targets[i]]
-        out["Ablation-CAM"] = rmath.ablationcam(a, scores, base)
-    grad_cams = {
-        "Grad-CAM": "gradcam",
-        "Grad-CAM++": "gradcampp",
-        "XGrad-CAM": "xgradcam",
-        "LayerCAM": "layercam",
-        "HiResCAM": "hirescam",
-    }
-    for nm, key in grad_cams.items():
-        if nm in names:
-            out[nm] = gradient_cam(model, x, key, layer=layer, target=targets.tolist())
-    if "Saliency" in names:  # input resolution; the metrics' resize is then a no-op
-        out["Saliency"] = saliency_map(model, x, target=targets.tolist())
-    h, w_ = a.shape[2:]
+    for nm in names:
+        key = METHODS.get(nm)
+        if key is None:
+            continue
+        kwargs = {} if key == "saliency" else {"layer": layer}
+        target = None if key == "eigencam" else targets.tolist()  # Eigen-CAM is class-agnostic
+        ex = refcam.explain(model, x, key, target=target, batch_size=batch, progress=False, **kwargs)
+        out[nm] = np.asarray(ex.maps)
+    h, w_ = model.forward(x[:1], [layer]).activations[layer].shape[2:]
+    n = x.shape[0]
     if "random (reference)" in names:
         out["random (reference)"] = np.random.default_rng(seed).random((n, h, w_))
     if "centre (reference)" in names:
@@ -127,20 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     x = np.concatenate([zoo.preprocess(zoo.sample_image(nm)) for nm in args.images])
     logits = model.run(x)[model.output_name]
     targets = logits.argmax(axis=1)
-    names = [
-        "CAM",
-        "Grad-CAM",
-        "Grad-CAM++",
-        "XGrad-CAM",
-        "LayerCAM",
-        "HiResCAM",
-        "Eigen-CAM",
-        "Score-CAM",
-        "Ablation-CAM",
-        "Saliency",
-        "random (reference)",
-        "centre (reference)",
-    ]
+    names = list(NAMES)
     log(f"model loaded, {len(x)} images, targets {targets.tolist()}")
     maps = method_maps(model, x, layer, targets, names, seed=args.seed, batch=64)
     log("maps computed")
@@ -216,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 fmaps = method_maps(mm, x, layer, targets, [nm], seed=args.seed, batch=64)[nm]
                 if fmaps.shape[1:] == x.shape[2:]:
                     return fmaps
-                return rmath.upsample(fmaps, x.shape[2:], mode="linear")
+                return refcam.upsample(fmaps, x.shape[2:], mode="linear")
 
             r = model_randomization_test(
                 explain, model.proto, top, mode="cascading", seed=args.seed, progress=False

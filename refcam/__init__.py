@@ -24,6 +24,7 @@ from .math import __all__ as _math_all
 _LAZY = {
     "explain": ("explanation", "explain"),
     "Explanation": ("explanation", "Explanation"),
+    "class_model_visualization": ("_gradient", "class_model_visualization"),
     "methods": ("methods", None),
     "onnx": ("onnx", None),
     # front: the embedded model (onnx) and the pictures (matplotlib) load on first use

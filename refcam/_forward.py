@@ -122,23 +122,20 @@ def provide_class_weights(ctx: Context) -> np.ndarray:
 
 # ------------------------------------------------------------------------- Score-CAM family
 def mask_coefficients(variant: str, n_samples: int, scales: str = "accumulated") -> np.ndarray:
-    r"""IS-CAM mask scales :math:`\gamma_i`, ``i = 1..n``; ``[1.0]`` for the other variants.
-
-    ``scales="accumulated"``: :math:`\gamma_i = \sum_{j=1}^{i} j/n` -- the mask accumulated over
-    the iterations of Naidu et al. (2020), "IS-CAM: Integrated Score-CAM for axiomatic-based
-    explanations", Algorithm 1, as torchcam's ``ISCAM`` implements it (its coefficient grows past
-    1).  ``scales="linear"``: :math:`\gamma_i = i/n`, a right Riemann sum of the straight path
-    :math:`0 \to H^k`, the Integrated-Gradients reading of "integration".
+    r"""Mask scales of one masked-scores variant: :func:`refcam.math.iscam_scales` ``(n_samples,
+    scales)`` for IS-CAM (``variant="integrate"``; the math floor is the single implementation of
+    the schedule and documents its source), ``[1.0]`` for Score-CAM and SS-CAM.
 
     >>> mask_coefficients("integrate", 4)
     array([0.25, 0.75, 1.5 , 2.5 ])
     >>> mask_coefficients("integrate", 4, "linear")
     array([0.25, 0.5 , 0.75, 1.  ])
+    >>> mask_coefficients("plain", 4)
+    array([1.])
     """
     if variant != "integrate":
         return np.ones(1)
-    i = np.arange(1, n_samples + 1, dtype=np.float64)
-    return np.cumsum(i / n_samples) if scales == "accumulated" else i / n_samples
+    return M.iscam_scales(n_samples, scales)
 
 
 def provide_masked_scores(ctx: Context) -> np.ndarray:
@@ -146,7 +143,9 @@ def provide_masked_scores(ctx: Context) -> np.ndarray:
 
     Score-CAM: :math:`f^c(X \circ H^k)`; SS-CAM: :math:`\frac1n\sum_i f^c(X \circ (H^k + \delta_i))`,
     :math:`\delta_i \sim N(0, \sigma^2)` per pixel (seeded per sample, channel and draw, so the
-    numbers do not depend on the chunking); IS-CAM: :math:`\frac1n\sum_i f^c(X \circ \gamma_i H^k)`.
+    numbers do not depend on the chunking); IS-CAM: :math:`\frac1n\sum_i f^c(X \circ \gamma_i H^k)`
+    with :math:`\gamma_i` = :func:`refcam.math.iscam_scales` (the masked input is
+    ``X * (γ_i H^k)``, element for element the masks of :func:`refcam.math.iscam_masks`).
 
     Masked inputs are built one channel chunk at a time, the next chunk on a worker thread while
     onnxruntime runs the current one (NumPy and onnxruntime release the GIL).  At most two chunks

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _validate as V
 from . import math as M
+from .math.gradients import INTEGRATION_RULES, SALIENCY_REDUCTIONS
 from .errors import InvalidArgumentError
 from .methods import Context, Method, get_method
 from .onnx import LayerInfo, Model, load, resolve_targets
@@ -33,6 +34,10 @@ _CHOICES = {
     "sign": ("sum", "max-abs", "none"),
     "mask_order": ("upsample-then-normalize", "normalize-then-upsample"),
     "scales": ("accumulated", "linear"),
+    "gradient_source": ("vjp", "fd", "exported"),
+    "fd_mode": ("auto", "channel", "full"),
+    "reduce": SALIENCY_REDUCTIONS,
+    "rule": INTEGRATION_RULES,
 }
 
 
@@ -43,9 +48,12 @@ class Explanation:
     Attributes
     ----------
     maps : ``(N, *S)`` raw maps at the layer's resolution (``(N, T, *S)`` when ``T > 1`` targets per
-        sample, e.g. ``TopK(T)``), dtype of the activations.
+        sample, e.g. ``TopK(T)``), dtype of the activations.  Input-gradient methods give maps at
+        the input resolution: ``(N, *S_in)`` (``saliency``) or the channels-first input gradient
+        ``(N, C, *S_in)`` (``guided_backprop``, ``deconvnet``, ``guided_gradcam``, ``smoothgrad``,
+        ``integrated_gradients``; ``reduce=`` on the first two applies :func:`refcam.math.saliency`).
     method : registry name of the method.
-    layer : the :class:`refcam.onnx.LayerInfo` explained.
+    layer : the :class:`refcam.onnx.LayerInfo` explained (``None`` for input-gradient methods).
     targets : ``(N, T)`` class indices, or ``None`` (callable targets; class-agnostic methods).
     scores : ``(N, T)`` target scores ``y^c`` of the unmodified inputs as the method scores them
         (logits, or probabilities with ``score="probability"``), or ``None``.
@@ -58,7 +66,7 @@ class Explanation:
 
     maps: np.ndarray
     method: str
-    layer: LayerInfo
+    layer: LayerInfo | None
     targets: np.ndarray | None
     scores: np.ndarray | None
     outputs: np.ndarray
@@ -84,14 +92,27 @@ def _options(meth: Method, given: dict) -> dict:
     for key, choices in _CHOICES.items():
         if key in opts:
             V.choice(opts[key], key, choices)
-    if "baseline" in opts and opts["baseline"] not in (None, "zeros", "input"):
+    if (
+        "masked_scores" in meth.needs
+        and "baseline" in opts
+        and opts["baseline"] not in (None, "zeros", "input")
+    ):
         raise InvalidArgumentError("baseline", opts["baseline"], "None, 'zeros' or 'input'")
-    for key in ("relu", "softmax", "center"):
+    for key in ("relu", "softmax", "center", "square"):
         if key in opts and not isinstance(opts[key], (bool, np.bool_)):
             raise InvalidArgumentError(key, opts[key], "True or False")
-    if "n_samples" in opts:
-        V.positive_int(opts["n_samples"], "n_samples")
-    for key in ("sigma", "mask_eps"):
+    for key in ("n_samples", "n_steps"):
+        if key in opts:
+            V.positive_int(opts[key], key)
+    if opts.get("gradient_source") == "exported" and not isinstance(
+        opts.get("gradient_output"), str
+    ):
+        raise InvalidArgumentError(
+            "gradient_output",
+            opts.get("gradient_output"),
+            "the name of the model output holding ∂y^c/∂A (gradient_source='exported')",
+        )
+    for key in ("sigma", "mask_eps", "noise_level", "eps"):
         if key in opts:
             V.nonnegative_float(opts[key], key)
     if "ablation_value" in opts:
@@ -125,7 +146,11 @@ def explain(
     model : path, bytes, :class:`onnx.ModelProto` or :class:`refcam.onnx.Model`.
     inputs : ``(N, *input_shape[1:])`` in the model's native layout (NHWC for ``layout="NHWC"``).
     method : a name in :data:`refcam.methods.METHODS` (``"cam"``, ``"scorecam"``, ``"sscam"``,
-        ``"iscam"``, ``"ablationcam"``, ``"eigencam"``, and what other floors register).
+        ``"iscam"``, ``"ablationcam"``, ``"eigencam"``, the gradient methods ``"gradcam"``,
+        ``"gradcampp"``, ``"xgradcam"``, ``"layercam"``, ``"hirescam"``, ``"gradcam_elementwise"``,
+        ``"eigengradcam"``, ``"saliency"``, ``"guided_backprop"``, ``"deconvnet"``,
+        ``"guided_gradcam"``, ``"smoothgrad"``, ``"integrated_gradients"``, and any method
+        registered with :func:`refcam.methods.register_method`).
     layer : tensor name, node name or module path; default the last spatial activation before
         global pooling (:meth:`refcam.onnx.Model.default_layer`).
     target : see :mod:`refcam.onnx.targets` (``None`` = top-1 class).  Class-agnostic methods
@@ -135,7 +160,10 @@ def explain(
     layout : model layout when ``model`` is not already a :class:`Model`.
     **options : the method's options (``relu``, ``upsample_mode``, ``mask_order``, ``mask_eps``
         (see :func:`refcam.math.scorecam_masks`), ``score``, ``softmax``,
-        ``baseline``, ``n_samples``, ``sigma``, ``seed``, ``ablation_value``, ``center``, ``sign``);
+        ``baseline``, ``n_samples``, ``sigma``, ``seed``, ``ablation_value``, ``center``, ``sign``;
+        gradient methods: ``gradient_source`` (``"vjp"``, ``"fd"``, ``"exported"``, see
+        :mod:`refcam._gradient`), ``fd_mode``, ``gradient_output``, ``eps``, ``reduce``,
+        ``noise_level``, ``square``, ``n_steps``, ``rule``, ``upsample_mode``);
         see ``METHODS[name].defaults``.
 
     Returns
@@ -155,17 +183,27 @@ def explain(
     m: Model = load(model) if layout is None else load(model, layout=layout)
     opts = _options(meth, options)
     x = m.check_inputs(inputs)
-    li = m.spatial_layer(layer)
-    fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
-    acts = fw.activations[li.name]
+    if meth.layered:
+        li = m.spatial_layer(layer)
+    elif layer is not None:
+        raise InvalidArgumentError(
+            "layer", layer, f"None: {meth.name!r} explains the input, not a layer"
+        )
+    else:
+        li = None
+    layers = [li] if li is not None else []
+    fw = m.forward(x, layers, batch_size=batch_size, memory_budget=memory_budget, checked=True)
     if meth.targeted:
         targets = resolve_targets(target, fw.outputs)
     elif target is not None:
         raise InvalidArgumentError("target", target, f"None: {meth.name!r} is class-agnostic")
     else:
         targets = None
-    ctx = Context(m, x, li, fw.outputs, targets, opts, batch_size, memory_budget, progress)
-    ctx.arrays["activations"] = acts
+    ctx = Context(
+        m, x, li, fw.outputs, targets, opts, batch_size, memory_budget, progress, method=meth.name
+    )
+    if li is not None:
+        ctx.arrays["activations"] = fw.activations[li.name]
     n_t = targets.n_targets if targets is not None else 1
     maps = [meth.compute(ctx, t) for t in range(n_t)]
     out = maps[0] if n_t == 1 else np.stack(maps, axis=1)

@@ -6,9 +6,7 @@ the equation, and its default options.  A :class:`Need` names how to obtain one 
 :class:`Context` (model + inputs + layer + targets).  :func:`refcam.explain` resolves the needs of
 a method through :data:`NEEDS` and calls ``Method.compute``.
 
-Both registries are open: the gradient floor registers ``"gradients"``, ``"input_gradients"``,
-``"guided_input_gradients"`` providers with :func:`register_need` and its methods with
-:func:`register_method`.  Array conventions of the needs (``T`` = targets per sample):
+Both registries are open (:func:`register_need`, :func:`register_method`).  Array conventions of the needs (``T`` = targets per sample):
 
 =========================  ==================  ==========================================
 need                       shape               meaning
@@ -20,13 +18,22 @@ need                       shape               meaning
 ``baseline_scores``        ``(N, T)``          ``f^c(X_b)`` of the Score-CAM baseline input
 ``ablated_scores``         ``(N, T, K)``       ``y^c_k``, channel ``k`` ablated (head model)
 ``ablation_base_scores``   ``(N, T)``          ``y^c`` from the head on unablated activations
-``gradients``              ``(N, T, K, *S)``   ``∂y^c/∂A^k`` (registered by the gradient floor)
-``input_gradients``        ``(N, T, C, *S_in)``  ``∂y^c/∂X`` (gradient floor)
-``guided_input_gradients`` ``(N, T, C, *S_in)``  guided-backprop ``∂y^c/∂X`` (gradient floor)
+``gradients``              ``(N, T, K, *S)``   ``∂y^c/∂A^k`` (``gradient_source``: vjp/fd/exported)
+``gradient_weights``       ``(N, T, K)``       Grad-CAM ``α_k^c = (1/Z) Σ_ij ∂y^c/∂A^k_ij``
+``input_gradients``        ``(N, T, C, *S_in)``  ``∂y^c/∂X`` (plain rules)
+``guided_input_gradients`` ``(N, T, C, *S_in)``  guided-backprop ``∂y^c/∂X``
+``deconvnet_input_gradients`` ``(N, T, C, *S_in)``  deconvnet reconstruction
+``smoothgrad_gradients``   ``(N, n, T, C, *S_in)``  ``∂y^c/∂X`` at the SmoothGrad noisy copies
+``path_gradients``         ``(N, m, T, C, *S_in)``  ``∂y^c/∂X`` at the Integrated-Gradients path points
 =========================  ==================  ==========================================
 
->>> sorted(METHODS)
-['ablationcam', 'cam', 'eigencam', 'iscam', 'scorecam', 'sscam']
+Gradient needs are provided by :mod:`refcam._gradient` (the gradient floor
+:mod:`refcam.autodiff` computes the numbers), the others by :mod:`refcam._forward`.
+
+>>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
+['ablationcam', 'cam', 'deconvnet', 'eigencam', 'eigengradcam', 'gradcam', 'gradcam_elementwise',
+ 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam', 'integrated_gradients', 'iscam',
+ 'layercam', 'saliency', 'scorecam', 'smoothgrad', 'sscam', 'xgradcam']
 >>> METHODS["cam"].needs
 ('activations', 'class_weights')
 """
@@ -41,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from . import _forward as F
+from . import _gradient as G
 from . import math as M
 from .errors import InvalidArgumentError
 
@@ -82,6 +90,7 @@ class Context:
     memory_budget: int | None = None
     progress: bool | None = None
     arrays: dict = field(default_factory=dict)
+    method: str = ""
 
     def need(self, name: str) -> np.ndarray:
         """The array ``name``, computed once by its registered provider."""
@@ -117,6 +126,8 @@ class Method:
     equation : the equation (number) in the paper the map implements.
     defaults : default options (``relu`` is the paper's final-map ReLU).
     targeted : ``False`` for class-agnostic methods (Eigen-CAM): no targets are resolved.
+    layered : ``False`` for methods that explain the input only (saliency, SmoothGrad, ...): no
+        layer is resolved (``layer`` must be ``None``).
     """
 
     name: str
@@ -127,6 +138,7 @@ class Method:
     equation: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     targeted: bool = True
+    layered: bool = True
 
 
 NEEDS: dict[str, Need] = {}
@@ -276,7 +288,8 @@ register_method(
         M.scorecam,
         _score_family,
         "Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, IS-CAM: Integrated Score-CAM for axiomatic-based explanations",
-        "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ γ_i H^k)), γ_i = Σ_{j≤i} j/n (Algorithm 1, accumulated mask)",
+        "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ γ_i H^k)), γ_i = Σ_{j=1}^{i} j/n (Algorithm 1, "
+        "accumulated mask, as torchcam's code; refcam.math.iscam_scales)",
         dict(
             _MASKS,
             score="logit",
@@ -309,5 +322,250 @@ register_method(
         "L = O v_1 (projection on the first right singular vector)",
         dict(relu=False, center=False, sign="sum"),
         targeted=False,
+    )
+)
+
+
+# ---------------------------------------------------------------------------- gradient needs
+register_need(Need("gradients", G.provide_gradients, "∂y^c/∂A^k at the layer (N, T, K, *S)"))
+register_need(
+    Need("gradient_weights", G.provide_gradient_weights, "Grad-CAM weights α_k^c (N, T, K)")
+)
+register_need(Need("input_gradients", G.provide_input_gradients, "∂y^c/∂X (N, T, C, *S_in)"))
+register_need(
+    Need(
+        "guided_input_gradients",
+        G.provide_guided_input_gradients,
+        "guided-backpropagation ∂y^c/∂X (N, T, C, *S_in)",
+    )
+)
+register_need(
+    Need(
+        "deconvnet_input_gradients",
+        G.provide_deconvnet_input_gradients,
+        "deconvnet reconstruction (N, T, C, *S_in)",
+    )
+)
+register_need(
+    Need(
+        "smoothgrad_gradients",
+        G.provide_smoothgrad_gradients,
+        "∂y^c/∂X at the SmoothGrad noisy copies (N, n, T, C, *S_in)",
+    )
+)
+register_need(
+    Need(
+        "path_gradients",
+        G.provide_path_gradients,
+        "∂y^c/∂X at the Integrated-Gradients path points (N, n_steps, T, C, *S_in)",
+    )
+)
+
+
+# ---------------------------------------------------------------------------- gradient methods
+def _gradcam(ctx: Context, t: int) -> np.ndarray:
+    """Grad-CAM; with FD channel weights it is ``cam(A, α)`` with the ReLU (Grad-CAM generalises
+    CAM: Eq. 2 is CAM's weighted sum with weights α), identical to ``gradcam(A, G)`` for any G
+    whose spatial mean is α."""
+    o = ctx.options
+    if o["gradient_source"] == "fd" and o["fd_mode"] in ("auto", "channel"):
+        return M.cam(ctx.need("activations"), ctx.need("gradient_weights")[:, t], relu=o["relu"])
+    return M.gradcam(ctx.need("activations"), ctx.need("gradients")[:, t], relu=o["relu"])
+
+
+def _layer_gradient(fn: Callable, *keys: str) -> Callable[[Context, int], np.ndarray]:
+    def compute(ctx: Context, t: int) -> np.ndarray:
+        kw = {k: ctx.options[k] for k in keys}
+        return fn(ctx.need("activations"), ctx.need("gradients")[:, t], **kw)
+
+    return compute
+
+
+def _saliency(ctx: Context, t: int) -> np.ndarray:
+    return M.saliency(ctx.need("input_gradients")[:, t], reduce=ctx.options["reduce"])
+
+
+def _raw(need: str) -> Callable[[Context, int], np.ndarray]:
+    def compute(ctx: Context, t: int) -> np.ndarray:
+        g = ctx.need(need)[:, t]
+        r = ctx.options["reduce"]
+        return g if r == "none" else M.saliency(g, reduce=r)
+
+    return compute
+
+
+def _guided_gradcam(ctx: Context, t: int) -> np.ndarray:
+    o = ctx.options
+    guided = ctx.need("guided_input_gradients")[:, t]  # first: fails fast for a non-VJP source
+    cam = M.gradcam(ctx.need("activations"), ctx.need("gradients")[:, t], relu=True)
+    size = ctx.model.input_spatial_shape(ctx.inputs)
+    return M.guided_gradcam(guided, M.upsample(cam, size, mode=o["upsample_mode"]))
+
+
+def _smoothgrad(ctx: Context, t: int) -> np.ndarray:
+    return M.smoothgrad(ctx.need("smoothgrad_gradients")[:, :, t], square=ctx.options["square"])
+
+
+def _integrated_gradients(ctx: Context, t: int) -> np.ndarray:
+    o = ctx.options
+    x = ctx.model.to_channels_first(ctx.inputs)
+    return M.integrated_gradients(ctx.need("path_gradients")[:, :, t], x, o["baseline"], o["rule"])
+
+
+#: options of every method computed from layer gradients
+_GRAD = dict(gradient_source="vjp", fd_mode="auto", gradient_output=None)
+#: options of the input-gradient methods (``reduce="none"`` keeps the (N, C, *S_in) gradient)
+_INPUT = dict(gradient_source="vjp")
+_SELVARAJU = (
+    "Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra, 2017, Grad-CAM: Visual Explanations from "
+    "Deep Networks via Gradient-based Localization"
+)
+
+for _name, _fn, _paper, _eq, _defaults in [
+    (
+        "gradcampp",
+        M.gradcampp,
+        "Chattopadhay, Sarkar, Howlader & Balasubramanian, 2018, Grad-CAM++: Improved Visual "
+        "Explanations for Deep Convolutional Networks (arXiv:1710.11063)",
+        "Eqs. 5 and 19 (weights), Eq. 20: L = ReLU(Σ_k w^c_k A^k)",
+        dict(relu=True, eps=0.0),
+    ),
+    (
+        "xgradcam",
+        M.xgradcam,
+        "Fu, Hu, Dong, Guo, Gao & Li, 2020, Axiom-based Grad-CAM: Towards Accurate Visualization "
+        "and Explanation of CNNs (arXiv:2008.02312)",
+        "α^c_k = Σ_xy (A^k(x,y) / Σ_xy A^k(x,y)) ∂S_c/∂A^k(x,y), L = Σ_k α^c_k A^k "
+        "(equation number not verified)",
+        dict(relu=True, eps=0.0),
+    ),
+    (
+        "layercam",
+        M.layercam,
+        "Jiang, Zhang, Hou, Cheng & Wei, 2021, LayerCAM: Exploring Hierarchical Class Activation "
+        "Maps for Localization",
+        "M^c = ReLU(Σ_k ReLU(∂y^c/∂A^k) ⊙ A^k) (equation number not verified)",
+        dict(relu=True),
+    ),
+    (
+        "hirescam",
+        M.hirescam,
+        "Draelos & Carin, 2020, Use HiResCAM instead of Grad-CAM for faithful explanations of "
+        "convolutional neural networks (arXiv:2011.08891)",
+        "Ã^c = Σ_k ∂y^c/∂A^k ⊙ A^k (equation number not verified)",
+        dict(relu=False),
+    ),
+    (
+        "gradcam_elementwise",
+        M.gradcam_elementwise,
+        "pytorch-grad-cam GradCAMElementWise (no paper of its own); Grad-CAM: " + _SELVARAJU,
+        "L = Σ_k ReLU(∂y^c/∂A^k ⊙ A^k), then ReLU",
+        dict(relu=True),
+    ),
+    (
+        "eigengradcam",
+        M.eigengradcam,
+        "pytorch-grad-cam EigenGradCAM (no paper of its own); Eigen-CAM: Muhammad & Yeasin, 2020, "
+        "Eigen-CAM: Class Activation Map using Principal Components",
+        "L = O' v'_1 with O'_(ij),k = A^k_ij ∂y^c/∂A^k_ij",
+        dict(relu=False, center=False, sign="sum"),
+    ),
+]:
+    register_method(
+        Method(
+            _name,
+            ("activations", "gradients"),
+            _fn,
+            _layer_gradient(_fn, *_defaults),
+            _paper,
+            _eq,
+            dict(_GRAD, **_defaults),
+        )
+    )
+
+register_method(
+    Method(
+        "gradcam",
+        ("activations", "gradients"),
+        M.gradcam,
+        _gradcam,
+        _SELVARAJU,
+        "Eq. 1: α_k^c = (1/Z) Σ_ij ∂y^c/∂A^k_ij; Eq. 2: L = ReLU(Σ_k α_k^c A^k)",
+        dict(_GRAD, relu=True),
+    )
+)
+register_method(
+    Method(
+        "saliency",
+        ("input_gradients",),
+        M.saliency,
+        _saliency,
+        "Simonyan, Vedaldi & Zisserman, 2014, Deep Inside Convolutional Networks: Visualising Image "
+        "Classification Models and Saliency Maps",
+        "Eq. 4: w = ∂S_c/∂I; Sect. 3.1: M_ij = max_c |w_h(i,j,c)|",
+        dict(_INPUT, reduce="max-abs"),
+        layered=False,
+    )
+)
+register_method(
+    Method(
+        "guided_backprop",
+        ("guided_input_gradients",),
+        M.saliency,
+        _raw("guided_input_gradients"),
+        "Springenberg, Dosovitskiy, Brox & Riedmiller, 2015, Striving for Simplicity: The All "
+        "Convolutional Net",
+        "Fig. 1 rule at every ReLU: R^l = [f^l > 0] · [R^{l+1} > 0] · R^{l+1} (no equation number)",
+        dict(_INPUT, reduce="none"),
+        layered=False,
+    )
+)
+register_method(
+    Method(
+        "deconvnet",
+        ("deconvnet_input_gradients",),
+        M.saliency,
+        _raw("deconvnet_input_gradients"),
+        "Zeiler & Fergus, 2014, Visualizing and Understanding Convolutional Networks",
+        "Sect. 2.1 'Rectification': R^l = ReLU(R^{l+1}) at every ReLU (no equation number)",
+        dict(_INPUT, reduce="none"),
+        layered=False,
+    )
+)
+register_method(
+    Method(
+        "guided_gradcam",
+        ("activations", "gradients", "guided_input_gradients"),
+        M.guided_gradcam,
+        _guided_gradcam,
+        _SELVARAJU,
+        "Sect. 3 'Guided Grad-CAM': guided backprop ⊙ Up(L^c_Grad-CAM) (bilinear upsampling)",
+        dict(gradient_source="vjp", upsample_mode="linear"),
+    )
+)
+register_method(
+    Method(
+        "smoothgrad",
+        ("smoothgrad_gradients",),
+        M.smoothgrad,
+        _smoothgrad,
+        "Smilkov, Thorat, Kim, Viégas & Wattenberg, 2017, SmoothGrad: removing noise by adding noise",
+        "M̂_c(x) = (1/n) Σ_i M_c(x + N(0, σ²)), σ = noise_level·(max x − min x) "
+        "(Eq. 3 by recollection, not verified)",
+        dict(gradient_source="vjp", n_samples=50, noise_level=0.15, seed=0, square=False),
+        layered=False,
+    )
+)
+register_method(
+    Method(
+        "integrated_gradients",
+        ("path_gradients",),
+        M.integrated_gradients,
+        _integrated_gradients,
+        "Sundararajan, Taly & Yan, 2017, Axiomatic Attribution for Deep Networks",
+        "Eq. 1: IG_i(x) = (x_i − x'_i) ∫_0^1 ∂F(x' + α(x − x'))/∂x_i dα; Eq. 3 (right Riemann sum) "
+        "is rule='riemann-right'",
+        dict(gradient_source="vjp", baseline=0.0, n_steps=50, rule="gauss-legendre"),
+        layered=False,
     )
 )

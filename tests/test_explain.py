@@ -353,7 +353,9 @@ def test_registry_is_data_and_extensible():
     assert m is METHODS["scorecam"] and m.math is M.scorecam
     assert "Wang" in m.paper and "Definition" in m.equation
     for meth in METHODS.values():
-        assert meth.paper and meth.equation and "activations" in meth.needs
+        assert meth.paper and meth.equation
+        # layer methods consume the activations; input-gradient methods resolve no layer
+        assert ("activations" in meth.needs) == meth.layered, meth.name
     from refcam.methods import NEEDS, Method, Need, register_method, register_need
 
     register_need(Need("doubled", lambda ctx: 2 * ctx.need("activations"), "test need"))
