@@ -336,3 +336,35 @@ def test_twin_properties(n, c, seed, scale):
     np.testing.assert_allclose(embedding_similarity(v, "dot").numpy(scale * y),
                                scale * embedding_similarity(v, "dot").numpy(y), rtol=1e-12, atol=1e-12)
     assert isinstance(softmax_probability(0), OnnxTarget)
+
+
+# ------------------------------------------------------------------ the float32 toy zoo (Conv nets)
+def test_toy_cam_net_softmax_probability_float32_closed_form():
+    # refcam.onnx.toy_models.cam_net (Conv→Relu→Conv→Relu→GAP→Gemm), float32: same closed form
+    # ∂p_c/∂A^k_ij = p_c (W[c, k] − Σ_j p_j W[j, k]) / Z, evaluated in float64 from the float32 logits.
+    proto = tm.cam_net()
+    m = Model(proto)
+    w = linear_head(proto.graph, "features", "logits", rank=4).weight
+    x = RNG.normal(size=(2, 3, 12, 12)).astype(np.float32)
+    r = gradients(m, x, wrt="features", target=softmax_probability([3, 0]))
+    assert r.gradients["features"].dtype == np.float32
+    p = _softmax(r.outputs.astype(np.float64))
+    expect = p[[0, 1], [3, 0]][:, None] * (w[[3, 0]] - p @ w) / 144
+    g = r.gradients["features"][:, 0].astype(np.float64)
+    np.testing.assert_allclose(g, np.broadcast_to(expect[:, :, None, None], g.shape),
+                               rtol=2e-5, atol=1e-6 * np.abs(expect).max())
+
+
+def test_toy_segmentation_net_mask_sum_float32_closed_form():
+    # toy_models.segmentation_net: logits = 1x1 Conv(features) ⇒ ∂S/∂features^k_s = M_s Wc[c, k]
+    proto = tm.segmentation_net()
+    wc = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}["logits.weight"][:, :, 0, 0]
+    mask = np.zeros((12, 12), np.float32)
+    mask[5:, :6] = 1.0
+    x = RNG.normal(size=(1, 3, 12, 12)).astype(np.float32)
+    e = refcam.explain(proto, x, "gradcam", layer="features", target=mask_sum(mask, 2))
+    r = gradients(proto, x, wrt="features", target=mask_sum(mask, 2))
+    np.testing.assert_allclose(r.gradients["features"][0, 0], wc[2][:, None, None] * mask, rtol=1e-6)
+    a = Model(proto).forward(x, ["features"]).activations["features"].astype(np.float64)
+    expect = np.maximum(mask.mean() * np.einsum("k,nkhw->nhw", wc[2].astype(np.float64), a), 0)
+    np.testing.assert_allclose(e.maps, expect, rtol=1e-5, atol=1e-6 * expect.max())
