@@ -368,3 +368,14 @@ def test_toy_segmentation_net_mask_sum_float32_closed_form():
     a = Model(proto).forward(x, ["features"]).activations["features"].astype(np.float64)
     expect = np.maximum(mask.mean() * np.einsum("k,nkhw->nhw", wc[2].astype(np.float64), a), 0)
     np.testing.assert_allclose(e.maps, expect, rtol=1e-5, atol=1e-6 * expect.max())
+
+
+def test_fixed_batch_one_model_runs_per_sample_weights_in_chunks():
+    # toy 'batch1' (batch axis fixed to 1): 3 samples in 3 runs, each with its own class weights
+    m = Model(tm.toy_model("batch1"))
+    x = RNG.normal(size=(3, 3, 12, 12)).astype(np.float32)
+    both = gradients(m, x, target=softmax_probability([0, 4, 2]))
+    name = next(iter(both.gradients))
+    for i, c in enumerate([0, 4, 2]):
+        one = gradients(m, x[i:i + 1], target=softmax_probability(c))
+        np.testing.assert_array_equal(both.gradients[name][i], one.gradients[name][0])
