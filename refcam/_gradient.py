@@ -2,8 +2,11 @@ r"""Need providers of the gradient methods (internal), and Simonyan's class-mode
 
 No CAM formula lives here: gradients come from the gradient floor (:mod:`refcam.autodiff`), maps
 from the math floor.  Every gradient need is ``(N, T, ...)``: one gradient per sample and target
-column ``t`` of the resolved targets (``Targets.classes``; callable targets have no ONNX graph to
-differentiate and raise :class:`~refcam.errors.TargetError`).
+column ``t`` of the resolved targets (``Targets.classes``), or one gradient per sample of an
+:class:`~refcam.onnx.OnnxTarget` score (``T = 1``; softmax probability, mask sum, embedding
+similarity: the VJP graph covers the score's nodes, finite differences perturb through them).
+Plain Python callables have no ONNX graph to differentiate and raise
+:class:`~refcam.errors.TargetError` pointing to ``OnnxTarget``.
 
 ``gradient_source`` (option of every gradient method):
 
@@ -51,12 +54,18 @@ GRADIENT_SOURCES = ("vjp", "fd", "exported")
 FD_MODES = ("auto", "channel", "full")
 
 
-def _classes(ctx: Context) -> np.ndarray:
+def _classes(ctx: Context) -> Any:
+    """``(N, T)`` class indices, or the :class:`~refcam.onnx.OnnxTarget` of every sample."""
+    from .onnx import OnnxTarget
+
+    if isinstance(ctx.targets.shared, OnnxTarget):
+        return ctx.targets.shared
     cls = ctx.targets.classes
     if cls is None:
         raise TargetError(
-            "target: gradient methods need class-index targets; a callable target has no ONNX "
-            "graph to differentiate"
+            "target: gradient methods need class indices or a refcam.onnx.OnnxTarget "
+            "(softmax_probability, log_softmax, mask_sum, embedding_similarity); a Python callable "
+            "has no ONNX graph to differentiate"
         )
     return cls
 
@@ -97,6 +106,15 @@ def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
     from .autodiff.fd import FiniteDifferences
 
     classes = _classes(ctx)
+    if not isinstance(classes, np.ndarray):  # OnnxTarget: perturb through its score nodes
+        from .onnx.onnx_targets import SCORE_OUTPUT, WEIGHT_INPUT
+
+        proto = classes.attach(_proto_with_output(ctx.model), ctx.model.output_name)
+        fd = FiniteDifferences(proto, tensor, seed=SCORE_OUTPUT)
+        w = classes.weights(ctx.outputs.shape, ctx.inputs.dtype)
+        feeds = {ctx.model.input_name: ctx.inputs, WEIGHT_INPUT: w}
+        _, r = fd(feeds, np.ones((len(w), 1)), mode=mode)
+        return r.value[:, None]
     fd = FiniteDifferences(_proto_with_output(ctx.model), tensor, seed=ctx.model.output_name)
     feeds = {ctx.model.input_name: ctx.inputs}
     out = []
@@ -227,7 +245,9 @@ def _many(ctx: Context, points: np.ndarray) -> np.ndarray:
     flat = flat.astype(ctx.inputs.dtype, copy=False)
     if _source(ctx) != "vjp":
         raise InvalidArgumentError("gradient_source", _source(ctx), f"'vjp' for {ctx.method!r}")
-    g = _vjp_input(ctx, flat, np.repeat(classes, n_pts, axis=0), "plain")
+    rows = np.repeat(np.arange(n), n_pts)
+    per_point = classes[rows] if isinstance(classes, np.ndarray) else classes.take(rows, n)
+    g = _vjp_input(ctx, flat, per_point, "plain")
     return g.reshape((n, n_pts) + g.shape[1:])
 
 

@@ -154,7 +154,10 @@ def explain(
     layer : tensor name, node name or module path; default the last spatial activation before
         global pooling (:meth:`refcam.onnx.Model.default_layer`).
     target : see :mod:`refcam.onnx.targets` (``None`` = top-1 class).  Class-agnostic methods
-        (Eigen-CAM) take no target.
+        (Eigen-CAM) take no target.  Gradient methods also take an :class:`refcam.onnx.OnnxTarget`
+        (``softmax_probability``, ``mask_sum``, ``embedding_similarity``...: the gradients are
+        those of its score; ``targets`` is then ``None``), not a plain Python callable; the
+        ``score`` option of the perturbation methods applies to class-index targets only.
     batch_size, memory_budget : chunking of every model run (see :meth:`refcam.onnx.Model.run`).
     progress : tqdm bar for the perturbation loops (``None``: only on a terminal).
     layout : model layout when ``model`` is not already a :class:`Model`.

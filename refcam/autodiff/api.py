@@ -18,6 +18,7 @@ import onnxruntime as ort
 from .._validate import choice
 from ..errors import TargetError
 from ..onnx import Model, load
+from ..onnx.onnx_targets import SCORE_OUTPUT, WEIGHT_INPUT, OnnxTarget
 from ..onnx.targets import resolve_targets
 from .builder import SEED_INPUT, build_vjp_model, grad_name
 from .rules import RULE_SETS
@@ -34,7 +35,7 @@ class GradientResult:
     Attributes
     ----------
     outputs : ``(N, ...)`` the model's target output tensor (pre-softmax logits by default).
-    classes : ``(N, T)`` int64 target classes.
+    classes : ``(N, T)`` int64 target classes (``None`` for an :class:`~refcam.onnx.OnnxTarget`).
     activations : name → ``(N, K, *S)`` channels-first activation :math:`A` (the model input for
         ``"input"``, in its native layout).
     gradients : name → ``(N, T, K, *S)``: :math:`\partial y^{c_{n,t}} / \partial A_n` for each
@@ -47,16 +48,21 @@ class GradientResult:
     gradients: dict
 
 
-def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input"):
+def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
+                 target: OnnxTarget | None = None):
     per = _CACHE.setdefault(model, {})
-    key = (wrt, rules, seed_mode)
+    key = (wrt, rules, seed_mode, None if target is None else target.signature)
     if key not in per:
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
         if model.output_name not in [o.name for o in proto.graph.output]:
             vi = model.value_info.get(model.output_name)
             proto.graph.output.append(vi if vi is not None else onnx.ValueInfoProto(name=model.output_name))
-        vjp = build_vjp_model(proto, list(wrt), seed=model.output_name, rules=rules, seed_mode=seed_mode)
+        seed = model.output_name
+        if target is not None:  # score nodes after the output; the score (N, 1) is seeded with ones
+            proto = target.attach(proto, model.output_name)
+            seed = SCORE_OUTPUT
+        vjp = build_vjp_model(proto, list(wrt), seed=seed, rules=rules, seed_mode=seed_mode)
         sess = ort.InferenceSession(vjp.SerializeToString(), sess_options=model._options(),
                                     providers=model.providers)
         per[key] = sess
@@ -84,9 +90,12 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
     wrt : layer name(s) (tensor names, node names or module paths as :meth:`Model.layer`
         resolves them) or ``"input"``; default the model's default CAM layer.
     target : ``None`` (top-1), an ``int``, :class:`refcam.onnx.TopK`, a per-sample sequence or an
-        ``(N, T)`` int array (see :mod:`refcam.onnx.targets`).  Callable targets have no ONNX
-        graph to differentiate: they raise :class:`~refcam.errors.TargetError` (use
-        :mod:`refcam.autodiff.fd`).
+        ``(N, T)`` int array (see :mod:`refcam.onnx.targets`), or an
+        :class:`~refcam.onnx.OnnxTarget` (softmax probability, mask sum, embedding similarity...):
+        its nodes are appended after the output and the VJP graph differentiates the score
+        (gradients :math:`\partial\,\mathrm{score}_n/\partial A_n`; one VJP model per target
+        kind, cached).  Plain Python callables have no ONNX graph to differentiate: they raise
+        :class:`~refcam.errors.TargetError` (express the score as an ``OnnxTarget``).
     rules : ``"plain"``, ``"guided"`` or ``"deconvnet"`` (see :mod:`refcam.autodiff.rules`).
     batch_size : samples per onnxruntime run (default: from the model's ``memory_budget``).
 
@@ -108,9 +117,13 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
     x = m.check_inputs(inputs)
     n = x.shape[0]
     names = _resolve_wrt(m, wrt)
+    if isinstance(target, OnnxTarget):
+        return _onnx_target(m, x, names, rules, batch_size, target)
     if callable(target) or (isinstance(target, (list, tuple)) and any(callable(t) for t in target)):
-        raise TargetError("target: a callable target has no ONNX graph to differentiate; pass class indices "
-                          "or use finite differences (refcam.autodiff.fd)")
+        raise TargetError("target: a Python callable has no ONNX graph to differentiate; express the score "
+                          "as a refcam.onnx.OnnxTarget (softmax_probability, log_softmax, mask_sum, "
+                          "embedding_similarity), pass class indices, or use finite differences "
+                          "(refcam.autodiff.fd)")
     # targets that need the outputs (top-1, top-k) or a class count: one forward run
     out_vi = m.value_info.get(m.output_name)
     n_cls = None
@@ -207,6 +220,45 @@ def _top1(m: Model, x: np.ndarray, names: list[str], rules: str, batch_size: int
     classes = np.argmax(outputs.reshape(n, outputs.shape[1], -1)[:, :, 0], axis=1)[:, None].astype(np.int64)
     acts, grads = _collect(m, x, names, run_names, outs)
     return GradientResult(outputs, classes, acts, grads)
+
+
+def _chunk(m: Model, x: np.ndarray, names: list[str], batch_size: int | None) -> int:
+    return batch_size or m.fixed_batch or max(1, m.memory_budget // max(1, x[:1].nbytes * (1 + 2 * len(names))))
+
+
+def _onnx_target(m: Model, x: np.ndarray, names: list[str], rules: str, batch_size: int | None,
+                 target: OnnxTarget) -> GradientResult:
+    """Gradients of an :class:`OnnxTarget` score: weights fed as ``refcam_target_weight``, the
+    ``(N, 1)`` score seeded with ones.  ``classes`` of the result is ``None``."""
+    n = x.shape[0]
+    out_vi = m.value_info.get(m.output_name)
+    dims = out_vi.type.tensor_type.shape.dim if out_vi is not None and \
+        out_vi.type.tensor_type.HasField("shape") else None
+    if dims is not None and len(dims) >= 1 and all(d.HasField("dim_value") for d in dims[1:]):
+        out_shape = (n,) + tuple(d.dim_value for d in dims[1:])
+    else:  # dynamic output shape: one probe run
+        probe = m.session([m.output_name]).run([m.output_name], {m.input_name: x[:1] if m.fixed_batch is None
+                                                                 else np.repeat(x[:1], m.fixed_batch, 0)})[0]
+        out_shape = (n,) + probe.shape[1:]
+    w = target.weights(out_shape, m.input_dtype)
+    sess = _vjp_session(m, tuple(names), rules, target=target)
+    run_names = [m.output_name] + [grad_name(w_) for w_ in names] + [w_ for w_ in names if w_ != m.input_name]
+    chunk = _chunk(m, x, names, batch_size)
+    outs: dict[str, list] = {k: [] for k in run_names}
+    for start in range(0, n, chunk):
+        xb, wb = x[start:start + chunk], w[start:start + chunk]
+        pad = 0
+        if m.fixed_batch is not None and xb.shape[0] < m.fixed_batch:
+            pad = m.fixed_batch - xb.shape[0]
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+            wb = np.concatenate([wb, np.repeat(wb[-1:], pad, axis=0)])
+        seed = np.ones((xb.shape[0], 1), dtype=m.input_dtype)
+        res = sess.run(run_names, {m.input_name: xb, WEIGHT_INPUT: wb, SEED_INPUT: seed})
+        for k, o in zip(run_names, res):
+            outs[k].append(o[: xb.shape[0] - pad] if pad else o)
+    outputs = np.concatenate(outs[m.output_name], axis=0)
+    acts, grads = _collect(m, x, names, run_names, outs)
+    return GradientResult(outputs, None, acts, grads)
 
 
 def exported_gradients(model: Any, inputs: Any, names: Sequence[str] | str, *,

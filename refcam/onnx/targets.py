@@ -11,7 +11,10 @@ Accepted forms of ``target`` (``N`` = batch size):
   classes per sample;
 * a callable ``f(outputs) -> (m,)`` applied to rows of the model output (softmax probability,
   segmentation-mask sum, similarity to an embedding...).  Every row passed belongs to the same
-  sample when the callable is a per-sample entry.
+  sample when the callable is a per-sample entry.  Forward-only methods accept any callable;
+  gradient methods need the score as ONNX: an :class:`~refcam.onnx.OnnxTarget`
+  (:func:`~refcam.onnx.softmax_probability`, :func:`~refcam.onnx.mask_sum`,
+  :func:`~refcam.onnx.embedding_similarity`...), whose per-sample parameters follow the samples.
 
 Scores are read from the output tensor the model targets (pre-softmax logits by default).
 
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TargetError
+from .onnx_targets import OnnxTarget
 
 __all__ = ["Targets", "TopK", "class_view", "resolve_targets"]
 
@@ -103,6 +107,8 @@ class Targets:
         if self.classes is not None:
             view = class_view(outputs)
             return view[np.arange(len(samples))[:, None], self.classes[samples]]
+        if isinstance(self.shared, OnnxTarget):
+            return self.shared.scores(outputs, samples, len(self.specs))[:, None]
         if self.shared is not None:
             return _call(self.shared, outputs)[:, None]
         result = np.empty(
@@ -168,6 +174,9 @@ def resolve_targets(target: Any, outputs: np.ndarray) -> Targets:
             )
         order = np.argsort(-view, axis=1, kind="stable")[:, :k]
         return Targets(list(order), int(k))
+    if isinstance(target, OnnxTarget):
+        target.weights(outputs.shape)  # validates mask / vector / class against the output
+        return Targets([target] * n, 1, shared=target)
     if callable(target):
         return Targets([target] * n, 1, shared=target)
     if _is_int(target):
