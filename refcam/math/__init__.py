@@ -40,3 +40,8 @@ from .perturbation import *  # noqa: E402,F401,F403
 from .perturbation import __all__ as _perturbation_all  # noqa: E402
 
 __all__ += _perturbation_all
+
+from .fullgrad import *  # noqa: E402,F401,F403
+from .fullgrad import __all__ as _fullgrad_all  # noqa: E402
+
+__all__ += _fullgrad_all
