@@ -1,4 +1,4 @@
-"""Tests of refcam.math.fullgrad (Srinivas & Fleuret 2019, FullGrad)."""
+"""Tests of refcam.math.full_gradient (Srinivas & Fleuret 2019, FullGrad)."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 
 from refcam.errors import InvalidArgumentError, NonFiniteError, ShapeError
 from refcam.math import upsample
-from refcam.math.fullgrad import batchnorm_bias, bias_gradient, full_gradient_sum, fullgrad
+from refcam.math.full_gradient import batchnorm_bias, bias_gradient, full_gradient_sum, fullgrad
 
 # (N=1, C=2, H=1, W=2)
 G = np.array([[[[1.0, -2.0]], [[0.5, 4.0]]]])
