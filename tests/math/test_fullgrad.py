@@ -115,20 +115,22 @@ def test_fullgrad_equals_official_loop():
 
 # --------------------------------------------------------------------------- properties
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+# zero or far from the subnormal range: scaling by 2^-20 stays exact
+normal = st.just(0.0) | st.floats(1e-100, 1e3) | st.floats(-1e3, -1e-100)
 
 
 @st.composite
-def problems(draw, dtype=np.float64):
+def problems(draw, dtype=np.float64, elements=finite):
     n = draw(st.integers(1, 2))
     c = draw(st.integers(1, 3))
     s = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
-    g = draw(hnp.arrays(dtype, (n, c) + s, elements=finite))
-    x = draw(hnp.arrays(dtype, (n, c) + s, elements=finite))
+    g = draw(hnp.arrays(dtype, (n, c) + s, elements=elements))
+    x = draw(hnp.arrays(dtype, (n, c) + s, elements=elements))
     layers = []
     for _ in range(draw(st.integers(0, 3))):
         k = draw(st.integers(1, 3))
         sl = tuple(draw(st.integers(1, 5)) for _ in s)
-        layers.append(draw(hnp.arrays(dtype, (n, k) + sl, elements=finite)))
+        layers.append(draw(hnp.arrays(dtype, (n, k) + sl, elements=elements)))
     return g, x, layers
 
 
@@ -144,7 +146,8 @@ def test_fullgrad_bounds(p, over):
 
 
 @settings(max_examples=60, deadline=None)
-@given(problems(), st.integers(-20, 20), st.integers(-20, 20), st.sampled_from(["layer", "channel"]))
+@given(problems(elements=normal), st.integers(-20, 20), st.integers(-20, 20),
+       st.sampled_from(["layer", "channel"]))
 def test_fullgrad_invariant_to_power_of_two_scaling_and_sign(p, k1, k2, over):
     """ψ = abs + min-max: scaling a term by ±2^k is exact in floating point and leaves it unchanged."""
     g, x, layers = p
