@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "GRADIENT_SOURCES",
     "class_model_visualization",
+    "fullgrad_bias_layers",
+    "provide_bias_gradients",
     "provide_deconvnet_input_gradients",
     "provide_gradient_weights",
     "provide_gradients",
@@ -268,6 +270,84 @@ def provide_path_gradients(ctx: Context) -> np.ndarray:
     x = ctx.model.to_channels_first(ctx.inputs)
     alphas, _ = M.integration_points(o["n_steps"], o["rule"])
     return _many(ctx, M.path_inputs(x, o["baseline"], alphas))
+
+
+# ------------------------------------------------------------------ FullGrad
+def fullgrad_bias_layers(model: Any) -> list[tuple[str, str, np.ndarray]]:
+    r"""The biases FullGrad aggregates: ``(output tensor, op type, bias (K,) float64)`` in graph order.
+
+    Every ``Conv`` with a bias input ``B`` (an initializer or Constant) and every
+    ``BatchNormalization`` in inference mode, whose bias is the constant term of the affine map,
+    :math:`\beta - \gamma\mu/\sqrt{\sigma^2+\epsilon}` (:func:`refcam.math.batchnorm_bias`,
+    computed in float64), as in the official FullGrad code and pytorch-grad-cam.  A Conv or
+    BatchNormalization whose parameters are not constants raises
+    :class:`~refcam.errors.ModelError`.  Dense biases (Gemm, MatMul + Add) are not listed: FullGrad's
+    map aggregates the spatial (convolutional) bias-gradients only; they do enter the completeness
+    sum :func:`refcam.math.full_gradient_sum`.
+    """
+    from .errors import ModelError
+    from .onnx import load
+    from .onnx.head import _attr, constant_value
+
+    m = load(model)
+    g = m.proto.graph
+    out = []
+
+    def const(node, i: int, what: str) -> np.ndarray:
+        v = constant_value(g, node.input[i])
+        if v is None:
+            raise ModelError(
+                f"model: {node.op_type} node {node.name or node.output[0]!r} has a non-constant "
+                f"{what} ({node.input[i]!r}); FullGrad needs the bias values"
+            )
+        return np.asarray(v, dtype=np.float64)
+
+    for node in g.node:
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
+            out.append((node.output[0], "Conv", const(node, 2, "bias").reshape(-1)))
+        elif node.op_type == "BatchNormalization":
+            if _attr(node, "training_mode", 0):
+                raise ModelError(
+                    f"model: BatchNormalization {node.name or node.output[0]!r} has training_mode=1; "
+                    "FullGrad needs the inference-mode (affine) BatchNorm"
+                )
+            gam, beta, mu, var = (const(node, i, w) for i, w in
+                                  enumerate(("scale", "bias", "mean", "var"), start=1))
+            eps = float(_attr(node, "epsilon", 1e-5))
+            out.append((node.output[0], "BatchNormalization", M.batchnorm_bias(gam, beta, mu, var, eps)))
+    return out
+
+
+def provide_bias_gradients(ctx: Context) -> dict:
+    r"""FullGrad's bias-gradients :math:`f^b = \partial y^c/\partial z \odot b` of every Conv /
+    BatchNormalization output :math:`z` with a bias (:func:`fullgrad_bias_layers`), as a dict
+    tensor name → ``(N, T, K, *S)`` (dtype of the inputs; layers whose output is not spatial are
+    left out).
+
+    One VJP run gives them together with the input gradient :math:`\partial y^c/\partial X`
+    (:func:`refcam.autodiff.gradients` with several ``wrt``), which is stored as the
+    ``input_gradients`` need ``(N, T, C, *S_in)`` (Srinivas & Fleuret 2019).
+    """
+    from .autodiff import gradients
+
+    if _source(ctx) != "vjp":
+        raise InvalidArgumentError("gradient_source", _source(ctx), f"'vjp' for {ctx.method!r}")
+    m = ctx.model
+    layers = fullgrad_bias_layers(m)
+    wrt = [m.input_name] + [t for t, _, _ in layers]
+    r = gradients(m, ctx.inputs, wrt=wrt, target=_classes(ctx), batch_size=ctx.batch_size)
+    ig = _channels_first(ctx, r.gradients[m.input_name]).astype(ctx.inputs.dtype, copy=False)
+    ctx.arrays.setdefault("input_gradients", ig)
+    out = {}
+    for name, _, b in layers:
+        g = r.gradients[name]
+        if m.channels_last and g.ndim in (5, 6):
+            g = np.moveaxis(g, 2, -1)  # undo: ONNX Conv / BatchNorm tensors are channels-first
+        if g.ndim != ig.ndim:
+            continue  # a dense BatchNorm (N, K): not part of the map
+        fb = M.bias_gradient(g.reshape((-1,) + g.shape[2:]).astype(np.float64), b)
+        out[name] = fb.reshape(g.shape).astype(ctx.inputs.dtype, copy=False)
+    return out
 
 
 # ------------------------------------------------------------------ class model visualisation

@@ -25,14 +25,15 @@ need                       shape               meaning
 ``deconvnet_input_gradients`` ``(N, T, C, *S_in)``  deconvnet reconstruction
 ``smoothgrad_gradients``   ``(N, n, T, C, *S_in)``  ``∂y^c/∂X`` at the SmoothGrad noisy copies
 ``path_gradients``         ``(N, m, T, C, *S_in)``  ``∂y^c/∂X`` at the Integrated-Gradients path points
+``bias_gradients``         dict name → ``(N, T, K, *S)``  FullGrad ``∂y^c/∂z ⊙ b`` per Conv/BatchNorm
 =========================  ==================  ==========================================
 
 Gradient needs are provided by :mod:`refcam._gradient` (the gradient floor
 :mod:`refcam.autodiff` computes the numbers), the others by :mod:`refcam._forward`.
 
 >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
-['ablationcam', 'cam', 'deconvnet', 'eigencam', 'eigengradcam', 'gradcam', 'gradcam_elementwise',
- 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam', 'integrated_gradients', 'iscam',
+['ablationcam', 'cam', 'deconvnet', 'eigencam', 'eigengradcam', 'fullgrad', 'gradcam',
+ 'gradcam_elementwise', 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam', 'integrated_gradients', 'iscam',
  'layercam', 'saliency', 'scorecam', 'smoothgrad', 'sscam', 'xgradcam']
 >>> METHODS["cam"].needs
 ('activations', 'class_weights')
@@ -566,6 +567,47 @@ register_method(
         "Eq. 1: IG_i(x) = (x_i − x'_i) ∫_0^1 ∂F(x' + α(x − x'))/∂x_i dα; Eq. 3 (right Riemann sum) "
         "is rule='riemann-right'",
         dict(gradient_source="vjp", baseline=0.0, n_steps=50, rule="gauss-legendre"),
+        layered=False,
+    )
+)
+
+
+# ---------------------------------------------------------------------------- FullGrad
+register_need(
+    Need(
+        "bias_gradients",
+        G.provide_bias_gradients,
+        "FullGrad bias-gradients ∂y^c/∂z ⊙ b per Conv/BatchNorm output z: {name: (N, T, K, *S)}; "
+        "also fills input_gradients (same VJP run)",
+    )
+)
+
+
+def _fullgrad(ctx: Context, t: int) -> np.ndarray:
+    o = ctx.options
+    fb = ctx.need("bias_gradients")  # first: the same VJP run also gives the input gradients
+    return M.fullgrad(
+        ctx.need("input_gradients")[:, t],
+        ctx.model.to_channels_first(ctx.inputs),
+        [v[:, t] for v in fb.values()],
+        upsample_mode=o["upsample_mode"],
+        normalize_over=o["normalize_over"],
+        eps=o["eps"],
+    )
+
+
+register_method(
+    Method(
+        "fullgrad",
+        ("bias_gradients", "input_gradients"),
+        M.fullgrad,
+        _fullgrad,
+        "Srinivas & Fleuret, 2019, Full-Gradient Representation for Neural Network Visualization "
+        "(NeurIPS 2019, arXiv:1905.00780)",
+        "Sect. 4: S_f(x) = ψ(∇_x f(x) ⊙ x) + Σ_{l∈L} Σ_{c∈c_l} ψ(f^b(x)_c), f^b = ∇_z f ⊙ b, "
+        "ψ = abs, min-max, upsampling (equation number not verified)",
+        dict(gradient_source="vjp", upsample_mode="linear-align-corners", normalize_over="layer",
+             eps=0.0),
         layered=False,
     )
 )

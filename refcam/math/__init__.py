@@ -40,3 +40,8 @@ from .perturbation import *  # noqa: E402,F401,F403
 from .perturbation import __all__ as _perturbation_all  # noqa: E402
 
 __all__ += _perturbation_all
+
+from .full_gradient import *  # noqa: E402,F401,F403
+from .full_gradient import __all__ as _full_gradient_all  # noqa: E402
+
+__all__ += _full_gradient_all
