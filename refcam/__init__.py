@@ -18,6 +18,32 @@ from .errors import (  # noqa: F401
     TargetError,
     UnsupportedOpError,
 )
+from .math import *
+from .math import __all__ as _math_all
 
-from .math import *  # noqa: E402,F401,F403  (the math floor is the top-level API)
-from .math import __all__ as _math_all  # noqa: E402
+_LAZY = {
+    "explain": ("explanation", "explain"),
+    "Explanation": ("explanation", "Explanation"),
+    "class_model_visualization": ("_gradient", "class_model_visualization"),
+    "methods": ("methods", None),
+    "onnx": ("onnx", None),
+    # front: the embedded model (onnx) and the pictures (matplotlib) load on first use
+    "zoo": ("zoo", None),
+    "viz": ("viz", None),
+    "cli": ("cli", None),
+}
+
+
+def __getattr__(name: str):
+    """Lazy front: ``refcam.explain`` and friends import onnx/onnxruntime only when first used."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(f".{module}", __name__)
+        return mod if attr is None else getattr(mod, attr)
+    raise AttributeError(f"module 'refcam' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -6,8 +6,10 @@ finite differences as the oracle, and gradients a model already exports.
 * :func:`gradients` — activations and gradients through the adapter's :class:`refcam.onnx.Model`,
   forward + backward in one cached onnxruntime session.
 * :func:`exported_gradients` — read gradient tensors a model outputs itself.
-* :mod:`.methods` — gradient methods end to end (Grad-CAM family, saliency, guided backprop,
-  deconvnet, Guided Grad-CAM, SmoothGrad, Integrated Gradients, class model visualisation).
+* The gradient *methods* (Grad-CAM family, saliency, guided backprop, deconvnet, Guided Grad-CAM,
+  SmoothGrad, Integrated Gradients) live in the front: :func:`refcam.explain` with the registry
+  :mod:`refcam.methods` (providers in ``refcam/_gradient.py``), and
+  :func:`refcam.class_model_visualization`.  This floor only computes gradients.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _channel_vector, _flag, _maybe_relu, _weighted_sum
-from .post import UPSAMPLE_MODES, normalize, upsample
+from .post import UPSAMPLE_MODES, _normalize, normalize, upsample
 
 __all__ = [
     "scorecam_masks",
@@ -26,6 +26,7 @@ __all__ = [
     "ablationcam",
     "sscam_masks",
     "sscam_weights",
+    "iscam_scales",
     "iscam_masks",
     "iscam_weights",
 ]
@@ -132,13 +133,16 @@ def scorecam_masks(
     eps = _v.nonnegative_float(eps, "eps")
     n, k = a.shape[:2]
 
-    def _s(x: np.ndarray) -> np.ndarray:   # per-channel min-max over the spatial axes
-        return normalize(x.reshape((n * k,) + x.shape[2:]), "minmax", eps).reshape(x.shape)
+    def _s(x: np.ndarray, in_place: bool) -> np.ndarray:   # per-channel min-max, spatial axes
+        flat = x.reshape((n * k,) + x.shape[2:])
+        if in_place:  # x is a fresh contiguous array of ours: normalise it where it is
+            return _normalize(flat, "minmax", eps, out=flat).reshape(x.shape)
+        return normalize(flat, "minmax", eps).reshape(x.shape)
 
     if order == "upsample-then-normalize":
-        h = _s(upsample(a, size, mode))
+        h = _s(upsample(a, size, mode), in_place=True)
     else:
-        h = upsample(_s(a), size, mode)
+        h = upsample(_s(a, in_place=False), size, mode)
     # A constant channel upsamples to a constant in exact arithmetic, but the interpolation
     # weights' round-off can leave 1-ulp ripples that min-max would blow up to [0, 1]: decide
     # constancy exactly, at feature resolution, and give those channels the zero mask.
@@ -250,7 +254,39 @@ def _ablation_weights(c: np.ndarray, y: np.ndarray) -> np.ndarray:
     c = c.astype(dt, copy=False)
     y = y.astype(dt, copy=False)[:, None]
     nonzero = y != 0
-    return np.where(nonzero, (y - c) / np.where(nonzero, y, 1), 0).astype(dt, copy=False)
+    safe_y = np.where(nonzero, y, 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        w = (y - c) / safe_y
+        bad = ~np.isfinite(w)
+        if bad.any():
+            # y - c overflowed although the quotient may be representable: 1 - c / y
+            w = np.where(bad, 1 - c / safe_y, w)
+    w = np.where(nonzero, w, 0).astype(dt, copy=False)
+    bad = ~np.isfinite(w)
+    if bad.any():
+        i = int(np.argwhere(bad)[0, 0])
+        raise InvalidArgumentError(
+            "baseline_score",
+            f"{float(y[i, 0])!r} at sample {i}",
+            f"|y^c| large enough for w^c_k = (y^c - y^c_k) / y^c to be representable in {dt} "
+            f"(the exact weight exceeds {np.finfo(dt).max:.3g} for y^c_k = {float(c[i][bad[i]][0])!r})",
+        )
+    return w
+
+
+def _ablation_map(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = _weighted_sum(a, w)
+    bad = ~np.isfinite(m)
+    if bad.any():
+        i = int(np.argwhere(bad)[0, 0])
+        raise InvalidArgumentError(
+            "activations",
+            f"sample {i} with max |A| = {float(np.abs(a[i]).max())!r}, "
+            f"max |w| = {float(np.abs(w[i]).max())!r}",
+            f"a map sum_k w^c_k A^k representable in {a.dtype} (it overflows)",
+        )
+    return m
 
 
 def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
@@ -281,6 +317,13 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     instead of Inf/NaN.  pytorch-grad-cam divides unguarded.  The paper assumes
     :math:`y^c > 0`; a negative :math:`y^c` flips the sign of every weight (not guarded: it is
     what the formula says).
+
+    **Non-representable weights.**  For a tiny non-zero :math:`y^c` the exact weight can exceed
+    the largest float of the dtype (e.g. :math:`y^c = 10^{-308}`, :math:`y^c_k = 4`:
+    :math:`w = -4\cdot10^{308}`).  No finite answer is right, so refcam raises
+    :class:`~refcam.errors.InvalidArgumentError` naming ``baseline_score`` and the sample index
+    (never Inf/NaN, no clipping).  When :math:`y^c - y^c_k` alone overflows, the weight is
+    computed as :math:`1 - y^c_k/y^c` instead (same value, no spurious error).
 
     Examples
     --------
@@ -318,6 +361,14 @@ def ablationcam(
     -------
     ndarray of shape (N, *S).
 
+    Raises
+    ------
+    InvalidArgumentError
+        ``baseline_score`` when a weight is not representable (see
+        :func:`ablationcam_weights`), ``activations`` when the map :math:`\sum_k w^c_k A^k`
+        overflows the dtype -- with or without the ReLU: refcam never returns a value computed
+        from an overflow.
+
     Examples
     --------
     >>> import numpy as np
@@ -330,7 +381,7 @@ def ablationcam(
     y = _baseline(baseline_score, "baseline_score", a.shape[0], allow_scalar=False)
     w = _ablation_weights(c, y)
     dt = _v.result_dtype(a, w)
-    m = _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
+    m = _ablation_map(a.astype(dt, copy=False), w.astype(dt, copy=False))
     return _maybe_relu(m, relu)
 
 
@@ -426,24 +477,68 @@ def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     return _scorecam_weights(c.mean(axis=1), b, _flag(softmax, "softmax"))
 
 
-def iscam_masks(masks: Any, n_steps: int) -> np.ndarray:
-    r"""IS-CAM scaled masks: each Score-CAM mask scaled by :math:`i/n`, :math:`i = 1..n`.
+ISCAM_SCHEDULES = ("accumulated", "linear")
 
-    .. math:: H^k_i = \frac{i}{n} H^k, \qquad i = 1, \dots, n
 
-    IS-CAM (Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, "IS-CAM: Integrated Score-CAM for
-    axiomatic-based explanations", arXiv:2010.03023) integrates the Score-CAM confidence along
-    a mask-scaling path.  This helper gives the straight path from zero to the full mask at the
-    right Riemann points :math:`i/n` (the Integrated-Gradients discretisation, Sundararajan et
-    al. 2017, eq. 3).  **Not verified against the paper's Algorithm 1**: torchcam's ``ISCAM``
-    and refcam's adapter (``refcam._forward.mask_coefficients``) use *accumulated* scales
-    instead (torchcam's docstring :math:`\sum_{j<i} j/n`, the adapter :math:`\sum_{j\le i}
-    j/n`); see ``docs/references.md`` (D10).
+def iscam_scales(n_steps: int, schedule: str = "accumulated") -> np.ndarray:
+    r"""IS-CAM mask scales :math:`\gamma_i`, :math:`i = 1..n`.
+
+    ``schedule="accumulated"`` (default):
+
+    .. math:: \gamma_i = \sum_{j=1}^{i} \frac{j}{n} = \frac{i(i+1)}{2n}
+
+    Naidu, Ghosh, Maurya, Nayak K & Kundu (2020), "IS-CAM: Integrated Score-CAM for
+    axiomatic-based explanations" (arXiv:2010.03023), Algorithm 1 accumulates the mask over the
+    loop (:math:`M \leftarrow M + \frac{i}{n} H^k`, then the score of :math:`X \circ M` is
+    added) -- as reported to us; the paper's text was not reachable here, see
+    ``docs/references.md`` D10.  torchcam's ``ISCAM`` (``torchcam/methods/activation.py``,
+    ``_get_score_weights``: ``coeff += (sidx + 1) / num_samples`` *before* the masked input is
+    scored, ``sidx = 0..n-1``) computes exactly these :math:`\gamma_i` (so
+    :math:`\gamma_1 = 1/n`, and :math:`\gamma_n = (n+1)/2` exceeds 1).  torchcam's docstring
+    writes :math:`M_i = \sum_{j=0}^{i-1} j/N`, which is off by one against its own code
+    (it would make :math:`\gamma_1 = 0`, a zero mask); refcam follows the code.
+
+    ``schedule="linear"``: :math:`\gamma_i = i/n`, the right Riemann points of the straight path
+    :math:`0 \to H^k` (the Integrated-Gradients reading of "integration", Sundararajan et al.
+    2017, eq. 3).
+
+    Parameters
+    ----------
+    n_steps : int >= 1
+    schedule : {"accumulated", "linear"}
+
+    Returns
+    -------
+    ndarray of shape (n_steps,), float64.
+
+    Examples
+    --------
+    >>> iscam_scales(4)                 # 1/4, 1/4 + 2/4, ... = i (i + 1) / 8
+    array([0.25, 0.75, 1.5 , 2.5 ])
+    >>> iscam_scales(4, "linear")
+    array([0.25, 0.5 , 0.75, 1.  ])
+    """
+    n = _v.positive_int(n_steps, "n_steps")
+    schedule = _v.choice(schedule, "schedule", ISCAM_SCHEDULES)
+    i = np.arange(1, n + 1, dtype=np.float64)
+    # i (i + 1) / (2 n): the exact value of the running sum (no accumulated rounding)
+    return i * (i + 1) / (2 * n) if schedule == "accumulated" else i / n
+
+
+def iscam_masks(masks: Any, n_steps: int, *, schedule: str = "accumulated") -> np.ndarray:
+    r"""IS-CAM scaled masks: each Score-CAM mask scaled by :math:`\gamma_i`, :math:`i = 1..n`.
+
+    .. math:: H^k_i = \gamma_i H^k, \qquad i = 1, \dots, n
+
+    with :math:`\gamma_i` from :func:`iscam_scales` (default the accumulated schedule
+    :math:`\gamma_i = \sum_{j=1}^{i} j/n` of Naidu et al. 2020, Algorithm 1, as torchcam's
+    ``ISCAM`` computes it; ``schedule="linear"``: :math:`\gamma_i = i/n`).
 
     Parameters
     ----------
     masks : array of shape (N, K, *S_in)
     n_steps : int >= 1
+    schedule : {"accumulated", "linear"}
 
     Returns
     -------
@@ -452,13 +547,14 @@ def iscam_masks(masks: Any, n_steps: int) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> iscam_masks(np.array([[[4.]]]), 4)[0, :, 0, 0]
+    >>> iscam_masks(np.array([[[4.]]]), 4)[0, :, 0, 0]          # 4 * [2, 6, 12, 20] / 8
+    array([ 1.,  3.,  6., 10.])
+    >>> iscam_masks(np.array([[[4.]]]), 4, schedule="linear")[0, :, 0, 0]
     array([1., 2., 3., 4.])
     """
     h = _masks(masks)
-    n = _v.positive_int(n_steps, "n_steps")
-    t = (np.arange(1, n + 1) / n).astype(h.dtype)
-    return t.reshape((1, n) + (1,) * (h.ndim - 1)) * h[:, None]
+    t = iscam_scales(n_steps, schedule).astype(h.dtype)
+    return t.reshape((1, -1) + (1,) * (h.ndim - 1)) * h[:, None]
 
 
 def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
@@ -467,15 +563,16 @@ def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     .. math:: \alpha^c_k = \frac{1}{n} \sum_{i=1}^{n} \Big(f^c\big(X \circ \tfrac{i}{n} H^k\big)
               - f^c(X_b)\Big) \approx \int_0^1 \big(f^c(X \circ t H^k) - f^c(X_b)\big)\,dt
 
-    (Naidu et al., 2020, IS-CAM, with the path of :func:`iscam_masks`; not verified against the
-    paper), optionally followed by the softmax over channels
+    (Naidu et al., 2020, IS-CAM, with the masks :math:`\gamma_i H^k` of :func:`iscam_masks`; the
+    formula is written for ``schedule="linear"``, the default accumulated schedule replaces
+    :math:`i/n` by :math:`\gamma_i`), optionally followed by the softmax over channels
     (``softmax=True``, as torchcam), exactly as :func:`scorecam_weights`.  The average (not the
     sum) over steps is used so that ``n_steps`` does not rescale the map.
 
     Parameters
     ----------
     scores : array of shape (N, n, K)
-        Target score of the input masked by :math:`(i/n) H^k` (``iscam_masks`` order).
+        Target score of the input masked by :math:`\gamma_i H^k` (``iscam_masks`` order).
     baseline_score : None, scalar or array of shape (N,)
     softmax : bool, default False
 

@@ -141,31 +141,58 @@ def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
     >>> normalize(np.array([[0.0, 1.0]]), eps=1.0)    # (x - min) / (max - min + eps)
     array([[0. , 0.5]])
     """
-    x = _maps(maps, "maps")
     mode = choice(mode, "mode", NORMALIZE_MODES)
     eps = nonnegative_float(eps, "eps")
-    if mode == "none":
+    x = as_float_array(maps, "maps", finite=False)
+    if mode == "none" or x.ndim < 2 or 0 in x.shape:
+        x = _maps(maps, "maps")  # full validation (raises on a bad shape / non-finite input)
         return x.copy()
+    return _normalize(x, mode, eps, maps)
+
+
+def _normalize(x: np.ndarray, mode: str, eps: float, original: Any = None, out: np.ndarray | None = None
+               ) -> np.ndarray:
+    """Kernel of :func:`normalize` for a float array of shape ``(N, *S)`` and a validated ``mode`` /
+    ``eps``; ``out=x`` normalises in place (callers that own ``x``)."""
+    # One pass each for min and max; the finiteness check reads them (a NaN or Inf anywhere shows
+    # up in a per-sample min or max) instead of scanning the maps once more.
     axes = _spatial_axes(x.ndim)
-    scale = _pow2_floor(np.max(np.abs(x), axis=axes, keepdims=True))
-    xs = x / scale
+    lo = np.min(x, axis=axes, keepdims=True)
+    hi = np.max(x, axis=axes, keepdims=True)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        _maps(x if original is None else original, "maps")  # raises NonFiniteError with the count
+    # max|x| = max(max x, -min x) exactly; scaling by a power of two is exact and rounding is
+    # monotone, so min(x / s) = min(x) / s and max|x / s| = max|x| / s bit for bit: the scaled
+    # extremes need no second pass over the scaled maps.
+    scale = _pow2_floor(np.maximum(hi, -lo))
+    out = _scaled(x, scale, out)
+    lo_s, hi_s = lo / scale, hi / scale
     if mode == "minmax":
-        lo = np.min(xs, axis=axes, keepdims=True)
-        num = xs - lo
-        den = np.max(xs, axis=axes, keepdims=True) - lo
+        out -= lo_s
+        den = hi_s - lo_s
     elif mode == "max":
-        num = xs
-        den = np.max(np.abs(xs), axis=axes, keepdims=True)
+        den = np.maximum(hi_s, -lo_s)
     else:  # "sum"
-        num = xs
-        den = np.sum(np.abs(xs), axis=axes, keepdims=True)
+        den = np.sum(np.abs(out), axis=axes, keepdims=True)
     if eps > 0:
         # eps / scale in float64, clipped to the dtype's range (a huge term only drives out to 0)
         eps_scaled = np.minimum(eps / scale.astype(np.float64), np.finfo(x.dtype).max)
         den = den + eps_scaled.astype(x.dtype)
-    out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=np.broadcast_to(den > 0, num.shape))
+    degenerate = ~(den > 0)
+    out /= np.where(degenerate, 1, den).astype(x.dtype, copy=False)
+    if degenerate.any():
+        out[np.broadcast_to(degenerate, out.shape)] = 0  # +0.0 (also for maps of -0.0)
     return out
+
+
+def _scaled(x: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``x / scale`` for power-of-two ``scale`` (into ``out``, default a new array), as a
+    multiplication by the exact reciprocal when it is representable (same bits, faster)."""
+    with np.errstate(over="ignore"):
+        inv = 1 / scale
+    if np.isfinite(inv).all():
+        return np.multiply(x, inv.astype(x.dtype, copy=False), out=out)
+    return np.divide(x, scale, out=out)
 
 
 def interpolation_matrix(in_size: int, out_size: int, mode: str = "linear") -> np.ndarray:

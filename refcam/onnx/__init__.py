@@ -17,5 +17,16 @@ from .layers import LayerInfo
 from .model import Forward, Model, load, max_ir_version
 from .targets import Targets, TopK, resolve_targets
 
-__all__ = ["Model", "Forward", "load", "max_ir_version", "LayerInfo", "cut_head",
-           "Targets", "TopK", "resolve_targets", "LinearHead", "linear_head"]
+__all__ = [
+    "Forward",
+    "LayerInfo",
+    "LinearHead",
+    "Model",
+    "Targets",
+    "TopK",
+    "cut_head",
+    "linear_head",
+    "load",
+    "max_ir_version",
+    "resolve_targets",
+]

@@ -8,14 +8,14 @@ and types the new graph inputs from shape inference (unknown shapes are allowed)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx
 from onnx import TensorProto, helper
 
 from ..errors import ModelError
 
-__all__ = ["cut_head", "subgraph_inputs", "LinearHead", "linear_head", "constant_value"]
+__all__ = ["LinearHead", "constant_value", "cut_head", "linear_head", "subgraph_inputs"]
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
@@ -34,9 +34,14 @@ def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
-def cut_head(model: onnx.ModelProto, at: str | Sequence[str], outputs: Sequence[str], *,
-             value_info: dict[str, onnx.ValueInfoProto] | None = None,
-             ir_version: int | None = None) -> onnx.ModelProto:
+def cut_head(
+    model: onnx.ModelProto,
+    at: str | Sequence[str],
+    outputs: Sequence[str],
+    *,
+    value_info: dict[str, onnx.ValueInfoProto] | None = None,
+    ir_version: int | None = None,
+) -> onnx.ModelProto:
     """Return the sub-model computing ``outputs`` from the tensor(s) ``at``.
 
     Parameters
@@ -101,20 +106,27 @@ def cut_head(model: onnx.ModelProto, at: str | Sequence[str], outputs: Sequence[
             tt = out.type.tensor_type
             if not tt.elem_type:
                 tt.elem_type = TensorProto.FLOAT
-            if batch_symbolic and tt.HasField("shape") and len(tt.shape.dim) and not (
-                    tt.shape.dim[0].HasField("dim_value") and tt.shape.dim[0].dim_value == 1):
+            if (
+                batch_symbolic
+                and tt.HasField("shape")
+                and len(tt.shape.dim)
+                and not (tt.shape.dim[0].HasField("dim_value") and tt.shape.dim[0].dim_value == 1)
+            ):
                 tt.shape.dim[0].Clear()
                 tt.shape.dim[0].dim_param = "N"
             return out
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
 
     graph = helper.make_graph(
-        nodes, (g.name or "graph") + "_head",
-        [vi(n, True) for n in cut], [vi(n, True) for n in outputs],
+        nodes,
+        (g.name or "graph") + "_head",
+        [vi(n, True) for n in cut],
+        [vi(n, True) for n in outputs],
         initializer=[t for t in g.initializer if t.name in needed_inits],
     )
-    head = helper.make_model(graph, opset_imports=list(model.opset_import),
-                             ir_version=ir_version or model.ir_version)
+    head = helper.make_model(
+        graph, opset_imports=list(model.opset_import), ir_version=ir_version or model.ir_version
+    )
     head.functions.extend(model.functions)
     return head
 
@@ -146,6 +158,7 @@ class LinearHead:
 def constant_value(graph: onnx.GraphProto, name: str):
     """NumPy value of an initializer or Constant-node output, else ``None``."""
     from onnx import numpy_helper
+
     for t in graph.initializer:
         if t.name == name:
             return numpy_helper.to_array(t)
@@ -156,9 +169,11 @@ def constant_value(graph: onnx.GraphProto, name: str):
                     return numpy_helper.to_array(a.t)
                 if a.name in ("value_float", "value_int"):
                     import numpy as np
+
                     return np.array(a.f if a.name == "value_float" else a.i)
                 if a.name in ("value_floats", "value_ints"):
                     import numpy as np
+
                     return np.array(list(a.floats) if a.name == "value_floats" else list(a.ints))
     return None
 
@@ -170,7 +185,9 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def linear_head(graph: onnx.GraphProto, layer: str, output: str, *, rank: int, channels_last: bool = False) -> LinearHead:
+def linear_head(
+    graph: onnx.GraphProto, layer: str, output: str, *, rank: int, channels_last: bool = False
+) -> LinearHead:
     """Find the CAM head of Zhou et al. (2016) after tensor ``layer``: global average pooling
     (GlobalAveragePool, or ReduceMean over every spatial axis), shape-only ops, then a linear layer
     (Gemm, or MatMul with an optional Add) producing ``output``.
@@ -249,16 +266,22 @@ def linear_head(graph: onnx.GraphProto, layer: str, output: str, *, rank: int, c
                 if c is None:
                     last_err = f"the bias {node.input[2]!r} of Gemm {node.name!r} is not a constant"
                     continue
-                bias = _attr(node, "beta", 1.0) * np.broadcast_to(np.asarray(c, np.float64).ravel(), (w.shape[0],))
+                bias = _attr(node, "beta", 1.0) * np.broadcast_to(
+                    np.asarray(c, np.float64).ravel(), (w.shape[0],)
+                )
             out = node.output[0]
             nodes.append(node.name or out)
         elif node.op_type == "MatMul":
             if node.input[0] != t:
-                last_err = f"MatMul {node.name!r} does not take the pooled features as its left operand"
+                last_err = (
+                    f"MatMul {node.name!r} does not take the pooled features as its left operand"
+                )
                 continue
             b = constant_value(graph, node.input[1])
             if b is None or np.ndim(b) != 2:
-                last_err = f"the weight {node.input[1]!r} of MatMul {node.name!r} is not a constant matrix"
+                last_err = (
+                    f"the weight {node.input[1]!r} of MatMul {node.name!r} is not a constant matrix"
+                )
                 continue
             w = np.asarray(b, np.float64).T
             out = node.output[0]

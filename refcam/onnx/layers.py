@@ -20,16 +20,23 @@ from __future__ import annotations
 
 import ast
 import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import onnx
 from onnx import TensorProto
 
 from ..errors import LayerNotFoundError
 
-__all__ = ["LayerInfo", "legacy_module_path", "dynamo_module_path", "discover_layers", "resolve_layer",
-           "default_layer", "FLOAT_TYPES"]
+__all__ = [
+    "FLOAT_TYPES",
+    "LayerInfo",
+    "default_layer",
+    "discover_layers",
+    "dynamo_module_path",
+    "legacy_module_path",
+    "resolve_layer",
+]
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 _GLOBAL_POOL_OPS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
@@ -159,14 +166,24 @@ def _spatial_size(info: LayerInfo, channels_last: bool) -> int | None:
     return None
 
 
-def default_layer(layers: Sequence[LayerInfo], graph: onnx.GraphProto, *, channels_last: bool = False) -> LayerInfo | None:
+def default_layer(
+    layers: Sequence[LayerInfo],
+    graph: onnx.GraphProto,
+    *,
+    channels_last: bool = False,
+    exclude: Iterable[str] = (),
+) -> LayerInfo | None:
     """The last spatial activation before global pooling.
 
     Rule: among rank-4/5 tensors whose spatial extent is not 1 (so squeeze-excite gates and pooled
     ``(N, K, 1, 1)`` tensors are skipped), take the input of the last global-pooling node
     (GlobalAveragePool/GlobalMaxPool, or ReduceMean/ReduceMax over all spatial axes); without
-    one, the last such tensor in graph order.  ``None`` if the graph has no spatial tensor.
+    one, the last such tensor in graph order.  Tensors in ``exclude`` (the graph outputs and the
+    class-score tensor: a segmenter's per-pixel logits are not a layer to explain) are skipped.
+    ``None`` if the graph has no spatial tensor.
     """
+    skip = set(exclude)
+    layers = [li for li in layers if li.name not in skip]
     by_name = {li.name: li for li in layers}
 
     def ok(li: LayerInfo | None) -> bool:
@@ -206,6 +223,7 @@ def default_layer(layers: Sequence[LayerInfo], graph: onnx.GraphProto, *, channe
 
 def _const_ints(graph: onnx.GraphProto, name: str) -> list[int] | None:
     from onnx import numpy_helper
+
     for t in graph.initializer:
         if t.name == name:
             return [int(v) for v in numpy_helper.to_array(t).ravel()]
@@ -225,15 +243,21 @@ def resolve_layer(name: str, layers: Sequence[LayerInfo], *, argument: str = "la
     :class:`~refcam.errors.LayerNotFoundError` listing the closest names.
     """
     if not isinstance(name, str):
-        raise LayerNotFoundError(f"{argument}: got {name!r}, expected a tensor name or module path (str)")
+        raise LayerNotFoundError(
+            f"{argument}: got {name!r}, expected a tensor name or module path (str)"
+        )
     for li in layers:
         if li.name == name:
             return li
     for li in layers:
         if li.node_name and li.node_name == name:
             return li
-    matches = [li for li in layers if li.module_path is not None
-               and (li.module_path == name or li.module_path.startswith(name + "."))]
+    matches = [
+        li
+        for li in layers
+        if li.module_path is not None
+        and (li.module_path == name or li.module_path.startswith(name + "."))
+    ]
     if matches:
         return max(matches, key=lambda li: li.index)
     candidates = _names(layers)

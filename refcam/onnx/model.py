@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 import sys
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -33,19 +34,28 @@ from ..errors import InvalidArgumentError, ModelError, ShapeError
 from .head import cut_head, linear_head
 from .layers import LayerInfo, default_layer, discover_layers, resolve_layer
 
-__all__ = ["Model", "Forward", "load", "max_ir_version", "LAYOUTS"]
+__all__ = ["LAYOUTS", "Forward", "Model", "load", "max_ir_version"]
 
-LAYOUTS = {"NCHW": False, "NCDHW": False, "channels_first": False,
-           "NHWC": True, "NDHWC": True, "channels_last": True}
+LAYOUTS = {
+    "NCHW": False,
+    "NCDHW": False,
+    "channels_first": False,
+    "NHWC": True,
+    "NDHWC": True,
+    "channels_last": True,
+}
 DEFAULT_MEMORY_BUDGET = 64 * 2**20
 
 
 @lru_cache(maxsize=1)
 def max_ir_version() -> int:
     """Highest ONNX IR version the installed onnxruntime loads (probed once with a 1-node model)."""
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     for ir in range(onnx.IR_VERSION, 6, -1):
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=ir)
         try:
@@ -69,16 +79,21 @@ def _load_proto(source: Any, base_dir: str | None) -> onnx.ModelProto:
         proto.CopyFrom(source)
         if base_dir is not None:
             from onnx.external_data_helper import load_external_data_for_model
+
             try:
                 load_external_data_for_model(proto, base_dir)
             except Exception as exc:
-                raise ModelError(f"model: could not load external data from {base_dir!r}: {exc}") from exc
+                raise ModelError(
+                    f"model: could not load external data from {base_dir!r}: {exc}"
+                ) from exc
         what = "ModelProto"
     elif isinstance(source, (bytes, bytearray, memoryview)):
         try:
             proto = onnx.load_from_string(bytes(source))
         except Exception as exc:
-            raise ModelError(f"model: could not parse {len(source)} bytes as an ONNX model ({type(exc).__name__}: {exc})") from exc
+            raise ModelError(
+                f"model: could not parse {len(source)} bytes as an ONNX model ({type(exc).__name__}: {exc})"
+            ) from exc
         what = f"{len(source)} bytes"
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -90,10 +105,14 @@ def _load_proto(source: Any, base_dir: str | None) -> onnx.ModelProto:
             # reads the file (and external data next to it); never writes
             proto = onnx.load(path, load_external_data=True)
         except Exception as exc:
-            raise ModelError(f"model: could not read {path!r} as an ONNX model ({type(exc).__name__}: {exc})") from exc
+            raise ModelError(
+                f"model: could not read {path!r} as an ONNX model ({type(exc).__name__}: {exc})"
+            ) from exc
         what = repr(path)
     else:
-        raise ModelError(f"model: got {type(source).__name__}, expected a path, bytes, onnx.ModelProto or refcam.onnx.Model")
+        raise ModelError(
+            f"model: got {type(source).__name__}, expected a path, bytes, onnx.ModelProto or refcam.onnx.Model"
+        )
     if not proto.graph.node or not proto.graph.output or not proto.opset_import:
         raise ModelError(f"model: {what} is not an ONNX model (no graph nodes, outputs or opset)")
     return proto
@@ -133,12 +152,22 @@ class Model:
     ((2, 5), (2, 6, 12, 12))
     """
 
-    def __init__(self, source: Any, *, providers: Sequence[Any] | None = None,
-                 intra_op_num_threads: int | None = None, inter_op_num_threads: int | None = None,
-                 session_options: ort.SessionOptions | None = None, layout: str = "NCHW",
-                 output: str | None = None, strip_softmax: bool = True, input_name: str | None = None,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, base_dir: str | None = None,
-                 max_sessions: int = 8) -> None:
+    def __init__(
+        self,
+        source: Any,
+        *,
+        providers: Sequence[Any] | None = None,
+        intra_op_num_threads: int | None = None,
+        inter_op_num_threads: int | None = None,
+        session_options: ort.SessionOptions | None = None,
+        layout: str = "NCHW",
+        output: str | None = None,
+        strip_softmax: bool = True,
+        input_name: str | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        base_dir: str | None = None,
+        max_sessions: int = 8,
+    ) -> None:
         if isinstance(source, Model):
             source = source.proto
         self.proto = _load_proto(source, base_dir)
@@ -162,38 +191,55 @@ class Model:
         self._heads: dict = {}
 
         try:
-            self._inferred = onnx.shape_inference.infer_shapes(self.proto, strict_mode=False, data_prop=True)
+            self._inferred = onnx.shape_inference.infer_shapes(
+                self.proto, strict_mode=False, data_prop=True
+            )
         except Exception:  # foreign graphs: keep going without shapes
             self._inferred = self.proto
         g = self._inferred.graph
-        self.value_info = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
+        self.value_info = {
+            vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)
+        }
         self._layers = discover_layers(self.proto, self._inferred)
 
         inits = {t.name for t in self.proto.graph.initializer}
         real_inputs = [i for i in self.proto.graph.input if i.name not in inits]
         if input_name is None:
             if len(real_inputs) != 1:
-                raise ModelError(f"model: has {len(real_inputs)} inputs {[i.name for i in real_inputs]}, "
-                                 f"expected exactly 1 image input (pass input_name=)")
+                raise ModelError(
+                    f"model: has {len(real_inputs)} inputs {[i.name for i in real_inputs]}, "
+                    f"expected exactly 1 image input (pass input_name=)"
+                )
             self.input_name = real_inputs[0].name
         else:
             if input_name not in [i.name for i in real_inputs]:
-                raise InvalidArgumentError("input_name", input_name, f"one of {[i.name for i in real_inputs]}")
+                raise InvalidArgumentError(
+                    "input_name", input_name, f"one of {[i.name for i in real_inputs]}"
+                )
             if len(real_inputs) != 1:
                 raise ModelError("model: models with several inputs are not supported yet")
             self.input_name = input_name
         vi = next(i for i in real_inputs if i.name == self.input_name)
         tt = vi.type.tensor_type
         if tt.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
-            raise ModelError(f"model: input {self.input_name!r} has element type "
-                             f"{TensorProto.DataType.Name(tt.elem_type)}, expected a float tensor")
+            raise ModelError(
+                f"model: input {self.input_name!r} has element type "
+                f"{TensorProto.DataType.Name(tt.elem_type)}, expected a float tensor"
+            )
         self.input_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
         # None: rank unknown (graphs cut from foreign exporters without shape information)
-        self.input_shape: tuple | None = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-        ) if tt.HasField("shape") else None
+        self.input_shape: tuple | None = (
+            tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tt.shape.dim
+            )
+            if tt.HasField("shape")
+            else None
+        )
         if self.input_shape is not None and len(self.input_shape) < 2:
-            raise ModelError(f"model: input {self.input_name!r} has shape {self.input_shape}, expected (N, C, *S)")
+            raise ModelError(
+                f"model: input {self.input_name!r} has shape {self.input_shape}, expected (N, C, *S)"
+            )
         b0 = self.input_shape[0] if self.input_shape else None
         self.fixed_batch: int | None = b0 if isinstance(b0, int) and b0 > 0 else None
 
@@ -234,17 +280,35 @@ class Model:
 
     def default_layer(self) -> LayerInfo:
         """The last spatial activation before global pooling (see :func:`layers.default_layer`)."""
-        li = default_layer(self._layers, self.proto.graph, channels_last=self.channels_last)
+        li = default_layer(
+            self._layers,
+            self.proto.graph,
+            channels_last=self.channels_last,
+            exclude=[*self.graph_outputs, self.output_name],
+        )
         if li is None:
-            raise ModelError("layer: the model has no spatial (4-D or 5-D) activation to explain; pass layer=")
+            raise ModelError(
+                "layer: the model has no spatial (4-D or 5-D) activation to explain; pass layer="
+            )
         return li
 
-    def spatial_layer(self, name: str | LayerInfo | None = None, *, argument: str = "layer") -> LayerInfo:
+    def spatial_layer(
+        self, name: str | LayerInfo | None = None, *, argument: str = "layer"
+    ) -> LayerInfo:
         """Resolve ``name`` (default: :meth:`default_layer`) and require a spatial tensor."""
         li = self.default_layer() if name is None else self.layer(name, argument=argument)
         if li.shape is not None and not li.is_spatial:
-            exp = "(N, H, W, K) or (N, D, H, W, K)" if self.channels_last else "(N, K, H, W) or (N, K, D, H, W)"
-            raise ShapeError(argument, li.shape, exp, f"tensor {li.name!r} ({li.op_type}) is not a spatial activation")
+            exp = (
+                "(N, H, W, K) or (N, D, H, W, K)"
+                if self.channels_last
+                else "(N, K, H, W) or (N, K, D, H, W)"
+            )
+            raise ShapeError(
+                argument,
+                li.shape,
+                exp,
+                f"tensor {li.name!r} ({li.op_type}) is not a spatial activation",
+            )
         return li
 
     # ------------------------------------------------------------------ layout
@@ -264,7 +328,7 @@ class Model:
     def input_channels_axis(self) -> int:
         return -1 if self.channels_last else 1
 
-    def input_spatial_shape(self, inputs: np.ndarray) -> tuple[int, ...]:  # noqa: D102
+    def input_spatial_shape(self, inputs: np.ndarray) -> tuple[int, ...]:
         """Spatial shape ``S_in`` of a (validated) native-layout input batch."""
         return tuple(inputs.shape[1:-1] if self.channels_last else inputs.shape[2:])
 
@@ -281,10 +345,21 @@ class Model:
             if x.ndim < 2 or any(s == 0 for s in x.shape):
                 raise ShapeError(argument, x.shape, "(N, C, *S) with every axis non-empty")
             return np.ascontiguousarray(x, dtype=self.input_dtype)
-        exp = "(" + ", ".join("N" if i == 0 else (str(d) if isinstance(d, int) else (d or "?"))
-                              for i, d in enumerate(self.input_shape)) + ")"
+        exp = (
+            "("
+            + ", ".join(
+                "N" if i == 0 else (str(d) if isinstance(d, int) else (d or "?"))
+                for i, d in enumerate(self.input_shape)
+            )
+            + ")"
+        )
         if x.ndim != len(self.input_shape):
-            raise ShapeError(argument, x.shape, exp, f"model input {self.input_name!r} has rank {len(self.input_shape)}")
+            raise ShapeError(
+                argument,
+                x.shape,
+                exp,
+                f"model input {self.input_name!r} has rank {len(self.input_shape)}",
+            )
         for ax, (got, want) in enumerate(zip(x.shape, self.input_shape)):
             if ax == 0:
                 continue
@@ -324,7 +399,11 @@ class Model:
                 new.append(by_name[name])
             else:
                 vi = self.value_info.get(name)
-                et = vi.type.tensor_type.elem_type if vi is not None and vi.type.HasField("tensor_type") else 0
+                et = (
+                    vi.type.tensor_type.elem_type
+                    if vi is not None and vi.type.HasField("tensor_type")
+                    else 0
+                )
                 new.append(helper.make_tensor_value_info(name, et or TensorProto.FLOAT, None))
         del g.output[:]
         g.output.extend(new)
@@ -334,9 +413,13 @@ class Model:
             del g.output[:]
             g.output.extend(saved)
         try:
-            sess = ort.InferenceSession(data, sess_options=self._options(), providers=self.providers)
+            sess = ort.InferenceSession(
+                data, sess_options=self._options(), providers=self.providers
+            )
         except Exception as exc:
-            raise ModelError(f"model: onnxruntime could not load the model with outputs {sorted(key)}: {exc}") from exc
+            raise ModelError(
+                f"model: onnxruntime could not load the model with outputs {sorted(key)}: {exc}"
+            ) from exc
         self._sessions[key] = sess
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
@@ -354,9 +437,17 @@ class Model:
                 out.append(self.layer(n).name)
         return list(dict.fromkeys(out))
 
-    def run(self, inputs: Any, names: Iterable[str | LayerInfo] | None = None, *,
-            batch_size: int | None = None, memory_budget: int | None = None,
-            progress: bool | None = False, desc: str = "forward", checked: bool = False) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        inputs: Any,
+        names: Iterable[str | LayerInfo] | None = None,
+        *,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
+        progress: bool | None = False,
+        desc: str = "forward",
+        checked: bool = False,
+    ) -> dict[str, np.ndarray]:
         """Run the model on ``inputs`` and return the requested tensors (native layout).
 
         Parameters
@@ -372,7 +463,7 @@ class Model:
         -------
         dict mapping each resolved tensor name to an array with leading axis ``N``.
         """
-        x = inputs if checked else self.check_inputs(inputs)
+        x = np.ascontiguousarray(inputs) if checked else self.check_inputs(inputs)
         names = self._resolve_names(names if names is not None else [self.output_name])
         run_names = [n for n in names if n != self.input_name]
         n = x.shape[0]
@@ -385,8 +476,13 @@ class Model:
                 chunk = None
             if self.fixed_batch is not None:
                 chunk = self.fixed_batch
-            budget = V.positive_int(memory_budget, "memory_budget") if memory_budget is not None else self.memory_budget
+            budget = (
+                V.positive_int(memory_budget, "memory_budget")
+                if memory_budget is not None
+                else self.memory_budget
+            )
             from tqdm.auto import tqdm
+
             show = progress if progress is not None else sys.stderr.isatty()
             bar = tqdm(total=n, desc=desc, unit="sample", disable=not show, leave=False)
             start = 0
@@ -407,7 +503,9 @@ class Model:
                     try:
                         outs = sess.run(run_names, {self.input_name: xb})
                     except Exception as exc:
-                        raise ModelError(f"model: onnxruntime failed on inputs of shape {tuple(xb.shape)}: {exc}") from exc
+                        raise ModelError(
+                            f"model: onnxruntime failed on inputs of shape {tuple(xb.shape)}: {exc}"
+                        ) from exc
                     if pad:
                         outs = [o[: stop - start] for o in outs]
                     if not results:
@@ -433,11 +531,14 @@ class Model:
         """
         names = self._resolve_names(layers)
         res = self.run(inputs, [self.output_name, *names], **kwargs)
-        acts = {nm: self.to_channels_first(res[nm]) if res[nm].ndim in (4, 5) else res[nm] for nm in names}
+        acts = {
+            nm: self.to_channels_first(res[nm]) if res[nm].ndim in (4, 5) else res[nm]
+            for nm in names
+        }
         return Forward(res[self.output_name], acts)
 
     # ------------------------------------------------------------------ head
-    def head(self, layer: str | LayerInfo) -> "Model":
+    def head(self, layer: str | LayerInfo) -> Model:
         """The sub-model mapping the activation ``layer`` (native layout) to the output tensor.
 
         Cached per layer.  Raises :class:`ModelError` when the output also depends on the input
@@ -445,25 +546,43 @@ class Model:
         """
         li = self.layer(layer)
         if li.name not in self._heads:
-            proto = cut_head(self.proto, li.name, [self.output_name], value_info=self.value_info,
-                             ir_version=self.proto.ir_version)
+            proto = cut_head(
+                self.proto,
+                li.name,
+                [self.output_name],
+                value_info=self.value_info,
+                ir_version=self.proto.ir_version,
+            )
             self._heads[li.name] = Model(
-                proto, providers=self.providers, intra_op_num_threads=self._threads[0],
-                inter_op_num_threads=self._threads[1], session_options=self._session_options,
-                layout=self.layout, output=self.output_name, strip_softmax=False,
-                memory_budget=self.memory_budget, max_sessions=2,
+                proto,
+                providers=self.providers,
+                intra_op_num_threads=self._threads[0],
+                inter_op_num_threads=self._threads[1],
+                session_options=self._session_options,
+                layout=self.layout,
+                output=self.output_name,
+                strip_softmax=False,
+                memory_budget=self.memory_budget,
+                max_sessions=2,
             )
         return self._heads[li.name]
 
     def linear_head(self, layer: str | LayerInfo):
         """The GAP → linear head after ``layer`` (see :func:`refcam.onnx.head.linear_head`)."""
         li = self.layer(layer)
-        return linear_head(self.proto.graph, li.name, self.output_name, rank=li.rank or 4,
-                           channels_last=self.channels_last)
+        return linear_head(
+            self.proto.graph,
+            li.name,
+            self.output_name,
+            rank=li.rank or 4,
+            channels_last=self.channels_last,
+        )
 
     def __repr__(self) -> str:
-        return (f"Model(input={self.input_name!r} {self.input_shape}, output={self.output_name!r}, "
-                f"layout={self.layout!r}, {len(self._layers)} layers)")
+        return (
+            f"Model(input={self.input_name!r} {self.input_shape}, output={self.output_name!r}, "
+            f"layout={self.layout!r}, {len(self._layers)} layers)"
+        )
 
 
 def load(source: Any, **kwargs) -> Model:
@@ -471,4 +590,3 @@ def load(source: Any, **kwargs) -> Model:
     if isinstance(source, Model) and not kwargs:
         return source
     return Model(source, **kwargs)
-

@@ -30,14 +30,15 @@ array([[-1.],
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import TargetError
 
-__all__ = ["TopK", "Targets", "resolve_targets", "class_view"]
+__all__ = ["Targets", "TopK", "class_view", "resolve_targets"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ class Targets:
             return view[np.arange(len(samples))[:, None], self.classes[samples]]
         if self.shared is not None:
             return _call(self.shared, outputs)[:, None]
-        result = np.empty((len(samples), self.n_targets), dtype=np.result_type(outputs.dtype, np.float32))
+        result = np.empty(
+            (len(samples), self.n_targets), dtype=np.result_type(outputs.dtype, np.float32)
+        )
         for s in np.unique(samples):
             rows = np.flatnonzero(samples == s)
             spec = self.specs[s]
@@ -138,8 +141,10 @@ def _check_class(c: Any, n_classes: int, where: str) -> int:
     if not _is_int(c):
         raise TargetError(f"{where}: got {c!r}, expected an int class index or a callable")
     if not -n_classes <= int(c) < n_classes:
-        raise TargetError(f"{where}: class {int(c)} is out of range for an output with {n_classes} classes "
-                          f"(expected 0 <= c < {n_classes})")
+        raise TargetError(
+            f"{where}: class {int(c)} is out of range for an output with {n_classes} classes "
+            f"(expected 0 <= c < {n_classes})"
+        )
     return int(c) % n_classes
 
 
@@ -158,7 +163,9 @@ def resolve_targets(target: Any, outputs: np.ndarray) -> Targets:
         view = class_view(outputs)
         k = target.k
         if not _is_int(k) or not 1 <= k <= view.shape[1]:
-            raise TargetError(f"target: TopK(k={k!r}), expected 1 <= k <= {view.shape[1]} (number of classes)")
+            raise TargetError(
+                f"target: TopK(k={k!r}), expected 1 <= k <= {view.shape[1]} (number of classes)"
+            )
         order = np.argsort(-view, axis=1, kind="stable")[:, :k]
         return Targets(list(order), int(k))
     if callable(target):
@@ -167,8 +174,10 @@ def resolve_targets(target: Any, outputs: np.ndarray) -> Targets:
         c = _check_class(target, class_view(outputs).shape[1], "target")
         return Targets([np.array([c])] * n, 1)
     if isinstance(target, (str, bytes)) or not isinstance(target, (Sequence, np.ndarray)):
-        raise TargetError(f"target: got {type(target).__name__} {target!r}, expected None, an int, TopK(k), "
-                          f"a per-sample sequence or a callable")
+        raise TargetError(
+            f"target: got {type(target).__name__} {target!r}, expected None, an int, TopK(k), "
+            f"a per-sample sequence or a callable"
+        )
     if len(target) != n:
         raise TargetError(
             f"target: got {len(target)} per-sample target(s) for a batch of {n} input(s), expected exactly {n} "
@@ -177,9 +186,14 @@ def resolve_targets(target: Any, outputs: np.ndarray) -> Targets:
     arr = np.asarray(target, dtype=object) if not isinstance(target, np.ndarray) else target
     if isinstance(target, np.ndarray) and target.ndim == 2:
         if target.dtype.kind not in "iu":
-            raise TargetError(f"target: got an array of dtype {target.dtype}, expected integer class indices")
+            raise TargetError(
+                f"target: got an array of dtype {target.dtype}, expected integer class indices"
+            )
         nc = class_view(outputs).shape[1]
-        specs = [np.array([_check_class(c, nc, f"target[{i}]") for c in row]) for i, row in enumerate(target.tolist())]
+        specs = [
+            np.array([_check_class(c, nc, f"target[{i}]") for c in row])
+            for i, row in enumerate(target.tolist())
+        ]
         return Targets(specs, target.shape[1])
     specs: list = []
     for i, t in enumerate(arr):

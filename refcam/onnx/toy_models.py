@@ -18,6 +18,7 @@ name                what it exercises
 ``dynamic``         the ``cam`` net with symbolic height and width
 ``batch1``          the ``cam`` net with the batch axis fixed to 1
 ``constant``        the ``cam`` net with every weight in a Constant node (PaddlePaddle style)
+``segmentation``    fully convolutional, per-pixel class scores ``(N, 3, H, W)`` (callable targets)
 ==================  ==============================================================================
 
 >>> sorted(ZOO)[:3]
@@ -28,24 +29,25 @@ name                what it exercises
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
-    "OPSET",
     "IR_VERSION",
+    "OPSET",
     "ZOO",
-    "toy_model",
-    "vgg_like",
-    "resnet_like",
-    "mobilenet_like",
     "cam_net",
     "conv3d_net",
+    "mobilenet_like",
     "nhwc_net",
     "resnet50_sized",
+    "segmentation_net",
+    "resnet_like",
+    "toy_model",
+    "vgg_like",
 ]
 
 OPSET = 17
@@ -70,15 +72,27 @@ class _Builder:
         arr = np.asarray(arr)
         if self.const:
             self.nodes.append(
-                helper.make_node("Constant", [], [name], name=name + "_const",
-                                 value=numpy_helper.from_array(arr, name))
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [name],
+                    name=name + "_const",
+                    value=numpy_helper.from_array(arr, name),
+                )
             )
         else:
             self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    def node(self, op: str, inputs: Sequence[str], out: str, *, scope: Sequence[str] | None = None,
-             **attrs) -> str:
+    def node(
+        self,
+        op: str,
+        inputs: Sequence[str],
+        out: str,
+        *,
+        scope: Sequence[str] | None = None,
+        **attrs,
+    ) -> str:
         n = helper.make_node(op, list(inputs), [out], name=out + "_node", **attrs)
         if scope is not None:  # torch dynamo exporter metadata
             entry = n.metadata_props.add()
@@ -87,25 +101,54 @@ class _Builder:
         self.nodes.append(n)
         return out
 
-    def conv(self, x: str, cin: int, cout: int, k: int | Sequence[int], out: str, *, stride: int = 1,
-             group: int = 1, pad: bool = True, bias: bool = True, scope=None, ndim: int = 2) -> str:
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int | Sequence[int],
+        out: str,
+        *,
+        stride: int = 1,
+        group: int = 1,
+        pad: bool = True,
+        bias: bool = True,
+        scope=None,
+        ndim: int = 2,
+    ) -> str:
         ks = [k] * ndim if isinstance(k, int) else list(k)
         fan_in = cin // group * int(np.prod(ks))
-        w = (self.rng.standard_normal((cout, cin // group, *ks)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        w = (self.rng.standard_normal((cout, cin // group, *ks)) * np.sqrt(2.0 / fan_in)).astype(
+            np.float32
+        )
         ins = [x, self.weight(out + ".weight", w)]
         if bias:
-            ins.append(self.weight(out + ".bias", (0.1 * self.rng.standard_normal(cout)).astype(np.float32)))
+            ins.append(
+                self.weight(
+                    out + ".bias", (0.1 * self.rng.standard_normal(cout)).astype(np.float32)
+                )
+            )
         pads = [kk // 2 for kk in ks] * 2 if pad else [0] * (2 * ndim)
-        return self.node("Conv", ins, out, scope=scope, kernel_shape=ks, strides=[stride] * ndim,
-                         pads=pads, group=group)
+        return self.node(
+            "Conv",
+            ins,
+            out,
+            scope=scope,
+            kernel_shape=ks,
+            strides=[stride] * ndim,
+            pads=pads,
+            group=group,
+        )
 
     def bn(self, x: str, c: int, out: str, scope=None) -> str:
         r = self.rng
-        ins = [x,
-               self.weight(out + ".gamma", (1 + 0.1 * r.standard_normal(c)).astype(np.float32)),
-               self.weight(out + ".beta", (0.1 * r.standard_normal(c)).astype(np.float32)),
-               self.weight(out + ".mean", (0.1 * r.standard_normal(c)).astype(np.float32)),
-               self.weight(out + ".var", (1 + 0.2 * r.random(c)).astype(np.float32))]
+        ins = [
+            x,
+            self.weight(out + ".gamma", (1 + 0.1 * r.standard_normal(c)).astype(np.float32)),
+            self.weight(out + ".beta", (0.1 * r.standard_normal(c)).astype(np.float32)),
+            self.weight(out + ".mean", (0.1 * r.standard_normal(c)).astype(np.float32)),
+            self.weight(out + ".var", (1 + 0.2 * r.random(c)).astype(np.float32)),
+        ]
         return self.node("BatchNormalization", ins, out, scope=scope, epsilon=1e-5)
 
     def linear_weights(self, cin: int, cout: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -115,13 +158,24 @@ class _Builder:
 
     def gemm(self, x: str, cin: int, cout: int, out: str, scope=None) -> str:
         w, b = self.linear_weights(cin, cout, out)
-        return self.node("Gemm", [x, self.weight(out + ".weight", w), self.weight(out + ".bias", b)],
-                         out, scope=scope, transB=1)
+        return self.node(
+            "Gemm",
+            [x, self.weight(out + ".weight", w), self.weight(out + ".bias", b)],
+            out,
+            scope=scope,
+            transB=1,
+        )
 
-    def model(self, name: str, inp: onnx.ValueInfoProto, outs: Sequence[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    def model(
+        self, name: str, inp: onnx.ValueInfoProto, outs: Sequence[onnx.ValueInfoProto]
+    ) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, [inp], list(outs), initializer=self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  ir_version=IR_VERSION, producer_name="refcam.onnx.toy_models")
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            ir_version=IR_VERSION,
+            producer_name="refcam.onnx.toy_models",
+        )
         onnx.checker.check_model(model)
         return model
 
@@ -134,7 +188,9 @@ def _output(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
 
 
-def vgg_like(*, num_classes: int = 10, size: int = 16, batch: int | str = "N", seed: int = 0) -> onnx.ModelProto:
+def vgg_like(
+    *, num_classes: int = 10, size: int = 16, batch: int | str = "N", seed: int = 0
+) -> onnx.ModelProto:
     """VGG-like: two Conv→Relu→MaxPool stages, Flatten, Gemm→Relu→Gemm.
 
     Tensor names follow torch's legacy exporter (``/features/features.1/Relu_output_0``), so module
@@ -144,16 +200,22 @@ def vgg_like(*, num_classes: int = 10, size: int = 16, batch: int | str = "N", s
     x = "input"
     x = b.conv(x, 3, 8, 3, "/features/features.0/Conv_output_0")
     x = b.node("Relu", [x], "/features/features.1/Relu_output_0")
-    x = b.node("MaxPool", [x], "/features/features.2/MaxPool_output_0", kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node(
+        "MaxPool", [x], "/features/features.2/MaxPool_output_0", kernel_shape=[2, 2], strides=[2, 2]
+    )
     x = b.conv(x, 8, 16, 3, "/features/features.3/Conv_output_0")
     x = b.node("Relu", [x], "/features/features.4/Relu_output_0")
-    x = b.node("MaxPool", [x], "/features/features.5/MaxPool_output_0", kernel_shape=[2, 2], strides=[2, 2])
+    x = b.node(
+        "MaxPool", [x], "/features/features.5/MaxPool_output_0", kernel_shape=[2, 2], strides=[2, 2]
+    )
     x = b.node("Flatten", [x], "/Flatten_output_0", axis=1)
     s = size // 4
     x = b.gemm(x, 16 * s * s, 32, "/classifier/classifier.0/Gemm_output_0")
     x = b.node("Relu", [x], "/classifier/classifier.1/Relu_output_0")
     x = b.gemm(x, 32, num_classes, "logits")
-    return b.model("vgg_like", _input([batch, 3, size, size]), [_output("logits", [batch, num_classes])])
+    return b.model(
+        "vgg_like", _input([batch, 3, size, size]), [_output("logits", [batch, num_classes])]
+    )
 
 
 def resnet_like(*, num_classes: int = 10, size: int = 16, seed: int = 1) -> onnx.ModelProto:
@@ -183,14 +245,25 @@ def resnet_like(*, num_classes: int = 10, size: int = 16, seed: int = 1) -> onnx
     x = b.node("Relu", [x], "relu_3", scope=s2 + ["layer2.0.relu"])
     x = b.conv(x, 16, 16, 3, "conv2d_4", bias=False, scope=s2 + ["layer2.0.conv2"])
     x = b.bn(x, 16, "batch_norm_4", scope=s2 + ["layer2.0.bn2"])
-    p = b.conv(l1, 8, 16, 1, "conv2d_5", stride=2, bias=False, scope=s2 + ["layer2.0.downsample", "layer2.0.downsample.0"])
+    p = b.conv(
+        l1,
+        8,
+        16,
+        1,
+        "conv2d_5",
+        stride=2,
+        bias=False,
+        scope=s2 + ["layer2.0.downsample", "layer2.0.downsample.0"],
+    )
     p = b.bn(p, 16, "batch_norm_5", scope=s2 + ["layer2.0.downsample", "layer2.0.downsample.1"])
     x = b.node("Add", [x, p], "add_1", scope=s2)
     x = b.node("Relu", [x], "relu_4", scope=s2 + ["layer2.0.relu"])
     x = b.node("GlobalAveragePool", [x], "avgpool", scope=["avgpool"])
     x = b.node("Flatten", [x], "flatten", axis=1)
     x = b.gemm(x, 16, num_classes, "logits", scope=["fc"])
-    return b.model("resnet_like", _input(["N", 3, size, size]), [_output("logits", ["N", num_classes])])
+    return b.model(
+        "resnet_like", _input(["N", 3, size, size]), [_output("logits", ["N", num_classes])]
+    )
 
 
 def mobilenet_like(*, num_classes: int = 10, size: int = 16, seed: int = 2) -> onnx.ModelProto:
@@ -216,12 +289,23 @@ def mobilenet_like(*, num_classes: int = 10, size: int = 16, seed: int = 2) -> o
     x = b.node("GlobalAveragePool", [x], "pool")
     x = b.node("Flatten", [x], "flatten", axis=1)
     x = b.gemm(x, 24, num_classes, "logits")
-    return b.model("mobilenet_like", _input(["N", 3, size, size]), [_output("logits", ["N", num_classes])])
+    return b.model(
+        "mobilenet_like", _input(["N", 3, size, size]), [_output("logits", ["N", num_classes])]
+    )
 
 
-def cam_net(*, num_classes: int = 5, size: int = 12, channels: int = 6, head: str = "gemm",
-            softmax: bool = False, batch: int | str = "N", dynamic_spatial: bool = False,
-            constant_weights: bool = False, seed: int = 3) -> onnx.ModelProto:
+def cam_net(
+    *,
+    num_classes: int = 5,
+    size: int = 12,
+    channels: int = 6,
+    head: str = "gemm",
+    softmax: bool = False,
+    batch: int | str = "N",
+    dynamic_spatial: bool = False,
+    constant_weights: bool = False,
+    seed: int = 3,
+) -> onnx.ModelProto:
     """The CAM architecture of Zhou et al. (2016): convolutions, global average pooling, one linear
     layer.  Conv(3→4)→Relu→Conv(4→channels)→Relu (``features``) → GAP → Flatten → Gemm (``logits``).
 
@@ -238,7 +322,9 @@ def cam_net(*, num_classes: int = 5, size: int = 12, channels: int = 6, head: st
     if head == "gemm":
         x = b.node("GlobalAveragePool", [x], "gap")
         x = b.node("Flatten", [x], "flat", axis=1)
-        x = b.node("Gemm", [x, b.weight("fc.weight", w), b.weight("fc.bias", bias)], "logits", transB=1)
+        x = b.node(
+            "Gemm", [x, b.weight("fc.weight", w), b.weight("fc.bias", bias)], "logits", transB=1
+        )
     elif head == "matmul":
         x = b.node("ReduceMean", [x], "gap", axes=[2, 3], keepdims=1)
         shp = b.weight("flat_shape", np.array([-1, channels], np.int64))
@@ -266,7 +352,9 @@ def conv3d_net(*, num_classes: int = 4, size: int = 6, seed: int = 4) -> onnx.Mo
     x = b.node("GlobalAveragePool", [x], "gap")
     x = b.node("Flatten", [x], "flat", axis=1)
     x = b.gemm(x, 5, num_classes, "logits")
-    return b.model("conv3d_net", _input(["N", 1, size, size, size]), [_output("logits", ["N", num_classes])])
+    return b.model(
+        "conv3d_net", _input(["N", 1, size, size, size]), [_output("logits", ["N", num_classes])]
+    )
 
 
 def nhwc_net(*, num_classes: int = 5, size: int = 10, seed: int = 5) -> onnx.ModelProto:
@@ -286,11 +374,31 @@ def nhwc_net(*, num_classes: int = 5, size: int = 10, seed: int = 5) -> onnx.Mod
     w, bias = b.linear_weights(6, num_classes, "fc")
     x = b.node("MatMul", [x, b.weight("fc.kernel", np.ascontiguousarray(w.T))], "fc_mm")
     x = b.node("Add", [x, b.weight("fc.bias", bias)], "logits")
-    return b.model("nhwc_net", _input(["N", size, size, 3]), [_output("logits", ["N", num_classes])])
+    return b.model(
+        "nhwc_net", _input(["N", size, size, 3]), [_output("logits", ["N", num_classes])]
+    )
 
 
-def resnet50_sized(*, num_classes: int = 1000, size: int = 224, channels: int = 2048,
-                   seed: int = 6) -> onnx.ModelProto:
+def segmentation_net(*, num_classes: int = 3, size: int = 12, seed: int = 7) -> onnx.ModelProto:
+    """Fully convolutional segmenter: Conv→Relu→Conv→Relu (``features``, 6 channels) → 1×1 Conv
+    (``logits``: ``(N, num_classes, size, size)`` per-pixel class scores).  No global pooling, so
+    class-index targets are ambiguous: explain it with a callable target (e.g. a mask sum)."""
+    b = _Builder(seed)
+    x = b.conv("input", 3, 4, 3, "conv1")
+    x = b.node("Relu", [x], "relu1")
+    x = b.conv(x, 4, 6, 3, "conv2")
+    x = b.node("Relu", [x], "features")
+    x = b.conv(x, 6, num_classes, 1, "logits", pad=False)
+    return b.model(
+        "segmentation_net",
+        _input(["N", 3, size, size]),
+        [_output("logits", ["N", num_classes, size, size])],
+    )
+
+
+def resnet50_sized(
+    *, num_classes: int = 1000, size: int = 224, channels: int = 2048, seed: int = 6
+) -> onnx.ModelProto:
     """A shallow net with ResNet-50's final geometry: input ``(N, 3, 224, 224)``, last feature map
     ``features`` of shape ``(N, 2048, 7, 7)``, GAP → Flatten → Gemm(2048 → 1000).
 
@@ -309,7 +417,9 @@ def resnet50_sized(*, num_classes: int = 1000, size: int = 224, channels: int = 
     x = b.node("GlobalAveragePool", [x], "gap")
     x = b.node("Flatten", [x], "flat", axis=1)
     x = b.gemm(x, channels, num_classes, "logits")
-    return b.model("resnet50_sized", _input(["N", 3, size, size]), [_output("logits", ["N", num_classes])])
+    return b.model(
+        "resnet50_sized", _input(["N", 3, size, size]), [_output("logits", ["N", num_classes])]
+    )
 
 
 ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
@@ -324,6 +434,7 @@ ZOO: dict[str, Callable[[], onnx.ModelProto]] = {
     "dynamic": lambda: cam_net(dynamic_spatial=True),
     "batch1": lambda: cam_net(batch=1),
     "constant": lambda: cam_net(constant_weights=True),
+    "segmentation": segmentation_net,
 }
 
 

@@ -1,4 +1,5 @@
-"""Gradient methods end to end (refcam.autodiff.methods) with hand-derived expectations."""
+"""Gradient methods end to end through the one entry point refcam.explain (formerly
+refcam.autodiff.methods), with hand-derived expectations."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import pytest
 from onnx import helper, numpy_helper
 
 from refcam import math as M
-from refcam.autodiff import methods as AM
+from refcam import class_model_visualization, explain
 from refcam.errors import InvalidArgumentError, TargetError
 from refcam.onnx import Model, TopK
 from refcam.onnx import toy_models as tm
 
+CAM_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
+               "eigengradcam")
 X = np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(np.float32)
 
 
@@ -26,14 +29,14 @@ def test_gradcam_on_gap_linear_head_is_cam_over_z():
     m = Model(proto)
     a = m.forward(X, ["features"]).activations["features"]
     w = _fc(proto)
-    got = AM.gradient_cam(m, X, "gradcam", layer="features", target=[3, 1])
+    got = explain(m, X, "gradcam", layer="features", target=[3, 1]).maps
     want = np.maximum(M.cam(a, w[[3, 1]]), 0) / 144
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-    hi = AM.gradient_cam(m, X, "hirescam", layer="features", target=[3, 1])
+    hi = explain(m, X, "hirescam", layer="features", target=[3, 1]).maps
     np.testing.assert_allclose(hi, M.cam(a, w[[3, 1]]) / 144, rtol=1e-5, atol=1e-7)
-    for meth in AM.CAM_METHODS:
-        assert AM.gradient_cam(m, X, meth, layer="features", target=0).shape == (2, 12, 12)
-    multi = AM.gradient_cam(m, X, "gradcam", layer="features", target=TopK(2))
+    for meth in CAM_METHODS:
+        assert explain(m, X, meth, layer="features", target=0).maps.shape == (2, 12, 12)
+    multi = explain(m, X, "gradcam", layer="features", target=TopK(2)).maps
     assert multi.shape == (2, 2, 12, 12)
 
 
@@ -57,22 +60,22 @@ def test_saliency_smoothgrad_ig_on_linear_model():
     m, w, b = _linear_model()
     x = np.random.default_rng(2).standard_normal((2, 2, 3, 3))
     # Simonyan et al. 2014: max_c |w_{c..}| for class 1
-    np.testing.assert_allclose(AM.saliency_map(m, x, target=1), np.abs(w[1]).max(axis=0)[None].repeat(2, 0))
+    np.testing.assert_allclose(explain(m, x, "saliency", target=1).maps, np.abs(w[1]).max(axis=0)[None].repeat(2, 0))
     # SmoothGrad of a linear model: every noisy copy has gradient w_c
-    np.testing.assert_allclose(AM.smoothgrad_map(m, x, target=[0, 1], n_samples=4), w[[0, 1]])
+    np.testing.assert_allclose(explain(m, x, "smoothgrad", target=[0, 1], n_samples=4).maps, w[[0, 1]])
     # IG of a linear model: (x - x') * w_c exactly (quadrature weights sum to 1)
-    ig = AM.integrated_gradients_map(m, x, target=[1, 0], baseline=0.5, n_steps=3)
+    ig = explain(m, x, "integrated_gradients", target=[1, 0], baseline=0.5, n_steps=3).maps
     np.testing.assert_allclose(ig, (x - 0.5) * w[[1, 0]], rtol=1e-12)
     # guided / deconvnet on a ReLU-free model = plain gradient
-    np.testing.assert_allclose(AM.guided_backprop(m, x, target=0), w[[0, 0]])
-    np.testing.assert_allclose(AM.deconvnet(m, x, target=0), w[[0, 0]])
+    np.testing.assert_allclose(explain(m, x, "guided_backprop", target=0).maps, w[[0, 0]])
+    np.testing.assert_allclose(explain(m, x, "deconvnet", target=0).maps, w[[0, 0]])
 
 
 def test_class_model_visualisation_linear_closed_form():
     """Linear S_c: I_{t+1} = I_t + eta (w_c - 2 lambda I_t) from I_0 = 0 gives
     I_t = (1 - (1 - 2 lambda eta)^t) w_c / (2 lambda); with eta=0.5, lambda=0.5: I_t = (1 - 0.5^t) w_c."""
     m, w, b = _linear_model()
-    img, scores = AM.class_model_visualisation(m, 1, steps=3, learning_rate=0.5, l2=0.5)
+    img, scores = class_model_visualization(m, 1, steps=3, learning_rate=0.5, l2=0.5)
     np.testing.assert_allclose(img[0], (1 - 0.5 ** 3) * w[1], rtol=1e-12)
     want = [(1 - 0.5 ** t) * (w[1] ** 2).sum() + b[1] for t in range(4)]
     np.testing.assert_allclose(scores, want, rtol=1e-12)
@@ -81,18 +84,18 @@ def test_class_model_visualisation_linear_closed_form():
 def test_guided_gradcam_shape_and_factorisation():
     proto = tm.cam_net()
     m = Model(proto)
-    gg = AM.guided_gradcam(m, X, layer="features", target=2)
-    gb = AM.guided_backprop(m, X, target=2)
-    cam = AM.gradient_cam(m, X, "gradcam", layer="features", target=2)
+    gg = explain(m, X, "guided_gradcam", layer="features", target=2).maps
+    gb = explain(m, X, "guided_backprop", target=2).maps
+    cam = explain(m, X, "gradcam", layer="features", target=2).maps
     np.testing.assert_allclose(gg, gb * M.upsample(cam, (12, 12))[:, None], rtol=1e-6)
-    assert not np.allclose(gb, AM.deconvnet(m, X, target=2))
+    assert not np.allclose(gb, explain(m, X, "deconvnet", target=2).maps)
 
 
 def test_method_errors():
     m = Model(tm.cam_net())
     with pytest.raises(InvalidArgumentError, match="method"):
-        AM.gradient_cam(m, X, "scorecam")
+        explain(m, X, "gradcam-plus-minus")
     with pytest.raises(TargetError):
-        AM.smoothgrad_map(m, X, target=lambda y: y[:, 0], n_samples=2)
+        explain(m, X, "smoothgrad", target=lambda y: y[:, 0], n_samples=2)
     with pytest.raises(InvalidArgumentError, match="n_samples"):
-        AM.smoothgrad_map(m, X, n_samples=0)
+        explain(m, X, "smoothgrad", n_samples=0)

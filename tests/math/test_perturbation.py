@@ -177,7 +177,7 @@ def test_ablation_of_a_gap_linear_head(data):
 # ------------------------------------------------------------------ SS-CAM / IS-CAM helpers
 
 from refcam.errors import InvalidArgumentError  # noqa: E402
-from refcam.math import iscam_masks, iscam_weights, sscam_masks, sscam_weights  # noqa: E402
+from refcam.math import iscam_masks, iscam_scales, iscam_weights, sscam_masks, sscam_weights  # noqa: E402
 
 
 def test_sscam_masks_noise_statistics_and_reproducibility():
@@ -203,14 +203,50 @@ def test_sscam_weights_hand():
 
 
 def test_iscam_masks_and_weights_hand():
-    # H = [[2, 4]] (1, 1, 2), n = 2: steps 1/2 and 1 -> [[1, 2]], [[2, 4]]
-    m = iscam_masks(np.array([[[2.0, 4.0]]]), 2)
+    # linear schedule, H = [[2, 4]] (1, 1, 2), n = 2: steps 1/2 and 1 -> [[1, 2]], [[2, 4]]
+    m = iscam_masks(np.array([[[2.0, 4.0]]]), 2, schedule="linear")
     close(m, [[[[1.0, 2.0]], [[2.0, 4.0]]]])
+    # accumulated (default), n = 2: gamma = 1/2, 1/2 + 2/2 = 3/2 -> [[1, 2]], [[3, 6]]
+    close(iscam_masks(np.array([[[2.0, 4.0]]]), 2), [[[[1.0, 2.0]], [[3.0, 6.0]]]])
     assert iscam_masks(np.ones((1, 1, 2), np.float32), 3).dtype == np.float32
-    # 3D masks (1, 1, 1, 1, 2), n = 4 -> scales 0.25, 0.5, 0.75, 1
-    close(iscam_masks(np.full((1, 1, 1, 1, 2), 8.0), 4)[0, :, 0, 0, 0, 0], [2.0, 4.0, 6.0, 8.0])
+    # 3D masks (1, 1, 1, 1, 2), n = 4 -> linear scales 0.25, 0.5, 0.75, 1
+    close(iscam_masks(np.full((1, 1, 1, 1, 2), 8.0), 4, schedule="linear")[0, :, 0, 0, 0, 0],
+          [2.0, 4.0, 6.0, 8.0])
+    # accumulated 1/4, 3/4, 6/4, 10/4 times 8 -> 2, 6, 12, 20
+    close(iscam_masks(np.full((1, 1, 1, 1, 2), 8.0), 4)[0, :, 0, 0, 0, 0], [2.0, 6.0, 12.0, 20.0])
     # weights: mean over steps of [[1, 0], [2, 0], [3, 3]] = [2, 1]; minus baseline 1
     close(iscam_weights(np.array([[[1.0, 0.0], [2.0, 0.0], [3.0, 3.0]]]), 1.0), [[1.0, 0.0]])
+
+
+def test_iscam_scales_exact_numbers():
+    # accumulated: gamma_i = sum_{j=1}^{i} j/n = i (i + 1) / (2 n)
+    np.testing.assert_array_equal(iscam_scales(1), [1.0])
+    np.testing.assert_array_equal(iscam_scales(2), [0.5, 1.5])
+    np.testing.assert_array_equal(iscam_scales(4), [0.25, 0.75, 1.5, 2.5])
+    np.testing.assert_array_equal(iscam_scales(8, "linear"), np.arange(1, 9) / 8)
+    assert iscam_scales(3).dtype == np.float64
+    with pytest.raises(InvalidArgumentError, match="schedule"):
+        iscam_scales(3, "cumulative")
+    with pytest.raises(InvalidArgumentError, match="schedule"):
+        iscam_masks(np.ones((1, 1, 2)), 3, schedule="exp")
+    with pytest.raises(InvalidArgumentError, match="n_steps"):
+        iscam_scales(0)
+
+
+@given(st.integers(1, 200))
+def test_iscam_scales_match_torchcam_running_sum(n):
+    # torchcam ISCAM: coeff = 0; for sidx in range(n): coeff += (sidx + 1) / n; score(coeff * mask)
+    # -- the increment comes before the use, so gamma_1 = 1/n (not 0 as its docstring's j=0..i-1),
+    # and gamma_n = (n + 1) / 2 exactly.
+    coeff, running = 0.0, []
+    for sidx in range(n):
+        coeff += (sidx + 1) / n
+        running.append(coeff)
+    g = iscam_scales(n)
+    np.testing.assert_allclose(g, running, rtol=4 * n * np.finfo(float).eps, atol=0)
+    assert g[0] == 1 / n and g[-1] == (n + 1) / 2
+    # steps gamma_i - gamma_{i-1} = i / n
+    np.testing.assert_allclose(np.diff(g), np.arange(2, n + 1) / n, rtol=8 * n * np.finfo(float).eps)
 
 
 def test_sampled_helpers_errors():

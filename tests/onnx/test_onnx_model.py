@@ -9,8 +9,15 @@ import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from refcam.errors import (DTypeError, InvalidArgumentError, LayerNotFoundError, ModelError,
-                           NonFiniteError, RefcamError, ShapeError)
+from refcam.errors import (
+    DTypeError,
+    InvalidArgumentError,
+    LayerNotFoundError,
+    ModelError,
+    NonFiniteError,
+    RefcamError,
+    ShapeError,
+)
 from refcam.onnx import Model, cut_head, load, max_ir_version
 from refcam.onnx.toy_models import ZOO, cam_net, resnet_like, toy_model, vgg_like
 
@@ -50,15 +57,23 @@ def test_load_path_bytes_proto_same_outputs_and_file_untouched(tmp_path):
 def test_load_external_data(tmp_path):
     proto = cam_net()
     path = tmp_path / "ext.onnx"
-    onnx.save(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.onnx.data", size_threshold=0)
+    onnx.save(
+        proto,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "ext.onnx.data").exists()
     hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
     x = np.ones((1, 3, 12, 12), np.float32)
     got = Model(path).run(x)["logits"]
     want = Model(cam_net()).run(x)["logits"]
     np.testing.assert_array_equal(got, want)
-    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == hashes
+    assert {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()
+    } == hashes
 
 
 def test_ir_version_too_new_is_clamped_in_memory():
@@ -90,7 +105,12 @@ def test_load_errors(tmp_path):
 
 
 def test_session_options_and_threads():
-    m = Model(cam_net(), intra_op_num_threads=1, inter_op_num_threads=1, providers=["CPUExecutionProvider"])
+    m = Model(
+        cam_net(),
+        intra_op_num_threads=1,
+        inter_op_num_threads=1,
+        providers=["CPUExecutionProvider"],
+    )
     sess = m.session(["logits"])
     assert sess.get_providers() == ["CPUExecutionProvider"]
     with pytest.raises(InvalidArgumentError, match="intra_op_num_threads"):
@@ -122,7 +142,10 @@ def test_layers_legacy_module_paths():
     # a container resolves to its last tensor (its output)
     assert m.layer("features").name == "/features/features.5/MaxPool_output_0"
     assert m.layer("classifier").name == "/classifier/classifier.1/Relu_output_0"
-    assert m.layer("/features/features.4/Relu_output_0_node").name == "/features/features.4/Relu_output_0"
+    assert (
+        m.layer("/features/features.4/Relu_output_0_node").name
+        == "/features/features.4/Relu_output_0"
+    )
 
 
 def test_layers_dynamo_module_paths_and_shapes():
@@ -151,9 +174,20 @@ def test_non_spatial_layer_is_refused():
         m.spatial_layer("/Flatten_output_0")
 
 
-DEFAULTS = {"vgg": "/features/features.5/MaxPool_output_0", "resnet": "relu_4", "mobilenet": "pw_act",
-            "cam": "features", "cam_matmul": "features", "conv3d": "features", "nhwc": "features",
-            "softmax": "features", "dynamic": "features", "batch1": "features", "constant": "features"}
+DEFAULTS = {
+    "vgg": "/features/features.5/MaxPool_output_0",
+    "resnet": "relu_4",
+    "mobilenet": "pw_act",
+    "cam": "features",
+    "cam_matmul": "features",
+    "conv3d": "features",
+    "nhwc": "features",
+    "softmax": "features",
+    "dynamic": "features",
+    "batch1": "features",
+    "constant": "features",
+    "segmentation": "features",  # not the per-pixel logits (the output is never the default)
+}
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
@@ -167,7 +201,11 @@ def test_default_layer(zoo, name):
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_activations_match_reference_evaluator(zoo, name):
     m = zoo[name]
-    x = _inputs(m, n=1 if m.fixed_batch else 2, spatial=10 if name == "nhwc" else (6 if name == "conv3d" else 12))
+    x = _inputs(
+        m,
+        n=1 if m.fixed_batch else 2,
+        spatial=10 if name == "nhwc" else (6 if name == "conv3d" else 12),
+    )
     names = [li.name for li in m.layers()]
     got = m.run(x, names)
     ref = ReferenceEvaluator(m.proto)
@@ -181,8 +219,12 @@ def test_cam_head_direct_numpy(zoo):
     m = zoo["cam"]
     x = _inputs(m, 3)
     fw = m.forward(x, ["features"])
-    w = onnx.numpy_helper.to_array(next(t for t in m.proto.graph.initializer if t.name == "fc.weight"))
-    b = onnx.numpy_helper.to_array(next(t for t in m.proto.graph.initializer if t.name == "fc.bias"))
+    w = onnx.numpy_helper.to_array(
+        next(t for t in m.proto.graph.initializer if t.name == "fc.weight")
+    )
+    b = onnx.numpy_helper.to_array(
+        next(t for t in m.proto.graph.initializer if t.name == "fc.bias")
+    )
     want = fw.activations["features"].astype(np.float64).mean(axis=(2, 3)) @ w.T + b
     np.testing.assert_allclose(fw.outputs, want, rtol=1e-5, atol=1e-5)
 
@@ -195,7 +237,9 @@ def test_constant_weights_equal_initializer_weights(zoo):
     np.testing.assert_array_equal(a.activations["features"], b.activations["features"])
 
 
-@pytest.mark.parametrize("kw", [dict(batch_size=1), dict(batch_size=3), dict(memory_budget=1), dict(memory_budget=10**9)])
+@pytest.mark.parametrize(
+    "kw", [dict(batch_size=1), dict(batch_size=3), dict(memory_budget=1), dict(memory_budget=10**9)]
+)
 def test_chunking_is_exact(zoo, kw):
     m = zoo["resnet"]
     x = _inputs(m, 7, spatial=16)
@@ -211,8 +255,13 @@ def test_memory_budget_bounds_chunk():
     calls = []
     sess = m.session(["logits", "features"])
     orig = sess.run
-    sess_run = lambda names, feeds: (calls.append(feeds[m.input_name].shape[0]), orig(names, feeds))[1]  # noqa: E731
-    m._sessions[frozenset(["logits", "features"])] = type("S", (), {"run": staticmethod(sess_run)})()
+    sess_run = lambda names, feeds: (
+        calls.append(feeds[m.input_name].shape[0]),
+        orig(names, feeds),
+    )[1]
+    m._sessions[frozenset(["logits", "features"])] = type(
+        "S", (), {"run": staticmethod(sess_run)}
+    )()
     per = x[0].nbytes + 6 * 12 * 12 * 4 + 5 * 4  # input + features + logits bytes per sample
     m.run(x, ["logits", "features"], memory_budget=3 * per)
     assert calls == [1, 3, 3, 3]  # first sample measures, then budget // per = 3
@@ -224,7 +273,9 @@ def test_fixed_batch_one_loops_transparently(zoo):
     got = m.forward(x, ["features"])
     want = zoo["cam"].forward(x, ["features"])
     np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(got.activations["features"], want.activations["features"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        got.activations["features"], want.activations["features"], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_fixed_batch_three_pads_last_chunk():
@@ -240,7 +291,9 @@ def test_dynamic_spatial_sizes(zoo):
         x = np.random.default_rng(0).standard_normal((2, 3, *hw)).astype(np.float32)
         fw = m.forward(x, [m.default_layer()])
         assert fw.activations["features"].shape == (2, 6, *hw)
-        np.testing.assert_allclose(fw.outputs, ReferenceEvaluator(m.proto).run(None, {"input": x})[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            fw.outputs, ReferenceEvaluator(m.proto).run(None, {"input": x})[0], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_nhwc_activations_are_transposed(zoo):
@@ -272,7 +325,9 @@ def test_softmax_model_targets_logits(zoo):
 
 def test_input_errors(zoo):
     m = zoo["cam"]
-    with pytest.raises(ShapeError, match=r"inputs: got shape \(3, 12, 12\), expected \(N, 3, 12, 12\)"):
+    with pytest.raises(
+        ShapeError, match=r"inputs: got shape \(3, 12, 12\), expected \(N, 3, 12, 12\)"
+    ):
         m.run(np.zeros((3, 12, 12), np.float32))
     with pytest.raises(ShapeError, match=r"inputs: got shape \(1, 4, 12, 12\).*axis 1 must be 3"):
         m.run(np.zeros((1, 4, 12, 12), np.float32))
@@ -298,16 +353,24 @@ def test_input_errors(zoo):
 
 
 # ---------------------------------------------------------------- heads
-@pytest.mark.parametrize("name", ["cam", "constant", "resnet", "mobilenet", "conv3d", "nhwc", "vgg", "batch1", "softmax"])
+@pytest.mark.parametrize(
+    "name", ["cam", "constant", "resnet", "mobilenet", "conv3d", "nhwc", "vgg", "batch1", "softmax"]
+)
 def test_head_reproduces_outputs(zoo, name):
     m = zoo[name]
-    x = _inputs(m, 1 if m.fixed_batch else 3, spatial=10 if name == "nhwc" else (6 if name == "conv3d" else 12 if name != "vgg" else 16))
+    x = _inputs(
+        m,
+        1 if m.fixed_batch else 3,
+        spatial=10 if name == "nhwc" else (6 if name == "conv3d" else 12 if name != "vgg" else 16),
+    )
     layer = m.default_layer()
     native = m.run(x, [layer.name, m.output_name])
     head = m.head(layer)
     assert head is m.head(layer.name)  # cached
     assert head.input_name == layer.name and head.output_name == m.output_name
-    np.testing.assert_allclose(head.run(native[layer.name])[m.output_name], native[m.output_name], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        head.run(native[layer.name])[m.output_name], native[m.output_name], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_head_refuses_cut_bypassed_by_skip():
@@ -333,3 +396,44 @@ def test_load_passthrough():
     m = Model(cam_net())
     assert load(m) is m
     assert load(m, layout="NCHW") is not m
+
+
+# ---------------------------------------------------------------- properties
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from refcam.onnx.layers import legacy_module_path  # noqa: E402
+
+_ident = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True) | st.integers(0, 12).map(str)
+
+
+@given(
+    st.lists(st.tuples(_ident, st.booleans()), min_size=1, max_size=5),
+    st.sampled_from(["Relu", "Conv"]),
+)
+def test_legacy_module_path_recovers_qualified_name(parts, op):
+    # torch's legacy exporter writes each scope either relative ('conv1') or qualified
+    # ('layer4.1'); both spellings must give the same module path
+    names = [p for p, _ in parts]
+    scopes = []
+    for i, (p, qualified) in enumerate(parts):
+        scopes.append(".".join(names[: i + 1]) if qualified and i > 0 else p)
+    tensor = "/" + "/".join(scopes) + f"/{op}_output_0"
+    assert legacy_module_path(tensor) == ".".join(names)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    batch_size=st.one_of(st.none(), st.integers(1, 10)),
+    budget=st.integers(1, 10**6),
+)
+def test_run_is_chunk_invariant(zoo, n, batch_size, budget):
+    m = zoo["cam"]
+    x = _inputs(m, n, seed=n)
+    want = ReferenceEvaluator(m.proto).run(["features", "logits"], {"input": x})
+    got = m.run(x, ["features", "logits"], batch_size=batch_size, memory_budget=budget)
+    np.testing.assert_allclose(got["features"], want[0], rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(got["logits"], want[1], rtol=2e-5, atol=2e-5)
+    got1 = zoo["batch1"].run(x, ["logits"], batch_size=batch_size)  # fixed batch: loops of 1
+    np.testing.assert_allclose(got1["logits"], want[1], rtol=2e-5, atol=2e-5)

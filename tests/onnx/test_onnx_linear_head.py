@@ -35,7 +35,9 @@ def test_gemm_alpha_beta_transb_folded():
     wt = onnx.numpy_helper.to_array(w)
     w.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(wt.T), "fc.weight"))
     del gemm.attribute[:]
-    gemm.attribute.extend([onnx.helper.make_attribute("alpha", 2.0), onnx.helper.make_attribute("beta", 0.5)])
+    gemm.attribute.extend(
+        [onnx.helper.make_attribute("alpha", 2.0), onnx.helper.make_attribute("beta", 0.5)]
+    )
     head = Model(proto).linear_head("features")
     np.testing.assert_allclose(head.weight, 2.0 * wt, rtol=1e-7)
     b = constant_value(proto.graph, "fc.bias")
@@ -50,7 +52,9 @@ def test_nhwc_reduce_mean_head():
 
 def test_no_gap_head_errors():
     m = Model(vgg_like())
-    with pytest.raises(ModelError, match=r"consumed by \['Flatten'\], not by global average pooling"):
+    with pytest.raises(
+        ModelError, match=r"consumed by \['Flatten'\], not by global average pooling"
+    ):
         m.linear_head(m.default_layer())
     m = Model(cam_net())
     with pytest.raises(ModelError, match="not by global average pooling"):
@@ -58,3 +62,18 @@ def test_no_gap_head_errors():
     m = Model(cam_net(softmax=True), strip_softmax=False)
     with pytest.raises(ModelError, match="produces 'logits', not the class scores 'probs'"):
         m.linear_head("features")
+
+
+def test_opset18_reduce_mean_axes_input():
+    # opset >= 18 (torch dynamo exports): ReduceMean takes its axes as an input tensor
+    from onnx import version_converter
+
+    proto = version_converter.convert_version(cam_net(head="matmul"), 18)
+    proto.ir_version = 8
+    rm = next(n for n in proto.graph.node if n.op_type == "ReduceMean")
+    assert len(rm.input) == 2 and not any(a.name == "axes" for a in rm.attribute)
+    m = Model(proto)
+    assert m.default_layer().name == "features"
+    np.testing.assert_array_equal(
+        m.linear_head("features").weight, Model(cam_net()).linear_head("features").weight
+    )

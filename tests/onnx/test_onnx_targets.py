@@ -11,9 +11,7 @@ from hypothesis.extra.numpy import arrays
 from refcam.errors import TargetError
 from refcam.onnx.targets import TopK, class_view, resolve_targets
 
-LOGITS = np.array([[0.5, 3.0, -1.0, 2.0],
-                   [4.0, 1.0, 1.0, -2.0],
-                   [0.0, 0.0, 5.0, 0.0]], np.float32)
+LOGITS = np.array([[0.5, 3.0, -1.0, 2.0], [4.0, 1.0, 1.0, -2.0], [0.0, 0.0, 5.0, 0.0]], np.float32)
 ROWS = np.arange(3)
 
 
@@ -24,7 +22,9 @@ def test_none_is_argmax():
 
 
 def test_int_for_all_and_negative_index():
-    np.testing.assert_array_equal(resolve_targets(3, LOGITS).scores(LOGITS, ROWS), [[2.0], [-2.0], [0.0]])
+    np.testing.assert_array_equal(
+        resolve_targets(3, LOGITS).scores(LOGITS, ROWS), [[2.0], [-2.0], [0.0]]
+    )
     np.testing.assert_array_equal(resolve_targets(-1, LOGITS).classes, [[3], [3], [3]])
     np.testing.assert_array_equal(resolve_targets(np.int64(2), LOGITS).classes, [[2], [2], [2]])
 
@@ -33,7 +33,9 @@ def test_topk_order_and_ties():
     t = resolve_targets(TopK(3), LOGITS)
     # row 1: 4.0 (c0), then the tie 1.0/1.0 broken by lower index (c1, c2)
     np.testing.assert_array_equal(t.classes, [[1, 3, 0], [0, 1, 2], [2, 0, 1]])
-    np.testing.assert_array_equal(t.scores(LOGITS, ROWS), [[3.0, 2.0, 0.5], [4.0, 1.0, 1.0], [5.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(
+        t.scores(LOGITS, ROWS), [[3.0, 2.0, 0.5], [4.0, 1.0, 1.0], [5.0, 0.0, 0.0]]
+    )
     assert t.n_targets == 3
 
 
@@ -64,7 +66,9 @@ def test_class_view_flattens_pooled_outputs():
     # a callable works on segmentation outputs: sum of class 1 over the mask
     seg = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
     t = resolve_targets(lambda o: o[:, 1].sum(axis=(1, 2)), seg)
-    np.testing.assert_array_equal(t.scores(seg, np.arange(2))[:, 0], [4 + 5 + 6 + 7, 16 + 17 + 18 + 19])
+    np.testing.assert_array_equal(
+        t.scores(seg, np.arange(2))[:, 0], [4 + 5 + 6 + 7, 16 + 17 + 18 + 19]
+    )
 
 
 def test_errors():
@@ -101,12 +105,18 @@ def test_errors():
         t.scores(LOGITS, ROWS)
 
 
-@given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 6)),
-              elements=st.floats(-1e3, 1e3)), st.data())
+@given(
+    arrays(
+        np.float64, st.tuples(st.integers(1, 5), st.integers(1, 6)), elements=st.floats(-1e3, 1e3)
+    ),
+    st.data(),
+)
 def test_scores_equal_fancy_indexing(out, data):
     n, c = out.shape
     cls = data.draw(st.lists(st.integers(-c, c - 1), min_size=n, max_size=n))
     t = resolve_targets(cls, out)
-    np.testing.assert_array_equal(t.scores(out, np.arange(n))[:, 0], out[np.arange(n), np.array(cls) % c])
+    np.testing.assert_array_equal(
+        t.scores(out, np.arange(n))[:, 0], out[np.arange(n), np.array(cls) % c]
+    )
     top = resolve_targets(None, out).scores(out, np.arange(n))[:, 0]
     np.testing.assert_array_equal(top, out.max(axis=1))

@@ -1,0 +1,978 @@
+"""The ``refcam`` command line: ``refcam explain``, ``layers``, ``methods``, ``check``.
+
+``refcam explain`` with no argument explains the embedded default model (EfficientNet-Lite0 on
+ImageNet, :mod:`refcam.zoo`) on the bundled photo of a cat and writes, into ``./refcam-out``:
+
+* ``chelsea.png`` -- a figure: the picture the model saw, the map over it, the top-5 classes;
+* ``chelsea_<method>.png`` -- the overlay alone, pixel for pixel at the model's input size;
+* ``chelsea_<method>.npy`` -- the raw map at feature resolution (``Explanation.maps[i]``),
+
+and prints the paths.  Every subcommand has ``--help``.
+
+Exit codes: 0 success; 1 a :class:`refcam.errors.RefcamError` (unknown layer, unsupported op,
+bad target, a file that is not a model ...); 2 a usage error (bad option, missing file, unknown
+method); 130 interrupted.  Errors are one line on stderr; ``--debug`` shows the traceback instead.
+
+Extension hook
+--------------
+Other modules add subcommands without editing this file: every module named in
+:data:`PLUGINS` that exists is imported and its ``add_cli(subparsers, *, parents, parser_class)``
+is called with the :class:`argparse` sub-parser action, the common parent parsers (``--debug``)
+and the parser class (one-line errors); the parser it adds must ``set_defaults(func=f)`` with
+``f(args) -> int`` and raise :class:`UsageError` or a ``RefcamError`` on failure.  ``refcam check`` (conformance against peer libraries) plugs in this way.
+
+``refcam check MODULE:FUNCTION --method M`` (conformance of another implementation,
+:mod:`refcam.conformance`) is built in unless a plugin provides its own ``check``.
+
+The module imports nothing heavy at import time (``refcam --help`` does not load onnx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NORMALIZATIONS", "PLUGINS", "UsageError", "build_parser", "default_method", "main"]
+
+#: Modules that may contribute subcommands (``add_cli(...)``, see above), imported when present.
+PLUGINS: tuple[str, ...] = ("refcam.check",)
+
+#: Per-channel (mean, std) presets on the [0, 255] RGB scale: ``x' = (x - mean) / std``.
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    # TensorFlow EfficientNet-Lite / "inception style": (x - 127) / 128 (refcam.zoo.PREPROCESSING)
+    "efficientnet": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
+    # torchvision ImageNet: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) on [0, 1]
+    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    # x / 255 in [0, 1]
+    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    # raw [0, 255] values
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+DEFAULT_MODEL = "default"
+DEFAULT_IMAGE = "chelsea"
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line (exit code 2): bad option value, missing file, unknown name."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors raised as :class:`UsageError` (``main`` prints them)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------- registry helpers
+
+
+def _registry():
+    from . import explanation  # noqa: F401  (imports refcam.methods and registers the methods)
+    from .methods import METHODS
+
+    # the gradient floor may register its methods (gradcam, ...) when it is imported
+    if "gradcam" not in METHODS and importlib.util.find_spec("refcam.autodiff") is not None:
+        importlib.import_module("refcam.autodiff")
+
+    return METHODS
+
+
+def default_method() -> str:
+    """``"gradcam"`` when a Grad-CAM method is registered (gradient floor present), else ``"cam"``.
+
+    On a GAP → linear head such as the default model's, Grad-CAM equals CAM / Z (Z = spatial
+    positions), so the fallback explains the same evidence up to a positive factor.
+    """
+    return "gradcam" if "gradcam" in _registry() else "cam"
+
+
+def _get_method(name: str):
+    from .errors import InvalidArgumentError
+    from .methods import get_method
+
+    _registry()
+    try:
+        return get_method(name)
+    except InvalidArgumentError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- models and images
+
+
+class _LoadedModel:
+    def __init__(
+        self, model: Any, label: str, classes: list[str] | None, default_norm: str
+    ) -> None:
+        self.model = model
+        self.label = label
+        self.classes = classes
+        self.default_norm = default_norm
+
+
+def _load_model(spec: str | None, layout: str) -> _LoadedModel:
+    from .onnx import Model
+
+    if spec is None or spec in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0"):
+        from . import zoo
+
+        if layout.upper() not in ("NCHW", "CHANNELS_FIRST"):
+            raise UsageError(f"--layout: got {layout!r}, the default model is NCHW")
+        return _LoadedModel(
+            Model(zoo.efficientnet_lite0()),
+            "EfficientNet-Lite0 (ImageNet)",
+            zoo.imagenet_classes(),
+            "efficientnet",
+        )
+    if spec.startswith("toy:"):
+        from .onnx import toy_models
+
+        name = spec[4:]
+        if name not in toy_models.ZOO:
+            raise UsageError(
+                f"model: unknown toy model {name!r}; expected toy:NAME with NAME one of "
+                f"{', '.join(sorted(toy_models.ZOO))}"
+            )
+        return _LoadedModel(
+            Model(toy_models.toy_model(name), layout=layout), spec, None, "imagenet"
+        )
+    path = Path(spec)
+    if not path.exists():
+        raise UsageError(
+            f"model: no such file {spec!r} (expected an .onnx file, 'default' or toy:NAME)"
+        )
+    if path.is_dir():
+        raise UsageError(f"model: {spec!r} is a directory, expected an .onnx file")
+    return _LoadedModel(Model(str(path), layout=layout), path.name, None, "imagenet")
+
+
+def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise UsageError(
+            f"{option}: got {text!r}, expected three comma-separated numbers R,G,B (0-255 scale)"
+        )
+    return vals  # type: ignore[return-value]
+
+
+class _Item:
+    """One input sample: native-layout model input ``x`` (1, ...), its display picture, a file stem."""
+
+    def __init__(self, stem: str, x: Any, picture: Any) -> None:
+        self.stem, self.x, self.picture = stem, x, picture
+
+
+def _display_picture(x_cf):
+    """(C, *S) channels-first input → (H, W, 3) floats in [0, 1] for display (min-max per sample)."""
+    import numpy as np
+
+    x = np.asarray(x_cf, dtype=np.float64)
+    pic = (
+        x[:3].transpose(1, 2, 0)
+        if x.shape[0] >= 3
+        else np.repeat(x.mean(axis=0)[..., None], 3, axis=2)
+    )
+    lo, hi = pic.min(), pic.max()
+    return np.zeros_like(pic) if hi == lo else (pic - lo) / (hi - lo)  # constant input: guard
+
+
+def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespace) -> list[_Item]:
+    import numpy as np
+
+    from . import zoo
+
+    model = lm.model
+    shape = model.input_shape or ()
+    channels_last = model.channels_last
+    spatial = tuple(shape[1:-1] if channels_last else shape[2:]) if shape else ()
+    size = args.size
+    fixed = [d for d in spatial if isinstance(d, int) and d > 0]
+    if size is None:
+        size = fixed[0] if fixed else 224
+    square_ok = len(set(fixed)) <= 1
+    if args.norm not in (None, *NORMALIZATIONS):
+        raise UsageError(f"--norm: got {args.norm!r}, expected one of {', '.join(NORMALIZATIONS)}")
+    mean, std = NORMALIZATIONS[args.norm or lm.default_norm]
+    if args.mean is not None:
+        mean = _parse_floats3(args.mean, "--mean")
+    if args.std is not None:
+        std = _parse_floats3(args.std, "--std")
+        if min(std) <= 0:
+            raise UsageError(f"--std: got {args.std!r}, expected three values > 0")
+
+    items: list[_Item] = []
+    seen: dict[str, int] = {}
+
+    def stem_of(s: str) -> str:
+        k = seen.get(s, 0)
+        seen[s] = k + 1
+        return s if k == 0 else f"{s}-{k}"
+
+    for spec in specs:
+        if spec in zoo.sample_images() and not Path(spec).exists():
+            path = zoo.sample_image_path(spec)
+        else:
+            path = Path(spec)
+            if not path.exists():
+                raise UsageError(
+                    f"image: no such file {spec!r} (expected an image file, a .npy array or one "
+                    f"of the samples {', '.join(zoo.sample_images())})"
+                )
+            if path.is_dir():
+                raise UsageError(
+                    f"image: {spec!r} is a directory, expected an image file or a .npy array"
+                )
+        if path.suffix.lower() == ".npy":
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise UsageError(
+                    f"image: cannot read {spec!r} as a .npy array ({_one_line(exc)})"
+                ) from None
+            if shape and arr.ndim == len(shape) - 1:
+                arr = arr[None]
+            x_all = model.check_inputs(arr, argument=f"image {spec!r}")
+            for i in range(x_all.shape[0]):
+                x = x_all[i : i + 1]
+                cf = model.to_channels_first(x)[0]
+                stem = path.stem if x_all.shape[0] == 1 else f"{path.stem}_{i}"
+                items.append(
+                    _Item(stem_of(stem), x, _display_picture(cf) if cf.ndim == 3 else None)
+                )
+            continue
+        n_channels = shape[-1 if channels_last else 1] if len(shape) > 1 else None
+        if shape and (
+            len(shape) != 4 or (isinstance(n_channels, int) and n_channels not in (0, 3))
+        ):
+            hint = (
+                " (a channels-last model? pass --layout NHWC)"
+                if not channels_last and len(shape) == 4 and shape[-1] == 3
+                else ""
+            )
+            raise UsageError(
+                f"image: the model input {model.input_name!r} has shape {shape}, not an RGB image "
+                f"batch; pass the input as a .npy array instead of {spec!r}{hint}"
+            )
+        if not square_ok:
+            raise UsageError(
+                f"image: the model input {model.input_name!r} has shape {shape}, not square; image "
+                f"files are centre-cropped to a square, so pass the input of {spec!r} as a .npy array"
+            )
+        x, pics = zoo.preprocess(
+            str(path),
+            size=size,
+            crop_padding=args.crop_padding,
+            mean=mean,
+            std=std,
+            resample=args.resample,
+            return_images=True,
+        )
+        if channels_last:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        x = model.check_inputs(x, argument=f"image {spec!r}")
+        items.append(_Item(stem_of(path.stem), x, pics[0]))
+    return items
+
+
+def _parse_target(text: str | None, lm: _LoadedModel, n: int):
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+
+    def one(p: str) -> int:
+        try:
+            return int(p)
+        except ValueError:
+            pass
+        if lm.classes is not None:
+            key = p.lower().replace("_", " ")
+            hits = [i for i, c in enumerate(lm.classes) if c.lower() == key]
+            if hits:
+                return hits[0]
+            import difflib
+
+            close = difflib.get_close_matches(key, [c.lower() for c in lm.classes], n=3, cutoff=0.6)
+            hint = f" (closest: {', '.join(close)})" if close else ""
+            raise UsageError(f"--target: unknown class name {p!r}{hint}")
+        raise UsageError(
+            f"--target: got {p!r}, expected a class index (this model has no class names)"
+        )
+
+    vals = [one(p) for p in parts]
+    if len(vals) == 1:
+        return vals[0]
+    if len(vals) != n:
+        raise UsageError(
+            f"--target: got {len(vals)} comma-separated targets for {n} image(s), expected 1 or {n}"
+        )
+    return vals
+
+
+def _parse_options(pairs: Sequence[str]) -> dict:
+    opts: dict = {}
+    for p in pairs:
+        key, sep, raw = p.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option: got {p!r}, expected KEY=VALUE (e.g. relu=false)")
+        low = raw.strip().lower()
+        if low in ("true", "false"):
+            val: Any = low == "true"
+        elif low == "none":
+            val = None
+        else:
+            try:
+                val = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                val = raw
+        opts[key.strip()] = val
+    return opts
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _softmax_top(outputs_row, k: int):
+    import numpy as np
+
+    z = np.asarray(outputs_row, dtype=np.float64).ravel()
+    e = np.exp(z - z.max())
+    p = e / e.sum()  # the sum is >= 1 (the max term is exp(0)): no guard needed
+    order = np.argsort(-p, kind="stable")[:k]
+    return [(int(c), float(p[c])) for c in order]
+
+
+def explain_figure(
+    picture,
+    overlays: Sequence[tuple[str, Any]],
+    top: Sequence[tuple[str, float]],
+    *,
+    title: str,
+    highlight: int | None = None,
+    dpi: float = 100,
+):
+    """Figure: the picture, one overlay panel per method, and a bar chart of the top classes.
+
+    Parameters
+    ----------
+    picture : ``(H, W, 3)`` uint8 or floats in [0, 1] (what the model saw).
+    overlays : ``(title, (H, W, 3) uint8 overlay)`` pairs (from :func:`refcam.viz.overlay`).
+    top : ``(label, probability)`` pairs, highest first (softmax of the model output); empty:
+        no bar chart (outputs that are not one score per class).
+    title : figure title.  highlight : index in ``top`` of the explained class (drawn in red).
+
+    Returns
+    -------
+    matplotlib.figure.Figure (Agg canvas; nothing is shown).
+    """
+    from matplotlib.figure import Figure
+
+    n = 1 + len(overlays)
+    bars = len(top) > 0
+    fig = Figure(figsize=(3.0 * n + (4.2 if bars else 0.4), 3.6), dpi=dpi)
+    widths = [3.0] * n + ([3.2] if bars else [])
+    axes = fig.subplots(1, n + int(bars), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
+    axes[0].imshow(picture)
+    axes[0].set_title("input")
+    for ax, (t, ov) in zip(axes[1:n], overlays):
+        ax.imshow(ov)
+        ax.set_title(t)
+    for ax in axes[:n]:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    if not bars:
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.05, wspace=0.08)
+        return fig
+    bar = axes[n]
+    labels = [lab for lab, _ in top][::-1]
+    probs = [p for _, p in top][::-1]
+    colours = ["tab:gray"] * len(top)
+    if highlight is not None and 0 <= highlight < len(top):
+        colours[highlight] = "tab:red"
+    bar.barh(range(len(top)), probs, color=colours[::-1])
+    for y, pr in enumerate(probs):
+        bar.text(min(pr, 0.78) + 0.02, y, f"{pr:.3f}", va="center", fontsize=8)
+    bar.set_yticks(range(len(top)))
+    bar.set_yticklabels(labels, fontsize=8)
+    bar.yaxis.tick_right()
+    bar.set_xlim(0, 1)
+    bar.set_xlabel("softmax probability")
+    bar.set_title(f"top-{len(top)}")
+    fig.subplots_adjust(left=0.01, right=0.8, top=0.82, bottom=0.15, wspace=0.08)
+    return fig
+
+
+# --------------------------------------------------------------------------- explain
+
+
+def _progress(total: int, enabled: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, disable=disable, file=sys.stderr, leave=False)
+
+
+def _preset(name: str | None):
+    if name is None:
+        return None
+    if importlib.util.find_spec("refcam.presets") is None:
+        raise UsageError(
+            "--preset: convention presets (refcam.presets) are not in this version of refcam"
+        )
+    presets = importlib.import_module("refcam.presets")
+    if name not in presets.PRESET_NAMES:
+        raise UsageError(
+            f"--preset: got {name!r}, expected one of {', '.join(presets.PRESET_NAMES)}"
+        )
+    return presets
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .errors import RefcamError
+
+    positional = list(args.inputs)
+    model_spec = None
+    if positional and (
+        positional[0].lower().endswith(".onnx")
+        or positional[0].startswith("toy:")
+        or positional[0] in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
+    ):
+        model_spec = positional.pop(0)
+    default_model = model_spec in (None, DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
+    image_specs = positional or ([DEFAULT_IMAGE] if default_model else [])
+    if not image_specs:
+        raise UsageError(f"explain: no IMAGE given for model {model_spec!r}")
+    if args.top < 1:
+        raise UsageError(f"--top: got {args.top}, expected an integer >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha: got {args.alpha}, expected a number in [0, 1]")
+    method_names = [m.strip() for m in (args.method or default_method()).split(",") if m.strip()]
+    if not method_names:
+        raise UsageError("--method: expected at least one method name")
+    methods = [_get_method(m) for m in method_names]
+    presets = _preset(args.preset)
+    options = _parse_options(args.option or [])
+
+    lm = _load_model(model_spec, args.layout)
+    items = _load_images(image_specs, lm, args)
+    from . import viz
+    from .explanation import explain
+
+    x = np.concatenate([it.x for it in items], axis=0)
+    target = _parse_target(args.target, lm, len(items))
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot create directory {str(out)!r} ({exc.strerror})") from None
+
+    written: list[Path] = []
+    results = []
+    bar = _progress(len(methods), args.progress, "refcam explain")
+    try:
+        for meth in methods:
+            bar.set_postfix_str(meth.name)
+            opts = dict(options)
+            conv = None
+            if presets is not None:
+                try:
+                    conv = presets.get(args.preset, meth.name)
+                except RefcamError as exc:
+                    raise UsageError(f"--preset {args.preset}: {exc}") from None
+                if getattr(conv, "masks", None) is not None or getattr(
+                    conv, "ablation_value", None
+                ) not in (None, "zero"):
+                    raise UsageError(
+                        f"--preset {args.preset}: the {meth.name} convention changes how the model is "
+                        f"queried (masks / ablation), which the CLI does not map yet; use "
+                        f"refcam.presets.compute with refcam.explain's arrays"
+                    )
+                if "relu" in meth.defaults and "relu" not in opts:
+                    opts["relu"] = bool(conv.relu)
+                for k, v in conv.method_kwargs.items():
+                    if k not in meth.defaults:
+                        raise UsageError(
+                            f"--preset {args.preset}: {meth.name} needs option {k}={v!r}, which "
+                            f"refcam.explain does not expose for this method"
+                        )
+                    opts.setdefault(k, v)
+            e = explain(
+                lm.model,
+                x,
+                meth.name,
+                layer=args.layer,
+                target=target,
+                batch_size=args.batch_size,
+                progress=args.progress,
+                **opts,
+            )
+            shown = e.maps
+            if conv is not None:
+                shown = presets.postprocess(conv, e.maps, e.input_size)
+            results.append((meth, e, shown))
+            bar.update(1)
+    finally:
+        bar.close()
+
+    # the top classes and the explained class come from the first class-specific method
+    first = next((e for _, e, _ in results if e.targets is not None), results[0][1])
+
+    def label(c: int) -> str:
+        return f"{lm.classes[c]} ({c})" if lm.classes is not None else f"class {c}"
+
+    for i, it in enumerate(items):
+        overlays = []
+        for meth, e, shown in results:
+            p = out / f"{it.stem}_{meth.name}.npy"
+            np.save(p, e.maps[i])
+            written.append(p)
+            if conv_name := args.preset:
+                pp = out / f"{it.stem}_{meth.name}_{conv_name}.npy"
+                np.save(pp, shown[i])
+                written.append(pp)
+            m2 = shown[i]
+            if it.picture is None:
+                continue
+            if m2.ndim == 2:
+                ov = viz.overlay(it.picture, m2, alpha=args.alpha, cmap=args.cmap)
+            elif m2.ndim == 3 and m2.shape[1:] == it.picture.shape[:2]:
+                # input gradients (guided backprop, SmoothGrad, ...): (C, H, W) at the input size,
+                # shown as the grey image max_c |G_c| / q (refcam.viz.saliency_image)
+                grey = viz.saliency_image(m2, mode="abs")
+                ov = np.repeat(
+                    np.rint(255 * grey.astype(np.float64)).astype(np.uint8)[..., None], 3, 2
+                )
+            else:
+                continue  # 3-D volumes / several targets per sample: arrays only
+            po = out / f"{it.stem}_{meth.name}.png"
+            viz.save_png(ov, po)
+            written.append(po)
+            overlays.append((meth.name if not args.preset else f"{meth.name} ({args.preset})", ov))
+        if not overlays:
+            continue
+        row = np.asarray(first.outputs[i])
+        # class scores (one axis): softmax top-k; other outputs (e.g. segmentation maps): no chart
+        top = _softmax_top(row, min(args.top, row.size)) if row.ndim == 1 else []
+        explained = None if first.targets is None else int(np.asarray(first.targets)[i].ravel()[0])
+        hl = next((j for j, (c, _) in enumerate(top) if c == explained), None)
+        title = f"{lm.label} — {it.stem}"
+        if explained is not None:
+            title += f" — target: {label(explained)}"
+        fig = explain_figure(
+            it.picture, overlays, [(label(c), p) for c, p in top], title=title, highlight=hl
+        )
+        pf = out / f"{it.stem}.png"
+        viz.save_png(fig, pf)
+        written.append(pf)
+        if not args.quiet and top:
+            print(
+                f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr
+            )
+    for p in written:
+        print(p)
+    return 0
+
+
+# --------------------------------------------------------------------------- layers / methods
+
+
+def _fmt_shape(shape) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .errors import RefcamError
+
+    lm = _load_model(args.model, args.layout)
+    model = lm.model
+    try:
+        default = model.default_layer().name
+    except RefcamError:
+        default = None
+    rows = [li for li in model.layers() if args.all or li.is_spatial or li.shape is None]
+    table = [("", "tensor", "op", "shape", "source name")]
+    for li in rows:
+        table.append(
+            (
+                "*" if li.name == default else "",
+                li.name,
+                li.op_type,
+                _fmt_shape(li.shape),
+                li.module_path or "-",
+            )
+        )
+    widths = [max(len(r[c]) for r in table) for c in range(5)]
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    layout = "channels last" if model.channels_last else "channels first"
+    kind = "all tensors" if args.all else "spatial tensors (use --all for every tensor)"
+    print(f"\n{len(rows)} {kind}; shapes in the model's layout ({layout}).")
+    if default is not None:
+        print(f"* default layer: {default} (last spatial activation before global pooling)")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    methods = _registry()
+    default = default_method()
+    names = sorted(methods) if not args.names else [_get_method(n).name for n in args.names]
+    for name in names:
+        m = methods[name]
+        star = "  (default of `refcam explain`)" if name == default else ""
+        print(f"{name}{star}")
+        print(f"  formula : {m.equation}")
+        print(f"  paper   : {m.paper}")
+        print(f"  needs   : {', '.join(m.needs)}")
+        math_name = getattr(m.math, "__module__", "") + "." + getattr(m.math, "__name__", "?")
+        print(f"  math    : {math_name}")
+        if m.defaults:
+            print("  options : " + ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()))
+        if not m.targeted:
+            print("  target  : class-agnostic (no --target)")
+        print()
+    if "gradcam" not in methods:
+        print(
+            "Gradient methods (gradcam, gradcampp, ...) appear here once the gradient floor "
+            "(refcam.autodiff) registers them."
+        )
+    return 0
+
+
+def _import_target(spec: str):
+    """``module:function`` or ``path/to/file.py:function`` → the callable."""
+    mod_name, sep, attr = spec.rpartition(":")
+    if not sep or not mod_name or not attr:
+        raise UsageError(f"check: got {spec!r}, expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise UsageError(f"check: no such file {mod_name!r}")
+        modspec = importlib.util.spec_from_file_location(f"_refcam_check_{path.stem}", path)
+        module = importlib.util.module_from_spec(modspec)
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            modspec.loader.exec_module(module)  # type: ignore[union-attr]
+        finally:
+            sys.path.pop(0)
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise UsageError(
+                f"check: cannot import module {mod_name!r} ({_one_line(exc)})"
+            ) from None
+        finally:
+            sys.path.pop(0)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UsageError(f"check: {mod_name!r} has no function {attr!r}")
+    return fn
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import conformance
+
+    if args.method not in conformance.METHOD_ARGUMENTS:
+        raise UsageError(
+            f"--method: got {args.method!r}, expected one of {', '.join(conformance.METHOD_ARGUMENTS)}"
+        )
+    size = None
+    if args.input_size is not None:
+        try:
+            size = tuple(int(v) for v in args.input_size.split(","))
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            raise UsageError(
+                f"--input-size: got {args.input_size!r}, expected H,W (two positive integers)"
+            )
+    fn = _import_target(args.function)
+    report = conformance.check(
+        fn,
+        args.method,
+        preset=args.preset,
+        input_size=size,
+        max_examples=args.max_examples,
+        atol=args.atol,
+        rtol=args.rtol,
+        dtype=np.float32 if args.float32 else np.float64,
+        seed=args.seed,
+    )
+    print(report)
+    ok = report.matched(args.preset) if args.preset is not None else bool(report.matches)
+    return 0 if ok else EXIT_ERROR
+
+
+def _add_check(sub, common) -> None:
+    p = sub.add_parser(
+        "check",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="check your own CAM function against refcam's formulas and presets",
+        description=(
+            "Run hypothesis-generated arrays through FUNCTION and through every refcam candidate of\n"
+            "the method (the paper formula raw and min-max scaled, each peer preset) and report the\n"
+            "errors, which candidates it matches and a shrunk counterexample (refcam.conformance).\n\n"
+            "  refcam check mylib.cams:gradcam --method gradcam\n"
+            "  refcam check ./my_cam.py:score_cam --method scorecam --preset paper\n\n"
+            "FUNCTION takes the arrays of `refcam.conformance.METHOD_ARGUMENTS` (e.g. activations,\n"
+            "gradients (N, K, H, W)) and returns the maps (N, H, W). Exit code 0 when it matches\n"
+            "(--preset, else any candidate), 1 when it does not."
+        ),
+    )
+    p.add_argument("function", metavar="FUNCTION", help="MODULE:FUNCTION or FILE.py:FUNCTION")
+    p.add_argument("-m", "--method", required=True, help="gradcam, gradcampp, cam, scorecam, ...")
+    p.add_argument(
+        "-p", "--preset", help="the candidate that must match (e.g. 'paper (min-max)', torchcam)"
+    )
+    p.add_argument("--input-size", help="H,W: the function returns maps upsampled to this size")
+    p.add_argument("--max-examples", type=int, default=100, help="generated cases (default 100)")
+    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
+    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    p.add_argument(
+        "--float32", action="store_true", help="generate float32 arrays (default float64)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    p.set_defaults(func=cmd_check)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``refcam`` (plugins from :data:`PLUGINS` included)."""
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+    parser = _Parser(
+        prog="refcam",
+        parents=[common],
+        description="Reference class activation maps (CAM, Grad-CAM, Score-CAM, ...) for ONNX models, "
+        "in NumPy. `refcam explain` with no argument explains the embedded EfficientNet-Lite0 "
+        "on a photo of a cat.",
+        epilog="Exit codes: 0 ok, 1 refcam error (e.g. unknown layer, unsupported op), 2 usage error.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"refcam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        formatter_class=fmt,
+        help="write heat-map PNGs and raw maps (.npy) for images",
+        description=(
+            "Explain images with CAM methods and write PNG overlays and raw maps.\n\n"
+            "  refcam explain                              # default model + the cat photo\n"
+            "  refcam explain coffee --method cam,scorecam # default model, a bundled sample\n"
+            "  refcam explain model.onnx a.jpg b.jpg --layer layer4 --norm imagenet\n"
+            "  refcam explain toy:cam x.npy                # preprocessed array input\n\n"
+            "MODEL is an .onnx file, 'default' (EfficientNet-Lite0, ImageNet) or toy:NAME\n"
+            "(the test zoo); it may be omitted. IMAGE is an image file, a .npy array in the\n"
+            "model's layout, (N, C, H, W) or (C, H, W), or a bundled sample photo (chelsea,\n"
+            "coffee, astronaut).\n\n"
+            "Writes, per image, <stem>.png (figure with the top classes),\n"
+            "<stem>_<method>.png (overlay at the model's input size) and <stem>_<method>.npy\n"
+            "(raw map at feature resolution), and prints their paths."
+        ),
+    )
+    p.add_argument(
+        "inputs", nargs="*", metavar="[MODEL] IMAGE", help="model (optional) then images"
+    )
+    p.add_argument(
+        "-m",
+        "--method",
+        help="method name(s), comma-separated (default: gradcam if "
+        "available, else cam; see `refcam methods`)",
+    )
+    p.add_argument(
+        "-l",
+        "--layer",
+        help="tensor, node or module name (default: last spatial activation "
+        "before global pooling; see `refcam layers`)",
+    )
+    p.add_argument(
+        "-t",
+        "--target",
+        help="class index or ImageNet class name (default: top-1); "
+        "comma-separated for one target per image",
+    )
+    p.add_argument(
+        "-p",
+        "--preset",
+        help="convention preset of refcam.presets (paper, pytorch-grad-cam, "
+        "torchcam, captum): post-processing of the shown map, saved as <stem>_<method>_<preset>.npy",
+    )
+    p.add_argument(
+        "-o", "--out", default="refcam-out", help="output directory (default: ./refcam-out)"
+    )
+    p.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="method option, repeatable (e.g. -O relu=false -O n_samples=4)",
+    )
+    g = p.add_argument_group("preprocessing (image files)")
+    g.add_argument(
+        "--size", type=int, help="side of the square model input (default: model's, else 224)"
+    )
+    g.add_argument(
+        "--crop-padding",
+        type=int,
+        default=32,
+        help="centre crop of side size/(size+P)*min(H,W) "
+        "before resizing (default 32, the TF/torchvision 224/256 crop; 0 = largest centred square)",
+    )
+    g.add_argument(
+        "--resample",
+        default="bicubic",
+        choices=("bicubic", "bilinear", "nearest", "lanczos"),
+        help="resize filter (default bicubic)",
+    )
+    g.add_argument(
+        "--norm",
+        help=f"mean/std preset: {', '.join(NORMALIZATIONS)} (default: efficientnet "
+        "for the default model, imagenet otherwise)",
+    )
+    g.add_argument("--mean", help="R,G,B means on the 0-255 scale (overrides --norm)")
+    g.add_argument("--std", help="R,G,B standard deviations on the 0-255 scale (overrides --norm)")
+    g.add_argument(
+        "--layout",
+        default="NCHW",
+        choices=("NCHW", "NHWC", "NCDHW", "NDHWC"),
+        help="model input/activation layout (default NCHW)",
+    )
+    g2 = p.add_argument_group("output")
+    g2.add_argument("--top", type=int, default=5, help="classes shown in the figure (default 5)")
+    g2.add_argument(
+        "--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (default 0.5)"
+    )
+    g2.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
+    g2.add_argument("--batch-size", type=int, help="samples per onnxruntime call")
+    g2.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+    g2.add_argument("-q", "--quiet", action="store_true", help="print only the written paths")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "layers",
+        parents=[common],
+        help="list candidate layers with shapes and source names",
+        description="List the model's candidate tensors (spatial ones unless --all) with "
+        "op, shape and the source framework's module name; * marks the default.",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help="an .onnx file, 'default' or toy:NAME (default: the embedded model)",
+    )
+    p.add_argument(
+        "--all", action="store_true", help="every floating tensor, not only spatial ones"
+    )
+    p.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC", "NCDHW", "NDHWC"))
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser(
+        "methods",
+        parents=[common],
+        help="list every method with formula, paper and needs",
+        description="Every registered method: formula, paper, the arrays it needs, options.",
+    )
+    p.add_argument("names", nargs="*", help="only these methods")
+    p.set_defaults(func=cmd_methods)
+
+    for mod in PLUGINS:
+        if importlib.util.find_spec(mod) is not None:
+            plugin = importlib.import_module(mod)
+            if hasattr(plugin, "add_cli"):
+                plugin.add_cli(sub, parents=[common], parser_class=_Parser)
+    if "check" not in sub.choices and importlib.util.find_spec("refcam.conformance") is not None:
+        _add_check(sub, common)  # built in unless a plugin provides its own `refcam check`
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``refcam`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    from .errors import RefcamError
+
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return int(args.func(args) or 0)
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+    except UsageError as exc:
+        if debug:
+            raise
+        print(f"refcam: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except RefcamError as exc:
+        if debug:
+            raise
+        from .errors import LayerNotFoundError
+
+        hint = (
+            " (run `refcam layers MODEL` to list them)"
+            if isinstance(exc, LayerNotFoundError)
+            else ""
+        )
+        print(f"refcam: error: {_one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # `refcam layers | head`: the reader left; not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (stop the interpreter's flush error)
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        print("refcam: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug or an environment problem: still one line
+        if debug:
+            raise
+        print(
+            f"refcam: error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
