@@ -120,12 +120,25 @@ def _w_torch_forward(d, x, cls, a):
     return run, None
 
 
-def _w_refcam_gradcam(d, x, cls, a):
-    from refcam.autodiff.methods import gradient_cam
+def _explain_or_legacy(method: str):
+    """``refcam.explain(m, x, method, ...).maps`` (current API), or the older
+    ``refcam.autodiff.methods`` function the first published numbers were measured with."""
+    import refcam
 
+    if hasattr(refcam, "explain") and method in __import__("refcam.methods", fromlist=["METHODS"]).METHODS:
+        return lambda m, x, **kw: refcam.explain(m, x, method, progress=False, **kw).maps
+    from refcam.autodiff import methods as am
+
+    fn = {"gradcam": lambda m, x, **kw: am.gradient_cam(m, x, "gradcam", **kw),
+          "saliency": am.saliency_map, "guided_backprop": am.guided_backprop}[method]
+    return fn
+
+
+def _w_refcam_gradcam(d, x, cls, a):
+    f = _explain_or_legacy("gradcam")
     m = _refcam_model(d, a.threads)
     layer = _meta(d)["layer"]
-    return lambda: gradient_cam(m, x, "gradcam", layer=layer, target=[int(c) for c in cls]), None
+    return lambda: f(m, x, layer=layer, target=[int(c) for c in cls]), None
 
 
 def _w_refcam_vjp(d, x, cls, a):
@@ -194,10 +207,9 @@ def _w_tc_gradcam(d, x, cls, a):
 
 
 def _w_refcam_saliency(d, x, cls, a):
-    from refcam.autodiff.methods import saliency_map
-
+    f = _explain_or_legacy("saliency")
     m = _refcam_model(d, a.threads)
-    return lambda: saliency_map(m, x, target=[int(c) for c in cls]), None
+    return lambda: f(m, x, target=[int(c) for c in cls]), None
 
 
 def _w_captum_saliency(d, x, cls, a):
@@ -239,10 +251,9 @@ def _w_captum_saliency_folded(d, x, cls, a):
 
 
 def _w_refcam_gbp(d, x, cls, a):
-    from refcam.autodiff.methods import guided_backprop
-
+    f = _explain_or_legacy("guided_backprop")
     m = _refcam_model(d, a.threads)
-    return lambda: guided_backprop(m, x, target=[int(c) for c in cls]), None
+    return lambda: f(m, x, target=[int(c) for c in cls]), None
 
 
 def _w_captum_gbp(d, x, cls, a):
