@@ -90,18 +90,6 @@ def _channels_first(ctx: Context, g: np.ndarray) -> np.ndarray:
     return g
 
 
-def _proto_with_output(model: Any):
-    import onnx
-
-    if model.output_name in [o.name for o in model.proto.graph.output]:
-        return model.proto
-    p = onnx.ModelProto()
-    p.CopyFrom(model.proto)
-    vi = model.value_info.get(model.output_name)
-    p.graph.output.append(vi if vi is not None else onnx.ValueInfoProto(name=model.output_name))
-    return p
-
-
 def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
     """Finite differences of ``y^c`` w.r.t. ``tensor`` for every target column: ``(N, T, *native)``
     (``mode="full"``) or ``(N, T, K)`` channel sums (``mode="channel"``), float64."""
@@ -111,13 +99,13 @@ def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
     if not isinstance(classes, np.ndarray):  # OnnxTarget: perturb through its score nodes
         from .onnx.onnx_targets import SCORE_OUTPUT, WEIGHT_INPUT
 
-        proto = classes.attach(_proto_with_output(ctx.model), ctx.model.output_name)
+        proto = classes.attach(ctx.model.proto_with_output(), ctx.model.output_name)
         fd = FiniteDifferences(proto, tensor, seed=SCORE_OUTPUT)
         w = classes.weights(ctx.outputs.shape, ctx.inputs.dtype)
         feeds = {ctx.model.input_name: ctx.inputs, WEIGHT_INPUT: w}
         _, r = fd(feeds, np.ones((len(w), 1)), mode=mode)
         return r.value[:, None]
-    fd = FiniteDifferences(_proto_with_output(ctx.model), tensor, seed=ctx.model.output_name)
+    fd = FiniteDifferences(ctx.model.proto_with_output(), tensor, seed=ctx.model.output_name)
     feeds = {ctx.model.input_name: ctx.inputs}
     out = []
     for t in range(classes.shape[1]):

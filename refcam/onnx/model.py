@@ -537,6 +537,19 @@ class Model:
         }
         return Forward(res[self.output_name], acts)
 
+    def proto_with_output(self) -> onnx.ModelProto:
+        """The model proto with :attr:`output_name` among the graph outputs (a copy only if needed).
+
+        Used by the finite-difference oracle, which seeds that output; the file is never touched.
+        """
+        if self.output_name in [o.name for o in self.proto.graph.output]:
+            return self.proto
+        p = onnx.ModelProto()
+        p.CopyFrom(self.proto)
+        vi = self.value_info.get(self.output_name)
+        p.graph.output.append(vi if vi is not None else onnx.ValueInfoProto(name=self.output_name))
+        return p
+
     # ------------------------------------------------------------------ head
     def head(self, layer: str | LayerInfo) -> Model:
         """The sub-model mapping the activation ``layer`` (native layout) to the output tensor.

@@ -19,7 +19,6 @@ from onnx import TensorProto, helper, numpy_helper
 from _harness import to_float64
 from refcam import explain
 from refcam import math as M
-from refcam._gradient import _proto_with_output
 from refcam.autodiff import build_vjp_model, grad_name
 from refcam.autodiff.fd import FiniteDifferences
 from refcam.errors import InvalidArgumentError, LayerNotFoundError, TargetError
@@ -43,7 +42,7 @@ def _setup(name, n=2, size=None):
 
 def _fd(m, x, tensor, classes):
     """float64 FD of y^c w.r.t. ``tensor`` (native layout) on the float64 twin, one seed per sample."""
-    fd = FiniteDifferences(to_float64(_proto_with_output(m)), tensor, seed=m.output_name,
+    fd = FiniteDifferences(to_float64(m.proto_with_output()), tensor, seed=m.output_name,
                            backend="reference")
     y = m.run(x)[m.output_name]
     s = np.zeros(y.shape)
@@ -214,7 +213,7 @@ def test_exported_gradients_source():
     """A model that outputs ∂y^c/∂A itself (here: the top-1-seeded VJP model) gives the same maps."""
     m, x = _setup("resnet")
     layer = m.default_layer().name
-    exp = build_vjp_model(_proto_with_output(m), [layer], seed=m.output_name, seed_mode="top1")
+    exp = build_vjp_model(m.proto_with_output(), [layer], seed=m.output_name, seed_mode="top1")
     e = explain(exp, x, "layercam", layer=layer, gradient_source="exported",
                 gradient_output=grad_name(layer))
     v = explain(m, x, "layercam", layer=layer)
