@@ -471,11 +471,17 @@ def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     >>> sscam_weights(np.array([[[1., 4.], [3., 0.]]]))        # means over the 2 samples
     array([[2., 2.]])
     """
+    return _sample_mean_weights(scores, baseline_score, softmax)
+
+
+
+def _sample_mean_weights(scores: Any, baseline_score: Any, softmax: Any) -> np.ndarray:
+    """Score-CAM weights of the per-channel mean over the sample axis of ``scores`` (N, n, K):
+    the shared aggregation of SS-CAM (noisy masks) and IS-CAM (scaled masks)."""
     c = _sampled_scores(scores)
     b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
                                                       allow_scalar=True)
     return _scorecam_weights(c.mean(axis=1), b, _flag(softmax, "softmax"))
-
 
 ISCAM_SCHEDULES = ("accumulated", "linear")
 
@@ -586,7 +592,4 @@ def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     >>> iscam_weights(np.array([[[1., 0.], [2., 0.], [3., 3.]]]), 1.0)   # means [2, 1] - 1
     array([[1., 0.]])
     """
-    c = _sampled_scores(scores)
-    b = None if baseline_score is None else _baseline(baseline_score, "baseline_score", c.shape[0],
-                                                      allow_scalar=True)
-    return _scorecam_weights(c.mean(axis=1), b, _flag(softmax, "softmax"))
+    return _sample_mean_weights(scores, baseline_score, softmax)
