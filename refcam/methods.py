@@ -32,9 +32,9 @@ Gradient needs are provided by :mod:`refcam._gradient` (the gradient floor
 :mod:`refcam.autodiff` computes the numbers), the others by :mod:`refcam._forward`.
 
 >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
-['ablationcam', 'cam', 'deconvnet', 'eigencam', 'eigengradcam', 'fullgrad', 'gradcam',
+['ablationcam', 'cam', 'deconvnet', 'dff', 'eigencam', 'eigengradcam', 'fem', 'fullgrad', 'gradcam',
  'gradcam_elementwise', 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam', 'integrated_gradients', 'iscam',
- 'layercam', 'saliency', 'scorecam', 'smoothgrad', 'sscam', 'xgradcam']
+ 'kpcacam', 'layercam', 'randomcam', 'saliency', 'scorecam', 'segeigencam', 'smoothgrad', 'sscam', 'xgradcam']
 >>> METHODS["cam"].needs
 ('activations', 'class_weights')
 """
@@ -611,3 +611,5 @@ register_method(
         layered=False,
     )
 )
+
+from . import _methods14  # noqa: E402,F401  (issue 14 methods: FEM, RandomCAM, KPCA-CAM, Seg-Eigen-CAM, DFF)

@@ -200,3 +200,47 @@ def test_deep_feature_factorization(kind, n_components):
     assert max_abs_error(ref, np.stack(maps)) <= UP_TOL
     w, b = model.fc.weight.detach().numpy(), model.fc.bias.detach().numpy()
     assert rel(c.T @ w.T + b, outputs) <= FEAT_TOL
+
+
+# ------------------------------------------------------------------ end to end (ONNX export)
+
+@pytest.fixture(scope="module")
+def onnx_resnet(tmp_path_factory):
+    import refcam
+
+    path = str(tmp_path_factory.mktemp("m14") / "resnet.onnx")
+    H.export_onnx(H.make_model("resnet"), H.make_input(), path, dynamo=False)
+    return refcam.onnx.load(path)
+
+
+@pytest.mark.parametrize("method,pgc_name,kw", [
+    ("fem", "FEM", {"k": 2.0}),
+    ("kpcacam", "KPCA_CAM", {"kernel": "sigmoid"}),
+    ("segeigencam", "SegEigenCAM", {}),
+])
+def test_explain_on_the_onnx_export_matches_pytorch_grad_cam(onnx_resnet, method, pgc_name, kw):
+    """refcam.explain on the exported ResNet (activations and VJP gradients from ONNX) + the
+    pytorch-grad-cam post-processing vs the peer on the torch model."""
+    import pytorch_grad_cam as pgc
+    import refcam
+
+    model, x, layers, targets, a, g, _ = _setup("resnet")
+    peer, _ = _run(getattr(pgc, pgc_name), model, layers, x, targets, **kw)
+    target = list(H.CLASSES) if method == "segeigencam" else None
+    e = refcam.explain(onnx_resnet, x.numpy(), method, layer=H.ONNX_LAYER["resnet"], target=target, **kw)
+    ref = presets.postprocess(_pgc_conv(method), rm.relu(e.maps), H.INPUT_SIZE)
+    assert max_abs_error(ref, peer) <= UP_TOL
+
+
+def test_dff_explain_on_the_onnx_export(onnx_resnet):
+    import refcam
+    from pytorch_grad_cam import DeepFeatureFactorization
+
+    model, x, layers, *_ = _setup("resnet")
+    with H._quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = DeepFeatureFactorization(model=model, target_layer=layers[0], computation_on_concepts=model.fc)
+        concepts, maps, outputs = d(x, 4)
+    e = refcam.explain(onnx_resnet, x.numpy(), "dff", layer=H.ONNX_LAYER["resnet"], n_components=4)
+    assert rel(e.arrays["concepts"], concepts) <= 1e-4          # ONNX vs torch activations (float32)
+    assert rel(e.arrays["concept_scores"], outputs) <= 1e-4

@@ -1,0 +1,54 @@
+"""End to end: the issue-14 methods through refcam.explain on an ONNX model equal their math
+functions on the arrays the explanation reports (and the DFF concept scores equal the head)."""
+
+import numpy as np
+import pytest
+
+import refcam
+from refcam import math as M
+from refcam.errors import InvalidArgumentError
+from refcam.onnx.toy_models import cam_net
+
+X = np.random.default_rng(0).random((2, 3, 12, 12), dtype=np.float32)
+
+
+def test_fem_randomcam_kpcacam_equal_their_math():
+    m = cam_net()
+    e = refcam.explain(m, X, "fem", k=1.0)
+    a = e.arrays["activations"]
+    np.testing.assert_array_equal(e.maps, M.fem(a, k=1.0))
+    e = refcam.explain(m, X, "randomcam", seed=5)
+    np.testing.assert_array_equal(e.arrays["random_weights"], M.random_weights(2, a.shape[1], seed=5, dtype=a.dtype))
+    np.testing.assert_array_equal(e.maps, M.randomcam(a, e.arrays["random_weights"]))
+    e = refcam.explain(m, X, "kpca_cam", kernel="rbf", gamma=0.5)
+    np.testing.assert_array_equal(e.maps, M.kpcacam(a, kernel="rbf", gamma=0.5))
+    assert e.targets is None
+
+
+def test_segeigencam_uses_the_target_gradients():
+    e = refcam.explain(cam_net(), X, "segeigencam", target=[1, 4])
+    g = e.arrays["gradients"][:, 0]
+    np.testing.assert_array_equal(e.maps, M.segeigencam(e.arrays["activations"], g))
+    # the GAP -> linear head: dy^c/dA^k = w^c_k / Z everywhere
+    head = refcam.onnx.load(cam_net()).linear_head(e.layer)
+    z = np.prod(e.maps.shape[1:])
+    np.testing.assert_allclose(g[0, :, 0, 0], head.weight[1] / z, rtol=1e-5)
+
+
+def test_dff_maps_concepts_and_concept_scores():
+    e = refcam.explain(cam_net(), X, "dff", n_components=3)
+    c, maps = M.dff(e.arrays["activations"], 3)
+    np.testing.assert_array_equal(e.maps, maps)
+    np.testing.assert_array_equal(e.arrays["concepts"], c)
+    head = refcam.onnx.load(cam_net()).linear_head(e.layer)
+    np.testing.assert_allclose(e.arrays["concept_scores"], c.T @ head.weight.T + head.bias, rtol=1e-6, atol=1e-6)
+    assert e.maps.shape == (2, 3, 12, 12)
+
+
+def test_option_errors():
+    with pytest.raises(InvalidArgumentError):
+        refcam.explain(cam_net(), X, "kpcacam", kernel="laplacian")
+    with pytest.raises(InvalidArgumentError):
+        refcam.explain(cam_net(), X, "fem", k=float("nan"))
+    with pytest.raises(InvalidArgumentError):
+        refcam.explain(cam_net(), X, "fem", target=1)          # class-agnostic
