@@ -60,3 +60,8 @@ from .factorization import *  # noqa: E402,F401,F403
 from .factorization import __all__ as _factorization_all  # noqa: E402
 
 __all__ += _factorization_all
+
+from .gradient_variants import *  # noqa: E402,F401,F403
+from .gradient_variants import __all__ as _gradient_variants_all  # noqa: E402
+
+__all__ += _gradient_variants_all
