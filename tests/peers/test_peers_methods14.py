@@ -244,3 +244,87 @@ def test_dff_explain_on_the_onnx_export(onnx_resnet):
     e = refcam.explain(onnx_resnet, x.numpy(), "dff", layer=H.ONNX_LAYER["resnet"], n_components=4)
     assert rel(e.arrays["concepts"], concepts) <= 1e-4          # ONNX vs torch activations (float32)
     assert rel(e.arrays["concept_scores"], outputs) <= 1e-4
+
+
+# ------------------------------------------------------------------------ SmoothGradCAMpp
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torchcam_smoothgradcampp_with_the_peers_noise(kind):
+    """torchcam's noise comes from torch's global generator: replay its draws (same seed, same
+    ``Normal(0, std).sample`` calls), take the gradients at the noisy inputs with autograd, and
+    apply refcam's math with the torchcam conventions (``first_order="last"``,
+    ``denominator="channel"``, ``eps=1e-8``, the last sample's activations)."""
+    import torchcam.methods as tm
+
+    pytest.importorskip("torchcam")
+    model = H.make_model(kind)
+    x = H.make_input()
+    layers = H.target_layers(model)
+    acts, _, _ = H.extract(model, layers, x, H.CLASSES)
+    n, std = 4, 0.3
+    with H._quiet(), tm.SmoothGradCAMpp(model, layers[0], num_samples=n, std=std,
+                                        input_shape=(3,) + H.INPUT_SIZE) as ex:
+        model(x)
+        torch.manual_seed(77)
+        peer = ex(class_idx=list(H.CLASSES))[0].detach().numpy()
+    torch.manual_seed(77)
+    dist = torch.distributions.normal.Normal(0, std)
+    noisy = [x + dist.sample(x.size()) for _ in range(n)]
+    per = [H.extract(model, layers, xm, H.CLASSES) for xm in noisy]
+    gs = np.stack([p[1][0] for p in per], axis=1)                      # (N, n, K, *S)
+    raw = rm.smoothgradcampp(acts[0], gs, first_order="last", denominator="channel", eps=1e-8,
+                             map_activations=per[-1][0][0])
+    ref = presets.postprocess(presets.get("torchcam", "gradcampp"), raw)
+    assert max_abs_error(ref, peer) <= FEAT_TOL
+
+
+# ------------------------------------------------------------------------------- FinerCAM
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_finercam(kind, alpha):
+    """pytorch-grad-cam FinerCAM (base GradCAM, default comparisons (1, 2, 3)) vs refcam: the seed
+    ∂S/∂y of the contrastive score, the layer gradient Σ_j s_j ∂y_j/∂A (autograd with that seed),
+    Grad-CAM on it."""
+    from pytorch_grad_cam import FinerCAM
+
+    model, x, layers, targets, a, g, logits = _setup(kind)
+    with H._quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cam = FinerCAM(model=model, target_layers=layers)
+        peer = cam(x, alpha=alpha)
+    main, comp = rm.finercam_classes(logits)
+    seed = rm.finercam_seed(logits, main, comp, alpha=alpha)
+    store = {}
+    h = layers[0].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        out = model(x)
+    finally:
+        h.remove()
+    (ga,) = torch.autograd.grad(out, store["a"], grad_outputs=torch.from_numpy(seed.astype(np.float32)))
+    ref = presets.postprocess(_pgc_conv("finercam"), rm.gradcam(a, ga.numpy()), H.INPUT_SIZE)
+    assert max_abs_error(ref, peer) <= UP_TOL
+
+
+# ----------------------------------------------------------------------------- aug_smooth
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_aug_smooth(kind):
+    """pytorch-grad-cam ``aug_smooth=True`` (ttach HorizontalFlip × Multiply(0.9, 1, 1.1)): refcam's
+    Grad-CAM on each augmented input (pgc post-processing), then :func:`refcam.math.aug_smooth`."""
+    from pytorch_grad_cam import GradCAM
+
+    model, x, layers, targets, *_ = _setup(kind)
+    with H._quiet(), GradCAM(model=model, target_layers=layers) as cam:
+        peer = cam(input_tensor=x, targets=targets, aug_smooth=True)
+    maps, flips = [], []
+    for flip in (False, True):          # ttach Compose: product in the order of the transforms
+        for factor in (0.9, 1.0, 1.1):
+            xa = torch.flip(x, dims=[-1]) if flip else x
+            xa = xa * factor
+            acts, grads, _ = H.extract(model, layers, xa, H.CLASSES)
+            maps.append(presets.compute("gradcam", "pytorch-grad-cam", activations=acts[0], gradients=grads[0],
+                                        input_size=H.INPUT_SIZE))
+            flips.append(flip)
+    ref = rm.aug_smooth(np.stack(maps), flips)
+    assert max_abs_error(ref, peer) <= UP_TOL
