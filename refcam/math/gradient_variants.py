@@ -257,7 +257,7 @@ def shapleycam_weights(gradients: Any, hvp: Any) -> np.ndarray:
     autograd.grad(grads, activations, grad_outputs=activations)``, weights ``mean(grads - 0.5 *
     hvp)``).  The paper's equation number was not verified.  ``hvp`` :math:`= H A` is the
     Hessian of :math:`y^c` w.r.t. the activations applied to the activations themselves
-    (:func:`refcam.autodiff.hvp`).
+    (:func:`refcam.autodiff.second_order.hvp`).
 
     Parameters
     ----------
