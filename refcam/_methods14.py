@@ -10,7 +10,7 @@ import numpy as np
 
 from . import math as M
 from .errors import ModelError
-from .methods import Context, Method, register_method
+from .methods import Context, Method, Need, register_method, register_need
 
 __all__: list[str] = []
 
@@ -92,3 +92,42 @@ register_method(Method(
     "Collins, Achanta & Süsstrunk, 2018, Deep Feature Factorization For Concept Discovery (ECCV 2018)",
     "Sect. 3, Eq. 1: A ≈ W H (NMF, non-negative), maps = rows of H, concepts = columns of W",
     dict(n_components=5, seed=0, max_iter=200, tol=1e-4, concept_scores=True), targeted=False))
+
+
+# ------------------------------------------------------------------------------ ShapleyCAM
+def provide_hessian_vector_products(ctx: Context) -> np.ndarray:
+    r""":math:`H A = \frac{\partial^2 y^c}{\partial A^2} A` at the layer, ``(N, T, K, *S)`` (dtype of the
+    activations), from refcam's own engine (:func:`refcam.autodiff.second_order.hvp`, reverse
+    over reverse); also fills the ``gradients`` need :math:`\partial y^c/\partial A` from the same
+    run.  Targets: class indices (one run per target column) or an
+    :class:`~refcam.onnx.OnnxTarget` (e.g. ``softmax_probability``)."""
+    from .autodiff.second_order import hvp
+    from .onnx import OnnxTarget
+
+    a = ctx.need("activations")
+    if isinstance(ctx.targets.shared, OnnxTarget):
+        runs = [hvp(ctx.model, ctx.inputs, wrt=ctx.layer.name, target=ctx.targets.shared)]
+    else:
+        cls = ctx.targets.classes
+        if cls is None:
+            from .errors import TargetError
+
+            raise TargetError("target: ShapleyCAM needs class indices or a refcam.onnx.OnnxTarget")
+        runs = [hvp(ctx.model, ctx.inputs, wrt=ctx.layer.name, target=cls[:, t]) for t in range(cls.shape[1])]
+    ctx.arrays.setdefault("gradients", np.stack([r.gradients for r in runs], axis=1).astype(a.dtype, copy=False))
+    return np.stack([r.hvp for r in runs], axis=1).astype(a.dtype, copy=False)
+
+
+def _shapleycam(ctx: Context, t: int) -> np.ndarray:
+    h = ctx.need("hessian_vector_products")[:, t]        # first: fills the gradients too
+    return M.shapleycam(ctx.need("activations"), ctx.need("gradients")[:, t], h, relu=ctx.options["relu"])
+
+
+register_need(Need("hessian_vector_products", provide_hessian_vector_products,
+                   "H A = ∂²y^c/∂A² · A at the layer (N, T, K, *S), reverse over reverse"))
+register_method(Method(
+    "shapleycam", ("activations", "hessian_vector_products", "gradients"), M.shapleycam, _shapleycam,
+    "Cai & Shi, 2025, CAMs as Shapley Value-based Explainers (arXiv:2501.06261)",
+    "w^c_k = (1/Z) Σ_ij (∂y^c/∂A^k_ij − ½ (H A)^k_ij), L = ReLU(Σ_k w^c_k A^k) (as pytorch-grad-cam "
+    "shapley_cam.py; equation number not verified)",
+    dict(relu=True)))

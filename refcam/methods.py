@@ -34,7 +34,8 @@ Gradient needs are provided by :mod:`refcam._gradient` (the gradient floor
 >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
 ['ablationcam', 'cam', 'deconvnet', 'dff', 'eigencam', 'eigengradcam', 'fem', 'fullgrad', 'gradcam',
  'gradcam_elementwise', 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam', 'integrated_gradients', 'iscam',
- 'kpcacam', 'layercam', 'randomcam', 'saliency', 'scorecam', 'segeigencam', 'smoothgrad', 'sscam', 'xgradcam']
+ 'kpcacam', 'layercam', 'randomcam', 'saliency', 'scorecam', 'segeigencam', 'shapleycam', 'smoothgrad', 'sscam',
+ 'xgradcam']
 >>> METHODS["cam"].needs
 ('activations', 'class_weights')
 """

@@ -52,3 +52,37 @@ def test_option_errors():
         refcam.explain(cam_net(), X, "fem", k=float("nan"))
     with pytest.raises(InvalidArgumentError):
         refcam.explain(cam_net(), X, "fem", target=1)          # class-agnostic
+
+
+def test_shapleycam_logit_target_on_a_relu_net_is_gradcam():
+    # ReLU features + GAP -> linear head, logit target: y is linear in A, H A = 0 exactly
+    e = refcam.explain(cam_net(), X, "shapleycam", target=[1, 4])
+    assert np.abs(e.arrays["hessian_vector_products"]).max() == 0
+    np.testing.assert_array_equal(e.maps, refcam.explain(cam_net(), X, "gradcam", target=[1, 4]).maps)
+
+
+def test_shapleycam_softmax_target_closed_form_hessian():
+    """GAP -> linear head z = W gap(A) + b, score p_c = softmax(z)_c: in closed form
+    H_z = p_c [(e_c - p)(e_c - p)^T - (diag p - p p^T)] and, gap being linear (1/Z),
+    (H A)^k_ij = (W^T H_z W gap(A))_k / Z at every position."""
+    from refcam.onnx import softmax_probability
+
+    e = refcam.explain(cam_net(), X.astype(np.float32), "shapleycam", target=softmax_probability([1, 4]))
+    a = e.arrays["activations"].astype(np.float64)
+    head = refcam.onnx.load(cam_net()).linear_head(e.layer)
+    w = head.weight.astype(np.float64)
+    z_sp = a.shape[2] * a.shape[3]
+    gap = a.mean(axis=(2, 3))
+    zl = gap @ w.T + head.bias
+    p = np.exp(zl - zl.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    for n, c in enumerate([1, 4]):
+        d = np.eye(len(p[n]))[c] - p[n]
+        hz = p[n, c] * (np.outer(d, d) - (np.diag(p[n]) - np.outer(p[n], p[n])))
+        ha = (w.T @ hz @ w @ gap[n]) / z_sp
+        gk = (w.T @ (p[n, c] * d)) / z_sp
+        np.testing.assert_allclose(e.arrays["hessian_vector_products"][n, 0, :, 0, 0], ha, rtol=2e-4,
+                                   atol=2e-4 * np.abs(ha).max())
+        np.testing.assert_allclose(e.arrays["gradients"][n, 0, :, 0, 0], gk, rtol=2e-4, atol=2e-4 * np.abs(gk).max())
+    g = e.arrays["gradients"][:, 0]
+    np.testing.assert_array_equal(e.maps, M.shapleycam(e.arrays["activations"], g, e.arrays["hessian_vector_products"][:, 0]))
