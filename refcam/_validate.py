@@ -87,6 +87,13 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def nonnegative_int(value: Any, name: str) -> int:
+    """Require a non-negative Python/NumPy integer (bools refused), e.g. a random seed."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidArgumentError(name, value, "a non-negative integer")
+    return int(value)
+
+
 def nonnegative_float(value: Any, name: str) -> float:
     """Require a finite real number >= 0."""
     try:

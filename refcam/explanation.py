@@ -17,28 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
+from . import _forward, _gradient  # noqa: F401  (the providers register their needs)
 from . import math as M
-from .math.gradients import INTEGRATION_RULES, SALIENCY_REDUCTIONS
 from .errors import InvalidArgumentError
-from .methods import Context, Method, get_method
+from .methods import get_method
 from .onnx import LayerInfo, Model, load, resolve_targets
+from .registry import Context
 
 __all__ = ["Explanation", "explain"]
-
-_UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
-_CHOICES = {
-    "upsample_mode": _UPSAMPLE_MODES,
-    "score": ("logit", "probability"),
-    "variant": ("plain", "noise", "integrate"),
-    "sign": ("sum", "max-abs", "none"),
-    "mask_order": ("upsample-then-normalize", "normalize-then-upsample"),
-    "scales": ("accumulated", "linear"),
-    "gradient_source": ("vjp", "fd", "exported"),
-    "fd_mode": ("auto", "channel", "full"),
-    "reduce": SALIENCY_REDUCTIONS,
-    "rule": INTEGRATION_RULES,
-}
 
 
 @dataclass
@@ -79,53 +65,6 @@ class Explanation:
         return M.upsample(self.maps, self.input_size, mode)
 
 
-def _options(meth: Method, given: dict) -> dict:
-    allowed = set(meth.defaults)
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise InvalidArgumentError(
-            unknown[0],
-            given[unknown[0]],
-            f"no such option for {meth.name!r}; options: {', '.join(sorted(allowed)) or 'none'}",
-        )
-    opts = {**meth.defaults, **given}
-    for key, choices in _CHOICES.items():
-        if key in opts:
-            V.choice(opts[key], key, choices)
-    if (
-        "masked_scores" in meth.needs
-        and "baseline" in opts
-        and opts["baseline"] not in (None, "zeros", "input")
-    ):
-        raise InvalidArgumentError("baseline", opts["baseline"], "None, 'zeros' or 'input'")
-    for key in ("relu", "softmax", "center", "square"):
-        if key in opts and not isinstance(opts[key], (bool, np.bool_)):
-            raise InvalidArgumentError(key, opts[key], "True or False")
-    for key in ("n_samples", "n_steps"):
-        if key in opts:
-            V.positive_int(opts[key], key)
-    if opts.get("gradient_source") == "exported" and not isinstance(
-        opts.get("gradient_output"), str
-    ):
-        raise InvalidArgumentError(
-            "gradient_output",
-            opts.get("gradient_output"),
-            "the name of the model output holding ∂y^c/∂A (gradient_source='exported')",
-        )
-    for key in ("sigma", "mask_eps", "noise_level", "eps"):
-        if key in opts:
-            V.nonnegative_float(opts[key], key)
-    if "ablation_value" in opts:
-        v = opts["ablation_value"]
-        if (
-            isinstance(v, (bool, np.bool_))
-            or not isinstance(v, (int, float, np.floating, np.integer))
-            or not np.isfinite(v)
-        ):
-            raise InvalidArgumentError("ablation_value", v, "a finite real number")
-    return opts
-
-
 def explain(
     model: Any,
     inputs: Any,
@@ -161,13 +100,10 @@ def explain(
     batch_size, memory_budget : chunking of every model run (see :meth:`refcam.onnx.Model.run`).
     progress : tqdm bar for the perturbation loops (``None``: only on a terminal).
     layout : model layout when ``model`` is not already a :class:`Model`.
-    **options : the method's options (``relu``, ``upsample_mode``, ``mask_order``, ``mask_eps``
-        (see :func:`refcam.math.scorecam_masks`), ``score``, ``softmax``,
-        ``baseline``, ``n_samples``, ``sigma``, ``seed``, ``ablation_value``, ``center``, ``sign``;
-        gradient methods: ``gradient_source`` (``"vjp"``, ``"fd"``, ``"exported"``, see
-        :mod:`refcam._gradient`), ``fd_mode``, ``gradient_output``, ``eps``, ``reduce``,
-        ``noise_level``, ``square``, ``n_steps``, ``rule``, ``upsample_mode``);
-        see ``METHODS[name].defaults``.
+    **options : the method's options, as declared in :mod:`refcam.methods` (``refcam methods``
+        lists them; ``METHODS[name].options``): an unknown name or a value its
+        :class:`~refcam.registry.Option` refuses raises
+        :class:`~refcam.errors.InvalidArgumentError`.
 
     Returns
     -------
@@ -184,7 +120,8 @@ def explain(
     """
     meth = get_method(method)
     m: Model = load(model) if layout is None else load(model, layout=layout)
-    opts = _options(meth, options)
+    meth.check_needs()
+    opts = meth.resolve(options)
     x = m.check_inputs(inputs)
     if meth.layered:
         li = m.spatial_layer(layer)

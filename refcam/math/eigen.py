@@ -22,9 +22,10 @@ import numpy as np
 from .. import _validate as _v
 from .blocks import _flag, _maps_and_gradients, _maybe_relu
 
-__all__ = ["eigencam", "eigengradcam"]
+__all__ = ["SIGN_RULES", "eigencam", "eigengradcam"]
 
-_SIGN_RULES = ("sum", "max-abs", "none")
+#: ``sign`` rules of the first singular vector (see the module docstring).
+SIGN_RULES = ("sum", "max-abs", "none")
 
 
 def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
@@ -130,7 +131,7 @@ def eigencam(
     array([[[5., 0.]]])
     """
     x = _v.feature_maps(activations, "activations")
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     m = _first_component(x, _flag(center, "center"), sign)
     return _maybe_relu(m, relu)
 
@@ -167,6 +168,6 @@ def eigengradcam(
     array([[[5., 0.]]])
     """
     a, g = _maps_and_gradients(activations, gradients)
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     m = _first_component(a * g, _flag(center, "center"), sign)
     return _maybe_relu(m, relu)

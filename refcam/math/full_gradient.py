@@ -31,7 +31,7 @@ from .._validate import as_float_array, check_ndim, check_same_shape, choice, no
 from ..errors import InvalidArgumentError, ShapeError
 from .post import UPSAMPLE_MODES, normalize, upsample
 
-__all__ = ["bias_gradient", "batchnorm_bias", "full_gradient_sum", "fullgrad"]
+__all__ = ["FULLGRAD_NORMALIZE_OVER", "bias_gradient", "batchnorm_bias", "full_gradient_sum", "fullgrad"]
 
 FULLGRAD_NORMALIZE_OVER = ("layer", "channel")
 _NCS = "(N, C, *S): batch, channels, spatial axes"

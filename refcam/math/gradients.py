@@ -25,6 +25,8 @@ from .._validate import (
 from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = [
+    "INTEGRATION_RULES",
+    "SALIENCY_REDUCTIONS",
     "channel_max_saliency",
     "saliency",
     "guided_gradcam",
