@@ -64,6 +64,16 @@ def feature_maps(x: Any, name: str = "activations") -> np.ndarray:
     return arr
 
 
+def images(x: Any, name: str = "inputs") -> np.ndarray:
+    """Validate an input-like array (inputs, input gradients) of layout (N, C, *S), every axis
+    non-empty."""
+    arr = as_float_array(x, name)
+    check_ndim(arr, name, min_ndim=3, layout="(N, C, *S): batch, channels and at least one spatial axis")
+    if any(s == 0 for s in arr.shape):
+        raise ShapeError(name, arr.shape, "(N, C, *S) with every axis non-empty")
+    return arr
+
+
 def maps(x: Any, name: str = "maps") -> np.ndarray:
     """Validate a batch of maps of layout (N, *S) with at least one spatial axis."""
     arr = as_float_array(x, name)

@@ -320,7 +320,7 @@ def _size(input_size: Any, n_spatial: int, name: str = "input_size") -> tuple[in
 def _gradcampp_g2(a: np.ndarray, g: np.ndarray, relu: bool) -> np.ndarray:
     # torchcam 0.5.0 GradCAMpp (gradient.py:192-206): ``alpha[mask].div_(...)`` divides a copy
     # made by boolean indexing, so alpha stays g^2 and w_k = sum_ij g^2 relu(g).
-    # TODO(lead): no math-floor function computes this non-paper weight; it is built here from
+    # No math-floor function computes this non-paper weight: it is built here from
     # refcam.math.relu and refcam.math.weighted_sum only.
     axes = tuple(range(2, g.ndim))
     w = np.sum(g * g * _m.relu(g), axis=axes)
@@ -572,7 +572,7 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
             # layer, *before* resampling; then max.  refcam.math.fuse("tanh-max") divides by
             # max|m| again (exact LayerCAM Eq. 9), which differs from torchcam by up to ~1e-4
             # when a layer's range is small (its +1e-8 keeps the max below 1).
-            # TODO(lead): a fuse(..., prescaled=True) keyword would let this use the math floor.
+            # (a fuse(..., prescaled=True) keyword would let this use the math floor)
             out = [np.tanh(m.dtype.type(2.0) * m) for m in out]
         out = [m if m.shape[1:] == common else _m.upsample(m, common, "linear") for m in out]
         if conv.renormalize_eps is not None:        # pytorch-grad-cam re-applies the ReLU

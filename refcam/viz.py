@@ -458,13 +458,12 @@ def saliency_grid(
 def _softmax_top(outputs_row: Any, k: int) -> list[tuple[int, float]]:
     """The ``k`` most probable classes of one output row, ``(class, p)`` highest first.
 
-    .. math:: p_c = \\exp(y^c - m) / \\sum_{c'} \\exp(y^{c'} - m), \\quad m = \\max_{c'} y^{c'}
-
-    Ties are broken by the lower class index.
+    ``p`` = :func:`refcam.math.softmax` of the row (float64).  Ties are broken by the lower class
+    index.
     """
-    z = np.asarray(outputs_row, dtype=np.float64).ravel()
-    e = np.exp(z - z.max())
-    p = e / e.sum()  # the sum is >= 1 (the max term is exp(0)): no guard needed
+    from .math import softmax
+
+    p = softmax(np.asarray(outputs_row, dtype=np.float64).ravel())
     order = np.argsort(-p, kind="stable")[:k]
     return [(int(c), float(p[c])) for c in order]
 

@@ -16,7 +16,7 @@ import numpy as np
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _channel_vector, _flag, _maybe_relu, _weighted_sum
-from .post import UPSAMPLE_MODES, _normalize, normalize, upsample
+from .post import UPSAMPLE_MODES, normalize, normalize_validated, upsample
 from .post import softmax as _softmax
 
 __all__ = [
@@ -145,7 +145,7 @@ def scorecam_masks(
     def _s(x: np.ndarray, in_place: bool) -> np.ndarray:   # per-channel min-max, spatial axes
         flat = x.reshape((n * k,) + x.shape[2:])
         if in_place:  # x is a fresh contiguous array of ours: normalise it where it is
-            return _normalize(flat, "minmax", eps, out=flat).reshape(x.shape)
+            return normalize_validated(flat, "minmax", eps, out=flat).reshape(x.shape)
         return normalize(flat, "minmax", eps).reshape(x.shape)
 
     if order == "upsample-then-normalize":

@@ -183,13 +183,14 @@ def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
     if mode == "none" or x.ndim < 2 or 0 in x.shape:
         x = _maps(maps, "maps")  # full validation (raises on a bad shape / non-finite input)
         return x.copy()
-    return _normalize(x, mode, eps, maps)
+    return normalize_validated(x, mode, eps, maps)
 
 
-def _normalize(x: np.ndarray, mode: str, eps: float, original: Any = None, out: np.ndarray | None = None
+def normalize_validated(x: np.ndarray, mode: str, eps: float, original: Any = None, out: np.ndarray | None = None
                ) -> np.ndarray:
     """Kernel of :func:`normalize` for a float array of shape ``(N, *S)`` and a validated ``mode`` /
-    ``eps``; ``out=x`` normalises in place (callers that own ``x``)."""
+    ``eps``; ``out=x`` normalises in place (callers that own ``x``).  Internal to the math floor
+    (not in ``__all__``): the Score-CAM masks (:func:`refcam.math.scorecam_masks`) use it."""
     # One pass each for min and max; the finiteness check reads them (a NaN or Inf anywhere shows
     # up in a per-sample min or max) instead of scanning the maps once more.
     axes = _spatial_axes(x.ndim)
