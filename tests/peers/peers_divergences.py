@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import peers_harness as H
+from . import peers_harness as H
 from refcam import math as rm
 from refcam import presets
 
