@@ -235,7 +235,10 @@ def _ablationcam(ctx: Context, t: int) -> np.ndarray:
     math=M.eigencam,
     paper="Muhammad & Yeasin, 2020, Eigen-CAM: Class Activation Map using Principal Components",
     equation="L = O v_1 (projection on the first right singular vector)",
-    options=(relu(False), CENTER, SIGN),
+    options=(
+        relu(False), CENTER, SIGN,
+        Option("component", 1, positive_int, "v_c projected on: 1 = the paper's first direction"),
+    ),
     targeted=False,
 )
 def _eigencam(ctx: Context, t: int) -> np.ndarray:

@@ -508,3 +508,12 @@ def test_explanation_arrays_reproduce_maps_exactly():
     for t in range(2):
         np.testing.assert_array_equal(e.maps[:, t], M.cam(a, e.arrays["class_weights"][:, t]))
     assert e.options == {"relu": False} and e.method == "cam" and e.input_size == (16, 16)
+
+
+def test_eigencam_component_option_reaches_the_math():
+    x = _x("cam", 2)
+    e = refcam.explain(cam_net(), x, "eigencam", component=2)
+    np.testing.assert_array_equal(e.maps, M.eigencam(e.arrays["activations"], component=2))
+    assert not np.allclose(e.maps, refcam.explain(cam_net(), x, "eigencam").maps)
+    with pytest.raises(InvalidArgumentError, match="component"):
+        refcam.explain(cam_net(), x, "eigencam", component=0)
