@@ -65,6 +65,26 @@ class Explanation:
         return M.upsample(self.maps, self.input_size, mode)
 
 
+def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -> bool:
+    """Whether one VJP session run can give the outputs, the layer's activations and its
+    gradients: a layer-gradient method with ``gradient_source="vjp"``, and a target the VJP graph
+    seeds (class indices of a classifier output, ``TopK``, or an ``OnnxTarget``).  Otherwise the
+    outputs come from a forward run first (callable targets, finite differences, ...)."""
+    from .onnx import OnnxTarget, TopK
+
+    if layer is None or "gradients" not in meth.needs or opts.get("gradient_source") != "vjp":
+        return False
+    if isinstance(target, OnnxTarget):
+        return True
+    if callable(target) or (isinstance(target, (list, tuple)) and any(callable(t) for t in target)):
+        return False
+    out = model.value_info.get(model.output_name)
+    shape = out.type.tensor_type.shape if out is not None and out.type.tensor_type.HasField("shape") else None
+    classifier = shape is not None and len(shape.dim) == 2
+    return classifier and (target is None or isinstance(target, (int, np.integer, TopK, list, tuple,
+                                                                   np.ndarray)))
+
+
 def explain(
     model: Any,
     inputs: Any,
@@ -131,19 +151,28 @@ def explain(
         )
     else:
         li = None
-    layers = [li] if li is not None else []
-    fw = m.forward(x, layers, batch_size=batch_size, memory_budget=memory_budget, checked=True)
-    if meth.targeted:
-        targets = resolve_targets(target, fw.outputs)
-    elif target is not None:
+    if not meth.targeted and target is not None:
         raise InvalidArgumentError("target", target, f"None: {meth.name!r} is class-agnostic")
+    arrays: dict = {}
+    if _one_vjp_run(meth, opts, m, li, target):
+        # outputs, activations and gradients from the one VJP session run (forward + backward)
+        from .autodiff import gradients
+
+        r = gradients(m, x, wrt=li.name, target=target, batch_size=batch_size)
+        outputs = r.outputs
+        arrays["activations"] = r.activations[li.name]
+        arrays["gradients"] = r.gradients[li.name].astype(arrays["activations"].dtype, copy=False)
     else:
-        targets = None
+        layers = [li] if li is not None else []
+        fw = m.forward(x, layers, batch_size=batch_size, memory_budget=memory_budget, checked=True)
+        outputs = fw.outputs
+        if li is not None:
+            arrays["activations"] = fw.activations[li.name]
+    targets = resolve_targets(target, outputs) if meth.targeted else None
     ctx = Context(
-        m, x, li, fw.outputs, targets, opts, batch_size, memory_budget, progress, method=meth.name
+        m, x, li, outputs, targets, opts, batch_size, memory_budget, progress, arrays,
+        method=meth.name,
     )
-    if li is not None:
-        ctx.arrays["activations"] = fw.activations[li.name]
     n_t = targets.n_targets if targets is not None else 1
     maps = [meth.compute(ctx, t) for t in range(n_t)]
     out = maps[0] if n_t == 1 else np.stack(maps, axis=1)
@@ -154,7 +183,7 @@ def explain(
         layer=li,
         targets=None if targets is None else targets.classes,
         scores=scores,
-        outputs=fw.outputs,
+        outputs=outputs,
         options=opts,
         arrays=ctx.arrays,
         input_size=m.input_spatial_shape(x),
