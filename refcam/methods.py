@@ -46,7 +46,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import math as M
-from .registry import (
+from .registry import (  # noqa: F401  (Need: re-exported for `from refcam.methods import ...`)
     METHODS,
     NEEDS,
     Context,
@@ -58,7 +58,6 @@ from .registry import (
     finite_real,
     get_method,
     method,
-    need,
     nonnegative,
     nonnegative_int,
     one_of,
@@ -69,19 +68,7 @@ from .registry import (
     unchecked,
 )
 
-__all__ = [
-    "METHODS",
-    "NEEDS",
-    "Context",
-    "Method",
-    "Need",
-    "Option",
-    "get_method",
-    "method",
-    "need",
-    "register_method",
-    "register_need",
-]
+__all__ = ["METHODS", "NEEDS", "get_method", "register_method", "register_need"]
 
 
 # ---------------------------------------------------------------------------- the options
@@ -190,29 +177,32 @@ def _sampled(fn: Callable, scores: str) -> Callable[[Context, int], np.ndarray]:
     return compute
 
 
-_LOGIT_SOFTMAX = (SCORE.but("logit"), SOFTMAX.but(True))
-register_method(Method(
-    name="sscam",
-    needs=("activations", "noisy_masked_scores"),
-    math=M.sscam,
-    compute=_sampled(M.sscam, "noisy_masked_scores"),
-    paper="Wang, Naidu, Michael & Kundu, 2020, SS-CAM: Smoothed Score-CAM for Sharper Visual "
-    "Feature Localization",
-    equation="α^c_k = softmax_k((1/n) Σ_m f^c(X ∘ (H^k + δ_m))), δ_m ~ N(0, σ²) "
-    "(refcam.math.sscam_masks, sscam_weights)",
-    options=(*MASK_OPTIONS[:3], *_LOGIT_SOFTMAX, *MASK_OPTIONS[5:], N_SAMPLES, STD, SEED),
-))
-register_method(Method(
-    name="iscam",
-    needs=("activations", "scaled_masked_scores"),
-    math=M.iscam,
-    compute=_sampled(M.iscam, "scaled_masked_scores"),
-    paper="Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, IS-CAM: Integrated Score-CAM for "
-    "axiomatic-based explanations",
-    equation="α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ γ_i H^k)), γ_i = Σ_{j=1}^{i} j/n (Algorithm 1, "
-    "accumulated mask, as torchcam's code; refcam.math.iscam_scales)",
-    options=(*MASK_OPTIONS[:3], *_LOGIT_SOFTMAX, *MASK_OPTIONS[5:], N_STEPS, ISCAM_SCHEDULE),
-))
+# SS-CAM and IS-CAM: the Score-CAM options with logit scores and the channel softmax (torchcam)
+_SAMPLED_MASK_OPTIONS = (*MASK_OPTIONS[:3], SCORE.but("logit"), SOFTMAX.but(True), *MASK_OPTIONS[5:])
+for _fn, _need, _paper, _eq, _options in [
+    (
+        M.sscam,
+        "noisy_masked_scores",
+        "Wang, Naidu, Michael & Kundu, 2020, SS-CAM: Smoothed Score-CAM for Sharper Visual "
+        "Feature Localization",
+        "α^c_k = softmax_k((1/n) Σ_m f^c(X ∘ (H^k + δ_m))), δ_m ~ N(0, σ²) "
+        "(refcam.math.sscam_masks, sscam_weights)",
+        (N_SAMPLES, STD, SEED),
+    ),
+    (
+        M.iscam,
+        "scaled_masked_scores",
+        "Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, IS-CAM: Integrated Score-CAM for "
+        "axiomatic-based explanations",
+        "α^c_k = softmax_k((1/n) Σ_i f^c(X ∘ γ_i H^k)), γ_i = Σ_{j=1}^{i} j/n (Algorithm 1, "
+        "accumulated mask, as torchcam's code; refcam.math.iscam_scales)",
+        (N_STEPS, ISCAM_SCHEDULE),
+    ),
+]:
+    register_method(Method(
+        name=_fn.__name__, needs=("activations", _need), math=_fn, compute=_sampled(_fn, _need),
+        paper=_paper, equation=_eq, options=(*_SAMPLED_MASK_OPTIONS, *_options),
+    ))
 
 
 @method(
