@@ -157,7 +157,8 @@ def _baseline_score(ctx: Context, t: int) -> np.ndarray | None:
     math=M.scorecam,
     paper="Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu, 2020, Score-CAM: Score-Weighted "
     "Visual Explanations for Convolutional Neural Networks",
-    equation="Definitions 1-2: α^c_k = f^c(X ∘ H^k) − f^c(X_b), L = ReLU(Σ_k α^c_k A^k)",
+    equation="Definitions 4-5, eqs. 6, 9-10: α^c_k = f^c(X ∘ H^k) − f^c(X_b), "
+    "L = ReLU(Σ_k α^c_k A^k)",
     options=MASK_OPTIONS,
 )
 def _scorecam(ctx: Context, t: int) -> np.ndarray:
@@ -209,7 +210,7 @@ for _fn, _need, _paper, _eq, _options in [
     "ablationcam",
     needs=("activations", "ablated_scores", "ablation_base_scores"),
     math=M.ablationcam,
-    paper="Ramaswamy & Desai, 2020, Ablation-CAM: Visual Explanations for Deep Convolutional "
+    paper="Desai & Ramaswamy, 2020, Ablation-CAM: Visual Explanations for Deep Convolutional "
     "Network via Gradient-free Localization",
     equation="w^c_k = (y^c − y^c_k) / y^c, L = ReLU(Σ_k w^c_k A^k)",
     options=(relu(True), ABLATION_VALUE),
