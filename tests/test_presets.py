@@ -320,3 +320,31 @@ def test_cli_explain_preset_every_method(preset, tmp_path, capsys):
                          input_size=(12, 12))
         got = np.stack([np.load(tmp_path / f"b_{i}_scorecam_{preset}.npy") for i in range(2)])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pgc_ablation_value_through_explain():
+    # layer "gap" (N, 6, 1, 1) > 0, then Flatten -> Gemm: pytorch-grad-cam's value min - j*1e7
+    # enters a linear head, computed here in NumPy from the graph's initializers
+    import refcam
+    from onnx import numpy_helper
+    from refcam.onnx.toy_models import cam_net
+
+    x = np.random.default_rng(3).random((2, 3, 12, 12), dtype=np.float32)
+    proto = cam_net()
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    w, b = init["fc.weight"].astype(np.float64), init["fc.bias"].astype(np.float64)
+    opts = P.explain_options(("pytorch-grad-cam", "ablationcam"))
+    e = refcam.explain(proto, x, "ablationcam", layer="gap", target=[1, 4], **opts)
+    a = e.arrays["activations"]
+    assert (a.reshape(2, -1).min(axis=1) > 0).all()
+    v = rm.ablation_values(a, "pgc")
+    assert (v < -1e6).all()
+    want = np.empty((2, a.shape[1]))
+    for s, c in enumerate((1, 4)):
+        for k in range(a.shape[1]):
+            ak = a[s].reshape(-1).astype(np.float64)
+            ak[k] = v[s, k]
+            want[s, k] = w[c] @ ak + b[c]
+    np.testing.assert_allclose(e.arrays["ablated_scores"][:, 0], want, rtol=1e-5)
+    zero = refcam.explain(proto, x, "ablationcam", layer="gap", target=[1, 4])
+    assert not np.allclose(zero.arrays["ablated_scores"], e.arrays["ablated_scores"])
