@@ -275,7 +275,7 @@ def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespac
     if args.size is not None and fixed is not None and args.size != fixed:
         raise UsageError(
             f"--size: got {args.size}, but the model input {lm.model.input_name!r} has the fixed "
-            f"shape {lm.model.input_shape}; omit --size (or pass --size {fixed})"
+            f"shape {_fmt_shape(lm.model.input_shape)}; omit --size (or pass --size {fixed})"
         )
     try:
         return _images.load_inputs(
@@ -817,20 +817,25 @@ def _import_target(spec: str):
     return fn
 
 
+def _missing_hypothesis(exc: ImportError):
+    """Re-raise ``exc``, or, when it is hypothesis that is missing, say so and how to install it."""
+    if (exc.name or "").split(".")[0] != "hypothesis":
+        raise exc
+    from .errors import RefcamError
+
+    raise RefcamError(
+        "refcam check generates its test arrays with hypothesis, which is not installed; "
+        "run `pip install hypothesis` (or `pip install 'refcam[testing]'`)"
+    ) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     import numpy as np
 
     try:
         from . import conformance
     except ImportError as exc:
-        if (exc.name or "").split(".")[0] != "hypothesis":
-            raise
-        from .errors import RefcamError
-
-        raise RefcamError(
-            "refcam check generates its test arrays with hypothesis, which is not installed; "
-            "run `pip install hypothesis` (or `pip install 'refcam[testing]'`)"
-        ) from None
+        _missing_hypothesis(exc)
 
     if args.method not in conformance.METHOD_ARGUMENTS:
         raise UsageError(
@@ -847,17 +852,20 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"--input-size: got {args.input_size!r}, expected H,W (two positive integers)"
             )
     fn = _import_target(args.function)
-    report = conformance.check(
-        fn,
-        args.method,
-        preset=args.preset,
-        input_size=size,
-        max_examples=args.max_examples,
-        atol=args.atol,
-        rtol=args.rtol,
-        dtype=np.float32 if args.float32 else np.float64,
-        seed=args.seed,
-    )
+    try:
+        report = conformance.check(
+            fn,
+            args.method,
+            preset=args.preset,
+            input_size=size,
+            max_examples=args.max_examples,
+            atol=args.atol,
+            rtol=args.rtol,
+            dtype=np.float32 if args.float32 else np.float64,
+            seed=args.seed,
+        )
+    except ImportError as exc:
+        _missing_hypothesis(exc)
     print(report)
     ok = report.matched(args.preset) if args.preset is not None else bool(report.matches)
     return 0 if ok else EXIT_ERROR
