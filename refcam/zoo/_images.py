@@ -28,8 +28,9 @@ Decoding conventions
 * **16-bit samples.**  Pillow's ``convert("RGB")`` clips 16-bit grey values (modes ``I;16*``,
   ``I``) to 255, which turns almost any 16-bit picture white.  Here a 16-bit value ``v`` in
   [0, 65535] becomes ``round(v / 257)`` in [0, 255] (65535 / 257 = 255 exactly), i.e. the same
-  brightness on the 8-bit scale the models were trained on; ``I`` images outside [0, 65535] and
-  floating-point ``F`` images have no known range and are refused.
+  brightness on the 8-bit scale the models were trained on (PNG/PNM ``I`` images are 16-bit
+  too).  32-bit integer ``I`` images of other formats (TIFF) and floating-point ``F`` images have
+  no known white level and are refused with :class:`~refcam.errors.InvalidArgumentError`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ __all__ = [
 #: 0x1950a86a20f9469cfc6c (``torch.serialization.MAGIC_NUMBER``).
 _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Formats whose mode-``I`` images hold 16-bit samples (Pillow opens 16-bit grey PNG/PNM as ``I``).
+_SIXTEEN_BIT_FORMATS = ("PNG", "PPM")
 
 #: Per-channel (mean, std) presets on the [0, 255] RGB scale: ``x' = (x - mean) / std``.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -161,16 +164,23 @@ def sniff(path: str | Path) -> str:
     return "unknown"
 
 
-def _to_8bit_rgb(im: Any, name: str) -> Any:
+def _to_8bit_rgb(im: Any, name: str, fmt: str | None) -> Any:
     from PIL import Image
 
+    if im.mode == "I" and fmt not in _SIXTEEN_BIT_FORMATS:
+        # a 32-bit integer image (TIFF ...): no known white level, so no safe 8-bit scale
+        raise InvalidArgumentError(
+            name,
+            f"a 32-bit integer image ({fmt or 'in memory'}, mode I)",
+            "8-bit or 16-bit samples (convert the image to 8-bit RGB)",
+        )
     if im.mode in _SIXTEEN_BIT_MODES or im.mode == "I":
         a = np.asarray(im).astype(np.int64)
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise InvalidArgumentError(
                 name,
-                f"a 32-bit integer image with values in [{a.min()}, {a.max()}]",
-                "8-bit or 16-bit samples (convert the image to 8-bit RGB)",
+                f"16-bit samples in [{a.min()}, {a.max()}]",
+                "values in [0, 65535]",
             )
         # v in [0, 65535] -> round(v / 257) in [0, 255]; (2v + 257) // 514 rounds half up
         g = ((2 * a + 257) // 514).astype(np.uint8)
@@ -195,11 +205,11 @@ def open_image(source: Any, name: str = "image") -> Any:
     from PIL import Image, ImageOps
 
     if isinstance(source, Image.Image):
-        return _to_8bit_rgb(ImageOps.exif_transpose(source), name)
+        return _to_8bit_rgb(ImageOps.exif_transpose(source), name, source.format)
     try:
         with Image.open(source) as im:
             im.load()
-            return _to_8bit_rgb(ImageOps.exif_transpose(im), name)
+            return _to_8bit_rgb(ImageOps.exif_transpose(im), name, im.format)
     except InvalidArgumentError:
         raise
     except (OSError, ValueError) as exc:
