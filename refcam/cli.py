@@ -7,11 +7,26 @@ ImageNet, :mod:`refcam.zoo`) on the bundled photo of a cat and writes, into ``./
 * ``chelsea_<method>.png`` -- the overlay alone, pixel for pixel at the model's input size;
 * ``chelsea_<method>.npy`` -- the raw map at feature resolution (``Explanation.maps[i]``),
 
+* ``refcam-<hash>.json`` -- the run's manifest: inputs and model with their SHA-256, methods,
+  options, every output with its SHA-256, the refcam version (:mod:`refcam._outputs`),
+
 and prints the paths.  Every subcommand has ``--help``.
 
+Files: everything that can be checked without running the model is checked first (options, the
+output folder's writability, that no output would replace an input, which is refused); the
+outputs are then computed in memory, written to temporary names in the output folder and renamed
+together under a lock on the folder, so that an interrupted run leaves no truncated file and two
+runs writing to one folder never leave a mixture of their files.  Models and images are told
+apart by content, not by suffix; labels and preprocessing come from the model's
+``metadata_props`` when present (:func:`refcam.zoo.model_classes`,
+:func:`refcam.zoo.model_preprocessing`).  Image decoding lives in :mod:`refcam.zoo._images`,
+the figure in :func:`refcam.viz.explain_figure`.
+
 Exit codes: 0 success; 1 a :class:`refcam.errors.RefcamError` (unknown layer, unsupported op,
-bad target, a file that is not a model ...); 2 a usage error (bad option, missing file, unknown
-method); 130 interrupted.  Errors are one line on stderr; ``--debug`` shows the traceback instead.
+a class index out of range, a file that is not a model ...); 2 a usage error (bad option or option
+value, missing file, unknown method or class name, negative ``--target``, unwritable output folder,
+an output that would replace an input); 130 interrupted.  Errors are one line on stderr;
+``--debug`` shows the traceback instead.
 
 Extension hook
 --------------
@@ -943,7 +958,9 @@ def build_parser() -> argparse.ArgumentParser:
             "coffee, astronaut).\n\n"
             "Writes, per image, <stem>.png (figure with the top classes),\n"
             "<stem>_<method>.png (overlay at the model's input size) and <stem>_<method>.npy\n"
-            "(raw map at feature resolution), and prints their paths."
+            "(raw map at feature resolution), plus one refcam-<hash>.json manifest, and prints\n"
+            "their paths. An output never replaces an input (the run is refused), and the files\n"
+            "are written together at the end (no truncated or mixed sets)."
         ),
     )
     p.add_argument(
@@ -964,8 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-t",
         "--target",
-        help="class index or ImageNet class name (default: top-1); "
-        "comma-separated for one target per image",
+        help="class index >= 0 or class name, any synonym, case-insensitive (e.g. 'tabby cat'; "
+        "names from the model's metadata; default: top-1); comma-separated for one target per image",
     )
     p.add_argument(
         "-p",
