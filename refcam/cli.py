@@ -153,7 +153,11 @@ class _LoadedModel:
 
             self.full_classes = imagenet_classes(full=True)
         self.preprocessing = model_preprocessing(model)
-        self.sha256 = sha256 or _sha256(model.proto.SerializeToString())
+        if sha256 is None:  # the file's bytes (the in-memory proto may have a lowered IR version)
+            from ._outputs import file_sha256
+
+            sha256 = file_sha256(path) if path is not None else _sha256(model.proto.SerializeToString())
+        self.sha256 = sha256
         if self.classes is not None:
             n = _n_classes(model)
             if n is not None and n != len(self.classes):
