@@ -477,3 +477,29 @@ def test_onnx_without_suffix_is_sniffed(tmp_path, capsys):
     shutil.copy(zoo.sample_image_path("coffee"), tmp_path / "photo.onnx.bin")
     code, _, err = run(capsys, "explain", "toy:cam", tmp_path / "photo.onnx.bin", "-m", "cam", "-o", tmp_path / "o", "-q")
     assert code == 0, err
+
+
+def test_non_atomic_writes_commit_waits_for_the_folder_lock(tmp_path):
+    """The renames of a run wait while another run holds the folder: sets never interleave."""
+    import threading
+
+    from refcam._outputs import OutputSet, _folder_lock
+
+    s = OutputSet(tmp_path).prepare(["a.npy", "a.png"])
+    s.stage("a.npy", b"1")
+    s.stage("a.png", b"2")
+    started, done = threading.Event(), []
+
+    def commit():
+        started.set()
+        done.extend(s.commit())
+
+    with _folder_lock(tmp_path):
+        t = threading.Thread(target=commit)
+        t.start()
+        started.wait()
+        t.join(0.3)  # the commit cannot finish while the lock is held
+        assert t.is_alive() and not (tmp_path / "a.npy").exists() and not (tmp_path / "a.png").exists()
+    t.join()
+    assert [p.name for p in done] == ["a.npy", "a.png"]
+    assert (tmp_path / "a.npy").read_bytes() == b"1" and (tmp_path / "a.png").read_bytes() == b"2"
