@@ -241,10 +241,10 @@ class OutputSet:
                 os.unlink(tmp)
         self._staged = []
 
-    def __enter__(self) -> OutputSet:
+    def __enter__(self) -> OutputSet:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.abort()
 
 

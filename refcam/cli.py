@@ -156,7 +156,9 @@ class _LoadedModel:
         if sha256 is None:  # the file's bytes (the in-memory proto may have a lowered IR version)
             from ._outputs import file_sha256
 
-            sha256 = file_sha256(path) if path is not None else _sha256(model.proto.SerializeToString())
+            sha256 = (
+                file_sha256(path) if path is not None else _sha256(model.proto.SerializeToString())
+            )
         self.sha256 = sha256
         if self.classes is not None:
             n = _n_classes(model)
@@ -639,8 +641,12 @@ def _manifest(lm, items, results: list[_Computed], files, args) -> bytes:
     inputs = list(dict.fromkeys(it.source for it in items if it.source is not None))
     return manifest(
         inputs=inputs,
-        model={"spec": lm.spec, "label": lm.label, "path": None if lm.path is None else str(lm.path),
-               "sha256": lm.sha256},
+        model={
+            "spec": lm.spec,
+            "label": lm.label,
+            "path": None if lm.path is None else str(lm.path),
+            "sha256": lm.sha256,
+        },
         methods=[
             {
                 "name": r.method.name,

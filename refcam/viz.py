@@ -559,6 +559,7 @@ def save_png(obj: Any, path: str | os.PathLike | Any, *, dpi: float | None = Non
     from matplotlib.figure import Figure
 
     if isinstance(obj, Figure):
+
         def write(fh):
             obj.savefig(fh, format="png", dpi=dpi if dpi is not None else obj.dpi)
     elif isinstance(obj, (np.ndarray, list, tuple)):

@@ -69,12 +69,12 @@ def test_inputs_overwritten(tmp_path, capsys, monkeypatch):
     shutil.copy(zoo.sample_image_path("coffee"), tmp_path / "cup.png")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "explain", "cat.png", "cup.png", "-o", ".")
+    code, _, err = run(capsys, "explain", "cat.png", "cup.png", "-o", ".")
     assert code == 2, err
     assert "would overwrite the input" in err and "cat.png" in err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
     # the same run into another folder works
-    code, out, err = run(capsys, "explain", "cat.png", "cup.png", "-m", "cam", "-o", "maps", "-q")
+    code, _, err = run(capsys, "explain", "cat.png", "cup.png", "-m", "cam", "-o", "maps", "-q")
     assert code == 0, err
     assert {"cat.png", "cup.png", "cat_cam.npy", "cup_cam.npy"} <= {
         p.name for p in (tmp_path / "maps").iterdir()
@@ -128,9 +128,8 @@ def test_non_atomic_writes_interrupted_inside_a_file(tmp_path):
     mp = pytest.MonkeyPatch()
     mp.setattr(os, "fsync", failing_fsync)
     try:
-        with pytest.raises(OSError):
-            with s:
-                s.stage("a.npy", b"new" * 1000)
+        with pytest.raises(OSError), s:
+            s.stage("a.npy", b"new" * 1000)
     finally:
         mp.undo()
     assert calls and sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
@@ -207,8 +206,10 @@ def test_manifest_per_run(tmp_path, capsys):
     assert man["options"]["out"] == str(out)
     assert {o["name"] for o in man["outputs"]} == {"x.png", "x_cam.npy", "x_cam.png"}
     for o in man["outputs"]:
-        assert _sha(out / o["name"]) == o["sha256"] and (out / o["name"]).stat().st_size == o["bytes"]
-    assert str(out / sorted(out.glob("refcam-*.json"))[0].name) in stdout.split()
+        assert (
+            _sha(out / o["name"]) == o["sha256"] and (out / o["name"]).stat().st_size == o["bytes"]
+        )
+    assert str(min(out.glob("refcam-*.json"))) in stdout.split()
 
 
 def _read_only_folder(tmp_path: Path) -> Path:
@@ -257,7 +258,9 @@ def test_16bit_png(tmp_path, capsys):
     np.testing.assert_array_equal(
         zoo.preprocess(tmp_path / "cat16.png"), zoo.preprocess(tmp_path / "cat8.png")
     )
-    code8, _, err8 = run(capsys, "explain", tmp_path / "cat8.png", "-m", "cam", "-o", tmp_path / "a")
+    code8, _, err8 = run(
+        capsys, "explain", tmp_path / "cat8.png", "-m", "cam", "-o", tmp_path / "a"
+    )
     code16, _, err16 = run(
         capsys, "explain", tmp_path / "cat16.png", "-m", "cam", "-o", tmp_path / "b"
     )
@@ -285,7 +288,10 @@ def test_exif_orientation(tmp_path, capsys):
         capsys, "explain", tmp_path / "sideways.jpg", "-m", "cam", "-o", tmp_path
     )
     assert code == 0, err_side
-    top1 = lambda err: err.split(":", 1)[1].split(",")[0].split("(")[0].strip()  # noqa: E731
+
+    def top1(err: str) -> str:
+        return err.split(":", 1)[1].split(",")[0].split("(")[0].strip()
+
     assert top1(err_side) == top1(err_up) != "Egyptian cat"
     # decoded upright: exactly the stored pixels turned 90 degrees clockwise
     from refcam.zoo import open_image
@@ -323,7 +329,12 @@ def test_target_names_substring(capsys, no_compute):
     """`-t cat` suggests the cats (words/substrings of the names), not "crate, oxcart, castle"."""
     code, _, err = run(capsys, "explain", "-t", "cat")
     assert code == 2, err
-    for cat in ("tabby, tabby cat (281)", "tiger cat (282)", "Persian cat (283)", "Egyptian cat (285)"):
+    for cat in (
+        "tabby, tabby cat (281)",
+        "tiger cat (282)",
+        "Persian cat (283)",
+        "Egyptian cat (285)",
+    ):
         assert cat in err
     assert "crate" not in err.split("classes containing it:")[1].split(";")[0][:200]
 
@@ -335,7 +346,8 @@ def test_target_names_synonym_and_case(tmp_path, capsys, default_model):
     assert "target: tabby (281)" in err
     x = zoo.preprocess(zoo.sample_image_path("chelsea"))
     np.testing.assert_array_equal(
-        np.load(tmp_path / "chelsea_cam.npy"), refcam.explain(default_model, x, "cam", target=281).maps[0]
+        np.load(tmp_path / "chelsea_cam.npy"),
+        refcam.explain(default_model, x, "cam", target=281).maps[0],
     )
 
 
@@ -365,12 +377,26 @@ def test_metadata_of_any_model(tmp_path, capsys):
         },
     )
     onnx.save(m, tmp_path / "toy.onnx")
-    code, _, err = run(capsys, "explain", tmp_path / "toy.onnx", "coffee", "-m", "cam", "-t", "dog", "-o", tmp_path / "o")
+    code, _, err = run(
+        capsys,
+        "explain",
+        tmp_path / "toy.onnx",
+        "coffee",
+        "-m",
+        "cam",
+        "-t",
+        "dog",
+        "-o",
+        tmp_path / "o",
+    )
     assert code == 0, err
     assert "target: dog (3)" in err and "class " not in err
-    x = zoo.preprocess(zoo.sample_image_path("coffee"), size=12, mean=(0, 0, 0), std=(255, 255, 255))
+    x = zoo.preprocess(
+        zoo.sample_image_path("coffee"), size=12, mean=(0, 0, 0), std=(255, 255, 255)
+    )
     np.testing.assert_array_equal(
-        np.load(tmp_path / "o" / "coffee_cam.npy"), refcam.explain(cam_net(), x, "cam", target=3).maps[0]
+        np.load(tmp_path / "o" / "coffee_cam.npy"),
+        refcam.explain(cam_net(), x, "cam", target=3).maps[0],
     )
 
 
@@ -438,7 +464,9 @@ def test_refcam_check_without_hypothesis(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "hypothesis", None)  # import hypothesis -> ImportError
     code, _, err = run(capsys, "check", f"{tmp_path / 'f.py'}:cam", "--method", "cam")
     assert code == 1 and err.count("\n") == 1, err
-    assert "hypothesis" in err and "pip install hypothesis" in err and "ModuleNotFoundError" not in err
+    assert (
+        "hypothesis" in err and "pip install hypothesis" in err and "ModuleNotFoundError" not in err
+    )
 
 
 def _fake_torch_files(folder: Path) -> list[Path]:
@@ -455,7 +483,12 @@ def _fake_torch_files(folder: Path) -> list[Path]:
 def test_pt_file_says_export_to_onnx(tmp_path, capsys, no_compute):
     """A PyTorch file is not "an unreadable image": say to export it to ONNX."""
     for pt in _fake_torch_files(tmp_path):
-        for argv in (["explain", pt, "chelsea"], ["explain", pt], ["explain", "toy:cam", pt], ["layers", pt]):
+        for argv in (
+            ["explain", pt, "chelsea"],
+            ["explain", pt],
+            ["explain", "toy:cam", pt],
+            ["layers", pt],
+        ):
             code, _, err = run(capsys, *argv)
             assert code == 2, (argv, err)
             assert "export it to ONNX (torch.onnx.export" in err and str(pt) in err, err
@@ -468,14 +501,34 @@ def test_onnx_without_suffix_is_sniffed(tmp_path, capsys):
     onnx.save(cam_net(), tmp_path / "model")
     x = np.random.default_rng(2).random((1, 3, 12, 12), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    code, _, err = run(capsys, "explain", tmp_path / "model", tmp_path / "x.npy", "-m", "cam", "-o", tmp_path / "o", "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        tmp_path / "model",
+        tmp_path / "x.npy",
+        "-m",
+        "cam",
+        "-o",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
     np.testing.assert_array_equal(
         np.load(tmp_path / "o" / "x_cam.npy"), refcam.explain(cam_net(), x, "cam").maps[0]
     )
     # and an image with a misleading suffix is still read as what it is
     shutil.copy(zoo.sample_image_path("coffee"), tmp_path / "photo.onnx.bin")
-    code, _, err = run(capsys, "explain", "toy:cam", tmp_path / "photo.onnx.bin", "-m", "cam", "-o", tmp_path / "o", "-q")
+    code, _, err = run(
+        capsys,
+        "explain",
+        "toy:cam",
+        tmp_path / "photo.onnx.bin",
+        "-m",
+        "cam",
+        "-o",
+        tmp_path / "o",
+        "-q",
+    )
     assert code == 0, err
 
 
@@ -499,7 +552,9 @@ def test_non_atomic_writes_commit_waits_for_the_folder_lock(tmp_path):
         t.start()
         started.wait()
         t.join(0.3)  # the commit cannot finish while the lock is held
-        assert t.is_alive() and not (tmp_path / "a.npy").exists() and not (tmp_path / "a.png").exists()
+        assert (
+            t.is_alive() and not (tmp_path / "a.npy").exists() and not (tmp_path / "a.png").exists()
+        )
     t.join()
     assert [p.name for p in done] == ["a.npy", "a.png"]
     assert (tmp_path / "a.npy").read_bytes() == b"1" and (tmp_path / "a.png").read_bytes() == b"2"

@@ -212,7 +212,9 @@ def efficientnet_lite0(
         try:
             # the model first, then its checksum: a reader never sees a checksum of a missing file
             _atomic_write(target, data)
-            _atomic_write(_checksum_path(target), (hashlib.sha256(data).hexdigest() + "\n").encode())
+            _atomic_write(
+                _checksum_path(target), (hashlib.sha256(data).hexdigest() + "\n").encode()
+            )
         except OSError as exc:
             raise ModelError(
                 f"cache: cannot write {target} ({exc.strerror}); set REFCAM_CACHE to a writable directory"

@@ -187,7 +187,9 @@ def _to_8bit_rgb(im: Any, name: str, fmt: str | None) -> Any:
         return Image.fromarray(np.repeat(g[:, :, None], 3, axis=2), "RGB")
     if im.mode == "F":
         raise InvalidArgumentError(
-            name, "a floating-point image (mode F)", "8-bit or 16-bit samples (its range is unknown)"
+            name,
+            "a floating-point image (mode F)",
+            "8-bit or 16-bit samples (its range is unknown)",
         )
     return im.convert("RGB")
 
@@ -352,9 +354,7 @@ def load_inputs(
                 cf = model.to_channels_first(x)[0]
                 stem = path.stem if x_all.shape[0] == 1 else f"{path.stem}_{i}"
                 items.append(
-                    InputItem(
-                        stem_of(stem), x, display_picture(cf) if cf.ndim == 3 else None, path
-                    )
+                    InputItem(stem_of(stem), x, display_picture(cf) if cf.ndim == 3 else None, path)
                 )
             continue
         n_channels = shape[-1 if channels_last else 1] if len(shape) > 1 else None

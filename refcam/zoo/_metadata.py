@@ -73,9 +73,7 @@ def _names(key: str, value: str) -> list[str]:
         or not parsed
         or not all(isinstance(n, (str, int)) for n in parsed)
     ):
-        raise ModelError(
-            f"metadata {key!r}: expected a list of class names, got {text[:60]!r}"
-        )
+        raise ModelError(f"metadata {key!r}: expected a list of class names, got {text[:60]!r}")
     return [str(n) for n in parsed]
 
 
@@ -124,13 +122,13 @@ def model_preprocessing(model: Any) -> dict:
     except ValueError:
         rec = None
     if not isinstance(rec, dict):
-        raise ModelError(f"metadata 'refcam.preprocessing': expected a JSON object, got {raw[:60]!r}")
+        raise ModelError(
+            f"metadata 'refcam.preprocessing': expected a JSON object, got {raw[:60]!r}"
+        )
     out: dict = {}
 
     def bad(k: str, expected: str):
-        return ModelError(
-            f"metadata 'refcam.preprocessing': {k} = {rec[k]!r}, expected {expected}"
-        )
+        return ModelError(f"metadata 'refcam.preprocessing': {k} = {rec[k]!r}, expected {expected}")
 
     for k in ("size", "crop_padding"):
         if k in rec:
