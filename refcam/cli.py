@@ -118,145 +118,22 @@ def _get_method(name: str):
 # --------------------------------------------------------------------------- models and images
 
 
-_DEFAULT_NAMES = (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
-
-
-class _LoadedModel:
-    """A model with what the command line knows about it.
-
-    ``classes`` and ``preprocessing`` come from the model's ``metadata_props``
-    (:func:`refcam.zoo.model_classes`, :func:`refcam.zoo.model_preprocessing`) for every model,
-    the embedded one included, so a model passed by path behaves like the same model by name.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        label: str,
-        default_norm: str,
-        *,
-        spec: str,
-        path: Path | None = None,
-        sha256: str | None = None,
-    ) -> None:
-        from .zoo import model_classes, model_preprocessing
-
-        self.model = model
-        self.label = label
-        self.default_norm = default_norm
-        self.spec, self.path = spec, path
-        self.classes = model_classes(model)
-        # names with every synonym ("tabby, tabby cat"), for matching --target names
-        self.full_classes = self.classes
-        if self.classes is not None and _is_imagenet(model):
-            from .zoo import imagenet_classes
-
-            self.full_classes = imagenet_classes(full=True)
-        self.preprocessing = model_preprocessing(model)
-        if sha256 is None:  # the file's bytes (the in-memory proto may have a lowered IR version)
-            from ._outputs import file_sha256
-
-            sha256 = (
-                file_sha256(path) if path is not None else _sha256(model.proto.SerializeToString())
-            )
-        self.sha256 = sha256
-        if self.classes is not None:
-            n = _n_classes(model)
-            if n is not None and n != len(self.classes):
-                from .errors import ModelError
-
-                raise ModelError(
-                    f"model {label!r}: its metadata names {len(self.classes)} classes, but the "
-                    f"output {model.output_name!r} has {n}"
-                )
-
-
-def _is_imagenet(model: Any) -> bool:
-    return model.metadata.get("refcam.classes", "").lower().startswith("imagenet-1k")
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def _n_classes(model: Any) -> int | None:
-    vi = model.value_info.get(model.output_name)
-    if vi is None or not vi.type.tensor_type.HasField("shape"):
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-    if len(dims) < 2 or any(d != 1 for d in dims[2:]):
-        return None
-    return dims[1]
-
-
-def _sniff(path: Path) -> str:
-    from .zoo import _images
+def _is_model_spec(spec: str) -> bool:
+    from .zoo import _models
 
     try:
-        return _images.sniff(path)
-    except OSError as exc:
-        raise UsageError(f"cannot read {str(path)!r} ({exc.strerror or exc})") from None
+        return _models.is_model_spec(spec)
+    except _models.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _is_model_spec(spec: str) -> bool:
-    """Is the first positional argument of ``explain`` a model?  (By content, not by suffix.)"""
-    if spec.startswith("toy:") or spec in _DEFAULT_NAMES or spec.lower().endswith(".onnx"):
-        return True
-    path = Path(spec)
-    if not path.is_file():
-        return False
-    kind = _sniff(path)
-    if kind == "pytorch":
-        from .zoo._images import pytorch_hint
+def _load_model(spec: str | None, layout: str):
+    from .zoo import _models
 
-        raise UsageError(pytorch_hint(spec))
-    return kind == "onnx"
-
-
-def _load_model(spec: str | None, layout: str) -> _LoadedModel:
-    from .onnx import Model
-
-    if spec is None or spec in _DEFAULT_NAMES:
-        from . import zoo
-
-        if layout.upper() not in ("NCHW", "CHANNELS_FIRST"):
-            raise UsageError(f"--layout: got {layout!r}, the default model is NCHW")
-        path = zoo.efficientnet_lite0(path_only=True)
-        return _LoadedModel(
-            Model(zoo.efficientnet_lite0()),
-            "EfficientNet-Lite0 (ImageNet)",
-            "efficientnet",
-            spec=spec or DEFAULT_MODEL,
-            path=path,
-        )
-    if spec.startswith("toy:"):
-        from .onnx import toy_models
-
-        name = spec[4:]
-        if name not in toy_models.ZOO:
-            raise UsageError(
-                f"model: unknown toy model {name!r}; expected toy:NAME with NAME one of "
-                f"{', '.join(sorted(toy_models.ZOO))}"
-            )
-        return _LoadedModel(
-            Model(toy_models.toy_model(name), layout=layout), spec, "imagenet", spec=spec
-        )
-    path = Path(spec)
-    if not path.exists():
-        raise UsageError(
-            f"model: no such file {spec!r} (expected an .onnx file, 'default' or toy:NAME)"
-        )
-    if path.is_dir():
-        raise UsageError(f"model: {spec!r} is a directory, expected an .onnx file")
-    if _sniff(path) == "pytorch":
-        from .zoo._images import pytorch_hint
-
-        raise UsageError(pytorch_hint(spec))
-    return _LoadedModel(
-        Model(str(path), layout=layout), path.name, "imagenet", spec=spec, path=path
-    )
+    try:
+        return _models.load_model(spec, layout=layout)
+    except _models.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
@@ -271,7 +148,7 @@ def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespace):
+def _load_images(specs: Sequence[str], lm, args: argparse.Namespace):
     """Image files / samples / .npy arrays → :class:`refcam.zoo._images.InputItem` list.
 
     Preprocessing: a flag given on the command line, else the model's ``refcam.preprocessing``
@@ -325,50 +202,7 @@ def _fixed_side(model: Any) -> int | None:
     return None
 
 
-def _norm_name(text: str) -> str:
-    return " ".join(text.lower().replace("_", " ").split())
-
-
-def _class_by_name(p: str, lm: _LoadedModel) -> int:
-    """The class named ``p``: an exact name (any comma-separated synonym), case and ``_``
-    insensitive.  Several classes of that name, or none, are usage errors that list the
-    candidates (classes containing ``p`` as a word first, then as a substring)."""
-    import re
-
-    assert lm.classes is not None
-    full = lm.full_classes
-    key = _norm_name(p)
-    syn = [[_norm_name(s) for s in name.split(",")] for name in full]
-    exact = [i for i, names in enumerate(syn) if key in names]
-
-    def show(ids: Sequence[int]) -> str:
-        return ", ".join(f"{full[i]} ({i})" for i in ids)
-
-    if len(exact) == 1:
-        return exact[0]
-    if len(exact) > 1:
-        raise UsageError(
-            f"--target: {p!r} is the name of {len(exact)} classes: {show(exact)}; "
-            f"pass the class index instead"
-        )
-    word = re.compile(rf"(?<!\w){re.escape(key)}(?!\w)")
-    by_word = [i for i, names in enumerate(syn) if any(word.search(n) for n in names)]
-    by_sub = [i for i, names in enumerate(syn) if i not in by_word and any(key in n for n in names)]
-    hits = by_word + by_sub
-    if hits:
-        more = f" and {len(hits) - 12} more" if len(hits) > 12 else ""
-        raise UsageError(
-            f"--target: no class is named {p!r}; classes containing it: {show(hits[:12])}{more}; "
-            f"pass one of these names or its index"
-        )
-    import difflib
-
-    close = difflib.get_close_matches(key, [_norm_name(c) for c in lm.classes], n=3, cutoff=0.6)
-    hint = f" (closest: {', '.join(close)})" if close else ""
-    raise UsageError(f"--target: unknown class name {p!r}{hint}")
-
-
-def _parse_target(text: str | None, lm: _LoadedModel, n: int):
+def _parse_target(text: str | None, lm, n: int):
     """``-t``: class indices or names, one for all images or one per image (comma-separated).
 
     Negative indices are refused here (``-t -1`` is almost always a typo on a command line),
@@ -377,7 +211,7 @@ def _parse_target(text: str | None, lm: _LoadedModel, n: int):
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",")]
-    n_classes = len(lm.classes) if lm.classes is not None else _n_classes(lm.model)
+    n_classes = len(lm.classes) if lm.classes is not None else lm.n_classes
 
     def one(p: str) -> int:
         try:
@@ -394,7 +228,13 @@ def _parse_target(text: str | None, lm: _LoadedModel, n: int):
                 )
             return c
         if lm.classes is not None:
-            return _class_by_name(p, lm)
+            from .errors import TargetError
+            from .zoo import class_index
+
+            try:
+                return class_index(p, lm.full_classes)
+            except TargetError as exc:
+                raise UsageError(f"--{exc}") from None  # "--target: ..."
         raise UsageError(
             f"--target: got {p!r}, expected a class index (this model has no class names)"
         )
@@ -680,9 +520,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ._outputs import OutputError, OutputSet, manifest_name
 
     # 1. everything that can be checked without the model: usage errors come first (exit 2)
+    from .zoo._models import DEFAULT_NAMES
+
     positional = list(args.inputs)
     model_spec = positional.pop(0) if positional and _is_model_spec(positional[0]) else None
-    default_model = model_spec in (None, *_DEFAULT_NAMES)
+    default_model = model_spec in (None, *DEFAULT_NAMES)
     image_specs = positional or ([DEFAULT_IMAGE] if default_model else [])
     if not image_specs:
         raise UsageError(f"explain: no IMAGE given for model {model_spec!r}")

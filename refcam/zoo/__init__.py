@@ -14,6 +14,7 @@ Public names
 - :data:`CAM_LAYER` -- ``"head.relu"``, the last spatial activation before GAP.
 - :func:`preprocess`, :func:`prepare_image`, :data:`PREPROCESSING` -- what the weights expect.
 - :func:`imagenet_classes`, :func:`imagenet_synsets`, :func:`decode_predictions`.
+- :func:`class_index` -- a class by name (any synonym; ambiguity and near names reported).
 - :func:`model_classes`, :func:`model_preprocessing` -- class names and preprocessing read from
   any model's ``metadata_props``; :func:`open_image` -- upright 8-bit RGB from an image file.
 - :func:`sample_images`, :func:`sample_image`, :func:`sample_image_path` -- CC0 / public-domain photos.
@@ -37,7 +38,7 @@ from .._validate import as_float_array, check_ndim, positive_int
 from ..errors import InvalidArgumentError, ModelError, ShapeError
 from ._efficientnet import BUILDER_VERSION, CAM_LAYER, IMAGE_SIZE
 from ._images import open_image
-from ._metadata import model_classes, model_preprocessing
+from ._metadata import class_index, model_classes, model_preprocessing
 from ._preprocess import PREPROCESSING, _read_path, prepare_image, preprocess
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "IMAGE_SIZE",
     "PREPROCESSING",
     "cache_dir",
+    "class_index",
     "decode_predictions",
     "efficientnet_lite0",
     "efficientnet_lite0_weights",

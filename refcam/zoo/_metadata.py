@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, TargetError
 
-__all__ = ["CLASS_KEYS", "model_classes", "model_preprocessing"]
+__all__ = ["CLASS_KEYS", "class_index", "model_classes", "model_preprocessing"]
 
 #: Metadata keys holding class names, in the order they are tried.
 CLASS_KEYS = ("refcam.classes", "classes", "labels", "class_names", "names")
@@ -153,3 +153,75 @@ def model_preprocessing(model: Any) -> dict:
             raise bad("resample", "bicubic, bilinear, nearest or lanczos")
         out["resample"] = rec["resample"]
     return out
+
+
+def _norm_name(text: str) -> str:
+    return " ".join(str(text).lower().replace("_", " ").split())
+
+
+def class_index(name: str, classes: Sequence[str] | None = None) -> int:
+    """The index of the class called ``name``.
+
+    A class matches when ``name`` equals one of its comma-separated synonyms, ignoring case,
+    ``_`` vs space and repeated spaces (``"Tabby_Cat"`` is ``"tabby, tabby cat"``).  Nothing is
+    guessed: a name shared by several classes, or a name no class has, raises, and the message
+    lists the candidates -- the classes having ``name`` as a whole word of a synonym first, then as
+    a substring (``"cat"`` lists tabby cat, tiger cat, Persian cat, ...).
+
+    Parameters
+    ----------
+    name : a class name.
+    classes : class names in output order, synonyms comma-separated; default the 1000 ImageNet
+        classes with all synonyms (``imagenet_classes(full=True)``).
+
+    Raises
+    ------
+    TargetError
+        The name is ambiguous or unknown (the message lists the candidates).
+
+    Examples
+    --------
+    >>> class_index("tabby cat"), class_index("Espresso")
+    (281, 967)
+    >>> class_index("crane")
+    Traceback (most recent call last):
+    ...
+    refcam.errors.TargetError: target: 'crane' is the name of 2 classes: crane (134), crane (517); pass the class index instead
+    """
+    import difflib
+    import re
+
+    if classes is None:
+        from . import imagenet_classes
+
+        classes = imagenet_classes(full=True)
+    key = _norm_name(name)
+    syn = [[_norm_name(s) for s in str(c).split(",")] for c in classes]
+
+    def show(ids: Sequence[int]) -> str:
+        return ", ".join(f"{classes[i]} ({i})" for i in ids)
+
+    def fail(sentence: str) -> TargetError:
+        return TargetError(f"target: {sentence}")
+
+    exact = [i for i, names in enumerate(syn) if key in names]
+    if len(exact) == 1:
+        return exact[0]
+    if exact:
+        raise fail(
+            f"{name!r} is the name of {len(exact)} classes: {show(exact)}; pass the class index "
+            f"instead"
+        )
+    word = re.compile(rf"(?<!\w){re.escape(key)}(?!\w)")
+    by_word = [i for i, names in enumerate(syn) if any(word.search(n) for n in names)]
+    by_sub = [i for i, names in enumerate(syn) if i not in by_word and any(key in n for n in names)]
+    hits = by_word + by_sub
+    if key and hits:
+        more = f" and {len(hits) - 12} more" if len(hits) > 12 else ""
+        raise fail(
+            f"no class is named {name!r}; classes containing it: {show(hits[:12])}{more}; "
+            f"pass one of these names or its index"
+        )
+    close = difflib.get_close_matches(key, [n for names in syn for n in names], n=3, cutoff=0.6)
+    hint = f" (closest: {', '.join(close)})" if close else ""
+    raise fail(f"unknown class name {name!r}{hint}")
