@@ -26,6 +26,7 @@ method, options, outputs with their SHA-256 and the refcam version.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -63,6 +64,15 @@ def manifest_name(output_names: Iterable[str]) -> str:
     """
     key = "\n".join(sorted(output_names)).encode()
     return f"refcam-{hashlib.sha256(key).hexdigest()[:10]}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open(path, "w")`` would give a new file
+    (``tempfile.mkstemp`` creates ``0o600`` files, which the renamed outputs must not keep)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -202,6 +212,8 @@ class OutputSet:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as fh:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fh.fileno(), _file_mode())
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

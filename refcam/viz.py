@@ -583,6 +583,10 @@ def save_png(obj: Any, path: str | os.PathLike | Any, *, dpi: float | None = Non
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp's 0o600 -> the mode a plain open() gives
+                from ._outputs import _file_mode
+
+                os.fchmod(fh.fileno(), _file_mode())
             fh.write(buf.getvalue())
         os.replace(tmp, out)
     except BaseException:

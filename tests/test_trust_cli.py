@@ -559,3 +559,16 @@ def test_non_atomic_writes_commit_waits_for_the_folder_lock(tmp_path):
     t.join()
     assert [p.name for p in done] == ["a.npy", "a.png"]
     assert (tmp_path / "a.npy").read_bytes() == b"1" and (tmp_path / "a.png").read_bytes() == b"2"
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path, capsys):
+    """Files written through temporary names get the mode a plain open() gives (not 0600)."""
+    old = os.umask(0o022)
+    try:
+        code, _, err = run(
+            capsys, "explain", "toy:cam", "coffee", "-m", "cam", "-o", tmp_path, "-q"
+        )
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
