@@ -197,6 +197,10 @@ class OutputSet:
                 )
             seen.add(name)
             target = d / name
+            if target.is_dir() and not target.is_symlink():
+                raise OutputError(
+                    f"output {str(target)!r} is an existing directory; choose another output folder"
+                )
             for src in self.inputs:
                 if _same_file(target, src):
                     raise OutputError(
