@@ -531,18 +531,22 @@ def explain_figure(
     return fig
 
 
-def save_png(obj: Any, path: str | os.PathLike, *, dpi: float | None = None) -> Path:
+def save_png(obj: Any, path: str | os.PathLike | Any, *, dpi: float | None = None) -> Path | Any:
     """Write a figure or a pixel array to a PNG file (parent directories are created).
+
+    A path is written atomically: the PNG goes to a temporary file in the same folder, which is
+    then renamed over ``path`` (:func:`os.replace`), so an interrupted call never leaves a
+    truncated file and a reader sees the old file or the new one.
 
     Parameters
     ----------
     obj : a :class:`matplotlib.figure.Figure` (saved at ``dpi``, default the figure's), or an
         image array ``(H, W, 3)``/``(H, W)`` uint8 or floats in [0, 1], written pixel for pixel.
-    path : the file to write.
+    path : the file to write, or a writable binary file object (e.g. :class:`io.BytesIO`).
 
     Returns
     -------
-    pathlib.Path of the file.
+    pathlib.Path of the file (the file object when one was given).
 
     Examples
     --------
@@ -552,16 +556,45 @@ def save_png(obj: Any, path: str | os.PathLike, *, dpi: float | None = None) -> 
     >>> Image.open(p).size          # (width, height)
     (3, 2)
     """
+    import io
+
     from matplotlib.figure import Figure
 
+    if isinstance(obj, Figure):
+
+        def write(fh):
+            obj.savefig(fh, format="png", dpi=dpi if dpi is not None else obj.dpi)
+    elif isinstance(obj, (np.ndarray, list, tuple)):
+        from PIL import Image
+
+        pixels = _image(obj, "obj")
+
+        def write(fh):
+            Image.fromarray(pixels).save(fh, format="PNG")
+    else:
+        raise DTypeError("obj", type(obj).__name__, "a matplotlib Figure or an image array")
+    if not isinstance(path, (str, os.PathLike)):
+        write(path)
+        return path
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(obj, Figure):
-        obj.savefig(out, format="png", dpi=dpi if dpi is not None else obj.dpi)
-        return out
-    if not isinstance(obj, np.ndarray) and not isinstance(obj, (list, tuple)):
-        raise DTypeError("obj", type(obj).__name__, "a matplotlib Figure or an image array")
-    from PIL import Image
+    buf = io.BytesIO()
+    write(buf)
+    import tempfile
 
-    Image.fromarray(_image(obj, "obj")).save(out, format="PNG")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp's 0o600 -> the mode a plain open() gives
+                from ._outputs import _file_mode
+
+                os.fchmod(fh.fileno(), _file_mode())
+            fh.write(buf.getvalue())
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return out
