@@ -296,8 +296,10 @@ def _reshape(ctx):
 
 @rule("Transpose")
 def _transpose(ctx):
-    r = ctx.rank(ctx.inputs[0])
-    perm = ctx.attrs.get("perm", list(range(r))[::-1])
+    perm = ctx.attrs.get("perm")
+    if perm is None:
+        perm = list(range(ctx.rank(ctx.inputs[0])))[::-1]
+    r = len(perm)  # the rank (known from perm even when shape inference lost it)
     inv = [0] * r
     for i, p in enumerate(perm):
         inv[p] = i
@@ -313,12 +315,13 @@ def _expand(ctx):
 def _concat(ctx):
     b = ctx.b
     g = ctx.grads[0]
-    r = ctx.rank(ctx.outputs[0])
-    axis = ctx.attrs["axis"] % r
+    axis = ctx.attrs["axis"]
+    if axis < 0 and ctx.info.rank(ctx.outputs[0]) is not None:
+        axis %= ctx.info.rank(ctx.outputs[0])
     sizes = []
     for x in ctx.inputs:
         s = ctx.shape(x)
-        sizes.append(None if s is None else s[axis])
+        sizes.append(None if s is None or axis < 0 else s[axis])
     res: list[str | None] = []
     if all(s is not None for s in sizes):
         off = 0
@@ -332,7 +335,7 @@ def _concat(ctx):
     off = b.ints([0])
     ax = b.ints([axis])
     for x, need in zip(ctx.inputs, ctx.needs):
-        d = b.op("Slice", [b.shape(x), ax, b.ints([axis + 1])])
+        d = b.op("Gather", [b.shape(x), ax], axis=0)  # size along a possibly negative axis
         end = b.op("Add", [off, d])
         res.append(b.op("Slice", [g, off, end, ax]) if need else None)
         off = end
@@ -526,7 +529,12 @@ def _pow(ctx):
         t = ctx.op("Pow", [x, ctx.op("Sub", [pc, ctx.c(1.0, x)])])
         gx = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [pc, t])]), x)
     if ctx.needs[1]:
-        gp = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [y, ctx.op("Log", [x])])]), p)
+        # d(x^p)/dp = x^p log x; at x = 0 (p > 0) the limit is 0, not 0 * (-inf) = NaN
+        t = ctx.op("Mul", [y, ctx.op("Log", [x])])
+        t = ctx.op("Where", [ctx.op("Equal", [x, ctx.c(0.0, x)]), ctx.c(0.0, y), t])
+        if ctx.elem(p) != ctx.elem(y):
+            t = ctx.op("Cast", [t], to=ctx.elem(p))
+        gp = ctx.unbroadcast(ctx.op("Mul", [ctx.op("Cast", [g], to=ctx.elem(p)) if ctx.elem(p) != ctx.elem(y) else g, t]), p)
     return [gx, gp]
 
 
@@ -659,6 +667,9 @@ def _softmax_axes(ctx: RuleContext) -> list[int]:
 def _softmax(ctx):
     y = ctx.outputs[0]
     g = ctx.grads[0]
+    # a fully masked row (all inputs -inf) has y = NaN; its inputs are constant, so its gradient
+    # is 0 (a later Where discards the row): use y = 0 there instead of propagating 0 * NaN
+    y = ctx.op("Where", [ctx.op("IsNaN", [y]), ctx.c(0.0, y), y])
     s = ctx.b.reduce("ReduceSum", ctx.op("Mul", [g, y]), _softmax_axes(ctx), keepdims=True)
     return [ctx.op("Mul", [y, ctx.op("Sub", [g, s])])]
 
@@ -990,6 +1001,9 @@ def _resize(ctx):
     axes = ctx.attrs.get("axes")
     axes = list(range(r)) if axes is None else [a % r for a in axes]
     scales = ctx.const(2)
+    if scales is None and ctx.has_input(2) and not ctx.has_input(3):
+        # a runtime scales tensor: the coordinate transform uses the scale itself, not out/in
+        ctx.need_const(2, "scales")
     if scales is not None and scales.size == 0:
         scales = None
     roi = ctx.const(1)
@@ -1078,4 +1092,4 @@ def _instnorm(ctx):
     return [dx, None, None]
 
 
-from . import rules_elementwise  # noqa: E402,F401  (registers the element-wise rules)
+from . import rules_elementwise, rules_extra  # noqa: E402,F401  (register their rules)
