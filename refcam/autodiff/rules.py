@@ -345,8 +345,9 @@ def _concat(ctx):
 @rule("Split")
 def _split(ctx):
     b = ctx.b
-    r = ctx.rank(ctx.inputs[0])
-    axis = ctx.attrs.get("axis", 0) % r
+    axis = ctx.attrs.get("axis", 0)
+    if axis < 0 and ctx.info.rank(ctx.inputs[0]) is not None:
+        axis %= ctx.info.rank(ctx.inputs[0])  # a negative axis works without the rank too
     parts = []
     for y, g in zip(ctx.outputs, ctx.grads):
         parts.append(g if g is not None else b.zeros_like(y, ctx.elem(y)))
@@ -705,13 +706,6 @@ def _expand_back(ctx: RuleContext, g: str, axes: list[int]) -> str:
     return ctx.op("Expand", [g, ctx.b.shape(ctx.inputs[0])])
 
 
-@rule("ReduceSum")
-def _reducesum(ctx):
-    axes = _reduce_axes(ctx, ctx.op_type)
-    res = ctx.grads[0] if axes is None else _expand_back(ctx, ctx.grads[0], axes)
-    return ctx.rest(res)
-
-
 def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
     s = ctx.shape(x)
     if s is not None and all(s[a] is not None for a in axes):
@@ -720,30 +714,6 @@ def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
     sizes = [b.op("Slice", [b.shape(x), b.ints([a]), b.ints([a + 1])]) for a in axes]
     n = b.op("ReduceProd", [b.op("Concat", sizes, axis=0)], keepdims=0)  # no axes: all (any opset)
     return b.op("Cast", [n], to=ctx.elem(like))
-
-
-@rule("ReduceMean")
-def _reducemean(ctx):
-    x = ctx.inputs[0]
-    axes = _reduce_axes(ctx, ctx.op_type)
-    if axes is None:
-        return ctx.rest(ctx.grads[0])
-    g = ctx.op("Div", [ctx.grads[0], _count(ctx, x, axes, x)])
-    return ctx.rest(_expand_back(ctx, g, axes))
-
-
-@rule("ReduceMax", "ReduceMin")
-def _reducemax(ctx):
-    x = ctx.inputs[0]
-    y = ctx.outputs[0]
-    axes = _reduce_axes(ctx, ctx.op_type)
-    if axes is None:
-        return ctx.rest(ctx.grads[0])
-    yk = y if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(y, axes)
-    gk = ctx.grads[0] if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(ctx.grads[0], axes)
-    m = ctx.mask(ctx.op("Equal", [x, yk]), x)
-    cnt = ctx.b.reduce("ReduceSum", m, axes, keepdims=True)
-    return ctx.rest(ctx.op("Mul", [m, ctx.op("Div", [gk, cnt])]))
 
 
 @rule("GlobalAveragePool")
@@ -853,13 +823,22 @@ def _conv_geometry(ctx: RuleContext, in_sp: list[int], k: list[int]):
     return s, d, pads
 
 
+def _bias_grad(ctx: RuleContext) -> str | None:
+    r"""Conv/ConvTranspose bias :math:`B_c`: :math:`\bar B_c = \sum_{n, \mathbf{o}} g_{n c \mathbf{o}}`."""
+    if len(ctx.needs) < 3 or not ctx.needs[2]:
+        return None
+    r = ctx.rank(ctx.outputs[0])
+    return ctx.b.reduce("ReduceSum", ctx.grads[0], [0] + list(range(2, r)), keepdims=False)
+
+
 @rule("Conv")
 def _conv(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
     if len(ctx.needs) > 1 and ctx.needs[1]:
         raise ctx.unsupported("the gradient with respect to a non-constant Conv weight")
+    gb = _bias_grad(ctx)
     if not ctx.needs[0]:
-        return [None] * len(ctx.inputs)
+        return [None, None, gb]
     r = ctx.rank(x)
     n = r - 2
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
@@ -893,10 +872,10 @@ def _conv(ctx):
                             b.ints([-1] * n)])
         dx = ctx.op("Conv", [ctx.grads[0], wt], group=group, strides=s, dilations=d, kernel_shape=k,
                     pads=[ext[i] - pads[i] for i in range(n)] + [ext[i] - pads[i + n] for i in range(n)])
-        return ctx.rest(dx)
+        return ctx.rest(dx, None, gb)
     dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=group, strides=s,
                 dilations=d, kernel_shape=k, pads=list(pads[:n]) + pe_new, output_padding=opad)
-    return ctx.rest(dx)
+    return ctx.rest(dx, None, gb)
 
 
 @rule("ConvTranspose")
@@ -904,8 +883,9 @@ def _convtranspose(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
     if len(ctx.needs) > 1 and ctx.needs[1]:
         raise ctx.unsupported("the gradient with respect to a non-constant ConvTranspose weight")
+    gb = _bias_grad(ctx)
     if not ctx.needs[0]:
-        return [None] * len(ctx.inputs)
+        return [None, None, gb]
     r = ctx.rank(x)
     n = r - 2
     if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
@@ -930,7 +910,7 @@ def _convtranspose(ctx):
                 dilations=d, kernel_shape=k, pads=pads[:n] + pe_pos)
     if pe_pos != pe:  # negative end pad = crop
         dx = ctx.op("Slice", [dx, ctx.b.ints([0] * n), ctx.b.ints(in_sp), ctx.b.ints(list(range(2, r)))])
-    return ctx.rest(dx)
+    return ctx.rest(dx, None, gb)
 
 
 # ============================ pooling and resizing ===========================================
@@ -953,7 +933,6 @@ def _maxpool(ctx):
     red = {"reduction": "add"} if ctx.opset >= 16 else {}
     sc = b.op("ScatterElements", [zeros, flat_i, flat_g], axis=0, **red)
     return [b.reshape_like(sc, x)]
-
 
 
 @rule("AveragePool")
@@ -1038,28 +1017,55 @@ def _resize(ctx):
 # ============================ normalisation ==================================================
 @rule("BatchNormalization")
 def _batchnorm(ctx):
-    x, scale, _bias, _mean, var = ctx.inputs[:5]
+    r"""Inference mode, :math:`y = \gamma (x - m)/\sigma + \beta`, :math:`\sigma = \sqrt{v + \epsilon}`:
+    :math:`\bar x = g\gamma/\sigma`, :math:`\bar\gamma = \sum g (x-m)/\sigma`, :math:`\bar\beta = \sum g`,
+    :math:`\bar m = -\sum g\gamma/\sigma`, :math:`\bar v = -\tfrac12\sum g\gamma(x-m)/\sigma^3` (sums over
+    every axis but the channel axis 1)."""
+    x, scale, _bias, mean, var = ctx.inputs[:5]
     if ctx.attrs.get("training_mode", 0) or len([o for o in ctx.outputs if o]) > 1:
         raise ctx.unsupported("BatchNormalization in training mode")
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to BatchNormalization parameters")
     r = ctx.rank(x)
     eps = ctx.attrs.get("epsilon", 1e-5)
-    f = ctx.op("Div", [scale, ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, var)])])])
-    if ctx.elem(var) != ctx.elem(x):
-        f = ctx.op("Cast", [f], to=ctx.elem(x))
-    f = ctx.b.unsqueeze(f, list(range(1, r - 1)))
-    return ctx.rest(ctx.op("Mul", [ctx.grads[0], f]))
+    g = ctx.grads[0]
+    ex = ctx.elem(x)
+    cast = (lambda t: ctx.op("Cast", [t], to=ex)) if ctx.elem(var) != ex else (lambda t: t)  # noqa: E731
+    back = (lambda t: ctx.op("Cast", [t], to=ctx.elem(var))) if ctx.elem(var) != ex else (lambda t: t)  # noqa: E731
+    sd = ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, var)])])
+    un = lambda t: ctx.b.unsqueeze(cast(t), list(range(1, r - 1)))  # noqa: E731  (C,) -> (C, 1, ...)
+    red = [0] + list(range(2, r))
+    rs = lambda t: back(ctx.b.reduce("ReduceSum", t, red, keepdims=False))  # noqa: E731
+    f = ctx.op("Div", [scale, sd])
+    res = [None] * 5
+    if ctx.needs[0]:
+        res[0] = ctx.op("Mul", [g, un(f)])
+    if any(ctx.needs[1:5]):
+        xc_sd = ctx.op("Div", [ctx.op("Sub", [x, un(mean)]), un(sd)])
+        if ctx.needs[1]:
+            res[1] = rs(ctx.op("Mul", [g, xc_sd]))
+        if ctx.needs[2]:
+            res[2] = rs(g)
+        if ctx.needs[3]:
+            res[3] = ctx.op("Neg", [ctx.op("Mul", [rs(g), f])])
+        if ctx.needs[4]:
+            t = rs(ctx.op("Mul", [g, xc_sd]))                      # sum g (x-m)/sd
+            res[4] = ctx.op("Mul", [ctx.op("Mul", [t, ctx.op("Div", [f, sd])]), ctx.c(-0.5, var)])
+    return res + [None] * (len(ctx.inputs) - 5)
 
 
-def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
-    r"""dX of x̂ = (x - μ)/σ over ``axes`` given ĝ = g·scale:  (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ."""
+def _norm_hat(ctx: RuleContext, x: str, axes: list[int], eps: float) -> tuple[str, str]:
+    r""":math:`(\hat x, \sigma)` with :math:`\hat x = (x - \mu)/\sigma`, :math:`\sigma = \sqrt{\mathrm{var} + \epsilon}` over ``axes``."""
     b = ctx.b
     mu = b.reduce("ReduceMean", x, axes, keepdims=True)
     xc = ctx.op("Sub", [x, mu])
     var = b.reduce("ReduceMean", ctx.op("Mul", [xc, xc]), axes, keepdims=True)
     sd = ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, x)])])
-    xh = ctx.op("Div", [xc, sd])
+    return ctx.op("Div", [xc, sd]), sd
+
+
+def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
+    r"""dX of x̂ = (x - μ)/σ over ``axes`` given ĝ = g·scale:  (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ."""
+    b = ctx.b
+    xh, sd = _norm_hat(ctx, x, axes, eps)
     m1 = b.reduce("ReduceMean", gh, axes, keepdims=True)
     m2 = b.reduce("ReduceMean", ctx.op("Mul", [gh, xh]), axes, keepdims=True)
     t = ctx.op("Sub", [ctx.op("Sub", [gh, m1]), ctx.op("Mul", [xh, m2])])
@@ -1068,28 +1074,63 @@ def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: st
 
 @rule("LayerNormalization")
 def _layernorm(ctx):
+    r"""y = x̂ γ + β over axes [axis, r): dx as :func:`_norm_backward`; :math:`\bar\gamma = \sum g\hat x`,
+    :math:`\bar\beta = \sum g` over the leading axes (reduced to the parameters' broadcast shape)."""
     x, scale = ctx.inputs[0], ctx.inputs[1]
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to LayerNormalization parameters")
-    if any(g is not None for g in ctx.grads[1:]):
-        raise ctx.unsupported("a gradient flowing into the Mean/InvStdDev outputs of LayerNormalization")
     r = ctx.rank(x)
     axis = ctx.attrs.get("axis", -1) % r
-    gh = ctx.op("Mul", [ctx.grads[0], scale])
-    dx = _norm_backward(ctx, x, list(range(axis, r)), ctx.attrs.get("epsilon", 1e-5), gh)
-    return ctx.rest(dx)
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    g = ctx.grads[0]
+    axes = list(range(axis, r))
+    dx = None
+    if ctx.needs[0]:
+        parts = []
+        if g is not None:
+            parts.append(_norm_backward(ctx, x, axes, eps, ctx.op("Mul", [g, scale])))
+        gm = ctx.grads[1] if len(ctx.grads) > 1 else None
+        gr = ctx.grads[2] if len(ctx.grads) > 2 else None
+        if gm is not None or gr is not None:
+            # Mean = μ: dμ/dx_i = 1/n;  InvStdDev = ρ = (var + ε)^(-1/2): dρ/dx_i = -ρ^3 (x_i - μ)/n
+            n = ctx.op("Cast", [ctx.op("Div", [ctx.b.op("Size", [x]), ctx.b.op("Size", [ctx.outputs[1] or ctx.outputs[2]])])],
+                       to=ctx.elem(x))
+            if gm is not None:
+                parts.append(ctx.op("Expand", [ctx.op("Div", [gm, n]), ctx.b.shape(x)]))
+            if gr is not None:
+                mu = ctx.b.reduce("ReduceMean", x, axes, keepdims=True)
+                rho = ctx.outputs[2]
+                t = ctx.op("Mul", [gr, ctx.op("Mul", [rho, ctx.op("Mul", [rho, rho])])])
+                parts.append(ctx.op("Neg", [ctx.op("Div", [ctx.op("Mul", [t, ctx.op("Sub", [x, mu])]), n])]))
+        dx = ctx.b.add_all(parts) if parts else None
+    if g is None:
+        return ctx.rest(dx)
+    ds = db = None
+    if ctx.needs[1]:
+        xh, _ = _norm_hat(ctx, x, list(range(axis, r)), eps)
+        ds = ctx.unbroadcast(ctx.op("Mul", [g, xh]), scale)
+    if len(ctx.needs) > 2 and ctx.needs[2]:
+        db = ctx.unbroadcast(g, ctx.inputs[2])
+    return ctx.rest(dx, ds, db)
 
 
 @rule("InstanceNormalization")
 def _instnorm(ctx):
+    r"""y = x̂ γ_c + β_c, x̂ over the spatial axes: :math:`\bar\gamma_c = \sum_{n,s} g\hat x`,
+    :math:`\bar\beta_c = \sum_{n,s} g`."""
     x, scale = ctx.inputs[0], ctx.inputs[1]
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to InstanceNormalization parameters")
     r = ctx.rank(x)
-    sc = ctx.b.unsqueeze(scale, list(range(1, r - 1)))
-    gh = ctx.op("Mul", [ctx.grads[0], sc])
-    dx = _norm_backward(ctx, x, list(range(2, r)), ctx.attrs.get("epsilon", 1e-5), gh)
-    return [dx, None, None]
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    g = ctx.grads[0]
+    red = [0] + list(range(2, r))
+    dx = ds = db = None
+    if ctx.needs[0]:
+        sc = ctx.b.unsqueeze(scale, list(range(1, r - 1)))
+        dx = _norm_backward(ctx, x, list(range(2, r)), eps, ctx.op("Mul", [g, sc]))
+    if ctx.needs[1]:
+        xh, _ = _norm_hat(ctx, x, list(range(2, r)), eps)
+        ds = ctx.b.reduce("ReduceSum", ctx.op("Mul", [g, xh]), red, keepdims=False)
+    if ctx.needs[2]:
+        db = ctx.b.reduce("ReduceSum", g, red, keepdims=False)
+    return [dx, ds, db]
 
 
-from . import rules_elementwise, rules_extra  # noqa: E402,F401  (register their rules)
+from . import rules_elementwise, rules_extra, rules_reduce  # noqa: E402,F401  (register their rules)

@@ -18,3 +18,72 @@ def _castlike(ctx):
     x = ctx.inputs[0]
     gx = ctx.op("CastLike", [ctx.grads[0], x]) if ctx.needs[0] else None
     return [gx, ZERO]
+
+
+def _index_adjoint(ctx, select) -> str:
+    r"""Adjoint of a pure selection :math:`y = x[\mathrm{idx}]` without repeats (Slice, ...),
+    entirely at run time: the selection applied to the flat positions
+    :math:`0..|x|-1` (shaped like :math:`x`) gives the source of every output element, and
+    :math:`\bar x = \mathrm{scatter}(0, \mathrm{src}, g)`.  Needs no rank and no constant."""
+    b = ctx.b
+    x = ctx.inputs[0]
+    n = b.op("Size", [x])
+    pos = b.op("Reshape", [b.op("Range", [b.const(np.int64(0)), n, b.const(np.int64(1))]), b.shape(x)])
+    src = b.op("Reshape", [select(pos), b.ints([-1])])
+    zeros = b.op("ConstantOfShape", [b.op("Reshape", [n, b.ints([1])])],
+                 value=onnx_zero(ctx.elem(x)))
+    flat = b.op("ScatterElements", [zeros, src, b.op("Reshape", [ctx.grads[0], b.ints([-1])])], axis=0)
+    return b.reshape_like(flat, x)
+
+
+def onnx_zero(elem: int):
+    from onnx import helper, numpy_helper
+
+    return numpy_helper.from_array(np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(elem)))
+
+
+def _slice_any(ctx):
+    """Slice: the static rule (Slice + Pad, index maps) when starts/ends/axes/steps are constants
+    and the rank is known; otherwise the runtime adjoint :func:`_index_adjoint` with the node's own
+    (runtime) starts, ends, axes and steps."""
+    from ..errors import ModelError, UnsupportedOpError
+    from . import rules as base
+
+    try:
+        return base._slice.__wrapped__(ctx) if hasattr(base._slice, "__wrapped__") else base._slice(ctx)
+    except (UnsupportedOpError, ModelError):
+        if ctx.opset < 11 or "starts" in ctx.attrs:
+            raise
+    rest = ctx.inputs[1:]
+    g = _index_adjoint(ctx, lambda pos: ctx.op("Slice", [pos] + rest))
+    return [g] + [ZERO] * len(rest)
+
+
+rule("Slice")(_slice_any)
+
+
+@rule("LpNormalization")
+def _lpnorm(ctx):
+    r""":math:`y = x / \|x\|_p` along ``axis`` (p = 1 or 2), :math:`\nu = \|x\|_p`:
+    :math:`\bar x = (g - \partial\nu/\partial x \cdot \sum g y) / \nu` with
+    :math:`\partial\nu/\partial x = y` (p = 2) or :math:`\mathrm{sign}(x)` (p = 1).
+    Groups with :math:`\nu = 0` (output 0 by the spec) are kinks: gradient 0 there."""
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    p = ctx.attrs.get("p", 2)
+    if p not in (1, 2):
+        raise ctx.unsupported(f"LpNormalization with p={p}")
+    axis = ctx.attrs.get("axis", -1)
+    b = ctx.b
+    g = ctx.grads[0]
+    red = "ReduceL2" if p == 2 else "ReduceL1"
+    if ctx.opset >= 18:
+        nu = b.op(red, [x, b.ints([axis])], keepdims=1)
+    else:
+        nu = b.op(red, [x], axes=[axis], keepdims=1)
+    s = b.op("ReduceSum", [ctx.op("Mul", [g, y]), b.ints([axis])], keepdims=1) if ctx.opset >= 13 else \
+        b.op("ReduceSum", [ctx.op("Mul", [g, y])], axes=[axis], keepdims=1)
+    dnu = y if p == 2 else ctx.op("Sign", [x])
+    zero = ctx.op("Equal", [nu, ctx.c(0.0, x)])
+    safe = ctx.op("Where", [zero, ctx.c(1.0, x), nu])
+    dx = ctx.op("Div", [ctx.op("Sub", [g, ctx.op("Mul", [dnu, s])]), safe])
+    return [ctx.op("Where", [zero, ctx.c(0.0, x), dx])]
