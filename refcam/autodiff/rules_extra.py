@@ -87,3 +87,18 @@ def _lpnorm(ctx):
     safe = ctx.op("Where", [zero, ctx.c(1.0, x), nu])
     dx = ctx.op("Div", [ctx.op("Sub", [g, ctx.op("Mul", [dnu, s])]), safe])
     return [ctx.op("Where", [zero, ctx.c(0.0, x), dx])]
+
+
+@rule("GatherElements")
+def _gather_elements(ctx):
+    r""":math:`y[\mathbf{i}] = x[\mathbf{i} \text{ with } i_a \to \mathrm{idx}[\mathbf{i}]]` along ``axis`` a:
+    :math:`\bar x = \mathrm{ScatterElements}(0, \mathrm{idx}, g, a, \text{reduction}=\text{add})`
+    (repeated indices add up; needs opset 16 for the reduction, older models are converted)."""
+    from .rules import NeedsOpset
+
+    if ctx.opset < 16:
+        raise NeedsOpset(16, "GatherElements backward needs ScatterElements(reduction='add')")
+    x, idx = ctx.inputs[0], ctx.inputs[1]
+    zeros = ctx.b.zeros_like(x, ctx.elem(x))
+    gx = ctx.op("ScatterElements", [zeros, idx, ctx.grads[0]], axis=ctx.attrs.get("axis", 0), reduction="add")
+    return [gx, ZERO]

@@ -272,6 +272,8 @@ new_case("Pow-base0", [node("Pow", ["x", "p"])], {"x": np.array([[0.0, 1.5, 2.0]
 # function ops differentiated through their ONNX function body
 new_case("RMSNormalization", [node("RMSNormalization", ["x", "s"], axis=-1)], {"x": rnd(2, 3, 4), "s": rnd(4)},
          wrt=("x", "s"), opset=23, **D64)
+new_case("GatherElements", [node("GatherElements", ["x", "i"], axis=1)], {"x": rnd(2, 3, 4)},
+         {"i": np.array([[[0, 2, 2, -1]], [[1, 1, 0, 0]]])}, **D64)  # repeated and negative indices
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
