@@ -79,10 +79,10 @@ RULES: dict[str, RuleFn] = {}
 
 #: ops whose outputs carry no gradient (integer/boolean outputs or piecewise-constant functions)
 NO_GRADIENT_OPS = frozenset({
-    "Shape", "Size", "ConstantOfShape", "Range", "ArgMax", "ArgMin", "NonZero", "Equal", "Less",
+    "Shape", "Size", "ConstantOfShape", "ArgMax", "ArgMin", "NonZero", "Equal", "Less",
     "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
-    "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike", "OneHot",
-    "Constant", "Multinomial", "Bernoulli",
+    "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike",
+    "Constant", "Multinomial", "Bernoulli", "Hardmax",
 })
 
 
@@ -651,10 +651,23 @@ def _clip(ctx):
         conds.append(ctx.op("Less", [x, hi_t]))
     if relu_like and ctx.rules == "guided":
         g = ctx.op("Relu", [g])
+    g0 = ctx.grads[0]
+    gx = g
     if conds:
         cond = conds[0] if len(conds) == 1 else ctx.op("And", conds)
-        g = ctx.op("Mul", [g, ctx.mask(cond, x)])
-    return ctx.rest(g)
+        gx = ctx.op("Mul", [g, ctx.mask(cond, x)])
+    # min/max inputs (opset >= 11): y = min(max(x, lo), hi), so dy/dlo = [x < lo][lo < hi] and
+    # dy/dhi = [max(x, lo) > hi] (0 at the ties, like the x gradient)
+    glo = ghi = None
+    if len(ctx.needs) > 1 and ctx.needs[1]:
+        m = ctx.op("Less", [x, lo_t])
+        if hi_t is not None:
+            m = ctx.op("And", [m, ctx.op("Less", [lo_t, hi_t])])
+        glo = ctx.unbroadcast(ctx.op("Mul", [g0, ctx.mask(m, x)]), lo_t)
+    if len(ctx.needs) > 2 and ctx.needs[2]:
+        t = x if lo_t is None else ctx.op("Max", [x, lo_t])
+        ghi = ctx.unbroadcast(ctx.op("Mul", [g0, ctx.mask(ctx.op("Greater", [t, hi_t]), x)]), hi_t)
+    return ctx.rest(gx, glo, ghi)
 
 
 def _softmax_axes(ctx: RuleContext) -> list[int]:

@@ -102,3 +102,47 @@ def _gather_elements(ctx):
     zeros = ctx.b.zeros_like(x, ctx.elem(x))
     gx = ctx.op("ScatterElements", [zeros, idx, ctx.grads[0]], axis=ctx.attrs.get("axis", 0), reduction="add")
     return [gx, ZERO]
+
+
+@rule("OneHot")
+def _onehot(ctx):
+    r""":math:`y = v_{\mathrm{off}} + (v_{\mathrm{on}} - v_{\mathrm{off}})\,M` with :math:`M` the one-hot mask of
+    ``indices``: :math:`\bar v_{\mathrm{off}} = \sum g (1 - M)`, :math:`\bar v_{\mathrm{on}} = \sum g M`;
+    indices and depth are integers or piecewise constant (zero gradient)."""
+    vals = ctx.inputs[2]
+    b = ctx.b
+    gv = None
+    if ctx.needs[2]:
+        e = ctx.elem(vals)
+        mask = ctx.op("OneHot", [ctx.inputs[0], ctx.inputs[1], b.const(np.array([0, 1]).astype(
+            _np_dtype(e)))], axis=ctx.attrs.get("axis", -1))
+        g = ctx.grads[0]
+        s_on = b.op("ReduceSum", [ctx.op("Mul", [g, mask])], keepdims=0)
+        s_all = b.op("ReduceSum", [g], keepdims=0)
+        gv = b.op("Concat", [b.unsqueeze(ctx.op("Sub", [s_all, s_on]), [0]), b.unsqueeze(s_on, [0])], axis=0)
+    return [ZERO, ZERO, gv]
+
+
+def _np_dtype(elem: int):
+    from onnx import helper
+
+    return helper.tensor_dtype_to_np_dtype(elem)
+
+
+@rule("Range")
+def _range(ctx):
+    r""":math:`y_i = s + i\,\delta`, :math:`i = 0..n-1`, :math:`n = \lceil (l - s)/\delta\rceil`:
+    :math:`\bar s = \sum_i g_i`, :math:`\bar\delta = \sum_i i\,g_i`; the limit only moves :math:`n`
+    (piecewise constant: zero gradient)."""
+    b = ctx.b
+    g = ctx.grads[0]
+    y = ctx.outputs[0]
+    gs = gd = None
+    if ctx.needs[0]:
+        gs = b.op("ReduceSum", [g], keepdims=0)
+    if ctx.needs[2]:
+        n = b.op("Size", [y])
+        i = b.op("Range", [b.const(np.int64(0)), n, b.const(np.int64(1))])
+        i = ctx.op("Cast", [i], to=ctx.elem(y))
+        gd = b.op("ReduceSum", [ctx.op("Mul", [g, i])], keepdims=0)
+    return [gs, ZERO, gd]

@@ -217,6 +217,8 @@ def run_case(case, rng_seed: int | None = None) -> Result | None:
         return None
     feeds = {}
     for vi, v in zip(gin, inputs):
+        if isinstance(v, np.generic):  # numpy scalars (Clip min/max, Range start/...) are 0-d tensors
+            v = np.asarray(v)
         if not isinstance(v, np.ndarray) or not vi.type.HasField("tensor_type"):
             return None
         feeds[vi.name] = v

@@ -274,6 +274,20 @@ new_case("RMSNormalization", [node("RMSNormalization", ["x", "s"], axis=-1)], {"
          wrt=("x", "s"), opset=23, **D64)
 new_case("GatherElements", [node("GatherElements", ["x", "i"], axis=1)], {"x": rnd(2, 3, 4)},
          {"i": np.array([[[0, 2, 2, -1]], [[1, 1, 0, 0]]])}, **D64)  # repeated and negative indices
+# scalar inputs (Clip bounds, Range start/delta) enter as shape-(1,) tensors squeezed in the graph:
+# the FD oracle perturbs along a leading axis
+SQ = [node("Squeeze", ["lo1", "ax0"], ["lo"]), node("Squeeze", ["hi1", "ax0"], ["hi"])]
+new_case("Clip-bounds", SQ + [node("Clip", ["x", "lo", "hi"])],
+         {"x": rnd(2, 3, 4, lo=0.05) * 2, "lo1": np.array([-0.55]), "hi1": np.array([0.95])}, {"ax0": np.array([0])},
+         wrt=("x", "lo1", "hi1"), opset=13, **D64)
+new_case("Clip-min>max", SQ + [node("Clip", ["x", "lo", "hi"])],
+         {"x": rnd(2, 3), "lo1": np.array([0.55]), "hi1": np.array([-0.25])}, {"ax0": np.array([0])},
+         wrt=("lo1", "hi1"), opset=13, **D64)
+new_case("OneHot-values", [node("OneHot", ["i", "d", "x"], axis=1)], {"x": np.array([-0.5, 2.0], F32)},
+         {"i": np.array([[1, 9, -2], [0, 3, 4]]), "d": np.array(5)}, **LIN32)  # out-of-range index 9: all off
+new_case("Range-start-delta", SQ + [node("Range", ["lo", "l", "hi"], ["y0"]), node("Mul", ["y0", "y0"], ["y"])],
+         {"lo1": np.array([0.3]), "hi1": np.array([1.1])}, {"l": np.array(5.0), "ax0": np.array([0])},
+         wrt=("lo1", "hi1"), **D64)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
