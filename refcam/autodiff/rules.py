@@ -844,14 +844,81 @@ def _bias_grad(ctx: RuleContext) -> str | None:
     return ctx.b.reduce("ReduceSum", ctx.grads[0], [0] + list(range(2, r)), keepdims=False)
 
 
+def _grouped_correlation(ctx: RuleContext, inp: str, ker: str, n_inp: int, n_ker: int, group: int,
+                         k: list[int], strides: list[int], dilations: list[int], pads: list[int]) -> str:
+    r"""Per group :math:`j`: ``Conv(inp_j, ker_j)`` (batch = channels of ``inp_j``, channels = the
+    original batch), cropped to the kernel size ``k`` and transposed to ``(ker_j, inp_j, *k)``;
+    the groups are concatenated along axis 0.  ``inp``/``ker`` are ``(n_inp, N, ...)``/``(n_ker, N, ...)``."""
+    b = ctx.b
+    n = len(k)
+    parts = []
+    ci, co = n_inp // group, n_ker // group
+    for j in range(group):
+        xi = inp if group == 1 else b.op("Slice", [inp, b.ints([j * ci]), b.ints([(j + 1) * ci]), b.ints([0])])
+        gi = ker if group == 1 else b.op("Slice", [ker, b.ints([j * co]), b.ints([(j + 1) * co]), b.ints([0])])
+        c = b.op("Conv", [xi, gi], strides=strides, dilations=dilations, pads=pads)
+        c = b.op("Slice", [c, b.ints([0] * n), b.ints(k), b.ints(list(range(2, 2 + n)))])
+        parts.append(b.op("Transpose", [c], perm=[1, 0] + list(range(2, 2 + n))))
+    return parts[0] if group == 1 else b.op("Concat", parts, axis=0)
+
+
+def _conv_weight_grad(ctx: RuleContext) -> str:
+    r"""Conv weight: :math:`\bar W_{m c \mathbf{k}} = \sum_{n,\mathbf{o}} g_{n m \mathbf{o}}\,
+    x^{\mathrm{pad}}_{n c,\ \mathbf{o} s + \mathbf{k} d}` per group -- a correlation of
+    :math:`x^{\mathsf T}` (channels as batch) with :math:`g^{\mathsf T}` as kernel, stride :math:`d`,
+    dilation :math:`s`, the forward pads, cropped to the kernel size."""
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    r = ctx.rank(x)
+    n = r - 2
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    if ctx.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        in_sp = ctx.static_dims(x, list(range(2, r)))
+    else:
+        in_sp = [0] * n
+    s, d, pads = _conv_geometry(ctx, in_sp, k)
+    group = ctx.attrs.get("group", 1)
+    (c_in,) = ctx.static_dims(x, [1])
+    (m_out,) = ctx.static_dims(w, [0])
+    perm = [1, 0] + list(range(2, r))
+    xt = ctx.op("Transpose", [x], perm=perm)
+    gt = ctx.op("Transpose", [ctx.grads[0]], perm=perm)
+    return _grouped_correlation(ctx, xt, gt, c_in, m_out, group, k, d, s, pads)
+
+
+def _convtranspose_weight_grad(ctx: RuleContext) -> str:
+    r"""ConvTranspose weight (shape ``(C, M/G, *k)``): :math:`\bar W_{c m \mathbf{k}} = \sum_{n,\mathbf{i}}
+    x_{n c \mathbf{i}}\, g_{n m,\ \mathbf{i} s + \mathbf{k} d - p}` -- a correlation of :math:`g^{\mathsf T}`
+    (padded by the forward begin pads) with :math:`x^{\mathsf T}` as kernel, stride :math:`d`,
+    dilation :math:`s`, cropped to the kernel size."""
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    r = ctx.rank(x)
+    n = r - 2
+    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
+        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    s = list(ctx.attrs.get("strides", [1] * n))
+    d = list(ctx.attrs.get("dilations", [1] * n))
+    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
+    group = ctx.attrs.get("group", 1)
+    in_sp = ctx.static_dims(x, list(range(2, r)))
+    out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    (c_in,) = ctx.static_dims(x, [1])
+    (m_out,) = ctx.static_dims(ctx.outputs[0], [1])
+    pe = [max(0, (k[i] - 1) * d[i] + s[i] * (in_sp[i] - 1) + 1 - out_sp[i] - pads[i]) for i in range(n)]
+    perm = [1, 0] + list(range(2, r))
+    xt = ctx.op("Transpose", [x], perm=perm)
+    gt = ctx.op("Transpose", [ctx.grads[0]], perm=perm)
+    res = _grouped_correlation(ctx, gt, xt, m_out, c_in, group, k, d, s, pads[:n] + pe)
+    return res
+
+
 @rule("Conv")
 def _conv(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    if len(ctx.needs) > 1 and ctx.needs[1]:
-        raise ctx.unsupported("the gradient with respect to a non-constant Conv weight")
     gb = _bias_grad(ctx)
+    gw = _conv_weight_grad(ctx) if ctx.needs[1] else None
     if not ctx.needs[0]:
-        return [None, None, gb]
+        return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
@@ -885,20 +952,19 @@ def _conv(ctx):
                             b.ints([-1] * n)])
         dx = ctx.op("Conv", [ctx.grads[0], wt], group=group, strides=s, dilations=d, kernel_shape=k,
                     pads=[ext[i] - pads[i] for i in range(n)] + [ext[i] - pads[i + n] for i in range(n)])
-        return ctx.rest(dx, None, gb)
+        return ctx.rest(dx, gw, gb)
     dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=group, strides=s,
                 dilations=d, kernel_shape=k, pads=list(pads[:n]) + pe_new, output_padding=opad)
-    return ctx.rest(dx, None, gb)
+    return ctx.rest(dx, gw, gb)
 
 
 @rule("ConvTranspose")
 def _convtranspose(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    if len(ctx.needs) > 1 and ctx.needs[1]:
-        raise ctx.unsupported("the gradient with respect to a non-constant ConvTranspose weight")
     gb = _bias_grad(ctx)
+    gw = _convtranspose_weight_grad(ctx) if ctx.needs[1] else None
     if not ctx.needs[0]:
-        return [None, None, gb]
+        return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
     if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
@@ -923,7 +989,7 @@ def _convtranspose(ctx):
                 dilations=d, kernel_shape=k, pads=pads[:n] + pe_pos)
     if pe_pos != pe:  # negative end pad = crop
         dx = ctx.op("Slice", [dx, ctx.b.ints([0] * n), ctx.b.ints(in_sp), ctx.b.ints(list(range(2, r)))])
-    return ctx.rest(dx, None, gb)
+    return ctx.rest(dx, gw, gb)
 
 
 # ============================ pooling and resizing ===========================================
