@@ -146,3 +146,123 @@ def _range(ctx):
         i = ctx.op("Cast", [i], to=ctx.elem(y))
         gd = b.op("ReduceSum", [ctx.op("Mul", [g, i])], keepdims=0)
     return [gs, ZERO, gd]
+
+
+@rule("TopK")
+def _topk(ctx):
+    r"""``values`` :math:`v = x[\mathrm{idx}]` along ``axis``: :math:`\bar x = \mathrm{scatter}(0, \mathrm{idx}, \bar v)`
+    (the selected indices are distinct; ties follow onnxruntime's index choice); k carries no gradient."""
+    x = ctx.inputs[0]
+    g = ctx.grads[0]
+    if g is None:
+        return [ZERO, ZERO]
+    zeros = ctx.b.zeros_like(x, ctx.elem(x))
+    gx = ctx.op("ScatterElements", [zeros, ctx.outputs[1], g], axis=ctx.attrs.get("axis", -1))
+    return [gx, ZERO]
+
+
+@rule("CumSum")
+def _cumsum(ctx):
+    r""":math:`y_i = \sum_{j \le i} x_j` (or exclusive / reversed): the adjoint is the cumulative sum
+    in the opposite direction with the same ``exclusive`` flag."""
+    g = ctx.op("CumSum", [ctx.grads[0], ctx.inputs[1]], exclusive=ctx.attrs.get("exclusive", 0),
+               reverse=1 - ctx.attrs.get("reverse", 0))
+    return [g, ZERO]
+
+
+@rule("Trilu")
+def _trilu(ctx):
+    """A mask: the adjoint keeps the same triangle of ``g``."""
+    return [ctx.op("Trilu", [ctx.grads[0]] + ctx.inputs[1:], upper=ctx.attrs.get("upper", 1))] + \
+        [ZERO] * (len(ctx.inputs) - 1)
+
+
+@rule("SpaceToDepth")
+def _space_to_depth(ctx):
+    """A permutation whose inverse is DepthToSpace with the same block size and mode (DCR or CRD)."""
+    return [ctx.op("DepthToSpace", [ctx.grads[0]], blocksize=ctx.attrs["blocksize"], mode=ctx.attrs.get("mode", "DCR"))]
+
+
+@rule("DepthToSpace")
+def _depth_to_space(ctx):
+    r"""A permutation.  DCR: the inverse is SpaceToDepth.  CRD: :math:`y` is
+    ``reshape(x, (N, C/b², b, b, H, W))`` transposed by (0, 1, 4, 2, 5, 3); the adjoint reshapes
+    :math:`g` to (N, C/b², H, b, W, b), transposes by (0, 1, 3, 5, 2, 4) and reshapes to :math:`x`."""
+    bs = ctx.attrs["blocksize"]
+    g = ctx.grads[0]
+    if ctx.attrs.get("mode", "DCR") == "DCR":
+        return [ctx.op("SpaceToDepth", [g], blocksize=bs)]
+    x = ctx.inputs[0]
+    c, h, w = ctx.static_dims(x, [1, 2, 3])
+    t = ctx.op("Reshape", [g, ctx.b.ints([-1, c // (bs * bs), h, bs, w, bs])])
+    t = ctx.op("Transpose", [t], perm=[0, 1, 3, 5, 2, 4])
+    return [ctx.b.reshape_like(t, x)]
+
+
+@rule("Mod")
+def _mod(ctx):
+    r""":math:`y = x - d\,q`, :math:`q = \mathrm{trunc}(x/d)` (``fmod=1``) or :math:`\lfloor x/d\rfloor` (``fmod=0``),
+    piecewise constant: :math:`\bar x = g`, :math:`\bar d = -g\,q` (jumps where :math:`x/d` is an integer)."""
+    x, dv = ctx.inputs
+    g = ctx.grads[0]
+    gx = ctx.unbroadcast(g, x) if ctx.needs[0] else None
+    gd = None
+    if ctx.needs[1]:
+        qq = ctx.op("Div", [x, dv])
+        if ctx.attrs.get("fmod", 0):
+            q = ctx.op("Mul", [ctx.op("Sign", [qq]), ctx.op("Floor", [ctx.op("Abs", [qq])])])
+        else:
+            q = ctx.op("Floor", [qq])
+        gd = ctx.unbroadcast(ctx.op("Neg", [ctx.op("Mul", [g, q])]), dv)
+    return [gx, gd]
+
+
+def _scatter(ctx, gather_op: str, scatter_op: str):
+    from .rules import NeedsOpset
+
+    if ctx.opset < 11:
+        raise NeedsOpset(11, f"{ctx.op_type} backward needs GatherElements/ScatterElements (opset 11)")
+    red = ctx.attrs.get("reduction", "none")
+    if red not in ("none", "add"):
+        raise ctx.unsupported(f"{ctx.op_type} with reduction={red!r}")
+    data, idx, upd = ctx.inputs
+    g = ctx.grads[0]
+    kw = {"axis": ctx.attrs.get("axis", 0)} if gather_op == "GatherElements" else {}
+    gdata = gupd = None
+    if ctx.needs[0]:
+        if red == "add":
+            gdata = g
+        else:  # overwritten positions get no gradient
+            gdata = ctx.op(scatter_op, [g, idx, ctx.b.zeros_like(upd, ctx.elem(upd))], **kw)
+    if ctx.needs[2]:
+        gupd = ctx.op(gather_op, [g, idx], **kw)
+    return [gdata, ZERO, gupd]
+
+
+@rule("ScatterElements", "Scatter")
+def _scatter_elements(ctx):
+    r"""``reduction`` none: :math:`y = x` with :math:`y[\mathrm{idx}] = u` (indices distinct, as the spec
+    requires): :math:`\bar x = g` with the written positions zeroed, :math:`\bar u = g[\mathrm{idx}]`
+    (GatherElements).  ``add``: :math:`\bar x = g`, :math:`\bar u = g[\mathrm{idx}]`.  mul/max/min: refused."""
+    return _scatter(ctx, "GatherElements", "ScatterElements")
+
+
+@rule("ScatterND")
+def _scatter_nd(ctx):
+    """As ScatterElements with GatherND/ScatterND (index tuples)."""
+    return _scatter(ctx, "GatherND", "ScatterND")
+
+
+@rule("GatherND")
+def _gather_nd(ctx):
+    r""":math:`y = x[\mathrm{idx}]` (index tuples): :math:`\bar x = \mathrm{ScatterND}(0, \mathrm{idx}, g, \text{add})`
+    (opset 16; ``batch_dims`` > 0 refused)."""
+    from .rules import NeedsOpset
+
+    if ctx.attrs.get("batch_dims", 0):
+        raise ctx.unsupported("GatherND with batch_dims > 0")
+    if ctx.opset < 16:
+        raise NeedsOpset(16, "GatherND backward needs ScatterND(reduction='add')")
+    x = ctx.inputs[0]
+    gx = ctx.op("ScatterND", [ctx.b.zeros_like(x, ctx.elem(x)), ctx.inputs[1], ctx.grads[0]], reduction="add")
+    return [gx, ZERO]

@@ -288,6 +288,24 @@ new_case("OneHot-values", [node("OneHot", ["i", "d", "x"], axis=1)], {"x": np.ar
 new_case("Range-start-delta", SQ + [node("Range", ["lo", "l", "hi"], ["y0"]), node("Mul", ["y0", "y0"], ["y"])],
          {"lo1": np.array([0.3]), "hi1": np.array([1.1])}, {"l": np.array(5.0), "ax0": np.array([0])},
          wrt=("lo1", "hi1"), **D64)
+new_case("TopK", [node("TopK", ["x", "k"], ["y", "i"], axis=1)], {"x": rnd(2, 5, 3)}, {"k": np.array([2])}, opset=11, **D64)
+for ex, rev in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+    new_case("CumSum", [node("CumSum", ["x", "a"], exclusive=ex, reverse=rev)], {"x": rnd(2, 4, 3)}, {"a": np.array(1)},
+             opset=14, **D64)
+new_case("Trilu", [node("Trilu", ["x", "k"], upper=0)], {"x": rnd(2, 4, 5)}, {"k": np.array(1)}, opset=14, **D64)
+for mode in ["DCR", "CRD"]:
+    new_case("DepthToSpace", [node("DepthToSpace", ["x"], blocksize=2, mode=mode)], {"x": rnd(2, 8, 2, 3)}, opset=13, **D64)
+new_case("SpaceToDepth", [node("SpaceToDepth", ["x"], blocksize=2)], {"x": rnd(2, 2, 4, 6)}, opset=13, **D64)
+new_case("Mod", [node("Mod", ["x", "b"], fmod=1)], {"x": rnd(2, 3) * 3 + 0.01, "b": np.array([0.7, -1.3, 2.1])},
+         wrt=("x", "b"), opset=13, **D64)
+new_case("ScatterElements", [node("ScatterElements", ["x", "i", "u"], axis=1)], {"x": rnd(2, 4), "u": rnd(2, 2)},
+         {"i": np.array([[3, 0], [1, 2]])}, wrt=("x", "u"), opset=16, **D64)
+new_case("ScatterElements-add", [node("ScatterElements", ["x", "i", "u"], axis=1, reduction="add")],
+         {"x": rnd(2, 4), "u": rnd(2, 2)}, {"i": np.array([[3, 3], [1, 2]])}, wrt=("x", "u"), opset=16, **D64)
+new_case("ScatterND", [node("ScatterND", ["x", "i", "u"])], {"x": rnd(3, 4), "u": rnd(2, 4)},
+         {"i": np.array([[2], [0]])}, wrt=("x", "u"), opset=16, **D64)
+new_case("GatherND", [node("GatherND", ["x", "i"])], {"x": rnd(3, 4)}, {"i": np.array([[2, 1], [0, 3], [2, 1]])},
+         opset=16, **D64)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
