@@ -1071,7 +1071,7 @@ def _resize(ctx):
         ctx.need_const(1, "roi")
     attrs = {a: v for a, v in ctx.attrs.items() if a in (
         "mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
-        "extrapolation_value", "nearest_mode", "antialias")}
+        "nearest_mode", "antialias")}  # extrapolation_value is the affine part (no gradient): probe with 0
     g = ctx.grads[0]
     npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
     for j, ax in enumerate(axes):

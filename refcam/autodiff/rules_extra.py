@@ -266,3 +266,72 @@ def _gather_nd(ctx):
     x = ctx.inputs[0]
     gx = ctx.op("ScatterND", [ctx.b.zeros_like(x, ctx.elem(x)), ctx.inputs[1], ctx.grads[0]], reduction="add")
     return [gx, ZERO]
+
+
+def _resize_any(ctx):
+    r"""Resize: the static rule (per-axis matrices probed once at build time, :mod:`.probe`) when
+    scales/sizes/roi are constants and the shapes static; otherwise the same probe *in the graph*:
+    per resized axis :math:`a` with input size :math:`n` (``Shape(x)[a]``, at run time), the op itself
+    is applied to the identity basis ``EyeLike((n, n))`` shaped ``(n, 1, 1, n)`` with this axis's
+    runtime scale (or size, or roi), giving :math:`A_a^{\mathsf T}`; then
+    :math:`\bar x = A_1^{\mathsf T} \cdot_1 \cdots g`.  Exact for every mode and coordinate
+    transformation the runtime implements (it *is* the runtime's arithmetic), ``extrapolation_value``
+    excluded (the affine part carries no gradient).  scales/sizes/roi get no gradient rule (refused
+    if needed); ``keep_aspect_ratio_policy`` other than stretch is refused (its per-axis scale depends
+    on every axis)."""
+    from ..errors import ModelError, UnsupportedOpError
+    from . import rules as base
+
+    try:
+        return base._resize(ctx)
+    except (UnsupportedOpError, ModelError):
+        if ctx.opset < 11 or ctx.attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise
+    b = ctx.b
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    axes = ctx.attrs.get("axes")
+    axes = list(range(r)) if axes is None else [a % r for a in axes]
+    attrs = {a: v for a, v in ctx.attrs.items() if a in (
+        "mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside", "nearest_mode", "antialias")}
+    has_sizes = ctx.has_input(3)
+    scales = ctx.inputs[2] if ctx.has_input(2) and not has_sizes else None
+    sizes = ctx.inputs[3] if has_sizes else None
+    roi = ctx.inputs[1] if ctx.has_input(1) and attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" \
+        else None
+    f32 = TensorProto.FLOAT
+    g = ctx.grads[0]
+    shp = b.shape(x)
+    one_f = b.const(np.array([1.0, 1.0, 1.0], np.float32))
+    for j, ax in enumerate(axes):
+        n = b.op("Gather", [shp, b.ints([ax])], axis=0)                      # (1,)
+        eye = b.op("EyeLike", [b.op("ConstantOfShape", [b.op("Concat", [n, n], axis=0)],
+                                    value=onnx_zero(f32))])
+        basis = b.op("Reshape", [eye, b.op("Concat", [n, b.ints([1, 1]), n], axis=0)])
+        rr = ""
+        if roi is not None:
+            rf = ctx.op("Cast", [roi], to=f32)
+            lo = b.op("Gather", [rf, b.ints([j])], axis=0)
+            hi = b.op("Gather", [rf, b.ints([j + len(axes)])], axis=0)
+            rr = b.op("Concat", [b.const(np.zeros(3, np.float32)), lo, one_f, hi], axis=0)
+        if sizes is not None:
+            m_out = b.op("Gather", [sizes, b.ints([j])], axis=0)
+            ins = [basis, rr, "", b.op("Concat", [n, b.ints([1, 1]), m_out], axis=0)]
+        else:
+            sf = ctx.op("Cast", [scales], to=f32)
+            ins = [basis, rr, b.op("Concat", [one_f, b.op("Gather", [sf, b.ints([j])], axis=0)], axis=0)]
+        if ctx.opset < 13 and rr == "":
+            rr = b.const(np.array([0, 0, 0, 0, 1, 1, 1, 1], np.float32))
+            ins[1] = rr
+            if sizes is not None:
+                ins[2] = b.const(np.zeros(0, np.float32))
+        out = b.op("Resize", ins, **attrs)                                  # (n, 1, 1, m) = A^T
+        at = b.op("Reshape", [out, b.op("Concat", [n, b.ints([-1])], axis=0)])
+        a = b.op("Transpose", [at], perm=[1, 0])                           # (m, n) = A
+        if ctx.elem(x) != f32:
+            a = ctx.op("Cast", [a], to=ctx.elem(x))
+        g = b.move_axis_matmul(g, r, ax, a)
+    return [g] + [None] * (len(ctx.inputs) - 1)
+
+
+rule("Resize")(_resize_any)

@@ -306,6 +306,19 @@ new_case("ScatterND", [node("ScatterND", ["x", "i", "u"])], {"x": rnd(3, 4), "u"
          {"i": np.array([[2], [0]])}, wrt=("x", "u"), opset=16, **D64)
 new_case("GatherND", [node("GatherND", ["x", "i"])], {"x": rnd(3, 4)}, {"i": np.array([[2, 1], [0, 3], [2, 1]])},
          opset=16, **D64)
+# Resize: runtime scales / sizes / roi (in-graph probe) and constant roi with an extrapolation value
+for attrs, sc in [(dict(mode="linear"), [1, 1, 0.6, 0.8]), (dict(mode="cubic", antialias=1), [1, 1, 0.5, 0.7]),
+                  (dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), [1, 1, 1.7, 0.6])]:
+    new_case("Resize-runtime-scales", [node("Resize", ["x", "", "s"], **attrs)],
+             {"x": rnd(2, 3, 5, 4, dtype=F32), "s": np.array(sc, F32)}, opset=19, **LIN32)
+ROI = np.array([0, 0, 0.2, 0.1, 1, 1, 0.9, 0.7], F32)
+new_case("Resize-crop-runtime-roi", [node("Resize", ["x", "roi", "s"], mode="linear",
+                                          coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=7.0)],
+         {"x": rnd(2, 3, 5, 4, dtype=F32), "roi": ROI, "s": np.array([1, 1, 1.3, 2.0], F32)}, opset=19, **LIN32)
+new_case("Resize-crop-const-roi", [node("Resize", ["x", "roi", "s"], mode="linear",
+                                        coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=7.0)],
+         {"x": rnd(2, 3, 5, 4, dtype=F32)}, {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3], F32),
+                                             "s": np.array([1, 1, 1.3, 2.0], F32)}, opset=19, **LIN32)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
