@@ -86,3 +86,37 @@ def test_shapleycam_softmax_target_closed_form_hessian():
         np.testing.assert_allclose(e.arrays["gradients"][n, 0, :, 0, 0], gk, rtol=2e-4, atol=2e-4 * np.abs(gk).max())
     g = e.arrays["gradients"][:, 0]
     np.testing.assert_array_equal(e.maps, M.shapleycam(e.arrays["activations"], g, e.arrays["hessian_vector_products"][:, 0]))
+
+
+def test_finercam_gradient_is_the_seeded_head_gradient():
+    # GAP -> linear head: dy_j/dA^k = w_jk / Z everywhere, so dS/dA^k = (s . w_k) / Z
+    e = refcam.explain(cam_net(), X, "finercam", target=[1, 4], alpha=0.7)
+    y = e.outputs.reshape(len(X), -1).astype(np.float64)
+    main, comp = M.finercam_classes(y, np.array([1, 4]))
+    assert main.tolist() == [1, 4]
+    np.testing.assert_array_equal(e.arrays["finer_classes"][:, 0], comp)
+    s = M.finercam_seed(y, main, comp, alpha=0.7)
+    head = refcam.onnx.load(cam_net()).linear_head(e.layer)
+    z = np.prod(e.maps.shape[1:])
+    g = e.arrays["finer_gradients"][:, 0]
+    np.testing.assert_allclose(g[:, :, 0, 0], s @ head.weight / z, rtol=1e-4, atol=1e-6 * np.abs(g).max())
+    np.testing.assert_array_equal(e.maps, M.gradcam(e.arrays["activations"], g))
+
+
+def test_smoothgradcampp_without_noise_is_gradcampp():
+    e = refcam.explain(cam_net(), X, "smoothgradcampp", target=[1, 4], std=0.0, n_samples=3)
+    g = refcam.explain(cam_net(), X, "gradcampp", target=[1, 4])
+    np.testing.assert_allclose(e.maps, g.maps, rtol=1e-5, atol=1e-6 * np.abs(g.maps).max())
+    assert e.arrays["noisy_layer_gradients"].shape == (2, 3, 1) + e.arrays["activations"].shape[1:]
+
+
+def test_smoothgradcampp_torchcam_options_use_the_last_sample():
+    o = dict(std=0.3, n_samples=2, seed=3, first_order="last", denominator="channel", eps=1e-8,
+             map_activations="last-sample")
+    e = refcam.explain(cam_net(), X, "smoothgradcampp", target=[1, 4], **o)
+    gs = e.arrays["noisy_layer_gradients"][:, :, 0]
+    ref = M.smoothgradcampp(e.arrays["activations"], gs, first_order="last", denominator="channel", eps=1e-8,
+                            map_activations=e.arrays["noisy_activations"][:, -1])
+    np.testing.assert_array_equal(e.maps, ref)
+    e2 = refcam.explain(cam_net(), X, "smoothgradcampp", target=[1, 4], **o)
+    np.testing.assert_array_equal(e.maps, e2.maps)                  # seeded
