@@ -85,18 +85,13 @@ def _one_line(text: str) -> str:
 
 
 def _registry():
-    from . import explanation  # noqa: F401  (imports refcam.methods and registers the methods)
     from .methods import METHODS
-
-    # the gradient floor may register its methods (gradcam, ...) when it is imported
-    if "gradcam" not in METHODS and importlib.util.find_spec("refcam.autodiff") is not None:
-        importlib.import_module("refcam.autodiff")
 
     return METHODS
 
 
 def default_method() -> str:
-    """``"gradcam"`` when a Grad-CAM method is registered (gradient floor present), else ``"cam"``.
+    """``"gradcam"`` when registered, else ``"cam"``.
 
     On a GAP → linear head such as the default model's, Grad-CAM equals CAM / Z (Z = spatial
     positions), so the fallback explains the same evidence up to a positive factor.
@@ -285,11 +280,8 @@ def _progress(total: int, enabled: bool | None, desc: str):
 def _preset(name: str | None):
     if name is None:
         return None
-    if importlib.util.find_spec("refcam.presets") is None:
-        raise UsageError(
-            "--preset: convention presets (refcam.presets) are not in this version of refcam"
-        )
-    presets = importlib.import_module("refcam.presets")
+    from . import presets
+
     if name not in presets.PRESET_NAMES:
         raise UsageError(
             f"--preset: got {name!r}, expected one of {', '.join(presets.PRESET_NAMES)}"
@@ -306,7 +298,8 @@ class _Computed:
 
 
 def _method_options(meth, options: dict, presets, preset_name: str | None):
-    """The options of one method: ``-O`` values, then the preset's (``(opts, convention)``)."""
+    """The options of one method: the preset's (:func:`refcam.presets.explain_options`), then the
+    ``-O`` values over them (``(opts, convention)``)."""
     from .errors import RefcamError
 
     opts = dict(options)
@@ -316,25 +309,8 @@ def _method_options(meth, options: dict, presets, preset_name: str | None):
         conv = presets.get(preset_name, meth.name)
     except RefcamError as exc:
         raise UsageError(f"--preset {preset_name}: {exc}") from None
-    if getattr(conv, "masks", None) is not None or getattr(conv, "ablation_value", None) not in (
-        None,
-        "zero",
-    ):
-        raise UsageError(
-            f"--preset {preset_name}: the {meth.name} convention changes how the model is "
-            f"queried (masks / ablation), which the CLI does not map yet; use "
-            f"refcam.presets.compute with refcam.explain's arrays"
-        )
-    if "relu" in meth.defaults and "relu" not in opts:
-        opts["relu"] = bool(conv.relu)
-    for k, v in conv.method_kwargs.items():
-        if k not in meth.defaults:
-            raise UsageError(
-                f"--preset {preset_name}: {meth.name} needs option {k}={v!r}, which "
-                f"refcam.explain does not expose for this method"
-            )
-        opts.setdefault(k, v)
-    return opts, conv
+    # the preset's explain options (same names as the -O keys); -O wins
+    return {**presets.explain_options(conv), **opts}, conv
 
 
 def _check_options(meth, opts: dict) -> None:
@@ -374,7 +350,7 @@ def _run_explain(lm, x, plans, target, presets, args) -> list[_Computed]:
                 progress=args.progress,
                 **opts,
             )
-            shown = e.maps if conv is None else presets.postprocess(conv, e.maps, e.input_size)
+            shown = e.maps if conv is None else presets.from_explanation(conv, e)
             results.append(_Computed(meth, e, shown))
             bar.update(1)
     finally:
@@ -643,16 +619,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"  needs   : {', '.join(m.needs)}")
         math_name = getattr(m.math, "__module__", "") + "." + getattr(m.math, "__name__", "?")
         print(f"  math    : {math_name}")
-        if m.defaults:
-            print("  options : " + ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()))
+        for i, o in enumerate(m.options):
+            choices = f" {{{', '.join(map(repr, o.choices))}}}" if o.choices else ""
+            label = "options :" if i == 0 else "         "
+            print(f"  {label} {o.name}={o.default!r}{choices}  {o.doc}".rstrip())
         if not m.targeted:
             print("  target  : class-agnostic (no --target)")
         print()
-    if "gradcam" not in methods:
-        print(
-            "Gradient methods (gradcam, gradcampp, ...) appear here once the gradient floor "
-            "(refcam.autodiff) registers them."
-        )
     return 0
 
 

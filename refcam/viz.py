@@ -299,6 +299,19 @@ def _panels(items: Any, name: str) -> list[tuple[str, Any]]:
     return [(str(t), v) for t, v in pairs]
 
 
+def _grid_with_input(img: Any, n_panels: int, ncols: Any, panel_size: Any, dpi: Any,
+                     colorbar: Any, suptitle: Any):
+    """:func:`_grid_figure` with the input picture ``img`` in the first panel (``None``: no input
+    panel); returns the figure, every axis, and the index of the first of the ``n_panels``."""
+    fig, axes = _grid_figure(n_panels + (img is not None), ncols, panel_size, dpi, colorbar,
+                             suptitle)
+    if img is None:
+        return fig, axes, 0
+    axes[0].imshow(img)
+    axes[0].set_title("input")
+    return fig, axes, 1
+
+
 def _grid_figure(
     n: int, ncols: int | None, panel_size: float, dpi: float, colorbar: bool, suptitle: str | None
 ):
@@ -367,13 +380,8 @@ def compare_grid(
     if shared_scale:
         lo = min(float(m.min()) for _, m in checked)
         hi = max(float(m.max()) for _, m in checked)
-    n = len(checked) + (1 if show_input else 0)
-    fig, axes = _grid_figure(n, ncols, panel_size, dpi, colorbar, suptitle)
-    k = 0
-    if show_input:
-        axes[0].imshow(img)
-        axes[0].set_title("input")
-        k = 1
+    fig, axes, k = _grid_with_input(img if show_input else None, len(checked), ncols, panel_size,
+                                    dpi, colorbar, suptitle)
     for (title, m), ax in zip(checked, axes[k:]):
         vmin, vmax = (lo, hi) if shared_scale else (None, None)
         ax.imshow(
@@ -428,14 +436,9 @@ def saliency_grid(
     mode = choice(mode, "mode", _SALIENCY_MODES)
     pairs = _panels(gradients, "gradients")
     pictures = [(t, saliency_image(g, mode=mode, percentile=percentile)) for t, g in pairs]
-    n = len(pictures) + (1 if show_input else 0)
     colorbar = colorbar and mode != "rgb"
-    fig, axes = _grid_figure(n, ncols, panel_size, dpi, colorbar, suptitle)
-    k = 0
-    if show_input:
-        axes[0].imshow(img)
-        axes[0].set_title("input")
-        k = 1
+    fig, axes, k = _grid_with_input(img if show_input else None, len(pictures), ncols, panel_size,
+                                    dpi, colorbar, suptitle)
     cmap = {"abs": "gray", "signed": "bwr", "rgb": None}[mode]
     for (title, pic), ax in zip(pictures, axes[k:]):
         if mode == "rgb":
@@ -458,13 +461,12 @@ def saliency_grid(
 def _softmax_top(outputs_row: Any, k: int) -> list[tuple[int, float]]:
     """The ``k`` most probable classes of one output row, ``(class, p)`` highest first.
 
-    .. math:: p_c = \\exp(y^c - m) / \\sum_{c'} \\exp(y^{c'} - m), \\quad m = \\max_{c'} y^{c'}
-
-    Ties are broken by the lower class index.
+    ``p`` = :func:`refcam.math.softmax` of the row (float64).  Ties are broken by the lower class
+    index.
     """
-    z = np.asarray(outputs_row, dtype=np.float64).ravel()
-    e = np.exp(z - z.max())
-    p = e / e.sum()  # the sum is >= 1 (the max term is exp(0)): no guard needed
+    from .math import softmax
+
+    p = softmax(np.asarray(outputs_row, dtype=np.float64).ravel())
     order = np.argsort(-p, kind="stable")[:k]
     return [(int(c), float(p[c])) for c in order]
 

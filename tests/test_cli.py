@@ -376,11 +376,10 @@ def test_preset_postprocessing(tmp_path, capsys, cat):
     assert shown.shape == (1, 224, 224) and shown.min() == 0.0 and shown.max() == 1.0
     ov = np.asarray(Image.open(tmp_path / "chelsea_cam.png").convert("RGB"))
     np.testing.assert_array_equal(ov, viz.overlay(picture, shown[0]))
-    # a method the preset does not cover, and a convention the CLI cannot map: usage errors
+    # a method the preset does not cover: a usage error (every convention of a preset maps:
+    # tests/test_presets.py::test_cli_explain_preset_every_method)
     code, _, err = run(capsys, "explain", "-m", "cam", "--preset", "captum")
     assert code == 2 and err.startswith("refcam: error: --preset captum: method: got 'cam'")
-    code, _, err = run(capsys, "explain", "-m", "scorecam", "--preset", "paper")
-    assert code == 2 and "does not map yet" in err
 
 
 def test_default_method_follows_the_registry(monkeypatch):

@@ -36,6 +36,7 @@ import numpy as np
 
 from .._validate import as_float_array, check_ndim, positive_int
 from ..errors import InvalidArgumentError, ModelError, ShapeError
+from ..math import softmax
 from ._efficientnet import BUILDER_VERSION, CAM_LAYER, IMAGE_SIZE
 from ._images import open_image
 from ._metadata import class_index, model_classes, model_preprocessing
@@ -346,9 +347,7 @@ def decode_predictions(logits: Any, top: int = 5) -> list[list[tuple[int, str, f
     top = positive_int(top, "top")
     if top > 1000:
         raise InvalidArgumentError("top", top, "an integer in 1..1000")
-    z = z.astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
+    p = softmax(z.astype(np.float64), axis=1)
     order = np.argsort(-p, axis=1, kind="stable")[:, :top]
     names = imagenet_classes()
     return [[(int(c), names[c], float(p[n, c])) for c in order[n]] for n in range(p.shape[0])]
