@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from .blocks import _flag, _maps_and_gradients, _maybe_relu
 
@@ -31,7 +32,16 @@ def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
     """``x`` of shape (N, K, *S) -> signed projection on the first right singular vector."""
     n, k = x.shape[:2]
     spatial = x.shape[2:]
-    o = np.swapaxes(x.reshape(n, k, -1), 1, 2)            # (N, Z, K)
+    # LAPACK has no float16: compute in float32, round back at the end.  Each sample is divided by
+    # the power of two just below its largest |value| (exact in binary floating point, and the
+    # projection is homogeneous of degree 1 in O), so the QR/SVD never sees values near the
+    # dtype's overflow threshold (LAPACK fails with "SVD did not converge" there); the factor is
+    # multiplied back at the end, where only a genuinely unrepresentable map can overflow.
+    work = x.astype(np.float32) if x.dtype == np.float16 else x
+    peak = np.abs(work.reshape(n, -1)).max(axis=1)
+    _, exponent = np.frexp(np.where(peak > 0, peak, 1))
+    scale = np.ldexp(np.ones_like(peak), exponent - 1)[:, None]   # (N, 1)
+    o = np.swapaxes((work.reshape(n, k, -1) / scale[:, :, None]), 1, 2)   # (N, Z, K), scaled
     if center:
         o = o - o.mean(axis=1, keepdims=True)              # centre each channel over positions
         # a spatially constant channel centres to exactly 0 (the mean's round-off must not leave
@@ -42,7 +52,7 @@ def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
     p = _projection_on_v1(o)                                # O v1 = sigma1 u1, shape (N, Z)
     if sign != "none":
         p = p * _sign_factor(p, sign)[:, None]
-    return p.reshape((n,) + spatial).astype(x.dtype, copy=False)
+    return (p * scale).reshape((n,) + spatial).astype(x.dtype, copy=False)
 
 
 def _projection_on_v1(o: np.ndarray) -> np.ndarray:
@@ -82,6 +92,7 @@ def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
     return np.where(tie, by_max, np.where(total < 0, -1, 1)).astype(p.dtype)
 
 
+@finite_output
 def eigencam(
     activations: Any, *, center: bool = False, sign: str = "sum", relu: bool = False
 ) -> np.ndarray:
@@ -135,6 +146,7 @@ def eigencam(
     return _maybe_relu(m, relu)
 
 
+@finite_output
 def eigengradcam(
     activations: Any, gradients: Any, *, center: bool = False, sign: str = "sum", relu: bool = False
 ) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _channel_vector, _flag, _maybe_relu, _weighted_sum
@@ -67,6 +68,7 @@ def _scorecam_weights(c: np.ndarray, b: np.ndarray | None, softmax: bool) -> np.
 _MASK_ORDERS = ("upsample-then-normalize", "normalize-then-upsample")
 
 
+@finite_output
 def scorecam_masks(
     activations: Any,
     size: Any,
@@ -153,6 +155,7 @@ def scorecam_masks(
     return h
 
 
+@finite_output
 def scorecam_weights(
     scores: Any, baseline_score: Any = None, *, softmax: bool = False
 ) -> np.ndarray:
@@ -201,6 +204,7 @@ def scorecam_weights(
     return _scorecam_weights(c, b, _flag(softmax, "softmax"))
 
 
+@finite_output
 def scorecam(
     activations: Any,
     scores: Any,
@@ -289,6 +293,7 @@ def _ablation_map(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return m
 
 
+@finite_output
 def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     r"""Ablation-CAM channel weights: relative drop of the class score when a channel is ablated.
 
@@ -337,6 +342,7 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     return _ablation_weights(c, y)
 
 
+@finite_output
 def ablationcam(
     activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True
 ) -> np.ndarray:
@@ -400,6 +406,7 @@ def _sampled_scores(x: Any, name: str = "scores") -> np.ndarray:
     return arr
 
 
+@finite_output(widen=False)
 def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> np.ndarray:
     r"""SS-CAM noisy masks: each Score-CAM mask plus Gaussian noise, ``n_samples`` times.
 
@@ -446,6 +453,7 @@ def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> 
     return out
 
 
+@finite_output
 def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
     r"""SS-CAM channel weights: Score-CAM weights of the scores averaged over the noise samples.
 
@@ -486,6 +494,7 @@ def _sample_mean_weights(scores: Any, baseline_score: Any, softmax: Any) -> np.n
 ISCAM_SCHEDULES = ("accumulated", "linear")
 
 
+@finite_output
 def iscam_scales(n_steps: int, schedule: str = "accumulated") -> np.ndarray:
     r"""IS-CAM mask scales :math:`\gamma_i`, :math:`i = 1..n`.
 
@@ -531,6 +540,7 @@ def iscam_scales(n_steps: int, schedule: str = "accumulated") -> np.ndarray:
     return i * (i + 1) / (2 * n) if schedule == "accumulated" else i / n
 
 
+@finite_output
 def iscam_masks(masks: Any, n_steps: int, *, schedule: str = "accumulated") -> np.ndarray:
     r"""IS-CAM scaled masks: each Score-CAM mask scaled by :math:`\gamma_i`, :math:`i = 1..n`.
 
@@ -563,6 +573,7 @@ def iscam_masks(masks: Any, n_steps: int, *, schedule: str = "accumulated") -> n
     return t.reshape((1, -1) + (1,) * (h.ndim - 1)) * h[:, None]
 
 
+@finite_output
 def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
     r"""IS-CAM channel weights: the Score-CAM increase of confidence integrated along the mask path.
 
