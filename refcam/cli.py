@@ -7,11 +7,26 @@ ImageNet, :mod:`refcam.zoo`) on the bundled photo of a cat and writes, into ``./
 * ``chelsea_<method>.png`` -- the overlay alone, pixel for pixel at the model's input size;
 * ``chelsea_<method>.npy`` -- the raw map at feature resolution (``Explanation.maps[i]``),
 
+* ``refcam-<hash>.json`` -- the run's manifest: inputs and model with their SHA-256, methods,
+  options, every output with its SHA-256, the refcam version (:mod:`refcam._outputs`),
+
 and prints the paths.  Every subcommand has ``--help``.
 
+Files: everything that can be checked without running the model is checked first (options, the
+output folder's writability, that no output would replace an input, which is refused); the
+outputs are then computed in memory, written to temporary names in the output folder and renamed
+together under a lock on the folder, so that an interrupted run leaves no truncated file and two
+runs writing to one folder never leave a mixture of their files.  Models and images are told
+apart by content, not by suffix; labels and preprocessing come from the model's
+``metadata_props`` when present (:func:`refcam.zoo.model_classes`,
+:func:`refcam.zoo.model_preprocessing`).  Image decoding lives in :mod:`refcam.zoo._images`,
+the figure in :func:`refcam.viz.explain_figure`.
+
 Exit codes: 0 success; 1 a :class:`refcam.errors.RefcamError` (unknown layer, unsupported op,
-bad target, a file that is not a model ...); 2 a usage error (bad option, missing file, unknown
-method); 130 interrupted.  Errors are one line on stderr; ``--debug`` shows the traceback instead.
+a class index out of range, a file that is not a model ...); 2 a usage error (bad option or option
+value, missing file, unknown method or class name, negative ``--target``, unwritable output folder,
+an output that would replace an input); 130 interrupted.  Errors are one line on stderr;
+``--debug`` shows the traceback instead.
 
 Extension hook
 --------------
@@ -39,22 +54,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .zoo._images import NORMALIZATIONS  # re-exported: the presets of --norm
+
 __all__ = ["NORMALIZATIONS", "PLUGINS", "UsageError", "build_parser", "default_method", "main"]
 
 #: Modules that may contribute subcommands (``add_cli(...)``, see above), imported when present.
 PLUGINS: tuple[str, ...] = ("refcam.check",)
-
-#: Per-channel (mean, std) presets on the [0, 255] RGB scale: ``x' = (x - mean) / std``.
-NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    # TensorFlow EfficientNet-Lite / "inception style": (x - 127) / 128 (refcam.zoo.PREPROCESSING)
-    "efficientnet": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
-    # torchvision ImageNet: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) on [0, 1]
-    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-    # x / 255 in [0, 1]
-    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
-    # raw [0, 255] values
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
 
 DEFAULT_MODEL = "default"
 DEFAULT_IMAGE = "chelsea"
@@ -80,18 +85,13 @@ def _one_line(text: str) -> str:
 
 
 def _registry():
-    from . import explanation  # noqa: F401  (imports refcam.methods and registers the methods)
     from .methods import METHODS
-
-    # the gradient floor may register its methods (gradcam, ...) when it is imported
-    if "gradcam" not in METHODS and importlib.util.find_spec("refcam.autodiff") is not None:
-        importlib.import_module("refcam.autodiff")
 
     return METHODS
 
 
 def default_method() -> str:
-    """``"gradcam"`` when a Grad-CAM method is registered (gradient floor present), else ``"cam"``.
+    """``"gradcam"`` when registered, else ``"cam"``.
 
     On a GAP → linear head such as the default model's, Grad-CAM equals CAM / Z (Z = spatial
     positions), so the fallback explains the same evidence up to a positive factor.
@@ -113,50 +113,22 @@ def _get_method(name: str):
 # --------------------------------------------------------------------------- models and images
 
 
-class _LoadedModel:
-    def __init__(
-        self, model: Any, label: str, classes: list[str] | None, default_norm: str
-    ) -> None:
-        self.model = model
-        self.label = label
-        self.classes = classes
-        self.default_norm = default_norm
+def _is_model_spec(spec: str) -> bool:
+    from .zoo import _models
+
+    try:
+        return _models.is_model_spec(spec)
+    except _models.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _load_model(spec: str | None, layout: str) -> _LoadedModel:
-    from .onnx import Model
+def _load_model(spec: str | None, layout: str):
+    from .zoo import _models
 
-    if spec is None or spec in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0"):
-        from . import zoo
-
-        if layout.upper() not in ("NCHW", "CHANNELS_FIRST"):
-            raise UsageError(f"--layout: got {layout!r}, the default model is NCHW")
-        return _LoadedModel(
-            Model(zoo.efficientnet_lite0()),
-            "EfficientNet-Lite0 (ImageNet)",
-            zoo.imagenet_classes(),
-            "efficientnet",
-        )
-    if spec.startswith("toy:"):
-        from .onnx import toy_models
-
-        name = spec[4:]
-        if name not in toy_models.ZOO:
-            raise UsageError(
-                f"model: unknown toy model {name!r}; expected toy:NAME with NAME one of "
-                f"{', '.join(sorted(toy_models.ZOO))}"
-            )
-        return _LoadedModel(
-            Model(toy_models.toy_model(name), layout=layout), spec, None, "imagenet"
-        )
-    path = Path(spec)
-    if not path.exists():
-        raise UsageError(
-            f"model: no such file {spec!r} (expected an .onnx file, 'default' or toy:NAME)"
-        )
-    if path.is_dir():
-        raise UsageError(f"model: {spec!r} is a directory, expected an .onnx file")
-    return _LoadedModel(Model(str(path), layout=layout), path.name, None, "imagenet")
+    try:
+        return _models.load_model(spec, layout=layout)
+    except _models.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
@@ -171,145 +143,93 @@ def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-class _Item:
-    """One input sample: native-layout model input ``x`` (1, ...), its display picture, a file stem."""
+def _load_images(specs: Sequence[str], lm, args: argparse.Namespace):
+    """Image files / samples / .npy arrays → :class:`refcam.zoo._images.InputItem` list.
 
-    def __init__(self, stem: str, x: Any, picture: Any) -> None:
-        self.stem, self.x, self.picture = stem, x, picture
+    Preprocessing: a flag given on the command line, else the model's ``refcam.preprocessing``
+    metadata, else the defaults (size: the model's, else 224; crop padding 32; bicubic; --norm
+    imagenet, efficientnet for the embedded model).
+    """
+    from .errors import InvalidArgumentError
+    from .zoo import _images
 
-
-def _display_picture(x_cf):
-    """(C, *S) channels-first input → (H, W, 3) floats in [0, 1] for display (min-max per sample)."""
-    import numpy as np
-
-    x = np.asarray(x_cf, dtype=np.float64)
-    pic = (
-        x[:3].transpose(1, 2, 0)
-        if x.shape[0] >= 3
-        else np.repeat(x.mean(axis=0)[..., None], 3, axis=2)
-    )
-    lo, hi = pic.min(), pic.max()
-    return np.zeros_like(pic) if hi == lo else (pic - lo) / (hi - lo)  # constant input: guard
-
-
-def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespace) -> list[_Item]:
-    import numpy as np
-
-    from . import zoo
-
-    model = lm.model
-    shape = model.input_shape or ()
-    channels_last = model.channels_last
-    spatial = tuple(shape[1:-1] if channels_last else shape[2:]) if shape else ()
-    size = args.size
-    fixed = [d for d in spatial if isinstance(d, int) and d > 0]
-    if size is None:
-        size = fixed[0] if fixed else 224
-    square_ok = len(set(fixed)) <= 1
-    if args.norm not in (None, *NORMALIZATIONS):
-        raise UsageError(f"--norm: got {args.norm!r}, expected one of {', '.join(NORMALIZATIONS)}")
-    mean, std = NORMALIZATIONS[args.norm or lm.default_norm]
-    if args.mean is not None:
-        mean = _parse_floats3(args.mean, "--mean")
-    if args.std is not None:
-        std = _parse_floats3(args.std, "--std")
-        if min(std) <= 0:
-            raise UsageError(f"--std: got {args.std!r}, expected three values > 0")
-
-    items: list[_Item] = []
-    seen: dict[str, int] = {}
-
-    def stem_of(s: str) -> str:
-        k = seen.get(s, 0)
-        seen[s] = k + 1
-        return s if k == 0 else f"{s}-{k}"
-
-    for spec in specs:
-        if spec in zoo.sample_images() and not Path(spec).exists():
-            path = zoo.sample_image_path(spec)
-        else:
-            path = Path(spec)
-            if not path.exists():
-                raise UsageError(
-                    f"image: no such file {spec!r} (expected an image file, a .npy array or one "
-                    f"of the samples {', '.join(zoo.sample_images())})"
-                )
-            if path.is_dir():
-                raise UsageError(
-                    f"image: {spec!r} is a directory, expected an image file or a .npy array"
-                )
-        if path.suffix.lower() == ".npy":
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise UsageError(
-                    f"image: cannot read {spec!r} as a .npy array ({_one_line(exc)})"
-                ) from None
-            if shape and arr.ndim == len(shape) - 1:
-                arr = arr[None]
-            x_all = model.check_inputs(arr, argument=f"image {spec!r}")
-            for i in range(x_all.shape[0]):
-                x = x_all[i : i + 1]
-                cf = model.to_channels_first(x)[0]
-                stem = path.stem if x_all.shape[0] == 1 else f"{path.stem}_{i}"
-                items.append(
-                    _Item(stem_of(stem), x, _display_picture(cf) if cf.ndim == 3 else None)
-                )
-            continue
-        n_channels = shape[-1 if channels_last else 1] if len(shape) > 1 else None
-        if shape and (
-            len(shape) != 4 or (isinstance(n_channels, int) and n_channels not in (0, 3))
-        ):
-            hint = (
-                " (a channels-last model? pass --layout NHWC)"
-                if not channels_last and len(shape) == 4 and shape[-1] == 3
-                else ""
-            )
-            raise UsageError(
-                f"image: the model input {model.input_name!r} has shape {shape}, not an RGB image "
-                f"batch; pass the input as a .npy array instead of {spec!r}{hint}"
-            )
-        if not square_ok:
-            raise UsageError(
-                f"image: the model input {model.input_name!r} has shape {shape}, not square; image "
-                f"files are centre-cropped to a square, so pass the input of {spec!r} as a .npy array"
-            )
-        x, pics = zoo.preprocess(
-            str(path),
+    pre = lm.preprocessing
+    mean = _parse_floats3(args.mean, "--mean") if args.mean is not None else None
+    std = _parse_floats3(args.std, "--std") if args.std is not None else None
+    if args.norm is None:
+        mean = mean if mean is not None else pre.get("mean")
+        std = std if std is not None else pre.get("std")
+    try:
+        mean, std = _images.normalization(args.norm, lm.default_norm, mean, std)
+    except InvalidArgumentError as exc:
+        raise UsageError(f"--{exc.argument}: got {exc.got!r}, expected {exc.expected}") from None
+    size = args.size if args.size is not None else pre.get("size")
+    fixed = _fixed_side(lm.model)
+    if args.size is not None and fixed is not None and args.size != fixed:
+        raise UsageError(
+            f"--size: got {args.size}, but the model input {lm.model.input_name!r} has the fixed "
+            f"shape {_fmt_shape(lm.model.input_shape)}; omit --size (or pass --size {fixed})"
+        )
+    try:
+        return _images.load_inputs(
+            specs,
+            lm.model,
             size=size,
-            crop_padding=args.crop_padding,
+            crop_padding=(
+                args.crop_padding if args.crop_padding is not None else pre.get("crop_padding", 32)
+            ),
+            resample=args.resample or pre.get("resample", "bicubic"),
             mean=mean,
             std=std,
-            resample=args.resample,
-            return_images=True,
         )
-        if channels_last:
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        x = model.check_inputs(x, argument=f"image {spec!r}")
-        items.append(_Item(stem_of(path.stem), x, pics[0]))
-    return items
+    except _images.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _parse_target(text: str | None, lm: _LoadedModel, n: int):
+def _fixed_side(model: Any) -> int | None:
+    """The side of a model input fixed to a square (all spatial sizes equal ints), else ``None``."""
+    shape = model.input_shape or ()
+    if len(shape) < 3:
+        return None
+    spatial = shape[1:-1] if model.channels_last else shape[2:]
+    if all(isinstance(d, int) and d > 0 for d in spatial) and len(set(spatial)) == 1:
+        return int(spatial[0])
+    return None
+
+
+def _parse_target(text: str | None, lm, n: int):
+    """``-t``: class indices or names, one for all images or one per image (comma-separated).
+
+    Negative indices are refused here (``-t -1`` is almost always a typo on a command line),
+    although :func:`refcam.explain` accepts them NumPy-style and reports the resolved class.
+    """
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",")]
+    n_classes = len(lm.classes) if lm.classes is not None else lm.n_classes
 
     def one(p: str) -> int:
         try:
-            return int(p)
+            c = int(p)
         except ValueError:
-            pass
+            c = None
+        if c is not None:
+            if c < 0:
+                raise UsageError(
+                    f"--target: got {c}, expected a class index >= 0 (negative indices are refused "
+                    f"on the command line; pass the class itself"
+                    + (f", e.g. {n_classes + c} for {c}" if n_classes and -n_classes <= c else "")
+                    + ")"
+                )
+            return c
         if lm.classes is not None:
-            key = p.lower().replace("_", " ")
-            hits = [i for i, c in enumerate(lm.classes) if c.lower() == key]
-            if hits:
-                return hits[0]
-            import difflib
+            from .errors import TargetError
+            from .zoo import class_index
 
-            close = difflib.get_close_matches(key, [c.lower() for c in lm.classes], n=3, cutoff=0.6)
-            hint = f" (closest: {', '.join(close)})" if close else ""
-            raise UsageError(f"--target: unknown class name {p!r}{hint}")
+            try:
+                return class_index(p, lm.full_classes)
+            except TargetError as exc:
+                raise UsageError(f"--{exc}") from None  # "--target: ..."
         raise UsageError(
             f"--target: got {p!r}, expected a class index (this model has no class names)"
         )
@@ -318,8 +238,11 @@ def _parse_target(text: str | None, lm: _LoadedModel, n: int):
     if len(vals) == 1:
         return vals[0]
     if len(vals) != n:
+        expected = (
+            "1 (there is one image)" if n == 1 else f"1 (for every image) or {n} (one per image)"
+        )
         raise UsageError(
-            f"--target: got {len(vals)} comma-separated targets for {n} image(s), expected 1 or {n}"
+            f"--target: got {len(vals)} comma-separated targets for {n} image(s), expected {expected}"
         )
     return vals
 
@@ -344,79 +267,6 @@ def _parse_options(pairs: Sequence[str]) -> dict:
     return opts
 
 
-# --------------------------------------------------------------------------- figures
-
-
-def _softmax_top(outputs_row, k: int):
-    import numpy as np
-
-    z = np.asarray(outputs_row, dtype=np.float64).ravel()
-    e = np.exp(z - z.max())
-    p = e / e.sum()  # the sum is >= 1 (the max term is exp(0)): no guard needed
-    order = np.argsort(-p, kind="stable")[:k]
-    return [(int(c), float(p[c])) for c in order]
-
-
-def explain_figure(
-    picture,
-    overlays: Sequence[tuple[str, Any]],
-    top: Sequence[tuple[str, float]],
-    *,
-    title: str,
-    highlight: int | None = None,
-    dpi: float = 100,
-):
-    """Figure: the picture, one overlay panel per method, and a bar chart of the top classes.
-
-    Parameters
-    ----------
-    picture : ``(H, W, 3)`` uint8 or floats in [0, 1] (what the model saw).
-    overlays : ``(title, (H, W, 3) uint8 overlay)`` pairs (from :func:`refcam.viz.overlay`).
-    top : ``(label, probability)`` pairs, highest first (softmax of the model output); empty:
-        no bar chart (outputs that are not one score per class).
-    title : figure title.  highlight : index in ``top`` of the explained class (drawn in red).
-
-    Returns
-    -------
-    matplotlib.figure.Figure (Agg canvas; nothing is shown).
-    """
-    from matplotlib.figure import Figure
-
-    n = 1 + len(overlays)
-    bars = len(top) > 0
-    fig = Figure(figsize=(3.0 * n + (4.2 if bars else 0.4), 3.6), dpi=dpi)
-    widths = [3.0] * n + ([3.2] if bars else [])
-    axes = fig.subplots(1, n + int(bars), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
-    axes[0].imshow(picture)
-    axes[0].set_title("input")
-    for ax, (t, ov) in zip(axes[1:n], overlays):
-        ax.imshow(ov)
-        ax.set_title(t)
-    for ax in axes[:n]:
-        ax.set_axis_off()
-    fig.suptitle(title)
-    if not bars:
-        fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.05, wspace=0.08)
-        return fig
-    bar = axes[n]
-    labels = [lab for lab, _ in top][::-1]
-    probs = [p for _, p in top][::-1]
-    colours = ["tab:gray"] * len(top)
-    if highlight is not None and 0 <= highlight < len(top):
-        colours[highlight] = "tab:red"
-    bar.barh(range(len(top)), probs, color=colours[::-1])
-    for y, pr in enumerate(probs):
-        bar.text(min(pr, 0.78) + 0.02, y, f"{pr:.3f}", va="center", fontsize=8)
-    bar.set_yticks(range(len(top)))
-    bar.set_yticklabels(labels, fontsize=8)
-    bar.yaxis.tick_right()
-    bar.set_xlim(0, 1)
-    bar.set_xlabel("softmax probability")
-    bar.set_title(f"top-{len(top)}")
-    fig.subplots_adjust(left=0.01, right=0.8, top=0.82, bottom=0.15, wspace=0.08)
-    return fig
-
-
 # --------------------------------------------------------------------------- explain
 
 
@@ -430,11 +280,8 @@ def _progress(total: int, enabled: bool | None, desc: str):
 def _preset(name: str | None):
     if name is None:
         return None
-    if importlib.util.find_spec("refcam.presets") is None:
-        raise UsageError(
-            "--preset: convention presets (refcam.presets) are not in this version of refcam"
-        )
-    presets = importlib.import_module("refcam.presets")
+    from . import presets
+
     if name not in presets.PRESET_NAMES:
         raise UsageError(
             f"--preset: got {name!r}, expected one of {', '.join(presets.PRESET_NAMES)}"
@@ -442,79 +289,53 @@ def _preset(name: str | None):
     return presets
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    import numpy as np
+class _Computed:
+    """What the run part of ``refcam explain`` computed for one method."""
 
+    def __init__(self, method: Any, explanation: Any, shown: Any) -> None:
+        # shown: the maps after the preset's post-processing (the raw maps without --preset)
+        self.method, self.explanation, self.shown = method, explanation, shown
+
+
+def _method_options(meth, options: dict, presets, preset_name: str | None):
+    """The options of one method: the preset's (:func:`refcam.presets.explain_options`), then the
+    ``-O`` values over them (``(opts, convention)``)."""
     from .errors import RefcamError
 
-    positional = list(args.inputs)
-    model_spec = None
-    if positional and (
-        positional[0].lower().endswith(".onnx")
-        or positional[0].startswith("toy:")
-        or positional[0] in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
-    ):
-        model_spec = positional.pop(0)
-    default_model = model_spec in (None, DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
-    image_specs = positional or ([DEFAULT_IMAGE] if default_model else [])
-    if not image_specs:
-        raise UsageError(f"explain: no IMAGE given for model {model_spec!r}")
-    if args.top < 1:
-        raise UsageError(f"--top: got {args.top}, expected an integer >= 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise UsageError(f"--alpha: got {args.alpha}, expected a number in [0, 1]")
-    method_names = [m.strip() for m in (args.method or default_method()).split(",") if m.strip()]
-    if not method_names:
-        raise UsageError("--method: expected at least one method name")
-    methods = [_get_method(m) for m in method_names]
-    presets = _preset(args.preset)
-    options = _parse_options(args.option or [])
+    opts = dict(options)
+    if presets is None:
+        return opts, None
+    try:
+        conv = presets.get(preset_name, meth.name)
+    except RefcamError as exc:
+        raise UsageError(f"--preset {preset_name}: {exc}") from None
+    # the preset's explain options (same names as the -O keys); -O wins
+    return {**presets.explain_options(conv), **opts}, conv
 
-    lm = _load_model(model_spec, args.layout)
-    items = _load_images(image_specs, lm, args)
-    from . import viz
+
+def _check_options(meth, opts: dict) -> None:
+    """Validate one method's options before anything is computed (a bad value is exit code 2)."""
+    from . import explanation
+    from .errors import RefcamError
+
+    try:
+        explanation._options(meth, opts)
+    except RefcamError as exc:
+        raise UsageError(f"--option ({meth.name}): {_one_line(exc)}") from None
+
+
+def _run_explain(lm, x, plans, target, presets, args) -> list[_Computed]:
+    """The run part of ``refcam explain``: one :func:`refcam.explain` per method, no file written.
+
+    ``plans``: ``(method, options, convention)`` triples from :func:`_method_options`.
+    """
     from .explanation import explain
 
-    x = np.concatenate([it.x for it in items], axis=0)
-    target = _parse_target(args.target, lm, len(items))
-    out = Path(args.out)
+    results: list[_Computed] = []
+    bar = _progress(len(plans), args.progress, "refcam explain")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out: cannot create directory {str(out)!r} ({exc.strerror})") from None
-
-    written: list[Path] = []
-    results = []
-    bar = _progress(len(methods), args.progress, "refcam explain")
-    try:
-        for meth in methods:
+        for meth, opts, conv in plans:
             bar.set_postfix_str(meth.name)
-            opts = dict(options)
-            conv = None
-            if presets is not None:
-                try:
-                    conv = presets.get(args.preset, meth.name)
-                except RefcamError as exc:
-                    raise UsageError(f"--preset {args.preset}: {exc}") from None
-                if getattr(conv, "masks", None) is not None or getattr(
-                    conv, "ablation_value", None
-                ) not in (None, "zero"):
-                    raise UsageError(
-                        f"--preset {args.preset}: the {meth.name} convention changes how the model is "
-                        f"queried (masks / ablation), which the CLI does not map yet; use "
-                        f"refcam.presets.compute with refcam.explain's arrays"
-                    )
-                if "relu" in meth.defaults and "relu" not in opts:
-                    opts["relu"] = bool(conv.relu)
-                for k, v in conv.method_kwargs.items():
-                    if k not in meth.defaults:
-                        raise UsageError(
-                            f"--preset {args.preset}: {meth.name} needs option {k}={v!r}, which "
-                            f"refcam.explain does not expose for this method"
-                        )
-                    opts.setdefault(k, v)
             e = explain(
                 lm.model,
                 x,
@@ -525,31 +346,74 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 progress=args.progress,
                 **opts,
             )
-            shown = e.maps
-            if conv is not None:
-                shown = presets.postprocess(conv, e.maps, e.input_size)
-            results.append((meth, e, shown))
+            shown = e.maps if conv is None else presets.from_explanation(conv, e)
+            results.append(_Computed(meth, e, shown))
             bar.update(1)
     finally:
         bar.close()
+    return results
 
+
+def _planned_names(items, methods, preset: str | None) -> list[str]:
+    """Every file name ``refcam explain`` may write for these inputs (known before computing)."""
+    names = []
+    for it in items:
+        if it.picture is not None:
+            names.append(f"{it.stem}.png")
+        for m in methods:
+            names.append(f"{it.stem}_{m.name}.npy")
+            if preset:
+                names.append(f"{it.stem}_{m.name}_{preset}.npy")
+            if it.picture is not None:
+                names.append(f"{it.stem}_{m.name}.png")
+    return names
+
+
+def _npy_bytes(a) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _png_bytes(obj) -> bytes:
+    import io
+
+    from . import viz
+
+    buf = io.BytesIO()
+    viz.save_png(obj, buf)
+    return buf.getvalue()
+
+
+def _write_explain(lm, items, results: list[_Computed], args) -> list[tuple[str, bytes]]:
+    """The write part of ``refcam explain``: the bytes of raw maps, overlays and one figure per
+    input, as ``(file name, bytes)`` (written to disk together by :class:`refcam._outputs.OutputSet`)."""
+    import numpy as np
+
+    from . import viz
+
+    files: list[tuple[str, bytes]] = []
     # the top classes and the explained class come from the first class-specific method
-    first = next((e for _, e, _ in results if e.targets is not None), results[0][1])
+    first = next(
+        (r.explanation for r in results if r.explanation.targets is not None),
+        results[0].explanation,
+    )
 
     def label(c: int) -> str:
         return f"{lm.classes[c]} ({c})" if lm.classes is not None else f"class {c}"
 
     for i, it in enumerate(items):
         overlays = []
-        for meth, e, shown in results:
-            p = out / f"{it.stem}_{meth.name}.npy"
-            np.save(p, e.maps[i])
-            written.append(p)
-            if conv_name := args.preset:
-                pp = out / f"{it.stem}_{meth.name}_{conv_name}.npy"
-                np.save(pp, shown[i])
-                written.append(pp)
-            m2 = shown[i]
+        for r in results:
+            name = r.method.name
+            files.append((f"{it.stem}_{name}.npy", _npy_bytes(r.explanation.maps[i])))
+            if args.preset:
+                files.append((f"{it.stem}_{name}_{args.preset}.npy", _npy_bytes(r.shown[i])))
+            m2 = r.shown[i]
             if it.picture is None:
                 continue
             if m2.ndim == 2:
@@ -563,30 +427,135 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 )
             else:
                 continue  # 3-D volumes / several targets per sample: arrays only
-            po = out / f"{it.stem}_{meth.name}.png"
-            viz.save_png(ov, po)
-            written.append(po)
-            overlays.append((meth.name if not args.preset else f"{meth.name} ({args.preset})", ov))
+            files.append((f"{it.stem}_{name}.png", _png_bytes(ov)))
+            overlays.append((name if not args.preset else f"{name} ({args.preset})", ov))
         if not overlays:
             continue
         row = np.asarray(first.outputs[i])
         # class scores (one axis): softmax top-k; other outputs (e.g. segmentation maps): no chart
-        top = _softmax_top(row, min(args.top, row.size)) if row.ndim == 1 else []
+        top = viz._softmax_top(row, min(args.top, row.size)) if row.ndim == 1 else []
         explained = None if first.targets is None else int(np.asarray(first.targets)[i].ravel()[0])
         hl = next((j for j, (c, _) in enumerate(top) if c == explained), None)
         title = f"{lm.label} — {it.stem}"
         if explained is not None:
             title += f" — target: {label(explained)}"
-        fig = explain_figure(
+        fig = viz.explain_figure(
             it.picture, overlays, [(label(c), p) for c, p in top], title=title, highlight=hl
         )
-        pf = out / f"{it.stem}.png"
-        viz.save_png(fig, pf)
-        written.append(pf)
+        files.append((f"{it.stem}.png", _png_bytes(fig)))
         if not args.quiet and top:
-            print(
-                f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr
-            )
+            line = f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top)
+            if explained is not None and args.target is not None:
+                line += f"; target: {label(explained)}"
+            print(line, file=sys.stderr)
+    return files
+
+
+def _manifest(lm, items, results: list[_Computed], files, args) -> bytes:
+    from ._outputs import manifest
+
+    inputs = list(dict.fromkeys(it.source for it in items if it.source is not None))
+    return manifest(
+        inputs=inputs,
+        model={
+            "spec": lm.spec,
+            "label": lm.label,
+            "path": None if lm.path is None else str(lm.path),
+            "sha256": lm.sha256,
+        },
+        methods=[
+            {
+                "name": r.method.name,
+                "layer": None if r.explanation.layer is None else r.explanation.layer.name,
+                "options": r.explanation.options,
+                "targets": None
+                if r.explanation.targets is None
+                else _tolist(r.explanation.targets),
+            }
+            for r in results
+        ],
+        options={
+            k: v
+            for k, v in sorted(vars(args).items())
+            if k not in ("func", "inputs", "debug", "progress", "quiet", "argv")
+        },
+        outputs=files,
+        argv=["refcam", *getattr(args, "argv", [])],
+    )
+
+
+def _tolist(a) -> list:
+    import numpy as np
+
+    return np.asarray(a).tolist()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._outputs import OutputError, OutputSet, manifest_name
+
+    # 1. everything that can be checked without the model: usage errors come first (exit 2)
+    from .zoo._models import DEFAULT_NAMES
+
+    positional = list(args.inputs)
+    model_spec = positional.pop(0) if positional and _is_model_spec(positional[0]) else None
+    default_model = model_spec in (None, *DEFAULT_NAMES)
+    image_specs = positional or ([DEFAULT_IMAGE] if default_model else [])
+    if not image_specs:
+        raise UsageError(f"explain: no IMAGE given for model {model_spec!r}")
+    if args.top < 1:
+        raise UsageError(f"--top: got {args.top}, expected an integer >= 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha: got {args.alpha}, expected a number in [0, 1]")
+    if args.size is not None and args.size < 1:
+        raise UsageError(f"--size: got {args.size}, expected an integer >= 1 (pixels)")
+    if args.crop_padding is not None and args.crop_padding < 0:
+        raise UsageError(f"--crop-padding: got {args.crop_padding}, expected an integer >= 0")
+    import matplotlib
+
+    if args.cmap not in matplotlib.colormaps:
+        raise UsageError(
+            f"--cmap: got {args.cmap!r}, expected a matplotlib colormap name (jet, viridis, "
+            f"inferno, gray, ...)"
+        )
+    method_names = [m.strip() for m in (args.method or default_method()).split(",") if m.strip()]
+    if not method_names:
+        raise UsageError("--method: expected at least one method name")
+    methods = [_get_method(m) for m in method_names]
+    presets = _preset(args.preset)
+    options = _parse_options(args.option or [])
+    plans = []
+    for meth in methods:
+        opts, conv = _method_options(meth, options, presets, args.preset)
+        _check_options(meth, opts)
+        plans.append((meth, opts, conv))
+
+    # 2. model, inputs, target, and the output folder: still nothing computed
+    lm = _load_model(model_spec, args.layout)
+    items = _load_images(image_specs, lm, args)
+    x = np.concatenate([it.x for it in items], axis=0)
+    target = _parse_target(args.target, lm, len(items))
+    names = _planned_names(items, methods, args.preset)
+    mname = manifest_name(names)
+    sources = [it.source for it in items if it.source is not None]
+    if lm.path is not None:
+        sources.append(lm.path)
+    with OutputSet(args.out, inputs=sources) as outputs:
+        try:
+            outputs.prepare([*names, mname])
+        except OutputError as exc:
+            raise UsageError(f"--out: {exc}") from None
+
+        # 3. compute, then write the whole set at once
+        results = _run_explain(lm, x, plans, target, presets, args)
+        files = _write_explain(lm, items, results, args)
+        for name, data in files:
+            outputs.stage(name, data)
+        outputs.stage(mname, _manifest(lm, items, results, files, args))
+        written = outputs.commit()
     for p in written:
         print(p)
     return 0
@@ -646,16 +615,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"  needs   : {', '.join(m.needs)}")
         math_name = getattr(m.math, "__module__", "") + "." + getattr(m.math, "__name__", "?")
         print(f"  math    : {math_name}")
-        if m.defaults:
-            print("  options : " + ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()))
+        for i, o in enumerate(m.options):
+            choices = f" {{{', '.join(map(repr, o.choices))}}}" if o.choices else ""
+            label = "options :" if i == 0 else "         "
+            print(f"  {label} {o.name}={o.default!r}{choices}  {o.doc}".rstrip())
         if not m.targeted:
             print("  target  : class-agnostic (no --target)")
         print()
-    if "gradcam" not in methods:
-        print(
-            "Gradient methods (gradcam, gradcampp, ...) appear here once the gradient floor "
-            "(refcam.autodiff) registers them."
-        )
     return 0
 
 
@@ -691,10 +657,25 @@ def _import_target(spec: str):
     return fn
 
 
+def _missing_hypothesis(exc: ImportError):
+    """Re-raise ``exc``, or, when it is hypothesis that is missing, say so and how to install it."""
+    if (exc.name or "").split(".")[0] != "hypothesis":
+        raise exc
+    from .errors import RefcamError
+
+    raise RefcamError(
+        "refcam check generates its test arrays with hypothesis, which is not installed; "
+        "run `pip install hypothesis` (or `pip install 'refcam[testing]'`)"
+    ) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from . import conformance
+    try:
+        from . import conformance
+    except ImportError as exc:
+        _missing_hypothesis(exc)
 
     if args.method not in conformance.METHOD_ARGUMENTS:
         raise UsageError(
@@ -711,17 +692,20 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"--input-size: got {args.input_size!r}, expected H,W (two positive integers)"
             )
     fn = _import_target(args.function)
-    report = conformance.check(
-        fn,
-        args.method,
-        preset=args.preset,
-        input_size=size,
-        max_examples=args.max_examples,
-        atol=args.atol,
-        rtol=args.rtol,
-        dtype=np.float32 if args.float32 else np.float64,
-        seed=args.seed,
-    )
+    try:
+        report = conformance.check(
+            fn,
+            args.method,
+            preset=args.preset,
+            input_size=size,
+            max_examples=args.max_examples,
+            atol=args.atol,
+            rtol=args.rtol,
+            dtype=np.float32 if args.float32 else np.float64,
+            seed=args.seed,
+        )
+    except ImportError as exc:
+        _missing_hypothesis(exc)
     print(report)
     ok = report.matched(args.preset) if args.preset is not None else bool(report.matches)
     return 0 if ok else EXIT_ERROR
@@ -799,7 +783,9 @@ def build_parser() -> argparse.ArgumentParser:
             "coffee, astronaut).\n\n"
             "Writes, per image, <stem>.png (figure with the top classes),\n"
             "<stem>_<method>.png (overlay at the model's input size) and <stem>_<method>.npy\n"
-            "(raw map at feature resolution), and prints their paths."
+            "(raw map at feature resolution), plus one refcam-<hash>.json manifest, and prints\n"
+            "their paths. An output never replaces an input (the run is refused), and the files\n"
+            "are written together at the end (no truncated or mixed sets)."
         ),
     )
     p.add_argument(
@@ -820,8 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-t",
         "--target",
-        help="class index or ImageNet class name (default: top-1); "
-        "comma-separated for one target per image",
+        help="class index >= 0 or class name, any synonym, case-insensitive (e.g. 'tabby cat'; "
+        "names from the model's metadata; default: top-1); comma-separated for one target per image",
     )
     p.add_argument(
         "-p",
@@ -846,20 +832,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--crop-padding",
         type=int,
-        default=32,
-        help="centre crop of side size/(size+P)*min(H,W) "
-        "before resizing (default 32, the TF/torchvision 224/256 crop; 0 = largest centred square)",
+        help="centre crop of side size/(size+P)*min(H,W) before resizing (default: the model's "
+        "refcam.preprocessing metadata, else 32, the TF/torchvision 224/256 crop; 0 = largest "
+        "centred square)",
     )
     g.add_argument(
         "--resample",
-        default="bicubic",
         choices=("bicubic", "bilinear", "nearest", "lanczos"),
-        help="resize filter (default bicubic)",
+        help="resize filter (default: the model's metadata, else bicubic)",
     )
     g.add_argument(
         "--norm",
-        help=f"mean/std preset: {', '.join(NORMALIZATIONS)} (default: efficientnet "
-        "for the default model, imagenet otherwise)",
+        help=f"mean/std preset: {', '.join(NORMALIZATIONS)} (default: the model's "
+        "refcam.preprocessing metadata, else imagenet)",
     )
     g.add_argument("--mean", help="R,G,B means on the 0-255 scale (overrides --norm)")
     g.add_argument("--std", help="R,G,B standard deviations on the 0-255 scale (overrides --norm)")
@@ -932,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = argv
         if getattr(args, "func", None) is None:
             parser.print_help()
             return EXIT_USAGE

@@ -58,18 +58,19 @@ import numpy as np
 from . import _validate as _v
 from . import math as _m
 from . import presets as _p
+from ._compare import errors as _errors, within as _within
 from .errors import InvalidArgumentError, ShapeError
+from .methods import METHODS
 
 __all__ = ["ConformanceReport", "check", "assert_conforms", "METHOD_ARGUMENTS"]
 
-_GRAD = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigengradcam")
-#: Positional arguments the checked function receives, per method.
+#: the argument of the checked function that carries each need of a method (refcam.methods)
+_ARGUMENT_OF_NEED = {"activations": "activations", "gradients": "gradients",
+                     "class_weights": "class_weights", "masked_scores": "scores",
+                     "ablated_scores": "scores", "ablation_base_scores": "baseline_score"}
+#: Positional arguments the checked function receives, per method of the preset table.
 METHOD_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    **{m: ("activations", "gradients") for m in _GRAD},
-    "eigencam": ("activations",),
-    "cam": ("activations", "class_weights"),
-    "scorecam": ("activations", "scores"),
-    "ablationcam": ("activations", "scores", "baseline_score"),
+    m: tuple(_ARGUMENT_OF_NEED[n] for n in METHODS[m].needs) for m in _p.PRESETS["paper"]
 }
 
 
@@ -127,7 +128,7 @@ class ConformanceReport:
 def _candidates(method: str, input_size: tuple[int, ...] | None) -> dict[str, Callable[[dict], np.ndarray]]:
     """``name -> case -> expected map`` for every refcam convention of ``method``."""
     args = METHOD_ARGUMENTS[method]
-    fn = getattr(_m, method)
+    fn = METHODS[method].math
     out: dict[str, Callable[[dict], np.ndarray]] = {}
 
     def _math_call(case: dict, relu: bool | None = None, **kw: Any) -> np.ndarray:
@@ -198,9 +199,9 @@ def _case_strategy(method: str, dtype: np.dtype, max_side: int):
 
 
 def _error(got: np.ndarray, exp: np.ndarray) -> tuple[float, float]:
-    ab = float(np.abs(got - exp).max())
-    scale = float(np.abs(exp).max())
-    return ab, (ab / scale if scale > 0 else (0.0 if ab == 0 else np.inf))
+    # NaN-aware (refcam._compare): a NaN or Inf where a finite value is expected is an infinite
+    # error, never a pass (`NaN > tol` is False).
+    return _errors(got, exp)
 
 
 # --------------------------------------------------------------------------- public API
@@ -297,7 +298,7 @@ def check(
             ab, rel = _error(got, exp)
             errors[name][0] = max(errors[name][0], ab)
             errors[name][1] = max(errors[name][1], rel)
-            if ab > atol + rtol * float(np.abs(exp).max()):
+            if not _within(got, exp, atol=atol, rtol=rtol):
                 passed[name] = False
 
     _survey()
@@ -317,8 +318,7 @@ def check(
         def _shrink(case: dict) -> None:
             got = _run(case)
             exp = np.asarray(ref(case), dtype=np.float64)
-            ab, _ = _error(got, exp)
-            if ab > atol + rtol * float(np.abs(exp).max()):
+            if not _within(got, exp, atol=atol, rtol=rtol):
                 last.clear()
                 last.update({a: case[a] for a in args}, got=got, expected=exp)
                 raise AssertionError("mismatch")

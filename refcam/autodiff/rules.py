@@ -11,7 +11,22 @@ Register a new rule with the decorator::
 
     @rule("MyOp")
     def _my_op(ctx):
-        return [ctx.b.op("Mul", [ctx.grads[0], ...])]
+        return ctx.rest(ctx.op("Mul", [ctx.grads[0], ...]))
+
+and an element-wise one from its derivative alone (:func:`refcam.autodiff.sym.unary`)::
+
+    @unary("Tanh")
+    def _tanh(x, y, a):
+        return 1 - y * y
+
+What a rule returns for input ``i``: a tensor name (the gradient), :data:`ZERO` (the gradient is
+identically zero: the output is piecewise constant in that input, or does not depend on it), or
+``None`` (no rule for that input).  ``None`` for an input that needs a gradient raises an
+:class:`~refcam.errors.UnsupportedOpError` naming node, op, opset and input -- a missing rule is
+never a silent zero.  :meth:`RuleContext.rest` builds the usual ``[dx, None, ...]`` tail.
+
+Some rules measure the runtime: ``AveragePool`` and ``Resize`` probe onnxruntime on an identity
+basis for their per-axis matrices (:mod:`refcam.autodiff.probe`, cached).
 
 Rule sets (selected per call with ``rules=``)
 ---------------------------------------------
@@ -53,8 +68,9 @@ from onnx import TensorProto, helper
 
 from ..errors import ModelError, UnsupportedOpError
 from .graph import GraphBuilder, TensorInfo
+from .probe import axis_matrix
 
-__all__ = ["RULES", "RULE_SETS", "NO_GRADIENT_OPS", "RuleContext", "rule", "supported_ops"]
+__all__ = ["RULES", "RULE_SETS", "NO_GRADIENT_OPS", "ZERO", "RuleContext", "rule", "supported_ops"]
 
 RULE_SETS = ("plain", "guided", "deconvnet")
 
@@ -63,11 +79,22 @@ RULES: dict[str, RuleFn] = {}
 
 #: ops whose outputs carry no gradient (integer/boolean outputs or piecewise-constant functions)
 NO_GRADIENT_OPS = frozenset({
-    "Shape", "Size", "ConstantOfShape", "Range", "ArgMax", "ArgMin", "NonZero", "Equal", "Less",
+    "Shape", "Size", "ConstantOfShape", "ArgMax", "ArgMin", "NonZero", "Equal", "Less",
     "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
-    "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike", "OneHot",
-    "Constant", "Multinomial", "Bernoulli",
+    "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike",
+    "Constant", "Multinomial", "Bernoulli", "Hardmax",
 })
+
+
+class _Zero:
+    """Marker of an identically zero gradient (see the module docstring)."""
+
+    def __repr__(self) -> str:
+        return "ZERO"
+
+
+#: a rule's answer for an input whose gradient is identically zero
+ZERO = _Zero()
 
 
 class NeedsOpset(Exception):
@@ -152,6 +179,19 @@ class RuleContext:
                 "(refcam.autodiff.fd) for this model")
         return v
 
+    def refuse_input(self, idx: int, why: str = "") -> UnsupportedOpError:
+        """The error for input ``idx`` that needs a gradient this rule does not provide."""
+        nm = self.inputs[idx] if idx < len(self.inputs) else "?"
+        return UnsupportedOpError(
+            f"node {self.node.name or '?'} ({self.op_type}, opset {self.opset}): no backward rule for "
+            f"the gradient with respect to input {idx} ({nm!r}){': ' + why if why else ''}; use finite "
+            "differences (refcam.autodiff.fd) for this model")
+
+    def rest(self, dx: Any, *more: Any) -> list:
+        """``[dx, *more]`` padded with ``None`` (no rule) to one entry per input."""
+        head = [dx, *more]
+        return head + [None] * (len(self.inputs) - len(head))
+
     def unsupported(self, what: str) -> UnsupportedOpError:
         return UnsupportedOpError(
             f"node {self.node.name or '?'} ({self.op_type}, opset {self.opset}): {what} has no "
@@ -174,12 +214,36 @@ class RuleContext:
         return self.op("Cast", [cond], to=self.elem(like))
 
 
+def _checked(fn: RuleFn) -> RuleFn:
+    """Wrap a rule: ``None`` for an input that needs a gradient raises; :data:`ZERO` becomes ``None``."""
+
+    def run(ctx: "RuleContext") -> list:
+        res = list(fn(ctx))
+        res += [None] * (len(ctx.inputs) - len(res))
+        out = []
+        for i, (need, gi) in enumerate(zip(ctx.needs, res)):
+            if gi is None and need:
+                raise ctx.refuse_input(i)
+            out.append(None if gi is ZERO else gi)
+        return out
+
+    run.__name__ = getattr(fn, "__name__", "rule")
+    run.__doc__ = fn.__doc__
+    run.__wrapped__ = fn  # type: ignore[attr-defined]
+    return run
+
+
 def rule(*op_types: str) -> Callable[[RuleFn], RuleFn]:
-    """Register ``fn`` as the backward rule of each op type in ``op_types``."""
+    """Register ``fn`` as the backward rule of each op type in ``op_types``.
+
+    ``fn(ctx)`` returns one entry per input: a gradient tensor name, :data:`ZERO` or ``None``
+    (no rule: an input that needs a gradient then raises an ``UnsupportedOpError`` naming it).
+    """
 
     def deco(fn: RuleFn) -> RuleFn:
+        wrapped = _checked(fn)
         for t in op_types:
-            RULES[t] = fn
+            RULES[t] = wrapped
         return fn
 
     return deco
@@ -197,18 +261,24 @@ def supported_ops() -> list[str]:
     return sorted(set(RULES) | NO_GRADIENT_OPS)
 
 
-def _nograd(ctx: RuleContext) -> list[None]:
-    return [None] * len(ctx.inputs)
+def _nograd(ctx: RuleContext) -> list:
+    """Outputs piecewise constant in (or independent of) every input: the gradient is zero."""
+    return [ZERO] * len(ctx.inputs)
 
 
-for _t in NO_GRADIENT_OPS:
-    RULES[_t] = _nograd
+rule(*NO_GRADIENT_OPS)(_nograd)
 
 
 # ============================ identity-like and shape ops ====================================
 @rule("Identity", "Dropout")
 def _identity(ctx):
-    return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
+    """Identity; Dropout in inference mode (ratio and training_mode do not change the output)."""
+    if ctx.op_type == "Dropout":
+        tm = ctx.const(2)
+        if ctx.attrs.get("is_test", 1) == 0 or (ctx.has_input(2) and (tm is None or bool(tm))):
+            raise ctx.unsupported("Dropout in training mode (random mask)")
+        return [ctx.grads[0]] + [ZERO] * (len(ctx.inputs) - 1)
+    return [ctx.grads[0]]
 
 
 @rule("Cast")
@@ -226,8 +296,10 @@ def _reshape(ctx):
 
 @rule("Transpose")
 def _transpose(ctx):
-    r = ctx.rank(ctx.inputs[0])
-    perm = ctx.attrs.get("perm", list(range(r))[::-1])
+    perm = ctx.attrs.get("perm")
+    if perm is None:
+        perm = list(range(ctx.rank(ctx.inputs[0])))[::-1]
+    r = len(perm)  # the rank (known from perm even when shape inference lost it)
     inv = [0] * r
     for i, p in enumerate(perm):
         inv[p] = i
@@ -243,12 +315,13 @@ def _expand(ctx):
 def _concat(ctx):
     b = ctx.b
     g = ctx.grads[0]
-    r = ctx.rank(ctx.outputs[0])
-    axis = ctx.attrs["axis"] % r
+    axis = ctx.attrs["axis"]
+    if axis < 0 and ctx.info.rank(ctx.outputs[0]) is not None:
+        axis %= ctx.info.rank(ctx.outputs[0])
     sizes = []
     for x in ctx.inputs:
         s = ctx.shape(x)
-        sizes.append(None if s is None else s[axis])
+        sizes.append(None if s is None or axis < 0 else s[axis])
     res: list[str | None] = []
     if all(s is not None for s in sizes):
         off = 0
@@ -262,7 +335,7 @@ def _concat(ctx):
     off = b.ints([0])
     ax = b.ints([axis])
     for x, need in zip(ctx.inputs, ctx.needs):
-        d = b.op("Slice", [b.shape(x), ax, b.ints([axis + 1])])
+        d = b.op("Gather", [b.shape(x), ax], axis=0)  # size along a possibly negative axis
         end = b.op("Add", [off, d])
         res.append(b.op("Slice", [g, off, end, ax]) if need else None)
         off = end
@@ -272,12 +345,13 @@ def _concat(ctx):
 @rule("Split")
 def _split(ctx):
     b = ctx.b
-    r = ctx.rank(ctx.inputs[0])
-    axis = ctx.attrs.get("axis", 0) % r
+    axis = ctx.attrs.get("axis", 0)
+    if axis < 0 and ctx.info.rank(ctx.inputs[0]) is not None:
+        axis %= ctx.info.rank(ctx.inputs[0])  # a negative axis works without the rank too
     parts = []
     for y, g in zip(ctx.outputs, ctx.grads):
         parts.append(g if g is not None else b.zeros_like(y, ctx.elem(y)))
-    return [b.op("Concat", parts, axis=axis)] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(b.op("Concat", parts, axis=axis))
 
 
 def _index_map_backward(ctx: RuleContext, g: str, rank: int, maps: dict[int, np.ndarray],
@@ -445,38 +519,6 @@ def _div(ctx):
     return [ga, gb]
 
 
-@rule("Neg")
-def _neg(ctx):
-    return [ctx.op("Neg", [ctx.grads[0]])]
-
-
-@rule("Abs")
-def _abs(ctx):
-    return [ctx.op("Mul", [ctx.grads[0], ctx.op("Sign", [ctx.inputs[0]])])]
-
-
-@rule("Exp")
-def _exp(ctx):
-    return [ctx.op("Mul", [ctx.grads[0], ctx.outputs[0]])]
-
-
-@rule("Log")
-def _log(ctx):
-    return [ctx.op("Div", [ctx.grads[0], ctx.inputs[0]])]
-
-
-@rule("Sqrt")
-def _sqrt(ctx):
-    y = ctx.outputs[0]
-    return [ctx.op("Div", [ctx.grads[0], ctx.op("Mul", [y, ctx.c(2.0, y)])])]
-
-
-@rule("Reciprocal")
-def _reciprocal(ctx):
-    y = ctx.outputs[0]
-    return [ctx.op("Neg", [ctx.op("Mul", [ctx.grads[0], ctx.op("Mul", [y, y])])])]
-
-
 @rule("Pow")
 def _pow(ctx):
     x, p = ctx.inputs
@@ -488,7 +530,12 @@ def _pow(ctx):
         t = ctx.op("Pow", [x, ctx.op("Sub", [pc, ctx.c(1.0, x)])])
         gx = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [pc, t])]), x)
     if ctx.needs[1]:
-        gp = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [y, ctx.op("Log", [x])])]), p)
+        # d(x^p)/dp = x^p log x; at x = 0 (p > 0) the limit is 0, not 0 * (-inf) = NaN
+        t = ctx.op("Mul", [y, ctx.op("Log", [x])])
+        t = ctx.op("Where", [ctx.op("Equal", [x, ctx.c(0.0, x)]), ctx.c(0.0, y), t])
+        if ctx.elem(p) != ctx.elem(y):
+            t = ctx.op("Cast", [t], to=ctx.elem(p))
+        gp = ctx.unbroadcast(ctx.op("Mul", [ctx.op("Cast", [g], to=ctx.elem(p)) if ctx.elem(p) != ctx.elem(y) else g, t]), p)
     return [gx, gp]
 
 
@@ -559,64 +606,6 @@ def _prelu(ctx):
     return [gx, gs]
 
 
-@rule("Sigmoid")
-def _sigmoid(ctx):
-    y = ctx.outputs[0]
-    d = ctx.op("Mul", [y, ctx.op("Sub", [ctx.c(1.0, y), y])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Tanh")
-def _tanh(ctx):
-    y = ctx.outputs[0]
-    d = ctx.op("Sub", [ctx.c(1.0, y), ctx.op("Mul", [y, y])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Softplus")
-def _softplus(ctx):
-    return [ctx.op("Mul", [ctx.grads[0], ctx.op("Sigmoid", [ctx.inputs[0]])])]
-
-
-@rule("Elu", "Selu", "Celu")
-def _elu(ctx):
-    # Elu: x (x > 0), a(e^x - 1);  Selu: g(x) (x > 0), g a (e^x - 1);  Celu: x, a(e^{x/a} - 1)
-    x, y = ctx.inputs[0], ctx.outputs[0]
-    op = ctx.op_type
-    if op == "Selu":
-        a = ctx.attrs.get("alpha", 1.67326319217681884765625)
-        gam = ctx.attrs.get("gamma", 1.05070102214813232421875)
-        neg = ctx.op("Add", [y, ctx.c(gam * a, x)])   # d/dx of g a (e^x - 1) = y + g a
-        pos = ctx.c(gam, x)
-    elif op == "Celu":
-        a = ctx.attrs.get("alpha", 1.0)
-        neg = ctx.op("Add", [ctx.op("Div", [y, ctx.c(a, x)]), ctx.c(1.0, x)])  # e^{x/a} = y/a + 1
-        pos = ctx.c(1.0, x)
-    else:
-        a = ctx.attrs.get("alpha", 1.0)
-        neg = ctx.op("Add", [y, ctx.c(a, x)])          # d/dx a(e^x - 1) = y + a
-        pos = ctx.c(1.0, x)
-    d = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), pos, neg])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Mish")
-def _mish(ctx):
-    # y = x tanh(sp(x)), sp = softplus;  dy/dx = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
-    x = ctx.inputs[0]
-    t = ctx.op("Tanh", [ctx.op("Softplus", [x])])
-    sech2 = ctx.op("Sub", [ctx.c(1.0, x), ctx.op("Mul", [t, t])])
-    d = ctx.op("Add", [t, ctx.op("Mul", [x, ctx.op("Mul", [sech2, ctx.op("Sigmoid", [x])])])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Softsign")
-def _softsign(ctx):
-    x = ctx.inputs[0]
-    den = ctx.op("Add", [ctx.c(1.0, x), ctx.op("Abs", [x])])
-    return [ctx.op("Div", [ctx.grads[0], ctx.op("Mul", [den, den])])]
-
-
 @rule("Tile")
 def _tile(ctx):
     x = ctx.inputs[0]
@@ -637,27 +626,6 @@ def _tile(ctx):
     return [g, None]
 
 
-@rule("HardSigmoid")
-def _hardsigmoid(ctx):
-    x = ctx.inputs[0]
-    alpha = ctx.attrs.get("alpha", 0.2)
-    beta = ctx.attrs.get("beta", 0.5)
-    t = ctx.op("Add", [ctx.op("Mul", [x, ctx.c(alpha, x)]), ctx.c(beta, x)])
-    inside = ctx.op("And", [ctx.op("Greater", [t, ctx.c(0.0, x)]), ctx.op("Less", [t, ctx.c(1.0, x)])])
-    d = ctx.op("Mul", [ctx.mask(inside, x), ctx.c(alpha, x)])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("HardSwish")
-def _hardswish(ctx):
-    # y = x * clip(x/6 + 1/2, 0, 1);  dy/dx = 0 (x < -3), x/3 + 1/2 (-3 < x < 3), 1 (x > 3)
-    x = ctx.inputs[0]
-    mid = ctx.op("Add", [ctx.op("Div", [x, ctx.c(3.0, x)]), ctx.c(0.5, x)])
-    d = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(3.0, x)]), ctx.c(1.0, x), mid])
-    d = ctx.op("Where", [ctx.op("Less", [x, ctx.c(-3.0, x)]), ctx.c(0.0, x), d])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
 @rule("Clip")
 def _clip(ctx):
     x = ctx.inputs[0]
@@ -675,7 +643,7 @@ def _clip(ctx):
         lo_val = None if v is None else float(v)
     relu_like = lo_t is not None and lo_val == 0.0
     if relu_like and ctx.rules == "deconvnet":
-        return [ctx.op("Relu", [g])] + [None] * (len(ctx.inputs) - 1)
+        return ctx.rest(ctx.op("Relu", [g]))
     conds = []
     if lo_t is not None:
         conds.append(ctx.op("Greater", [x, lo_t]))
@@ -683,39 +651,23 @@ def _clip(ctx):
         conds.append(ctx.op("Less", [x, hi_t]))
     if relu_like and ctx.rules == "guided":
         g = ctx.op("Relu", [g])
+    g0 = ctx.grads[0]
+    gx = g
     if conds:
         cond = conds[0] if len(conds) == 1 else ctx.op("And", conds)
-        g = ctx.op("Mul", [g, ctx.mask(cond, x)])
-    return [g] + [None] * (len(ctx.inputs) - 1)
-
-
-@rule("Erf")
-def _erf(ctx):
-    x = ctx.inputs[0]
-    e = ctx.op("Exp", [ctx.op("Neg", [ctx.op("Mul", [x, x])])])
-    d = ctx.op("Mul", [e, ctx.c(2.0 / math.sqrt(math.pi), x)])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Gelu")
-def _gelu(ctx):
-    x = ctx.inputs[0]
-    c = lambda v: ctx.c(v, x)  # noqa: E731
-    if ctx.attrs.get("approximate", "none") == "tanh":
-        k = math.sqrt(2.0 / math.pi)
-        x2 = ctx.op("Mul", [x, x])
-        u = ctx.op("Mul", [c(k), ctx.op("Add", [x, ctx.op("Mul", [c(0.044715), ctx.op("Mul", [x2, x])])])])
-        t = ctx.op("Tanh", [u])
-        du = ctx.op("Mul", [c(k), ctx.op("Add", [c(1.0), ctx.op("Mul", [c(3 * 0.044715), x2])])])
-        sech2 = ctx.op("Sub", [c(1.0), ctx.op("Mul", [t, t])])
-        d = ctx.op("Add", [ctx.op("Mul", [c(0.5), ctx.op("Add", [c(1.0), t])]),
-                           ctx.op("Mul", [ctx.op("Mul", [c(0.5), x]), ctx.op("Mul", [sech2, du])])])
-    else:
-        cdf = ctx.op("Mul", [c(0.5), ctx.op("Add", [c(1.0), ctx.op("Erf", [ctx.op("Mul", [x, c(1 / math.sqrt(2))])])])])
-        pdf = ctx.op("Mul", [c(1 / math.sqrt(2 * math.pi)),
-                             ctx.op("Exp", [ctx.op("Mul", [c(-0.5), ctx.op("Mul", [x, x])])])])
-        d = ctx.op("Add", [cdf, ctx.op("Mul", [x, pdf])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
+        gx = ctx.op("Mul", [g, ctx.mask(cond, x)])
+    # min/max inputs (opset >= 11): y = min(max(x, lo), hi), so dy/dlo = [x < lo][lo < hi] and
+    # dy/dhi = [max(x, lo) > hi] (0 at the ties, like the x gradient)
+    glo = ghi = None
+    if len(ctx.needs) > 1 and ctx.needs[1]:
+        m = ctx.op("Less", [x, lo_t])
+        if hi_t is not None:
+            m = ctx.op("And", [m, ctx.op("Less", [lo_t, hi_t])])
+        glo = ctx.unbroadcast(ctx.op("Mul", [g0, ctx.mask(m, x)]), lo_t)
+    if len(ctx.needs) > 2 and ctx.needs[2]:
+        t = x if lo_t is None else ctx.op("Max", [x, lo_t])
+        ghi = ctx.unbroadcast(ctx.op("Mul", [g0, ctx.mask(ctx.op("Greater", [t, hi_t]), x)]), hi_t)
+    return ctx.rest(gx, glo, ghi)
 
 
 def _softmax_axes(ctx: RuleContext) -> list[int]:
@@ -729,6 +681,9 @@ def _softmax_axes(ctx: RuleContext) -> list[int]:
 def _softmax(ctx):
     y = ctx.outputs[0]
     g = ctx.grads[0]
+    # a fully masked row (all inputs -inf) has y = NaN; its inputs are constant, so its gradient
+    # is 0 (a later Where discards the row): use y = 0 there instead of propagating 0 * NaN
+    y = ctx.op("Where", [ctx.op("IsNaN", [y]), ctx.c(0.0, y), y])
     s = ctx.b.reduce("ReduceSum", ctx.op("Mul", [g, y]), _softmax_axes(ctx), keepdims=True)
     return [ctx.op("Mul", [y, ctx.op("Sub", [g, s])])]
 
@@ -764,13 +719,6 @@ def _expand_back(ctx: RuleContext, g: str, axes: list[int]) -> str:
     return ctx.op("Expand", [g, ctx.b.shape(ctx.inputs[0])])
 
 
-@rule("ReduceSum")
-def _reducesum(ctx):
-    axes = _reduce_axes(ctx, ctx.op_type)
-    res = ctx.grads[0] if axes is None else _expand_back(ctx, ctx.grads[0], axes)
-    return [res] + [None] * (len(ctx.inputs) - 1)
-
-
 def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
     s = ctx.shape(x)
     if s is not None and all(s[a] is not None for a in axes):
@@ -779,30 +727,6 @@ def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
     sizes = [b.op("Slice", [b.shape(x), b.ints([a]), b.ints([a + 1])]) for a in axes]
     n = b.op("ReduceProd", [b.op("Concat", sizes, axis=0)], keepdims=0)  # no axes: all (any opset)
     return b.op("Cast", [n], to=ctx.elem(like))
-
-
-@rule("ReduceMean")
-def _reducemean(ctx):
-    x = ctx.inputs[0]
-    axes = _reduce_axes(ctx, ctx.op_type)
-    if axes is None:
-        return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
-    g = ctx.op("Div", [ctx.grads[0], _count(ctx, x, axes, x)])
-    return [_expand_back(ctx, g, axes)] + [None] * (len(ctx.inputs) - 1)
-
-
-@rule("ReduceMax", "ReduceMin")
-def _reducemax(ctx):
-    x = ctx.inputs[0]
-    y = ctx.outputs[0]
-    axes = _reduce_axes(ctx, ctx.op_type)
-    if axes is None:
-        return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
-    yk = y if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(y, axes)
-    gk = ctx.grads[0] if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(ctx.grads[0], axes)
-    m = ctx.mask(ctx.op("Equal", [x, yk]), x)
-    cnt = ctx.b.reduce("ReduceSum", m, axes, keepdims=True)
-    return [ctx.op("Mul", [m, ctx.op("Div", [gk, cnt])])] + [None] * (len(ctx.inputs) - 1)
 
 
 @rule("GlobalAveragePool")
@@ -912,13 +836,89 @@ def _conv_geometry(ctx: RuleContext, in_sp: list[int], k: list[int]):
     return s, d, pads
 
 
+def _bias_grad(ctx: RuleContext) -> str | None:
+    r"""Conv/ConvTranspose bias :math:`B_c`: :math:`\bar B_c = \sum_{n, \mathbf{o}} g_{n c \mathbf{o}}`."""
+    if len(ctx.needs) < 3 or not ctx.needs[2]:
+        return None
+    r = ctx.rank(ctx.outputs[0])
+    return ctx.b.reduce("ReduceSum", ctx.grads[0], [0] + list(range(2, r)), keepdims=False)
+
+
+def _grouped_correlation(ctx: RuleContext, inp: str, ker: str, n_inp: int, n_ker: int, group: int,
+                         k: list[int], strides: list[int], dilations: list[int], pads: list[int]) -> str:
+    r"""Per group :math:`j`: ``Conv(inp_j, ker_j)`` (batch = channels of ``inp_j``, channels = the
+    original batch), cropped to the kernel size ``k`` and transposed to ``(ker_j, inp_j, *k)``;
+    the groups are concatenated along axis 0.  ``inp``/``ker`` are ``(n_inp, N, ...)``/``(n_ker, N, ...)``."""
+    b = ctx.b
+    n = len(k)
+    parts = []
+    ci, co = n_inp // group, n_ker // group
+    for j in range(group):
+        xi = inp if group == 1 else b.op("Slice", [inp, b.ints([j * ci]), b.ints([(j + 1) * ci]), b.ints([0])])
+        gi = ker if group == 1 else b.op("Slice", [ker, b.ints([j * co]), b.ints([(j + 1) * co]), b.ints([0])])
+        c = b.op("Conv", [xi, gi], strides=strides, dilations=dilations, pads=pads)
+        c = b.op("Slice", [c, b.ints([0] * n), b.ints(k), b.ints(list(range(2, 2 + n)))])
+        parts.append(b.op("Transpose", [c], perm=[1, 0] + list(range(2, 2 + n))))
+    return parts[0] if group == 1 else b.op("Concat", parts, axis=0)
+
+
+def _conv_weight_grad(ctx: RuleContext) -> str:
+    r"""Conv weight: :math:`\bar W_{m c \mathbf{k}} = \sum_{n,\mathbf{o}} g_{n m \mathbf{o}}\,
+    x^{\mathrm{pad}}_{n c,\ \mathbf{o} s + \mathbf{k} d}` per group -- a correlation of
+    :math:`x^{\mathsf T}` (channels as batch) with :math:`g^{\mathsf T}` as kernel, stride :math:`d`,
+    dilation :math:`s`, the forward pads, cropped to the kernel size."""
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    r = ctx.rank(x)
+    n = r - 2
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    if ctx.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        in_sp = ctx.static_dims(x, list(range(2, r)))
+    else:
+        in_sp = [0] * n
+    s, d, pads = _conv_geometry(ctx, in_sp, k)
+    group = ctx.attrs.get("group", 1)
+    (c_in,) = ctx.static_dims(x, [1])
+    (m_out,) = ctx.static_dims(w, [0])
+    perm = [1, 0] + list(range(2, r))
+    xt = ctx.op("Transpose", [x], perm=perm)
+    gt = ctx.op("Transpose", [ctx.grads[0]], perm=perm)
+    return _grouped_correlation(ctx, xt, gt, c_in, m_out, group, k, d, s, pads)
+
+
+def _convtranspose_weight_grad(ctx: RuleContext) -> str:
+    r"""ConvTranspose weight (shape ``(C, M/G, *k)``): :math:`\bar W_{c m \mathbf{k}} = \sum_{n,\mathbf{i}}
+    x_{n c \mathbf{i}}\, g_{n m,\ \mathbf{i} s + \mathbf{k} d - p}` -- a correlation of :math:`g^{\mathsf T}`
+    (padded by the forward begin pads) with :math:`x^{\mathsf T}` as kernel, stride :math:`d`,
+    dilation :math:`s`, cropped to the kernel size."""
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    r = ctx.rank(x)
+    n = r - 2
+    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
+        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    s = list(ctx.attrs.get("strides", [1] * n))
+    d = list(ctx.attrs.get("dilations", [1] * n))
+    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
+    group = ctx.attrs.get("group", 1)
+    in_sp = ctx.static_dims(x, list(range(2, r)))
+    out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    (c_in,) = ctx.static_dims(x, [1])
+    (m_out,) = ctx.static_dims(ctx.outputs[0], [1])
+    pe = [max(0, (k[i] - 1) * d[i] + s[i] * (in_sp[i] - 1) + 1 - out_sp[i] - pads[i]) for i in range(n)]
+    perm = [1, 0] + list(range(2, r))
+    xt = ctx.op("Transpose", [x], perm=perm)
+    gt = ctx.op("Transpose", [ctx.grads[0]], perm=perm)
+    res = _grouped_correlation(ctx, gt, xt, m_out, c_in, group, k, d, s, pads[:n] + pe)
+    return res
+
+
 @rule("Conv")
 def _conv(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    if len(ctx.needs) > 1 and ctx.needs[1]:
-        raise ctx.unsupported("the gradient with respect to a non-constant Conv weight")
+    gb = _bias_grad(ctx)
+    gw = _conv_weight_grad(ctx) if ctx.needs[1] else None
     if not ctx.needs[0]:
-        return [None] * len(ctx.inputs)
+        return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
@@ -952,19 +952,19 @@ def _conv(ctx):
                             b.ints([-1] * n)])
         dx = ctx.op("Conv", [ctx.grads[0], wt], group=group, strides=s, dilations=d, kernel_shape=k,
                     pads=[ext[i] - pads[i] for i in range(n)] + [ext[i] - pads[i + n] for i in range(n)])
-        return [dx] + [None] * (len(ctx.inputs) - 1)
+        return ctx.rest(dx, gw, gb)
     dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=group, strides=s,
                 dilations=d, kernel_shape=k, pads=list(pads[:n]) + pe_new, output_padding=opad)
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(dx, gw, gb)
 
 
 @rule("ConvTranspose")
 def _convtranspose(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    if len(ctx.needs) > 1 and ctx.needs[1]:
-        raise ctx.unsupported("the gradient with respect to a non-constant ConvTranspose weight")
+    gb = _bias_grad(ctx)
+    gw = _convtranspose_weight_grad(ctx) if ctx.needs[1] else None
     if not ctx.needs[0]:
-        return [None] * len(ctx.inputs)
+        return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
     if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
@@ -989,7 +989,7 @@ def _convtranspose(ctx):
                 dilations=d, kernel_shape=k, pads=pads[:n] + pe_pos)
     if pe_pos != pe:  # negative end pad = crop
         dx = ctx.op("Slice", [dx, ctx.b.ints([0] * n), ctx.b.ints(in_sp), ctx.b.ints(list(range(2, r)))])
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(dx, gw, gb)
 
 
 # ============================ pooling and resizing ===========================================
@@ -1014,34 +1014,10 @@ def _maxpool(ctx):
     return [b.reshape_like(sc, x)]
 
 
-def _run_1d(op_type: str, attrs: dict, n_in: int, opset: int, extra_inputs=(), rank: int = 3):
-    """Run ``op_type`` with onnxruntime on the identity basis (n_in, 1, [1,] n_in); return (out, in)."""
-    import onnxruntime as ort
-
-    shape = [n_in, 1] + [1] * (rank - 3) + [n_in]
-    x = np.eye(n_in, dtype=np.float32).reshape(shape)
-    inits, names = [], ["x"]
-    for i, v in enumerate(extra_inputs):
-        if v is None:
-            names.append("")
-        else:
-            nm = f"e{i}"
-            inits.append(onnx.numpy_helper.from_array(np.asarray(v), nm))
-            names.append(nm)
-    node = helper.make_node(op_type, names, ["y"], **attrs)
-    graph = helper.make_graph([node], "basis", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"x": x})[0]
-    return y.reshape(n_in, -1).T.astype(np.float64)  # (out, in)
-
-
 @rule("AveragePool")
 def _avgpool(ctx):
+    """Separable: per spatial axis the matrix is probed from onnxruntime (:mod:`.probe`), entries
+    snapped to exact reciprocals of the integer window counts."""
     x = ctx.inputs[0]
     r = ctx.rank(x)
     n = r - 2
@@ -1063,7 +1039,7 @@ def _avgpool(ctx):
             a["pads"] = [pads[i], pads[i + n]]
         if d is not None:
             a["dilations"] = [d[i]]
-        m = _run_1d("AveragePool", a, in_sp[i], max(ctx.opset, 11))
+        m = axis_matrix("AveragePool", a, in_sp[i], max(ctx.opset, 11))
         # entries are 1/count: recover the exact reciprocal of the integer count
         nz = m != 0
         m[nz] = 1.0 / np.round(1.0 / m[nz])
@@ -1073,6 +1049,7 @@ def _avgpool(ctx):
 
 @rule("Resize")
 def _resize(ctx):
+    """Separable linear map: per resized axis the matrix is probed from onnxruntime (:mod:`.probe`)."""
     x = ctx.inputs[0]
     r = ctx.rank(x)
     in_dims = ctx.static_dims(x, list(range(r)))
@@ -1082,6 +1059,9 @@ def _resize(ctx):
     axes = ctx.attrs.get("axes")
     axes = list(range(r)) if axes is None else [a % r for a in axes]
     scales = ctx.const(2)
+    if scales is None and ctx.has_input(2) and not ctx.has_input(3):
+        # a runtime scales tensor: the coordinate transform uses the scale itself, not out/in
+        ctx.need_const(2, "scales")
     if scales is not None and scales.size == 0:
         scales = None
     roi = ctx.const(1)
@@ -1091,7 +1071,7 @@ def _resize(ctx):
         ctx.need_const(1, "roi")
     attrs = {a: v for a, v in ctx.attrs.items() if a in (
         "mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
-        "extrapolation_value", "nearest_mode", "antialias")}
+        "nearest_mode", "antialias")}  # extrapolation_value is the affine part (no gradient): probe with 0
     g = ctx.grads[0]
     npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
     for j, ax in enumerate(axes):
@@ -1106,7 +1086,7 @@ def _resize(ctx):
         inputs = [rr] + extra if opset < 13 or roi is not None else [None] + extra
         if opset < 13 and extra[0] is None:
             inputs = [rr, np.zeros(0, np.float32), extra[1]]
-        m = _run_1d("Resize", attrs, in_dims[ax], opset, inputs, rank=4)
+        m = axis_matrix("Resize", attrs, in_dims[ax], opset, inputs, rank=4)
         if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
             continue
         g = ctx.b.move_axis_matmul(g, r, ax, ctx.b.const(m.astype(npdt), hint="resize_T"))
@@ -1116,28 +1096,55 @@ def _resize(ctx):
 # ============================ normalisation ==================================================
 @rule("BatchNormalization")
 def _batchnorm(ctx):
-    x, scale, _bias, _mean, var = ctx.inputs[:5]
+    r"""Inference mode, :math:`y = \gamma (x - m)/\sigma + \beta`, :math:`\sigma = \sqrt{v + \epsilon}`:
+    :math:`\bar x = g\gamma/\sigma`, :math:`\bar\gamma = \sum g (x-m)/\sigma`, :math:`\bar\beta = \sum g`,
+    :math:`\bar m = -\sum g\gamma/\sigma`, :math:`\bar v = -\tfrac12\sum g\gamma(x-m)/\sigma^3` (sums over
+    every axis but the channel axis 1)."""
+    x, scale, _bias, mean, var = ctx.inputs[:5]
     if ctx.attrs.get("training_mode", 0) or len([o for o in ctx.outputs if o]) > 1:
         raise ctx.unsupported("BatchNormalization in training mode")
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to BatchNormalization parameters")
     r = ctx.rank(x)
     eps = ctx.attrs.get("epsilon", 1e-5)
-    f = ctx.op("Div", [scale, ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, var)])])])
-    if ctx.elem(var) != ctx.elem(x):
-        f = ctx.op("Cast", [f], to=ctx.elem(x))
-    f = ctx.b.unsqueeze(f, list(range(1, r - 1)))
-    return [ctx.op("Mul", [ctx.grads[0], f])] + [None] * (len(ctx.inputs) - 1)
+    g = ctx.grads[0]
+    ex = ctx.elem(x)
+    cast = (lambda t: ctx.op("Cast", [t], to=ex)) if ctx.elem(var) != ex else (lambda t: t)  # noqa: E731
+    back = (lambda t: ctx.op("Cast", [t], to=ctx.elem(var))) if ctx.elem(var) != ex else (lambda t: t)  # noqa: E731
+    sd = ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, var)])])
+    un = lambda t: ctx.b.unsqueeze(cast(t), list(range(1, r - 1)))  # noqa: E731  (C,) -> (C, 1, ...)
+    red = [0] + list(range(2, r))
+    rs = lambda t: back(ctx.b.reduce("ReduceSum", t, red, keepdims=False))  # noqa: E731
+    f = ctx.op("Div", [scale, sd])
+    res = [None] * 5
+    if ctx.needs[0]:
+        res[0] = ctx.op("Mul", [g, un(f)])
+    if any(ctx.needs[1:5]):
+        xc_sd = ctx.op("Div", [ctx.op("Sub", [x, un(mean)]), un(sd)])
+        if ctx.needs[1]:
+            res[1] = rs(ctx.op("Mul", [g, xc_sd]))
+        if ctx.needs[2]:
+            res[2] = rs(g)
+        if ctx.needs[3]:
+            res[3] = ctx.op("Neg", [ctx.op("Mul", [rs(g), f])])
+        if ctx.needs[4]:
+            t = rs(ctx.op("Mul", [g, xc_sd]))                      # sum g (x-m)/sd
+            res[4] = ctx.op("Mul", [ctx.op("Mul", [t, ctx.op("Div", [f, sd])]), ctx.c(-0.5, var)])
+    return res + [None] * (len(ctx.inputs) - 5)
 
 
-def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
-    r"""dX of x̂ = (x - μ)/σ over ``axes`` given ĝ = g·scale:  (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ."""
+def _norm_hat(ctx: RuleContext, x: str, axes: list[int], eps: float) -> tuple[str, str]:
+    r""":math:`(\hat x, \sigma)` with :math:`\hat x = (x - \mu)/\sigma`, :math:`\sigma = \sqrt{\mathrm{var} + \epsilon}` over ``axes``."""
     b = ctx.b
     mu = b.reduce("ReduceMean", x, axes, keepdims=True)
     xc = ctx.op("Sub", [x, mu])
     var = b.reduce("ReduceMean", ctx.op("Mul", [xc, xc]), axes, keepdims=True)
     sd = ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, x)])])
-    xh = ctx.op("Div", [xc, sd])
+    return ctx.op("Div", [xc, sd]), sd
+
+
+def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
+    r"""dX of x̂ = (x - μ)/σ over ``axes`` given ĝ = g·scale:  (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ."""
+    b = ctx.b
+    xh, sd = _norm_hat(ctx, x, axes, eps)
     m1 = b.reduce("ReduceMean", gh, axes, keepdims=True)
     m2 = b.reduce("ReduceMean", ctx.op("Mul", [gh, xh]), axes, keepdims=True)
     t = ctx.op("Sub", [ctx.op("Sub", [gh, m1]), ctx.op("Mul", [xh, m2])])
@@ -1146,25 +1153,63 @@ def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: st
 
 @rule("LayerNormalization")
 def _layernorm(ctx):
+    r"""y = x̂ γ + β over axes [axis, r): dx as :func:`_norm_backward`; :math:`\bar\gamma = \sum g\hat x`,
+    :math:`\bar\beta = \sum g` over the leading axes (reduced to the parameters' broadcast shape)."""
     x, scale = ctx.inputs[0], ctx.inputs[1]
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to LayerNormalization parameters")
-    if any(g is not None for g in ctx.grads[1:]):
-        raise ctx.unsupported("a gradient flowing into the Mean/InvStdDev outputs of LayerNormalization")
     r = ctx.rank(x)
     axis = ctx.attrs.get("axis", -1) % r
-    gh = ctx.op("Mul", [ctx.grads[0], scale])
-    dx = _norm_backward(ctx, x, list(range(axis, r)), ctx.attrs.get("epsilon", 1e-5), gh)
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    g = ctx.grads[0]
+    axes = list(range(axis, r))
+    dx = None
+    if ctx.needs[0]:
+        parts = []
+        if g is not None:
+            parts.append(_norm_backward(ctx, x, axes, eps, ctx.op("Mul", [g, scale])))
+        gm = ctx.grads[1] if len(ctx.grads) > 1 else None
+        gr = ctx.grads[2] if len(ctx.grads) > 2 else None
+        if gm is not None or gr is not None:
+            # Mean = μ: dμ/dx_i = 1/n;  InvStdDev = ρ = (var + ε)^(-1/2): dρ/dx_i = -ρ^3 (x_i - μ)/n
+            n = ctx.op("Cast", [ctx.op("Div", [ctx.b.op("Size", [x]), ctx.b.op("Size", [ctx.outputs[1] or ctx.outputs[2]])])],
+                       to=ctx.elem(x))
+            if gm is not None:
+                parts.append(ctx.op("Expand", [ctx.op("Div", [gm, n]), ctx.b.shape(x)]))
+            if gr is not None:
+                mu = ctx.b.reduce("ReduceMean", x, axes, keepdims=True)
+                rho = ctx.outputs[2]
+                t = ctx.op("Mul", [gr, ctx.op("Mul", [rho, ctx.op("Mul", [rho, rho])])])
+                parts.append(ctx.op("Neg", [ctx.op("Div", [ctx.op("Mul", [t, ctx.op("Sub", [x, mu])]), n])]))
+        dx = ctx.b.add_all(parts) if parts else None
+    if g is None:
+        return ctx.rest(dx)
+    ds = db = None
+    if ctx.needs[1]:
+        xh, _ = _norm_hat(ctx, x, list(range(axis, r)), eps)
+        ds = ctx.unbroadcast(ctx.op("Mul", [g, xh]), scale)
+    if len(ctx.needs) > 2 and ctx.needs[2]:
+        db = ctx.unbroadcast(g, ctx.inputs[2])
+    return ctx.rest(dx, ds, db)
 
 
 @rule("InstanceNormalization")
 def _instnorm(ctx):
+    r"""y = x̂ γ_c + β_c, x̂ over the spatial axes: :math:`\bar\gamma_c = \sum_{n,s} g\hat x`,
+    :math:`\bar\beta_c = \sum_{n,s} g`."""
     x, scale = ctx.inputs[0], ctx.inputs[1]
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to InstanceNormalization parameters")
     r = ctx.rank(x)
-    sc = ctx.b.unsqueeze(scale, list(range(1, r - 1)))
-    gh = ctx.op("Mul", [ctx.grads[0], sc])
-    dx = _norm_backward(ctx, x, list(range(2, r)), ctx.attrs.get("epsilon", 1e-5), gh)
-    return [dx, None, None]
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    g = ctx.grads[0]
+    red = [0] + list(range(2, r))
+    dx = ds = db = None
+    if ctx.needs[0]:
+        sc = ctx.b.unsqueeze(scale, list(range(1, r - 1)))
+        dx = _norm_backward(ctx, x, list(range(2, r)), eps, ctx.op("Mul", [g, sc]))
+    if ctx.needs[1]:
+        xh, _ = _norm_hat(ctx, x, list(range(2, r)), eps)
+        ds = ctx.b.reduce("ReduceSum", ctx.op("Mul", [g, xh]), red, keepdims=False)
+    if ctx.needs[2]:
+        db = ctx.b.reduce("ReduceSum", g, red, keepdims=False)
+    return [dx, ds, db]
+
+
+from . import rules_elementwise, rules_extra, rules_reduce  # noqa: E402,F401  (register their rules)
