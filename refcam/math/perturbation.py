@@ -725,6 +725,7 @@ def _sampled_map(activations: Any, scores: Any, baseline_score: Any, softmax: An
     return _maybe_relu(_weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False)), relu)
 
 
+@finite_output
 def sscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax: bool = False,
           relu: bool = True) -> np.ndarray:
     r"""SS-CAM map: the Score-CAM map with the weights of :func:`sscam_weights`.
@@ -758,6 +759,7 @@ def sscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax:
     return _sampled_map(activations, scores, baseline_score, softmax, relu)
 
 
+@finite_output
 def iscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax: bool = False,
           relu: bool = True) -> np.ndarray:
     r"""IS-CAM map: the Score-CAM map with the weights of :func:`iscam_weights`.
