@@ -234,7 +234,7 @@ def test_every_public_math_function_has_a_case():
 
 @pytest.mark.parametrize("name", PUBLIC)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(data=st.data())
 def test_finite_input_never_yields_nan_or_inf(name, dtype, data):
     args, kwargs = data.draw(_case(name, dtype), label="args, kwargs")
