@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from .blocks import (
     _channel_vector,
@@ -62,6 +63,7 @@ def _masked_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- CAM
 
+@finite_output
 def cam(activations: Any, class_weights: Any, *, relu: bool = False) -> np.ndarray:
     r"""Class activation map (CAM).
 
@@ -104,6 +106,7 @@ def cam(activations: Any, class_weights: Any, *, relu: bool = False) -> np.ndarr
 
 # --------------------------------------------------------------------------- Grad-CAM
 
+@finite_output
 def gradcam_weights(activations: Any, gradients: Any) -> np.ndarray:
     r"""Grad-CAM channel weights: the spatial mean of the gradients.
 
@@ -134,6 +137,7 @@ def gradcam_weights(activations: Any, gradients: Any) -> np.ndarray:
     return gradient_weights(g)
 
 
+@finite_output
 def gradcam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarray:
     r"""Grad-CAM map.
 
@@ -185,6 +189,7 @@ def _gradcampp_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     return (alpha * _relu(g)).sum(axis=axes)
 
 
+@finite_output
 def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> np.ndarray:
     r"""Grad-CAM++ channel weights (closed form under the exponential-output assumption).
 
@@ -253,6 +258,7 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     return _gradcampp_weights(a, g, eps)
 
 
+@finite_output
 def gradcampp(
     activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
 ) -> np.ndarray:
@@ -303,6 +309,7 @@ def _xgradcam_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     return _masked_divide(num, den)
 
 
+@finite_output
 def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> np.ndarray:
     r"""XGrad-CAM channel weights: activation-weighted mean of the gradients.
 
@@ -350,6 +357,7 @@ def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> n
     return _xgradcam_weights(a, g, eps)
 
 
+@finite_output
 def xgradcam(
     activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
 ) -> np.ndarray:
@@ -388,6 +396,7 @@ def xgradcam(
 
 # --------------------------------------------------------------------------- pixel-wise methods
 
+@finite_output
 def layercam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarray:
     r"""LayerCAM map: activations weighted by their positive gradients, position by position.
 
@@ -421,6 +430,7 @@ def layercam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarr
     return _maybe_relu(_weighted_sum(a, _relu(g)), relu)
 
 
+@finite_output
 def hirescam(activations: Any, gradients: Any, *, relu: bool = False) -> np.ndarray:
     r"""HiResCAM map: element-wise gradient times activation, summed over channels.
 
@@ -455,6 +465,7 @@ def hirescam(activations: Any, gradients: Any, *, relu: bool = False) -> np.ndar
     return _maybe_relu(_weighted_sum(a, g), relu)
 
 
+@finite_output
 def gradcam_elementwise(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarray:
     r"""Element-wise Grad-CAM: sum over channels of the positive part of gradient times activation.
 
