@@ -135,7 +135,7 @@ def provide_gradients(ctx: Context) -> np.ndarray:
                 "fd_mode", "channel", f"'full' or 'auto' for {ctx.method!r}: it needs every "
                 "element of ∂y^c/∂A (only Grad-CAM is computed from channel sums)"
             )
-        return _channels_first(ctx, _fd(ctx, layer, "full")).astype(a.dtype)
+        return ctx.model._as_map(layer, _fd(ctx, layer, "full"), lead=1).astype(a.dtype)
     # exported
     from .autodiff import exported_gradients
 
@@ -154,7 +154,7 @@ def provide_gradients(ctx: Context) -> np.ndarray:
         g = exported_gradients(ctx.model, ctx.inputs, name)[name]
     except LayerNotFoundError as e:
         raise LayerNotFoundError(f"gradient_output: {e}") from None
-    g = ctx.model.to_channels_first(np.asarray(g))[:, None]
+    g = ctx.model._as_map(layer, np.asarray(g)[:, None], lead=1)  # one target axis after axis 0
     if g.shape[0:1] + g.shape[2:] != a.shape:
         from .errors import ShapeError
 
@@ -174,9 +174,10 @@ def provide_gradient_weights(ctx: Context) -> np.ndarray:
     """
     a = ctx.need("activations")
     if _source(ctx) == "fd" and _fd_mode(ctx) != "full":
-        if ctx.model.channels_last:
+        lay = ctx.layer.layout
+        if lay is not None and (lay.batch_axis, lay.channel_axis, lay.is_tokens) != (0, 1, False):
             raise InvalidArgumentError(
-                "fd_mode", ctx.options.get("fd_mode"), "'full' for a channels-last model (the "
+                "fd_mode", ctx.options.get("fd_mode"), f"'full' for a {lay.describe()} layer (the "
                 "channel directions act on axis 1 of the native tensor)"
             )
         z = int(np.prod(a.shape[2:]))

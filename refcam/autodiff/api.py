@@ -171,32 +171,34 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
                 if k.startswith("refcam_grad/"):
                     per_t[k[len("refcam_grad/"):]].append(o)
         for w in names:
-            grads_t[w].append(np.concatenate(per_t[w], axis=0))
+            grads_t[w].append(per_t[w])
     outputs = np.concatenate(results[m.output_name], axis=0)
     acts = {}
     grads = {}
     for w in names:
-        g = np.stack(grads_t[w], axis=1)                       # (N, T, *native)
         if w == m.input_name:
             acts[w] = x
-            grads[w] = g
+            grads[w] = np.stack([np.concatenate(per, axis=0) for per in grads_t[w]], axis=1)  # (N, T, *native)
         else:
-            a = np.concatenate(results[w], axis=0)
-            acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
-            grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+            b = m._batch_axis(w)  # chunks join along the layer's batch axis (axis 1: sequence-first)
+            a = np.concatenate(results[w], axis=b)
+            g = np.stack([np.concatenate(per, axis=b) for per in grads_t[w]],
+                         axis=1)                                # (native axis 0, T, *native[1:])
+            acts[w] = m._as_map(w, a)
+            grads[w] = m._as_map(w, g, lead=1)
     return GradientResult(outputs, classes, acts, grads)
 
 
 def _collect(m: Model, x: np.ndarray, names: list[str], run_names: list[str], outs: dict) -> tuple[dict, dict]:
     acts, grads = {}, {}
     for w in names:
-        g = np.concatenate(outs[grad_name(w)], axis=0)[:, None]          # (N, 1, *native)
         if w == m.input_name:
-            acts[w], grads[w] = x, g
+            acts[w], grads[w] = x, np.concatenate(outs[grad_name(w)], axis=0)[:, None]  # (N, 1, *native)
         else:
-            a = np.concatenate(outs[w], axis=0)
-            acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
-            grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+            b = m._batch_axis(w)  # chunks join along the layer's batch axis (axis 1: sequence-first)
+            g = np.concatenate(outs[grad_name(w)], axis=b)[:, None]
+            acts[w] = m._as_map(w, np.concatenate(outs[w], axis=b))
+            grads[w] = m._as_map(w, g, lead=1)
     return acts, grads
 
 
