@@ -215,15 +215,16 @@ class Layout:
         out = out[..., pre : pre + hw]
         return out.reshape(out.shape[:-1] + tuple(self.grid))
 
-    def from_map(self, maps: np.ndarray, like: np.ndarray, *, argument: str = "layer") -> np.ndarray:
+    def from_map(self, maps: np.ndarray, like: np.ndarray | None = None, *,
+                 argument: str = "layer") -> np.ndarray:
         """Inverse of :meth:`to_map` (``lead=0``): ``(N, K, *S)`` → native, with the tokens outside
-        the grid (prefix/suffix) copied from ``like`` (the native activations being edited)."""
+        the grid (prefix/suffix) copied from ``like`` (the native activations being edited; needed
+        for token layouts only)."""
         self._require_map(argument)
-        like = np.asarray(like)
         perm = [self.batch_axis, self.channel_axis, *self.spatial_axes]
         inv = np.argsort(perm)
         if self.is_tokens:
-            base = np.transpose(like, perm).copy()
+            base = np.transpose(np.asarray(like), perm).copy()
             pre, hw = self._tokens(base.shape[-1], argument)
             base[..., pre : pre + hw] = np.asarray(maps).reshape(maps.shape[:2] + (hw,))
             return np.transpose(base, inv)
