@@ -418,7 +418,7 @@ class Model:
         li = layer if isinstance(layer, LayerInfo) and layer.layout is not None else self.layer(layer)
         return li.layout.to_map(a, lead=lead, argument=f"layer {li.name!r}")
 
-    def map_to_layer(self, layer: str | LayerInfo, maps: np.ndarray, like: np.ndarray) -> np.ndarray:
+    def map_to_layer(self, layer: str | LayerInfo, maps: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
         """Inverse of :meth:`layer_to_map` (tokens outside the grid copied from ``like``)."""
         li = layer if isinstance(layer, LayerInfo) and layer.layout is not None else self.layer(layer)
         return li.layout.from_map(maps, like, argument=f"layer {li.name!r}")
@@ -713,12 +713,19 @@ class Model:
     def linear_head(self, layer: str | LayerInfo):
         """The GAP → linear head after ``layer`` (see :func:`refcam.onnx.head.linear_head`)."""
         li = self.layer(layer)
+        lay = li.layout
+        if lay is not None and lay.is_map and (lay.batch_axis != 0 or lay.is_tokens):
+            raise ModelError(
+                f"CAM: layer {li.name!r} is {lay.describe()}; the GAP → linear head is found after "
+                "batch-first spatial maps (NCHW or NHWC) only"
+            )
         return linear_head(
             self.proto.graph,
             li.name,
             self.output_name,
             rank=li.rank or 4,
-            channels_last=self.channels_last,
+            channels_last=(lay.channel_axis == li.rank - 1) if lay is not None and lay.is_map
+            and li.rank else self.channels_last,
         )
 
     def __repr__(self) -> str:
