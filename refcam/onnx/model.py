@@ -215,6 +215,7 @@ class Model:
         }
         self._layers = discover_layers(self.proto, self._inferred)
         self._layouts: dict | None = None
+        self._layout_shapes: dict = {}
         self._with_layout: dict = {}
 
         inits = {t.name for t in self.proto.graph.initializer}
@@ -319,9 +320,9 @@ class Model:
                     outs = self.session(names).run(list(names), {self.input_name: x})
                     return {n: tuple(o.shape) for n, o in zip(names, outs)}
             try:
-                self._layouts, _ = graph_layouts(self.proto, inputs, probe=probe)
+                self._layouts, self._layout_shapes = graph_layouts(self.proto, inputs, probe=probe)
             except Exception:  # noqa: BLE001 - no inference: every layout unclear, never guessed
-                self._layouts = {}
+                self._layouts, self._layout_shapes = {}, {}
         return self._layouts
 
     def _laid(self, li: LayerInfo) -> LayerInfo:
@@ -335,7 +336,17 @@ class Model:
         if key not in self._with_layout:
             from dataclasses import replace
 
-            self._with_layout[key] = replace(li, layout=lay)
+            # sizes static inference left symbolic (``unk__3``) but that scale with the batch or
+            # are fixed at two batch sizes (see layers.merge_batch_shapes) are filled in
+            shape = li.shape
+            known = self._layout_shapes.get(li.name)
+            if shape is not None and known is not None and len(known) == len(shape):
+                shape = tuple(
+                    k if (d is None or (isinstance(d, str) and d.startswith("unk__"))) and k is not None
+                    else d
+                    for d, k in zip(shape, known)
+                )
+            self._with_layout[key] = replace(li, layout=lay, shape=shape)
         return self._with_layout[key]
 
     def set_layer_layout(self, layer: str | LayerInfo, layout: str | Layout | None) -> LayerInfo:
