@@ -329,9 +329,7 @@ def provide_bias_gradients(ctx: Context) -> dict:
     ctx.arrays.setdefault("input_gradients", ig)
     out = {}
     for name, _, b in layers:
-        g = r.gradients[name]
-        if m.channels_last and g.ndim in (5, 6):
-            g = np.moveaxis(g, 2, -1)  # undo: ONNX Conv / BatchNorm tensors are channels-first
+        g = r.gradients[name]  # read through the tensor's layout: Conv / BatchNorm outputs are NCHW
         if g.ndim != ig.ndim:
             continue  # a dense BatchNorm (N, K): not part of the map
         fb = M.bias_gradient(g.reshape((-1,) + g.shape[2:]).astype(np.float64), b)
