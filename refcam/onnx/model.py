@@ -143,7 +143,11 @@ class Model:
     output : name of the tensor whose entries are the class scores ``y^c``; default: the first
         graph output, or the input of its producing Softmax/LogSoftmax when ``strip_softmax``.
     strip_softmax : target pre-softmax logits when the model ends in Softmax (default ``True``).
-    input_name : the image input (needed only when the graph has several non-initializer inputs).
+    input_name : the input to explain (needed only when the graph has several non-initializer
+        inputs).
+    other_inputs : ``{name: array}`` the values of the other inputs, batch first: ``(N, ...)`` (one
+        row per explained sample) or ``(1, ...)`` (the same for every sample).  They are held
+        fixed: gradients and perturbations act on ``input_name`` only.
     memory_budget : bytes of input + returned tensors per onnxruntime call (default 64 MiB).
     base_dir : directory of external data files when ``source`` is a ModelProto whose external
         data is not loaded yet.
@@ -180,6 +184,7 @@ class Model:
         base_dir: str | None = None,
         max_sessions: int = 8,
         layer_layouts: dict | None = None,
+        other_inputs: dict | None = None,
     ) -> None:
         if isinstance(source, Model):
             source = source.proto
@@ -220,21 +225,37 @@ class Model:
 
         inits = {t.name for t in self.proto.graph.initializer}
         real_inputs = [i for i in self.proto.graph.input if i.name not in inits]
+        names_in = [i.name for i in real_inputs]
         if input_name is None:
             if len(real_inputs) != 1:
                 raise ModelError(
-                    f"model: has {len(real_inputs)} inputs {[i.name for i in real_inputs]}, "
-                    f"expected exactly 1 image input (pass input_name=)"
+                    f"model: has {len(real_inputs)} inputs {names_in}, expected exactly 1 input "
+                    f"to explain: pass input_name= (CLI --input-name) and the others' values "
+                    f"as other_inputs= (CLI --other-input NAME=FILE.npy)"
                 )
             self.input_name = real_inputs[0].name
         else:
-            if input_name not in [i.name for i in real_inputs]:
-                raise InvalidArgumentError(
-                    "input_name", input_name, f"one of {[i.name for i in real_inputs]}"
-                )
-            if len(real_inputs) != 1:
-                raise ModelError("model: models with several inputs are not supported yet")
+            if input_name not in names_in:
+                raise InvalidArgumentError("input_name", input_name, f"one of {names_in}")
             self.input_name = input_name
+        others = dict(other_inputs or {})
+        missing = [nm for nm in names_in if nm != self.input_name and nm not in others]
+        unknown = [nm for nm in others if nm not in names_in or nm == self.input_name]
+        if missing or unknown:
+            raise InvalidArgumentError(
+                "other_inputs", sorted(others), f"an array for each of {sorted(set(names_in) - {self.input_name})}"
+                f" (the inputs not explained)" + (f"; not inputs of the model: {unknown}" if unknown else "")
+            )
+        self.other_inputs: dict = {}
+        for vi in real_inputs:
+            if vi.name in others:
+                et = vi.type.tensor_type.elem_type
+                arr = np.asarray(others[vi.name])
+                if arr.ndim == 0 or arr.dtype.kind not in "biuf":
+                    raise InvalidArgumentError(f"other_inputs[{vi.name!r}]", arr.shape,
+                                               "a real array (N, ...) or (1, ...) with a batch axis")
+                self.other_inputs[vi.name] = np.ascontiguousarray(
+                    arr, dtype=helper.tensor_dtype_to_np_dtype(et) if et else arr.dtype)
         vi = next(i for i in real_inputs if i.name == self.input_name)
         tt = vi.type.tensor_type
         if tt.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
@@ -317,7 +338,10 @@ class Model:
             if fixed and self.fixed_batch is None:
                 def probe(names, batch):
                     x = np.zeros((batch, *self.input_shape[1:]), dtype=self.input_dtype)
-                    outs = self.session(names).run(list(names), {self.input_name: x})
+                    feed = {self.input_name: x}
+                    for nm, v in self.other_inputs.items():
+                        feed[nm] = np.repeat(v[:1], batch, axis=0)
+                    outs = self.session(names).run(list(names), feed)
                     return {n: tuple(o.shape) for n, o in zip(names, outs)}
             try:
                 self._layouts, self._layout_shapes = graph_layouts(self.proto, inputs, probe=probe)
@@ -435,14 +459,27 @@ class Model:
         return li.layout.from_map(maps, like, argument=f"layer {li.name!r}")
 
     # ------------------------------------------------------------------ layout
-    def to_channels_first(self, a: np.ndarray) -> np.ndarray:
-        """Native layout → ``(N, K, *S)`` (identity for channels-first models or rank < 3)."""
-        if not self.channels_last or a.ndim < 3:
+    @property
+    def tabular_input(self) -> bool:
+        """The input is ``(N, F)``: features, no channel axis.  It is read as ``(N, 1, F)`` — one
+        channel over ``F`` positions — so input-gradient maps are per feature ``(N, F)``."""
+        return self.input_shape is not None and len(self.input_shape) == 2
+
+    def to_channels_first(self, a: np.ndarray, *, lead: int = 0) -> np.ndarray:
+        """Native input layout → ``(N, *lead, C, *S)``; ``(N, *lead, F)`` → ``(N, *lead, 1, F)``
+        for a tabular input (identity for channels-first models)."""
+        if self.tabular_input and a.ndim == 2 + lead:
+            return np.expand_dims(a, 1 + lead)
+        if not self.channels_last or a.ndim < 3 + lead:
             return a
-        return np.moveaxis(a, -1, 1)
+        return np.moveaxis(a, -1, 1 + lead)
 
     def to_native(self, a: np.ndarray) -> np.ndarray:
-        """``(N, K, *S)`` → the model's native layout (inverse of :meth:`to_channels_first`)."""
+        """``(N, C, *S)`` → the model's native input layout (inverse of :meth:`to_channels_first`)."""
+        if self.tabular_input and a.ndim == 3:
+            if a.shape[1] != 1:
+                raise ShapeError("inputs", a.shape, "(N, 1, F)", "a tabular model input has one channel")
+            return a[:, 0]
         if not self.channels_last or a.ndim < 3:
             return a
         return np.moveaxis(a, 1, -1)
@@ -453,6 +490,8 @@ class Model:
 
     def input_spatial_shape(self, inputs: np.ndarray) -> tuple[int, ...]:
         """Spatial shape ``S_in`` of a (validated) native-layout input batch."""
+        if self.tabular_input:
+            return tuple(inputs.shape[1:])
         return tuple(inputs.shape[1:-1] if self.channels_last else inputs.shape[2:])
 
     # ------------------------------------------------------------------ inputs
@@ -491,6 +530,24 @@ class Model:
         if x.shape[0] == 0 or any(s == 0 for s in x.shape):
             raise ShapeError(argument, x.shape, exp, "every axis must be non-empty")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    def feed(self, xb: np.ndarray, start: int = 0, pad: int = 0) -> dict:
+        """The onnxruntime feed for the chunk ``xb`` = samples ``start … start+len(xb)-pad`` (the
+        last ``pad`` rows repeat the last sample): the explained input and the other inputs."""
+        out = {self.input_name: xb}
+        n = xb.shape[0] - pad
+        for nm, v in self.other_inputs.items():
+            if v.shape[0] == 1:
+                out[nm] = np.repeat(v, xb.shape[0], axis=0)
+                continue
+            part = v[start : start + n]
+            if part.shape[0] != n:
+                raise ShapeError(f"other_inputs[{nm!r}]", v.shape, "(N, ...) or (1, ...)",
+                                 f"{n} sample(s) from {start} needed, it has {v.shape[0]}")
+            if pad:
+                part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+            out[nm] = part
+        return out
 
     # ------------------------------------------------------------------ sessions
     def _options(self) -> ort.SessionOptions:
@@ -626,7 +683,7 @@ class Model:
                         pad = self.fixed_batch - (stop - start)
                         xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
                     try:
-                        outs = sess.run(run_names, {self.input_name: xb})
+                        outs = sess.run(run_names, self.feed(xb, start, pad))
                     except Exception as exc:
                         raise ModelError(
                             f"model: onnxruntime failed on inputs of shape {tuple(xb.shape)}: {exc}"
@@ -672,7 +729,7 @@ class Model:
     def _as_map(self, name: str, a: np.ndarray, lead: int = 0) -> np.ndarray:
         """Native → ``(N, *lead, K, *S)`` for layers with a map layout; other tensors unchanged."""
         if name == self.input_name:
-            return self.to_channels_first(a) if lead == 0 else a
+            return self.to_channels_first(a, lead=lead)
         li = self.layer(name)
         if li.layout is not None and li.layout.is_map:
             return li.layout.to_map(a, lead=lead, argument=f"layer {name!r}")
