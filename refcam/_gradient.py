@@ -84,10 +84,9 @@ def _source(ctx: Context) -> str:
 
 
 def _channels_first(ctx: Context, g: np.ndarray) -> np.ndarray:
-    """``(N, T, *native)`` → ``(N, T, K, *S)``."""
-    if ctx.model.channels_last and g.ndim in (5, 6):
-        return np.moveaxis(g, -1, 2)
-    return g
+    """Input gradients ``(N, T, *native)`` → ``(N, T, C, *S)`` (a tabular ``(N, F)`` input reads
+    as one channel over ``F`` positions, :attr:`refcam.onnx.Model.tabular_input`)."""
+    return ctx.model.to_channels_first(g, lead=1)
 
 
 def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
@@ -102,11 +101,11 @@ def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
         proto = classes.attach(ctx.model.proto_with_output(), ctx.model.output_name)
         fd = FiniteDifferences(proto, tensor, seed=SCORE_OUTPUT)
         w = classes.weights(ctx.outputs.shape, ctx.inputs.dtype)
-        feeds = {ctx.model.input_name: ctx.inputs, WEIGHT_INPUT: w}
+        feeds = {**ctx.model.feed(ctx.inputs), WEIGHT_INPUT: w}
         _, r = fd(feeds, np.ones((len(w), 1)), mode=mode)
         return r.value[:, None]
     fd = FiniteDifferences(ctx.model.proto_with_output(), tensor, seed=ctx.model.output_name)
-    feeds = {ctx.model.input_name: ctx.inputs}
+    feeds = ctx.model.feed(ctx.inputs)
     out = []
     for t in range(classes.shape[1]):
         _, r = fd(feeds, _seed(ctx, ctx.outputs, classes[:, t]), mode=mode)
