@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _validate as V
 from . import math as M
+from ._compare import max_abs_error, within
 from .errors import InvalidArgumentError, ModelError, TargetError
 from .onnx.model import DEFAULT_MEMORY_BUDGET
 from .onnx.targets import class_view
@@ -109,11 +110,11 @@ def provide_class_weights(ctx: Context) -> np.ndarray:
         )
     y = M.gap(a.astype(np.float64)) @ head.weight.T + (0 if head.bias is None else head.bias)
     out = class_view(ctx.outputs).astype(np.float64)
-    tol = 1e-3 * (1 + np.abs(out).max())
-    if y.shape != out.shape or np.abs(y - out).max() > tol:
+    # NaN-aware (refcam._compare): a NaN in the model output or the head is a mismatch, never a pass
+    if not within(y, out, atol=1e-3, rtol=1e-3):
         raise ModelError(
             f"CAM: the head found after {ctx.layer.name!r} ({head.nodes}) does not reproduce the "
-            f"model output (max deviation {np.abs(y - out).max() if y.shape == out.shape else 'shape'})"
+            f"model output (max deviation {max_abs_error(y, out) if y.shape == out.shape else 'shape'})"
         )
     ctx.arrays["linear_bias"] = head.bias
     # the graph stores the weights in the activations' precision: keep the activations' dtype

@@ -24,8 +24,8 @@ from refcam.testing import (
 
 TOL_ULPS = 64
 
-# Bugs the properties found in refcam.math (reported to the lead with minimal counterexamples,
-# pinned in the "minimal counterexamples" section at the end).  Fixed: none is known now.  A new
+# Bugs the properties found in refcam.math (minimal counterexamples pinned in the "minimal
+# counterexamples" section at the end).  Fixed: none is known now.  A new
 # one goes here as {name: pytest.mark.xfail(...)} until it is fixed.
 KNOWN_BUGS: dict = {}
 

@@ -37,6 +37,7 @@ from .blocks import (
     _relu,
     _spatial_axes,
     _weighted_sum,
+    gradient_weights,
 )
 
 __all__ = [
@@ -109,8 +110,10 @@ def gradcam_weights(activations: Any, gradients: Any) -> np.ndarray:
     .. math:: \alpha_k^c = \frac{1}{Z} \sum_i \sum_j \frac{\partial y^c}{\partial A^k_{ij}}
 
     Selvaraju et al., 2017, "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
-    Localization", eq. 1.  ``activations`` only fixes the expected shape (uniform signature with
-    the other weight functions); the value equals :func:`refcam.math.gradient_weights`.
+    Localization", eq. 1.  This is :func:`refcam.math.gradient_weights` (the one implementation)
+    under the signature ``(activations, gradients)`` shared by every weight function
+    (:func:`gradcampp_weights`, :func:`xgradcam_weights`); ``activations`` only fixes the
+    expected shape.
 
     Parameters
     ----------
@@ -127,8 +130,8 @@ def gradcam_weights(activations: Any, gradients: Any) -> np.ndarray:
     >>> gradcam_weights(np.zeros((1, 1, 2, 2)), np.array([[[[1., 3.], [0., 0.]]]]))
     array([[1.]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    return g.mean(axis=_spatial_axes(g))
+    _, g = _maps_and_gradients(activations, gradients)
+    return gradient_weights(g)
 
 
 def gradcam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarray:

@@ -39,7 +39,17 @@ from .._validate import as_float_array, choice, nonnegative_float, positive_int
 from .._validate import maps as _maps
 from ..errors import InvalidArgumentError, ShapeError
 
-__all__ = ["relu", "normalize", "interpolation_matrix", "upsample", "fuse"]
+__all__ = [
+    "FUSE_MODES",
+    "NORMALIZE_MODES",
+    "UPSAMPLE_MODES",
+    "relu",
+    "softmax",
+    "normalize",
+    "interpolation_matrix",
+    "upsample",
+    "fuse",
+]
 
 NORMALIZE_MODES = ("minmax", "max", "sum", "none")
 UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
@@ -83,6 +93,32 @@ def _pow2_floor(a: np.ndarray) -> np.ndarray:
     """
     _, exponent = np.frexp(a)
     return np.ldexp(np.ones_like(a), exponent - 1)
+
+
+def softmax(x: Any, axis: int = -1) -> np.ndarray:
+    r"""Softmax along ``axis``: :math:`p_j = e^{x_j - m} / \sum_i e^{x_i - m}`, :math:`m = \max_i x_i`.
+
+    The one softmax of refcam (class probabilities of a model output, Score-CAM's channel
+    softmax).  Subtracting the maximum changes nothing mathematically and keeps :math:`e^{x - m}
+    \le 1`; the maximal term is :math:`e^0 = 1`, so the sum is :math:`\ge 1`: no division guard.
+
+    Parameters
+    ----------
+    x : array_like, real, finite
+    axis : int, default -1
+
+    Returns
+    -------
+    ndarray, shape and float dtype of ``x``.
+
+    Examples
+    --------
+    >>> softmax(np.array([[0.0, np.log(3.0)]]))
+    array([[0.25, 0.75]])
+    """
+    a = as_float_array(x, "x")
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
@@ -147,13 +183,14 @@ def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
     if mode == "none" or x.ndim < 2 or 0 in x.shape:
         x = _maps(maps, "maps")  # full validation (raises on a bad shape / non-finite input)
         return x.copy()
-    return _normalize(x, mode, eps, maps)
+    return normalize_validated(x, mode, eps, maps)
 
 
-def _normalize(x: np.ndarray, mode: str, eps: float, original: Any = None, out: np.ndarray | None = None
+def normalize_validated(x: np.ndarray, mode: str, eps: float, original: Any = None, out: np.ndarray | None = None
                ) -> np.ndarray:
     """Kernel of :func:`normalize` for a float array of shape ``(N, *S)`` and a validated ``mode`` /
-    ``eps``; ``out=x`` normalises in place (callers that own ``x``)."""
+    ``eps``; ``out=x`` normalises in place (callers that own ``x``).  Internal to the math floor
+    (not in ``__all__``): the Score-CAM masks (:func:`refcam.math.scorecam_masks`) use it."""
     # One pass each for min and max; the finiteness check reads them (a NaN or Inf anywhere shows
     # up in a per-sample min or max) instead of scanning the maps once more.
     axes = _spatial_axes(x.ndim)

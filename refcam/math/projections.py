@@ -16,7 +16,7 @@ import numpy as np
 from .. import _validate as _v
 from ..errors import ShapeError
 from .blocks import _flag, _maps_and_gradients, _maybe_relu
-from .eigen import _SIGN_RULES, _first_component, _sign_factor
+from .eigen import SIGN_RULES, _first_component, _sign_factor
 
 __all__ = ["KERNELS", "eigen_smooth", "kernel_matrix", "kpcacam", "segeigencam"]
 
@@ -126,7 +126,7 @@ def kpcacam(activations: Any, *, kernel: str = "sigmoid", gamma: float | None = 
     array([[ 0.75, -0.25, -0.25, -0.25]])
     """
     x = _v.feature_maps(activations, "activations")
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     n, k = x.shape[:2]
     o = np.swapaxes(x.reshape(n, k, -1), 1, 2).astype(np.float64)   # (N, Z, K)
     if _flag(center, "center"):
@@ -176,7 +176,7 @@ def segeigencam(activations: Any, gradients: Any, *, center: bool = True, sign: 
     array([[[2.5, 0. ]]])
     """
     a, g = _maps_and_gradients(activations, gradients)
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     m = _first_component(np.abs(g) * a, _flag(center, "center"), sign)
     return _maybe_relu(m, relu)
 
@@ -220,6 +220,6 @@ def eigen_smooth(activations: Any, weights: Any, *, center: bool = True, sign: s
         raise ShapeError("weights", w.shape, f"{x.shape[:2]} or {x.shape}",
                          "channel weights (N, K) or per-position weights like the activations")
     dt = _v.result_dtype(x, w)
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     m = _first_component((w * x).astype(dt, copy=False), _flag(center, "center"), sign)
     return _maybe_relu(m, relu)

@@ -796,6 +796,16 @@ class Model:
             and li.rank else self.channels_last,
         )
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's ``metadata_props`` as a ``{key: value}`` dict (labels, preprocessing, ...).
+
+        :mod:`refcam.zoo` reads ``refcam.classes`` / ``refcam.preprocessing`` and the common keys
+        of other exporters from it (:func:`refcam.zoo.model_classes`,
+        :func:`refcam.zoo.model_preprocessing`).
+        """
+        return {p.key: p.value for p in self.proto.metadata_props}
+
     def __repr__(self) -> str:
         return (
             f"Model(input={self.input_name!r} {self.input_shape}, output={self.output_name!r}, "

@@ -222,3 +222,17 @@ def test_flags_must_be_boolean():
         eigencam(a, center=None)
     with pytest.raises(InvalidArgumentError, match="relu"):
         eigengradcam(a, a, relu=1)
+
+
+def test_eigencam_component_hand():
+    # O = [[3, 0], [0, 1]] (positions x channels): sigma = (3, 1), v1 = e1, v2 = e2
+    a = np.array([[[3.0, 0.0], [0.0, 1.0]]])            # (N=1, K=2, Z=2): A^1 = [3, 0], A^2 = [0, 1]
+    np.testing.assert_array_equal(eigencam(a), [[3.0, 0.0]])
+    np.testing.assert_array_equal(eigencam(a, component=2), [[0.0, 1.0]])
+    # wide case (Z < K): O = [[1, 0, 0], [0, 2, 0]] -> O v_2 = sigma_2 u_2 = [1, 0]
+    w = np.array([[[1.0], [0.0], [0.0]], [[0.0], [2.0], [0.0]]]).transpose(2, 1, 0)  # (1, 3, 2)
+    np.testing.assert_allclose(eigencam(w, component=2), [[1.0, 0.0]], atol=1e-15)
+    with pytest.raises(InvalidArgumentError, match="component"):
+        eigencam(a, component=3)
+    with pytest.raises(InvalidArgumentError, match="component"):
+        eigencam(a, component=0)
