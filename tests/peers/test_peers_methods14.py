@@ -521,3 +521,29 @@ def test_divergence_pgc_randomcam_generator():
         torch.manual_seed(0)
         m2 = cam(input_tensor=x, targets=targets)
     assert max_abs_error(m1, m2) > 1e-3
+
+
+# ------------------------------------------------------------------------------- RefineCAM
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refinecam(kind):
+    """pytorch-grad-cam RefineCAM (base Grad-CAM++ per layer, product, scale_cam_image) vs refcam:
+    the pgc Grad-CAM++ preset per layer, refinecam(layer_normalize=False) (the peer's normalisation
+    loop is a no-op), min-max +1e-7."""
+    from pytorch_grad_cam import RefineCAM
+
+    model = H.make_model(kind)
+    x = H.make_input()
+    layers = H.target_layers(model, multi=True)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(c) for c in H.CLASSES]
+    with H._quiet():
+        peer = RefineCAM(model=model, target_layers=layers)(x, targets)
+    acts, grads, _ = H.extract(model, layers, x, H.CLASSES)
+    per = [presets.compute("gradcampp", "pytorch-grad-cam", activations=a, gradients=g, input_size=H.INPUT_SIZE)
+           for a, g in zip(acts, grads)]
+    ref = rm.normalize(rm.refinecam(per, layer_normalize=False), "minmax", eps=1e-7)
+    assert max_abs_error(ref, peer) <= UP_TOL
+    # refcam's own normalisation (ReLU / max per layer) differs only by the peer's 1e-7 eps
+    assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= UP_TOL
