@@ -189,7 +189,7 @@ def provide_hessian_vector_products(ctx: Context) -> np.ndarray:
     "shapleycam",
     needs=("activations", "hessian_vector_products"),
     math=M.shapleycam,
-    paper="Cai & Shi, 2025, CAMs as Shapley Value-based Explainers (arXiv:2501.06261)",
+    paper="Cai, 2025, CAMs as Shapley Value-based Explainers (arXiv:2501.06261)",
     equation="w^c_k = (1/Z) Σ_ij (∂y^c/∂A^k_ij − ½ (H A)^k_ij), L = ReLU(Σ_k w^c_k A^k) (as "
     "pytorch-grad-cam shapley_cam.py; equation number not verified)",
     options=(relu(True),),

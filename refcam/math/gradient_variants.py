@@ -251,12 +251,15 @@ def shapleycam_weights(gradients: Any, hvp: Any) -> np.ndarray:
     .. math:: w^c_k = \frac1Z\sum_{ij}\Big(\frac{\partial y^c}{\partial A^k_{ij}}
               - \frac12\Big(\frac{\partial^2 y^c}{\partial A^2} A\Big)^k_{ij}\Big)
 
-    Cai & Shi, 2025, "CAMs as Shapley Value-based Explainers" (arXiv:2501.06261), ShapleyCAM:
+    Cai, 2025, "CAMs as Shapley Value-based Explainers" (arXiv:2501.06261), ShapleyCAM:
     the second-order Taylor estimate of each neuron's Shapley value,
     :math:`\phi \approx A \odot (g - \tfrac12 H A)`, aggregated per channel as Grad-CAM does
     (spatial mean); pytorch-grad-cam 1.5.7 ``shapley_cam.py:26-52`` (``hvp =
     autograd.grad(grads, activations, grad_outputs=activations)``, weights ``mean(grads - 0.5 *
-    hvp)``).  The paper's equation number was not verified.  ``hvp`` :math:`= H A` is the
+    hvp)``).  The paper's equation number was not verified; the paper also proposes a "Residual
+    Softmax Target-Class" (ReST) utility as the score :math:`y^c` -- pass the score as an
+    :class:`~refcam.onnx.OnnxTarget` to :func:`refcam.autodiff.second_order.hvp` (the weights
+    here do not depend on which score it is).  ``hvp`` :math:`= H A` is the
     Hessian of :math:`y^c` w.r.t. the activations applied to the activations themselves
     (:func:`refcam.autodiff.second_order.hvp`).
 
