@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
+from ._finite import finite_output
 from .post import upsample
 
 __all__ = ["SESS_POOLS", "gaussian_blur", "sess_fuse", "sess_scales", "window_starts"]
@@ -35,6 +36,7 @@ __all__ = ["SESS_POOLS", "gaussian_blur", "sess_fuse", "sess_scales", "window_st
 SESS_POOLS = ("mean", "max")
 
 
+@finite_output
 def sess_scales(window: int, n_scales: int = 12, step_ratio: float = 2.0 / 7.0) -> list[int]:
     r"""The SESS scales :math:`s_i = w + \mathrm{round}(w\,r)\, i`, :math:`i = 0..n-1` (the shorter
     side of each resized image; :math:`w` the window, :math:`r` = ``step_ratio``; Python's
@@ -49,6 +51,7 @@ def sess_scales(window: int, n_scales: int = 12, step_ratio: float = 2.0 / 7.0) 
     return [window + step * i for i in range(n_scales)]
 
 
+@finite_output
 def window_starts(length: int, step: int, window: int) -> list[int]:
     r"""Start positions of the windows of size ``window`` and stride ``step`` covering ``length``;
     a window that would cross the end is shifted back inside (pytorch-grad-cam ``sess.py:268-275``).
@@ -70,6 +73,7 @@ def window_starts(length: int, step: int, window: int) -> list[int]:
     return starts
 
 
+@finite_output
 def sess_fuse(cams: Any, weights: Any, boxes: Sequence[Sequence[int]], size: Sequence[int], *,
               pool: str = "mean", theta: float = 0.0) -> np.ndarray:
     r"""Fuse patch maps into one map of the image.
@@ -131,6 +135,7 @@ def sess_fuse(cams: Any, weights: Any, boxes: Sequence[Sequence[int]], size: Seq
     return np.divide(total, counts, out=np.zeros_like(total), where=counts > 0)
 
 
+@finite_output
 def gaussian_blur(maps: Any, ksize: int = 11, sigma: float = 5.0) -> np.ndarray:
     r"""Separable Gaussian smoothing of the last two axes, OpenCV ``GaussianBlur`` conventions.
 
@@ -158,6 +163,6 @@ def gaussian_blur(maps: Any, ksize: int = 11, sigma: float = 5.0) -> np.ndarray:
         raise InvalidArgumentError("sigma", sigma, "a positive number")
     x = np.arange(ksize) - (ksize - 1) / 2
     g = np.exp(-(x * x) / (2 * sigma * sigma))
-    g = (g / g.sum()).astype(m.dtype)
-    out = ndimage.correlate1d(m, g, axis=-1, mode="mirror")
-    return ndimage.correlate1d(out, g, axis=-2, mode="mirror")
+    g = g / g.sum()
+    out = ndimage.correlate1d(m.astype(np.float64), g, axis=-1, mode="mirror")
+    return ndimage.correlate1d(out, g, axis=-2, mode="mirror").astype(m.dtype)
