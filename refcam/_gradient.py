@@ -81,10 +81,9 @@ def _source(ctx: Context) -> str:
 
 
 def _channels_first(ctx: Context, g: np.ndarray) -> np.ndarray:
-    """``(N, T, *native)`` → ``(N, T, K, *S)``."""
-    if ctx.model.channels_last and g.ndim in (5, 6):
-        return np.moveaxis(g, -1, 2)
-    return g
+    """Input gradients ``(N, T, *native)`` → ``(N, T, C, *S)`` (a tabular ``(N, F)`` input reads
+    as one channel over ``F`` positions, :attr:`refcam.onnx.Model.tabular_input`)."""
+    return ctx.model.to_channels_first(g, lead=1)
 
 
 def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
@@ -99,11 +98,11 @@ def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
         proto = classes.attach(ctx.model.proto_with_output(), ctx.model.output_name)
         fd = FiniteDifferences(proto, tensor, seed=SCORE_OUTPUT)
         w = classes.weights(ctx.outputs.shape, ctx.inputs.dtype)
-        feeds = {ctx.model.input_name: ctx.inputs, WEIGHT_INPUT: w}
+        feeds = {**ctx.model.feed(ctx.inputs), WEIGHT_INPUT: w}
         _, r = fd(feeds, np.ones((len(w), 1)), mode=mode)
         return r.value[:, None]
     fd = FiniteDifferences(ctx.model.proto_with_output(), tensor, seed=ctx.model.output_name)
-    feeds = {ctx.model.input_name: ctx.inputs}
+    feeds = ctx.model.feed(ctx.inputs)
     out = []
     for t in range(classes.shape[1]):
         _, r = fd(feeds, _seed(ctx, ctx.outputs, classes[:, t]), mode=mode)
@@ -128,7 +127,7 @@ def provide_gradients(ctx: Context) -> np.ndarray:
                 "fd_mode", "channel", f"'full' or 'auto' for {ctx.method!r}: it needs every "
                 "element of ∂y^c/∂A (only Grad-CAM is computed from channel sums)"
             )
-        return _channels_first(ctx, _fd(ctx, layer, "full")).astype(a.dtype)
+        return ctx.model._as_map(layer, _fd(ctx, layer, "full"), lead=1).astype(a.dtype)
     # exported
     from .autodiff import exported_gradients
 
@@ -147,7 +146,7 @@ def provide_gradients(ctx: Context) -> np.ndarray:
         g = exported_gradients(ctx.model, ctx.inputs, name)[name]
     except LayerNotFoundError as e:
         raise LayerNotFoundError(f"gradient_output: {e}") from None
-    g = ctx.model.to_channels_first(np.asarray(g))[:, None]
+    g = ctx.model._as_map(layer, np.asarray(g)[:, None], lead=1)  # one target axis after axis 0
     if g.shape[0:1] + g.shape[2:] != a.shape:
         raise ShapeError("gradient_output", g.shape[:1] + g.shape[2:], a.shape,
                          f"the shape of the activations of {layer!r}")
@@ -170,9 +169,10 @@ def provide_gradient_weights(ctx: Context) -> np.ndarray:
     """
     a = ctx.need("activations")
     if _source(ctx) == "fd" and ctx.options["fd_mode"] != "full":
-        if ctx.model.channels_last:
+        lay = ctx.layer.layout
+        if lay is not None and (lay.batch_axis, lay.channel_axis, lay.is_tokens) != (0, 1, False):
             raise InvalidArgumentError(
-                "fd_mode", ctx.options["fd_mode"], "'full' for a channels-last model (the "
+                "fd_mode", ctx.options["fd_mode"], f"'full' for a {lay.describe()} layer (the "
                 "channel directions act on axis 1 of the native tensor)"
             )
         z = int(np.prod(a.shape[2:]))
@@ -350,9 +350,7 @@ def provide_bias_gradients(ctx: Context) -> dict:
     ctx.arrays.setdefault("input_gradients", ig)
     out = {}
     for name, _, b in layers:
-        g = r.gradients[name]
-        if m.channels_last and g.ndim in (5, 6):
-            g = np.moveaxis(g, 2, -1)  # undo: ONNX Conv / BatchNorm tensors are channels-first
+        g = r.gradients[name]  # read through the tensor's layout: Conv / BatchNorm outputs are NCHW
         if g.ndim != ig.ndim:
             continue  # a dense BatchNorm (N, K): not part of the map
         fb = M.bias_gradient(g.reshape((-1,) + g.shape[2:]).astype(np.float64), b)

@@ -315,11 +315,15 @@ def _method_options(meth, options: dict, presets, preset_name: str | None):
 
 def _check_options(meth, opts: dict) -> None:
     """Validate one method's options before anything is computed (a bad value is exit code 2)."""
-    from . import explanation
     from .errors import RefcamError
 
     try:
-        explanation._options(meth, opts)
+        if hasattr(meth, "resolve"):  # the method registry checks its own typed options
+            meth.resolve(opts)
+        else:
+            from . import explanation
+
+            explanation._options(meth, opts)
     except RefcamError as exc:
         raise UsageError(f"--option ({meth.name}): {_one_line(exc)}") from None
 
@@ -341,6 +345,8 @@ def _run_explain(lm, x, plans, target, presets, args) -> list[_Computed]:
                 x,
                 meth.name,
                 layer=args.layer,
+                layer_layout=getattr(args, "layer_layout", None),
+                allow_small_map=getattr(args, "allow_small_map", False),
                 target=target,
                 batch_size=args.batch_size,
                 progress=args.progress,
@@ -580,7 +586,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     except RefcamError:
         default = None
     rows = [li for li in model.layers() if args.all or li.is_spatial or li.shape is None]
-    table = [("", "tensor", "op", "shape", "source name")]
+    table = [("", "tensor", "op", "shape", "layout", "source name")]
     for li in rows:
         table.append(
             (
@@ -588,17 +594,21 @@ def cmd_layers(args: argparse.Namespace) -> int:
                 li.name,
                 li.op_type,
                 _fmt_shape(li.shape),
+                li.layout.describe() if li.layout is not None else "?",
                 li.module_path or "-",
             )
         )
-    widths = [max(len(r[c]) for r in table) for c in range(5)]
+    widths = [max(len(r[c]) for r in table) for c in range(6)]
     for r in table:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    layout = "channels last" if model.channels_last else "channels first"
-    kind = "all tensors" if args.all else "spatial tensors (use --all for every tensor)"
-    print(f"\n{len(rows)} {kind}; shapes in the model's layout ({layout}).")
+    kind = "all tensors" if args.all else "spatial and token maps (use --all for every tensor)"
+    print(
+        f"\n{len(rows)} {kind}; shapes as stored in the graph. layout: the axis roles found in the "
+        "graph (N batch, C channels, H W D L spatial, T tokens 'prefix+grid'); '?' = unclear: "
+        "pass --layer-layout to explain such a layer."
+    )
     if default is not None:
-        print(f"* default layer: {default} (last spatial activation before global pooling)")
+        print(f"* default layer: {default} (last spatial or token map before the readout)")
     return 0
 
 
@@ -802,6 +812,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer",
         help="tensor, node or module name (default: last spatial activation "
         "before global pooling; see `refcam layers`)",
+    )
+    p.add_argument(
+        "--layer-layout",
+        metavar="LAYOUT",
+        help="axis roles of the layer when the graph does not determine them: NCHW, NHWC, NCL, "
+        "NLC, NCDHW, NDHWC, or NTC:P+HxW / TNC:P+HxW for tokens (P prefix tokens, then an HxW "
+        "grid; e.g. NTC:1+14x14); see `refcam layers`",
+    )
+    p.add_argument(
+        "--allow-small-map",
+        action="store_true",
+        help="explain a layer of fewer than 2x2 positions (refused by default: a pooled map "
+        "is a uniform picture)",
     )
     p.add_argument(
         "-t",

@@ -27,6 +27,7 @@ __all__ = [
     "TargetError",
     "ModelError",
     "LayerNotFoundError",
+    "AmbiguousLayerError",
     "UnsupportedOpError",
 ]
 
@@ -132,6 +133,11 @@ class LayerNotFoundError(RefcamError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousLayerError(LayerNotFoundError):
+    """A layer name matches several tensors (a tensor name, a node name and a module path that
+    collide).  The message lists every candidate and the prefixed names that single each out."""
 
 
 class UnsupportedOpError(RefcamError, NotImplementedError):

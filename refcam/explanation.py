@@ -96,6 +96,8 @@ def explain(
     memory_budget: int | None = None,
     progress: bool | None = None,
     layout: str | None = None,
+    layer_layout: str | None = None,
+    allow_small_map: bool = False,
     **options: Any,
 ) -> Explanation:
     """Explain ``inputs`` with a CAM ``method`` of an ONNX ``model``.
@@ -120,6 +122,12 @@ def explain(
     batch_size, memory_budget : chunking of every model run (see :meth:`refcam.onnx.Model.run`).
     progress : tqdm bar for the perturbation loops (``None``: only on a terminal).
     layout : model layout when ``model`` is not already a :class:`Model`.
+    layer_layout : the layer's layout when the graph does not determine it (``"NHWC"``,
+        ``"NTC:1+14x14"``, …; :func:`refcam.onnx.layout.parse_layout`); recorded on the model
+        (:meth:`refcam.onnx.Model.set_layer_layout`).  By default the layout comes from the graph
+        and a layer whose layout it leaves unclear is refused.
+    allow_small_map : explain a layer of fewer than 2×2 positions (refused by default: a pooled
+        ``(N, K, 1, 1)`` map is a uniform picture).
     **options : the method's options, as declared in :mod:`refcam.methods` (``refcam methods``
         lists them; ``METHODS[name].options``): an unknown name or a value its
         :class:`~refcam.registry.Option` refuses raises
@@ -144,7 +152,7 @@ def explain(
     opts = meth.resolve(options)
     x = m.check_inputs(inputs)
     if meth.layered:
-        li = m.spatial_layer(layer)
+        li = m.spatial_layer(layer, layout=layer_layout, allow_small_map=allow_small_map)
     elif layer is not None:
         raise InvalidArgumentError(
             "layer", layer, f"None: {meth.name!r} explains the input, not a layer"

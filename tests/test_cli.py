@@ -404,6 +404,7 @@ def test_layers_default_model_marks_head_relu(capsys):
         "1280,",
         "7,",
         "7)",
+        "NCHW",
         "_swish",
     ]
     assert "_conv_head" in out and "head.pool" in out and "* default layer: head.relu" in out

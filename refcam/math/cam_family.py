@@ -173,6 +173,12 @@ def gradcam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarra
 
 # --------------------------------------------------------------------------- Grad-CAM++
 
+def _eps_weights(weights, activations: Any, gradients: Any, eps: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, weights(A, G, eps))`` with ``A``, ``G`` and ``eps`` validated (Grad-CAM++, XGrad-CAM)."""
+    a, g = _maps_and_gradients(activations, gradients)
+    return a, weights(a, g, _v.nonnegative_float(eps, "eps"))
+
+
 def _gradcampp_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     axes = _spatial_axes(a)
     sum_a = a.sum(axis=axes, keepdims=True)  # sum, not mean: sum_{a,b} A^k_{ab}
@@ -253,9 +259,7 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     >>> gradcampp_weights(a, g)                   # 0.25 * ReLU(1) + 0
     array([[0.25]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _gradcampp_weights(a, g, eps)
+    return _eps_weights(_gradcampp_weights, activations, gradients, eps)[1]
 
 
 @finite_output
@@ -293,9 +297,8 @@ def gradcampp(
     >>> gradcampp(a, g)                           # w = 0.25 -> 0.25 * A
     array([[[0.25, 0.25]]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _maybe_relu(_weighted_sum(a, _gradcampp_weights(a, g, eps)), relu)
+    a, w = _eps_weights(_gradcampp_weights, activations, gradients, eps)
+    return _maybe_relu(_weighted_sum(a, w), relu)
 
 
 # --------------------------------------------------------------------------- XGrad-CAM
@@ -352,9 +355,7 @@ def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> n
     >>> xgradcam_weights(a, g)
     array([[1.25]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _xgradcam_weights(a, g, eps)
+    return _eps_weights(_xgradcam_weights, activations, gradients, eps)[1]
 
 
 @finite_output
@@ -389,9 +390,8 @@ def xgradcam(
     >>> xgradcam(a, g)                            # 1.25 * [1, 3]
     array([[[1.25, 3.75]]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _maybe_relu(_weighted_sum(a, _xgradcam_weights(a, g, eps)), relu)
+    a, w = _eps_weights(_xgradcam_weights, activations, gradients, eps)
+    return _maybe_relu(_weighted_sum(a, w), relu)
 
 
 # --------------------------------------------------------------------------- pixel-wise methods

@@ -94,7 +94,7 @@ def kpcacam(activations: Any, *, kernel: str = "sigmoid", gamma: float | None = 
     eigenpair of the double-centred Gram matrix :math:`\tilde K` (:math:`\lambda_1` clipped at
     0) and :math:`\sqrt{\lambda_1} v_1` the kernel-PCA score of every position (Schölkopf, Smola &
     Müller 1998, "Nonlinear component analysis as a kernel eigenvalue problem", Eqs. 14 and 20).
-    KPCA-CAM: Karmani et al., 2024, "KPCA-CAM: Visual Explainability of Deep Computer Vision
+    KPCA-CAM: Karmani, Sivakaran, Prasad, Ali, Yang & Tang, 2024, "KPCA-CAM: Visual Explainability of Deep Computer Vision
     Models using Kernel PCA" (arXiv:2410.00267); pytorch-grad-cam 1.5.7 ``KPCA_CAM``
     (``utils/svd_on_activations.py:24-38``, ``sklearn.decomposition.KernelPCA(n_components=1)``),
     re-implemented here in NumPy: same kernels and defaults (:func:`kernel_matrix`), same
