@@ -20,19 +20,27 @@ def _castlike(ctx):
     return [gx, ZERO]
 
 
-def _index_adjoint(ctx, select) -> str:
-    r"""Adjoint of a pure selection :math:`y = x[\mathrm{idx}]` without repeats (Slice, ...),
-    entirely at run time: the selection applied to the flat positions
-    :math:`0..|x|-1` (shaped like :math:`x`) gives the source of every output element, and
-    :math:`\bar x = \mathrm{scatter}(0, \mathrm{src}, g)`.  Needs no rank and no constant."""
+def _index_adjoint(ctx, select, fill: bool = False, add: bool = False) -> str:
+    r"""Adjoint of a pure index map :math:`y = x[\mathrm{src}]`, entirely at run time: the map applied
+    to the flat positions :math:`0..|x|-1` (shaped like :math:`x`) gives the source of every output
+    element, and :math:`\bar x = \mathrm{scatter}(0, \mathrm{src}, g)`.  Needs no rank and no
+    constant.  ``fill``: the map also writes a constant (source -1, e.g. Pad's constant border),
+    routed to a dropped extra slot; ``add``: sources may repeat (reflect/edge padding), summed
+    with ``reduction="add"`` (opset 16)."""
     b = ctx.b
     x = ctx.inputs[0]
     n = b.op("Size", [x])
     pos = b.op("Reshape", [b.op("Range", [b.const(np.int64(0)), n, b.const(np.int64(1))]), b.shape(x)])
     src = b.op("Reshape", [select(pos), b.ints([-1])])
-    zeros = b.op("ConstantOfShape", [b.op("Reshape", [n, b.ints([1])])],
-                 value=onnx_zero(ctx.elem(x)))
-    flat = b.op("ScatterElements", [zeros, src, b.op("Reshape", [ctx.grads[0], b.ints([-1])])], axis=0)
+    slots = n
+    if fill:  # source -1 -> slot n, dropped afterwards
+        src = b.op("Where", [b.op("Less", [src, b.const(np.int64(0))]), n, src])
+        slots = b.op("Add", [n, b.const(np.int64(1))])
+    zeros = b.op("ConstantOfShape", [b.op("Reshape", [slots, b.ints([1])])], value=onnx_zero(ctx.elem(x)))
+    kw = {"reduction": "add"} if (add or fill) else {}
+    flat = b.op("ScatterElements", [zeros, src, b.op("Reshape", [ctx.grads[0], b.ints([-1])])], axis=0, **kw)
+    if fill:
+        flat = b.op("Slice", [flat, b.ints([0]), b.op("Reshape", [n, b.ints([1])]), b.ints([0])])
     return b.reshape_like(flat, x)
 
 
@@ -335,3 +343,56 @@ def _resize_any(ctx):
 
 
 rule("Resize")(_resize_any)
+
+
+def _pad_any(ctx):
+    r"""Pad: the static rule (index maps) when pads/axes are constants and the rank known, otherwise
+    the runtime index adjoint (:func:`_index_adjoint`: Pad applied to the flat positions with border
+    value -1; reflect/edge/wrap sources repeat, summed).  ``constant_value``:
+    :math:`\bar c = \sum g - \sum \bar x` (the sum of :math:`g` over the padded border)."""
+    from ..errors import ModelError, UnsupportedOpError
+    from . import rules as base
+
+    mode = ctx.attrs.get("mode", "constant")
+    try:
+        res = list(base._pad(ctx))
+    except (UnsupportedOpError, ModelError):
+        if ctx.opset < 11 or "pads" in ctx.attrs:
+            raise
+        if ctx.opset < 16:
+            from .rules import NeedsOpset
+
+            raise NeedsOpset(16, "Pad with runtime pads: its backward needs ScatterElements(reduction='add')")
+        b = ctx.b
+        ins = list(ctx.inputs[1:])
+        if len(ins) >= 2:
+            ins[1] = b.const(np.int64(-1)) if mode == "constant" else ""
+        else:
+            ins = ins + ([b.const(np.int64(-1))] if mode == "constant" else [])
+        dx = _index_adjoint(ctx, lambda pos: ctx.op("Pad", [pos] + ins, mode=mode), fill=mode == "constant",
+                            add=mode != "constant")
+        res = [dx] + [ZERO] * (len(ctx.inputs) - 1)
+        if len(ctx.inputs) > 2:
+            res[2] = None
+    res += [None] * (len(ctx.inputs) - len(res))
+    for i in (1, 3):
+        if i < len(res) and res[i] is None:
+            res[i] = ZERO  # integer pads/axes
+    if len(ctx.inputs) > 2 and ctx.has_input(2) and ctx.needs[2]:
+        if mode != "constant":
+            res[2] = ZERO  # the value is not used by reflect/edge/wrap
+        else:
+            dx = res[0]
+            if dx is None:
+                raise ctx.refuse_input(2, "needs the data gradient")
+            b = ctx.b
+            tot = b.op("ReduceSum", [ctx.grads[0]], keepdims=0)
+            res[2] = ctx.op("Sub", [tot, b.op("ReduceSum", [dx], keepdims=0)])
+            if ctx.elem(ctx.inputs[2]) != ctx.elem(ctx.inputs[0]):
+                res[2] = ctx.op("Cast", [res[2]], to=ctx.elem(ctx.inputs[2]))
+            if ctx.info.rank(ctx.inputs[2]) not in (None, 0):
+                res[2] = ctx.b.reshape_like(res[2], ctx.inputs[2])
+    return res
+
+
+rule("Pad")(_pad_any)

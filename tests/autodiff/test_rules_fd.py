@@ -285,6 +285,10 @@ new_case("Clip-min>max", SQ + [node("Clip", ["x", "lo", "hi"])],
          wrt=("lo1", "hi1"), opset=13, **D64)
 new_case("OneHot-values", [node("OneHot", ["i", "d", "x"], axis=1)], {"x": np.array([-0.5, 2.0], F32)},
          {"i": np.array([[1, 9, -2], [0, 3, 4]]), "d": np.array(5)}, **LIN32)  # out-of-range index 9: all off
+new_case("Pad-constant-value", SQ[:1] + [node("Pad", ["x", "p", "lo"])], {"x": rnd(2, 3), "lo1": np.array([0.5])},
+         {"p": np.array([0, 1, -1, 2]), "ax0": np.array([0])}, wrt=("x", "lo1"), opset=13, **D64)
+new_case("Pad-runtime", [node("Pad", ["x", "p"], mode="reflect")], {"x": rnd(2, 4), "p": np.array([1, 2, 0, 3])},
+         opset=18, **D64)
 new_case("Range-start-delta", SQ + [node("Range", ["lo", "l", "hi"], ["y0"]), node("Mul", ["y0", "y0"], ["y"])],
          {"lo1": np.array([0.3]), "hi1": np.array([1.1])}, {"l": np.array(5.0), "ax0": np.array([0])},
          wrt=("lo1", "hi1"), **D64)
@@ -333,7 +337,7 @@ def test_missing_rule_for_a_needed_input_is_refused_not_zero():
     from refcam.autodiff import build_vjp_model
     from refcam.errors import UnsupportedOpError
 
-    m = make_model([node("Pad", ["x", "p", "v"])], {"x": rnd(2, 3), "v": np.array(0.5)}, ["y"],
-                   {"p": np.array([0, 1, 0, 1])}, opset=13)
-    with pytest.raises(UnsupportedOpError, match=r"Pad, opset 13.*input 2 \('v'\)"):
-        build_vjp_model(m, ["v"])
+    m = make_model([node("Resize", ["x", "", "s"], mode="linear")],
+                   {"x": rnd(1, 1, 4, 4, dtype=F32), "s": np.array([1, 1, 2.0, 2.0], F32)}, ["y"], opset=13)
+    with pytest.raises(UnsupportedOpError, match=r"Resize, opset 13.*input 2 \('s'\)"):
+        build_vjp_model(m, ["s"])
