@@ -396,3 +396,44 @@ def _pad_any(ctx):
 
 
 rule("Pad")(_pad_any)
+
+
+def _einsum_terms(eq: str):
+    eq = eq.replace(" ", "")
+    if "->" in eq:
+        lhs, out = eq.split("->")
+    else:
+        lhs = eq
+        letters = lhs.replace(",", "")
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return lhs.split(","), out
+
+
+@rule("Einsum")
+def _einsum(ctx):
+    r""":math:`Y_{o} = \sum \prod_j X^{(j)}_{s_j}` (subscripts :math:`s_j`, output :math:`o`): the gradient
+    of operand :math:`i` is the Einsum of :math:`g` with the other operands onto :math:`s_i`,
+    ``einsum("o,s_j,...->s_i")``; letters of :math:`s_i` found nowhere else (summed away in the forward)
+    are broadcast back with Unsqueeze + Expand.  Ellipsis and repeated letters within one operand
+    (diagonals) are refused."""
+    terms, out = _einsum_terms(ctx.attrs["equation"])
+    if "." in "".join(terms) + out:
+        raise ctx.unsupported("Einsum with an ellipsis")
+    if any(len(set(t)) != len(t) for t in terms):
+        raise ctx.unsupported("Einsum with a repeated index within one operand (diagonal)")
+    b = ctx.b
+    res = []
+    for i, (x, need) in enumerate(zip(ctx.inputs, ctx.needs)):
+        if not need:
+            res.append(None)
+            continue
+        others = [t for j, t in enumerate(terms) if j != i]
+        known = set(out) | set("".join(others))
+        kept = "".join(c for c in terms[i] if c in known)
+        eq = ",".join([out] + others) + "->" + kept
+        gi = ctx.op("Einsum", [ctx.grads[0]] + [ctx.inputs[j] for j in range(len(terms)) if j != i], equation=eq)
+        missing = [k for k, c in enumerate(terms[i]) if c not in known]
+        if missing:
+            gi = ctx.op("Expand", [b.unsqueeze(gi, missing), b.shape(x)])
+        res.append(gi)
+    return res

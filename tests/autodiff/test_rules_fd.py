@@ -323,6 +323,12 @@ new_case("Resize-crop-const-roi", [node("Resize", ["x", "roi", "s"], mode="linea
                                         coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=7.0)],
          {"x": rnd(2, 3, 5, 4, dtype=F32)}, {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3], F32),
                                              "s": np.array([1, 1, 1.3, 2.0], F32)}, opset=19, **LIN32)
+for eq, shapes in [("ij,jk->ik", [(3, 4), (4, 5)]), ("bhid,bhjd->bhij", [(2, 2, 3, 4), (2, 2, 5, 4)]),
+                   ("ij,jk", [(3, 4), (4, 2)]), ("abc,cd->b", [(2, 3, 4), (4, 2)]), ("i,i->", [(5,), (5,)]),
+                   ("ij,kj,k->ik", [(2, 3), (4, 3), (4,)])]:
+    names = ["x", "b", "c"][: len(shapes)]
+    new_case("Einsum", [node("Einsum", names, equation=eq)], {n: rnd(*sh) for n, sh in zip(names, shapes)},
+             wrt=names, opset=13, **D64)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
