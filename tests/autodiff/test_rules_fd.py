@@ -347,3 +347,48 @@ def test_missing_rule_for_a_needed_input_is_refused_not_zero():
                    {"x": rnd(1, 1, 4, 4, dtype=F32), "s": np.array([1, 1, 2.0, 2.0], F32)}, ["y"], opset=13)
     with pytest.raises(UnsupportedOpError, match=r"Resize, opset 13.*input 2 \('s'\)"):
         build_vjp_model(m, ["s"])
+
+
+def test_foreign_domain_model_is_refused_naming_the_op():
+    from onnx import TensorProto
+
+    from refcam.autodiff import build_vjp_model
+    from refcam.errors import UnsupportedOpError
+
+    g = helper.make_graph([helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml")], "ml",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)], ir_version=8)
+    with pytest.raises(UnsupportedOpError, match=r"ai\.onnx\.ml\.Binarizer.*opset ai\.onnx\.ml 1"):
+        build_vjp_model(m, "x")
+
+
+def test_newest_opsets_are_accepted():
+    """Every opset the installed onnx defines is accepted (the check said 11-21 and accepted 7-23)."""
+    import onnx
+
+    from refcam.autodiff import build_vjp_model
+
+    top = onnx.defs.onnx_opset_version()
+    m = make_model([node("Sin", ["x"])], {"x": rnd(2, 3)}, ["y"], opset=top)
+    assert build_vjp_model(m, "x", check=False) is not None
+
+
+def test_control_flow_capture_is_refused_not_zero():
+    """A tensor used only inside an If branch (captured) must not get a silent zero gradient."""
+    from onnx import TensorProto
+
+    from refcam.autodiff import build_vjp_model
+    from refcam.errors import UnsupportedOpError
+
+    then_g = helper.make_graph([helper.make_node("Neg", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.DOUBLE, [2])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.DOUBLE, [2])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2]),
+                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(UnsupportedOpError, match=r"If .*opset 17"):
+        build_vjp_model(m, "x")
