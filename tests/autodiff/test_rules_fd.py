@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from _harness import WORST, check_op, make_model
+from ._harness import WORST, check_op, make_model
 
 R = np.random.default_rng(1234)
 F32, F64 = np.float32, np.float64

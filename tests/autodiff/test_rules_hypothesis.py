@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from _harness import check_op, make_model
+from ._harness import check_op, make_model
 
 FAST = settings(max_examples=25, deadline=None)
 
