@@ -329,6 +329,8 @@ for eq, shapes in [("ij,jk->ik", [(3, 4), (4, 5)]), ("bhid,bhjd->bhij", [(2, 2, 
     names = ["x", "b", "c"][: len(shapes)]
     new_case("Einsum", [node("Einsum", names, equation=eq)], {n: rnd(*sh) for n, sh in zip(names, shapes)},
              wrt=names, opset=13, **D64)
+for attrs in [dict(kernel_shape=[2, 2], strides=[2, 1]), dict(kernel_shape=[3, 2], pads=[1, 0, 1, 1], p=3)]:
+    new_case("LpPool", [node("LpPool", ["x"], **attrs)], {"x": rnd(2, 2, 5, 4, dtype=F32, lo=0.05)}, opset=18, **NL32)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
