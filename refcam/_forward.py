@@ -18,7 +18,7 @@ import numpy as np
 from . import _validate as V
 from . import math as M
 from ._compare import max_abs_error, within
-from .errors import InvalidArgumentError, ModelError, TargetError
+from .errors import ModelError, TargetError
 from .onnx.model import DEFAULT_MEMORY_BUDGET
 from .onnx.targets import class_view
 from .registry import Context, need
@@ -298,7 +298,6 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
     model = ctx.model
     head = model.head(ctx.layer)
     a = ctx.need("activations")
-    native = _native_like(ctx)
     n, k = a.shape[:2]
     values = M.ablation_values(a, ctx.options["ablation_value"])
     chunk = _chunk(ctx, a[0].nbytes, 2, k)
@@ -313,10 +312,7 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
                     (-1,) + (1,) * (a.ndim - 2)
                 )
                 res = head.run(
-                    model.map_to_layer(
-                        ctx.layer, b, None if native is None else np.repeat(native[s : s + 1], k1 - k0, 0)
-                    )
-                    .astype(head.input_dtype, copy=False),
+                    model.to_native(b).astype(head.input_dtype, copy=False),
                     batch_size=k1 - k0,
                     checked=True,
                 )[head.output_name]
