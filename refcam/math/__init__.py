@@ -9,6 +9,7 @@ one name in the import line and in :data:`_MODULES`.
 from __future__ import annotations
 
 from . import (
+    attention,
     blocks,
     cam_family,
     eigen,
@@ -20,6 +21,7 @@ from . import (
     post,
     projections,
 )
+from .attention import *  # noqa: F401,F403
 from .blocks import *  # noqa: F401,F403
 from .cam_family import *  # noqa: F401,F403
 from .eigen import *  # noqa: F401,F403
@@ -32,5 +34,5 @@ from .post import *  # noqa: F401,F403
 from .projections import *  # noqa: F401,F403
 
 _MODULES = (post, gradients, blocks, cam_family, eigen, perturbation, full_gradient, forward_maps,
-            projections, factorization)
+            projections, factorization, attention)
 __all__: list[str] = [name for module in _MODULES for name in module.__all__]
