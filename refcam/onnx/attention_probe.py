@@ -96,11 +96,15 @@ def attention_probes(model: Model) -> list[AttentionProbe]:
     for i in idx:
         node = graph.node[i]
         if node.op_type == "Attention":
-            raise ModelError(
-                f"model: node {node.name or node.output[0]!r} is an ONNX Attention op; call "
-                "expose_attention_probabilities(proto) and load the result to read its probabilities"
-            )
-        name = node.output[0]
+            mode = next((a.i for a in node.attribute if a.name == "qk_matmul_output_mode"), 0)
+            if len(node.output) < 4 or not node.output[3] or mode != 3:
+                raise ModelError(
+                    f"model: node {node.name or node.output[0]!r} is an ONNX Attention op whose "
+                    "probabilities are internal; load expose_attention_probabilities(proto) instead"
+                )
+            name = node.output[3]
+        else:
+            name = node.output[0]
         s = shapes.get(name)
         li = next((x for x in model._layers if x.name == name), None)
         path = li.module_path if li is not None else None

@@ -58,3 +58,40 @@ def test_chefer_end_to_end_uses_gradients_of_the_probabilities():
 def test_no_attention_is_refused():
     with pytest.raises(ModelError, match="no attention"):
         explain_attention(Model(channels_last_net()), np.zeros((1, 3, 4, 4), np.float32))
+
+
+def _with_attention_op(prefix=1):
+    """vit_like with its attention as one opset-23 ``Attention`` node (3-D q, k, v, one head)."""
+    from onnx import helper
+
+    proto, t, d = vit_like(prefix=prefix)
+    g = proto.graph
+    keep = [n for n in g.node if n.output[0] not in ("kt", "scores", "attn", "ctx")]
+    i = [n.output[0] for n in keep].index("v")
+    keep.insert(i + 1, helper.make_node("Attention", ["q", "k", "v"], ["ctx"], q_num_heads=1, kv_num_heads=1))
+    del g.node[:]
+    g.node.extend(keep)
+    del proto.opset_import[:]
+    proto.opset_import.extend([helper.make_opsetid("", 23)])
+    proto.ir_version = 10
+    return proto, t
+
+
+def test_opset23_attention_op_probabilities():
+    from refcam.onnx.attention_probe import expose_attention_probabilities
+
+    proto, t = _with_attention_op()
+    x = np.random.default_rng(2).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    with pytest.raises(ModelError, match="expose_attention_probabilities"):
+        explain_attention(Model(proto), x, "rollout")
+    m = Model(expose_attention_probabilities(proto))
+    (p,) = attention_probes(m)
+    assert p.name == "ctx/probabilities" and p.shape[1:] == (1, t, t)
+    e = explain_attention(m, x, "rollout")
+    # the same probabilities by hand from q and k (scale 1/sqrt(D), the op's default)
+    q, k = (m.run(x, [n])[n] for n in ("q", "k"))
+    s = q @ np.transpose(k, (0, 2, 1)) / np.sqrt(q.shape[-1])
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a = (a / a.sum(-1, keepdims=True))[:, None]
+    assert max_abs_error(e.arrays["attentions"][0], a) <= 1e-6
+    assert max_abs_error(e.relevance, M.attention_rollout([a])) <= 1e-6
