@@ -315,11 +315,10 @@ def _method_options(meth, options: dict, presets, preset_name: str | None):
 
 def _check_options(meth, opts: dict) -> None:
     """Validate one method's options before anything is computed (a bad value is exit code 2)."""
-    from . import explanation
     from .errors import RefcamError
 
     try:
-        explanation._options(meth, opts)
+        meth.resolve(opts)  # the registry's option checks (refcam.registry.Method.resolve)
     except RefcamError as exc:
         raise UsageError(f"--option ({meth.name}): {_one_line(exc)}") from None
 
