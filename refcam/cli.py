@@ -318,7 +318,12 @@ def _check_options(meth, opts: dict) -> None:
     from .errors import RefcamError
 
     try:
-        meth.resolve(opts)  # the registry's option checks (refcam.registry.Method.resolve)
+        if hasattr(meth, "resolve"):  # the method registry checks its own typed options
+            meth.resolve(opts)
+        else:
+            from . import explanation
+
+            explanation._options(meth, opts)
     except RefcamError as exc:
         raise UsageError(f"--option ({meth.name}): {_one_line(exc)}") from None
 

@@ -32,9 +32,10 @@ need                           shape                     meaning
 =============================  ========================  ==========================================
 
 >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
-['ablationcam', 'cam', 'deconvnet', 'eigencam', 'eigengradcam', 'fullgrad', 'gradcam',
- 'gradcam_elementwise', 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam', 'integrated_gradients', 'iscam',
- 'layercam', 'saliency', 'scorecam', 'smoothgrad', 'sscam', 'xgradcam']
+['ablationcam', 'cam', 'deconvnet', 'dff', 'eigencam', 'eigengradcam', 'fem', 'finercam', 'fullgrad',
+ 'gradcam', 'gradcam_elementwise', 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam',
+ 'integrated_gradients', 'iscam', 'kpcacam', 'layercam', 'randomcam', 'saliency', 'scorecam', 'segeigencam',
+ 'shapleycam', 'smoothgrad', 'smoothgradcampp', 'sscam', 'xgradcam']
 >>> METHODS["cam"].needs
 ('activations', 'class_weights')
 """
@@ -438,3 +439,5 @@ def _fullgrad(ctx: Context, t: int) -> np.ndarray:
         normalize_over=o["normalize_over"],
         eps=o["eps"],
     )
+
+from . import _methods14  # noqa: E402,F401  (issue 14: FEM, RandomCAM, KPCA-CAM, DFF, Seg-Eigen-CAM, ShapleyCAM, Finer-CAM, Smooth Grad-CAM++)

@@ -45,8 +45,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import _validate as _v
-from . import math as _m
+from . import _validate as V
+from . import math as M
 from .errors import InvalidArgumentError, ShapeError
 from .methods import METHODS
 
@@ -285,7 +285,7 @@ def get(preset: str, method: str) -> Convention:
     ...
     refcam.errors.InvalidArgumentError: method: got 'scorecam', expected one of 'gradcam' (methods of preset 'captum')
     """
-    preset = _v.choice(preset, "preset", PRESET_NAMES)
+    preset = V.choice(preset, "preset", PRESET_NAMES)
     table = PRESETS[preset]
     if method not in table:
         raise InvalidArgumentError("method", method, "one of " + ", ".join(repr(m) for m in table)
@@ -299,7 +299,7 @@ def methods(preset: str) -> tuple[str, ...]:
     >>> methods("captum")
     ('gradcam',)
     """
-    return tuple(PRESETS[_v.choice(preset, "preset", PRESET_NAMES)])
+    return tuple(PRESETS[V.choice(preset, "preset", PRESET_NAMES)])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -323,9 +323,9 @@ def _gradcampp_g2(a: np.ndarray, g: np.ndarray, relu: bool) -> np.ndarray:
     # No math-floor function computes this non-paper weight: it is built here from
     # refcam.math.relu and refcam.math.weighted_sum only.
     axes = tuple(range(2, g.ndim))
-    w = np.sum(g * g * _m.relu(g), axis=axes)
-    m = _m.weighted_sum(a, w)
-    return _m.relu(m) if relu else m
+    w = np.sum(g * g * M.relu(g), axis=axes)
+    m = M.weighted_sum(a, w)
+    return M.relu(m) if relu else m
 
 
 def _raw_map(conv: Convention, a: np.ndarray, g: np.ndarray | None, class_weights: Any,
@@ -351,8 +351,8 @@ def _raw_map(conv: Convention, a: np.ndarray, g: np.ndarray | None, class_weight
             raise InvalidArgumentError("scores", None, "an (N, K) array: the target scores of the "
                                        "masked inputs (see score_masks)")
         w = score_weights(conv, scores, baseline_score)
-        m = _m.weighted_sum(a, w)
-        return _m.relu(m) if conv.relu else m
+        m = M.weighted_sum(a, w)
+        return M.relu(m) if conv.relu else m
     if "ablated_scores" in needs:
         if scores is None or baseline_score is None:
             raise InvalidArgumentError("scores", scores, "(N, K) ablated scores and (N,) baseline_score")
@@ -393,10 +393,10 @@ def score_masks(conv: Convention | tuple[str, str], activations: Any, input_size
         conv = get(*conv)
     if conv.masks is None:
         raise InvalidArgumentError("conv", conv.method, "a Score-CAM convention (with masks)")
-    a = _v.feature_maps(activations, "activations")
+    a = V.feature_maps(activations, "activations")
     size = _size(input_size, a.ndim - 2)
     mc = conv.masks
-    return _m.scorecam_masks(a, size, upsample_mode=mc.upsample_mode, mask_order=mc.mask_order,
+    return M.scorecam_masks(a, size, upsample_mode=mc.upsample_mode, mask_order=mc.mask_order,
                              mask_eps=mc.mask_eps)
 
 
@@ -418,7 +418,7 @@ def score_weights(conv: Convention | tuple[str, str], scores: Any, baseline_scor
     if conv.masks is None:
         raise InvalidArgumentError("conv", conv.method, "a Score-CAM convention (with masks)")
     base = None if conv.masks.baseline is None else baseline_score
-    return _m.scorecam_weights(scores, base, softmax=conv.masks.softmax)
+    return M.scorecam_weights(scores, base, softmax=conv.masks.softmax)
 
 
 def compute(
@@ -499,10 +499,10 @@ def compute(
     maps = []
     for i, (a_in, g_in) in enumerate(zip(layers_a, layers_g)):
         name = "activations" if len(layers_a) == 1 else f"activations[{i}]"
-        a = _v.feature_maps(a_in, name)
-        g = None if g_in is None else _v.feature_maps(g_in, "gradients")
+        a = V.feature_maps(a_in, name)
+        g = None if g_in is None else V.feature_maps(g_in, "gradients")
         if g is not None:
-            _v.check_same_shape(a, name, g, "gradients")
+            V.check_same_shape(a, name, g, "gradients")
         m = _raw_map(conv, a, g, class_weights, scores, baseline_score)
         maps.append(m)
 
@@ -542,7 +542,7 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
     if len(items) > 1 and conv.fuse is None:
         raise InvalidArgumentError("raw_maps", f"{len(items)} layers",
                                    f"one layer ({conv.preset} has no multi-layer fusion for {conv.method})")
-    maps = [_v.maps(m, "raw_maps" if len(items) == 1 else f"raw_maps[{i}]") for i, m in enumerate(items)]
+    maps = [V.maps(m, "raw_maps" if len(items) == 1 else f"raw_maps[{i}]") for i, m in enumerate(items)]
     for i, m in enumerate(maps[1:], start=1):
         if m.ndim != maps[0].ndim:
             raise ShapeError(f"raw_maps[{i}]", m.shape, f"{maps[0].ndim} axes like raw_maps[0]")
@@ -553,10 +553,10 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
                                    f"upsamples {conv.method} to it)")
 
     def _norm(m: np.ndarray) -> np.ndarray:
-        return m if conv.normalize_eps is None else _m.normalize(m, "minmax", eps=conv.normalize_eps)
+        return m if conv.normalize_eps is None else M.normalize(m, "minmax", eps=conv.normalize_eps)
 
     def _up(m: np.ndarray) -> np.ndarray:
-        return m if conv.upsample is None or size is None else _m.upsample(m, size, conv.upsample)
+        return m if conv.upsample is None or size is None else M.upsample(m, size, conv.upsample)
 
     out = []
     for m in maps:
@@ -574,14 +574,14 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
             # when a layer's range is small (its +1e-8 keeps the max below 1).
             # (a fuse(..., prescaled=True) keyword would let this use the math floor)
             out = [np.tanh(m.dtype.type(2.0) * m) for m in out]
-        out = [m if m.shape[1:] == common else _m.upsample(m, common, "linear") for m in out]
+        out = [m if m.shape[1:] == common else M.upsample(m, common, "linear") for m in out]
         if conv.renormalize_eps is not None:        # pytorch-grad-cam re-applies the ReLU
-            out = [_m.relu(m) for m in out]
-        fused = _m.fuse(out, "max" if conv.fuse_prescale else conv.fuse)
+            out = [M.relu(m) for m in out]
+        fused = M.fuse(out, "max" if conv.fuse_prescale else conv.fuse)
     else:
         fused = out[0]
     if conv.renormalize_eps is not None:
-        fused = _m.normalize(_m.relu(fused), "minmax", eps=conv.renormalize_eps)
+        fused = M.normalize(M.relu(fused), "minmax", eps=conv.renormalize_eps)
     return fused
 
 

@@ -61,7 +61,7 @@ def one_of(*choices: Any) -> Check:
     """A check accepting exactly ``choices`` (strings, or ``None``); e.g. ``one_of(*UPSAMPLE_MODES)``."""
 
     def check(value: Any, name: str) -> Any:
-        if not any(value is c or (isinstance(c, str) and value == c) for c in choices):
+        if not any(value is c or (isinstance(value, str) and value == c) for c in choices):
             raise InvalidArgumentError(name, value, "one of " + ", ".join(repr(c) for c in choices))
         return value
 

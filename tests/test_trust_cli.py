@@ -137,8 +137,34 @@ def test_non_atomic_writes_interrupted_inside_a_file(tmp_path):
 
 
 _CONCURRENT = """
-import sys
+import os, sys, time
+from pathlib import Path
 from refcam import cli
+
+# Make the two runs' renames interleave.  Both runs meet at their first rename (a barrier: files
+# in a folder, given up after 3 s), then run k renames its i-th file at t0 + 0.2 i (k = 0) or
+# t0 + 0.2 i +- 0.1 (k = 1: + for even i, - for odd i), so without a lock the later rename of a
+# name alternates between the runs: a mixed set, every time.  With the folder lock, the second
+# run cannot rename before the first has renamed all its files.
+k, barrier = int(sys.argv[4]), Path(sys.argv[3])
+_replace, calls = os.replace, []
+
+
+def scheduled_replace(a, b):
+    if not calls:
+        (barrier / str(k)).touch()
+        deadline = time.monotonic() + 3
+        while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        calls.append(time.monotonic())
+    i = len(calls) - 1
+    at = calls[0] + 0.2 * i + (0 if k == 0 else (0.1 if i % 2 == 0 else -0.1))
+    time.sleep(max(0.0, at - time.monotonic()))
+    calls.append(None)
+    _replace(a, b)
+
+
+os.replace = scheduled_replace
 sys.exit(cli.main(["explain", "toy:cam", sys.argv[1], "-m", "cam,eigencam", "-o", sys.argv[2], "-q"]))
 """
 
@@ -161,15 +187,24 @@ def test_non_atomic_writes_concurrent(tmp_path):
     }
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for round_ in range(2):
-        out = tmp_path / f"out{round_}"
+        out, barrier = tmp_path / f"out{round_}", tmp_path / f"barrier{round_}"
+        barrier.mkdir()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", _CONCURRENT, str(tmp_path / n / "x.npy"), str(out)],
+                [
+                    sys.executable,
+                    "-c",
+                    _CONCURRENT,
+                    str(tmp_path / n / "x.npy"),
+                    str(out),
+                    str(barrier),
+                    str(k),
+                ],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            for n in "ab"
+            for k, n in enumerate("ab")
         ]
         for p in procs:
             _, err = p.communicate(timeout=300)

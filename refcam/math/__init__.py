@@ -16,6 +16,7 @@ from . import (
     factorization,
     forward_maps,
     full_gradient,
+    gradient_variants,
     gradients,
     perturbation,
     post,
@@ -28,11 +29,12 @@ from .eigen import *  # noqa: F401,F403
 from .factorization import *  # noqa: F401,F403
 from .forward_maps import *  # noqa: F401,F403
 from .full_gradient import *  # noqa: F401,F403
+from .gradient_variants import *  # noqa: F401,F403
 from .gradients import *  # noqa: F401,F403
 from .perturbation import *  # noqa: F401,F403
 from .post import *  # noqa: F401,F403
 from .projections import *  # noqa: F401,F403
 
 _MODULES = (post, gradients, blocks, cam_family, eigen, perturbation, full_gradient, forward_maps,
-            projections, factorization, attention)
+            projections, factorization, gradient_variants, attention)
 __all__: list[str] = [name for module in _MODULES for name in module.__all__]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError
 from .blocks import _flag, _maps_and_gradients, _maybe_relu
@@ -34,7 +35,16 @@ def _first_component(x: np.ndarray, center: bool, sign: str, component: int = 1)
     vector (1 = the first)."""
     n, k = x.shape[:2]
     spatial = x.shape[2:]
-    o = np.swapaxes(x.reshape(n, k, -1), 1, 2)            # (N, Z, K)
+    # LAPACK has no float16: compute in float32, round back at the end.  Each sample is divided by
+    # the power of two just below its largest |value| (exact in binary floating point, and the
+    # projection is homogeneous of degree 1 in O), so the QR/SVD never sees values near the
+    # dtype's overflow threshold (LAPACK fails with "SVD did not converge" there); the factor is
+    # multiplied back at the end, where only a genuinely unrepresentable map can overflow.
+    work = x.astype(np.float32) if x.dtype == np.float16 else x
+    peak = np.abs(work.reshape(n, -1)).max(axis=1)
+    _, exponent = np.frexp(np.where(peak > 0, peak, 1))
+    scale = np.ldexp(np.ones_like(peak), exponent - 1)[:, None]   # (N, 1)
+    o = np.swapaxes((work.reshape(n, k, -1) / scale[:, :, None]), 1, 2)   # (N, Z, K), scaled
     if center:
         o = o - o.mean(axis=1, keepdims=True)              # centre each channel over positions
         # a spatially constant channel centres to exactly 0 (the mean's round-off must not leave
@@ -45,7 +55,7 @@ def _first_component(x: np.ndarray, center: bool, sign: str, component: int = 1)
     p = _projection_on_v(o, component)                      # O v_c = sigma_c u_c, shape (N, Z)
     if sign != "none":
         p = p * _sign_factor(p, sign)[:, None]
-    return p.reshape((n,) + spatial).astype(x.dtype, copy=False)
+    return (p * scale).reshape((n,) + spatial).astype(x.dtype, copy=False)
 
 
 def _projection_on_v(o: np.ndarray, c: int) -> np.ndarray:
@@ -85,6 +95,7 @@ def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
     return np.where(tie, by_max, np.where(total < 0, -1, 1)).astype(p.dtype)
 
 
+@finite_output
 def eigencam(
     activations: Any,
     *,
@@ -151,6 +162,7 @@ def eigencam(
     return _maybe_relu(m, relu)
 
 
+@finite_output
 def eigengradcam(
     activations: Any, gradients: Any, *, center: bool = False, sign: str = "sum", relu: bool = False
 ) -> np.ndarray:

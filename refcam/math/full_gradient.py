@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import as_float_array, check_ndim, check_same_shape, choice, nonnegative_float
 from .._validate import images
 from ..errors import InvalidArgumentError, ShapeError
@@ -61,6 +62,7 @@ def _layers(bias_gradients: Any, n: int, *, min_ndim: int, ndim: int | None = No
     return out
 
 
+@finite_output
 def bias_gradient(gradients: Any, bias: Any) -> np.ndarray:
     r"""Bias-gradient :math:`f^b = \partial f/\partial z \odot b` of one layer.
 
@@ -93,6 +95,7 @@ def bias_gradient(gradients: Any, bias: Any) -> np.ndarray:
     return g * b.reshape((-1,) + (1,) * (g.ndim - 2))
 
 
+@finite_output
 def batchnorm_bias(scale: Any, bias: Any, mean: Any, var: Any, epsilon: float = 1e-5) -> np.ndarray:
     r"""Effective bias of an inference-mode BatchNormalization: :math:`\beta - \gamma\mu/\sqrt{\sigma^2+\epsilon}`.
 
@@ -133,6 +136,7 @@ def batchnorm_bias(scale: Any, bias: Any, mean: Any, var: Any, epsilon: float = 
     return beta - g * mu / np.sqrt(den2)
 
 
+@finite_output
 def full_gradient_sum(input_gradients: Any, inputs: Any, bias_gradients: Sequence[Any]) -> np.ndarray:
     r"""Sum of the full-gradient decomposition, per sample: :math:`\nabla_x f^\top x + \sum_l \sum f^b_l`.
 
@@ -177,6 +181,7 @@ def _psi_sum(t: np.ndarray, over: str, eps: float) -> np.ndarray:
     return np.sum(a, axis=1)
 
 
+@finite_output
 def fullgrad(
     input_gradients: Any,
     inputs: Any,

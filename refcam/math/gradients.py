@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import (
     as_float_array,
     check_ndim,
@@ -82,6 +83,7 @@ def _common_dtype(*arrays: np.ndarray, baseline: np.ndarray) -> np.dtype:
     return np.result_type(*dtypes)
 
 
+@finite_output
 def channel_max_saliency(input_gradients: Any) -> np.ndarray:
     r"""Image-specific class saliency map: the largest gradient magnitude over colour channels.
 
@@ -113,6 +115,7 @@ def channel_max_saliency(input_gradients: Any) -> np.ndarray:
     return np.max(np.abs(g), axis=1)
 
 
+@finite_output
 def saliency(input_gradients: Any, *, reduce: str = "max-abs") -> np.ndarray:
     r"""Vanilla-gradient saliency with a choice of channel reduction.
 
@@ -158,6 +161,7 @@ def saliency(input_gradients: Any, *, reduce: str = "max-abs") -> np.ndarray:
     return g.copy()
 
 
+@finite_output
 def guided_gradcam(guided_gradients: Any, cam_map: Any) -> np.ndarray:
     r"""Guided Grad-CAM: guided backpropagation times the Grad-CAM map, point-wise.
 
@@ -214,6 +218,7 @@ def _rng(seed: Any) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+@finite_output(widen=False)
 def smoothgrad_inputs(
     inputs: Any, n_samples: int, noise_level: float = 0.15, seed: Any = 0
 ) -> np.ndarray:
@@ -263,6 +268,7 @@ def smoothgrad_inputs(
     return (x[:, None].astype(np.float64) + sigma * noise).astype(x.dtype)
 
 
+@finite_output
 def smoothgrad(gradient_samples: Any, *, square: bool = False) -> np.ndarray:
     r"""Average of the gradients of noisy copies (SmoothGrad), optionally of their squares.
 
@@ -300,6 +306,7 @@ def smoothgrad(gradient_samples: Any, *, square: bool = False) -> np.ndarray:
     return np.mean(g * g if square else g, axis=1)
 
 
+@finite_output
 def integration_points(n_steps: int, rule: str = "gauss-legendre") -> tuple[np.ndarray, np.ndarray]:
     r"""Quadrature nodes and weights: :math:`\int_0^1 f \approx \sum_m w_m f(\alpha_m)`.
 
@@ -367,6 +374,7 @@ def integration_points(n_steps: int, rule: str = "gauss-legendre") -> tuple[np.n
     return (m + offset) / n, np.full(n, 1.0 / n)
 
 
+@finite_output
 def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
     r"""The points of the straight-line path at which Integrated Gradients needs gradients.
 
@@ -405,6 +413,7 @@ def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
     return b[:, None] + a * (x - b)[:, None]
 
 
+@finite_output
 def integrated_gradients(
     path_gradients: Any, inputs: Any, baseline: Any, rule: str = "gauss-legendre"
 ) -> np.ndarray:
@@ -463,6 +472,7 @@ def integrated_gradients(
     return (x.astype(dtype, copy=False) - b.astype(dtype, copy=False)) * avg
 
 
+@finite_output
 def class_model_step(image: Any, gradient: Any, *, learning_rate: float, l2: float) -> np.ndarray:
     r"""One gradient-ascent step of class model visualisation.
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _channel_vector, _flag, _maybe_relu, _weighted_sum
@@ -76,6 +77,7 @@ def _scorecam_weights(c: np.ndarray, b: np.ndarray | None, softmax: bool) -> np.
 MASK_ORDERS = ("upsample-then-normalize", "normalize-then-upsample")
 
 
+@finite_output
 def scorecam_masks(
     activations: Any,
     size: Any,
@@ -162,6 +164,7 @@ def scorecam_masks(
     return h
 
 
+@finite_output
 def scorecam_weights(
     scores: Any, baseline_score: Any = None, *, softmax: bool = False
 ) -> np.ndarray:
@@ -210,6 +213,7 @@ def scorecam_weights(
     return _scorecam_weights(c, b, _flag(softmax, "softmax"))
 
 
+@finite_output
 def scorecam(
     activations: Any,
     scores: Any,
@@ -305,6 +309,7 @@ ABLATION_VALUES = ("pgc",)
 PGC_ABLATION_BATCH = 32
 
 
+@finite_output
 def ablation_values(activations: Any, ablation_value: Any = 0.0) -> np.ndarray:
     r"""The value :math:`v^k_n` channel :math:`k` of sample :math:`n` is set to when it is ablated
     (the input of :math:`y^c_k` in :func:`ablationcam_weights`).
@@ -354,6 +359,7 @@ def ablation_values(activations: Any, ablation_value: Any = 0.0) -> np.ndarray:
     return np.full((n, k), ablation_value, dtype=a.dtype)
 
 
+@finite_output
 def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     r"""Ablation-CAM channel weights: relative drop of the class score when a channel is ablated.
 
@@ -402,6 +408,7 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     return _ablation_weights(c, y)
 
 
+@finite_output
 def ablationcam(
     activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True
 ) -> np.ndarray:
@@ -465,6 +472,7 @@ def _sampled_scores(x: Any, name: str = "scores") -> np.ndarray:
     return arr
 
 
+@finite_output
 def sscam_noise(size: Any, *, std: float, seed: int, sample: int, channel: int,
                 draw: int) -> np.ndarray:
     r"""The SS-CAM noise :math:`\delta` of one (sample, channel, draw): ``std`` times standard
@@ -497,6 +505,7 @@ def sscam_noise(size: Any, *, std: float, seed: int, sample: int, channel: int,
     return sigma * np.random.default_rng([seed, sample, channel, draw]).standard_normal(tuple(size))
 
 
+@finite_output(widen=False)
 def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> np.ndarray:
     r"""SS-CAM noisy masks: each Score-CAM mask plus Gaussian noise, ``n_samples`` times.
 
@@ -551,6 +560,7 @@ def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> 
     return out
 
 
+@finite_output
 def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
     r"""SS-CAM channel weights: Score-CAM weights of the scores averaged over the noise samples.
 
@@ -591,6 +601,7 @@ def _sample_mean_weights(scores: Any, baseline_score: Any, softmax: Any) -> np.n
 ISCAM_SCHEDULES = ("accumulated", "linear")
 
 
+@finite_output
 def iscam_scales(n_steps: int, schedule: str = "accumulated") -> np.ndarray:
     r"""IS-CAM mask scales :math:`\gamma_i`, :math:`i = 1..n`.
 
@@ -636,6 +647,7 @@ def iscam_scales(n_steps: int, schedule: str = "accumulated") -> np.ndarray:
     return i * (i + 1) / (2 * n) if schedule == "accumulated" else i / n
 
 
+@finite_output
 def iscam_masks(masks: Any, n_steps: int, *, schedule: str = "accumulated") -> np.ndarray:
     r"""IS-CAM scaled masks: each Score-CAM mask scaled by :math:`\gamma_i`, :math:`i = 1..n`.
 
@@ -668,6 +680,7 @@ def iscam_masks(masks: Any, n_steps: int, *, schedule: str = "accumulated") -> n
     return t.reshape((1, -1) + (1,) * (h.ndim - 1)) * h[:, None]
 
 
+@finite_output
 def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
     r"""IS-CAM channel weights: the Score-CAM increase of confidence integrated along the mask path.
 
@@ -712,6 +725,7 @@ def _sampled_map(activations: Any, scores: Any, baseline_score: Any, softmax: An
     return _maybe_relu(_weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False)), relu)
 
 
+@finite_output
 def sscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax: bool = False,
           relu: bool = True) -> np.ndarray:
     r"""SS-CAM map: the Score-CAM map with the weights of :func:`sscam_weights`.
@@ -745,6 +759,7 @@ def sscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax:
     return _sampled_map(activations, scores, baseline_score, softmax, relu)
 
 
+@finite_output
 def iscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax: bool = False,
           relu: bool = True) -> np.ndarray:
     r"""IS-CAM map: the Score-CAM map with the weights of :func:`iscam_weights`.

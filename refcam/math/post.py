@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import as_float_array, choice, nonnegative_float, positive_int
 from .._validate import maps as _maps
 from ..errors import InvalidArgumentError, ShapeError
@@ -56,6 +57,7 @@ UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
 FUSE_MODES = ("mean", "max", "sum", "tanh-max")
 
 
+@finite_output
 def relu(maps: Any) -> np.ndarray:
     r"""Rectified linear unit, element-wise: :math:`\max(x, 0)`.
 
@@ -95,6 +97,7 @@ def _pow2_floor(a: np.ndarray) -> np.ndarray:
     return np.ldexp(np.ones_like(a), exponent - 1)
 
 
+@finite_output
 def softmax(x: Any, axis: int = -1) -> np.ndarray:
     r"""Softmax along ``axis``: :math:`p_j = e^{x_j - m} / \sum_i e^{x_i - m}`, :math:`m = \max_i x_i`.
 
@@ -121,6 +124,7 @@ def softmax(x: Any, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+@finite_output
 def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
     r"""Rescale each sample of a batch of maps, over all its non-batch axes.
 
@@ -213,7 +217,8 @@ def normalize_validated(x: np.ndarray, mode: str, eps: float, original: Any = No
         den = np.sum(np.abs(out), axis=axes, keepdims=True)
     if eps > 0:
         # eps / scale in float64, clipped to the dtype's range (a huge term only drives out to 0)
-        eps_scaled = np.minimum(eps / scale.astype(np.float64), np.finfo(x.dtype).max)
+        with np.errstate(over="ignore"):  # eps / (a subnormal scale) may overflow: clipped
+            eps_scaled = np.minimum(eps / scale.astype(np.float64), np.finfo(x.dtype).max)
         den = den + eps_scaled.astype(x.dtype)
     degenerate = ~(den > 0)
     out /= np.where(degenerate, 1, den).astype(x.dtype, copy=False)
@@ -232,6 +237,7 @@ def _scaled(x: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> 
     return np.divide(x, scale, out=out)
 
 
+@finite_output
 def interpolation_matrix(in_size: int, out_size: int, mode: str = "linear") -> np.ndarray:
     r"""The ``(out_size, in_size)`` matrix :math:`W` of 1-D resampling: ``y = W @ x``.
 
@@ -346,6 +352,7 @@ def _size(size: Any, name: str = "size") -> tuple[int, ...]:
     return tuple(out)
 
 
+@finite_output
 def upsample(maps: Any, size: Sequence[int], mode: str = "linear") -> np.ndarray:
     r"""Resample the trailing ``len(size)`` axes of ``maps`` to ``size`` (up or down).
 
@@ -415,6 +422,7 @@ def upsample(maps: Any, size: Sequence[int], mode: str = "linear") -> np.ndarray
     return y.copy() if y is x else np.ascontiguousarray(y)
 
 
+@finite_output
 def fuse(maps_per_layer: Any, mode: str = "mean", *, gamma: float = 2.0) -> np.ndarray:
     r"""Combine the maps of several layers, already resampled to one common size.
 
