@@ -479,3 +479,67 @@ def _lppool(ctx):
     ax = ctx.op("Abs", [x])
     w = ctx.op("Mul", [ctx.op("Sign", [x]), ctx.op("Pow", [ax, c(p - 1.0)])]) if p != 1.0 else ctx.op("Sign", [x])
     return [ctx.op("Mul", [w, t])]
+
+
+@rule("Compress")
+def _compress(ctx):
+    """A selection along ``axis`` (or of the flattened input): the runtime index adjoint."""
+    cond = ctx.inputs[1]
+    kw = {"axis": ctx.attrs["axis"]} if "axis" in ctx.attrs else {}
+    return [_index_adjoint(ctx, lambda pos: ctx.op("Compress", [pos, cond], **kw)), ZERO]
+
+
+@rule("ReverseSequence")
+def _reverse_sequence(ctx):
+    """A permutation within each sequence: the runtime index adjoint."""
+    lens = ctx.inputs[1]
+    kw = {k: ctx.attrs[k] for k in ("batch_axis", "time_axis") if k in ctx.attrs}
+    return [_index_adjoint(ctx, lambda pos: ctx.op("ReverseSequence", [pos, lens], **kw)), ZERO]
+
+
+@rule("MaxUnpool")
+def _maxunpool(ctx):
+    r""":math:`y_{\mathrm{flat}}[I] = x` (flat indices of the whole output, as MaxPool returns them):
+    :math:`\bar x = g_{\mathrm{flat}}[I]`."""
+    b = ctx.b
+    gflat = b.op("Reshape", [ctx.grads[0], b.ints([-1])])
+    return [ctx.op("Gather", [gflat, ctx.inputs[1]], axis=0)] + [ZERO] * (len(ctx.inputs) - 1)
+
+
+@rule("Unique")
+def _unique(ctx):
+    r"""``Y = x_flat[indices]`` (first occurrences) when ``axis`` is absent: :math:`\bar x` scatters
+    :math:`\bar Y` to those positions.  A tie (equal entries) is a kink: splitting it changes the
+    output's size.  With ``axis`` (unique slices): refused."""
+    if "axis" in ctx.attrs:
+        raise ctx.unsupported("Unique along an axis")
+    if ctx.grads[0] is None:
+        return [ZERO]
+    b = ctx.b
+    x = ctx.inputs[0]
+    n = b.op("Reshape", [b.op("Size", [x]), b.ints([1])])
+    zeros = b.op("ConstantOfShape", [n], value=onnx_zero(ctx.elem(x)))
+    flat = ctx.op("ScatterElements", [zeros, ctx.outputs[1], ctx.grads[0]], axis=0)
+    return [b.reshape_like(flat, x)]
+
+
+@rule("AffineGrid")
+def _affine_grid(ctx):
+    r""":math:`\mathrm{grid}[n, \mathbf{p}] = \theta_n\,[\mathbf{b}_{\mathbf{p}}; 1]` with the base coordinates
+    :math:`\mathbf{b}_{\mathbf{p}}` of every output position: :math:`\bar\theta_n = \sum_{\mathbf{p}}
+    g[n, \mathbf{p}] \otimes [\mathbf{b}_{\mathbf{p}}; 1]`.  The base coordinates are read in the graph
+    from AffineGrid itself with :math:`\theta = [I\,|\,0]` (same size input and ``align_corners``)."""
+    b = ctx.b
+    theta, size = ctx.inputs
+    r = ctx.rank(ctx.outputs[0])           # 4 (2-D) or 5 (3-D)
+    nd = r - 2
+    eye = np.concatenate([np.eye(nd), np.zeros((nd, 1))], axis=1)[None].astype(
+        _np_dtype(ctx.elem(theta)))
+    size1 = b.op("Concat", [b.ints([1]), b.op("Slice", [size, b.ints([1]), b.ints([r])])], axis=0)
+    base = ctx.op("AffineGrid", [b.const(eye), size1], align_corners=ctx.attrs.get("align_corners", 0))
+    ones = b.op("Slice", [ctx.op("Mul", [base, ctx.c(0.0, theta)]), b.ints([0]), b.ints([1]), b.ints([-1])])
+    ones = ctx.op("Add", [ones, ctx.c(1.0, theta)])
+    base = b.op("Concat", [base, ones], axis=-1)                      # (1, *S, nd + 1)
+    sp = "dhw"[3 - nd:]
+    eq = f"n{sp}i,z{sp}j->nij"
+    return [ctx.op("Einsum", [ctx.grads[0], base], equation=eq), ZERO]

@@ -331,6 +331,16 @@ for eq, shapes in [("ij,jk->ik", [(3, 4), (4, 5)]), ("bhid,bhjd->bhij", [(2, 2, 
              wrt=names, opset=13, **D64)
 for attrs in [dict(kernel_shape=[2, 2], strides=[2, 1]), dict(kernel_shape=[3, 2], pads=[1, 0, 1, 1], p=3)]:
     new_case("LpPool", [node("LpPool", ["x"], **attrs)], {"x": rnd(2, 2, 5, 4, dtype=F32, lo=0.05)}, opset=18, **NL32)
+new_case("Compress", [node("Compress", ["x", "c"], axis=1)], {"x": rnd(2, 4, 3)}, {"c": np.array([True, False, True, True])},
+         opset=13, **D64)
+new_case("ReverseSequence", [node("ReverseSequence", ["x", "l"], batch_axis=1, time_axis=0)], {"x": rnd(4, 3, 2)},
+         {"l": np.array([4, 1, 3])}, opset=13, **D64)
+new_case("Unique", [node("Unique", ["x"], ["y", "i", "inv", "cnt"], sorted=1)], {"x": rnd(7)}, opset=13, **D64)
+for ac in (0, 1):
+    new_case("AffineGrid", [node("AffineGrid", ["x", "sz"], align_corners=ac)], {"x": rnd(2, 2, 3, dtype=F32)},
+             {"sz": np.array([2, 3, 4, 5])}, opset=20, **LIN32)
+    new_case("AffineGrid", [node("AffineGrid", ["x", "sz"], align_corners=ac)], {"x": rnd(2, 3, 4, dtype=F32)},
+             {"sz": np.array([2, 3, 2, 4, 3])}, opset=20, **LIN32)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
