@@ -404,3 +404,36 @@ def test_control_flow_capture_is_refused_not_zero():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(UnsupportedOpError, match=r"If .*opset 17"):
         build_vjp_model(m, "x")
+
+
+def test_training_dropout_reuses_the_node_mask():
+    """Training-mode Dropout with its mask output: dx = g * mask / (1 - ratio), hand-computed."""
+    from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
+
+    from ._harness import session
+
+    m = make_model([node("Dropout", ["x", "r", "t"], ["y", "mask"], seed=3)], {"x": rnd(4, 5, dtype=F32)}, ["y", "mask"],
+                   {"r": np.array(0.25, F32), "t": np.array(True)}, opset=13)
+    v = build_vjp_model(m, "x", seed="y")
+    x = rnd(4, 5, dtype=F32)
+    s = rnd(4, 5, dtype=F32)
+    g, mask = session(v).run([grad_name("x"), "mask"], {"x": x, SEED_INPUT: s})
+    from refcam._compare import within
+
+    assert mask.any() and not mask.all()
+    assert within(g, s.astype(np.float64) * mask / 0.75, rtol=1e-6)
+
+
+for attrs, shp in [(dict(auto_pad="SAME_UPPER", strides=[2, 2]), None), (dict(auto_pad="SAME_LOWER", strides=[2, 3]), None),
+                   (dict(output_shape=[9, 11], strides=[2, 3]), None), (dict(output_shape=[10, 12], strides=[3, 2]), None)]:
+    new_case("ConvTranspose-autopad", [node("ConvTranspose", ["x", "w"], **attrs)],
+             {"x": rnd(2, 2, 4, 4, dtype=F32), "w": rnd(2, 3, 3, 3, dtype=F32)}, wrt=("x", "w"), **LIN32)
+
+
+_CT = NEW[-4:]
+
+
+@pytest.mark.parametrize("label,nodes,inputs,inits,wrt,opset,kw", _CT)
+def test_convtranspose_output_shape_and_auto_pad(label, nodes, inputs, inits, wrt, opset, kw):
+    model = make_model(nodes, inputs, ["y"], inits, opset=opset)
+    check_op(label, model, dict(inputs), wrt, **kw)
