@@ -424,16 +424,9 @@ def test_training_dropout_reuses_the_node_mask():
     assert within(g, s.astype(np.float64) * mask / 0.75, rtol=1e-6)
 
 
+# (collected by test_new_rule_matches_finite_differences: pytest reads NEW after the module ran)
 for attrs, shp in [(dict(auto_pad="SAME_UPPER", strides=[2, 2]), None), (dict(auto_pad="SAME_LOWER", strides=[2, 3]), None),
-                   (dict(output_shape=[9, 11], strides=[2, 3]), None), (dict(output_shape=[10, 12], strides=[3, 2]), None)]:
+                   (dict(output_shape=[9, 11], strides=[2, 3]), None), (dict(output_shape=[10, 10], strides=[3, 2]), None)]:
     new_case("ConvTranspose-autopad", [node("ConvTranspose", ["x", "w"], **attrs)],
              {"x": rnd(2, 2, 4, 4, dtype=F32), "w": rnd(2, 3, 3, 3, dtype=F32)}, wrt=("x", "w"), **LIN32)
 
-
-_CT = NEW[-4:]
-
-
-@pytest.mark.parametrize("label,nodes,inputs,inits,wrt,opset,kw", _CT)
-def test_convtranspose_output_shape_and_auto_pad(label, nodes, inputs, inits, wrt, opset, kw):
-    model = make_model(nodes, inputs, ["y"], inits, opset=opset)
-    check_op(label, model, dict(inputs), wrt, **kw)
