@@ -210,7 +210,8 @@ def _depth_to_space(ctx):
 @rule("Mod")
 def _mod(ctx):
     r""":math:`y = x - d\,q`, :math:`q = \mathrm{trunc}(x/d)` (``fmod=1``) or :math:`\lfloor x/d\rfloor` (``fmod=0``),
-    piecewise constant: :math:`\bar x = g`, :math:`\bar d = -g\,q` (jumps where :math:`x/d` is an integer)."""
+    piecewise constant: :math:`\bar x = g`, :math:`\bar d = -g\,q` (jumps where :math:`x/d` is an integer;
+    0 where :math:`q` is not finite, the output being inf/NaN there)."""
     x, dv = ctx.inputs
     g = ctx.grads[0]
     gx = ctx.unbroadcast(g, x) if ctx.needs[0] else None
@@ -221,6 +222,10 @@ def _mod(ctx):
             q = ctx.op("Mul", [ctx.op("Sign", [qq]), ctx.op("Floor", [ctx.op("Abs", [qq])])])
         else:
             q = ctx.op("Floor", [qq])
+        # where x/d is not finite (x = +-inf, d = 0, NaN) the output is not finite either and has no
+        # derivative: 0 there instead of 0 * inf = NaN poisoning the other entries' sums
+        bad = ctx.op("Or", [ctx.op("IsNaN", [q]), ctx.op("IsInf", [q])])
+        q = ctx.op("Where", [bad, ctx.c(0.0, x), q])
         gd = ctx.unbroadcast(ctx.op("Neg", [ctx.op("Mul", [g, q])]), dv)
     return [gx, gd]
 
