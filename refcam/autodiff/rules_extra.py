@@ -548,3 +548,34 @@ def _affine_grid(ctx):
     sp = "dhw"[3 - nd:]
     eq = f"n{sp}i,z{sp}j->nij"
     return [ctx.op("Einsum", [ctx.grads[0], base], equation=eq), ZERO]
+
+
+@rule("LRN")
+def _lrn(ctx):
+    r"""Local response normalisation across channels (Krizhevsky et al. 2012, Sec. 3.3):
+    :math:`y_c = x_c D_c^{-\beta}`, :math:`D_c = k + \tfrac{\alpha}{n} S_c`,
+    :math:`S_c = \sum_{c' \in w(c)} x_{c'}^2`, :math:`w(c) = [c - \lfloor (n-1)/2\rfloor,\ c + \lceil (n-1)/2\rceil]`:
+    :math:`\bar x_c = g_c D_c^{-\beta} - \tfrac{2\alpha\beta}{n} x_c \sum_{c' : c \in w(c')} g_{c'} x_{c'} D_{c'}^{-\beta-1}`.
+    The channel window sums are a (C × C) band matrix (needs a static channel count)."""
+    from onnx import helper
+
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    (nc,) = ctx.static_dims(x, [1])
+    size = ctx.attrs["size"]
+    alpha, beta, bias = ctx.attrs.get("alpha", 1e-4), ctx.attrs.get("beta", 0.75), ctx.attrs.get("bias", 1.0)
+    lo, hi = (size - 1) // 2, (size - 1) - (size - 1) // 2
+    band = np.zeros((nc, nc))
+    for c in range(nc):  # band[c', c] = [c' in w(c)]
+        band[max(0, c - lo): min(nc, c + hi + 1), c] = 1.0
+    npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
+    b = ctx.b
+    c = lambda v: ctx.c(v, x)  # noqa: E731
+    g = ctx.grads[0]
+    s = b.move_axis_matmul(ctx.op("Mul", [x, x]), r, 1, b.const(band.astype(npdt), hint="lrn_band"))
+    dd = ctx.op("Add", [c(bias), ctx.op("Mul", [s, c(alpha / size)])])
+    dmb = ctx.op("Pow", [dd, c(-beta)])                                      # D^-beta
+    u = ctx.op("Mul", [ctx.op("Mul", [g, x]), ctx.op("Div", [dmb, dd])])     # g x D^(-beta-1)
+    t = b.move_axis_matmul(u, r, 1, b.const(band.T.astype(npdt), hint="lrn_band_T"))
+    dx = ctx.op("Sub", [ctx.op("Mul", [g, dmb]), ctx.op("Mul", [ctx.op("Mul", [x, t]), c(2 * alpha * beta / size)])])
+    return [dx]

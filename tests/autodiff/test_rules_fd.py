@@ -341,6 +341,11 @@ for ac in (0, 1):
              {"sz": np.array([2, 3, 4, 5])}, opset=20, **LIN32)
     new_case("AffineGrid", [node("AffineGrid", ["x", "sz"], align_corners=ac)], {"x": rnd(2, 3, 4, dtype=F32)},
              {"sz": np.array([2, 3, 2, 4, 3])}, opset=20, **LIN32)
+# onnxruntime's LRN needs an odd size; onnx.reference's LRN disagrees with it (window), so the
+# float32 onnxruntime oracle with Richardson is used (ORT32)
+for size in (3, 5):
+    new_case("LRN", [node("LRN", ["x"], size=size, alpha=0.3, beta=0.6, bias=1.5)], {"x": rnd(2, 5, 3, 2, dtype=F32)},
+             opset=13, **ORT32)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
