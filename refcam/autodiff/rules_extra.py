@@ -579,3 +579,32 @@ def _lrn(ctx):
     t = b.move_axis_matmul(u, r, 1, b.const(band.T.astype(npdt), hint="lrn_band_T"))
     dx = ctx.op("Sub", [ctx.op("Mul", [g, dmb]), ctx.op("Mul", [ctx.op("Mul", [x, t]), c(2 * alpha * beta / size)])])
     return [dx]
+
+
+@rule("CumProd")
+def _cumprod(ctx):
+    r""":math:`y_i = \prod_{k \in S(i)} x_k` (:math:`S(i)` = prefix, exclusive and/or reversed):
+    :math:`\bar x_j = \sum_i g_i\,[j \in S(i)] \prod_{k \in S(i), k \ne j} x_k`, exact with zeros.
+    The :math:`n` products with :math:`x_j := 1` are the CumProd of :math:`n` stacked copies (memory
+    :math:`n\,|x|`), and :math:`[j \in S(i)]` is the CumSum of the one-hot :math:`e_j` with the same
+    flags.  Needs a constant axis (or a rank-1 input) and a static length along it."""
+    x, ax_in = ctx.inputs
+    b = ctx.b
+    r = ctx.rank(x)
+    # a rank-1 input has one axis whatever the (possibly runtime) axis input says
+    axis = 0 if r == 1 else int(np.asarray(ctx.need_const(1, "axis")).reshape(-1)[0]) % r
+    (n,) = ctx.static_dims(x, [axis])
+    flags = {"exclusive": ctx.attrs.get("exclusive", 0), "reverse": ctx.attrs.get("reverse", 0)}
+    shape = [n] + [1] * r
+    shape[axis + 1] = n
+    onehot = np.eye(n, dtype=bool).reshape(shape)
+    e = b.const(onehot)
+    xr = ctx.op("Where", [e, ctx.c(1.0, x), b.unsqueeze(x, [0])])                 # (n, *S), x_j := 1
+    ax1 = b.const(np.int64(axis + 1))
+    cp = ctx.op("CumProd", [xr, ax1], **flags)
+    m = ctx.op("CumSum", [ctx.op("Cast", [e], to=ctx.elem(x)), ax1], **flags)      # [j in S(i)]
+    t = ctx.op("Mul", [ctx.op("Mul", [b.unsqueeze(ctx.grads[0], [0]), m]), cp])
+    t = b.reduce("ReduceSum", t, [axis + 1], keepdims=True)                        # (n, .., 1, ..)
+    perm = list(range(r + 1))
+    perm[0], perm[axis + 1] = perm[axis + 1], perm[0]
+    return [b.squeeze(ctx.op("Transpose", [t], perm=perm), [0]), ZERO]

@@ -346,6 +346,12 @@ for ac in (0, 1):
 for size in (3, 5):
     new_case("LRN", [node("LRN", ["x"], size=size, alpha=0.3, beta=0.6, bias=1.5)], {"x": rnd(2, 5, 3, 2, dtype=F32)},
              opset=13, **ORT32)
+xz2 = rnd(2, 4, 3)
+xz2[0, 1, 0] = 0.0
+xz2[1, 1, 2] = xz2[1, 3, 2] = 0.0  # one and two zeros in a line: exact
+for ex, rev in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+    new_case("CumProd", [node("CumProd", ["x", "a"], exclusive=ex, reverse=rev)], {"x": xz2}, {"a": np.array(1)},
+             opset=26, **D64)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
