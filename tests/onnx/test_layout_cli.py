@@ -82,3 +82,10 @@ def test_cli_several_inputs(tmp_path, capsys):
     assert main(base + ["--input-name", "x", "--other-input", f"x2={tmp_path / 'x2.npy'}"]) == 0
     got = np.load(tmp_path / "o" / "x_gradcam.npy")
     np.testing.assert_array_equal(got.reshape(2, 2), [[14.5, 19.0], [32.5, 37.0]])
+
+
+def test_cli_embedded_model_pooled_layer_exit_1(tmp_path, capsys):
+    """The issue's case: ``-l head.pool`` on the embedded model was a uniform 1x1 overlay, exit 0."""
+    assert main(["explain", "chelsea", "-l", "head.pool", "-o", str(tmp_path), "-m", "gradcam"]) == 1
+    err = capsys.readouterr().err
+    assert "2x2" in err and "--allow-small-map" in err

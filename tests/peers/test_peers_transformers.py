@@ -329,3 +329,31 @@ def test_attention_attribution_refuses_windows_and_convnets(exported):
     x = make_input(kind).numpy()
     with pytest.raises(ModelError, match="windowed|no attention"):
         explain_attention(m, x, "rollout")
+
+
+def test_issue_cases_swin_and_convnext(exported):
+    """The issue's reports: swin's ``permute`` names a tensor and a module (ambiguous, listed);
+    a channels-last block norm is read as NHWC (map (N, H, W)), not (N, 7, C); ConvNeXt's pooled
+    LayerNorm (N, 1, 1, C) is refused unless allowed."""
+    from refcam.errors import AmbiguousLayerError, ShapeError
+    import refcam
+
+    kind, dynamo, _, m = exported
+    x = make_input(kind).numpy()
+    if kind == "swin":
+        if dynamo:
+            with pytest.raises(AmbiguousLayerError, match="tensor:permute.*module:permute"):
+                m.layer("permute")
+        li = m.layer("features.3.0.norm1")
+        assert li.layout.describe() == "NHWC"
+        e = refcam.explain(m, x, "eigencam", layer=li)
+        assert e.maps.shape == (len(x), 8, 8)
+    elif kind == "convnext":
+        ln = next(li for li in m.layers() if li.module_path == "classifier.0"
+                  and li.op_type == "LayerNormalization")
+        assert not ln.is_spatial or ln.map_shape[2:] == (1, 1)   # 1x1, or unclear (dynamo)
+        with pytest.raises(ShapeError, match="allow_small_map|layer_layout"):
+            refcam.explain(m, x, "eigencam", layer=ln)
+        assert m.default_layer().name != ln.name
+    else:
+        pytest.skip("swin and convnext cases")
