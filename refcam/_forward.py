@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _validate as V
 from . import math as M
-from ._compare import max_abs_error
+from ._compare import max_abs_error, within
 from .errors import InvalidArgumentError, ModelError, TargetError
 from .onnx.model import DEFAULT_MEMORY_BUDGET
 from .onnx.targets import class_view
@@ -114,12 +114,11 @@ def provide_class_weights(ctx: Context) -> np.ndarray:
         )
     y = M.gap(a.astype(np.float64)) @ head.weight.T + (0 if head.bias is None else head.bias)
     out = class_view(ctx.outputs).astype(np.float64)
-    tol = 1e-3 * (1 + np.abs(out).max())
-    dev = max_abs_error(y, out) if y.shape == out.shape else None
-    if dev is None or not dev <= tol:
+    # NaN-aware (refcam._compare): a NaN in the model output or the head is a mismatch, never a pass
+    if not within(y, out, atol=1e-3, rtol=1e-3):
         raise ModelError(
             f"CAM: the head found after {ctx.layer.name!r} ({head.nodes}) does not reproduce the "
-            f"model output (max deviation {dev if dev is not None else 'shape'})"
+            f"model output (max deviation {max_abs_error(y, out) if y.shape == out.shape else 'shape'})"
         )
     ctx.arrays["linear_bias"] = head.bias
     # the graph stores the weights in the activations' precision: keep the activations' dtype
@@ -272,8 +271,8 @@ def _native_like(ctx: Context) -> np.ndarray | None:
     """The layer's activations in its native layout, batch first: what the head model takes.
 
     Token layers need them (the prefix tokens are not in the map and are fed unchanged); other
-    layouts need nothing (``None``).  Sequence-first layers are refused: the head model runs its
-    batch on axis 0."""
+    layouts only need the shape, taken from the map itself.  Sequence-first layers are refused: the
+    head model runs its batch on axis 0."""
     lay = ctx.layer.layout
     if lay is not None and lay.batch_axis not in (None, 0):
         raise InvalidArgumentError(
@@ -313,9 +312,11 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
                 b[np.arange(k1 - k0), np.arange(k0, k1)] = values[s, k0:k1].reshape(
                     (-1,) + (1,) * (a.ndim - 2)
                 )
-                like = None if native is None else np.repeat(native[s : s + 1], k1 - k0, 0)
                 res = head.run(
-                    model.map_to_layer(ctx.layer, b, like).astype(head.input_dtype, copy=False),
+                    model.map_to_layer(
+                        ctx.layer, b, None if native is None else np.repeat(native[s : s + 1], k1 - k0, 0)
+                    )
+                    .astype(head.input_dtype, copy=False),
                     batch_size=k1 - k0,
                     checked=True,
                 )[head.output_name]

@@ -51,6 +51,8 @@ class TensorInfo:
         self.elem: dict[str, int] = {}
         self.shape: dict[str, tuple | None] = {}
         self.const: dict[str, np.ndarray] = {}
+        #: symbolic dimension names (dim_param) per tensor, None where a dim has none
+        self.dim_params: dict[str, tuple] = {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             t = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
@@ -59,6 +61,7 @@ class TensorInfo:
             if t.HasField("shape"):
                 self.shape[vi.name] = tuple(
                     d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+                self.dim_params[vi.name] = tuple(d.dim_param or None for d in t.shape.dim)
             else:
                 self.shape[vi.name] = None
         for init in g.initializer:
@@ -185,15 +188,21 @@ class GraphBuilder:
         Leading axes that ``x`` lacks are summed away; axes where ``x`` has size 1 and ``g`` not are
         summed with ``keepdims``; then the result is reshaped to ``Shape(x)``.  With static ranks and
         static size-1 axes the summed axes are chosen here; otherwise (a rank unknown, or an axis of
-        ``x`` unknown where ``g``'s is a known size > 1) they are computed in the graph from
-        ``Shape(g)`` and ``Shape(x)`` (opset >= 13: ``ReduceSum`` with runtime axes).
+        ``x`` unknown where ``g``'s is not 1) they are computed in the graph from ``Shape(g)`` and
+        ``Shape(x)`` (opset >= 13: ``ReduceSum`` with runtime axes).  A size marked ``-1`` means
+        "unknown but equal in both" (same symbolic dimension, see ``RuleContext.unbroadcast``).
         """
         dynamic = g_shape is None or x_shape is None
         if not dynamic:
             rg, rx = len(g_shape), len(x_shape)
             lead = rg - rx
             dynamic = lead < 0 or any(
-                d is None and g_shape[lead + i] not in (None, 1) for i, d in enumerate(x_shape))
+                d is None and g_shape[lead + i] != 1 for i, d in enumerate(x_shape))
+            if dynamic and self.opset < 13 and lead >= 0 and not any(
+                    d is None and g_shape[lead + i] not in (None, 1) for i, d in enumerate(x_shape)):
+                # opset < 13 has no ReduceSum with runtime axes: an axis unknown in both operands
+                # is taken as equal (not broadcast), as the exporters' dynamic batch axis is
+                dynamic = False
         if dynamic:
             return self._unbroadcast_runtime(g, x)
         axes = list(range(lead))

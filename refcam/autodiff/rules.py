@@ -206,8 +206,20 @@ class RuleContext:
         return self.b.op(op_type, inputs, **kw)
 
     def unbroadcast(self, g: str, x: str, out: str | None = None) -> str:
+        """Reduce ``g`` (shaped like ``out``) to ``x`` over the broadcast axes; dims unknown in both but
+        with the same symbolic name are equal (marked -1), other unknown dims are resolved at run time."""
         out = out or self.outputs[0]
-        return self.b.unbroadcast(g, self.shape(out), x, self.shape(x))
+        so, sx = self.shape(out), self.shape(x)
+        if so is not None and sx is not None and len(so) >= len(sx):
+            po = self.info.dim_params.get(out) or (None,) * len(so)
+            px = self.info.dim_params.get(x) or (None,) * len(sx)
+            lead = len(so) - len(sx)
+            so, sx = list(so), list(sx)
+            for i in range(len(sx)):
+                if sx[i] is None and so[lead + i] is None and px[i] is not None and px[i] == po[lead + i]:
+                    sx[i] = so[lead + i] = -1
+            so, sx = tuple(so), tuple(sx)
+        return self.b.unbroadcast(g, so, x, sx)
 
     def mask(self, cond: str, like: str) -> str:
         """Cast a boolean tensor to the element type of ``like``."""
