@@ -357,3 +357,36 @@ def test_issue_cases_swin_and_convnext(exported):
         assert m.default_layer().name != ln.name
     else:
         pytest.skip("swin and convnext cases")
+
+
+TORCHCAM = {"gradcam": "GradCAM", "gradcampp": "GradCAMpp", "layercam": "LayerCAM"}
+
+
+@pytest.mark.parametrize("method", list(TORCHCAM))
+def test_torchcam_reshape_transform(exported, method):
+    """The ``torchcam`` preset on the default layer equals torchcam's extractor with its
+    ``reshape_transform`` (torchcam ≥ 0.5) on the matching module, ≤ 1e-5 of the maximum."""
+    import torchcam.methods as tm
+
+    from refcam.autodiff import gradients
+
+    kind, _, model, m = exported
+    x = make_input(kind)
+    li = m.default_layer()
+    try:
+        gr = gradients(m, x.numpy(), wrt=li.name, target=list(CLASSES))
+    except (ModelError, UnsupportedOpError) as e:
+        pytest.xfail(f"VJP of this export: {type(e).__name__}: {str(e)[:160]}")
+    a, g = gr.activations[li.name], gr.gradients[li.name][:, 0]
+    ref = presets.compute(method, convention=presets.get("torchcam", method), activations=a, gradients=g)
+    rt = reshape_transform(kind, *a.shape[2:])
+    kw = {"input_shape": tuple(x.shape[1:])}
+    if rt is not None:
+        kw["reshape_transform"] = rt
+    with contextlib.redirect_stdout(io.StringIO()), \
+            getattr(tm, TORCHCAM[method])(model, EXPECTED[kind][0](model), **kw) as ex:
+        cams = ex(class_idx=list(CLASSES), scores=model(x))
+    peer = cams[0].detach().numpy()
+    assert peer.shape == ref.shape
+    assert float(np.abs(peer).max()) > 0.5
+    assert max_abs_error(ref, peer) <= TOL * float(np.abs(peer).max())
