@@ -34,17 +34,26 @@ class TensorInfo:
         g = model.graph
         self.elem: dict[str, int] = {}
         self.shape: dict[str, tuple | None] = {}
+        #: per tensor, each axis as shape inference names it: an int, a symbol (``dim_param``) or None
+        self.symbols: dict[str, tuple | None] = {}
         self.const: dict[str, np.ndarray] = {}
+        #: tensors whose rank (and element type) came from a run of the model, not from inference
+        self.from_run: set[str] = set()
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             t = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
                 continue
-            self.elem[vi.name] = t.elem_type
+            if t.elem_type or vi.name not in self.elem:
+                self.elem[vi.name] = t.elem_type
             if t.HasField("shape"):
                 self.shape[vi.name] = tuple(
-                    d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-            else:
+                    d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in t.shape.dim)
+                self.symbols[vi.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") and d.dim_value >= 0
+                    else (d.dim_param or None) for d in t.shape.dim)
+            elif self.shape.get(vi.name) is None:
                 self.shape[vi.name] = None
+                self.symbols[vi.name] = None
         for init in g.initializer:
             arr = numpy_helper.to_array(init)
             self.const[init.name] = arr
@@ -63,6 +72,30 @@ class TensorInfo:
                         continue
                     self.const[node.output[0]] = arr
                     self.shape[node.output[0]] = tuple(arr.shape)
+
+    def add_runtime(self, shapes: dict) -> None:
+        """Complete unknown ranks (and element types) with those seen in a run of the model.
+
+        ``shapes`` maps tensor name → ``(shape, onnx element type)`` observed by
+        :meth:`refcam.onnx.Model.runtime_shapes`.  Only the rank is taken (every axis stays
+        unknown): sizes may change with the input (batch), ranks do not, so the gradient graph
+        built from these facts serves every input of the model.
+        """
+        for name, (shp, elem) in shapes.items():
+            if self.shape.get(name) is None:
+                self.shape[name] = (None,) * len(shp)
+                self.symbols[name] = (None,) * len(shp)
+                self.from_run.add(name)
+            if not self.elem.get(name):
+                self.elem[name] = int(elem)
+
+    def same_dim(self, a: str, ia: int, b: str, ib: int) -> bool:
+        """Axis ``ia`` of ``a`` and axis ``ib`` of ``b`` are provably equal (same size or symbol)."""
+        sa, sb = self.symbols.get(a), self.symbols.get(b)
+        if sa is None or sb is None:
+            return False
+        da, db = sa[ia], sb[ib]
+        return da is not None and da == db
 
     def is_float(self, name: str) -> bool:
         return self.elem.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
@@ -169,27 +202,49 @@ class GraphBuilder:
     def unbroadcast(self, g: str, g_shape: tuple | None, x: str, x_shape: tuple | None) -> str:
         """Sum ``g`` (shape of the broadcast result) down to the shape of operand ``x``.
 
-        Leading axes that ``x`` lacks are summed away; axes where ``x`` has a static size 1 are
-        summed with ``keepdims``.  Then the result is reshaped to ``Shape(x)``.  Needs the ranks and
-        the size-1 axes of ``x`` to be known statically (always true for initializers).
+        ``g_shape`` / ``x_shape`` give each axis as an int (static size), a symbol (``dim_param``:
+        equal symbols are equal sizes) or ``None``.  When every axis is decided statically, leading
+        axes that ``x`` lacks and axes where ``x`` has size 1 are summed (ReduceSum, then Reshape to
+        ``Shape(x)``).  Otherwise (an axis of ``x`` of unknown size that may be 1 while the result's
+        is not, or an unknown rank) the axes are found at run time: ``Shape(x)`` left-padded with 1
+        to the rank of ``g``, ``NonZero(== 1)`` gives the axes, ``ReduceSum(noop_with_empty_axes)``
+        sums them (summing an axis where both sizes are 1 changes nothing).  Needs opset >= 13.
         """
-        if g_shape is None or x_shape is None:
+        if g_shape is not None and x_shape is not None and len(g_shape) >= len(x_shape):
+            rg, rx = len(g_shape), len(x_shape)
+            lead = rg - rx
+            axes = list(range(lead))
+            decided = True
+            for i, d in enumerate(x_shape):
+                gd = g_shape[lead + i]
+                if isinstance(d, int):
+                    if d == 1 and gd != 1:
+                        axes.append(lead + i)
+                elif not (gd == 1 or (gd is not None and gd == d)):
+                    decided = False  # x's size unknown: maybe 1 under a larger result axis
+            if decided or self.opset < 13:
+                if not axes and decided:
+                    return g
+                out = self.reduce("ReduceSum", g, axes, keepdims=True)
+                # undecided (opset < 13: no run-time axes): the Reshape to Shape(x) fails loudly in
+                # onnxruntime if an axis of x turns out to be a broadcast 1 -- never a silent sum
+                return self.reshape_like(out, x)
+        if self.opset < 13:
             from ..errors import ModelError
 
             raise ModelError(
                 f"cannot reduce the gradient over broadcast axes for tensor {x!r}: its rank is not "
-                "known after shape inference; give the model static ranks (fixed input shapes)")
-        rg, rx = len(g_shape), len(x_shape)
-        lead = rg - rx
-        axes = list(range(lead))
-        for i, d in enumerate(x_shape):
-            gd = g_shape[lead + i]
-            if d == 1 and gd != 1:
-                axes.append(lead + i)
-        if not axes:
-            return g
-        out = self.reduce("ReduceSum", g, axes, keepdims=True)
-        return self.reshape_like(out, x)
+                f"known after shape inference (got {x_shape}) and opset {self.opset} < 13 has no "
+                "ReduceSum with run-time axes; give the model static shapes or a newer opset")
+        sx, sg = self.shape(x), self.shape(g)
+        one = self.ints([1])
+        n_pad = self.op("Sub", [self.op("Size", [sg]), self.op("Size", [sx])])
+        ones = self.op("ConstantOfShape", [self.op("Reshape", [n_pad, one])],
+                       value=numpy_helper.from_array(np.ones(1, np.int64)))
+        padded = self.op("Concat", [ones, sx], axis=0)
+        axes = self.op("Reshape", [self.op("NonZero", [self.op("Equal", [padded, one])]), self.ints([-1])])
+        out = self.op("ReduceSum", [g, axes], keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", [out, sx])
 
     def move_axis_matmul(self, g: str, rank: int, axis: int, matrix: str) -> str:
         """Contract axis ``axis`` of ``g`` (rank ``rank``) with ``matrix`` (size_in × size_out)."""

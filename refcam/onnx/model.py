@@ -189,6 +189,7 @@ class Model:
         self._sessions: OrderedDict = OrderedDict()
         self._bytes_per_sample: dict = {}
         self._heads: dict = {}
+        self._runtime_shapes: dict = {}
 
         try:
             self._inferred = onnx.shape_inference.infer_shapes(
@@ -404,7 +405,8 @@ class Model:
                     if vi is not None and vi.type.HasField("tensor_type")
                     else 0
                 )
-                new.append(helper.make_tensor_value_info(name, et or TensorProto.FLOAT, None))
+                # element type unknown to shape inference: a name-only output (onnxruntime types it)
+                new.append(helper.make_tensor_value_info(name, et, None) if et else onnx.ValueInfoProto(name=name))
         del g.output[:]
         g.output.extend(new)
         try:
@@ -536,6 +538,52 @@ class Model:
             for nm in names
         }
         return Forward(res[self.output_name], acts)
+
+    def unknown_ranks(self) -> list[str]:
+        """Tensors produced by the graph whose rank static shape inference leaves unknown."""
+        out = []
+        for n in self.proto.graph.node:
+            for o in n.output:
+                vi = self.value_info.get(o)
+                if o and (vi is None or not vi.type.HasField("tensor_type")
+                          or not vi.type.tensor_type.HasField("shape")
+                          or not vi.type.tensor_type.elem_type):
+                    out.append(o)
+        return out
+
+    def runtime_shapes(self, inputs: Any) -> dict[str, tuple[tuple[int, ...], int]]:
+        """Shapes and element types of the tensors static inference leaves unknown, from one run.
+
+        The probe runs the model once on the first sample of ``inputs`` (or on a full fixed batch)
+        returning exactly the tensors of :meth:`unknown_ranks`.  Cached per input signature
+        (non-batch shape and dtype): the ranks seen do not depend on the values.  Used by the
+        gradient builder (:func:`refcam.autodiff.build_vjp_model`, ``runtime_shapes=``) to
+        complete ranks; sizes in the gradient graph are read at run time.
+
+        Returns
+        -------
+        dict tensor name → ``(shape, ONNX element type)``.
+        """
+        x = self.check_inputs(inputs)
+        key = ("runtime_shapes", x.shape[1:], x.dtype.str)
+        cache = self._runtime_shapes
+        if key not in cache:
+            names = self.unknown_ranks()
+            res: dict[str, tuple[tuple[int, ...], int]] = {}
+            if names:
+                xb = x[:1] if self.fixed_batch is None else np.repeat(x[:1], self.fixed_batch, axis=0)
+                sess = self.session(names)
+                try:
+                    outs = sess.run(names, {self.input_name: xb})
+                except Exception as exc:
+                    raise ModelError(
+                        f"model: onnxruntime failed on the shape probe of shape {tuple(xb.shape)}: {exc}"
+                    ) from exc
+                for nm, o in zip(names, outs):
+                    o = np.asarray(o)
+                    res[nm] = (tuple(o.shape), int(helper.np_dtype_to_tensor_dtype(o.dtype)))
+            cache[key] = res
+        return dict(cache[key])
 
     def proto_with_output(self) -> onnx.ModelProto:
         """The model proto with :attr:`output_name` among the graph outputs (a copy only if needed).
