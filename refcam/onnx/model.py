@@ -249,6 +249,8 @@ class Model:
         if output is None:
             output = self.graph_outputs[0]
             prod = self._producer(output)
+            while strip_softmax and prod is not None and prod.op_type == "Identity":
+                prod = self._producer(prod.input[0])  # PaddlePaddle: Softmax -> Identity -> output
             if strip_softmax and prod is not None and prod.op_type in ("Softmax", "LogSoftmax"):
                 output = prod.input[0]
                 self.softmax_stripped = True
@@ -631,12 +633,16 @@ class Model:
     def linear_head(self, layer: str | LayerInfo):
         """The GAP → linear head after ``layer`` (see :func:`refcam.onnx.head.linear_head`)."""
         li = self.layer(layer)
+        k = None
+        if li.shape is not None and len(li.shape) >= 2:
+            k = li.shape[-1] if self.channels_last else li.shape[1]
         return linear_head(
             self.proto.graph,
             li.name,
             self.output_name,
             rank=li.rank or 4,
             channels_last=self.channels_last,
+            channels=k if isinstance(k, int) and k > 0 else None,
         )
 
     def __repr__(self) -> str:
