@@ -192,8 +192,9 @@ class RuleContext:
     def unbroadcast(self, g: str, x: str, out: str | None = None) -> str:
         out = out or self.outputs[0]
         for t in (out, x):
-            if self.info.rank(t) is None:
-                self.rank(t)  # read from the run (or NeedsRuntimeShapes)
+            if self.info.rank(t) is None and (self.runtime_shapes is not None or self.opset < 13):
+                self.rank(t)  # read from the run (NeedsRuntimeShapes without one below opset 13,
+                # where the rank-free run-time reduction of GraphBuilder.unbroadcast is unavailable)
         return self.b.unbroadcast(g, self.info.symbols.get(out), x, self.info.symbols.get(x))
 
     def mask(self, cond: str, like: str) -> str:
