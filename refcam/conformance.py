@@ -58,6 +58,7 @@ import numpy as np
 from . import _validate as _v
 from . import math as _m
 from . import presets as _p
+from ._compare import errors as _errors, within as _within
 from .errors import InvalidArgumentError, ShapeError
 
 __all__ = ["ConformanceReport", "check", "assert_conforms", "METHOD_ARGUMENTS"]
@@ -198,9 +199,9 @@ def _case_strategy(method: str, dtype: np.dtype, max_side: int):
 
 
 def _error(got: np.ndarray, exp: np.ndarray) -> tuple[float, float]:
-    ab = float(np.abs(got - exp).max())
-    scale = float(np.abs(exp).max())
-    return ab, (ab / scale if scale > 0 else (0.0 if ab == 0 else np.inf))
+    # NaN-aware (refcam._compare): a NaN or Inf where a finite value is expected is an infinite
+    # error, never a pass (`NaN > tol` is False).
+    return _errors(got, exp)
 
 
 # --------------------------------------------------------------------------- public API
@@ -297,7 +298,7 @@ def check(
             ab, rel = _error(got, exp)
             errors[name][0] = max(errors[name][0], ab)
             errors[name][1] = max(errors[name][1], rel)
-            if ab > atol + rtol * float(np.abs(exp).max()):
+            if not _within(got, exp, atol=atol, rtol=rtol):
                 passed[name] = False
 
     _survey()
@@ -317,8 +318,7 @@ def check(
         def _shrink(case: dict) -> None:
             got = _run(case)
             exp = np.asarray(ref(case), dtype=np.float64)
-            ab, _ = _error(got, exp)
-            if ab > atol + rtol * float(np.abs(exp).max()):
+            if not _within(got, exp, atol=atol, rtol=rtol):
                 last.clear()
                 last.update({a: case[a] for a in args}, got=got, expected=exp)
                 raise AssertionError("mismatch")

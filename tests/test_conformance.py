@@ -75,3 +75,34 @@ def test_errors():
         check(lambda a, g: a, "gradcam", max_examples=5)
     with pytest.raises(AssertionError, match="does not conform to 'paper \\(raw\\)'"):
         assert_conforms(lambda a, g: 2 * rm.gradcam(a, g), "gradcam", preset="paper (raw)", max_examples=10)
+
+
+# --------------------------------------------------------------------------- issue 17: NaN passes
+
+_NAN_FILE = '''import numpy as np
+
+
+def nan(activations, gradients):
+    return np.full(activations.shape[:1] + activations.shape[2:], np.nan)
+'''
+
+
+def test_issue17_cli_check_fails_a_nan_function(tmp_path, capsys):
+    """Exact reproduction: ``refcam check f.py:nan --method gradcam`` printed matches, exit 0."""
+    from refcam.cli import main
+
+    f = tmp_path / "f.py"
+    f.write_text(_NAN_FILE)
+    code = main(["check", f"{f}:nan", "--method", "gradcam", "--max-examples", "10"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "matches: none" in out
+
+
+def test_issue17_assert_conforms_raises_on_a_nan_function():
+    def nan(a, g):
+        return np.full(a.shape[:1] + a.shape[2:], np.nan)
+    with pytest.raises(AssertionError, match="does not conform"):
+        assert_conforms(nan, "gradcam", max_examples=10)
+    rep = check(nan, "gradcam", max_examples=10)
+    assert rep.matches == [] and all(e[0] == np.inf for e in rep.errors.values())
