@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..onnx.head import constant_node_value
+
 __all__ = ["GraphBuilder", "TensorInfo"]
 
 # opset from which each Reduce* op takes its axes as an input instead of an attribute
@@ -60,18 +62,10 @@ class TensorInfo:
             self.elem[init.name] = init.data_type
             self.shape[init.name] = tuple(arr.shape)
         for node in g.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                for a in node.attribute:
-                    if a.name == "value":
-                        arr = numpy_helper.to_array(a.t)
-                    elif a.name in ("value_float", "value_int"):
-                        arr = np.asarray(helper.get_attribute_value(a))
-                    elif a.name in ("value_floats", "value_ints"):
-                        arr = np.asarray(helper.get_attribute_value(a))
-                    else:
-                        continue
-                    self.const[node.output[0]] = arr
-                    self.shape[node.output[0]] = tuple(arr.shape)
+            arr = constant_node_value(node)
+            if arr is not None:
+                self.const[node.output[0]] = arr
+                self.shape[node.output[0]] = tuple(arr.shape)
 
     def add_runtime(self, shapes: dict) -> None:
         """Complete unknown ranks (and element types) with those seen in a run of the model.

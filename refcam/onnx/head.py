@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from ..errors import ModelError
 
-__all__ = ["LinearHead", "constant_value", "cut_head", "linear_head", "subgraph_inputs"]
+__all__ = ["LinearHead", "constant_node_value", "constant_value", "cut_head", "linear_head", "subgraph_inputs"]
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
@@ -159,6 +159,39 @@ class LinearHead:
         return f"LinearHead(weight {self.weight.shape}, bias {'None' if self.bias is None else self.bias.shape}, nodes={self.nodes})"
 
 
+def constant_node_value(node: onnx.NodeProto):
+    """NumPy value of a ``Constant`` node (the one decoder of the adapter and the gradient builder).
+
+    ``value`` (a tensor), ``value_float`` / ``value_floats`` (float32) and ``value_int`` /
+    ``value_ints`` (int64) as the ONNX spec types them; ``None`` for other nodes and for
+    string or sparse constants.
+
+    Examples
+    --------
+    >>> constant_node_value(helper.make_node("Constant", [], ["c"], value_ints=[1, 2]))
+    array([1, 2])
+    >>> constant_node_value(helper.make_node("Relu", ["x"], ["y"])) is None
+    True
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.asarray(a.f, np.float32)
+        if a.name == "value_floats":
+            return np.asarray(list(a.floats), np.float32)
+        if a.name == "value_int":
+            return np.asarray(a.i, np.int64)
+        if a.name == "value_ints":
+            return np.asarray(list(a.ints), np.int64)
+    return None
+
+
 def constant_value(graph: onnx.GraphProto, name: str):
     """NumPy value of an initializer or Constant-node output, else ``None``."""
     from onnx import numpy_helper
@@ -168,17 +201,7 @@ def constant_value(graph: onnx.GraphProto, name: str):
             return numpy_helper.to_array(t)
     for n in graph.node:
         if n.op_type == "Constant" and n.output and n.output[0] == name:
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int"):
-                    import numpy as np
-
-                    return np.array(a.f if a.name == "value_float" else a.i)
-                if a.name in ("value_floats", "value_ints"):
-                    import numpy as np
-
-                    return np.array(list(a.floats) if a.name == "value_floats" else list(a.ints))
+            return constant_node_value(n)
     return None
 
 
