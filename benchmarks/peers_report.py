@@ -16,12 +16,12 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "peers"))
+sys.path.insert(0, os.path.join(HERE, ".."))  # the repository root: tests.peers is a package
 
 import numpy as np  # noqa: E402
 
-import peers_divergences as D  # noqa: E402
-import peers_harness as H  # noqa: E402
+from tests.peers import peers_divergences as D  # noqa: E402
+from tests.peers import peers_harness as H  # noqa: E402
 from refcam import presets  # noqa: E402
 
 KINDS = ("resnet", "vgg")

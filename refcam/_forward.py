@@ -14,7 +14,8 @@ import numpy as np
 
 from . import _validate as V
 from . import math as M
-from .errors import ModelError, TargetError
+from ._compare import max_abs_error, within
+from .errors import InvalidArgumentError, ModelError, TargetError
 from .onnx.model import DEFAULT_MEMORY_BUDGET
 from .onnx.targets import class_view
 
@@ -109,11 +110,11 @@ def provide_class_weights(ctx: Context) -> np.ndarray:
         )
     y = M.gap(a.astype(np.float64)) @ head.weight.T + (0 if head.bias is None else head.bias)
     out = class_view(ctx.outputs).astype(np.float64)
-    tol = 1e-3 * (1 + np.abs(out).max())
-    if y.shape != out.shape or np.abs(y - out).max() > tol:
+    # NaN-aware (refcam._compare): a NaN in the model output or the head is a mismatch, never a pass
+    if not within(y, out, atol=1e-3, rtol=1e-3):
         raise ModelError(
             f"CAM: the head found after {ctx.layer.name!r} ({head.nodes}) does not reproduce the "
-            f"model output (max deviation {np.abs(y - out).max() if y.shape == out.shape else 'shape'})"
+            f"model output (max deviation {max_abs_error(y, out) if y.shape == out.shape else 'shape'})"
         )
     ctx.arrays["linear_bias"] = head.bias
     # the graph stores the weights in the activations' precision: keep the activations' dtype
@@ -234,6 +235,25 @@ def provide_baseline_scores(ctx: Context) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- Ablation-CAM
+def _native_like(ctx: Context) -> np.ndarray | None:
+    """The layer's activations in its native layout, batch first: what the head model takes.
+
+    Token layers need them (the prefix tokens are not in the map and are fed unchanged); other
+    layouts only need the shape, taken from the map itself.  Sequence-first layers are refused: the
+    head model runs its batch on axis 0."""
+    lay = ctx.layer.layout
+    if lay is not None and lay.batch_axis not in (None, 0):
+        raise InvalidArgumentError(
+            "layer", ctx.layer.name, f"a batch-first layer for {ctx.method!r} (the layer is "
+            f"{lay.describe()}: the head model cut there runs its batch on axis 0); pick the "
+            "batch-first tensor next to it"
+        )
+    if lay is not None and lay.is_tokens:
+        return ctx.model.run(ctx.inputs, [ctx.layer.name], checked=True,
+                             batch_size=ctx.batch_size)[ctx.layer.name]
+    return None
+
+
 def provide_ablated_scores(ctx: Context) -> np.ndarray:
     """``y^c_k``: the head model (graph cut at the layer) run on the activations with channel ``k``
     set to ``ablation_value`` (0 in the paper), ``(N, T, K)``; chunks of ``memory_budget // (2 ×
@@ -241,6 +261,7 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
     model = ctx.model
     head = model.head(ctx.layer)
     a = ctx.need("activations")
+    native = _native_like(ctx)
     n, k = a.shape[:2]
     value = float(ctx.options.get("ablation_value", 0.0))
     chunk = int(min(k, max(1, _budget(ctx) // (2 * a[0].nbytes))))
@@ -255,7 +276,10 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
                 b = np.repeat(a[s : s + 1], k1 - k0, axis=0)
                 b[np.arange(k1 - k0), np.arange(k0, k1)] = value
                 res = head.run(
-                    model.to_native(b).astype(head.input_dtype, copy=False),
+                    model.map_to_layer(
+                        ctx.layer, b, None if native is None else np.repeat(native[s : s + 1], k1 - k0, 0)
+                    )
+                    .astype(head.input_dtype, copy=False),
                     batch_size=k1 - k0,
                     checked=True,
                 )[head.output_name]
@@ -271,7 +295,6 @@ def provide_ablation_base_scores(ctx: Context) -> np.ndarray:
     model = ctx.model
     head = model.head(ctx.layer)
     a = ctx.need("activations")
-    res = head.run(model.to_native(a).astype(head.input_dtype, copy=False), checked=True)[
-        head.output_name
-    ]
+    native = model.map_to_layer(ctx.layer, a, _native_like(ctx))
+    res = head.run(native.astype(head.input_dtype, copy=False), checked=True)[head.output_name]
     return _scores(ctx, res, np.arange(a.shape[0]))

@@ -60,17 +60,17 @@ from . import math as _m
 from . import presets as _p
 from ._compare import errors as _errors, within as _within
 from .errors import InvalidArgumentError, ShapeError
+from .methods import METHODS
 
 __all__ = ["ConformanceReport", "check", "assert_conforms", "METHOD_ARGUMENTS"]
 
-_GRAD = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigengradcam")
-#: Positional arguments the checked function receives, per method.
+#: the argument of the checked function that carries each need of a method (refcam.methods)
+_ARGUMENT_OF_NEED = {"activations": "activations", "gradients": "gradients",
+                     "class_weights": "class_weights", "masked_scores": "scores",
+                     "ablated_scores": "scores", "ablation_base_scores": "baseline_score"}
+#: Positional arguments the checked function receives, per method of the preset table.
 METHOD_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    **{m: ("activations", "gradients") for m in _GRAD},
-    "eigencam": ("activations",),
-    "cam": ("activations", "class_weights"),
-    "scorecam": ("activations", "scores"),
-    "ablationcam": ("activations", "scores", "baseline_score"),
+    m: tuple(_ARGUMENT_OF_NEED[n] for n in METHODS[m].needs) for m in _p.PRESETS["paper"]
 }
 
 
@@ -128,7 +128,7 @@ class ConformanceReport:
 def _candidates(method: str, input_size: tuple[int, ...] | None) -> dict[str, Callable[[dict], np.ndarray]]:
     """``name -> case -> expected map`` for every refcam convention of ``method``."""
     args = METHOD_ARGUMENTS[method]
-    fn = getattr(_m, method)
+    fn = METHODS[method].math
     out: dict[str, Callable[[dict], np.ndarray]] = {}
 
     def _math_call(case: dict, relu: bool | None = None, **kw: Any) -> np.ndarray:

@@ -16,7 +16,23 @@ from onnx import helper, numpy_helper
 
 from ..onnx.head import constant_node_value
 
-__all__ = ["GraphBuilder", "TensorInfo"]
+__all__ = ["GraphBuilder", "TensorInfo", "node_inputs"]
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Names a node reads: its inputs and the outer-scope tensors its subgraphs (If/Loop/Scan
+    bodies) capture.  A gradient flowing through a captured tensor must not be missed."""
+    names = [i for i in node.input if i]
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sub in graphs:
+            local = {i.name for i in sub.input} | {i.name for i in sub.initializer}
+            for n in sub.node:
+                for i in node_inputs(n):
+                    if i not in local:
+                        names.append(i)
+                local.update(o for o in n.output if o)
+    return list(dict.fromkeys(names))
 
 # opset from which each Reduce* op takes its axes as an input instead of an attribute
 _AXES_AS_INPUT = {"ReduceSum": 13}
@@ -220,22 +236,28 @@ class GraphBuilder:
                 # undecided (opset < 13: no run-time axes): the Reshape to Shape(x) fails loudly in
                 # onnxruntime if an axis of x turns out to be a broadcast 1 -- never a silent sum
                 return self.reshape_like(out, x)
+        return self._unbroadcast_runtime(g, x)
+
+    def _unbroadcast_runtime(self, g: str, x: str) -> str:
+        r"""``unbroadcast`` with the summed axes computed at run time: with :math:`s_x` the shape of
+        ``x`` left-padded with ones to the rank of ``g``, sum over
+        :math:`\{i : s_x[i] = 1 \ne s_g[i]\}` (keepdims), then reshape to ``Shape(x)``."""
         if self.opset < 13:
             from ..errors import ModelError
 
             raise ModelError(
-                f"cannot reduce the gradient over broadcast axes for tensor {x!r}: its rank is not "
-                f"known after shape inference (got {x_shape}) and opset {self.opset} < 13 has no "
-                "ReduceSum with run-time axes; give the model static shapes or a newer opset")
-        sx, sg = self.shape(x), self.shape(g)
+                f"cannot reduce the gradient over broadcast axes for tensor {x!r}: its rank or size-1 "
+                "axes are not known after shape inference and the model's opset < 13 has no ReduceSum "
+                "with runtime axes; give the model static shapes")
+        sg, sx = self.shape(g), self.shape(x)
+        n_lead = self.op("Sub", [self.op("Shape", [sg]), self.op("Shape", [sx])])
+        ones = self.op("ConstantOfShape", [n_lead], value=numpy_helper.from_array(np.ones(1, np.int64)))
+        sxp = self.op("Concat", [ones, sx], axis=0)
         one = self.ints([1])
-        n_pad = self.op("Sub", [self.op("Size", [sg]), self.op("Size", [sx])])
-        ones = self.op("ConstantOfShape", [self.op("Reshape", [n_pad, one])],
-                       value=numpy_helper.from_array(np.ones(1, np.int64)))
-        padded = self.op("Concat", [ones, sx], axis=0)
-        axes = self.op("Reshape", [self.op("NonZero", [self.op("Equal", [padded, one])]), self.ints([-1])])
-        out = self.op("ReduceSum", [g, axes], keepdims=1, noop_with_empty_axes=1)
-        return self.op("Reshape", [out, sx])
+        cond = self.op("And", [self.op("Equal", [sxp, one]), self.op("Not", [self.op("Equal", [sg, one])])])
+        axes = self.op("Reshape", [self.op("NonZero", [cond]), self.ints([-1])])
+        red = self.op("ReduceSum", [g, axes], keepdims=1, noop_with_empty_axes=1)
+        return self.reshape_like(red, x)
 
     def move_axis_matmul(self, g: str, rank: int, axis: int, matrix: str) -> str:
         """Contract axis ``axis`` of ``g`` (rank ``rank``) with ``matrix`` (size_in × size_out)."""

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _harness import session
-from _models import resnet
+from ._harness import session
+from ._models import resnet
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
 from refcam.autodiff.fd import FiniteDifferences
 from refcam.errors import ModelError, RefcamError

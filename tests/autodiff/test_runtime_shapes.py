@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _harness import WORST, session, to_float64
+from ._harness import WORST, session, to_float64
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
 from refcam.autodiff.fd import fd_gradients
 from refcam.autodiff.rules import NeedsRuntimeShapes

@@ -38,8 +38,10 @@ def _check(proto, w_want, b_want):
     fw = m.forward(x, ["A"])
     y = fw.activations["A"].astype(np.float64).mean(axis=(2, 3)) @ head.weight.T + (0 if b_want is None else b_want)
     np.testing.assert_allclose(fw.outputs.reshape(2, -1), y, rtol=1e-5, atol=1e-5)
-    # and CAM through refcam.explain runs on it (its provider re-checks y = W gap(A) + b)
-    refcam.explain(m, x, "cam", layer="A", target=1)
+    # the CAM map of class 1 (Zhou et al. 2016, Eq. 2) from these weights: sum_k w^c_k A^k
+    a = fw.activations["A"]
+    np.testing.assert_allclose(refcam.cam(a, np.repeat(head.weight[1:2], 2, axis=0).astype(a.dtype), relu=False),
+                               np.einsum("k,nkhw->nhw", head.weight[1], a.astype(np.float64)), rtol=1e-5, atol=1e-6)
     return head
 
 

@@ -56,10 +56,16 @@ def test_cam_from_the_matmul_weights_equals_activations_times_weights(model, x):
     proto = onnx.load(PATH)
     w = next(onnx.numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node
              if n.op_type == "Constant" and n.output[0] == "fc_0.w_0")           # (K, C)
-    r = refcam.explain(model, x, "cam", layer=POOLED, target=[1, 0], relu=False)
-    a = model.forward(x, [POOLED]).activations[POOLED].astype(np.float64)
-    want = np.einsum("nkhw,kn->nhw", a, w[:, [1, 0]].astype(np.float64))   # sum_k w^c_k A^k
-    assert max_abs_error(r.maps, want) <= 1e-5 * np.abs(want).max()
+    head = model.linear_head(POOLED)
+    np.testing.assert_array_equal(head.weight, w.T.astype(np.float64))       # (C, K) rows w^c
+    fw = model.forward(x, [POOLED])
+    a = fw.activations[POOLED]
+    # y = W gap(A) + b reproduces the model (the head really is GAP -> MatMul + Add)
+    y = refcam.gap(a.astype(np.float64)) @ head.weight.T + head.bias
+    assert max_abs_error(y, fw.outputs) <= 1e-5 * np.abs(fw.outputs).max()
+    maps = refcam.cam(a, head.weight[[1, 0]].astype(a.dtype), relu=False)     # Zhou et al. 2016, Eq. 2
+    want = np.einsum("nkhw,kn->nhw", a.astype(np.float64), w[:, [1, 0]].astype(np.float64))   # sum_k w^c_k A^k
+    assert max_abs_error(maps, want) <= 1e-5 * np.abs(want).max()
 
 
 def test_gradcam_at_hardswish_17_equals_channel_central_differences(model, x):
@@ -72,9 +78,11 @@ def test_gradcam_at_hardswish_17_equals_channel_central_differences(model, x):
     vjp = g.sum(axis=(2, 3))                                 # Z alpha_k^c, Selvaraju et al. Eq. 1
     scale = np.abs(est.value).max()
     assert np.all(np.abs(vjp - est.value) <= 1e-4 * scale + 10 * est.error), max_abs_error(vjp, est.value) / scale
-    # and the Grad-CAM maps of both gradient sources
-    m_vjp = refcam.explain(model, x, "gradcam", layer=LAYER, target=[1, 0]).maps
-    m_fd = refcam.explain(model, x, "gradcam", layer=LAYER, target=[1, 0], gradient_source="fd").maps
+    # and the Grad-CAM maps (Selvaraju et al. 2017, Eq. 2) of both gradient sources
+    a = r.activations[LAYER]
+    z = a.shape[2] * a.shape[3]
+    m_vjp = refcam.gradcam(a, r.gradients[LAYER][:, 0])
+    m_fd = np.maximum(np.einsum("nk,nkhw->nhw", est.value / z, a.astype(np.float64)), 0)
     assert max_abs_error(m_vjp, m_fd) <= 1e-3 * np.abs(m_fd).max()
 
 
@@ -102,5 +110,4 @@ def test_input_saliency_agrees_with_sampled_finite_differences(model, x):
     vjp = np.einsum("dnchw,nchw->dn", dirs, g)
     scale = np.abs(est.value).max()
     assert np.all(np.abs(vjp - est.value) <= 1e-3 * scale + 10 * est.error), max_abs_error(vjp, est.value) / scale
-    sal = refcam.explain(model, x, "saliency", target=[1, 0]).maps
-    np.testing.assert_array_equal(sal, np.abs(r.gradients[model.input_name][:, 0]).max(axis=1))
+
