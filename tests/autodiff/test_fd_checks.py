@@ -86,9 +86,11 @@ def test_independent_samples_keep_the_fast_paths():
     x = R.standard_normal((2, 3, 16, 16)).astype(np.float32)
     s = R.standard_normal((2, 5)).astype(np.float32)
     fd = FiniteDifferences(model, names["stage1"])
-    fd({"input": x}, s, mode="channel", step=1e-2)
+    _, r = fd({"input": x}, s, mode="channel", step=1e-2)
     assert fd.last_check["stacked"] is True and fd.last_check["plan"] == "used"
     assert fd.last_check["plan_deviation"] <= fd.last_check["tolerance"]
+    # the check can see an error: its tolerance is far below the derivatives it guards
+    assert fd.last_check["tolerance"] < 0.05 * np.abs(r.value).max()
 
 
 def test_fixed_batch_reshape_is_not_a_raw_numpy_error():
