@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         f"_Run time: {time.time() - t0:.0f} s._",
         "",
     ]
+    marker = "<!-- hand-written below: kept by benchmarks/peers_report.py -->"
+    if os.path.exists(args.out):           # keep the hand-written sections after the marker
+        old = open(args.out, encoding="utf-8").read()
+        if marker in old:
+            lines += [marker + old.split(marker, 1)[1]]
     with open(args.out, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
     print(f"wrote {args.out}")

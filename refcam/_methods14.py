@@ -18,7 +18,7 @@ import numpy as np
 from . import math as M
 from .errors import InvalidArgumentError, ModelError, TargetError
 from .methods import (
-    CENTER, LAYER_GRADIENT_OPTIONS, N_SAMPLES, SEED, SIGN, STD, relu,
+    CENTER, LAYER_GRADIENT_OPTIONS, N_SAMPLES, SEED, SIGN, STD, UPSAMPLE_MODE, relu,
 )
 from .registry import Context, Option, boolean, finite_real, method, need, nonnegative, one_of, positive_int
 
@@ -189,7 +189,7 @@ def provide_hessian_vector_products(ctx: Context) -> np.ndarray:
     "shapleycam",
     needs=("activations", "hessian_vector_products"),
     math=M.shapleycam,
-    paper="Cai & Shi, 2025, CAMs as Shapley Value-based Explainers (arXiv:2501.06261)",
+    paper="Cai, 2025, CAMs as Shapley Value-based Explainers (arXiv:2501.06261)",
     equation="w^c_k = (1/Z) Σ_ij (∂y^c/∂A^k_ij − ½ (H A)^k_ij), L = ReLU(Σ_k w^c_k A^k) (as "
     "pytorch-grad-cam shapley_cam.py; equation number not verified)",
     options=(relu(True),),
@@ -290,3 +290,54 @@ def _smoothgradcampp(ctx: Context, t: int) -> np.ndarray:
     return M.smoothgradcampp(ctx.need("activations"), gs, first_order=o["first_order"],
                              denominator=o["denominator"], eps=o["eps"], map_activations=mapped,
                              relu=o["relu"])
+
+
+# ------------------------------------------------------------------------------ RefineCAM
+def _layer_names(value: Any, name: str) -> tuple:
+    if isinstance(value, str) or not hasattr(value, "__iter__") or not all(isinstance(v, str) for v in value):
+        raise InvalidArgumentError(name, value, "a sequence of layer names")
+    return tuple(value)
+
+
+def _base_method(value: Any, name: str) -> str:
+    from .registry import METHODS
+
+    if not isinstance(value, str) or value.lower() in ("refinecam",) or value.lower() not in METHODS \
+            or not METHODS[value.lower()].layered:
+        raise InvalidArgumentError(name, value, "the name of a registered layer method (not refinecam)")
+    return value.lower()
+
+
+LAYERS = Option("layers", (), _layer_names, "further layers whose maps multiply the layer's map")
+BASE = Option("base", "gradcampp", _base_method, "the method computing every layer's map")
+LAYER_NORMALIZE = Option("layer_normalize", True, boolean, "ReLU / max of every layer's map before the product")
+
+
+@method(
+    "refinecam",
+    needs=("activations",),
+    math=M.refinecam,
+    paper="RefineCAM (arXiv:2605.14641, as cited by pytorch-grad-cam 1.5.7 refine_cam.py): a meta-method "
+    "over layers",
+    equation="L = Π_l ReLU(Up(L_l)) / max ReLU(Up(L_l)), L_l the base method's map at layer l "
+    "(equations not verified)",
+    options=(LAYERS, BASE, UPSAMPLE_MODE, LAYER_NORMALIZE),
+)
+def _refinecam(ctx: Context, t: int) -> np.ndarray:
+    """Input-resolution map ``(N, *S_in)``: the base method at ``layer`` and every ``layers`` entry,
+    each upsampled to the input size (``upsample_mode``), multiplied (:func:`refcam.math.refinecam`).
+    The per-layer maps are stored as ``arrays["layer_maps"]`` ``(L, N, *S_in)``."""
+    from .explanation import explain
+    from .onnx import OnnxTarget
+
+    o = ctx.options
+    target = ctx.targets.shared if isinstance(ctx.targets.shared, OnnxTarget) else ctx.targets.classes[:, t]
+    size = ctx.model.input_spatial_shape(ctx.inputs)
+    maps = []
+    for layer in (ctx.layer.name, *o["layers"]):
+        e = explain(ctx.model, ctx.inputs, o["base"], layer=layer, target=target, batch_size=ctx.batch_size,
+                    memory_budget=ctx.memory_budget, progress=ctx.progress)
+        maps.append(M.upsample(e.maps, size, o["upsample_mode"]))
+    ctx.arrays.setdefault("layer_maps", [])
+    ctx.arrays["layer_maps"].append(np.stack(maps))
+    return M.refinecam(maps, layer_normalize=o["layer_normalize"])

@@ -34,7 +34,8 @@ need                           shape                     meaning
 >>> sorted(METHODS)  # doctest: +NORMALIZE_WHITESPACE
 ['ablationcam', 'cam', 'deconvnet', 'dff', 'eigencam', 'eigengradcam', 'fem', 'finercam', 'fullgrad',
  'gradcam', 'gradcam_elementwise', 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam',
- 'integrated_gradients', 'iscam', 'kpcacam', 'layercam', 'randomcam', 'saliency', 'scorecam', 'segeigencam',
+ 'integrated_gradients', 'iscam', 'kpcacam', 'layercam', 'randomcam', 'refinecam', 'saliency', 'scorecam',
+ 'segeigencam',
  'shapleycam', 'smoothgrad', 'smoothgradcampp', 'sscam', 'xgradcam']
 >>> METHODS["cam"].needs
 ('activations', 'class_weights')

@@ -120,3 +120,14 @@ def test_smoothgradcampp_torchcam_options_use_the_last_sample():
     np.testing.assert_array_equal(e.maps, ref)
     e2 = refcam.explain(cam_net(), X, "smoothgradcampp", target=[1, 4], **o)
     np.testing.assert_array_equal(e.maps, e2.maps)                  # seeded
+
+
+def test_refinecam_multiplies_the_base_maps_of_the_layers():
+    e = refcam.explain(cam_net(), X, "refinecam", layer="features", layers=("relu1",), target=[1, 4])
+    maps = [refcam.explain(cam_net(), X, "gradcampp", layer=L, target=[1, 4]).maps for L in ("features", "relu1")]
+    np.testing.assert_array_equal(e.maps, M.refinecam([M.upsample(m, (12, 12)) for m in maps]))
+    assert e.arrays["layer_maps"][0].shape == (2, 2, 12, 12)
+    with pytest.raises(InvalidArgumentError):
+        refcam.explain(cam_net(), X, "refinecam", base="saliency")
+    with pytest.raises(InvalidArgumentError):
+        refcam.explain(cam_net(), X, "refinecam", layers="relu1")

@@ -40,7 +40,8 @@ def assert_close(actual, expected, scale, dtype, ulps=TOL_ULPS):
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    np.testing.assert_allclose(actual, expected, rtol=ulps * eps, atol=ulps * eps * scale)
+    np.testing.assert_allclose(actual, expected, rtol=ulps * eps, atol=ulps * eps * scale,
+                               equal_nan=False)  # a NaN never passes, not even against NaN
 
 
 def sum_scale(a, w):

@@ -175,7 +175,7 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
     newest = onnx.defs.onnx_opset_version()
     if not 7 <= opset <= newest:
         raise ModelError(f"model opset {opset} is outside the supported range 7–{newest}")
-    model = expand_functions(model, RULES)  # function ops without a rule: differentiate their body
+    model = expand_functions(model, RULES, wrt)  # function ops without a rule: differentiate their body
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # pragma: no cover - fall back to the model's own value_info

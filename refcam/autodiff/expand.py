@@ -112,13 +112,26 @@ def _inline(node: NodeProto, fp: FunctionProto, prefix: str, defaults: dict) -> 
     return out
 
 
-def expand_functions(model: onnx.ModelProto, keep: Container[str], max_rounds: int = 4) -> onnx.ModelProto:
+def _reach(model: onnx.ModelProto, sources) -> set:
+    """Tensor names reachable from ``sources`` (node inputs and subgraph captures)."""
+    from .graph import node_inputs
+
+    live = set(sources)
+    for n in model.graph.node:
+        if any(i in live for i in node_inputs(n)):
+            live.update(o for o in n.output if o)
+    return live
+
+
+def expand_functions(model: onnx.ModelProto, keep: Container[str], wrt=None, max_rounds: int = 4) -> onnx.ModelProto:
     """A copy of ``model`` with every ai.onnx function op whose type is not in ``keep`` inlined.
 
     Parameters
     ----------
     model : the model (ai.onnx opset read from its imports).
     keep : op types left as they are (those with a backward rule).
+    wrt : if given, only nodes downstream of these tensors are inlined (the rest of the forward
+        graph is left to the runtime's kernels).
     max_rounds : nested expansion depth.
 
     Returns
@@ -131,7 +144,13 @@ def expand_functions(model: onnx.ModelProto, keep: Container[str], max_rounds: i
         return model
     cur = model
     for rnd in range(max_rounds):
-        cand = [n for n in cur.graph.node if n.domain in ("", "ai.onnx") and n.op_type not in keep]
+        live = _reach(cur, wrt) if wrt is not None else None
+
+        def wanted(n: NodeProto) -> bool:
+            return (n.domain in ("", "ai.onnx") and n.op_type not in keep
+                    and (live is None or any(i in live for i in n.input if i)))
+
+        cand = [n for n in cur.graph.node if wanted(n)]
         if not cand:
             break
         types = _types(cur)
@@ -139,7 +158,7 @@ def expand_functions(model: onnx.ModelProto, keep: Container[str], max_rounds: i
         changed = False
         for k, n in enumerate(cur.graph.node):
             fp = None
-            if n.domain in ("", "ai.onnx") and n.op_type not in keep:
+            if wanted(n):
                 fp = function_body(n, opset, types)
             body = None
             if fp is not None and any(o.domain in ("", "ai.onnx") and o.version > opset for o in fp.opset_import):

@@ -57,6 +57,8 @@ class TensorInfo:
         self.const: dict[str, np.ndarray] = {}
         #: tensors whose rank (and element type) came from a run of the model, not from inference
         self.from_run: set[str] = set()
+        #: symbolic dimension names (dim_param) per tensor, None where a dim has none
+        self.dim_params: dict[str, tuple] = {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             t = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
@@ -69,6 +71,7 @@ class TensorInfo:
                 self.symbols[vi.name] = tuple(
                     d.dim_value if d.HasField("dim_value") and d.dim_value >= 0
                     else (d.dim_param or None) for d in t.shape.dim)
+                self.dim_params[vi.name] = tuple(d.dim_param or None for d in t.shape.dim)
             elif self.shape.get(vi.name) is None:
                 self.shape[vi.name] = None
                 self.symbols[vi.name] = None

@@ -231,6 +231,9 @@ class RuleContext:
         return self.b.op(op_type, inputs, **kw)
 
     def unbroadcast(self, g: str, x: str, out: str | None = None) -> str:
+        """Reduce ``g`` (shaped like ``out``) to ``x`` over the broadcast axes; dims unknown in both but
+        with the same symbolic name are equal, other unknown dims are resolved at run time (see
+        :meth:`GraphBuilder.unbroadcast`)."""
         out = out or self.outputs[0]
         for t in (out, x):
             if self.info.rank(t) is None and (self.runtime_shapes is not None or self.opset < 13):

@@ -20,19 +20,27 @@ def _castlike(ctx):
     return [gx, ZERO]
 
 
-def _index_adjoint(ctx, select) -> str:
-    r"""Adjoint of a pure selection :math:`y = x[\mathrm{idx}]` without repeats (Slice, ...),
-    entirely at run time: the selection applied to the flat positions
-    :math:`0..|x|-1` (shaped like :math:`x`) gives the source of every output element, and
-    :math:`\bar x = \mathrm{scatter}(0, \mathrm{src}, g)`.  Needs no rank and no constant."""
+def _index_adjoint(ctx, select, fill: bool = False, add: bool = False) -> str:
+    r"""Adjoint of a pure index map :math:`y = x[\mathrm{src}]`, entirely at run time: the map applied
+    to the flat positions :math:`0..|x|-1` (shaped like :math:`x`) gives the source of every output
+    element, and :math:`\bar x = \mathrm{scatter}(0, \mathrm{src}, g)`.  Needs no rank and no
+    constant.  ``fill``: the map also writes a constant (source -1, e.g. Pad's constant border),
+    routed to a dropped extra slot; ``add``: sources may repeat (reflect/edge padding), summed
+    with ``reduction="add"`` (opset 16)."""
     b = ctx.b
     x = ctx.inputs[0]
     n = b.op("Size", [x])
     pos = b.op("Reshape", [b.op("Range", [b.const(np.int64(0)), n, b.const(np.int64(1))]), b.shape(x)])
     src = b.op("Reshape", [select(pos), b.ints([-1])])
-    zeros = b.op("ConstantOfShape", [b.op("Reshape", [n, b.ints([1])])],
-                 value=onnx_zero(ctx.elem(x)))
-    flat = b.op("ScatterElements", [zeros, src, b.op("Reshape", [ctx.grads[0], b.ints([-1])])], axis=0)
+    slots = n
+    if fill:  # source -1 -> slot n, dropped afterwards
+        src = b.op("Where", [b.op("Less", [src, b.const(np.int64(0))]), n, src])
+        slots = b.op("Add", [n, b.const(np.int64(1))])
+    zeros = b.op("ConstantOfShape", [b.op("Reshape", [slots, b.ints([1])])], value=onnx_zero(ctx.elem(x)))
+    kw = {"reduction": "add"} if (add or fill) else {}
+    flat = b.op("ScatterElements", [zeros, src, b.op("Reshape", [ctx.grads[0], b.ints([-1])])], axis=0, **kw)
+    if fill:
+        flat = b.op("Slice", [flat, b.ints([0]), b.op("Reshape", [n, b.ints([1])]), b.ints([0])])
     return b.reshape_like(flat, x)
 
 
@@ -335,3 +343,139 @@ def _resize_any(ctx):
 
 
 rule("Resize")(_resize_any)
+
+
+def _pad_any(ctx):
+    r"""Pad: the static rule (index maps) when pads/axes are constants and the rank known, otherwise
+    the runtime index adjoint (:func:`_index_adjoint`: Pad applied to the flat positions with border
+    value -1; reflect/edge/wrap sources repeat, summed).  ``constant_value``:
+    :math:`\bar c = \sum g - \sum \bar x` (the sum of :math:`g` over the padded border)."""
+    from ..errors import ModelError, UnsupportedOpError
+    from . import rules as base
+
+    mode = ctx.attrs.get("mode", "constant")
+    try:
+        res = list(base._pad(ctx))
+    except (UnsupportedOpError, ModelError):
+        if ctx.opset < 11 or "pads" in ctx.attrs:
+            raise
+        if ctx.opset < 16:
+            from .rules import NeedsOpset
+
+            raise NeedsOpset(16, "Pad with runtime pads: its backward needs ScatterElements(reduction='add')")
+        b = ctx.b
+        ins = list(ctx.inputs[1:])
+        if len(ins) >= 2:
+            ins[1] = b.const(np.int64(-1)) if mode == "constant" else ""
+        else:
+            ins = ins + ([b.const(np.int64(-1))] if mode == "constant" else [])
+        dx = _index_adjoint(ctx, lambda pos: ctx.op("Pad", [pos] + ins, mode=mode), fill=mode == "constant",
+                            add=mode != "constant")
+        res = [dx] + [ZERO] * (len(ctx.inputs) - 1)
+        if len(ctx.inputs) > 2:
+            res[2] = None
+    res += [None] * (len(ctx.inputs) - len(res))
+    for i in (1, 3):
+        if i < len(res) and res[i] is None:
+            res[i] = ZERO  # integer pads/axes
+    if len(ctx.inputs) > 2 and ctx.has_input(2) and ctx.needs[2]:
+        if mode != "constant":
+            res[2] = ZERO  # the value is not used by reflect/edge/wrap
+        else:
+            dx = res[0]
+            if dx is None:
+                raise ctx.refuse_input(2, "needs the data gradient")
+            b = ctx.b
+            tot = b.op("ReduceSum", [ctx.grads[0]], keepdims=0)
+            res[2] = ctx.op("Sub", [tot, b.op("ReduceSum", [dx], keepdims=0)])
+            if ctx.elem(ctx.inputs[2]) != ctx.elem(ctx.inputs[0]):
+                res[2] = ctx.op("Cast", [res[2]], to=ctx.elem(ctx.inputs[2]))
+            if ctx.info.rank(ctx.inputs[2]) not in (None, 0):
+                res[2] = ctx.b.reshape_like(res[2], ctx.inputs[2])
+    return res
+
+
+rule("Pad")(_pad_any)
+
+
+def _einsum_terms(eq: str):
+    eq = eq.replace(" ", "")
+    if "->" in eq:
+        lhs, out = eq.split("->")
+    else:
+        lhs = eq
+        letters = lhs.replace(",", "")
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    return lhs.split(","), out
+
+
+@rule("Einsum")
+def _einsum(ctx):
+    r""":math:`Y_{o} = \sum \prod_j X^{(j)}_{s_j}` (subscripts :math:`s_j`, output :math:`o`): the gradient
+    of operand :math:`i` is the Einsum of :math:`g` with the other operands onto :math:`s_i`,
+    ``einsum("o,s_j,...->s_i")``; letters of :math:`s_i` found nowhere else (summed away in the forward)
+    are broadcast back with Unsqueeze + Expand.  Ellipsis and repeated letters within one operand
+    (diagonals) are refused."""
+    terms, out = _einsum_terms(ctx.attrs["equation"])
+    if "." in "".join(terms) + out:
+        raise ctx.unsupported("Einsum with an ellipsis")
+    if any(len(set(t)) != len(t) for t in terms):
+        raise ctx.unsupported("Einsum with a repeated index within one operand (diagonal)")
+    b = ctx.b
+    res = []
+    for i, (x, need) in enumerate(zip(ctx.inputs, ctx.needs)):
+        if not need:
+            res.append(None)
+            continue
+        others = [t for j, t in enumerate(terms) if j != i]
+        known = set(out) | set("".join(others))
+        kept = "".join(c for c in terms[i] if c in known)
+        eq = ",".join([out] + others) + "->" + kept
+        gi = ctx.op("Einsum", [ctx.grads[0]] + [ctx.inputs[j] for j in range(len(terms)) if j != i], equation=eq)
+        missing = [k for k, c in enumerate(terms[i]) if c not in known]
+        if missing:
+            gi = ctx.op("Expand", [b.unsqueeze(gi, missing), b.shape(x)])
+        res.append(gi)
+    return res
+
+
+@rule("LpPool")
+def _lppool(ctx):
+    r""":math:`y_w = (\sum_{i \in w} |x_i|^p)^{1/p}` over each window :math:`w`:
+    :math:`\bar x_i = \mathrm{sign}(x_i)|x_i|^{p-1} \sum_{w \ni i} g_w / y_w^{p-1}`.  The window sums
+    :math:`S^{\mathsf T}` are separable; each axis's window-membership matrix is the support of the
+    1-D AveragePool matrix probed from onnxruntime (:mod:`.probe`, same kernel/stride/pads/dilation/
+    ceil_mode).  Windows with :math:`y_w = 0` (all zero, the norm's kink) contribute 0."""
+    from onnx import helper
+
+    from .probe import axis_matrix
+
+    x, y = ctx.inputs[0], ctx.outputs[0]
+    r = ctx.rank(x)
+    n = r - 2
+    p = float(ctx.attrs.get("p", 2))
+    in_sp = ctx.static_dims(x, list(range(2, r)))
+    k = ctx.attrs["kernel_shape"]
+    s = ctx.attrs.get("strides", [1] * n)
+    d = ctx.attrs.get("dilations")
+    pads = ctx.attrs.get("pads", [0] * 2 * n)
+    c = lambda v: ctx.c(v, x)  # noqa: E731
+    zero = ctx.op("Equal", [y, c(0.0)])
+    ypm1 = ctx.op("Pow", [ctx.op("Where", [zero, c(1.0), y]), c(p - 1.0)])
+    t = ctx.op("Where", [zero, c(0.0), ctx.op("Div", [ctx.grads[0], ypm1])])
+    npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
+    for i in range(n):
+        a = {"kernel_shape": [k[i]], "strides": [s[i]], "ceil_mode": ctx.attrs.get("ceil_mode", 0),
+             "count_include_pad": 1}
+        auto = ctx.attrs.get("auto_pad", "NOTSET")
+        if auto not in ("NOTSET", ""):
+            a["auto_pad"] = auto
+        else:
+            a["pads"] = [pads[i], pads[i + n]]
+        if d is not None:
+            a["dilations"] = [d[i]]
+        m = (axis_matrix("AveragePool", a, in_sp[i], max(ctx.opset, 19 if d is not None else 11)) != 0)
+        t = ctx.b.move_axis_matmul(t, r, 2 + i, ctx.b.const(m.astype(npdt), hint="lppool_T"))
+    ax = ctx.op("Abs", [x])
+    w = ctx.op("Mul", [ctx.op("Sign", [x]), ctx.op("Pow", [ax, c(p - 1.0)])]) if p != 1.0 else ctx.op("Sign", [x])
+    return [ctx.op("Mul", [w, t])]

@@ -9,6 +9,7 @@ one name in the import line and in :data:`_MODULES`.
 from __future__ import annotations
 
 from . import (
+    attention,
     blocks,
     cam_family,
     eigen,
@@ -21,6 +22,7 @@ from . import (
     post,
     projections,
 )
+from .attention import *  # noqa: F401,F403
 from .blocks import *  # noqa: F401,F403
 from .cam_family import *  # noqa: F401,F403
 from .eigen import *  # noqa: F401,F403
@@ -34,5 +36,5 @@ from .post import *  # noqa: F401,F403
 from .projections import *  # noqa: F401,F403
 
 _MODULES = (post, gradients, blocks, cam_family, eigen, perturbation, full_gradient, forward_maps,
-            projections, factorization, gradient_variants)
+            projections, factorization, gradient_variants, attention)
 __all__: list[str] = [name for module in _MODULES for name in module.__all__]

@@ -23,6 +23,7 @@ __all__ = [
     "finercam_classes",
     "finercam_score",
     "finercam_seed",
+    "refinecam",
     "shapleycam",
     "shapleycam_weights",
     "smoothgradcampp",
@@ -250,12 +251,15 @@ def shapleycam_weights(gradients: Any, hvp: Any) -> np.ndarray:
     .. math:: w^c_k = \frac1Z\sum_{ij}\Big(\frac{\partial y^c}{\partial A^k_{ij}}
               - \frac12\Big(\frac{\partial^2 y^c}{\partial A^2} A\Big)^k_{ij}\Big)
 
-    Cai & Shi, 2025, "CAMs as Shapley Value-based Explainers" (arXiv:2501.06261), ShapleyCAM:
+    Cai, 2025, "CAMs as Shapley Value-based Explainers" (arXiv:2501.06261), ShapleyCAM:
     the second-order Taylor estimate of each neuron's Shapley value,
     :math:`\phi \approx A \odot (g - \tfrac12 H A)`, aggregated per channel as Grad-CAM does
     (spatial mean); pytorch-grad-cam 1.5.7 ``shapley_cam.py:26-52`` (``hvp =
     autograd.grad(grads, activations, grad_outputs=activations)``, weights ``mean(grads - 0.5 *
-    hvp)``).  The paper's equation number was not verified.  ``hvp`` :math:`= H A` is the
+    hvp)``).  The paper's equation number was not verified; the paper also proposes a "Residual
+    Softmax Target-Class" (ReST) utility as the score :math:`y^c` -- pass the score as an
+    :class:`~refcam.onnx.OnnxTarget` to :func:`refcam.autodiff.second_order.hvp` (the weights
+    here do not depend on which score it is).  ``hvp`` :math:`= H A` is the
     Hessian of :math:`y^c` w.r.t. the activations applied to the activations themselves
     (:func:`refcam.autodiff.second_order.hvp`).
 
@@ -327,3 +331,51 @@ def aug_smooth(maps: Any, flips: Sequence[bool], *, axis: int = -1) -> np.ndarra
     ax = axis % (m.ndim - 1)
     back = [np.flip(mi, axis=ax) if f else mi for mi, f in zip(m, fl)]
     return np.mean(back, axis=0).astype(m.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------- RefineCAM
+def refinecam(layer_maps: Sequence[Any], *, layer_normalize: bool = True) -> np.ndarray:
+    r"""RefineCAM: the product of the maps of several layers (brought to one resolution).
+
+    .. math:: L = \prod_{l} \tilde L_l,\qquad
+              \tilde L_l = \frac{\mathrm{ReLU}(L_l)}{\max \mathrm{ReLU}(L_l)}\ \ (\text{0 where the max is 0})
+
+    Meta-method over layers (pytorch-grad-cam 1.5.7 ``refine_cam.py``, arXiv:2605.14641 as its
+    docstring cites; the paper's equations were not verified): a region survives only where every
+    layer's map is high, which denoises the maps of early layers.  The final map is then min-max
+    scaled by the caller (post-processing).
+
+    ``layer_normalize=False`` multiplies the maps as given: pytorch-grad-cam's normalisation loop
+    (``refine_cam.py:41-44``) rebinds its loop variable and changes nothing, so the peer multiplies
+    its base method's already min-max-scaled maps (``docs/divergences.md``).
+
+    Parameters
+    ----------
+    layer_maps : sequence of L arrays (N, *S), same shape (e.g. each upsampled to the input size)
+    layer_normalize : bool, default True
+
+    Returns
+    -------
+    ndarray (N, *S)
+
+    Examples
+    --------
+    >>> refinecam([np.array([[2., 1., -1.]]), np.array([[1., 4., 4.]])])   # [1, .5, 0] * [.25, 1, 1]
+    array([[0.25, 0.5 , 0.  ]])
+    """
+    maps = [_v.maps(m, f"layer_maps[{i}]") for i, m in enumerate(layer_maps)]
+    if not maps:
+        raise InvalidArgumentError("layer_maps", layer_maps, "at least one map")
+    for i, m in enumerate(maps[1:], start=1):
+        if m.shape != maps[0].shape:
+            raise ShapeError(f"layer_maps[{i}]", m.shape, maps[0].shape, "maps at one common resolution")
+    dt = _v.result_dtype(*maps)
+    out = np.ones(maps[0].shape, dtype=dt)
+    for m in maps:
+        m = m.astype(dt, copy=False)
+        if _flag(layer_normalize, "layer_normalize"):
+            r = np.maximum(m, 0)
+            top = r.reshape(len(r), -1).max(axis=1).reshape((-1,) + (1,) * (r.ndim - 1))
+            m = np.divide(r, top, out=np.zeros_like(r), where=top > 0)
+        out = out * m
+    return out

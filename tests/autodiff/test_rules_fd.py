@@ -285,6 +285,10 @@ new_case("Clip-min>max", SQ + [node("Clip", ["x", "lo", "hi"])],
          wrt=("lo1", "hi1"), opset=13, **D64)
 new_case("OneHot-values", [node("OneHot", ["i", "d", "x"], axis=1)], {"x": np.array([-0.5, 2.0], F32)},
          {"i": np.array([[1, 9, -2], [0, 3, 4]]), "d": np.array(5)}, **LIN32)  # out-of-range index 9: all off
+new_case("Pad-constant-value", SQ[:1] + [node("Pad", ["x", "p", "lo"])], {"x": rnd(2, 3), "lo1": np.array([0.5])},
+         {"p": np.array([0, 1, -1, 2]), "ax0": np.array([0])}, wrt=("x", "lo1"), opset=13, **D64)
+new_case("Pad-runtime", [node("Pad", ["x", "p"], mode="reflect")], {"x": rnd(2, 4), "p": np.array([1, 2, 0, 3])},
+         opset=18, **D64)
 new_case("Range-start-delta", SQ + [node("Range", ["lo", "l", "hi"], ["y0"]), node("Mul", ["y0", "y0"], ["y"])],
          {"lo1": np.array([0.3]), "hi1": np.array([1.1])}, {"l": np.array(5.0), "ax0": np.array([0])},
          wrt=("lo1", "hi1"), **D64)
@@ -319,6 +323,14 @@ new_case("Resize-crop-const-roi", [node("Resize", ["x", "roi", "s"], mode="linea
                                         coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=7.0)],
          {"x": rnd(2, 3, 5, 4, dtype=F32)}, {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3], F32),
                                              "s": np.array([1, 1, 1.3, 2.0], F32)}, opset=19, **LIN32)
+for eq, shapes in [("ij,jk->ik", [(3, 4), (4, 5)]), ("bhid,bhjd->bhij", [(2, 2, 3, 4), (2, 2, 5, 4)]),
+                   ("ij,jk", [(3, 4), (4, 2)]), ("abc,cd->b", [(2, 3, 4), (4, 2)]), ("i,i->", [(5,), (5,)]),
+                   ("ij,kj,k->ik", [(2, 3), (4, 3), (4,)])]:
+    names = ["x", "b", "c"][: len(shapes)]
+    new_case("Einsum", [node("Einsum", names, equation=eq)], {n: rnd(*sh) for n, sh in zip(names, shapes)},
+             wrt=names, opset=13, **D64)
+for attrs in [dict(kernel_shape=[2, 2], strides=[2, 1]), dict(kernel_shape=[3, 2], pads=[1, 0, 1, 1], p=3)]:
+    new_case("LpPool", [node("LpPool", ["x"], **attrs)], {"x": rnd(2, 2, 5, 4, dtype=F32, lo=0.05)}, opset=18, **NL32)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
@@ -333,7 +345,52 @@ def test_missing_rule_for_a_needed_input_is_refused_not_zero():
     from refcam.autodiff import build_vjp_model
     from refcam.errors import UnsupportedOpError
 
-    m = make_model([node("Pad", ["x", "p", "v"])], {"x": rnd(2, 3), "v": np.array(0.5)}, ["y"],
-                   {"p": np.array([0, 1, 0, 1])}, opset=13)
-    with pytest.raises(UnsupportedOpError, match=r"Pad, opset 13.*input 2 \('v'\)"):
-        build_vjp_model(m, ["v"])
+    m = make_model([node("Resize", ["x", "", "s"], mode="linear")],
+                   {"x": rnd(1, 1, 4, 4, dtype=F32), "s": np.array([1, 1, 2.0, 2.0], F32)}, ["y"], opset=13)
+    with pytest.raises(UnsupportedOpError, match=r"Resize, opset 13.*input 2 \('s'\)"):
+        build_vjp_model(m, ["s"])
+
+
+def test_foreign_domain_model_is_refused_naming_the_op():
+    from onnx import TensorProto
+
+    from refcam.autodiff import build_vjp_model
+    from refcam.errors import UnsupportedOpError
+
+    g = helper.make_graph([helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml")], "ml",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)], ir_version=8)
+    with pytest.raises(UnsupportedOpError, match=r"ai\.onnx\.ml\.Binarizer.*opset ai\.onnx\.ml 1"):
+        build_vjp_model(m, "x")
+
+
+def test_newest_opsets_are_accepted():
+    """Every opset the installed onnx defines is accepted (the check said 11-21 and accepted 7-23)."""
+    import onnx
+
+    from refcam.autodiff import build_vjp_model
+
+    top = onnx.defs.onnx_opset_version()
+    m = make_model([node("Sin", ["x"])], {"x": rnd(2, 3)}, ["y"], opset=top)
+    assert build_vjp_model(m, "x", check=False) is not None
+
+
+def test_control_flow_capture_is_refused_not_zero():
+    """A tensor used only inside an If branch (captured) must not get a silent zero gradient."""
+    from onnx import TensorProto
+
+    from refcam.autodiff import build_vjp_model
+    from refcam.errors import UnsupportedOpError
+
+    then_g = helper.make_graph([helper.make_node("Neg", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.DOUBLE, [2])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.DOUBLE, [2])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2]),
+                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(UnsupportedOpError, match=r"If .*opset 17"):
+        build_vjp_model(m, "x")

@@ -14,7 +14,7 @@ from refcam.math import eigencam, eigengradcam
 
 
 def close(x, y, rtol=1e-12, atol=1e-12):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, equal_nan=False)  # NaN never passes
 
 
 # ------------------------------------------------------------------ hand-computed cases

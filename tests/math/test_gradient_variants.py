@@ -146,3 +146,29 @@ def test_aug_smooth_flip_equivariance(m):
     # flipping every input map and every flag flips the result
     flips = [False, True, True]
     close(aug_smooth(np.flip(m, axis=-1), [not f for f in flips]), aug_smooth(m, flips), 1e-12)
+
+
+# ------------------------------------------------------------------ RefineCAM
+
+def test_refinecam_hand_and_guards():
+    from refcam.math import refinecam
+
+    # [2, 1, -1] -> ReLU/max [1, .5, 0]; [1, 4, 4] -> [.25, 1, 1]; product [.25, .5, 0]
+    close(refinecam([np.array([[2.0, 1.0, -1.0]]), np.array([[1.0, 4.0, 4.0]])]), [[0.25, 0.5, 0.0]])
+    # an all-negative layer is all zero after ReLU: the product is 0 (no NaN)
+    close(refinecam([np.array([[-1.0, -2.0]]), np.array([[1.0, 2.0]])]), [[0.0, 0.0]])
+    # as given: plain product
+    close(refinecam([np.array([[2.0, -1.0]]), np.array([[3.0, 3.0]])], layer_normalize=False), [[6.0, -3.0]])
+    with pytest.raises(ShapeError):
+        refinecam([np.ones((1, 2)), np.ones((1, 3))])
+
+
+@settings(deadline=None)
+@given(float_arrays((2, 3, 4)), float_arrays((2, 3, 4)), st.sampled_from([0.5, 2.0, 4.0]))
+def test_refinecam_scale_invariant_per_layer_and_bounded(m1, m2, c):
+    from refcam.math import refinecam
+
+    r = refinecam([m1, m2])
+    assert ((r >= 0) & (r <= 1)).all()
+    close(refinecam([c * m1, m2]), r)                 # each layer normalised by its own max
+    close(refinecam([m2, m1]), r)                     # order of layers irrelevant

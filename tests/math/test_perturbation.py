@@ -13,7 +13,7 @@ A = np.array([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 3.0], [2.0, 0.0]]]])
 
 
 def close(x, y, rtol=1e-12, atol=1e-12):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, equal_nan=False)  # NaN never passes
 
 
 # ------------------------------------------------------------------ Score-CAM

@@ -10,7 +10,7 @@ import pytest
 
 from refcam.cli import main
 
-from test_layout import channels_last_net, vit_like, window_net  # noqa: E402  (same folder)
+from .test_layout import channels_last_net, vit_like, window_net  # noqa: E402  (same folder)
 
 pytest.importorskip("matplotlib")
 

@@ -434,3 +434,116 @@ def test_hvp_matches_torch_double_backward(name, softmax, tmp_path):
         assert np.abs(r.hvp).max() == 0
     else:
         assert rel(r.hvp, h64) <= max(2 * rel(h32, h64), 1e-5)
+
+
+# ------------------------------------------------------------- divergences (docs/divergences.md)
+
+def test_divergence_torchcam_smoothgradcampp_vs_paper():
+    """torchcam's Smooth Grad-CAM++ (channel-sum denominator, last sample's gradient and activations,
+    +1e-8) vs the paper's reading (Grad-CAM++ Eq. 19 per position with averaged derivatives, on the
+    clean activations), same noise draws, torchcam post-processing: the maps differ visibly.  At an
+    interior layer (layer1: the gradient varies with the input; at the last layer of a GAP -> linear
+    head it is the same for every noisy copy, and only the activations convention matters)."""
+    model = H.make_model("resnet")
+    x = H.make_input()
+    layers = [model.layer1]
+    acts, _, _ = H.extract(model, layers, x, H.CLASSES)
+    torch.manual_seed(77)
+    dist = torch.distributions.normal.Normal(0, 0.3)
+    per = [H.extract(model, layers, x + dist.sample(x.size()), H.CLASSES) for _ in range(4)]
+    gs = np.stack([p[1][0] for p in per], axis=1)
+    conv = presets.get("torchcam", "gradcampp")
+    tc = presets.postprocess(conv, rm.smoothgradcampp(acts[0], gs, first_order="last", denominator="channel",
+                                                      eps=1e-8, map_activations=per[-1][0][0]))
+    paper = presets.postprocess(conv, rm.smoothgradcampp(acts[0], gs))
+    each = {k: presets.postprocess(conv, rm.smoothgradcampp(acts[0], gs, **kw)) for k, kw in {
+        "denominator": dict(denominator="channel"), "first_order": dict(first_order="last"),
+        "map_activations": dict(map_activations=per[-1][0][0])}.items()}
+    print("smoothgradcampp torchcam vs paper:", max_abs_error(tc, paper),
+          {k: max_abs_error(v, paper) for k, v in each.items()})
+    assert max_abs_error(tc, paper) > 1e-2
+
+
+def test_divergence_finercam_differentiates_its_softmax_weights():
+    """pytorch-grad-cam's FinerWeightedTarget keeps the softmax weights p_d in the graph: its gradient
+    differs from the gradient of Σ_d w_d (y^c − α y^d) with the weights held constant (the paper's
+    logit difference, aggregated)."""
+    model, x, layers, targets, a, g, logits = _setup("resnet")
+    main, comp = rm.finercam_classes(logits)
+    full = rm.finercam_seed(logits, main, comp)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = z / z.sum(axis=1, keepdims=True)
+    w = p[np.arange(len(p))[:, None], comp]
+    w = w / (w.sum(axis=1, keepdims=True) + 1e-9)
+    const = np.zeros_like(full)
+    const[np.arange(len(p)), main] = w.sum(axis=1)
+    np.add.at(const, (np.arange(len(p))[:, None], comp), -w)
+    store = {}
+    h = layers[0].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        out = model(x)
+    finally:
+        h.remove()
+    maps = []
+    for s in (full, const):
+        (ga,) = torch.autograd.grad(out, store["a"], grad_outputs=torch.from_numpy(s.astype(np.float32)),
+                                    retain_graph=True)
+        maps.append(presets.postprocess(_pgc_conv("finercam"), rm.gradcam(a, ga.numpy()), H.INPUT_SIZE))
+    print("finercam seed |differentiated - constant weights|:", float(np.abs(full - const).max()),
+          "map:", max_abs_error(*maps))
+    assert float(np.abs(full - const).max()) > 1e-3
+
+
+def test_divergence_pgc_kpca_float32():
+    """pytorch-grad-cam runs KernelPCA on float32 activations: beyond 200 positions scikit-learn uses
+    ARPACK in float32 and the projection is off its own float64 result by up to ~1e-4 relative."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_kernel
+
+    _, _, _, _, a, _, _ = _setup("vgg")
+    out = {}
+    for kernel in ("sigmoid", "rbf", "poly", "linear"):
+        p32 = get_2d_projection_kernel(a, kernel, None)
+        p64 = get_2d_projection_kernel(a.astype(np.float64), kernel, None)
+        out[kernel] = rel(p32, p64)
+        assert rel(rm.kpcacam(a.astype(np.float64), kernel=kernel), p64) <= 1e-6
+    print("KPCA_CAM float32 vs float64 (560 positions):", out)
+    assert max(out.values()) > 1e-5
+
+
+def test_divergence_pgc_randomcam_generator():
+    """RandomCAM draws from NumPy's global legacy generator: torch.manual_seed does not fix it."""
+    from pytorch_grad_cam import RandomCAM
+
+    model, x, layers, targets, a, g, _ = _setup("resnet")
+    with H._quiet(), RandomCAM(model=model, target_layers=layers) as cam:
+        torch.manual_seed(0)
+        m1 = cam(input_tensor=x, targets=targets)
+        torch.manual_seed(0)
+        m2 = cam(input_tensor=x, targets=targets)
+    assert max_abs_error(m1, m2) > 1e-3
+
+
+# ------------------------------------------------------------------------------- RefineCAM
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refinecam(kind):
+    """pytorch-grad-cam RefineCAM (base Grad-CAM++ per layer, product, scale_cam_image) vs refcam:
+    the pgc Grad-CAM++ preset per layer, refinecam(layer_normalize=False) (the peer's normalisation
+    loop is a no-op), min-max +1e-7."""
+    from pytorch_grad_cam import RefineCAM
+
+    model = H.make_model(kind)
+    x = H.make_input()
+    layers = H.target_layers(model, multi=True)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(c) for c in H.CLASSES]
+    with H._quiet():
+        peer = RefineCAM(model=model, target_layers=layers)(x, targets)
+    acts, grads, _ = H.extract(model, layers, x, H.CLASSES)
+    per = [presets.compute("gradcampp", "pytorch-grad-cam", activations=a, gradients=g, input_size=H.INPUT_SIZE)
+           for a, g in zip(acts, grads)]
+    ref = rm.normalize(rm.refinecam(per, layer_normalize=False), "minmax", eps=1e-7)
+    assert max_abs_error(ref, peer) <= UP_TOL
+    # refcam's own normalisation (ReLU / max per layer) differs only by the peer's 1e-7 eps
+    assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= UP_TOL

@@ -224,3 +224,108 @@ def test_pgc_reshape_transform(exported, method):
         peer = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in CLASSES])
     assert float(np.abs(peer).max()) > 0.5  # a real map, not the all-zero one of a wrong layer
     assert max_abs_error(ref, peer) <= TOL * float(np.abs(peer).max())
+
+
+# ---------------------------------------------------------------------------- attention attribution
+class ExplicitAttention(nn.Module):
+    """torchvision's ``nn.MultiheadAttention`` (batch_first) written out, keeping the attention
+    probabilities ``softmax(QKᵀ/√d)`` with their gradients: the by-hand reference."""
+
+    def __init__(self, mha: nn.MultiheadAttention, store: list):
+        super().__init__()
+        self.mha, self.store = mha, store
+
+    def forward(self, q, k, v, need_weights=False):
+        mha = self.mha
+        n, t, d = q.shape
+        h = mha.num_heads
+        qkv = q @ mha.in_proj_weight.T + mha.in_proj_bias
+        qq, kk, vv = (z.reshape(n, t, h, d // h).transpose(1, 2) for z in qkv.chunk(3, dim=-1))
+        a = torch.softmax(qq @ kk.transpose(-1, -2) / (d // h) ** 0.5, dim=-1)
+        a.retain_grad()
+        self.store.append(a)
+        o = (a @ vv).transpose(1, 2).reshape(n, t, d)
+        return mha.out_proj(o), None
+
+
+def _torch_attention(kind, model, target=None):
+    import copy
+
+    m = copy.deepcopy(model)
+    store: list = []
+    for blk in m.encoder.layers:
+        blk.self_attention = ExplicitAttention(blk.self_attention, store)
+    x = make_input(kind)
+    out = m(x)
+    if target is not None:
+        out[torch.arange(len(target)), torch.tensor(target)].sum().backward()
+    return out.detach().numpy(), store
+
+
+def _rollout_by_hand(atts):
+    """Abnar & Zuidema's rollout as in their reference code (heads averaged, 0.5(A + I), rows
+    renormalised, multiplied from the first layer on)."""
+    n, _, t, _ = atts[0].shape
+    result = np.broadcast_to(np.eye(t), (n, t, t)).copy()
+    for a in atts:
+        fused = a.mean(axis=1)
+        aa = (fused + np.eye(t)) / 2
+        aa = aa / aa.sum(axis=-1, keepdims=True)
+        result = np.einsum("nij,njk->nik", aa, result)
+    return result
+
+
+def _chefer_by_hand(atts, grads):
+    """Chefer et al.'s ViT reference loop: R = I; R += mean_h(relu(∇A ⊙ A)) @ R per block."""
+    n, _, t, _ = atts[0].shape
+    r = np.broadcast_to(np.eye(t), (n, t, t)).copy()
+    for a, g in zip(atts, grads):
+        cam = np.clip(g * a, 0, None).mean(axis=1)
+        r = r + np.einsum("nij,njk->nik", cam, r)
+    return r
+
+
+ATT_CASES = [(k, d) for k in ("vit", "deit") for d in (False, True)]
+
+
+@pytest.mark.parametrize("kind,dynamo", ATT_CASES, ids=[f"{k}-{'dynamo' if d else 'legacy'}" for k, d in ATT_CASES])
+@pytest.mark.parametrize("method", ["rollout", "chefer"])
+def test_attention_attribution_equals_torch_by_hand(kind, dynamo, method, tmp_path):
+    from refcam.attention_explanation import explain_attention
+
+    model = make_model(kind)
+    path = tmp_path / f"{kind}.onnx"
+    export(model, kind, str(path), dynamo)
+    m = Model(str(path))
+    x = make_input(kind).numpy()
+    prefix = 1 if kind == "vit" else 2
+    if method == "rollout":
+        e = explain_attention(m, x, "rollout")
+        logits, store = _torch_attention(kind, model)
+        ref = _rollout_by_hand([a.detach().numpy() for a in store])
+    else:
+        try:
+            e = explain_attention(m, x, "chefer", target=CLASSES)
+        except (ModelError, UnsupportedOpError) as err:
+            pytest.xfail(f"VJP of this export: {type(err).__name__}: {str(err)[:160]}")
+        logits, store = _torch_attention(kind, model, target=CLASSES)
+        ref = _chefer_by_hand([a.detach().numpy() for a in store], [a.grad.numpy() for a in store])
+    assert e.prefix == prefix and e.grid == (4, 4)
+    for a, t in zip(e.arrays["attentions"], store):
+        assert max_abs_error(a, t.detach().numpy()) <= 1e-5
+    ref_map = ref[:, 0, prefix:].reshape(len(x), 4, 4)
+    assert max_abs_error(e.relevance, ref) <= TOL * float(np.abs(ref).max())
+    assert max_abs_error(e.maps, ref_map) <= TOL * float(np.abs(ref_map).max())
+
+
+def test_attention_attribution_refuses_windows_and_convnets(exported):
+    """Swin's windowed attention has no image-wide token matrix; ConvNeXt has no attention; MaxViT's
+    block/grid attention is windowed too: each is a clear ModelError, never a map."""
+    from refcam.attention_explanation import explain_attention
+
+    kind, _, _, m = exported
+    if kind in ("vit", "deit"):
+        pytest.skip("covered by test_attention_attribution_equals_torch_by_hand")
+    x = make_input(kind).numpy()
+    with pytest.raises(ModelError, match="windowed|no attention"):
+        explain_attention(m, x, "rollout")
