@@ -117,3 +117,21 @@ def test_glob_and_bad_arguments(tmp_path, model_file):
         explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", batch_size=0)
     with pytest.raises(InvalidArgumentError, match="items"):
         explain_dataset(model_file, str(tmp_path / "nothing-*.png"), tmp_path / "x.zarr", "cam")
+
+
+def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
+    from refcam.cli import main
+
+    folder = make_images(tmp_path / "imgs", n=5, corrupt=(1,))
+    argv = ["explain-dataset", model_file, str(folder), "--out", str(tmp_path / "c.zarr"),
+            "--method", "cam", "--target", "all", "--batch-size", "2", "--crop-padding", "0",
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "4 done, 1 failed of 5 (3 chunks computed now)" in out.out
+    assert "failures" in out.err
+    assert main(argv) == 0
+    assert "(0 chunks computed now)" in capsys.readouterr().out
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert g["maps"].shape[:2] == (5, 5)
+    assert main(argv[:-1] + ["--target", "nope"]) == 2
