@@ -12,9 +12,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
-from ._finite import finite_output
 from .blocks import _flag, _maps_and_gradients, _maybe_relu, _spatial_axes, _weighted_sum
 
 __all__ = [
