@@ -308,7 +308,21 @@ def _identity(ctx):
     if ctx.op_type == "Dropout":
         tm = ctx.const(2)
         if ctx.attrs.get("is_test", 1) == 0 or (ctx.has_input(2) and (tm is None or bool(tm))):
-            raise ctx.unsupported("Dropout in training mode (random mask)")
+            # training mode: y = x * mask / (1 - ratio) with a random mask; exact when the node also
+            # outputs its mask (reused), or when the ratio is the constant 0 (identity)
+            ratio = ctx.const(1) if ctx.has_input(1) else np.asarray(ctx.attrs.get("ratio", 0.5))
+            if len(ctx.outputs) > 1 and ctx.outputs[1]:
+                x0 = ctx.inputs[0]
+                m = ctx.mask(ctx.outputs[1], x0)
+                if ratio is not None:
+                    scale = ctx.c(1.0 / (1.0 - float(ratio)) if float(ratio) < 1 else 0.0, x0)
+                else:  # runtime ratio
+                    rt = ctx.op("Cast", [ctx.inputs[1]], to=ctx.elem(x0))
+                    scale = ctx.op("Div", [ctx.c(1.0, x0), ctx.op("Sub", [ctx.c(1.0, x0), rt])])
+                return [ctx.op("Mul", [ctx.grads[0], ctx.op("Mul", [m, scale])])] + [None, ZERO][: len(ctx.inputs) - 1]
+            if ratio is not None and float(ratio) == 0.0:
+                return [ctx.grads[0]] + [None, ZERO][: len(ctx.inputs) - 1]
+            raise ctx.unsupported("Dropout in training mode (random mask not among the node's outputs)")
         return [ctx.grads[0]] + [ZERO] * (len(ctx.inputs) - 1)
     return [ctx.grads[0]]
 
@@ -982,6 +996,29 @@ def _conv_weight_grad(ctx: RuleContext) -> str:
     return _grouped_correlation(ctx, xt, gt, c_in, m_out, group, k, d, s, pads)
 
 
+def _convtranspose_pads(ctx: RuleContext, k, s, d, in_sp, out_sp) -> list[int]:
+    r"""Explicit ConvTranspose pads.  With ``output_shape`` or ``auto_pad`` SAME_* (ONNX spec,
+    ConvTranspose): :math:`T = s(i-1) + o_p + (k-1)d + 1 - o`; SAME_UPPER: begin :math:`\lfloor T/2\rfloor`,
+    otherwise (SAME_LOWER, or output_shape without auto_pad) begin :math:`T - \lfloor T/2\rfloor`;
+    :math:`o` is the actual (static) output size; :math:`T < 0` (a larger output_shape) counts as 0.  Only the begin pads matter for the adjoint."""
+    n = len(k)
+    auto = ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if auto == "NOTSET" and "output_shape" not in ctx.attrs:
+        return list(ctx.attrs.get("pads", [0] * 2 * n))
+    if auto == "VALID":
+        return [0] * 2 * n
+    opad = list(ctx.attrs.get("output_padding", [0] * n))
+    pb, pe = [], []
+    for i in range(n):
+        # an output_shape beyond the full extent pads the tail (T clamped at 0, as onnxruntime does)
+        tot = max(0, s[i] * (in_sp[i] - 1) + opad[i] + (k[i] - 1) * d[i] + 1 - out_sp[i])
+        small = tot // 2
+        b0 = small if auto == "SAME_UPPER" else tot - small
+        pb.append(b0)
+        pe.append(tot - b0)
+    return pb + pe
+
+
 def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     r"""ConvTranspose weight (shape ``(C, M/G, *k)``): :math:`\bar W_{c m \mathbf{k}} = \sum_{n,\mathbf{i}}
     x_{n c \mathbf{i}}\, g_{n m,\ \mathbf{i} s + \mathbf{k} d - p}` -- a correlation of :math:`g^{\mathsf T}`
@@ -990,15 +1027,13 @@ def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     x, w = ctx.inputs[0], ctx.inputs[1]
     r = ctx.rank(x)
     n = r - 2
-    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
-        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
-    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
     group = ctx.attrs.get("group", 1)
     in_sp = ctx.static_dims(x, list(range(2, r)))
     out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    pads = _convtranspose_pads(ctx, k, s, d, in_sp, out_sp)
     (c_in,) = ctx.static_dims(x, [1])
     (m_out,) = ctx.static_dims(ctx.outputs[0], [1])
     pe = [max(0, (k[i] - 1) * d[i] + s[i] * (in_sp[i] - 1) + 1 - out_sp[i] - pads[i]) for i in range(n)]
@@ -1090,15 +1125,13 @@ def _convtranspose(ctx):
         return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
-    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
-        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
-    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
     # adjoint: y[o] += x[i] w[k] at o = i*s + k*d - pad_begin  =>  dx = Conv(g, W) (correlation)
     in_sp = ctx.static_dims(x, list(range(2, r)))
     out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    pads = _convtranspose_pads(ctx, k, s, d, in_sp, out_sp)
     pe = []
     for i in range(n):
         # Conv output = floor((out + pb + pe - eff)/s) + 1 must equal in
