@@ -160,6 +160,7 @@ def _target_spec(target: Any) -> Any:
 # ------------------------------------------------------------------------------ worker side
 _MODELS: dict = {}  # per process (per Dask worker): model path → refcam.onnx.Model, built once
 _LOCK = threading.Lock()
+LOADS = [0]  # models (onnxruntime sessions) built in this process: 1 per worker for one run
 
 
 def _load_model(spec: dict):
@@ -169,6 +170,7 @@ def _load_model(spec: dict):
     with _LOCK:
         if key not in _MODELS:
             _MODELS[key] = load(spec["model_path"], layout=spec["layout"])
+            LOADS[0] += 1
         return _MODELS[key]
 
 

@@ -51,6 +51,10 @@ def test_worker_killed_mid_run_completes_bit_for_bit(tmp_path, model_file):  # n
         r = explain_dataset(model_file, folder, store, "gradcam", target="all", batch_size=1,
                             crop_padding=0, scheduler=cluster.scheduler_address)
         th.join()
+        from refcam import dataset
+
+        loads = client.run(lambda: dataset.LOADS[0])  # one session per (live) worker process
+        assert max(loads.values()) == 1 and min(loads.values()) >= 0, loads  # never rebuilt
     finally:
         client.close()
         cluster.close()
