@@ -122,13 +122,34 @@ def _is_model_spec(spec: str) -> bool:
         raise UsageError(str(exc)) from None
 
 
-def _load_model(spec: str | None, layout: str):
+def _load_model(spec: str | None, layout: str, args: argparse.Namespace | None = None):
     from .zoo import _models
 
+    kw = {}
+    if args is not None and getattr(args, "input_name", None):
+        kw["input_name"] = args.input_name
+    if args is not None and getattr(args, "other_input", None):
+        kw["other_inputs"] = _other_inputs(args.other_input)
     try:
-        return _models.load_model(spec, layout=layout)
+        return _models.load_model(spec, layout=layout, **kw)
     except _models.InputFileError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _other_inputs(pairs: Sequence[str]) -> dict:
+    """``--other-input NAME=FILE.npy`` (repeatable) → ``{name: array}``."""
+    import numpy as np
+
+    out = {}
+    for p in pairs:
+        name, sep, file = p.partition("=")
+        if not sep or not name or not file:
+            raise UsageError(f"--other-input: got {p!r}, expected NAME=FILE.npy")
+        try:
+            out[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--other-input {name}: cannot read {file!r} as a .npy array ({exc})") from None
+    return out
 
 
 def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
@@ -540,7 +561,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         plans.append((meth, opts, conv))
 
     # 2. model, inputs, target, and the output folder: still nothing computed
-    lm = _load_model(model_spec, args.layout)
+    lm = _load_model(model_spec, args.layout, args)
     items = _load_images(image_specs, lm, args)
     x = np.concatenate([it.x for it in items], axis=0)
     target = _parse_target(args.target, lm, len(items))
@@ -900,6 +921,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="axis roles of the layer when the graph does not determine them: NCHW, NHWC, NCL, "
         "NLC, NCDHW, NDHWC, or NTC:P+HxW / TNC:P+HxW for tokens (P prefix tokens, then an HxW "
         "grid; e.g. NTC:1+14x14); see `refcam layers`",
+    )
+    p.add_argument(
+        "--input-name",
+        metavar="NAME",
+        help="the input to explain, for a model with several inputs (the others: --other-input)",
+    )
+    p.add_argument(
+        "--other-input",
+        action="append",
+        metavar="NAME=FILE.npy",
+        help="value of another model input, batch first (N, ...) or (1, ...); repeatable",
     )
     p.add_argument(
         "--allow-small-map",
