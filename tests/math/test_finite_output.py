@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 import refcam
 import refcam.math as rm
 from refcam.errors import NonFiniteResultError, RefcamError
+from refcam.math.attention import HEAD_FUSIONS
 from refcam.math.eigen import SIGN_RULES
 from refcam.math.gradient_variants import SGCPP_DENOMINATORS, SGCPP_FIRST_ORDER
 from refcam.math.gradients import INTEGRATION_RULES, SALIENCY_REDUCTIONS
@@ -213,6 +214,11 @@ def _case(draw, name, dt):
         "eigen_smooth": lambda: ((A, arr((n, k))), {"relu": relu}),
         "nmf": lambda: ((pos((3, 4)), 2), {"max_iter": 20}),
         "dff": lambda: ((pos(nk_s), 2), {"max_iter": 20}),
+        "attention_rollout": lambda: (([arr((n, 2, 3, 3)), arr((n, 2, 3, 3))],),
+                                      {"head_fusion": draw(st.sampled_from(HEAD_FUSIONS)),
+                                       "residual": draw(st.booleans())}),
+        "gradient_weighted_relevance": lambda: (([arr((n, 2, 3, 3))], [arr((n, 2, 3, 3))]), {}),
+        "token_relevance_map": lambda: ((arr((n, 5, 5)), (2, 2)), {"prefix": 1}),
         # issue 14 (gradient_variants, scale_and_slide)
         "aug_smooth": lambda: ((arr((2, n) + s), [False, True]), {}),
         "finercam_classes": lambda: ((arr((n, 5)),), {}),
