@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import as_float_array
 from ..errors import InvalidArgumentError, ShapeError
 
@@ -45,6 +46,7 @@ def _stack(arrs: Sequence, name: str) -> list[np.ndarray]:
     return out
 
 
+@finite_output
 def attention_rollout(
     attentions: Sequence[np.ndarray],
     *,
@@ -102,6 +104,7 @@ def attention_rollout(
     return out
 
 
+@finite_output
 def gradient_weighted_relevance(
     attentions: Sequence[np.ndarray], gradients: Sequence[np.ndarray]
 ) -> np.ndarray:
@@ -148,6 +151,7 @@ def gradient_weighted_relevance(
     return r
 
 
+@finite_output
 def token_relevance_map(
     relevance: np.ndarray, grid: Sequence[int], *, prefix: int = 1, token: int = 0
 ) -> np.ndarray:
