@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import as_float_array
 from ._finite import finite_output
 from ..errors import InvalidArgumentError, ShapeError

@@ -240,6 +240,10 @@ def _case(draw, name, dt):
         "sess_fuse": lambda: ((arr((2, 1, 1)), arr((2,)), [(0, 0, 2, 1), (1, 0, 2, 1)], (1, 2)), {
             "pool": draw(st.sampled_from(SESS_POOLS)), "theta": 0.0}),
         "gaussian_blur": lambda: ((arr((n,) + s),), {"ksize": 3, "sigma": 1.0}),
+        "attention_rollout": lambda: (([pos((n, 2, 3, 3)), pos((n, 2, 3, 3))],), {
+            "head_fusion": draw(st.sampled_from(["mean", "max", "min"]))}),
+        "gradient_weighted_relevance": lambda: (([pos((n, 2, 3, 3))], [arr((n, 2, 3, 3))]), {}),
+        "token_relevance_map": lambda: ((arr((n, 5, 5)), (2, 2)), {"prefix": 1}),
     }
     return table[name]()
 
