@@ -39,22 +39,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .zoo._images import NORMALIZATIONS  # re-exported: the presets of --norm
+
 __all__ = ["NORMALIZATIONS", "PLUGINS", "UsageError", "build_parser", "default_method", "main"]
 
 #: Modules that may contribute subcommands (``add_cli(...)``, see above), imported when present.
 PLUGINS: tuple[str, ...] = ("refcam.check",)
-
-#: Per-channel (mean, std) presets on the [0, 255] RGB scale: ``x' = (x - mean) / std``.
-NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    # TensorFlow EfficientNet-Lite / "inception style": (x - 127) / 128 (refcam.zoo.PREPROCESSING)
-    "efficientnet": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
-    # torchvision ImageNet: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225) on [0, 1]
-    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-    # x / 255 in [0, 1]
-    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
-    # raw [0, 255] values
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-}
 
 DEFAULT_MODEL = "default"
 DEFAULT_IMAGE = "chelsea"
@@ -171,123 +161,29 @@ def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-class _Item:
-    """One input sample: native-layout model input ``x`` (1, ...), its display picture, a file stem."""
+def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespace):
+    """Image files / samples / .npy arrays → :class:`refcam.zoo._images.InputItem` list."""
+    from .errors import InvalidArgumentError
+    from .zoo import _images
 
-    def __init__(self, stem: str, x: Any, picture: Any) -> None:
-        self.stem, self.x, self.picture = stem, x, picture
-
-
-def _display_picture(x_cf):
-    """(C, *S) channels-first input → (H, W, 3) floats in [0, 1] for display (min-max per sample)."""
-    import numpy as np
-
-    x = np.asarray(x_cf, dtype=np.float64)
-    pic = (
-        x[:3].transpose(1, 2, 0)
-        if x.shape[0] >= 3
-        else np.repeat(x.mean(axis=0)[..., None], 3, axis=2)
-    )
-    lo, hi = pic.min(), pic.max()
-    return np.zeros_like(pic) if hi == lo else (pic - lo) / (hi - lo)  # constant input: guard
-
-
-def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespace) -> list[_Item]:
-    import numpy as np
-
-    from . import zoo
-
-    model = lm.model
-    shape = model.input_shape or ()
-    channels_last = model.channels_last
-    spatial = tuple(shape[1:-1] if channels_last else shape[2:]) if shape else ()
-    size = args.size
-    fixed = [d for d in spatial if isinstance(d, int) and d > 0]
-    if size is None:
-        size = fixed[0] if fixed else 224
-    square_ok = len(set(fixed)) <= 1
-    if args.norm not in (None, *NORMALIZATIONS):
-        raise UsageError(f"--norm: got {args.norm!r}, expected one of {', '.join(NORMALIZATIONS)}")
-    mean, std = NORMALIZATIONS[args.norm or lm.default_norm]
-    if args.mean is not None:
-        mean = _parse_floats3(args.mean, "--mean")
-    if args.std is not None:
-        std = _parse_floats3(args.std, "--std")
-        if min(std) <= 0:
-            raise UsageError(f"--std: got {args.std!r}, expected three values > 0")
-
-    items: list[_Item] = []
-    seen: dict[str, int] = {}
-
-    def stem_of(s: str) -> str:
-        k = seen.get(s, 0)
-        seen[s] = k + 1
-        return s if k == 0 else f"{s}-{k}"
-
-    for spec in specs:
-        if spec in zoo.sample_images() and not Path(spec).exists():
-            path = zoo.sample_image_path(spec)
-        else:
-            path = Path(spec)
-            if not path.exists():
-                raise UsageError(
-                    f"image: no such file {spec!r} (expected an image file, a .npy array or one "
-                    f"of the samples {', '.join(zoo.sample_images())})"
-                )
-            if path.is_dir():
-                raise UsageError(
-                    f"image: {spec!r} is a directory, expected an image file or a .npy array"
-                )
-        if path.suffix.lower() == ".npy":
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise UsageError(
-                    f"image: cannot read {spec!r} as a .npy array ({_one_line(exc)})"
-                ) from None
-            if shape and arr.ndim == len(shape) - 1:
-                arr = arr[None]
-            x_all = model.check_inputs(arr, argument=f"image {spec!r}")
-            for i in range(x_all.shape[0]):
-                x = x_all[i : i + 1]
-                cf = model.to_channels_first(x)[0]
-                stem = path.stem if x_all.shape[0] == 1 else f"{path.stem}_{i}"
-                items.append(
-                    _Item(stem_of(stem), x, _display_picture(cf) if cf.ndim == 3 else None)
-                )
-            continue
-        n_channels = shape[-1 if channels_last else 1] if len(shape) > 1 else None
-        if shape and (
-            len(shape) != 4 or (isinstance(n_channels, int) and n_channels not in (0, 3))
-        ):
-            hint = (
-                " (a channels-last model? pass --layout NHWC)"
-                if not channels_last and len(shape) == 4 and shape[-1] == 3
-                else ""
-            )
-            raise UsageError(
-                f"image: the model input {model.input_name!r} has shape {shape}, not an RGB image "
-                f"batch; pass the input as a .npy array instead of {spec!r}{hint}"
-            )
-        if not square_ok:
-            raise UsageError(
-                f"image: the model input {model.input_name!r} has shape {shape}, not square; image "
-                f"files are centre-cropped to a square, so pass the input of {spec!r} as a .npy array"
-            )
-        x, pics = zoo.preprocess(
-            str(path),
-            size=size,
+    mean = _parse_floats3(args.mean, "--mean") if args.mean is not None else None
+    std = _parse_floats3(args.std, "--std") if args.std is not None else None
+    try:
+        mean, std = _images.normalization(args.norm, lm.default_norm, mean, std)
+    except InvalidArgumentError as exc:
+        raise UsageError(f"--{exc.argument}: got {exc.got!r}, expected {exc.expected}") from None
+    try:
+        return _images.load_inputs(
+            specs,
+            lm.model,
+            size=args.size,
             crop_padding=args.crop_padding,
+            resample=args.resample,
             mean=mean,
             std=std,
-            resample=args.resample,
-            return_images=True,
         )
-        if channels_last:
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        x = model.check_inputs(x, argument=f"image {spec!r}")
-        items.append(_Item(stem_of(path.stem), x, pics[0]))
-    return items
+    except _images.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _parse_target(text: str | None, lm: _LoadedModel, n: int):
@@ -344,79 +240,6 @@ def _parse_options(pairs: Sequence[str]) -> dict:
     return opts
 
 
-# --------------------------------------------------------------------------- figures
-
-
-def _softmax_top(outputs_row, k: int):
-    import numpy as np
-
-    z = np.asarray(outputs_row, dtype=np.float64).ravel()
-    e = np.exp(z - z.max())
-    p = e / e.sum()  # the sum is >= 1 (the max term is exp(0)): no guard needed
-    order = np.argsort(-p, kind="stable")[:k]
-    return [(int(c), float(p[c])) for c in order]
-
-
-def explain_figure(
-    picture,
-    overlays: Sequence[tuple[str, Any]],
-    top: Sequence[tuple[str, float]],
-    *,
-    title: str,
-    highlight: int | None = None,
-    dpi: float = 100,
-):
-    """Figure: the picture, one overlay panel per method, and a bar chart of the top classes.
-
-    Parameters
-    ----------
-    picture : ``(H, W, 3)`` uint8 or floats in [0, 1] (what the model saw).
-    overlays : ``(title, (H, W, 3) uint8 overlay)`` pairs (from :func:`refcam.viz.overlay`).
-    top : ``(label, probability)`` pairs, highest first (softmax of the model output); empty:
-        no bar chart (outputs that are not one score per class).
-    title : figure title.  highlight : index in ``top`` of the explained class (drawn in red).
-
-    Returns
-    -------
-    matplotlib.figure.Figure (Agg canvas; nothing is shown).
-    """
-    from matplotlib.figure import Figure
-
-    n = 1 + len(overlays)
-    bars = len(top) > 0
-    fig = Figure(figsize=(3.0 * n + (4.2 if bars else 0.4), 3.6), dpi=dpi)
-    widths = [3.0] * n + ([3.2] if bars else [])
-    axes = fig.subplots(1, n + int(bars), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
-    axes[0].imshow(picture)
-    axes[0].set_title("input")
-    for ax, (t, ov) in zip(axes[1:n], overlays):
-        ax.imshow(ov)
-        ax.set_title(t)
-    for ax in axes[:n]:
-        ax.set_axis_off()
-    fig.suptitle(title)
-    if not bars:
-        fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.05, wspace=0.08)
-        return fig
-    bar = axes[n]
-    labels = [lab for lab, _ in top][::-1]
-    probs = [p for _, p in top][::-1]
-    colours = ["tab:gray"] * len(top)
-    if highlight is not None and 0 <= highlight < len(top):
-        colours[highlight] = "tab:red"
-    bar.barh(range(len(top)), probs, color=colours[::-1])
-    for y, pr in enumerate(probs):
-        bar.text(min(pr, 0.78) + 0.02, y, f"{pr:.3f}", va="center", fontsize=8)
-    bar.set_yticks(range(len(top)))
-    bar.set_yticklabels(labels, fontsize=8)
-    bar.yaxis.tick_right()
-    bar.set_xlim(0, 1)
-    bar.set_xlabel("softmax probability")
-    bar.set_title(f"top-{len(top)}")
-    fig.subplots_adjust(left=0.01, right=0.8, top=0.82, bottom=0.15, wspace=0.08)
-    return fig
-
-
 # --------------------------------------------------------------------------- explain
 
 
@@ -442,10 +265,144 @@ def _preset(name: str | None):
     return presets
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+class _Computed:
+    """What the run part of ``refcam explain`` computed for one method."""
+
+    def __init__(self, method: Any, explanation: Any, shown: Any) -> None:
+        # shown: the maps after the preset's post-processing (the raw maps without --preset)
+        self.method, self.explanation, self.shown = method, explanation, shown
+
+
+def _method_options(meth, options: dict, presets, preset_name: str | None):
+    """The options of one method: ``-O`` values, then the preset's (``(opts, convention)``)."""
+    from .errors import RefcamError
+
+    opts = dict(options)
+    if presets is None:
+        return opts, None
+    try:
+        conv = presets.get(preset_name, meth.name)
+    except RefcamError as exc:
+        raise UsageError(f"--preset {preset_name}: {exc}") from None
+    if getattr(conv, "masks", None) is not None or getattr(conv, "ablation_value", None) not in (
+        None,
+        "zero",
+    ):
+        raise UsageError(
+            f"--preset {preset_name}: the {meth.name} convention changes how the model is "
+            f"queried (masks / ablation), which the CLI does not map yet; use "
+            f"refcam.presets.compute with refcam.explain's arrays"
+        )
+    if "relu" in meth.defaults and "relu" not in opts:
+        opts["relu"] = bool(conv.relu)
+    for k, v in conv.method_kwargs.items():
+        if k not in meth.defaults:
+            raise UsageError(
+                f"--preset {preset_name}: {meth.name} needs option {k}={v!r}, which "
+                f"refcam.explain does not expose for this method"
+            )
+        opts.setdefault(k, v)
+    return opts, conv
+
+
+def _run_explain(lm, x, methods, target, options: dict, presets, args) -> list[_Computed]:
+    """The run part of ``refcam explain``: one :func:`refcam.explain` per method, no file written."""
+    from .explanation import explain
+
+    results: list[_Computed] = []
+    bar = _progress(len(methods), args.progress, "refcam explain")
+    try:
+        for meth in methods:
+            bar.set_postfix_str(meth.name)
+            opts, conv = _method_options(meth, options, presets, args.preset)
+            e = explain(
+                lm.model,
+                x,
+                meth.name,
+                layer=args.layer,
+                target=target,
+                batch_size=args.batch_size,
+                progress=args.progress,
+                **opts,
+            )
+            shown = e.maps if conv is None else presets.postprocess(conv, e.maps, e.input_size)
+            results.append(_Computed(meth, e, shown))
+            bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+def _write_explain(out: Path, lm, items, results: list[_Computed], args) -> list[Path]:
+    """The write part of ``refcam explain``: raw maps, overlays and one figure per input."""
     import numpy as np
 
-    from .errors import RefcamError
+    from . import viz
+
+    written: list[Path] = []
+    # the top classes and the explained class come from the first class-specific method
+    first = next(
+        (r.explanation for r in results if r.explanation.targets is not None),
+        results[0].explanation,
+    )
+
+    def label(c: int) -> str:
+        return f"{lm.classes[c]} ({c})" if lm.classes is not None else f"class {c}"
+
+    for i, it in enumerate(items):
+        overlays = []
+        for r in results:
+            name = r.method.name
+            p = out / f"{it.stem}_{name}.npy"
+            np.save(p, r.explanation.maps[i])
+            written.append(p)
+            if args.preset:
+                pp = out / f"{it.stem}_{name}_{args.preset}.npy"
+                np.save(pp, r.shown[i])
+                written.append(pp)
+            m2 = r.shown[i]
+            if it.picture is None:
+                continue
+            if m2.ndim == 2:
+                ov = viz.overlay(it.picture, m2, alpha=args.alpha, cmap=args.cmap)
+            elif m2.ndim == 3 and m2.shape[1:] == it.picture.shape[:2]:
+                # input gradients (guided backprop, SmoothGrad, ...): (C, H, W) at the input size,
+                # shown as the grey image max_c |G_c| / q (refcam.viz.saliency_image)
+                grey = viz.saliency_image(m2, mode="abs")
+                ov = np.repeat(
+                    np.rint(255 * grey.astype(np.float64)).astype(np.uint8)[..., None], 3, 2
+                )
+            else:
+                continue  # 3-D volumes / several targets per sample: arrays only
+            po = out / f"{it.stem}_{name}.png"
+            viz.save_png(ov, po)
+            written.append(po)
+            overlays.append((name if not args.preset else f"{name} ({args.preset})", ov))
+        if not overlays:
+            continue
+        row = np.asarray(first.outputs[i])
+        # class scores (one axis): softmax top-k; other outputs (e.g. segmentation maps): no chart
+        top = viz._softmax_top(row, min(args.top, row.size)) if row.ndim == 1 else []
+        explained = None if first.targets is None else int(np.asarray(first.targets)[i].ravel()[0])
+        hl = next((j for j, (c, _) in enumerate(top) if c == explained), None)
+        title = f"{lm.label} — {it.stem}"
+        if explained is not None:
+            title += f" — target: {label(explained)}"
+        fig = viz.explain_figure(
+            it.picture, overlays, [(label(c), p) for c, p in top], title=title, highlight=hl
+        )
+        pf = out / f"{it.stem}.png"
+        viz.save_png(fig, pf)
+        written.append(pf)
+        if not args.quiet and top:
+            print(
+                f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr
+            )
+    return written
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
 
     positional = list(args.inputs)
     model_spec = None
@@ -474,9 +431,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     lm = _load_model(model_spec, args.layout)
     items = _load_images(image_specs, lm, args)
-    from . import viz
-    from .explanation import explain
-
     x = np.concatenate([it.x for it in items], axis=0)
     target = _parse_target(args.target, lm, len(items))
     out = Path(args.out)
@@ -485,109 +439,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"--out: cannot create directory {str(out)!r} ({exc.strerror})") from None
 
-    written: list[Path] = []
-    results = []
-    bar = _progress(len(methods), args.progress, "refcam explain")
-    try:
-        for meth in methods:
-            bar.set_postfix_str(meth.name)
-            opts = dict(options)
-            conv = None
-            if presets is not None:
-                try:
-                    conv = presets.get(args.preset, meth.name)
-                except RefcamError as exc:
-                    raise UsageError(f"--preset {args.preset}: {exc}") from None
-                if getattr(conv, "masks", None) is not None or getattr(
-                    conv, "ablation_value", None
-                ) not in (None, "zero"):
-                    raise UsageError(
-                        f"--preset {args.preset}: the {meth.name} convention changes how the model is "
-                        f"queried (masks / ablation), which the CLI does not map yet; use "
-                        f"refcam.presets.compute with refcam.explain's arrays"
-                    )
-                if "relu" in meth.defaults and "relu" not in opts:
-                    opts["relu"] = bool(conv.relu)
-                for k, v in conv.method_kwargs.items():
-                    if k not in meth.defaults:
-                        raise UsageError(
-                            f"--preset {args.preset}: {meth.name} needs option {k}={v!r}, which "
-                            f"refcam.explain does not expose for this method"
-                        )
-                    opts.setdefault(k, v)
-            e = explain(
-                lm.model,
-                x,
-                meth.name,
-                layer=args.layer,
-                target=target,
-                batch_size=args.batch_size,
-                progress=args.progress,
-                **opts,
-            )
-            shown = e.maps
-            if conv is not None:
-                shown = presets.postprocess(conv, e.maps, e.input_size)
-            results.append((meth, e, shown))
-            bar.update(1)
-    finally:
-        bar.close()
-
-    # the top classes and the explained class come from the first class-specific method
-    first = next((e for _, e, _ in results if e.targets is not None), results[0][1])
-
-    def label(c: int) -> str:
-        return f"{lm.classes[c]} ({c})" if lm.classes is not None else f"class {c}"
-
-    for i, it in enumerate(items):
-        overlays = []
-        for meth, e, shown in results:
-            p = out / f"{it.stem}_{meth.name}.npy"
-            np.save(p, e.maps[i])
-            written.append(p)
-            if conv_name := args.preset:
-                pp = out / f"{it.stem}_{meth.name}_{conv_name}.npy"
-                np.save(pp, shown[i])
-                written.append(pp)
-            m2 = shown[i]
-            if it.picture is None:
-                continue
-            if m2.ndim == 2:
-                ov = viz.overlay(it.picture, m2, alpha=args.alpha, cmap=args.cmap)
-            elif m2.ndim == 3 and m2.shape[1:] == it.picture.shape[:2]:
-                # input gradients (guided backprop, SmoothGrad, ...): (C, H, W) at the input size,
-                # shown as the grey image max_c |G_c| / q (refcam.viz.saliency_image)
-                grey = viz.saliency_image(m2, mode="abs")
-                ov = np.repeat(
-                    np.rint(255 * grey.astype(np.float64)).astype(np.uint8)[..., None], 3, 2
-                )
-            else:
-                continue  # 3-D volumes / several targets per sample: arrays only
-            po = out / f"{it.stem}_{meth.name}.png"
-            viz.save_png(ov, po)
-            written.append(po)
-            overlays.append((meth.name if not args.preset else f"{meth.name} ({args.preset})", ov))
-        if not overlays:
-            continue
-        row = np.asarray(first.outputs[i])
-        # class scores (one axis): softmax top-k; other outputs (e.g. segmentation maps): no chart
-        top = _softmax_top(row, min(args.top, row.size)) if row.ndim == 1 else []
-        explained = None if first.targets is None else int(np.asarray(first.targets)[i].ravel()[0])
-        hl = next((j for j, (c, _) in enumerate(top) if c == explained), None)
-        title = f"{lm.label} — {it.stem}"
-        if explained is not None:
-            title += f" — target: {label(explained)}"
-        fig = explain_figure(
-            it.picture, overlays, [(label(c), p) for c, p in top], title=title, highlight=hl
-        )
-        pf = out / f"{it.stem}.png"
-        viz.save_png(fig, pf)
-        written.append(pf)
-        if not args.quiet and top:
-            print(
-                f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr
-            )
-    for p in written:
+    results = _run_explain(lm, x, methods, target, options, presets, args)
+    for p in _write_explain(out, lm, items, results, args):
         print(p)
     return 0
 

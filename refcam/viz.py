@@ -22,7 +22,7 @@ Conventions
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from .errors import DTypeError, InvalidArgumentError, ShapeError
 __all__ = [
     "colorize",
     "compare_grid",
+    "explain_figure",
     "overlay",
     "saliency_grid",
     "saliency_image",
@@ -448,6 +449,83 @@ def saliency_grid(
         )
         cb = fig.colorbar(sm, ax=axes, fraction=0.04, pad=0.02)
         cb.set_label("|gradient| / q" if mode == "abs" else "0.5 + gradient / 2q")
+    return fig
+
+
+# ----------------------------------------------------------------------------- the CLI's figure
+
+
+def _softmax_top(outputs_row: Any, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most probable classes of one output row, ``(class, p)`` highest first.
+
+    .. math:: p_c = \\exp(y^c - m) / \\sum_{c'} \\exp(y^{c'} - m), \\quad m = \\max_{c'} y^{c'}
+
+    Ties are broken by the lower class index.
+    """
+    z = np.asarray(outputs_row, dtype=np.float64).ravel()
+    e = np.exp(z - z.max())
+    p = e / e.sum()  # the sum is >= 1 (the max term is exp(0)): no guard needed
+    order = np.argsort(-p, kind="stable")[:k]
+    return [(int(c), float(p[c])) for c in order]
+
+
+def explain_figure(
+    picture,
+    overlays: Sequence[tuple[str, Any]],
+    top: Sequence[tuple[str, float]],
+    *,
+    title: str,
+    highlight: int | None = None,
+    dpi: float = 100,
+):
+    """Figure: the picture, one overlay panel per method, and a bar chart of the top classes.
+
+    Parameters
+    ----------
+    picture : ``(H, W, 3)`` uint8 or floats in [0, 1] (what the model saw).
+    overlays : ``(title, (H, W, 3) uint8 overlay)`` pairs (from :func:`refcam.viz.overlay`).
+    top : ``(label, probability)`` pairs, highest first (softmax of the model output); empty:
+        no bar chart (outputs that are not one score per class).
+    title : figure title.  highlight : index in ``top`` of the explained class (drawn in red).
+
+    Returns
+    -------
+    matplotlib.figure.Figure (Agg canvas; nothing is shown).
+    """
+    from matplotlib.figure import Figure
+
+    n = 1 + len(overlays)
+    bars = len(top) > 0
+    fig = Figure(figsize=(3.0 * n + (4.2 if bars else 0.4), 3.6), dpi=dpi)
+    widths = [3.0] * n + ([3.2] if bars else [])
+    axes = fig.subplots(1, n + int(bars), gridspec_kw={"width_ratios": widths}, squeeze=False)[0]
+    axes[0].imshow(picture)
+    axes[0].set_title("input")
+    for ax, (t, ov) in zip(axes[1:n], overlays):
+        ax.imshow(ov)
+        ax.set_title(t)
+    for ax in axes[:n]:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    if not bars:
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.05, wspace=0.08)
+        return fig
+    bar = axes[n]
+    labels = [lab for lab, _ in top][::-1]
+    probs = [p for _, p in top][::-1]
+    colours = ["tab:gray"] * len(top)
+    if highlight is not None and 0 <= highlight < len(top):
+        colours[highlight] = "tab:red"
+    bar.barh(range(len(top)), probs, color=colours[::-1])
+    for y, pr in enumerate(probs):
+        bar.text(min(pr, 0.78) + 0.02, y, f"{pr:.3f}", va="center", fontsize=8)
+    bar.set_yticks(range(len(top)))
+    bar.set_yticklabels(labels, fontsize=8)
+    bar.yaxis.tick_right()
+    bar.set_xlim(0, 1)
+    bar.set_xlabel("softmax probability")
+    bar.set_title(f"top-{len(top)}")
+    fig.subplots_adjust(left=0.01, right=0.8, top=0.82, bottom=0.15, wspace=0.08)
     return fig
 
 

@@ -81,7 +81,8 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
 
     Parameters
     ----------
-    model : onnx.ModelProto with ai.onnx opset 11–21 and no control flow on the differentiated path.
+    model : onnx.ModelProto with ai.onnx opset 7 up to the newest the installed onnx defines
+        (``onnx.defs.onnx_opset_version()``), and no control flow on the differentiated path.
     wrt : tensor name(s) to differentiate with respect to (graph inputs or intermediates).
     seed : name of the output that receives the seed (default: the first graph output).
     rules : ``"plain"`` | ``"guided"`` | ``"deconvnet"`` (see :mod:`refcam.autodiff.rules`).
@@ -154,8 +155,9 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
 def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
            check: bool, seed_mode: str = "input") -> onnx.ModelProto:
     opset = model_opset(model)
-    if not 7 <= opset <= 23:
-        raise ModelError(f"model opset {opset} is outside the supported range 11–21")
+    newest = onnx.defs.onnx_opset_version()
+    if not 7 <= opset <= newest:
+        raise ModelError(f"model opset {opset} is outside the supported range 7–{newest}")
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # pragma: no cover - fall back to the model's own value_info

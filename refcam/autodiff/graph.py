@@ -157,9 +157,6 @@ class GraphBuilder:
             return self.op("Squeeze", [x, self.ints(axes, "axes")])
         return self.op("Squeeze", [x], axes=axes)
 
-    def cast_like(self, x: str, elem: int) -> str:
-        return self.op("Cast", [x], to=int(elem))
-
     def add_all(self, terms: Sequence[str]) -> str:
         terms = list(terms)
         if len(terms) == 1:

@@ -11,7 +11,22 @@ Register a new rule with the decorator::
 
     @rule("MyOp")
     def _my_op(ctx):
-        return [ctx.b.op("Mul", [ctx.grads[0], ...])]
+        return ctx.rest(ctx.op("Mul", [ctx.grads[0], ...]))
+
+and an element-wise one from its derivative alone (:func:`refcam.autodiff.sym.unary`)::
+
+    @unary("Tanh")
+    def _tanh(x, y, a):
+        return 1 - y * y
+
+What a rule returns for input ``i``: a tensor name (the gradient), :data:`ZERO` (the gradient is
+identically zero: the output is piecewise constant in that input, or does not depend on it), or
+``None`` (no rule for that input).  ``None`` for an input that needs a gradient raises an
+:class:`~refcam.errors.UnsupportedOpError` naming node, op, opset and input -- a missing rule is
+never a silent zero.  :meth:`RuleContext.rest` builds the usual ``[dx, None, ...]`` tail.
+
+Some rules measure the runtime: ``AveragePool`` and ``Resize`` probe onnxruntime on an identity
+basis for their per-axis matrices (:mod:`refcam.autodiff.probe`, cached).
 
 Rule sets (selected per call with ``rules=``)
 ---------------------------------------------
@@ -53,8 +68,9 @@ from onnx import TensorProto, helper
 
 from ..errors import ModelError, UnsupportedOpError
 from .graph import GraphBuilder, TensorInfo
+from .probe import axis_matrix
 
-__all__ = ["RULES", "RULE_SETS", "NO_GRADIENT_OPS", "RuleContext", "rule", "supported_ops"]
+__all__ = ["RULES", "RULE_SETS", "NO_GRADIENT_OPS", "ZERO", "RuleContext", "rule", "supported_ops"]
 
 RULE_SETS = ("plain", "guided", "deconvnet")
 
@@ -68,6 +84,17 @@ NO_GRADIENT_OPS = frozenset({
     "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike", "OneHot",
     "Constant", "Multinomial", "Bernoulli",
 })
+
+
+class _Zero:
+    """Marker of an identically zero gradient (see the module docstring)."""
+
+    def __repr__(self) -> str:
+        return "ZERO"
+
+
+#: a rule's answer for an input whose gradient is identically zero
+ZERO = _Zero()
 
 
 class NeedsOpset(Exception):
@@ -152,6 +179,19 @@ class RuleContext:
                 "(refcam.autodiff.fd) for this model")
         return v
 
+    def refuse_input(self, idx: int, why: str = "") -> UnsupportedOpError:
+        """The error for input ``idx`` that needs a gradient this rule does not provide."""
+        nm = self.inputs[idx] if idx < len(self.inputs) else "?"
+        return UnsupportedOpError(
+            f"node {self.node.name or '?'} ({self.op_type}, opset {self.opset}): no backward rule for "
+            f"the gradient with respect to input {idx} ({nm!r}){': ' + why if why else ''}; use finite "
+            "differences (refcam.autodiff.fd) for this model")
+
+    def rest(self, dx: Any, *more: Any) -> list:
+        """``[dx, *more]`` padded with ``None`` (no rule) to one entry per input."""
+        head = [dx, *more]
+        return head + [None] * (len(self.inputs) - len(head))
+
     def unsupported(self, what: str) -> UnsupportedOpError:
         return UnsupportedOpError(
             f"node {self.node.name or '?'} ({self.op_type}, opset {self.opset}): {what} has no "
@@ -174,12 +214,36 @@ class RuleContext:
         return self.op("Cast", [cond], to=self.elem(like))
 
 
+def _checked(fn: RuleFn) -> RuleFn:
+    """Wrap a rule: ``None`` for an input that needs a gradient raises; :data:`ZERO` becomes ``None``."""
+
+    def run(ctx: "RuleContext") -> list:
+        res = list(fn(ctx))
+        res += [None] * (len(ctx.inputs) - len(res))
+        out = []
+        for i, (need, gi) in enumerate(zip(ctx.needs, res)):
+            if gi is None and need:
+                raise ctx.refuse_input(i)
+            out.append(None if gi is ZERO else gi)
+        return out
+
+    run.__name__ = getattr(fn, "__name__", "rule")
+    run.__doc__ = fn.__doc__
+    run.__wrapped__ = fn  # type: ignore[attr-defined]
+    return run
+
+
 def rule(*op_types: str) -> Callable[[RuleFn], RuleFn]:
-    """Register ``fn`` as the backward rule of each op type in ``op_types``."""
+    """Register ``fn`` as the backward rule of each op type in ``op_types``.
+
+    ``fn(ctx)`` returns one entry per input: a gradient tensor name, :data:`ZERO` or ``None``
+    (no rule: an input that needs a gradient then raises an ``UnsupportedOpError`` naming it).
+    """
 
     def deco(fn: RuleFn) -> RuleFn:
+        wrapped = _checked(fn)
         for t in op_types:
-            RULES[t] = fn
+            RULES[t] = wrapped
         return fn
 
     return deco
@@ -197,18 +261,24 @@ def supported_ops() -> list[str]:
     return sorted(set(RULES) | NO_GRADIENT_OPS)
 
 
-def _nograd(ctx: RuleContext) -> list[None]:
-    return [None] * len(ctx.inputs)
+def _nograd(ctx: RuleContext) -> list:
+    """Outputs piecewise constant in (or independent of) every input: the gradient is zero."""
+    return [ZERO] * len(ctx.inputs)
 
 
-for _t in NO_GRADIENT_OPS:
-    RULES[_t] = _nograd
+rule(*NO_GRADIENT_OPS)(_nograd)
 
 
 # ============================ identity-like and shape ops ====================================
 @rule("Identity", "Dropout")
 def _identity(ctx):
-    return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
+    """Identity; Dropout in inference mode (ratio and training_mode do not change the output)."""
+    if ctx.op_type == "Dropout":
+        tm = ctx.const(2)
+        if ctx.attrs.get("is_test", 1) == 0 or (ctx.has_input(2) and (tm is None or bool(tm))):
+            raise ctx.unsupported("Dropout in training mode (random mask)")
+        return [ctx.grads[0]] + [ZERO] * (len(ctx.inputs) - 1)
+    return [ctx.grads[0]]
 
 
 @rule("Cast")
@@ -277,7 +347,7 @@ def _split(ctx):
     parts = []
     for y, g in zip(ctx.outputs, ctx.grads):
         parts.append(g if g is not None else b.zeros_like(y, ctx.elem(y)))
-    return [b.op("Concat", parts, axis=axis)] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(b.op("Concat", parts, axis=axis))
 
 
 def _index_map_backward(ctx: RuleContext, g: str, rank: int, maps: dict[int, np.ndarray],
@@ -445,38 +515,6 @@ def _div(ctx):
     return [ga, gb]
 
 
-@rule("Neg")
-def _neg(ctx):
-    return [ctx.op("Neg", [ctx.grads[0]])]
-
-
-@rule("Abs")
-def _abs(ctx):
-    return [ctx.op("Mul", [ctx.grads[0], ctx.op("Sign", [ctx.inputs[0]])])]
-
-
-@rule("Exp")
-def _exp(ctx):
-    return [ctx.op("Mul", [ctx.grads[0], ctx.outputs[0]])]
-
-
-@rule("Log")
-def _log(ctx):
-    return [ctx.op("Div", [ctx.grads[0], ctx.inputs[0]])]
-
-
-@rule("Sqrt")
-def _sqrt(ctx):
-    y = ctx.outputs[0]
-    return [ctx.op("Div", [ctx.grads[0], ctx.op("Mul", [y, ctx.c(2.0, y)])])]
-
-
-@rule("Reciprocal")
-def _reciprocal(ctx):
-    y = ctx.outputs[0]
-    return [ctx.op("Neg", [ctx.op("Mul", [ctx.grads[0], ctx.op("Mul", [y, y])])])]
-
-
 @rule("Pow")
 def _pow(ctx):
     x, p = ctx.inputs
@@ -559,64 +597,6 @@ def _prelu(ctx):
     return [gx, gs]
 
 
-@rule("Sigmoid")
-def _sigmoid(ctx):
-    y = ctx.outputs[0]
-    d = ctx.op("Mul", [y, ctx.op("Sub", [ctx.c(1.0, y), y])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Tanh")
-def _tanh(ctx):
-    y = ctx.outputs[0]
-    d = ctx.op("Sub", [ctx.c(1.0, y), ctx.op("Mul", [y, y])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Softplus")
-def _softplus(ctx):
-    return [ctx.op("Mul", [ctx.grads[0], ctx.op("Sigmoid", [ctx.inputs[0]])])]
-
-
-@rule("Elu", "Selu", "Celu")
-def _elu(ctx):
-    # Elu: x (x > 0), a(e^x - 1);  Selu: g(x) (x > 0), g a (e^x - 1);  Celu: x, a(e^{x/a} - 1)
-    x, y = ctx.inputs[0], ctx.outputs[0]
-    op = ctx.op_type
-    if op == "Selu":
-        a = ctx.attrs.get("alpha", 1.67326319217681884765625)
-        gam = ctx.attrs.get("gamma", 1.05070102214813232421875)
-        neg = ctx.op("Add", [y, ctx.c(gam * a, x)])   # d/dx of g a (e^x - 1) = y + g a
-        pos = ctx.c(gam, x)
-    elif op == "Celu":
-        a = ctx.attrs.get("alpha", 1.0)
-        neg = ctx.op("Add", [ctx.op("Div", [y, ctx.c(a, x)]), ctx.c(1.0, x)])  # e^{x/a} = y/a + 1
-        pos = ctx.c(1.0, x)
-    else:
-        a = ctx.attrs.get("alpha", 1.0)
-        neg = ctx.op("Add", [y, ctx.c(a, x)])          # d/dx a(e^x - 1) = y + a
-        pos = ctx.c(1.0, x)
-    d = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), pos, neg])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Mish")
-def _mish(ctx):
-    # y = x tanh(sp(x)), sp = softplus;  dy/dx = tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x)
-    x = ctx.inputs[0]
-    t = ctx.op("Tanh", [ctx.op("Softplus", [x])])
-    sech2 = ctx.op("Sub", [ctx.c(1.0, x), ctx.op("Mul", [t, t])])
-    d = ctx.op("Add", [t, ctx.op("Mul", [x, ctx.op("Mul", [sech2, ctx.op("Sigmoid", [x])])])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Softsign")
-def _softsign(ctx):
-    x = ctx.inputs[0]
-    den = ctx.op("Add", [ctx.c(1.0, x), ctx.op("Abs", [x])])
-    return [ctx.op("Div", [ctx.grads[0], ctx.op("Mul", [den, den])])]
-
-
 @rule("Tile")
 def _tile(ctx):
     x = ctx.inputs[0]
@@ -637,27 +617,6 @@ def _tile(ctx):
     return [g, None]
 
 
-@rule("HardSigmoid")
-def _hardsigmoid(ctx):
-    x = ctx.inputs[0]
-    alpha = ctx.attrs.get("alpha", 0.2)
-    beta = ctx.attrs.get("beta", 0.5)
-    t = ctx.op("Add", [ctx.op("Mul", [x, ctx.c(alpha, x)]), ctx.c(beta, x)])
-    inside = ctx.op("And", [ctx.op("Greater", [t, ctx.c(0.0, x)]), ctx.op("Less", [t, ctx.c(1.0, x)])])
-    d = ctx.op("Mul", [ctx.mask(inside, x), ctx.c(alpha, x)])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("HardSwish")
-def _hardswish(ctx):
-    # y = x * clip(x/6 + 1/2, 0, 1);  dy/dx = 0 (x < -3), x/3 + 1/2 (-3 < x < 3), 1 (x > 3)
-    x = ctx.inputs[0]
-    mid = ctx.op("Add", [ctx.op("Div", [x, ctx.c(3.0, x)]), ctx.c(0.5, x)])
-    d = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(3.0, x)]), ctx.c(1.0, x), mid])
-    d = ctx.op("Where", [ctx.op("Less", [x, ctx.c(-3.0, x)]), ctx.c(0.0, x), d])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
 @rule("Clip")
 def _clip(ctx):
     x = ctx.inputs[0]
@@ -675,7 +634,7 @@ def _clip(ctx):
         lo_val = None if v is None else float(v)
     relu_like = lo_t is not None and lo_val == 0.0
     if relu_like and ctx.rules == "deconvnet":
-        return [ctx.op("Relu", [g])] + [None] * (len(ctx.inputs) - 1)
+        return ctx.rest(ctx.op("Relu", [g]))
     conds = []
     if lo_t is not None:
         conds.append(ctx.op("Greater", [x, lo_t]))
@@ -686,36 +645,7 @@ def _clip(ctx):
     if conds:
         cond = conds[0] if len(conds) == 1 else ctx.op("And", conds)
         g = ctx.op("Mul", [g, ctx.mask(cond, x)])
-    return [g] + [None] * (len(ctx.inputs) - 1)
-
-
-@rule("Erf")
-def _erf(ctx):
-    x = ctx.inputs[0]
-    e = ctx.op("Exp", [ctx.op("Neg", [ctx.op("Mul", [x, x])])])
-    d = ctx.op("Mul", [e, ctx.c(2.0 / math.sqrt(math.pi), x)])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
-
-
-@rule("Gelu")
-def _gelu(ctx):
-    x = ctx.inputs[0]
-    c = lambda v: ctx.c(v, x)  # noqa: E731
-    if ctx.attrs.get("approximate", "none") == "tanh":
-        k = math.sqrt(2.0 / math.pi)
-        x2 = ctx.op("Mul", [x, x])
-        u = ctx.op("Mul", [c(k), ctx.op("Add", [x, ctx.op("Mul", [c(0.044715), ctx.op("Mul", [x2, x])])])])
-        t = ctx.op("Tanh", [u])
-        du = ctx.op("Mul", [c(k), ctx.op("Add", [c(1.0), ctx.op("Mul", [c(3 * 0.044715), x2])])])
-        sech2 = ctx.op("Sub", [c(1.0), ctx.op("Mul", [t, t])])
-        d = ctx.op("Add", [ctx.op("Mul", [c(0.5), ctx.op("Add", [c(1.0), t])]),
-                           ctx.op("Mul", [ctx.op("Mul", [c(0.5), x]), ctx.op("Mul", [sech2, du])])])
-    else:
-        cdf = ctx.op("Mul", [c(0.5), ctx.op("Add", [c(1.0), ctx.op("Erf", [ctx.op("Mul", [x, c(1 / math.sqrt(2))])])])])
-        pdf = ctx.op("Mul", [c(1 / math.sqrt(2 * math.pi)),
-                             ctx.op("Exp", [ctx.op("Mul", [c(-0.5), ctx.op("Mul", [x, x])])])])
-        d = ctx.op("Add", [cdf, ctx.op("Mul", [x, pdf])])
-    return [ctx.op("Mul", [ctx.grads[0], d])]
+    return ctx.rest(g)
 
 
 def _softmax_axes(ctx: RuleContext) -> list[int]:
@@ -768,7 +698,7 @@ def _expand_back(ctx: RuleContext, g: str, axes: list[int]) -> str:
 def _reducesum(ctx):
     axes = _reduce_axes(ctx, ctx.op_type)
     res = ctx.grads[0] if axes is None else _expand_back(ctx, ctx.grads[0], axes)
-    return [res] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(res)
 
 
 def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
@@ -786,9 +716,9 @@ def _reducemean(ctx):
     x = ctx.inputs[0]
     axes = _reduce_axes(ctx, ctx.op_type)
     if axes is None:
-        return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
+        return ctx.rest(ctx.grads[0])
     g = ctx.op("Div", [ctx.grads[0], _count(ctx, x, axes, x)])
-    return [_expand_back(ctx, g, axes)] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(_expand_back(ctx, g, axes))
 
 
 @rule("ReduceMax", "ReduceMin")
@@ -797,12 +727,12 @@ def _reducemax(ctx):
     y = ctx.outputs[0]
     axes = _reduce_axes(ctx, ctx.op_type)
     if axes is None:
-        return [ctx.grads[0]] + [None] * (len(ctx.inputs) - 1)
+        return ctx.rest(ctx.grads[0])
     yk = y if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(y, axes)
     gk = ctx.grads[0] if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(ctx.grads[0], axes)
     m = ctx.mask(ctx.op("Equal", [x, yk]), x)
     cnt = ctx.b.reduce("ReduceSum", m, axes, keepdims=True)
-    return [ctx.op("Mul", [m, ctx.op("Div", [gk, cnt])])] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(ctx.op("Mul", [m, ctx.op("Div", [gk, cnt])]))
 
 
 @rule("GlobalAveragePool")
@@ -952,10 +882,10 @@ def _conv(ctx):
                             b.ints([-1] * n)])
         dx = ctx.op("Conv", [ctx.grads[0], wt], group=group, strides=s, dilations=d, kernel_shape=k,
                     pads=[ext[i] - pads[i] for i in range(n)] + [ext[i] - pads[i + n] for i in range(n)])
-        return [dx] + [None] * (len(ctx.inputs) - 1)
+        return ctx.rest(dx)
     dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=group, strides=s,
                 dilations=d, kernel_shape=k, pads=list(pads[:n]) + pe_new, output_padding=opad)
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(dx)
 
 
 @rule("ConvTranspose")
@@ -989,7 +919,7 @@ def _convtranspose(ctx):
                 dilations=d, kernel_shape=k, pads=pads[:n] + pe_pos)
     if pe_pos != pe:  # negative end pad = crop
         dx = ctx.op("Slice", [dx, ctx.b.ints([0] * n), ctx.b.ints(in_sp), ctx.b.ints(list(range(2, r)))])
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(dx)
 
 
 # ============================ pooling and resizing ===========================================
@@ -1014,34 +944,11 @@ def _maxpool(ctx):
     return [b.reshape_like(sc, x)]
 
 
-def _run_1d(op_type: str, attrs: dict, n_in: int, opset: int, extra_inputs=(), rank: int = 3):
-    """Run ``op_type`` with onnxruntime on the identity basis (n_in, 1, [1,] n_in); return (out, in)."""
-    import onnxruntime as ort
-
-    shape = [n_in, 1] + [1] * (rank - 3) + [n_in]
-    x = np.eye(n_in, dtype=np.float32).reshape(shape)
-    inits, names = [], ["x"]
-    for i, v in enumerate(extra_inputs):
-        if v is None:
-            names.append("")
-        else:
-            nm = f"e{i}"
-            inits.append(onnx.numpy_helper.from_array(np.asarray(v), nm))
-            names.append(nm)
-    node = helper.make_node(op_type, names, ["y"], **attrs)
-    graph = helper.make_graph([node], "basis", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"x": x})[0]
-    return y.reshape(n_in, -1).T.astype(np.float64)  # (out, in)
-
 
 @rule("AveragePool")
 def _avgpool(ctx):
+    """Separable: per spatial axis the matrix is probed from onnxruntime (:mod:`.probe`), entries
+    snapped to exact reciprocals of the integer window counts."""
     x = ctx.inputs[0]
     r = ctx.rank(x)
     n = r - 2
@@ -1063,7 +970,7 @@ def _avgpool(ctx):
             a["pads"] = [pads[i], pads[i + n]]
         if d is not None:
             a["dilations"] = [d[i]]
-        m = _run_1d("AveragePool", a, in_sp[i], max(ctx.opset, 11))
+        m = axis_matrix("AveragePool", a, in_sp[i], max(ctx.opset, 11))
         # entries are 1/count: recover the exact reciprocal of the integer count
         nz = m != 0
         m[nz] = 1.0 / np.round(1.0 / m[nz])
@@ -1073,6 +980,7 @@ def _avgpool(ctx):
 
 @rule("Resize")
 def _resize(ctx):
+    """Separable linear map: per resized axis the matrix is probed from onnxruntime (:mod:`.probe`)."""
     x = ctx.inputs[0]
     r = ctx.rank(x)
     in_dims = ctx.static_dims(x, list(range(r)))
@@ -1106,7 +1014,7 @@ def _resize(ctx):
         inputs = [rr] + extra if opset < 13 or roi is not None else [None] + extra
         if opset < 13 and extra[0] is None:
             inputs = [rr, np.zeros(0, np.float32), extra[1]]
-        m = _run_1d("Resize", attrs, in_dims[ax], opset, inputs, rank=4)
+        m = axis_matrix("Resize", attrs, in_dims[ax], opset, inputs, rank=4)
         if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])):
             continue
         g = ctx.b.move_axis_matmul(g, r, ax, ctx.b.const(m.astype(npdt), hint="resize_T"))
@@ -1127,7 +1035,7 @@ def _batchnorm(ctx):
     if ctx.elem(var) != ctx.elem(x):
         f = ctx.op("Cast", [f], to=ctx.elem(x))
     f = ctx.b.unsqueeze(f, list(range(1, r - 1)))
-    return [ctx.op("Mul", [ctx.grads[0], f])] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(ctx.op("Mul", [ctx.grads[0], f]))
 
 
 def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
@@ -1155,7 +1063,7 @@ def _layernorm(ctx):
     axis = ctx.attrs.get("axis", -1) % r
     gh = ctx.op("Mul", [ctx.grads[0], scale])
     dx = _norm_backward(ctx, x, list(range(axis, r)), ctx.attrs.get("epsilon", 1e-5), gh)
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(dx)
 
 
 @rule("InstanceNormalization")
@@ -1168,3 +1076,6 @@ def _instnorm(ctx):
     gh = ctx.op("Mul", [ctx.grads[0], sc])
     dx = _norm_backward(ctx, x, list(range(2, r)), ctx.attrs.get("epsilon", 1e-5), gh)
     return [dx, None, None]
+
+
+from . import rules_elementwise  # noqa: E402,F401  (registers the element-wise rules)

@@ -45,3 +45,18 @@ from .full_gradient import *  # noqa: E402,F401,F403
 from .full_gradient import __all__ as _full_gradient_all  # noqa: E402
 
 __all__ += _full_gradient_all
+
+from .forward_maps import *  # noqa: E402,F401,F403
+from .forward_maps import __all__ as _forward_maps_all  # noqa: E402
+
+__all__ += _forward_maps_all
+
+from .projections import *  # noqa: E402,F401,F403
+from .projections import __all__ as _projections_all  # noqa: E402
+
+__all__ += _projections_all
+
+from .factorization import *  # noqa: E402,F401,F403
+from .factorization import __all__ as _factorization_all  # noqa: E402
+
+__all__ += _factorization_all
