@@ -211,20 +211,27 @@ def raw_map(s: Setting, case: Mapping[str, Any], input_size: Sequence[int] | Non
     elif m == "scorecam":
         if "model" in case:
             model, x, t = case["model"], case["inputs"], case["targets"]
-            masks = _m.scorecam_masks(a, x.shape[2:], upsample_mode=s.mask_upsample,
-                                      order=s.mask_order, eps=s.mask_eps)
-            scores = model.masked_scores(x, masks, t)
-            base = {"none": None, "input": model.target_scores(x, t),
-                    "zeros": model.target_scores(np.zeros_like(x), t)}[s.baseline]
-            w = _m.scorecam_weights(scores, base, softmax=s.softmax)
+            cache = case.setdefault("_cache", {})          # the forward passes, per mask convention
+            key = ("masked", s.mask_upsample, s.mask_order, s.mask_eps)
+            if key not in cache:
+                masks = _m.scorecam_masks(a, x.shape[2:], upsample_mode=s.mask_upsample,
+                                          order=s.mask_order, eps=s.mask_eps)
+                cache[key] = model.masked_scores(x, masks, t)
+            if ("base", s.baseline) not in cache:
+                cache[("base", s.baseline)] = {"none": None, "input": model.target_scores(x, t),
+                                               "zeros": model.target_scores(np.zeros_like(x), t)}[s.baseline]
+            w = _m.scorecam_weights(cache[key], cache[("base", s.baseline)], softmax=s.softmax)
         else:
             w = _m.scorecam_weights(case["scores"], None, softmax=s.softmax)
         out = _m.weighted_sum(a, w)
     elif m == "ablationcam":
         if "model" in case:
             model, x, t = case["model"], case["inputs"], case["targets"]
-            out = _m.ablationcam(a, model.ablated_scores(x, t, s.ablation_value),
-                                 model.target_scores(x, t), relu=False)
+            cache = case.setdefault("_cache", {})
+            if ("ablated", s.ablation_value) not in cache:
+                cache[("ablated", s.ablation_value)] = (model.ablated_scores(x, t, s.ablation_value),
+                                                       model.target_scores(x, t))
+            out = _m.ablationcam(a, *cache[("ablated", s.ablation_value)], relu=False)
         else:
             out = _m.ablationcam(a, case["scores"], case["baseline_score"], relu=False)
     else:

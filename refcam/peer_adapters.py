@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -133,7 +134,11 @@ def _gap_linear(class_weights: np.ndarray):
 
 @contextlib.contextmanager
 def _quiet():
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+    """Silence the peers' progress bars and their NumPy warnings (a NaN the peer returns is
+    reported by the harness itself, as a failure)."""
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
         yield
 
 
