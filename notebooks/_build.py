@@ -717,32 +717,69 @@ NB5 = [
     assert np.allclose(pgc, second_pass, rtol=0, atol=1e-12)
     """),
     md(r"""
-    ## The conformance harness: `refcam.conformance` / `refcam check`
+    ## The conformance harness: `refcam.conformance` / `refcam check` says *why*
 
     Instead of hand-picked arrays, `refcam.conformance.check(fn, method)` runs Hypothesis-generated
-    cases through your function and through *every* refcam candidate (paper raw, paper min–max,
-    each preset), reports the errors, the candidates it matches, and a shrunk counterexample. The
-    generated gradients go down to $10^{-4}$, where additive eps guards show. From the shell:
-    `refcam check my_module:their_gradcam --method gradcam --input-size 10,10`.
+    cases (plus fixed probes with tiny gradients) through your function and through *every* refcam
+    candidate: each preset (paper, pytorch-grad-cam, torchcam, captum) at each **stage** — raw at
+    feature resolution, after the preset's normalisation, after its resizing. When nothing matches,
+    it searches the documented convention knobs (ReLU placement, additive eps values — fitted —,
+    Grad-CAM++'s α variant, normalisation, resize mode and order, sum/mean, softmax, SVD sign,
+    ablation value) for the setting that explains the function, and prints a **diagnosis**: one
+    line, the formula, where it matters, a minimal counterexample. From the shell:
+    `refcam check my_module:their_gradcam --method gradcam --input-size 10,10` (`--json` for CI).
     """),
     code("""
     from refcam import conformance
 
     rep = conformance.check(lambda a, g: their_gradcam(a, g, size=(10, 10)), "gradcam",
-                            input_size=(10, 10), max_examples=30)
-    for name, (ab, rel) in sorted(rep.errors.items(), key=lambda kv: kv[1][0]):
-        print(f"{name:28s} max abs error {ab:.1e}")
-    print("matches:", rep.matches or "none", "| closest:", rep.target)
+                            input_size=(10, 10), max_examples=20)
+    print("matches:", rep.matches or "none")
+    print(rep.diagnosis.summary)
+    print(rep.diagnosis.formula)
     """),
     md(r"""
-    Our imitation matches **none** of them: it mixes conventions (pytorch-grad-cam's `+1e-7`
-    without its second normalisation). The closest candidate is torchcam's
-    normalise-then-resize, off only by the eps ($10^{-7}$ vs $10^{-8}$), which matters when the
-    whole map is tiny. A reference implementation makes such hybrids visible instead of "close
-    enough".
+    Our imitation matches **no** candidate: it mixes conventions. The diagnosis names them:
+    min–max with eps $= 10^{-7}$ (fitted from the counterexample, not guessed), scaled *before*
+    resizing — pytorch-grad-cam's first pass without its second normalisation. A reference
+    implementation makes such hybrids visible instead of "close enough".
     """),
     code("""
-    assert not rep.matches and rep.target == "torchcam" and rep.errors["torchcam"][0] < 1e-2
+    d = rep.diagnosis
+    assert not rep.matches and d.explained
+    assert [c["knob"] for c in d.changes] == ["normalize_eps", "order"]
+    assert d.knob("normalize_eps") == 1e-7 and d.knob("order") == "normalize-then-upsample"
+    assert d.derived_from == "pytorch-grad-cam (upsampled)" and d.search_changes == ("renormalize",)
+    """),
+    md(r"""
+    ## The peers' own classes, called natively
+
+    `refcam.peer_adapters.adapt(cls)` wraps a peer's class so the harness can call it the way its
+    users do, on a small torch model refcam builds (the layer's input *is* the activations, the
+    gradient is exactly the one given; Score-CAM and Ablation-CAM run on a generated
+    `conformance.TinyModel` whose masked and ablated scores refcam computes exactly in NumPy).
+    This cell needs torch and the peers (`pip install -e ".[peers]"`) and is skipped without them;
+    `tests/peers/test_peers_conformance.py` asserts every known divergence of
+    `docs/divergences.md` this way.
+    """),
+    code("""
+    import importlib.util
+
+    PEERS = ("torch", "pytorch_grad_cam", "torchcam", "captum")
+    if all(importlib.util.find_spec(m) for m in PEERS):
+        import pytorch_grad_cam
+        from captum.attr import LayerGradCam
+        from refcam.peer_adapters import adapt
+
+        for cls, kw in [(pytorch_grad_cam.GradCAMPlusPlus, {}), (LayerGradCam, {"input_size": (7, 9)}),
+                        (pytorch_grad_cam.ScoreCAM, {})]:
+            fn, method, mode = adapt(cls, input_size=kw.get("input_size"))
+            r = conformance.check(fn, method, mode=mode, max_examples=5, **kw)
+            print(f"{cls.__module__}.{cls.__name__}:")
+            print("  " + r.diagnosis.summary)
+            assert r.diagnosis.explained and r.diagnosis.changes
+    else:
+        print("skipped: the peers are not installed (pip install -e '.[peers]')")
     """),
 ]
 

@@ -263,6 +263,12 @@ def render(s: Setting, case: Mapping[str, Any], input_size: Sequence[int] | None
     function of the input: the sign of each sample is chosen to agree best with ``got`` (the
     map of the function under test), so the setting means "up to the per-sample sign".
     """
+    with np.errstate(all="ignore"):                 # overflow -> Inf -> a failed comparison
+        return _render(s, case, input_size, got)
+
+
+def _render(s: Setting, case: Mapping[str, Any], input_size: Sequence[int] | None,
+            got: np.ndarray | None) -> np.ndarray:
     if input_size is None and "inputs" in case:      # model mode: the case's own input size
         input_size = case["inputs"].shape[2:]
     if s.method in ("eigencam", "eigengradcam") and s.sign == "none":

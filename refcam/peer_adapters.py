@@ -147,7 +147,13 @@ def _pgc(cls: type, mode: str) -> Callable[..., np.ndarray]:
     torch = _torch()
 
     def run(model, x, targets):
-        with _quiet(), cls(model=model, target_layers=[model.feature]) as cam:
+        kw = {}
+        if cls.__name__ == "AblationCAM":
+            # pgc's default ``ablation_layer=AblationLayer()`` is one instance shared by every
+            # AblationCAM object (a mutable default argument): give each call its own
+            from pytorch_grad_cam.ablation_layer import AblationLayer
+            kw["ablation_layer"] = AblationLayer()
+        with _quiet(), cls(model=model, target_layers=[model.feature], **kw) as cam:
             return np.asarray(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets]))
 
     if mode == "model":

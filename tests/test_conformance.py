@@ -200,7 +200,7 @@ def test_diagnosis_text_of_the_issue_example():
     d = rep.diagnosis
     assert rep.matches == ["pytorch-grad-cam (raw)"]
     assert d.summary.startswith("your function = Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19), raw map, "
-                                "with eps = 1e-06 added to the α denominator — pytorch-grad-cam's convention; "
+                                "ReLU on the map, with eps = 1e-06 added to the α denominator — pytorch-grad-cam's convention; "
                                 "it differs from the paper by up to ")
     assert "+ 1e-06)" in d.formula
     ce = d.counterexample                            # the smallest case: 1x1 map, one channel

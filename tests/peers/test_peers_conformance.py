@@ -113,7 +113,7 @@ def test_diagnosis_pgc_gradcampp_raw_weights_issue_reproduction():
     assert "pytorch-grad-cam (raw)" in rep.matches
     assert rep.diagnosis.knob("eps") == 1e-6
     assert rep.diagnosis.summary.startswith("your function = Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19), "
-                                            "raw map, with eps = 1e-06 added to the α denominator")
+                                            "raw map, ReLU on the map, with eps = 1e-06 added to the α denominator")
 
 
 def test_diagnosis_torchcam_alpha_from_the_class():
@@ -161,6 +161,7 @@ def test_diagnosis_torchcam_cam_relu_from_the_class():
     assert d.knobs["relu"] is False and d.setting.relu is False
     assert "ReLU" not in d.formula.splitlines()[0]
     assert d.knob("normalize_eps") == 1e-8
+    assert "min-max scaled map, no ReLU on the map" in d.summary
 
 
 def test_diagnosis_pgc_ablation_compounding_from_the_class():
