@@ -19,8 +19,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "autodiff"))
-from _models import resnet  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the repository root
+from tests.autodiff._models import resnet  # noqa: E402
 
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name  # noqa: E402
 from refcam.autodiff.fd import FiniteDifferences  # noqa: E402

@@ -16,12 +16,12 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "peers"))
+sys.path.insert(0, os.path.join(HERE, ".."))  # the repository root: tests.peers is a package
 
 import numpy as np  # noqa: E402
 
-import peers_divergences as D  # noqa: E402
-import peers_harness as H  # noqa: E402
+from tests.peers import peers_divergences as D  # noqa: E402
+from tests.peers import peers_harness as H  # noqa: E402
 from refcam import presets  # noqa: E402
 
 KINDS = ("resnet", "vgg")
@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         f"_Run time: {time.time() - t0:.0f} s._",
         "",
     ]
+    marker = "<!-- hand-written below: kept by benchmarks/peers_report.py -->"
+    if os.path.exists(args.out):           # keep the hand-written sections after the marker
+        old = open(args.out, encoding="utf-8").read()
+        if marker in old:
+            lines += [marker + old.split(marker, 1)[1]]
     with open(args.out, "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines))
     print(f"wrote {args.out}")

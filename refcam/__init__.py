@@ -11,6 +11,7 @@ from .errors import (  # noqa: F401
     DTypeError,
     InvalidArgumentError,
     LayerNotFoundError,
+    AmbiguousLayerError,
     ModelError,
     NonFiniteError,
     RefcamError,

@@ -1,40 +1,44 @@
 """Need providers of the forward-only methods (internal): model runs on masked inputs and on
 ablated activations, batched in chunks under a memory budget, with a tqdm progress bar.
 
-No CAM formula lives here: masks come from the math floor, weights and maps are computed by the
-math floor from the scores returned here.
+No CAM formula lives here: masks, SS-CAM noise, IS-CAM scales and ablation values come from the
+math floor; weights and maps are computed by the math floor from the scores returned here.  Each
+provider registers itself (:func:`refcam.registry.need`) with the options it reads.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from . import _validate as V
 from . import math as M
-from .errors import ModelError, TargetError
+from ._compare import max_abs_error, within
+from .errors import InvalidArgumentError, ModelError, TargetError
 from .onnx.model import DEFAULT_MEMORY_BUDGET
 from .onnx.targets import class_view
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .methods import Context
+from .registry import Context, need
 
 __all__ = [
     "class_probabilities",
-    "mask_coefficients",
+    "masked_input_chunks",
+    "prefetched",
     "provide_ablated_scores",
     "provide_ablation_base_scores",
     "provide_activations",
     "provide_baseline_scores",
     "provide_class_weights",
     "provide_masked_scores",
+    "provide_noisy_masked_scores",
+    "provide_scaled_masked_scores",
     "provide_target_scores",
 ]
 
-SCORES = ("logit", "probability")
-BASELINES = (None, "zeros", "input")
+_MASK_OPTIONS = ("upsample_mode", "mask_order", "mask_eps", "score")
 
 
 def _bar(ctx: Context, total: int, desc: str):
@@ -53,32 +57,31 @@ def _budget(ctx: Context) -> int:
 
 
 def class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    r"""Softmax over the classes of a classifier output, :math:`p_c = e^{y_c - m} / \sum_j e^{y_j - m}`
-    with :math:`m = \max_j y_j` (the maximal term is 1, so the sum is >= 1: no division guard needed).
-
-    Parameters
-    ----------
-    outputs : ``(m, C)`` (or ``(m, C, 1, 1)``) class scores.
+    r"""Softmax over the classes of a classifier output (:func:`refcam.math.softmax` of the
+    ``(m, C)`` view, :func:`refcam.onnx.class_view`).
 
     Examples
     --------
     >>> class_probabilities(np.array([[0.0, np.log(3.0)]]))
     array([[0.25, 0.75]])
     """
-    y = class_view(outputs)
-    e = np.exp(y - y.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return M.softmax(class_view(outputs), axis=1)
 
 
-def _scores(
-    ctx: Context, outputs: np.ndarray, samples: np.ndarray, score: str = "logit"
-) -> np.ndarray:
+def _score_kind(ctx: Context) -> str:
+    """The method's ``score`` option; methods without one (CAM, gradient methods) explain the
+    logit ``y^c`` itself."""
+    return ctx.options["score"] if "score" in ctx.options else "logit"
+
+
+def _scores(ctx: Context, outputs: np.ndarray, samples: np.ndarray, score: str) -> np.ndarray:
     """Target scores ``(m, T)`` of output rows computed for ``samples``."""
     if score == "probability" and ctx.targets.classes is not None:
         outputs = class_probabilities(outputs)
     return ctx.targets.scores(outputs, samples)
 
 
+@need("activations", "layer activations (N, K, *S), channels first")
 def provide_activations(ctx: Context) -> np.ndarray:
     fw = ctx.model.forward(
         ctx.inputs,
@@ -90,10 +93,12 @@ def provide_activations(ctx: Context) -> np.ndarray:
     return fw.activations[ctx.layer.name]
 
 
+@need("target_scores", "y^c of the unmodified inputs (N, T)")
 def provide_target_scores(ctx: Context) -> np.ndarray:
-    return _scores(ctx, ctx.outputs, np.arange(len(ctx.inputs)), ctx.options.get("score", "logit"))
+    return _scores(ctx, ctx.outputs, np.arange(len(ctx.inputs)), _score_kind(ctx))
 
 
+@need("class_weights", "GAP→linear class weights w^c (N, T, K)")
 def provide_class_weights(ctx: Context) -> np.ndarray:
     """Rows ``w^c`` of the GAP → linear head, ``(N, T, K)``; checks ``y = W gap(A) + b`` numerically."""
     head = ctx.model.linear_head(ctx.layer)  # ModelError first: no GAP -> linear head at all
@@ -109,11 +114,11 @@ def provide_class_weights(ctx: Context) -> np.ndarray:
         )
     y = M.gap(a.astype(np.float64)) @ head.weight.T + (0 if head.bias is None else head.bias)
     out = class_view(ctx.outputs).astype(np.float64)
-    tol = 1e-3 * (1 + np.abs(out).max())
-    if y.shape != out.shape or np.abs(y - out).max() > tol:
+    # NaN-aware (refcam._compare): a NaN in the model output or the head is a mismatch, never a pass
+    if not within(y, out, atol=1e-3, rtol=1e-3):
         raise ModelError(
             f"CAM: the head found after {ctx.layer.name!r} ({head.nodes}) does not reproduce the "
-            f"model output (max deviation {np.abs(y - out).max() if y.shape == out.shape else 'shape'})"
+            f"model output (max deviation {max_abs_error(y, out) if y.shape == out.shape else 'shape'})"
         )
     ctx.arrays["linear_bias"] = head.bias
     # the graph stores the weights in the activations' precision: keep the activations' dtype
@@ -121,131 +126,182 @@ def provide_class_weights(ctx: Context) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- Score-CAM family
-def mask_coefficients(variant: str, n_samples: int, scales: str = "accumulated") -> np.ndarray:
-    r"""Mask scales of one masked-scores variant: :func:`refcam.math.iscam_scales` ``(n_samples,
-    scales)`` for IS-CAM (``variant="integrate"``; the math floor is the single implementation of
-    the schedule and documents its source), ``[1.0]`` for Score-CAM and SS-CAM.
-
-    >>> mask_coefficients("integrate", 4)
-    array([0.25, 0.75, 1.5 , 2.5 ])
-    >>> mask_coefficients("integrate", 4, "linear")
-    array([0.25, 0.5 , 0.75, 1.  ])
-    >>> mask_coefficients("plain", 4)
-    array([1.])
-    """
-    if variant != "integrate":
-        return np.ones(1)
-    return M.iscam_scales(n_samples, scales)
+#: ``perturb(h, sample, k0, draw) -> masks``: the masks of channels ``k0:k0 + len(h)`` of one
+#: sample, for one draw, from the Score-CAM masks ``h`` ``(kc, *S_in)`` of that chunk.
+Perturbation = Callable[[np.ndarray, int, int, int], np.ndarray]
 
 
-def provide_masked_scores(ctx: Context) -> np.ndarray:
-    r"""Mean target score of the masked inputs, ``(N, T, K)``.
-
-    Score-CAM: :math:`f^c(X \circ H^k)`; SS-CAM: :math:`\frac1n\sum_i f^c(X \circ (H^k + \delta_i))`,
-    :math:`\delta_i \sim N(0, \sigma^2)` per pixel (seeded per sample, channel and draw, so the
-    numbers do not depend on the chunking); IS-CAM: :math:`\frac1n\sum_i f^c(X \circ \gamma_i H^k)`
-    with :math:`\gamma_i` = :func:`refcam.math.iscam_scales` (the masked input is
-    ``X * (γ_i H^k)``, element for element the masks of :func:`refcam.math.iscam_masks`).
-
-    Masked inputs are built one channel chunk at a time, the next chunk on a worker thread while
-    onnxruntime runs the current one (NumPy and onnxruntime release the GIL).  At most two chunks
-    exist at once: the chunk is ``memory_budget // (4 × bytes of one input)``.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    o = ctx.options
-    model = ctx.model
-    a = ctx.need("activations")
-    x = model.to_channels_first(ctx.inputs)  # (N, C, *S_in)
-    n, k = a.shape[:2]
-    size = tuple(x.shape[2:])
-    variant = o.get("variant", "plain")
-    nsamp = V.positive_int(o.get("n_samples", 1), "n_samples") if variant != "plain" else 1
-    sigma = V.nonnegative_float(o.get("sigma", 0.0), "sigma")
-    seed = o.get("seed", 0)
-    coeffs = mask_coefficients(variant, nsamp, o.get("scales", "accumulated"))
-    draws = nsamp if variant == "noise" else len(coeffs)
-    score = o.get("score", "logit")
-    chunk = int(min(k, max(1, _budget(ctx) // (4 * x[0].nbytes))))
+def _chunk(ctx: Context, per_item_bytes: int, factor: int, k: int) -> int:
+    """Channels per model run: ``memory_budget // (factor × bytes of one item)``, at most
+    ``batch_size`` and ``k``."""
+    chunk = int(min(k, max(1, _budget(ctx) // (factor * per_item_bytes))))
     if ctx.batch_size is not None:
         chunk = min(chunk, V.positive_int(ctx.batch_size, "batch_size"))
-    items = [
-        (s, k0, min(k, k0 + chunk), i)
-        for s in range(n)
-        for k0 in range(0, k, chunk)
-        for i in range(draws)
-    ]
-    last: dict = {}
+    return chunk
 
-    def prepare(item: tuple[int, int, int, int]) -> np.ndarray:
-        s, k0, k1, i = item
-        if last.get("key") != (s, k0):  # masks of this chunk, reused by every draw
-            last["key"] = (s, k0)
-            last["h"] = M.scorecam_masks(
+
+def masked_input_chunks(
+    ctx: Context, perturb: Perturbation, draws: int
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    r"""The masked inputs :math:`X_s \circ \tilde H^k` one channel chunk at a time:
+    ``(sample, k0, k1, native inputs (k1 - k0, ...))`` for every sample, chunk and draw.
+
+    :math:`H^k` = :func:`refcam.math.scorecam_masks` (options ``upsample_mode``, ``mask_order``,
+    ``mask_eps``), computed once per chunk and passed to ``perturb`` for each draw.  A chunk holds
+    ``memory_budget // (4 × bytes of one input)`` channels (at most ``batch_size``).
+    """
+    o = ctx.options
+    a = ctx.need("activations")
+    x = ctx.model.to_channels_first(ctx.inputs)  # (N, C, *S_in)
+    n, k = a.shape[:2]
+    size = tuple(x.shape[2:])
+    chunk = _chunk(ctx, x[0].nbytes, 4, k)
+    for s in range(n):
+        for k0 in range(0, k, chunk):
+            k1 = min(k, k0 + chunk)
+            h = M.scorecam_masks(
                 a[s : s + 1, k0:k1],
                 size,
                 upsample_mode=o["upsample_mode"],
-                order=o["mask_order"],
-                eps=o["mask_eps"],
+                mask_order=o["mask_order"],
+                mask_eps=o["mask_eps"],
             )[0]  # (kc, *S_in)
-        h = last["h"]
-        if variant == "noise":
-            noise = np.stack(
-                [
-                    np.random.default_rng([seed, s, kk, i]).standard_normal(size)
-                    for kk in range(k0, k1)
-                ]
-            )
-            h = h + (sigma * noise).astype(h.dtype, copy=False)
-        elif variant == "integrate":
-            h = h * h.dtype.type(coeffs[i])
-        return model.to_native((x[s][None] * h[:, None]).astype(model.input_dtype, copy=False))
+            for i in range(draws):
+                xm = x[s][None] * perturb(h, s, k0, i)[:, None]
+                yield s, k0, k1, ctx.model.to_native(xm.astype(ctx.model.input_dtype, copy=False))
 
-    out = np.zeros((n, ctx.targets.n_targets, k), dtype=np.float64)
-    bar = _bar(ctx, n * k * draws, f"{variant if variant != 'plain' else 'score'}-cam forwards")
+
+_END = object()
+
+
+def prefetched(items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` with the next one computed on a worker thread while the caller uses the current
+    one (NumPy and onnxruntime release the GIL): at most two items exist at once."""
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(next, it, _END)
+        while True:
+            item = future.result()
+            if item is _END:
+                return
+            future = pool.submit(next, it, _END)
+            yield item
+
+
+def _masked_scores(ctx: Context, perturb: Perturbation, draws: int, desc: str) -> np.ndarray:
+    """Target scores of every masked input, ``(N, T, draws, K)``, dtype of the model output."""
+    model = ctx.model
+    n, k = ctx.need("activations").shape[:2]
+    out = np.zeros((n, ctx.targets.n_targets, draws, k), dtype=ctx.outputs.dtype)
+    i = 0
+    bar = _bar(ctx, n * k * draws, desc)
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(prepare, items[0])
-            for j, (s, k0, k1, _) in enumerate(items):
-                xm = future.result()
-                if j + 1 < len(items):
-                    future = pool.submit(prepare, items[j + 1])
-                res = model.run(xm, batch_size=k1 - k0, checked=True)[model.output_name]
-                del xm
-                out[s, :, k0:k1] += _scores(ctx, res, np.full(k1 - k0, s), score).T
-                bar.update(k1 - k0)
+        for s, k0, k1, xm in prefetched(masked_input_chunks(ctx, perturb, draws)):
+            res = model.run(xm, batch_size=k1 - k0, checked=True)[model.output_name]
+            out[s, :, i, k0:k1] = _scores(ctx, res, np.full(k1 - k0, s), ctx.options["score"]).T
+            i = (i + 1) % draws
+            bar.update(k1 - k0)
     finally:
         bar.close()
-    return (out / draws).astype(
-        ctx.outputs.dtype
-    )  # model precision (float32 scores -> float32 maps)
+    return out
 
 
+@need("masked_scores", "f^c(X ∘ H^k) of the masked inputs (N, T, K)", options=_MASK_OPTIONS)
+def provide_masked_scores(ctx: Context) -> np.ndarray:
+    r"""Score-CAM: :math:`f^c(X \circ H^k)`, ``(N, T, K)`` (Wang et al. 2020, Eq. 6)."""
+    return _masked_scores(ctx, lambda h, s, k0, i: h, 1, "score-cam forwards")[:, :, 0]
+
+
+@need(
+    "noisy_masked_scores",
+    "f^c(X ∘ (H^k + δ_m)) of the SS-CAM noisy masks (N, T, n_samples, K)",
+    options=_MASK_OPTIONS + ("n_samples", "std", "seed"),
+)
+def provide_noisy_masked_scores(ctx: Context) -> np.ndarray:
+    r"""SS-CAM: :math:`f^c(X \circ (H^k + \delta^k_m))`, ``(N, T, n_samples, K)``, with the noise
+    :math:`\delta^k_m` of :func:`refcam.math.sscam_noise` ``(seed, sample, k, m)``: element for
+    element the masks of :func:`refcam.math.sscam_masks` with the same ``seed``."""
+    o = ctx.options
+    size = ctx.model.input_spatial_shape(ctx.inputs)
+
+    def noisy(h: np.ndarray, s: int, k0: int, i: int) -> np.ndarray:
+        d = np.stack([
+            M.sscam_noise(size, std=o["std"], seed=o["seed"], sample=s, channel=kk, draw=i)
+            for kk in range(k0, k0 + len(h))
+        ])
+        return h + d.astype(h.dtype, copy=False)
+
+    return _masked_scores(ctx, noisy, o["n_samples"], "ss-cam forwards")
+
+
+@need(
+    "scaled_masked_scores",
+    "f^c(X ∘ γ_i H^k) of the IS-CAM scaled masks (N, T, n_steps, K)",
+    options=_MASK_OPTIONS + ("n_steps", "schedule"),
+)
+def provide_scaled_masked_scores(ctx: Context) -> np.ndarray:
+    r"""IS-CAM: :math:`f^c(X \circ \gamma_i H^k)`, ``(N, T, n_steps, K)``, with :math:`\gamma_i`
+    = :func:`refcam.math.iscam_scales` ``(n_steps, schedule)``: element for element the masks of
+    :func:`refcam.math.iscam_masks`."""
+    o = ctx.options
+    gammas = M.iscam_scales(o["n_steps"], o["schedule"])
+
+    def scaled(h: np.ndarray, s: int, k0: int, i: int) -> np.ndarray:
+        return gammas[i].astype(h.dtype) * h
+
+    return _masked_scores(ctx, scaled, o["n_steps"], "is-cam forwards")
+
+
+@need(
+    "baseline_scores",
+    "f^c(X_b) of the Score-CAM baseline (N, T)",
+    options=("baseline", "score"),
+)
 def provide_baseline_scores(ctx: Context) -> np.ndarray:
     """``f^c(X_b)``: ``baseline="zeros"`` runs an all-zero input; ``"input"`` uses the unmasked input."""
-    b = ctx.options.get("baseline")
-    score = ctx.options.get("score", "logit")
-    if b == "input":
-        return _scores(ctx, ctx.outputs, np.arange(len(ctx.inputs)), score)
-    if b == "zeros":
-        res = ctx.model.run(np.zeros_like(ctx.inputs), checked=True)[ctx.model.output_name]
-        return _scores(ctx, res, np.arange(len(ctx.inputs)), score)
-    raise ModelError(f"baseline: got {b!r}")  # validated earlier; unreachable
+    samples = np.arange(len(ctx.inputs))
+    if ctx.options["baseline"] == "input":
+        return _scores(ctx, ctx.outputs, samples, ctx.options["score"])
+    res = ctx.model.run(np.zeros_like(ctx.inputs), checked=True)[ctx.model.output_name]
+    return _scores(ctx, res, samples, ctx.options["score"])
 
 
 # ------------------------------------------------------------------------- Ablation-CAM
+def _native_like(ctx: Context) -> np.ndarray | None:
+    """The layer's activations in its native layout, batch first: what the head model takes.
+
+    Token layers need them (the prefix tokens are not in the map and are fed unchanged); other
+    layouts only need the shape, taken from the map itself.  Sequence-first layers are refused: the
+    head model runs its batch on axis 0."""
+    lay = ctx.layer.layout
+    if lay is not None and lay.batch_axis not in (None, 0):
+        raise InvalidArgumentError(
+            "layer", ctx.layer.name, f"a batch-first layer for {ctx.method!r} (the layer is "
+            f"{lay.describe()}: the head model cut there runs its batch on axis 0); pick the "
+            "batch-first tensor next to it"
+        )
+    if lay is not None and lay.is_tokens:
+        return ctx.model.run(ctx.inputs, [ctx.layer.name], checked=True,
+                             batch_size=ctx.batch_size)[ctx.layer.name]
+    return None
+
+
+@need(
+    "ablated_scores",
+    "y^c_k with channel k ablated (N, T, K)",
+    options=("ablation_value",),
+)
 def provide_ablated_scores(ctx: Context) -> np.ndarray:
     """``y^c_k``: the head model (graph cut at the layer) run on the activations with channel ``k``
-    set to ``ablation_value`` (0 in the paper), ``(N, T, K)``; chunks of ``memory_budget // (2 ×
-    bytes of one activation)`` channels."""
+    set to :func:`refcam.math.ablation_values` ``(A, ablation_value)`` (0 in the paper),
+    ``(N, T, K)``; chunks of ``memory_budget // (2 × bytes of one activation)`` channels."""
     model = ctx.model
     head = model.head(ctx.layer)
     a = ctx.need("activations")
+    native = _native_like(ctx)
     n, k = a.shape[:2]
-    value = float(ctx.options.get("ablation_value", 0.0))
-    chunk = int(min(k, max(1, _budget(ctx) // (2 * a[0].nbytes))))
-    if ctx.batch_size is not None:
-        chunk = min(chunk, V.positive_int(ctx.batch_size, "batch_size"))
+    values = M.ablation_values(a, ctx.options["ablation_value"])
+    chunk = _chunk(ctx, a[0].nbytes, 2, k)
     out = np.zeros((n, ctx.targets.n_targets, k), dtype=np.float64)
     bar = _bar(ctx, n * k, "ablation-cam forwards")
     try:
@@ -253,25 +309,32 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
             for k0 in range(0, k, chunk):
                 k1 = min(k, k0 + chunk)
                 b = np.repeat(a[s : s + 1], k1 - k0, axis=0)
-                b[np.arange(k1 - k0), np.arange(k0, k1)] = value
+                b[np.arange(k1 - k0), np.arange(k0, k1)] = values[s, k0:k1].reshape(
+                    (-1,) + (1,) * (a.ndim - 2)
+                )
                 res = head.run(
-                    model.to_native(b).astype(head.input_dtype, copy=False),
+                    model.map_to_layer(
+                        ctx.layer, b, None if native is None else np.repeat(native[s : s + 1], k1 - k0, 0)
+                    )
+                    .astype(head.input_dtype, copy=False),
                     batch_size=k1 - k0,
                     checked=True,
                 )[head.output_name]
-                out[s, :, k0:k1] = _scores(ctx, res, np.full(k1 - k0, s)).T
+                out[s, :, k0:k1] = _scores(ctx, res, np.full(k1 - k0, s), "logit").T
                 bar.update(k1 - k0)
     finally:
         bar.close()
     return out.astype(ctx.outputs.dtype)
 
 
+@need(
+    "ablation_base_scores", "y^c from the head model on the unablated activations (N, T)"
+)
 def provide_ablation_base_scores(ctx: Context) -> np.ndarray:
     """``y^c`` from the head model on the unablated activations (same numerics as ``ablated_scores``)."""
     model = ctx.model
     head = model.head(ctx.layer)
     a = ctx.need("activations")
-    res = head.run(model.to_native(a).astype(head.input_dtype, copy=False), checked=True)[
-        head.output_name
-    ]
-    return _scores(ctx, res, np.arange(a.shape[0]))
+    native = model.map_to_layer(ctx.layer, a, _native_like(ctx))
+    res = head.run(native.astype(head.input_dtype, copy=False), checked=True)[head.output_name]
+    return _scores(ctx, res, np.arange(a.shape[0]), "logit")

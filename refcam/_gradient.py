@@ -27,19 +27,16 @@ Plain Python callables have no ONNX graph to differentiate and raise
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import _validate as V
 from . import math as M
-from .errors import InvalidArgumentError, LayerNotFoundError, TargetError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .methods import Context
+from .errors import InvalidArgumentError, LayerNotFoundError, ModelError, ShapeError, TargetError
+from .registry import Context, need
 
 __all__ = [
-    "GRADIENT_SOURCES",
     "class_model_visualization",
     "fullgrad_bias_layers",
     "provide_bias_gradients",
@@ -52,8 +49,8 @@ __all__ = [
     "provide_smoothgrad_gradients",
 ]
 
-GRADIENT_SOURCES = ("vjp", "fd", "exported")
-FD_MODES = ("auto", "channel", "full")
+#: options read by the layer-gradient needs
+_LAYER_GRADIENT_OPTIONS = ("gradient_source", "fd_mode", "gradient_output")
 
 
 def _classes(ctx: Context) -> Any:
@@ -80,14 +77,13 @@ def _seed(ctx: Context, outputs: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 
 def _source(ctx: Context) -> str:
-    return V.choice(ctx.options.get("gradient_source", "vjp"), "gradient_source", GRADIENT_SOURCES)
+    return ctx.options["gradient_source"]
 
 
 def _channels_first(ctx: Context, g: np.ndarray) -> np.ndarray:
-    """``(N, T, *native)`` → ``(N, T, K, *S)``."""
-    if ctx.model.channels_last and g.ndim in (5, 6):
-        return np.moveaxis(g, -1, 2)
-    return g
+    """Input gradients ``(N, T, *native)`` → ``(N, T, C, *S)`` (a tabular ``(N, F)`` input reads
+    as one channel over ``F`` positions, :attr:`refcam.onnx.Model.tabular_input`)."""
+    return ctx.model.to_channels_first(g, lead=1)
 
 
 def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
@@ -102,11 +98,11 @@ def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
         proto = classes.attach(ctx.model.proto_with_output(), ctx.model.output_name)
         fd = FiniteDifferences(proto, tensor, seed=SCORE_OUTPUT)
         w = classes.weights(ctx.outputs.shape, ctx.inputs.dtype)
-        feeds = {ctx.model.input_name: ctx.inputs, WEIGHT_INPUT: w}
+        feeds = {**ctx.model.feed(ctx.inputs), WEIGHT_INPUT: w}
         _, r = fd(feeds, np.ones((len(w), 1)), mode=mode)
         return r.value[:, None]
     fd = FiniteDifferences(ctx.model.proto_with_output(), tensor, seed=ctx.model.output_name)
-    feeds = {ctx.model.input_name: ctx.inputs}
+    feeds = ctx.model.feed(ctx.inputs)
     out = []
     for t in range(classes.shape[1]):
         _, r = fd(feeds, _seed(ctx, ctx.outputs, classes[:, t]), mode=mode)
@@ -114,11 +110,7 @@ def _fd(ctx: Context, tensor: str, mode: str) -> np.ndarray:
     return np.stack(out, axis=1)
 
 
-def _fd_mode(ctx: Context) -> str:
-    mode = V.choice(ctx.options.get("fd_mode", "auto"), "fd_mode", FD_MODES)
-    return mode
-
-
+@need("gradients", "∂y^c/∂A^k at the layer (N, T, K, *S)", options=_LAYER_GRADIENT_OPTIONS)
 def provide_gradients(ctx: Context) -> np.ndarray:
     r""":math:`\partial y^c/\partial A^k` at the layer, ``(N, T, K, *S)``, dtype of the activations."""
     a = ctx.need("activations")
@@ -130,16 +122,16 @@ def provide_gradients(ctx: Context) -> np.ndarray:
         r = gradients(ctx.model, ctx.inputs, wrt=layer, target=_classes(ctx), batch_size=ctx.batch_size)
         return r.gradients[layer].astype(a.dtype, copy=False)
     if src == "fd":
-        if _fd_mode(ctx) == "channel":
+        if ctx.options["fd_mode"] == "channel":
             raise InvalidArgumentError(
                 "fd_mode", "channel", f"'full' or 'auto' for {ctx.method!r}: it needs every "
                 "element of ∂y^c/∂A (only Grad-CAM is computed from channel sums)"
             )
-        return _channels_first(ctx, _fd(ctx, layer, "full")).astype(a.dtype)
+        return ctx.model._as_map(layer, _fd(ctx, layer, "full"), lead=1).astype(a.dtype)
     # exported
     from .autodiff import exported_gradients
 
-    name = ctx.options.get("gradient_output")
+    name = ctx.options["gradient_output"]
     if not isinstance(name, str):
         raise InvalidArgumentError(
             "gradient_output", name, "the name of the model output holding ∂y^c/∂A "
@@ -154,15 +146,18 @@ def provide_gradients(ctx: Context) -> np.ndarray:
         g = exported_gradients(ctx.model, ctx.inputs, name)[name]
     except LayerNotFoundError as e:
         raise LayerNotFoundError(f"gradient_output: {e}") from None
-    g = ctx.model.to_channels_first(np.asarray(g))[:, None]
+    g = ctx.model._as_map(layer, np.asarray(g)[:, None], lead=1)  # one target axis after axis 0
     if g.shape[0:1] + g.shape[2:] != a.shape:
-        from .errors import ShapeError
-
         raise ShapeError("gradient_output", g.shape[:1] + g.shape[2:], a.shape,
                          f"the shape of the activations of {layer!r}")
     return g.astype(a.dtype, copy=False)
 
 
+@need(
+    "gradient_weights",
+    "Grad-CAM weights α_k^c (N, T, K)",
+    options=_LAYER_GRADIENT_OPTIONS,
+)
 def provide_gradient_weights(ctx: Context) -> np.ndarray:
     r"""Grad-CAM weights :math:`\alpha_k^c = \frac1Z \sum_{ij} \partial y^c/\partial A^k_{ij}`,
     ``(N, T, K)`` (Selvaraju et al. 2017, Eq. 1).
@@ -173,10 +168,11 @@ def provide_gradient_weights(ctx: Context) -> np.ndarray:
     ``gradients`` need (:func:`refcam.math.gradient_weights`).
     """
     a = ctx.need("activations")
-    if _source(ctx) == "fd" and _fd_mode(ctx) != "full":
-        if ctx.model.channels_last:
+    if _source(ctx) == "fd" and ctx.options["fd_mode"] != "full":
+        lay = ctx.layer.layout
+        if lay is not None and (lay.batch_axis, lay.channel_axis, lay.is_tokens) != (0, 1, False):
             raise InvalidArgumentError(
-                "fd_mode", ctx.options.get("fd_mode"), "'full' for a channels-last model (the "
+                "fd_mode", ctx.options["fd_mode"], f"'full' for a {lay.describe()} layer (the "
                 "channel directions act on axis 1 of the native tensor)"
             )
         z = int(np.prod(a.shape[2:]))
@@ -209,17 +205,28 @@ def _vjp_input(ctx: Context, x: np.ndarray, classes: np.ndarray, rules: str) -> 
     return _channels_first(ctx, r.gradients[ctx.model.input_name]).astype(x.dtype, copy=False)
 
 
+@need("input_gradients", "∂y^c/∂X (N, T, C, *S_in)", options=("gradient_source",))
 def provide_input_gradients(ctx: Context) -> np.ndarray:
     r""":math:`\partial y^c/\partial X`, ``(N, T, C, *S_in)`` (plain backward)."""
     return _input_gradients(ctx, "plain")
 
 
+@need(
+    "guided_input_gradients",
+    "guided-backpropagation ∂y^c/∂X (N, T, C, *S_in)",
+    options=("gradient_source",),
+)
 def provide_guided_input_gradients(ctx: Context) -> np.ndarray:
     r"""Guided-backpropagation input "gradient" (Springenberg et al. 2015: ``Relu(g)·[X>0]`` at every
     ReLU-like node), ``(N, T, C, *S_in)``."""
     return _input_gradients(ctx, "guided")
 
 
+@need(
+    "deconvnet_input_gradients",
+    "deconvnet reconstruction (N, T, C, *S_in)",
+    options=("gradient_source",),
+)
 def provide_deconvnet_input_gradients(ctx: Context) -> np.ndarray:
     r"""Deconvnet input reconstruction (Zeiler & Fergus 2014: ``Relu(g)`` at every ReLU-like node),
     ``(N, T, C, *S_in)``."""
@@ -241,6 +248,11 @@ def _many(ctx: Context, points: np.ndarray) -> np.ndarray:
     return g.reshape((n, n_pts) + g.shape[1:])
 
 
+@need(
+    "smoothgrad_gradients",
+    "∂y^c/∂X at the SmoothGrad noisy copies (N, n, T, C, *S_in)",
+    options=("gradient_source", "n_samples", "noise_level", "seed"),
+)
 def provide_smoothgrad_gradients(ctx: Context) -> np.ndarray:
     r"""Input gradients at the noisy copies of :func:`refcam.math.smoothgrad_inputs`
     (``n_samples``, ``noise_level``, ``seed``), ``(N, n, T, C, *S_in)`` (Smilkov et al. 2017)."""
@@ -250,6 +262,11 @@ def provide_smoothgrad_gradients(ctx: Context) -> np.ndarray:
     return _many(ctx, noisy)
 
 
+@need(
+    "path_gradients",
+    "∂y^c/∂X at the Integrated-Gradients path points (N, n_steps, T, C, *S_in)",
+    options=("gradient_source", "n_steps", "rule", "baseline"),
+)
 def provide_path_gradients(ctx: Context) -> np.ndarray:
     r"""Input gradients at the straight-path points :func:`refcam.math.path_inputs` of the
     quadrature ``integration_points(n_steps, rule)``, ``(N, n_steps, T, C, *S_in)``
@@ -273,7 +290,6 @@ def fullgrad_bias_layers(model: Any) -> list[tuple[str, str, np.ndarray]]:
     map aggregates the spatial (convolutional) bias-gradients only; they do enter the completeness
     sum :func:`refcam.math.full_gradient_sum`.
     """
-    from .errors import ModelError
     from .onnx import load
     from .onnx.head import _attr, constant_value
 
@@ -306,6 +322,12 @@ def fullgrad_bias_layers(model: Any) -> list[tuple[str, str, np.ndarray]]:
     return out
 
 
+@need(
+    "bias_gradients",
+    "FullGrad bias-gradients ∂y^c/∂z ⊙ b per Conv/BatchNorm output z: {name: (N, T, K, *S)}; "
+    "also fills input_gradients (same VJP run)",
+    options=("gradient_source",),
+)
 def provide_bias_gradients(ctx: Context) -> dict:
     r"""FullGrad's bias-gradients :math:`f^b = \partial y^c/\partial z \odot b` of every Conv /
     BatchNormalization output :math:`z` with a bias (:func:`fullgrad_bias_layers`), as a dict
@@ -328,9 +350,7 @@ def provide_bias_gradients(ctx: Context) -> dict:
     ctx.arrays.setdefault("input_gradients", ig)
     out = {}
     for name, _, b in layers:
-        g = r.gradients[name]
-        if m.channels_last and g.ndim in (5, 6):
-            g = np.moveaxis(g, 2, -1)  # undo: ONNX Conv / BatchNorm tensors are channels-first
+        g = r.gradients[name]  # read through the tensor's layout: Conv / BatchNorm outputs are NCHW
         if g.ndim != ig.ndim:
             continue  # a dense BatchNorm (N, K): not part of the map
         fb = M.bias_gradient(g.reshape((-1,) + g.shape[2:]).astype(np.float64), b)

@@ -64,6 +64,16 @@ def feature_maps(x: Any, name: str = "activations") -> np.ndarray:
     return arr
 
 
+def images(x: Any, name: str = "inputs") -> np.ndarray:
+    """Validate an input-like array (inputs, input gradients) of layout (N, C, *S), every axis
+    non-empty."""
+    arr = as_float_array(x, name)
+    check_ndim(arr, name, min_ndim=3, layout="(N, C, *S): batch, channels and at least one spatial axis")
+    if any(s == 0 for s in arr.shape):
+        raise ShapeError(name, arr.shape, "(N, C, *S) with every axis non-empty")
+    return arr
+
+
 def maps(x: Any, name: str = "maps") -> np.ndarray:
     """Validate a batch of maps of layout (N, *S) with at least one spatial axis."""
     arr = as_float_array(x, name)
@@ -84,6 +94,13 @@ def positive_int(value: Any, name: str) -> int:
     """Require a positive Python/NumPy integer (bools refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InvalidArgumentError(name, value, "a positive integer")
+    return int(value)
+
+
+def nonnegative_int(value: Any, name: str) -> int:
+    """Require a non-negative Python/NumPy integer (bools refused), e.g. a random seed."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InvalidArgumentError(name, value, "a non-negative integer")
     return int(value)
 
 

@@ -7,11 +7,26 @@ ImageNet, :mod:`refcam.zoo`) on the bundled photo of a cat and writes, into ``./
 * ``chelsea_<method>.png`` -- the overlay alone, pixel for pixel at the model's input size;
 * ``chelsea_<method>.npy`` -- the raw map at feature resolution (``Explanation.maps[i]``),
 
+* ``refcam-<hash>.json`` -- the run's manifest: inputs and model with their SHA-256, methods,
+  options, every output with its SHA-256, the refcam version (:mod:`refcam._outputs`),
+
 and prints the paths.  Every subcommand has ``--help``.
 
+Files: everything that can be checked without running the model is checked first (options, the
+output folder's writability, that no output would replace an input, which is refused); the
+outputs are then computed in memory, written to temporary names in the output folder and renamed
+together under a lock on the folder, so that an interrupted run leaves no truncated file and two
+runs writing to one folder never leave a mixture of their files.  Models and images are told
+apart by content, not by suffix; labels and preprocessing come from the model's
+``metadata_props`` when present (:func:`refcam.zoo.model_classes`,
+:func:`refcam.zoo.model_preprocessing`).  Image decoding lives in :mod:`refcam.zoo._images`,
+the figure in :func:`refcam.viz.explain_figure`.
+
 Exit codes: 0 success; 1 a :class:`refcam.errors.RefcamError` (unknown layer, unsupported op,
-bad target, a file that is not a model ...); 2 a usage error (bad option, missing file, unknown
-method); 130 interrupted.  Errors are one line on stderr; ``--debug`` shows the traceback instead.
+a class index out of range, a file that is not a model ...); 2 a usage error (bad option or option
+value, missing file, unknown method or class name, negative ``--target``, unwritable output folder,
+an output that would replace an input); 130 interrupted.  Errors are one line on stderr;
+``--debug`` shows the traceback instead.
 
 Extension hook
 --------------
@@ -70,18 +85,13 @@ def _one_line(text: str) -> str:
 
 
 def _registry():
-    from . import explanation  # noqa: F401  (imports refcam.methods and registers the methods)
     from .methods import METHODS
-
-    # the gradient floor may register its methods (gradcam, ...) when it is imported
-    if "gradcam" not in METHODS and importlib.util.find_spec("refcam.autodiff") is not None:
-        importlib.import_module("refcam.autodiff")
 
     return METHODS
 
 
 def default_method() -> str:
-    """``"gradcam"`` when a Grad-CAM method is registered (gradient floor present), else ``"cam"``.
+    """``"gradcam"`` when registered, else ``"cam"``.
 
     On a GAP → linear head such as the default model's, Grad-CAM equals CAM / Z (Z = spatial
     positions), so the fallback explains the same evidence up to a positive factor.
@@ -103,50 +113,22 @@ def _get_method(name: str):
 # --------------------------------------------------------------------------- models and images
 
 
-class _LoadedModel:
-    def __init__(
-        self, model: Any, label: str, classes: list[str] | None, default_norm: str
-    ) -> None:
-        self.model = model
-        self.label = label
-        self.classes = classes
-        self.default_norm = default_norm
+def _is_model_spec(spec: str) -> bool:
+    from .zoo import _models
+
+    try:
+        return _models.is_model_spec(spec)
+    except _models.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _load_model(spec: str | None, layout: str) -> _LoadedModel:
-    from .onnx import Model
+def _load_model(spec: str | None, layout: str):
+    from .zoo import _models
 
-    if spec is None or spec in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0"):
-        from . import zoo
-
-        if layout.upper() not in ("NCHW", "CHANNELS_FIRST"):
-            raise UsageError(f"--layout: got {layout!r}, the default model is NCHW")
-        return _LoadedModel(
-            Model(zoo.efficientnet_lite0()),
-            "EfficientNet-Lite0 (ImageNet)",
-            zoo.imagenet_classes(),
-            "efficientnet",
-        )
-    if spec.startswith("toy:"):
-        from .onnx import toy_models
-
-        name = spec[4:]
-        if name not in toy_models.ZOO:
-            raise UsageError(
-                f"model: unknown toy model {name!r}; expected toy:NAME with NAME one of "
-                f"{', '.join(sorted(toy_models.ZOO))}"
-            )
-        return _LoadedModel(
-            Model(toy_models.toy_model(name), layout=layout), spec, None, "imagenet"
-        )
-    path = Path(spec)
-    if not path.exists():
-        raise UsageError(
-            f"model: no such file {spec!r} (expected an .onnx file, 'default' or toy:NAME)"
-        )
-    if path.is_dir():
-        raise UsageError(f"model: {spec!r} is a directory, expected an .onnx file")
-    return _LoadedModel(Model(str(path), layout=layout), path.name, None, "imagenet")
+    try:
+        return _models.load_model(spec, layout=layout)
+    except _models.InputFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
@@ -161,24 +143,42 @@ def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespace):
-    """Image files / samples / .npy arrays → :class:`refcam.zoo._images.InputItem` list."""
+def _load_images(specs: Sequence[str], lm, args: argparse.Namespace):
+    """Image files / samples / .npy arrays → :class:`refcam.zoo._images.InputItem` list.
+
+    Preprocessing: a flag given on the command line, else the model's ``refcam.preprocessing``
+    metadata, else the defaults (size: the model's, else 224; crop padding 32; bicubic; --norm
+    imagenet, efficientnet for the embedded model).
+    """
     from .errors import InvalidArgumentError
     from .zoo import _images
 
+    pre = lm.preprocessing
     mean = _parse_floats3(args.mean, "--mean") if args.mean is not None else None
     std = _parse_floats3(args.std, "--std") if args.std is not None else None
+    if args.norm is None:
+        mean = mean if mean is not None else pre.get("mean")
+        std = std if std is not None else pre.get("std")
     try:
         mean, std = _images.normalization(args.norm, lm.default_norm, mean, std)
     except InvalidArgumentError as exc:
         raise UsageError(f"--{exc.argument}: got {exc.got!r}, expected {exc.expected}") from None
+    size = args.size if args.size is not None else pre.get("size")
+    fixed = _fixed_side(lm.model)
+    if args.size is not None and fixed is not None and args.size != fixed:
+        raise UsageError(
+            f"--size: got {args.size}, but the model input {lm.model.input_name!r} has the fixed "
+            f"shape {_fmt_shape(lm.model.input_shape)}; omit --size (or pass --size {fixed})"
+        )
     try:
         return _images.load_inputs(
             specs,
             lm.model,
-            size=args.size,
-            crop_padding=args.crop_padding,
-            resample=args.resample,
+            size=size,
+            crop_padding=(
+                args.crop_padding if args.crop_padding is not None else pre.get("crop_padding", 32)
+            ),
+            resample=args.resample or pre.get("resample", "bicubic"),
             mean=mean,
             std=std,
         )
@@ -186,26 +186,50 @@ def _load_images(specs: Sequence[str], lm: _LoadedModel, args: argparse.Namespac
         raise UsageError(str(exc)) from None
 
 
-def _parse_target(text: str | None, lm: _LoadedModel, n: int):
+def _fixed_side(model: Any) -> int | None:
+    """The side of a model input fixed to a square (all spatial sizes equal ints), else ``None``."""
+    shape = model.input_shape or ()
+    if len(shape) < 3:
+        return None
+    spatial = shape[1:-1] if model.channels_last else shape[2:]
+    if all(isinstance(d, int) and d > 0 for d in spatial) and len(set(spatial)) == 1:
+        return int(spatial[0])
+    return None
+
+
+def _parse_target(text: str | None, lm, n: int):
+    """``-t``: class indices or names, one for all images or one per image (comma-separated).
+
+    Negative indices are refused here (``-t -1`` is almost always a typo on a command line),
+    although :func:`refcam.explain` accepts them NumPy-style and reports the resolved class.
+    """
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",")]
+    n_classes = len(lm.classes) if lm.classes is not None else lm.n_classes
 
     def one(p: str) -> int:
         try:
-            return int(p)
+            c = int(p)
         except ValueError:
-            pass
+            c = None
+        if c is not None:
+            if c < 0:
+                raise UsageError(
+                    f"--target: got {c}, expected a class index >= 0 (negative indices are refused "
+                    f"on the command line; pass the class itself"
+                    + (f", e.g. {n_classes + c} for {c}" if n_classes and -n_classes <= c else "")
+                    + ")"
+                )
+            return c
         if lm.classes is not None:
-            key = p.lower().replace("_", " ")
-            hits = [i for i, c in enumerate(lm.classes) if c.lower() == key]
-            if hits:
-                return hits[0]
-            import difflib
+            from .errors import TargetError
+            from .zoo import class_index
 
-            close = difflib.get_close_matches(key, [c.lower() for c in lm.classes], n=3, cutoff=0.6)
-            hint = f" (closest: {', '.join(close)})" if close else ""
-            raise UsageError(f"--target: unknown class name {p!r}{hint}")
+            try:
+                return class_index(p, lm.full_classes)
+            except TargetError as exc:
+                raise UsageError(f"--{exc}") from None  # "--target: ..."
         raise UsageError(
             f"--target: got {p!r}, expected a class index (this model has no class names)"
         )
@@ -214,8 +238,11 @@ def _parse_target(text: str | None, lm: _LoadedModel, n: int):
     if len(vals) == 1:
         return vals[0]
     if len(vals) != n:
+        expected = (
+            "1 (there is one image)" if n == 1 else f"1 (for every image) or {n} (one per image)"
+        )
         raise UsageError(
-            f"--target: got {len(vals)} comma-separated targets for {n} image(s), expected 1 or {n}"
+            f"--target: got {len(vals)} comma-separated targets for {n} image(s), expected {expected}"
         )
     return vals
 
@@ -253,11 +280,8 @@ def _progress(total: int, enabled: bool | None, desc: str):
 def _preset(name: str | None):
     if name is None:
         return None
-    if importlib.util.find_spec("refcam.presets") is None:
-        raise UsageError(
-            "--preset: convention presets (refcam.presets) are not in this version of refcam"
-        )
-    presets = importlib.import_module("refcam.presets")
+    from . import presets
+
     if name not in presets.PRESET_NAMES:
         raise UsageError(
             f"--preset: got {name!r}, expected one of {', '.join(presets.PRESET_NAMES)}"
@@ -274,7 +298,8 @@ class _Computed:
 
 
 def _method_options(meth, options: dict, presets, preset_name: str | None):
-    """The options of one method: ``-O`` values, then the preset's (``(opts, convention)``)."""
+    """The options of one method: the preset's (:func:`refcam.presets.explain_options`), then the
+    ``-O`` values over them (``(opts, convention)``)."""
     from .errors import RefcamError
 
     opts = dict(options)
@@ -284,48 +309,50 @@ def _method_options(meth, options: dict, presets, preset_name: str | None):
         conv = presets.get(preset_name, meth.name)
     except RefcamError as exc:
         raise UsageError(f"--preset {preset_name}: {exc}") from None
-    if getattr(conv, "masks", None) is not None or getattr(conv, "ablation_value", None) not in (
-        None,
-        "zero",
-    ):
-        raise UsageError(
-            f"--preset {preset_name}: the {meth.name} convention changes how the model is "
-            f"queried (masks / ablation), which the CLI does not map yet; use "
-            f"refcam.presets.compute with refcam.explain's arrays"
-        )
-    if "relu" in meth.defaults and "relu" not in opts:
-        opts["relu"] = bool(conv.relu)
-    for k, v in conv.method_kwargs.items():
-        if k not in meth.defaults:
-            raise UsageError(
-                f"--preset {preset_name}: {meth.name} needs option {k}={v!r}, which "
-                f"refcam.explain does not expose for this method"
-            )
-        opts.setdefault(k, v)
-    return opts, conv
+    # the preset's explain options (same names as the -O keys); -O wins
+    return {**presets.explain_options(conv), **opts}, conv
 
 
-def _run_explain(lm, x, methods, target, options: dict, presets, args) -> list[_Computed]:
-    """The run part of ``refcam explain``: one :func:`refcam.explain` per method, no file written."""
+def _check_options(meth, opts: dict) -> None:
+    """Validate one method's options before anything is computed (a bad value is exit code 2)."""
+    from .errors import RefcamError
+
+    try:
+        if hasattr(meth, "resolve"):  # the method registry checks its own typed options
+            meth.resolve(opts)
+        else:
+            from . import explanation
+
+            explanation._options(meth, opts)
+    except RefcamError as exc:
+        raise UsageError(f"--option ({meth.name}): {_one_line(exc)}") from None
+
+
+def _run_explain(lm, x, plans, target, presets, args) -> list[_Computed]:
+    """The run part of ``refcam explain``: one :func:`refcam.explain` per method, no file written.
+
+    ``plans``: ``(method, options, convention)`` triples from :func:`_method_options`.
+    """
     from .explanation import explain
 
     results: list[_Computed] = []
-    bar = _progress(len(methods), args.progress, "refcam explain")
+    bar = _progress(len(plans), args.progress, "refcam explain")
     try:
-        for meth in methods:
+        for meth, opts, conv in plans:
             bar.set_postfix_str(meth.name)
-            opts, conv = _method_options(meth, options, presets, args.preset)
             e = explain(
                 lm.model,
                 x,
                 meth.name,
                 layer=args.layer,
+                layer_layout=getattr(args, "layer_layout", None),
+                allow_small_map=getattr(args, "allow_small_map", False),
                 target=target,
                 batch_size=args.batch_size,
                 progress=args.progress,
                 **opts,
             )
-            shown = e.maps if conv is None else presets.postprocess(conv, e.maps, e.input_size)
+            shown = e.maps if conv is None else presets.from_explanation(conv, e)
             results.append(_Computed(meth, e, shown))
             bar.update(1)
     finally:
@@ -333,13 +360,49 @@ def _run_explain(lm, x, methods, target, options: dict, presets, args) -> list[_
     return results
 
 
-def _write_explain(out: Path, lm, items, results: list[_Computed], args) -> list[Path]:
-    """The write part of ``refcam explain``: raw maps, overlays and one figure per input."""
+def _planned_names(items, methods, preset: str | None) -> list[str]:
+    """Every file name ``refcam explain`` may write for these inputs (known before computing)."""
+    names = []
+    for it in items:
+        if it.picture is not None:
+            names.append(f"{it.stem}.png")
+        for m in methods:
+            names.append(f"{it.stem}_{m.name}.npy")
+            if preset:
+                names.append(f"{it.stem}_{m.name}_{preset}.npy")
+            if it.picture is not None:
+                names.append(f"{it.stem}_{m.name}.png")
+    return names
+
+
+def _npy_bytes(a) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _png_bytes(obj) -> bytes:
+    import io
+
+    from . import viz
+
+    buf = io.BytesIO()
+    viz.save_png(obj, buf)
+    return buf.getvalue()
+
+
+def _write_explain(lm, items, results: list[_Computed], args) -> list[tuple[str, bytes]]:
+    """The write part of ``refcam explain``: the bytes of raw maps, overlays and one figure per
+    input, as ``(file name, bytes)`` (written to disk together by :class:`refcam._outputs.OutputSet`)."""
     import numpy as np
 
     from . import viz
 
-    written: list[Path] = []
+    files: list[tuple[str, bytes]] = []
     # the top classes and the explained class come from the first class-specific method
     first = next(
         (r.explanation for r in results if r.explanation.targets is not None),
@@ -353,13 +416,9 @@ def _write_explain(out: Path, lm, items, results: list[_Computed], args) -> list
         overlays = []
         for r in results:
             name = r.method.name
-            p = out / f"{it.stem}_{name}.npy"
-            np.save(p, r.explanation.maps[i])
-            written.append(p)
+            files.append((f"{it.stem}_{name}.npy", _npy_bytes(r.explanation.maps[i])))
             if args.preset:
-                pp = out / f"{it.stem}_{name}_{args.preset}.npy"
-                np.save(pp, r.shown[i])
-                written.append(pp)
+                files.append((f"{it.stem}_{name}_{args.preset}.npy", _npy_bytes(r.shown[i])))
             m2 = r.shown[i]
             if it.picture is None:
                 continue
@@ -374,9 +433,7 @@ def _write_explain(out: Path, lm, items, results: list[_Computed], args) -> list
                 )
             else:
                 continue  # 3-D volumes / several targets per sample: arrays only
-            po = out / f"{it.stem}_{name}.png"
-            viz.save_png(ov, po)
-            written.append(po)
+            files.append((f"{it.stem}_{name}.png", _png_bytes(ov)))
             overlays.append((name if not args.preset else f"{name} ({args.preset})", ov))
         if not overlays:
             continue
@@ -391,28 +448,65 @@ def _write_explain(out: Path, lm, items, results: list[_Computed], args) -> list
         fig = viz.explain_figure(
             it.picture, overlays, [(label(c), p) for c, p in top], title=title, highlight=hl
         )
-        pf = out / f"{it.stem}.png"
-        viz.save_png(fig, pf)
-        written.append(pf)
+        files.append((f"{it.stem}.png", _png_bytes(fig)))
         if not args.quiet and top:
-            print(
-                f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top), file=sys.stderr
-            )
-    return written
+            line = f"# {it.stem}: " + ", ".join(f"{label(c)} {p:.3f}" for c, p in top)
+            if explained is not None and args.target is not None:
+                line += f"; target: {label(explained)}"
+            print(line, file=sys.stderr)
+    return files
+
+
+def _manifest(lm, items, results: list[_Computed], files, args) -> bytes:
+    from ._outputs import manifest
+
+    inputs = list(dict.fromkeys(it.source for it in items if it.source is not None))
+    return manifest(
+        inputs=inputs,
+        model={
+            "spec": lm.spec,
+            "label": lm.label,
+            "path": None if lm.path is None else str(lm.path),
+            "sha256": lm.sha256,
+        },
+        methods=[
+            {
+                "name": r.method.name,
+                "layer": None if r.explanation.layer is None else r.explanation.layer.name,
+                "options": r.explanation.options,
+                "targets": None
+                if r.explanation.targets is None
+                else _tolist(r.explanation.targets),
+            }
+            for r in results
+        ],
+        options={
+            k: v
+            for k, v in sorted(vars(args).items())
+            if k not in ("func", "inputs", "debug", "progress", "quiet", "argv")
+        },
+        outputs=files,
+        argv=["refcam", *getattr(args, "argv", [])],
+    )
+
+
+def _tolist(a) -> list:
+    import numpy as np
+
+    return np.asarray(a).tolist()
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ._outputs import OutputError, OutputSet, manifest_name
+
+    # 1. everything that can be checked without the model: usage errors come first (exit 2)
+    from .zoo._models import DEFAULT_NAMES
+
     positional = list(args.inputs)
-    model_spec = None
-    if positional and (
-        positional[0].lower().endswith(".onnx")
-        or positional[0].startswith("toy:")
-        or positional[0] in (DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
-    ):
-        model_spec = positional.pop(0)
-    default_model = model_spec in (None, DEFAULT_MODEL, "efficientnet_lite0", "efficientnet-lite0")
+    model_spec = positional.pop(0) if positional and _is_model_spec(positional[0]) else None
+    default_model = model_spec in (None, *DEFAULT_NAMES)
     image_specs = positional or ([DEFAULT_IMAGE] if default_model else [])
     if not image_specs:
         raise UsageError(f"explain: no IMAGE given for model {model_spec!r}")
@@ -422,25 +516,53 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size: got {args.batch_size}, expected an integer >= 1")
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha: got {args.alpha}, expected a number in [0, 1]")
+    if args.size is not None and args.size < 1:
+        raise UsageError(f"--size: got {args.size}, expected an integer >= 1 (pixels)")
+    if args.crop_padding is not None and args.crop_padding < 0:
+        raise UsageError(f"--crop-padding: got {args.crop_padding}, expected an integer >= 0")
+    import matplotlib
+
+    if args.cmap not in matplotlib.colormaps:
+        raise UsageError(
+            f"--cmap: got {args.cmap!r}, expected a matplotlib colormap name (jet, viridis, "
+            f"inferno, gray, ...)"
+        )
     method_names = [m.strip() for m in (args.method or default_method()).split(",") if m.strip()]
     if not method_names:
         raise UsageError("--method: expected at least one method name")
     methods = [_get_method(m) for m in method_names]
     presets = _preset(args.preset)
     options = _parse_options(args.option or [])
+    plans = []
+    for meth in methods:
+        opts, conv = _method_options(meth, options, presets, args.preset)
+        _check_options(meth, opts)
+        plans.append((meth, opts, conv))
 
+    # 2. model, inputs, target, and the output folder: still nothing computed
     lm = _load_model(model_spec, args.layout)
     items = _load_images(image_specs, lm, args)
     x = np.concatenate([it.x for it in items], axis=0)
     target = _parse_target(args.target, lm, len(items))
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out: cannot create directory {str(out)!r} ({exc.strerror})") from None
+    names = _planned_names(items, methods, args.preset)
+    mname = manifest_name(names)
+    sources = [it.source for it in items if it.source is not None]
+    if lm.path is not None:
+        sources.append(lm.path)
+    with OutputSet(args.out, inputs=sources) as outputs:
+        try:
+            outputs.prepare([*names, mname])
+        except OutputError as exc:
+            raise UsageError(f"--out: {exc}") from None
 
-    results = _run_explain(lm, x, methods, target, options, presets, args)
-    for p in _write_explain(out, lm, items, results, args):
+        # 3. compute, then write the whole set at once
+        results = _run_explain(lm, x, plans, target, presets, args)
+        files = _write_explain(lm, items, results, args)
+        for name, data in files:
+            outputs.stage(name, data)
+        outputs.stage(mname, _manifest(lm, items, results, files, args))
+        written = outputs.commit()
+    for p in written:
         print(p)
     return 0
 
@@ -464,7 +586,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     except RefcamError:
         default = None
     rows = [li for li in model.layers() if args.all or li.is_spatial or li.shape is None]
-    table = [("", "tensor", "op", "shape", "source name")]
+    table = [("", "tensor", "op", "shape", "layout", "source name")]
     for li in rows:
         table.append(
             (
@@ -472,17 +594,21 @@ def cmd_layers(args: argparse.Namespace) -> int:
                 li.name,
                 li.op_type,
                 _fmt_shape(li.shape),
+                li.layout.describe() if li.layout is not None else "?",
                 li.module_path or "-",
             )
         )
-    widths = [max(len(r[c]) for r in table) for c in range(5)]
+    widths = [max(len(r[c]) for r in table) for c in range(6)]
     for r in table:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    layout = "channels last" if model.channels_last else "channels first"
-    kind = "all tensors" if args.all else "spatial tensors (use --all for every tensor)"
-    print(f"\n{len(rows)} {kind}; shapes in the model's layout ({layout}).")
+    kind = "all tensors" if args.all else "spatial and token maps (use --all for every tensor)"
+    print(
+        f"\n{len(rows)} {kind}; shapes as stored in the graph. layout: the axis roles found in the "
+        "graph (N batch, C channels, H W D L spatial, T tokens 'prefix+grid'); '?' = unclear: "
+        "pass --layer-layout to explain such a layer."
+    )
     if default is not None:
-        print(f"* default layer: {default} (last spatial activation before global pooling)")
+        print(f"* default layer: {default} (last spatial or token map before the readout)")
     return 0
 
 
@@ -499,16 +625,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"  needs   : {', '.join(m.needs)}")
         math_name = getattr(m.math, "__module__", "") + "." + getattr(m.math, "__name__", "?")
         print(f"  math    : {math_name}")
-        if m.defaults:
-            print("  options : " + ", ".join(f"{k}={v!r}" for k, v in m.defaults.items()))
+        for i, o in enumerate(m.options):
+            choices = f" {{{', '.join(map(repr, o.choices))}}}" if o.choices else ""
+            label = "options :" if i == 0 else "         "
+            print(f"  {label} {o.name}={o.default!r}{choices}  {o.doc}".rstrip())
         if not m.targeted:
             print("  target  : class-agnostic (no --target)")
         print()
-    if "gradcam" not in methods:
-        print(
-            "Gradient methods (gradcam, gradcampp, ...) appear here once the gradient floor "
-            "(refcam.autodiff) registers them."
-        )
     return 0
 
 
@@ -544,12 +667,29 @@ def _import_target(spec: str):
     return fn
 
 
+def _missing_hypothesis(exc: ImportError):
+    """Re-raise ``exc``, or, when it is hypothesis that is missing, say so and how to install it."""
+    if (exc.name or "").split(".")[0] != "hypothesis":
+        raise exc
+    from .errors import RefcamError
+
+    raise RefcamError(
+        "refcam check generates its test arrays with hypothesis, which is not installed; "
+        "run `pip install hypothesis` (or `pip install 'refcam[testing]'`)"
+    ) from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
 
-    from . import conformance, peer_adapters
+    from . import peer_adapters
+
+    try:
+        from . import conformance
+    except ImportError as exc:
+        _missing_hypothesis(exc)
 
     size = None
     if args.input_size is not None:
@@ -573,22 +713,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     mode = mode or "arrays"
     valid = conformance.MODEL_METHODS if mode == "model" else tuple(conformance.METHOD_ARGUMENTS)
     if method is None:
-        raise UsageError("--method: required unless FUNCTION is a peer class (one of "
-                         + ", ".join(valid) + ")")
+        raise UsageError("the following arguments are required: -m/--method (unless FUNCTION is a "
+                         "peer class; one of " + ", ".join(valid) + ")")
     if method not in valid:
         raise UsageError(f"--method: got {method!r}, expected one of {', '.join(valid)}")
-    report = conformance.check(
-        fn,
-        method,
-        preset=args.preset,
-        input_size=size,
-        max_examples=args.max_examples,
-        atol=args.atol,
-        rtol=args.rtol,
-        dtype=np.float32 if args.float32 else np.float64,
-        seed=args.seed,
-        mode=mode,
-    )
+    try:
+        report = conformance.check(
+            fn,
+            method,
+            preset=args.preset,
+            input_size=size,
+            max_examples=args.max_examples,
+            atol=args.atol,
+            rtol=args.rtol,
+            dtype=np.float32 if args.float32 else np.float64,
+            seed=args.seed,
+            mode=mode,
+        )
+    except ImportError as exc:
+        _missing_hypothesis(exc)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -679,7 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
             "coffee, astronaut).\n\n"
             "Writes, per image, <stem>.png (figure with the top classes),\n"
             "<stem>_<method>.png (overlay at the model's input size) and <stem>_<method>.npy\n"
-            "(raw map at feature resolution), and prints their paths."
+            "(raw map at feature resolution), plus one refcam-<hash>.json manifest, and prints\n"
+            "their paths. An output never replaces an input (the run is refused), and the files\n"
+            "are written together at the end (no truncated or mixed sets)."
         ),
     )
     p.add_argument(
@@ -698,10 +843,23 @@ def build_parser() -> argparse.ArgumentParser:
         "before global pooling; see `refcam layers`)",
     )
     p.add_argument(
+        "--layer-layout",
+        metavar="LAYOUT",
+        help="axis roles of the layer when the graph does not determine them: NCHW, NHWC, NCL, "
+        "NLC, NCDHW, NDHWC, or NTC:P+HxW / TNC:P+HxW for tokens (P prefix tokens, then an HxW "
+        "grid; e.g. NTC:1+14x14); see `refcam layers`",
+    )
+    p.add_argument(
+        "--allow-small-map",
+        action="store_true",
+        help="explain a layer of fewer than 2x2 positions (refused by default: a pooled map "
+        "is a uniform picture)",
+    )
+    p.add_argument(
         "-t",
         "--target",
-        help="class index or ImageNet class name (default: top-1); "
-        "comma-separated for one target per image",
+        help="class index >= 0 or class name, any synonym, case-insensitive (e.g. 'tabby cat'; "
+        "names from the model's metadata; default: top-1); comma-separated for one target per image",
     )
     p.add_argument(
         "-p",
@@ -726,20 +884,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--crop-padding",
         type=int,
-        default=32,
-        help="centre crop of side size/(size+P)*min(H,W) "
-        "before resizing (default 32, the TF/torchvision 224/256 crop; 0 = largest centred square)",
+        help="centre crop of side size/(size+P)*min(H,W) before resizing (default: the model's "
+        "refcam.preprocessing metadata, else 32, the TF/torchvision 224/256 crop; 0 = largest "
+        "centred square)",
     )
     g.add_argument(
         "--resample",
-        default="bicubic",
         choices=("bicubic", "bilinear", "nearest", "lanczos"),
-        help="resize filter (default bicubic)",
+        help="resize filter (default: the model's metadata, else bicubic)",
     )
     g.add_argument(
         "--norm",
-        help=f"mean/std preset: {', '.join(NORMALIZATIONS)} (default: efficientnet "
-        "for the default model, imagenet otherwise)",
+        help=f"mean/std preset: {', '.join(NORMALIZATIONS)} (default: the model's "
+        "refcam.preprocessing metadata, else imagenet)",
     )
     g.add_argument("--mean", help="R,G,B means on the 0-255 scale (overrides --norm)")
     g.add_argument("--std", help="R,G,B standard deviations on the 0-255 scale (overrides --norm)")
@@ -812,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = argv
         if getattr(args, "func", None) is None:
             parser.print_help()
             return EXIT_USAGE

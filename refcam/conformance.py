@@ -80,21 +80,22 @@ from . import diagnosis as _d
 from . import presets as _p
 from ._compare import errors as _errors, within as _within
 from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .methods import METHODS
 
 __all__ = ["ConformanceReport", "Diagnosis", "TinyModel", "check", "assert_conforms",
            "METHOD_ARGUMENTS", "MODEL_METHODS", "candidate_settings"]
 
-_GRAD = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise", "eigengradcam")
-#: Positional arguments the checked function receives, per method (``mode="arrays"``).
+#: the argument of the checked function that carries each need of a method (refcam.methods)
+_ARGUMENT_OF_NEED = {"activations": "activations", "gradients": "gradients",
+                     "class_weights": "class_weights", "masked_scores": "scores",
+                     "ablated_scores": "scores", "ablation_base_scores": "baseline_score"}
+#: Positional arguments the checked function receives, per method of the preset table
+#: (``mode="arrays"``).
 METHOD_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    **{m: ("activations", "gradients") for m in _GRAD},
-    "eigencam": ("activations",),
-    "cam": ("activations", "class_weights"),
-    "scorecam": ("activations", "scores"),
-    "ablationcam": ("activations", "scores", "baseline_score"),
+    m: tuple(_ARGUMENT_OF_NEED[n] for n in METHODS[m].needs) for m in _p.PRESETS["paper"]
 }
 #: Methods checkable with ``mode="model"`` (``fn(model, inputs, targets)``).
-MODEL_METHODS: tuple[str, ...] = (*_GRAD, "eigencam", "scorecam", "ablationcam")
+MODEL_METHODS: tuple[str, ...] = tuple(m for m in METHOD_ARGUMENTS if m != "cam")
 STAGES = ("raw", "min-max", "upsampled")
 
 
@@ -141,25 +142,33 @@ class TinyModel:
         """Logits ``(N, Q)`` from the layer ``A``."""
         return np.einsum("qkhw,nkhw->nq", self.v, a) + self.c
 
-    def target_scores(self, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """:math:`y^{t_n}(X_n)`, shape ``(N,)``."""
-        return self.head(self.features(x))[np.arange(x.shape[0]), targets]
+    @staticmethod
+    def _score(logits: np.ndarray, score: str) -> np.ndarray:
+        if score == "probability":                 # softmax over the classes, stabilised
+            z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            return z / z.sum(axis=-1, keepdims=True)
+        return logits
+
+    def target_scores(self, x: np.ndarray, targets: np.ndarray, score: str = "logit") -> np.ndarray:
+        """:math:`y^{t_n}(X_n)` (``score="probability"``: its softmax over classes), shape ``(N,)``."""
+        return self._score(self.head(self.features(x)), score)[np.arange(x.shape[0]), targets]
 
     def gradients(self, targets: np.ndarray) -> np.ndarray:
         """:math:`\\partial y^{t_n} / \\partial A_n = V_{t_n}`, shape ``(N, K, H, W)``."""
         return self.v[np.asarray(targets)]
 
-    def masked_scores(self, x: np.ndarray, masks: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def masked_scores(self, x: np.ndarray, masks: np.ndarray, targets: np.ndarray,
+                      score: str = "logit") -> np.ndarray:
         """Score-CAM: :math:`y^{t_n}(X_n \\circ H^k_n)`, shape ``(N, K)``."""
         n, k = masks.shape[:2]
         xm = x[:, None] * masks[:, :, None]                          # (N, K, 3, 2H, 2W)
-        s = self.head(self.features(xm.reshape((n * k,) + x.shape[1:])))
+        s = self._score(self.head(self.features(xm.reshape((n * k,) + x.shape[1:]))), score)
         return s.reshape(n, k, -1)[np.arange(n), :, targets]
 
-    def ablated_scores(self, x: np.ndarray, targets: np.ndarray, value: str = "zero") -> np.ndarray:
+    def ablated_scores(self, x: np.ndarray, targets: np.ndarray, value: float | str = 0.0) -> np.ndarray:
         """Ablation-CAM: target score with channel ``k`` of ``A`` replaced, shape ``(N, K)``.
 
-        ``value="zero"``: the paper's ablation.  ``value="pgc"``: pytorch-grad-cam 1.5.7's
+        ``value=0.0`` (a number): the paper's ablation (0).  ``value="pgc"``: pytorch-grad-cam 1.5.7's
         ``AblationLayer.__call__`` (``ablation_layer.py:70-85``) replayed: per forward batch of up
         to 32 copies of ``A_n``, copy ``i`` gets 0 if the minimum of the whole batch tensor is 0,
         else ``min - 1e7`` -- the minimum includes the copies already ablated (compounding).
@@ -172,7 +181,9 @@ class TinyModel:
                 idx = list(range(start, min(k, start + 32)))
                 batch = np.repeat(a[s:s + 1], len(idx), axis=0)
                 for j, ch in enumerate(idx):
-                    if value == "zero" or batch.min() == 0:
+                    if value != "pgc":
+                        batch[j, ch] = float(value)
+                    elif batch.min() == 0:
                         batch[j, ch] = 0
                     else:
                         batch[j, ch] = batch.min() - 1e7
@@ -204,8 +215,8 @@ def _preset_setting(preset: str, method: str, stage: str, model_mode: bool) -> _
         mk = conv.masks
         s = s.replace(softmax=bool(mk.softmax))
         if model_mode:
-            s = s.replace(mask_upsample=mk.upsample, mask_order=mk.order, mask_eps=float(mk.eps),
-                          baseline=mk.baseline)
+            s = s.replace(upsample_mode=mk.upsample_mode, mask_order=mk.mask_order, mask_eps=float(mk.mask_eps),
+                          baseline=mk.baseline, score=getattr(mk, "score", "logit"))
     if conv.ablation_value is not None and model_mode:
         s = s.replace(ablation_value=conv.ablation_value)
     if stage == "raw":
@@ -504,7 +515,7 @@ class ConformanceReport:
         return out
 
     def __str__(self) -> str:
-        lines = [f"conformance of a {self.method} implementation ({self.mode} mode): {self.n_cases} cases, "
+        lines = [f"conformance of a {self.method} implementation: {self.n_cases} cases ({self.mode} mode), "
                  f"tolerance atol={self.tolerance[0]:g}, rtol={self.tolerance[1]:g}",
                  f"{'candidate':<34} {'max abs err':>12} {'max rel err':>12}  match"]
         for name, (ab, rel) in sorted(self.errors.items(), key=lambda kv: kv[1][1]):

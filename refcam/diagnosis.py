@@ -23,11 +23,12 @@ knob               values
 ``center``         Eigen-CAM: centre the channels before the SVD
 ``sign``           Eigen-CAM sign rule: ``"sum"``, ``"max-abs"`` or ``"none"`` (LAPACK's sign)
 ``softmax``        Score-CAM: channel softmax of the scores (``True``) or the logits (``False``)
-``baseline``       Score-CAM (model mode): score subtracted: ``"none"``/``"input"``/``"zeros"``
-``mask_upsample``  Score-CAM (model mode): mask upsampling, a :func:`refcam.math.upsample` mode
+``score``          Score-CAM (model mode): the model's score ``"logit"`` or ``"probability"``
+``baseline``       Score-CAM (model mode): score subtracted: ``None``/``"input"``/``"zeros"``
+``upsample_mode``  Score-CAM (model mode): mask upsampling, a :func:`refcam.math.upsample` mode
 ``mask_order``     Score-CAM (model mode): ``"upsample-then-normalize"`` or the reverse
 ``mask_eps``       Score-CAM (model mode): additive eps of the mask min-max; fitted
-``ablation_value`` Ablation-CAM (model mode): ``"zero"`` (paper) or ``"pgc"`` (min - 1e7, compounding)
+``ablation_value`` Ablation-CAM (model mode): ``0.0`` (paper) or ``"pgc"`` (min - 1e7, compounding)
 ``normalize``      per-sample min-max of the map
 ``normalize_eps``  additive eps of that min-max denominator; fitted
 ``renormalize``    pytorch-grad-cam: ReLU + min-max (same eps) again after resizing/fusion
@@ -66,8 +67,8 @@ __all__ = ["Setting", "KNOBS", "render", "knob_variants", "describe_changes", "f
 
 #: Knob names (fields of :class:`Setting` other than ``method``).
 #: Formula knobs first, then the map's ReLU, then post-processing (the order of a diagnosis).
-KNOBS: tuple[str, ...] = ("alpha", "eps", "spatial", "center", "sign", "softmax", "baseline",
-                          "mask_upsample", "mask_order", "mask_eps", "ablation_value", "relu", "normalize",
+KNOBS: tuple[str, ...] = ("alpha", "eps", "spatial", "center", "sign", "softmax", "score", "baseline",
+                          "upsample_mode", "mask_order", "mask_eps", "ablation_value", "relu", "normalize",
                           "normalize_eps", "renormalize", "upsample", "order")
 #: The continuous knobs (fitted, not enumerated).
 EPS_KNOBS: tuple[str, ...] = ("eps", "mask_eps", "normalize_eps")
@@ -76,7 +77,7 @@ ALPHA_VARIANTS = ("closed-form", "squared-only", "torchcam", "authors")
 SIGN_RULES = ("sum", "max-abs", "none")
 UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest")
 ORDERS = ("normalize-then-upsample", "upsample-then-normalize")
-BASELINES = ("none", "input", "zeros")
+BASELINES = (None, "input", "zeros")
 
 _GRADIENT = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
              "eigengradcam")
@@ -94,11 +95,12 @@ class Setting:
     center: bool = False
     sign: str = "sum"
     softmax: bool = False
-    baseline: str = "zeros"
-    mask_upsample: str = "linear"
+    baseline: str | None = "zeros"
+    score: str = "logit"
+    upsample_mode: str = "linear"
     mask_order: str = "upsample-then-normalize"
     mask_eps: float = 0.0
-    ablation_value: str = "zero"
+    ablation_value: float | str = 0.0
     normalize: bool = False
     normalize_eps: float = 0.0
     renormalize: bool = False
@@ -130,7 +132,7 @@ def _relevant(method: str, model_mode: bool, upsampled: bool) -> tuple[str, ...]
     if method == "scorecam":
         k += ["softmax"]
         if model_mode:
-            k += ["baseline", "mask_upsample", "mask_order", "mask_eps"]
+            k += ["score", "baseline", "upsample_mode", "mask_order", "mask_eps"]
     if method == "ablationcam" and model_mode:
         k += ["ablation_value"]
     k += ["normalize", "normalize_eps", "renormalize"]
@@ -212,15 +214,16 @@ def raw_map(s: Setting, case: Mapping[str, Any], input_size: Sequence[int] | Non
         if "model" in case:
             model, x, t = case["model"], case["inputs"], case["targets"]
             cache = case.setdefault("_cache", {})          # the forward passes, per mask convention
-            key = ("masked", s.mask_upsample, s.mask_order, s.mask_eps)
+            key = ("masked", s.upsample_mode, s.mask_order, s.mask_eps, s.score)
             if key not in cache:
-                masks = _m.scorecam_masks(a, x.shape[2:], upsample_mode=s.mask_upsample,
-                                          order=s.mask_order, eps=s.mask_eps)
-                cache[key] = model.masked_scores(x, masks, t)
-            if ("base", s.baseline) not in cache:
-                cache[("base", s.baseline)] = {"none": None, "input": model.target_scores(x, t),
-                                               "zeros": model.target_scores(np.zeros_like(x), t)}[s.baseline]
-            w = _m.scorecam_weights(cache[key], cache[("base", s.baseline)], softmax=s.softmax)
+                masks = _m.scorecam_masks(a, x.shape[2:], upsample_mode=s.upsample_mode,
+                                          mask_order=s.mask_order, mask_eps=s.mask_eps)
+                cache[key] = model.masked_scores(x, masks, t, s.score)
+            bkey = ("base", s.baseline, s.score)
+            if bkey not in cache:
+                cache[bkey] = (None if s.baseline is None else model.target_scores(
+                    x if s.baseline == "input" else np.zeros_like(x), t, s.score))
+            w = _m.scorecam_weights(cache[key], cache[bkey], softmax=s.softmax)
         else:
             w = _m.scorecam_weights(case["scores"], None, softmax=s.softmax)
         out = _m.weighted_sum(a, w)
@@ -303,12 +306,14 @@ def knob_variants(s: Setting, knob: str, upsampled: bool) -> list[Setting]:
         vals = SIGN_RULES
     elif knob == "baseline":
         vals = BASELINES
-    elif knob in ("mask_upsample",):
+    elif knob == "score":
+        vals = ("logit", "probability")
+    elif knob in ("upsample_mode",):
         vals = UPSAMPLE_MODES
     elif knob == "mask_order":
         vals = ("upsample-then-normalize", "normalize-then-upsample")
     elif knob == "ablation_value":
-        vals = ("zero", "pgc")
+        vals = (0.0, "pgc")
     elif knob == "normalize":
         vals = [not cur]
     elif knob == "upsample":
@@ -525,8 +530,9 @@ WHERE = {
     "center": "where channels have a large mean",
     "sign": "where the first singular vector's sign is not fixed by the input (about half of the cases)",
     "softmax": "everywhere (softmax compresses the weights' range)",
+    "score": "where the target class's probability saturates (softmax compresses logit differences)",
     "baseline": "on the weights' offset (visible without the channel softmax)",
-    "mask_upsample": "near the borders of the masks (align-corners stretches the grid)",
+    "upsample_mode": "near the borders of the masks (align-corners stretches the grid)",
     "mask_order": "where channel ranges differ between feature and input resolution",
     "mask_eps": "where a channel's range is ≲ eps",
     "ablation_value": "at layers whose minimum is not 0 (the ablated value is min - 1e7, compounding)",
@@ -557,10 +563,13 @@ def describe_change(knob: str, new: Setting, ref: Setting) -> str:
                 "max-abs": "sign rule: largest |value| positive"}[v]
     if knob == "softmax":
         return "channel softmax of the scores" if v else "raw scores (no softmax)"
+    if knob == "score":
+        return ("scores are the class probabilities softmax(logits)_c" if v == "probability"
+                else "scores are the raw logits")
     if knob == "baseline":
-        return {"none": "no baseline score subtracted", "input": "the unmasked input's score subtracted",
+        return {None: "no baseline score subtracted", "input": "the unmasked input's score subtracted",
                 "zeros": "the black image's score subtracted"}[v]
-    if knob == "mask_upsample":
+    if knob == "upsample_mode":
         return f"masks upsampled {_UP_WORDS[v]}"
     if knob == "mask_order":
         return "masks min-max scaled at feature resolution, then upsampled" if v == "normalize-then-upsample" \
@@ -569,7 +578,7 @@ def describe_change(knob: str, new: Setting, ref: Setting) -> str:
         return f"eps = {v:g} added to the mask min-max denominator"
     if knob == "ablation_value":
         return "ablated channels set to min(A) - 1e7, compounding (pytorch-grad-cam)" if v == "pgc" \
-            else "ablated channels set to 0"
+            else f"ablated channels set to {v:g}"
     if knob == "normalize":
         return "min-max scaled" if v else "not scaled"
     if knob == "normalize_eps":
@@ -629,9 +638,9 @@ def formula(s: Setting) -> str:
     elif m == "scorecam":
         w = "softmax_k(C_k)" if s.softmax else "C_k"
         lines.append(f"w_k = {w};  M = {relu('Σ_k w_k A^k')}")
-        if s.baseline or s.mask_upsample:
-            lines.append(f"C_k = f(X ∘ H^k)" + {"none": "", "input": " - f(X)", "zeros": " - f(0)"}[s.baseline]
-                         + f";  H^k = {s.mask_order} ({s.mask_upsample}" + (f", eps {s.mask_eps:g})" if s.mask_eps else ")"))
+        if s.baseline or s.upsample_mode:
+            lines.append(f"C_k = f(X ∘ H^k)" + {None: "", "input": " - f(X)", "zeros": " - f(0)"}[s.baseline]
+                         + f";  H^k = {s.mask_order} ({s.upsample_mode}" + (f", eps {s.mask_eps:g})" if s.mask_eps else ")"))
     elif m == "ablationcam":
         lines.append(f"w_k = (y - y_k) / y;  M = {relu('Σ_k w_k A^k')};  ablation value: {s.ablation_value}")
     elif m == "cam":

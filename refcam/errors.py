@@ -22,10 +22,12 @@ __all__ = [
     "ShapeError",
     "DTypeError",
     "NonFiniteError",
+    "NonFiniteResultError",
     "InvalidArgumentError",
     "TargetError",
     "ModelError",
     "LayerNotFoundError",
+    "AmbiguousLayerError",
     "UnsupportedOpError",
 ]
 
@@ -82,6 +84,32 @@ class NonFiniteError(RefcamError, ValueError):
         )
 
 
+class NonFiniteResultError(RefcamError, ArithmeticError):
+    """Finite inputs whose exact result is not representable: it overflows the dtype returned.
+
+    refcam never returns NaN or Inf for finite input (``docs/design.md``): a computation that
+    overflows in float16/float32 is redone in float64 and rounded back; only when that is
+    impossible this error is raised instead.
+
+    Parameters
+    ----------
+    function : name of the public function.
+    dtype : the dtype of the result.
+    count, size : number of non-finite values, and of values, of the result.
+    detail : what overflowed and what to do.
+    """
+
+    def __init__(self, function: str, dtype: Any, count: int, size: int, detail: str = "") -> None:
+        self.function = function
+        self.dtype = dtype
+        self.count = count
+        msg = (f"{function}: the result is not finite in {dtype} ({count} of {size} value(s) "
+               "overflow) although every input is finite")
+        if detail:
+            msg += f"; {detail}"
+        super().__init__(msg)
+
+
 class InvalidArgumentError(RefcamError, ValueError):
     """A non-array argument (mode name, size, step count, ...) is out of its domain."""
 
@@ -105,6 +133,11 @@ class LayerNotFoundError(RefcamError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousLayerError(LayerNotFoundError):
+    """A layer name matches several tensors (a tensor name, a node name and a module path that
+    collide).  The message lists every candidate and the prefixed names that single each out."""
 
 
 class UnsupportedOpError(RefcamError, NotImplementedError):

@@ -17,28 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from . import _validate as V
+from . import _forward, _gradient  # noqa: F401  (the providers register their needs)
 from . import math as M
-from .math.gradients import INTEGRATION_RULES, SALIENCY_REDUCTIONS
 from .errors import InvalidArgumentError
-from .methods import Context, Method, get_method
+from .methods import get_method
 from .onnx import LayerInfo, Model, load, resolve_targets
+from .registry import Context
 
 __all__ = ["Explanation", "explain"]
-
-_UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
-_CHOICES = {
-    "upsample_mode": _UPSAMPLE_MODES,
-    "score": ("logit", "probability"),
-    "variant": ("plain", "noise", "integrate"),
-    "sign": ("sum", "max-abs", "none"),
-    "mask_order": ("upsample-then-normalize", "normalize-then-upsample"),
-    "scales": ("accumulated", "linear"),
-    "gradient_source": ("vjp", "fd", "exported"),
-    "fd_mode": ("auto", "channel", "full"),
-    "reduce": SALIENCY_REDUCTIONS,
-    "rule": INTEGRATION_RULES,
-}
 
 
 @dataclass
@@ -79,51 +65,24 @@ class Explanation:
         return M.upsample(self.maps, self.input_size, mode)
 
 
-def _options(meth: Method, given: dict) -> dict:
-    allowed = set(meth.defaults)
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise InvalidArgumentError(
-            unknown[0],
-            given[unknown[0]],
-            f"no such option for {meth.name!r}; options: {', '.join(sorted(allowed)) or 'none'}",
-        )
-    opts = {**meth.defaults, **given}
-    for key, choices in _CHOICES.items():
-        if key in opts:
-            V.choice(opts[key], key, choices)
-    if (
-        "masked_scores" in meth.needs
-        and "baseline" in opts
-        and opts["baseline"] not in (None, "zeros", "input")
-    ):
-        raise InvalidArgumentError("baseline", opts["baseline"], "None, 'zeros' or 'input'")
-    for key in ("relu", "softmax", "center", "square"):
-        if key in opts and not isinstance(opts[key], (bool, np.bool_)):
-            raise InvalidArgumentError(key, opts[key], "True or False")
-    for key in ("n_samples", "n_steps"):
-        if key in opts:
-            V.positive_int(opts[key], key)
-    if opts.get("gradient_source") == "exported" and not isinstance(
-        opts.get("gradient_output"), str
-    ):
-        raise InvalidArgumentError(
-            "gradient_output",
-            opts.get("gradient_output"),
-            "the name of the model output holding ∂y^c/∂A (gradient_source='exported')",
-        )
-    for key in ("sigma", "mask_eps", "noise_level", "eps"):
-        if key in opts:
-            V.nonnegative_float(opts[key], key)
-    if "ablation_value" in opts:
-        v = opts["ablation_value"]
-        if (
-            isinstance(v, (bool, np.bool_))
-            or not isinstance(v, (int, float, np.floating, np.integer))
-            or not np.isfinite(v)
-        ):
-            raise InvalidArgumentError("ablation_value", v, "a finite real number")
-    return opts
+def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -> bool:
+    """Whether one VJP session run can give the outputs, the layer's activations and its
+    gradients: a layer-gradient method with ``gradient_source="vjp"``, and a target the VJP graph
+    seeds (class indices of a classifier output, ``TopK``, or an ``OnnxTarget``).  Otherwise the
+    outputs come from a forward run first (callable targets, finite differences, ...)."""
+    from .onnx import OnnxTarget, TopK
+
+    if layer is None or "gradients" not in meth.needs or opts.get("gradient_source") != "vjp":
+        return False
+    if isinstance(target, OnnxTarget):
+        return True
+    if callable(target) or (isinstance(target, (list, tuple)) and any(callable(t) for t in target)):
+        return False
+    out = model.value_info.get(model.output_name)
+    shape = out.type.tensor_type.shape if out is not None and out.type.tensor_type.HasField("shape") else None
+    classifier = shape is not None and len(shape.dim) == 2
+    return classifier and (target is None or isinstance(target, (int, np.integer, TopK, list, tuple,
+                                                                   np.ndarray)))
 
 
 def explain(
@@ -137,6 +96,8 @@ def explain(
     memory_budget: int | None = None,
     progress: bool | None = None,
     layout: str | None = None,
+    layer_layout: str | None = None,
+    allow_small_map: bool = False,
     **options: Any,
 ) -> Explanation:
     """Explain ``inputs`` with a CAM ``method`` of an ONNX ``model``.
@@ -161,13 +122,16 @@ def explain(
     batch_size, memory_budget : chunking of every model run (see :meth:`refcam.onnx.Model.run`).
     progress : tqdm bar for the perturbation loops (``None``: only on a terminal).
     layout : model layout when ``model`` is not already a :class:`Model`.
-    **options : the method's options (``relu``, ``upsample_mode``, ``mask_order``, ``mask_eps``
-        (see :func:`refcam.math.scorecam_masks`), ``score``, ``softmax``,
-        ``baseline``, ``n_samples``, ``sigma``, ``seed``, ``ablation_value``, ``center``, ``sign``;
-        gradient methods: ``gradient_source`` (``"vjp"``, ``"fd"``, ``"exported"``, see
-        :mod:`refcam._gradient`), ``fd_mode``, ``gradient_output``, ``eps``, ``reduce``,
-        ``noise_level``, ``square``, ``n_steps``, ``rule``, ``upsample_mode``);
-        see ``METHODS[name].defaults``.
+    layer_layout : the layer's layout when the graph does not determine it (``"NHWC"``,
+        ``"NTC:1+14x14"``, …; :func:`refcam.onnx.layout.parse_layout`); recorded on the model
+        (:meth:`refcam.onnx.Model.set_layer_layout`).  By default the layout comes from the graph
+        and a layer whose layout it leaves unclear is refused.
+    allow_small_map : explain a layer of fewer than 2×2 positions (refused by default: a pooled
+        ``(N, K, 1, 1)`` map is a uniform picture).
+    **options : the method's options, as declared in :mod:`refcam.methods` (``refcam methods``
+        lists them; ``METHODS[name].options``): an unknown name or a value its
+        :class:`~refcam.registry.Option` refuses raises
+        :class:`~refcam.errors.InvalidArgumentError`.
 
     Returns
     -------
@@ -184,29 +148,39 @@ def explain(
     """
     meth = get_method(method)
     m: Model = load(model) if layout is None else load(model, layout=layout)
-    opts = _options(meth, options)
+    meth.check_needs()
+    opts = meth.resolve(options)
     x = m.check_inputs(inputs)
     if meth.layered:
-        li = m.spatial_layer(layer)
+        li = m.spatial_layer(layer, layout=layer_layout, allow_small_map=allow_small_map)
     elif layer is not None:
         raise InvalidArgumentError(
             "layer", layer, f"None: {meth.name!r} explains the input, not a layer"
         )
     else:
         li = None
-    layers = [li] if li is not None else []
-    fw = m.forward(x, layers, batch_size=batch_size, memory_budget=memory_budget, checked=True)
-    if meth.targeted:
-        targets = resolve_targets(target, fw.outputs)
-    elif target is not None:
+    if not meth.targeted and target is not None:
         raise InvalidArgumentError("target", target, f"None: {meth.name!r} is class-agnostic")
+    arrays: dict = {}
+    if _one_vjp_run(meth, opts, m, li, target):
+        # outputs, activations and gradients from the one VJP session run (forward + backward)
+        from .autodiff import gradients
+
+        r = gradients(m, x, wrt=li.name, target=target, batch_size=batch_size)
+        outputs = r.outputs
+        arrays["activations"] = r.activations[li.name]
+        arrays["gradients"] = r.gradients[li.name].astype(arrays["activations"].dtype, copy=False)
     else:
-        targets = None
+        layers = [li] if li is not None else []
+        fw = m.forward(x, layers, batch_size=batch_size, memory_budget=memory_budget, checked=True)
+        outputs = fw.outputs
+        if li is not None:
+            arrays["activations"] = fw.activations[li.name]
+    targets = resolve_targets(target, outputs) if meth.targeted else None
     ctx = Context(
-        m, x, li, fw.outputs, targets, opts, batch_size, memory_budget, progress, method=meth.name
+        m, x, li, outputs, targets, opts, batch_size, memory_budget, progress, arrays,
+        method=meth.name,
     )
-    if li is not None:
-        ctx.arrays["activations"] = fw.activations[li.name]
     n_t = targets.n_targets if targets is not None else 1
     maps = [meth.compute(ctx, t) for t in range(n_t)]
     out = maps[0] if n_t == 1 else np.stack(maps, axis=1)
@@ -217,7 +191,7 @@ def explain(
         layer=li,
         targets=None if targets is None else targets.classes,
         scores=scores,
-        outputs=fw.outputs,
+        outputs=outputs,
         options=opts,
         arrays=ctx.arrays,
         input_size=m.input_spatial_shape(x),

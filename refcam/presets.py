@@ -45,9 +45,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import _validate as _v
-from . import math as _m
+from . import _validate as V
+from . import math as M
 from .errors import InvalidArgumentError, ShapeError
+from .methods import METHODS
 
 __all__ = [
     "Convention",
@@ -61,6 +62,8 @@ __all__ = [
     "score_weights",
     "postprocess",
     "markdown_table",
+    "explain_options",
+    "from_explanation",
     "GRADIENT_PRESETS",
 ]
 
@@ -71,25 +74,32 @@ __all__ = [
 class MaskConvention:
     """How Score-CAM turns activations into input masks ``H^k`` and scores into weights.
 
+    Every field has the name of the :func:`refcam.explain` option (and of the
+    :func:`refcam.math.scorecam_masks` / :func:`refcam.math.scorecam_weights` argument) it sets.
+
     Attributes
     ----------
-    upsample : str
+    upsample_mode : str
         :func:`refcam.math.upsample` mode used to bring ``A^k`` to the input size.
-    order : {"upsample-then-normalize", "normalize-then-upsample"}
+    mask_order : {"upsample-then-normalize", "normalize-then-upsample"}
         Whether the per-channel min-max scaling happens at input or at feature resolution.
-    eps : float
+    mask_eps : float
         Additive term of the per-channel min-max denominator (0 = zero-range guard).
     softmax : bool
         Softmax over the channels of ``C(A^k)`` (:func:`refcam.math.scorecam_weights`).
-    baseline : {"none", "input", "zeros"}
+    baseline : {None, "input", "zeros"}
         Score subtracted from the masked scores: nothing, the unmasked input's, a black image's.
+    score : {"logit", "probability"}
+        What the model's score ``f^c`` is: the peers score the raw logits, the paper's Sec. 3.2
+        the post-softmax probability.
     """
 
-    upsample: str
-    order: str
-    eps: float
+    upsample_mode: str
+    mask_order: str
+    mask_eps: float
     softmax: bool
-    baseline: str
+    baseline: str | None
+    score: str = "logit"
 
 
 @dataclass(frozen=True)
@@ -121,9 +131,10 @@ class Convention:
         Min-max (with this eps) after fusion (pytorch-grad-cam does it even for one layer).
     masks : MaskConvention or None
         Score-CAM only.
-    ablation_value : str or None
-        Ablation-CAM only: ``"zero"`` (paper) or ``"pgc"`` (0 if ``min A == 0`` else
-        ``min A - 1e7``, compounding inside a forward batch; see ``docs/divergences.md``).
+    ablation_value : float, str or None
+        Ablation-CAM only: ``0.0`` (paper) or ``"pgc"`` (0 if ``min A == 0`` else
+        ``min A - 1e7``, compounding inside a forward batch: :func:`refcam.math.ablation_values`,
+        ``docs/divergences.md``).
     source : str
         Where the convention was read (file:line of the installed peer).
     """
@@ -140,7 +151,7 @@ class Convention:
     fuse_prescale: bool = False
     renormalize_eps: float | None = None
     masks: MaskConvention | None = None
-    ablation_value: str | None = None
+    ablation_value: float | str | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -153,24 +164,18 @@ class Convention:
 
 # --------------------------------------------------------------------------- the table
 
-# The paper's ReLU on the final map, per method (the math floor's defaults, written out here so
-# the table is complete and a change in either place shows up in tests/test_presets.py).
-_PAPER_RELU = {
-    "cam": False, "gradcam": True, "gradcampp": True, "xgradcam": True, "layercam": True,
-    "hirescam": False, "gradcam_elementwise": True, "eigencam": False, "eigengradcam": False,
-    "scorecam": True, "ablationcam": True,
-}
-
-_PAPER_MASKS = MaskConvention(upsample="linear", order="upsample-then-normalize", eps=0.0,
-                              softmax=False, baseline="zeros")
-_PGC_MASKS = MaskConvention(upsample="linear-align-corners", order="upsample-then-normalize",
-                            eps=1e-8, softmax=True, baseline="none")
-_TORCHCAM_MASKS = MaskConvention(upsample="linear", order="normalize-then-upsample", eps=1e-8,
-                                 softmax=True, baseline="input")
+_PAPER_MASKS = MaskConvention(upsample_mode="linear", mask_order="upsample-then-normalize",
+                              mask_eps=0.0, softmax=False, baseline="zeros", score="probability")
+_PGC_MASKS = MaskConvention(upsample_mode="linear-align-corners",
+                            mask_order="upsample-then-normalize", mask_eps=1e-8, softmax=True,
+                            baseline=None)
+_TORCHCAM_MASKS = MaskConvention(upsample_mode="linear", mask_order="normalize-then-upsample",
+                                 mask_eps=1e-8, softmax=True, baseline="input")
 
 
 def _paper(method: str, **kw: Any) -> Convention:
-    base = dict(relu=_PAPER_RELU[method], normalize_eps=0.0, upsample="linear",
+    # the paper's ReLU on the final map: the method's declared default (refcam.methods)
+    base = dict(relu=METHODS[method].defaults["relu"], normalize_eps=0.0, upsample="linear",
                 order="upsample-then-normalize", fuse="tanh-max" if method == "layercam" else "mean",
                 source="the method's paper (see the refcam.math docstring)")
     base.update(kw)
@@ -211,7 +216,7 @@ _TABLE: tuple[Convention, ...] = (
     _paper("eigencam", method_kwargs={"center": False, "sign": "sum"}),
     _paper("eigengradcam", method_kwargs={"center": False, "sign": "sum"}),
     _paper("scorecam", masks=_PAPER_MASKS),
-    _paper("ablationcam", ablation_value="zero"),
+    _paper("ablationcam", ablation_value=0.0),
     # ---- pytorch-grad-cam 1.5.7 ---------------------------------------------------------
     _pgc("gradcam", "grad_cam.py:24"),
     _pgc("gradcampp", "grad_cam_plusplus.py:19-34 (a = g^2/(2g^2 + sum(A) g^3 + 1e-6))",
@@ -280,7 +285,7 @@ def get(preset: str, method: str) -> Convention:
     ...
     refcam.errors.InvalidArgumentError: method: got 'scorecam', expected one of 'gradcam' (methods of preset 'captum')
     """
-    preset = _v.choice(preset, "preset", PRESET_NAMES)
+    preset = V.choice(preset, "preset", PRESET_NAMES)
     table = PRESETS[preset]
     if method not in table:
         raise InvalidArgumentError("method", method, "one of " + ", ".join(repr(m) for m in table)
@@ -294,7 +299,7 @@ def methods(preset: str) -> tuple[str, ...]:
     >>> methods("captum")
     ('gradcam',)
     """
-    return tuple(PRESETS[_v.choice(preset, "preset", PRESET_NAMES)])
+    return tuple(PRESETS[V.choice(preset, "preset", PRESET_NAMES)])
 
 
 # --------------------------------------------------------------------------- helpers
@@ -315,43 +320,43 @@ def _size(input_size: Any, n_spatial: int, name: str = "input_size") -> tuple[in
 def _gradcampp_g2(a: np.ndarray, g: np.ndarray, relu: bool) -> np.ndarray:
     # torchcam 0.5.0 GradCAMpp (gradient.py:192-206): ``alpha[mask].div_(...)`` divides a copy
     # made by boolean indexing, so alpha stays g^2 and w_k = sum_ij g^2 relu(g).
-    # TODO(lead): no math-floor function computes this non-paper weight; it is built here from
+    # No math-floor function computes this non-paper weight: it is built here from
     # refcam.math.relu and refcam.math.weighted_sum only.
     axes = tuple(range(2, g.ndim))
-    w = np.sum(g * g * _m.relu(g), axis=axes)
-    m = _m.weighted_sum(a, w)
-    return _m.relu(m) if relu else m
+    w = np.sum(g * g * M.relu(g), axis=axes)
+    m = M.weighted_sum(a, w)
+    return M.relu(m) if relu else m
 
 
 def _raw_map(conv: Convention, a: np.ndarray, g: np.ndarray | None, class_weights: Any,
              scores: Any, baseline_score: Any) -> np.ndarray:
+    # what the method consumes, as declared in the registry (refcam.methods)
     name = conv.method
+    needs = METHODS[name].needs
     kw = dict(conv.method_kwargs)
-    needs_g = {"gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "gradcam_elementwise",
-               "eigengradcam"}
-    if name in needs_g and g is None:
+    if "gradients" in needs and g is None:
         raise InvalidArgumentError("gradients", None, f"an (N, K, *S) array: {name} needs gradients")
-    if name == "cam":
+    if "class_weights" in needs:
         if class_weights is None:
             raise InvalidArgumentError("class_weights", None, "an (N, K) array: cam needs class weights")
-        return _m.cam(a, class_weights, relu=conv.relu)
+        return METHODS[name].math(a, class_weights, relu=conv.relu)
     if name == "gradcampp" and kw.pop("alpha", None) == "g2":
         return _gradcampp_g2(a, g, conv.relu)
-    if name in needs_g:
-        return getattr(_m, name)(a, g, relu=conv.relu, **kw)
-    if name == "eigencam":
-        return _m.eigencam(a, relu=conv.relu, **kw)
-    if name == "scorecam":
+    if "gradients" in needs:
+        return METHODS[name].math(a, g, relu=conv.relu, **kw)
+    if needs == ("activations",):
+        return METHODS[name].math(a, relu=conv.relu, **kw)
+    if "masked_scores" in needs:
         if scores is None:
             raise InvalidArgumentError("scores", None, "an (N, K) array: the target scores of the "
                                        "masked inputs (see score_masks)")
         w = score_weights(conv, scores, baseline_score)
-        m = _m.weighted_sum(a, w)
-        return _m.relu(m) if conv.relu else m
-    if name == "ablationcam":
+        m = M.weighted_sum(a, w)
+        return M.relu(m) if conv.relu else m
+    if "ablated_scores" in needs:
         if scores is None or baseline_score is None:
             raise InvalidArgumentError("scores", scores, "(N, K) ablated scores and (N,) baseline_score")
-        return _m.ablationcam(a, scores, baseline_score, relu=conv.relu)
+        return METHODS[name].math(a, scores, baseline_score, relu=conv.relu)
     raise InvalidArgumentError("method", name, "a method of the preset table")  # pragma: no cover
 
 
@@ -388,17 +393,18 @@ def score_masks(conv: Convention | tuple[str, str], activations: Any, input_size
         conv = get(*conv)
     if conv.masks is None:
         raise InvalidArgumentError("conv", conv.method, "a Score-CAM convention (with masks)")
-    a = _v.feature_maps(activations, "activations")
+    a = V.feature_maps(activations, "activations")
     size = _size(input_size, a.ndim - 2)
     mc = conv.masks
-    return _m.scorecam_masks(a, size, upsample_mode=mc.upsample, order=mc.order, eps=mc.eps)
+    return M.scorecam_masks(a, size, upsample_mode=mc.upsample_mode, mask_order=mc.mask_order,
+                             mask_eps=mc.mask_eps)
 
 
 def score_weights(conv: Convention | tuple[str, str], scores: Any, baseline_score: Any = None) -> np.ndarray:
     r"""Score-CAM channel weights ``(N, K)`` under a convention.
 
     ``scores`` are the target scores of the masked inputs, ``baseline_score`` ``(N,)`` the score
-    of the convention's baseline (ignored when ``masks.baseline == "none"``; irrelevant with the
+    of the convention's baseline (ignored when ``masks.baseline is None``; irrelevant with the
     channel softmax, which is shift invariant).  Calls :func:`refcam.math.scorecam_weights`.
 
     Examples
@@ -411,8 +417,8 @@ def score_weights(conv: Convention | tuple[str, str], scores: Any, baseline_scor
         conv = get(*conv)
     if conv.masks is None:
         raise InvalidArgumentError("conv", conv.method, "a Score-CAM convention (with masks)")
-    base = None if conv.masks.baseline == "none" else baseline_score
-    return _m.scorecam_weights(scores, base, softmax=conv.masks.softmax)
+    base = None if conv.masks.baseline is None else baseline_score
+    return M.scorecam_weights(scores, base, softmax=conv.masks.softmax)
 
 
 def compute(
@@ -493,10 +499,10 @@ def compute(
     maps = []
     for i, (a_in, g_in) in enumerate(zip(layers_a, layers_g)):
         name = "activations" if len(layers_a) == 1 else f"activations[{i}]"
-        a = _v.feature_maps(a_in, name)
-        g = None if g_in is None else _v.feature_maps(g_in, "gradients")
+        a = V.feature_maps(a_in, name)
+        g = None if g_in is None else V.feature_maps(g_in, "gradients")
         if g is not None:
-            _v.check_same_shape(a, name, g, "gradients")
+            V.check_same_shape(a, name, g, "gradients")
         m = _raw_map(conv, a, g, class_weights, scores, baseline_score)
         maps.append(m)
 
@@ -536,7 +542,7 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
     if len(items) > 1 and conv.fuse is None:
         raise InvalidArgumentError("raw_maps", f"{len(items)} layers",
                                    f"one layer ({conv.preset} has no multi-layer fusion for {conv.method})")
-    maps = [_v.maps(m, "raw_maps" if len(items) == 1 else f"raw_maps[{i}]") for i, m in enumerate(items)]
+    maps = [V.maps(m, "raw_maps" if len(items) == 1 else f"raw_maps[{i}]") for i, m in enumerate(items)]
     for i, m in enumerate(maps[1:], start=1):
         if m.ndim != maps[0].ndim:
             raise ShapeError(f"raw_maps[{i}]", m.shape, f"{maps[0].ndim} axes like raw_maps[0]")
@@ -547,10 +553,10 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
                                    f"upsamples {conv.method} to it)")
 
     def _norm(m: np.ndarray) -> np.ndarray:
-        return m if conv.normalize_eps is None else _m.normalize(m, "minmax", eps=conv.normalize_eps)
+        return m if conv.normalize_eps is None else M.normalize(m, "minmax", eps=conv.normalize_eps)
 
     def _up(m: np.ndarray) -> np.ndarray:
-        return m if conv.upsample is None or size is None else _m.upsample(m, size, conv.upsample)
+        return m if conv.upsample is None or size is None else M.upsample(m, size, conv.upsample)
 
     out = []
     for m in maps:
@@ -566,17 +572,83 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
             # layer, *before* resampling; then max.  refcam.math.fuse("tanh-max") divides by
             # max|m| again (exact LayerCAM Eq. 9), which differs from torchcam by up to ~1e-4
             # when a layer's range is small (its +1e-8 keeps the max below 1).
-            # TODO(lead): a fuse(..., prescaled=True) keyword would let this use the math floor.
+            # (a fuse(..., prescaled=True) keyword would let this use the math floor)
             out = [np.tanh(m.dtype.type(2.0) * m) for m in out]
-        out = [m if m.shape[1:] == common else _m.upsample(m, common, "linear") for m in out]
+        out = [m if m.shape[1:] == common else M.upsample(m, common, "linear") for m in out]
         if conv.renormalize_eps is not None:        # pytorch-grad-cam re-applies the ReLU
-            out = [_m.relu(m) for m in out]
-        fused = _m.fuse(out, "max" if conv.fuse_prescale else conv.fuse)
+            out = [M.relu(m) for m in out]
+        fused = M.fuse(out, "max" if conv.fuse_prescale else conv.fuse)
     else:
         fused = out[0]
     if conv.renormalize_eps is not None:
-        fused = _m.normalize(_m.relu(fused), "minmax", eps=conv.renormalize_eps)
+        fused = M.normalize(M.relu(fused), "minmax", eps=conv.renormalize_eps)
     return fused
+
+
+def explain_options(conv: Convention | tuple[str, str]) -> dict[str, Any]:
+    """The :func:`refcam.explain` options that make the model be queried as the convention does.
+
+    The raw map's ReLU and formula keywords (``eps``, ``center``, ``sign``) where the method
+    declares them; Score-CAM's masks, score, softmax and baseline (:class:`MaskConvention`: one
+    field per option, same names); Ablation-CAM's ``ablation_value``.  Formula variants that are
+    not options (torchcam's Grad-CAM++ ``alpha="g2"``) are applied by :func:`from_explanation`.
+
+    Examples
+    --------
+    >>> explain_options(("pytorch-grad-cam", "scorecam"))      # doctest: +NORMALIZE_WHITESPACE
+    {'relu': True, 'upsample_mode': 'linear-align-corners', 'mask_order': 'upsample-then-normalize',
+     'mask_eps': 1e-08, 'softmax': True, 'baseline': None, 'score': 'logit'}
+    >>> explain_options(("pytorch-grad-cam", "ablationcam"))
+    {'relu': True, 'ablation_value': 'pgc'}
+    """
+    if isinstance(conv, tuple):
+        conv = get(*conv)
+    declared = METHODS[conv.method].defaults
+    opts: dict[str, Any] = {"relu": conv.relu}
+    opts.update((k, v) for k, v in conv.method_kwargs.items() if k in declared)
+    if conv.masks is not None:
+        opts.update(dataclasses.asdict(conv.masks))
+    if conv.ablation_value is not None:
+        opts["ablation_value"] = conv.ablation_value
+    return opts
+
+
+def from_explanation(conv: Convention | tuple[str, str], explanation: Any) -> np.ndarray:
+    """The convention's map (:func:`compute`: formula, scaling, resizing) from the arrays of a
+    :func:`refcam.explain` result obtained with :func:`explain_options` ``(conv)``.
+
+    ``(N, *S_out)`` for one target per sample, ``(N, T, *S_out)`` for ``T`` targets.
+    """
+    if isinstance(conv, tuple):
+        conv = get(*conv)
+    arr = explanation.arrays
+    needs = METHODS[conv.method].needs
+    t_count = arr["target_scores"].shape[1] if "target_scores" in arr else 1
+    maps = []
+    for t in range(t_count):
+        kw: dict[str, Any] = {}
+        if "gradients" in needs:
+            kw["gradients"] = arr["gradients"][:, t]
+        if "class_weights" in needs:
+            kw["class_weights"] = arr["class_weights"][:, t]
+        if "masked_scores" in needs:
+            kw["scores"] = arr["masked_scores"][:, t]
+            if "baseline_scores" in arr:
+                kw["baseline_score"] = arr["baseline_scores"][:, t]
+        if "ablated_scores" in needs:
+            kw["scores"] = arr["ablated_scores"][:, t]
+            kw["baseline_score"] = arr["ablation_base_scores"][:, t]
+        maps.append(compute(conv.method, conv.preset, activations=arr["activations"],
+                            input_size=explanation.input_size, convention=conv, **kw))
+    return maps[0] if t_count == 1 else np.stack(maps, axis=1)
+
+
+def _ablation_cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    return "zero" if value == 0 else f"{value:g}"
 
 
 def markdown_table() -> str:
@@ -610,8 +682,9 @@ def markdown_table() -> str:
                 masks = "—"
             else:
                 mk = c.masks
-                masks = (f"`{mk.upsample}`, {mk.order}, eps {mk.eps:g}; "
-                         + ("channel softmax" if mk.softmax else "no softmax") + f", baseline {mk.baseline}")
+                masks = (f"`{mk.upsample_mode}`, {mk.mask_order}, eps {mk.mask_eps:g}; "
+                         + ("channel softmax" if mk.softmax else "no softmax")
+                         + f", baseline {mk.baseline or 'none'}")
             rows.append(f"| {preset} | {method} | {'yes' if c.relu else 'no'} | {kw} | {eps} | {up} | "
-                        f"{fuse} | {masks} | {c.ablation_value or '—'} |")
+                        f"{fuse} | {masks} | {_ablation_cell(c.ablation_value)} |")
     return "\n".join(rows)

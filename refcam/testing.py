@@ -10,9 +10,17 @@ array conventions (``docs/design.md``):
 
 Every strategy draws finite values only, keeps arrays small (default at most 3 samples,
 4 channels, side 5, 64 spatial positions) so a property runs in milliseconds, and takes
-``dtype=np.float64`` (default) or ``np.float32``.  Subnormal numbers are never drawn (some BLAS
-builds flush them to zero, which makes exact identities fail for reasons unrelated to the code
-under test).
+``dtype=np.float64`` (default) or ``np.float32``.
+
+Safe by construction, so that properties hold under any ``--hypothesis-seed``:
+
+* Subnormal numbers are never drawn (some BLAS builds flush them to zero, which makes exact
+  identities fail for reasons unrelated to the code under test), and neither are nonzero values
+  so small that a product of a few of them would be subnormal: every nonzero value has
+  magnitude at least ``min(tiny**0.25, 2**-20 * bound)`` (float32: 3.3e-10 with the default bounds).
+  An exact float64 expectation then never lies below the dtype's range.
+* Ties are the caller's business: a property that needs a gap (distinct singular values, a
+  non-constant map) must draw it or ``assume`` it, with a margin far above rounding.
 
 This module imports :mod:`hypothesis` (the ``testing`` / ``dev`` extras).  ``import refcam`` does
 not import it.  The closed forms here are computed in plain NumPy, independently of
@@ -98,7 +106,42 @@ def _range(min_value: float | None, max_value: float | None, nonnegative: bool,
     return lo, hi
 
 
+#: relative part of the floor on nonzero magnitudes (see :func:`_floor`)
+_REL_FLOOR = 2.0 ** -20
+
+
+def _floor(dtype: np.dtype, lo: float, hi: float) -> float:
+    r"""Smallest nonzero magnitude drawn: :math:`\min(\text{tiny}^{1/4}, 2^{-20}\max(|lo|, |hi|))`.
+
+    ``tiny`` is the dtype's smallest normal number.  With the default bounds, a product of up to
+    three drawn values, divided by up to 64 positions, stays a normal number (float32: values
+    >= 3.3e-10, products >= 3.6e-29), so an exact float64 expectation never falls below the
+    dtype's range, where the right float32 answer is 0 (or a subnormal a BLAS may flush).  Tiny
+    bounds (``magnitude=1e-30``) keep values within :math:`2^{-20}` of the bound: a property that
+    asks for them gets them, and with them the underflow.
+    """
+    tiny = float(np.finfo(dtype).tiny)
+    return min(tiny ** 0.25, _REL_FLOOR * max(abs(lo), abs(hi)))
+
+
 def _elements(dtype: np.dtype, lo: float, hi: float) -> st.SearchStrategy[float]:
+    """Finite floats in ``[lo, hi]`` exactly representable in ``dtype``: zero, or of magnitude at
+    least :func:`_floor` (never subnormal, and no product of a few of them is)."""
+    floor = _floor(dtype, lo, hi)
+
+    def away_from_zero(v: float) -> float:
+        if v == 0 or abs(v) >= floor:
+            return v
+        if lo <= 0.0 <= hi:
+            return 0.0
+        # an interval excluding 0 (e.g. [1e-12, 1]): the floor itself, rounded into dtype
+        edge = np.asarray(floor if v > 0 else -floor, dtype=dtype)
+        return float(edge) if lo <= float(edge) <= hi else v
+
+    return _raw_elements(dtype, lo, hi).map(away_from_zero)
+
+
+def _raw_elements(dtype: np.dtype, lo: float, hi: float) -> st.SearchStrategy[float]:
     """Finite, non-subnormal floats in ``[lo, hi]`` exactly representable in ``dtype``."""
     if dtype == np.float32:
         # hypothesis needs bounds representable at width 32: round them inwards.

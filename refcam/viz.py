@@ -299,6 +299,19 @@ def _panels(items: Any, name: str) -> list[tuple[str, Any]]:
     return [(str(t), v) for t, v in pairs]
 
 
+def _grid_with_input(img: Any, n_panels: int, ncols: Any, panel_size: Any, dpi: Any,
+                     colorbar: Any, suptitle: Any):
+    """:func:`_grid_figure` with the input picture ``img`` in the first panel (``None``: no input
+    panel); returns the figure, every axis, and the index of the first of the ``n_panels``."""
+    fig, axes = _grid_figure(n_panels + (img is not None), ncols, panel_size, dpi, colorbar,
+                             suptitle)
+    if img is None:
+        return fig, axes, 0
+    axes[0].imshow(img)
+    axes[0].set_title("input")
+    return fig, axes, 1
+
+
 def _grid_figure(
     n: int, ncols: int | None, panel_size: float, dpi: float, colorbar: bool, suptitle: str | None
 ):
@@ -367,13 +380,8 @@ def compare_grid(
     if shared_scale:
         lo = min(float(m.min()) for _, m in checked)
         hi = max(float(m.max()) for _, m in checked)
-    n = len(checked) + (1 if show_input else 0)
-    fig, axes = _grid_figure(n, ncols, panel_size, dpi, colorbar, suptitle)
-    k = 0
-    if show_input:
-        axes[0].imshow(img)
-        axes[0].set_title("input")
-        k = 1
+    fig, axes, k = _grid_with_input(img if show_input else None, len(checked), ncols, panel_size,
+                                    dpi, colorbar, suptitle)
     for (title, m), ax in zip(checked, axes[k:]):
         vmin, vmax = (lo, hi) if shared_scale else (None, None)
         ax.imshow(
@@ -428,14 +436,9 @@ def saliency_grid(
     mode = choice(mode, "mode", _SALIENCY_MODES)
     pairs = _panels(gradients, "gradients")
     pictures = [(t, saliency_image(g, mode=mode, percentile=percentile)) for t, g in pairs]
-    n = len(pictures) + (1 if show_input else 0)
     colorbar = colorbar and mode != "rgb"
-    fig, axes = _grid_figure(n, ncols, panel_size, dpi, colorbar, suptitle)
-    k = 0
-    if show_input:
-        axes[0].imshow(img)
-        axes[0].set_title("input")
-        k = 1
+    fig, axes, k = _grid_with_input(img if show_input else None, len(pictures), ncols, panel_size,
+                                    dpi, colorbar, suptitle)
     cmap = {"abs": "gray", "signed": "bwr", "rgb": None}[mode]
     for (title, pic), ax in zip(pictures, axes[k:]):
         if mode == "rgb":
@@ -458,13 +461,12 @@ def saliency_grid(
 def _softmax_top(outputs_row: Any, k: int) -> list[tuple[int, float]]:
     """The ``k`` most probable classes of one output row, ``(class, p)`` highest first.
 
-    .. math:: p_c = \\exp(y^c - m) / \\sum_{c'} \\exp(y^{c'} - m), \\quad m = \\max_{c'} y^{c'}
-
-    Ties are broken by the lower class index.
+    ``p`` = :func:`refcam.math.softmax` of the row (float64).  Ties are broken by the lower class
+    index.
     """
-    z = np.asarray(outputs_row, dtype=np.float64).ravel()
-    e = np.exp(z - z.max())
-    p = e / e.sum()  # the sum is >= 1 (the max term is exp(0)): no guard needed
+    from .math import softmax
+
+    p = softmax(np.asarray(outputs_row, dtype=np.float64).ravel())
     order = np.argsort(-p, kind="stable")[:k]
     return [(int(c), float(p[c])) for c in order]
 
@@ -529,18 +531,22 @@ def explain_figure(
     return fig
 
 
-def save_png(obj: Any, path: str | os.PathLike, *, dpi: float | None = None) -> Path:
+def save_png(obj: Any, path: str | os.PathLike | Any, *, dpi: float | None = None) -> Path | Any:
     """Write a figure or a pixel array to a PNG file (parent directories are created).
+
+    A path is written atomically: the PNG goes to a temporary file in the same folder, which is
+    then renamed over ``path`` (:func:`os.replace`), so an interrupted call never leaves a
+    truncated file and a reader sees the old file or the new one.
 
     Parameters
     ----------
     obj : a :class:`matplotlib.figure.Figure` (saved at ``dpi``, default the figure's), or an
         image array ``(H, W, 3)``/``(H, W)`` uint8 or floats in [0, 1], written pixel for pixel.
-    path : the file to write.
+    path : the file to write, or a writable binary file object (e.g. :class:`io.BytesIO`).
 
     Returns
     -------
-    pathlib.Path of the file.
+    pathlib.Path of the file (the file object when one was given).
 
     Examples
     --------
@@ -550,16 +556,45 @@ def save_png(obj: Any, path: str | os.PathLike, *, dpi: float | None = None) -> 
     >>> Image.open(p).size          # (width, height)
     (3, 2)
     """
+    import io
+
     from matplotlib.figure import Figure
 
+    if isinstance(obj, Figure):
+
+        def write(fh):
+            obj.savefig(fh, format="png", dpi=dpi if dpi is not None else obj.dpi)
+    elif isinstance(obj, (np.ndarray, list, tuple)):
+        from PIL import Image
+
+        pixels = _image(obj, "obj")
+
+        def write(fh):
+            Image.fromarray(pixels).save(fh, format="PNG")
+    else:
+        raise DTypeError("obj", type(obj).__name__, "a matplotlib Figure or an image array")
+    if not isinstance(path, (str, os.PathLike)):
+        write(path)
+        return path
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(obj, Figure):
-        obj.savefig(out, format="png", dpi=dpi if dpi is not None else obj.dpi)
-        return out
-    if not isinstance(obj, np.ndarray) and not isinstance(obj, (list, tuple)):
-        raise DTypeError("obj", type(obj).__name__, "a matplotlib Figure or an image array")
-    from PIL import Image
+    buf = io.BytesIO()
+    write(buf)
+    import tempfile
 
-    Image.fromarray(_image(obj, "obj")).save(out, format="PNG")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp's 0o600 -> the mode a plain open() gives
+                from ._outputs import _file_mode
+
+                os.fchmod(fh.fileno(), _file_mode())
+            fh.write(buf.getvalue())
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return out

@@ -148,10 +148,11 @@ PLANTS = [
     ("gradcam", "upsampled", "upsample", "nearest", "arrays"),
     ("gradcam", "upsampled", "upsample", "linear-align-corners", "arrays"),
     ("gradcam", "upsampled", "order", "normalize-then-upsample", "arrays"),
-    ("scorecam", "upsampled", "mask_upsample", "linear-align-corners", "model"),
+    ("scorecam", "upsampled", "upsample_mode", "linear-align-corners", "model"),
     ("scorecam", "upsampled", "mask_order", "normalize-then-upsample", "model"),
     ("scorecam", "upsampled", "mask_eps", 1e-2, "model"),
-    ("scorecam", "upsampled", "baseline", "none", "model"),
+    ("scorecam", "upsampled", "baseline", None, "model"),
+    ("scorecam", "upsampled", "score", "logit", "model"),
     ("ablationcam", "upsampled", "ablation_value", "pgc", "model"),
 ]
 
@@ -271,7 +272,7 @@ def test_tiny_model_is_exact():
     # masked scores with all-ones masks = the unmasked score; ablation of every channel at 0
     ones = np.ones((2, 2, 4, 6))
     assert np.allclose(m.masked_scores(x, ones, t), m.target_scores(x, t)[:, None])
-    z = m.ablated_scores(x, t, "zero")
+    z = m.ablated_scores(x, t, 0.0)
     a0 = a.copy()
     a0[1, 0] = 0
     assert np.isclose(z[1, 0], m.head(a0)[1, 2])

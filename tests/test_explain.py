@@ -190,7 +190,7 @@ def test_sscam_equals_math(name):
         x,
         "sscam",
         n_samples=n_samples,
-        sigma=sigma,
+        std=sigma,
         seed=7,
         layout=LAYOUT.get(name),
     )
@@ -215,10 +215,35 @@ def test_sscam_equals_math(name):
     _close(e.maps, M.scorecam(a, total / n_samples, softmax=True))
 
 
+@pytest.mark.parametrize("method", ["sscam", "iscam"])
+def test_sscam_iscam_reproduced_bit_for_bit_by_the_math_floor(method):
+    # explain(..., "sscam", seed=s) and sscam_masks(..., seed=s) + model runs + sscam (weights of
+    # sscam_weights) agree bit for bit: same noise stream, same masked inputs, same reduction
+    x = _x("cam", 2)
+    m = Model(cam_net())
+    opts = dict(n_samples=3, std=0.5, seed=11) if method == "sscam" else dict(n_steps=3)
+    e = refcam.explain(m, x, method, **opts)
+    a = e.arrays["activations"]
+    h = M.scorecam_masks(a, (12, 12))
+    if method == "sscam":
+        masks = M.sscam_masks(h, 3, std=0.5, seed=11)
+    else:
+        masks = M.iscam_masks(h, 3)
+    cls = e.targets[:, 0]
+    scores = np.empty(masks.shape[:3], dtype=np.float32)
+    for s in range(2):
+        for i in range(3):
+            y = m.run(x[s][None] * masks[s, i][:, None], batch_size=a.shape[1])[m.output_name]
+            scores[s, i] = y[:, cls[s]]  # score="logit" (the SS-CAM / IS-CAM default)
+    weights = (M.sscam_weights if method == "sscam" else M.iscam_weights)(scores, softmax=True)
+    np.testing.assert_array_equal(e.maps, getattr(M, method)(a, scores, softmax=True))
+    np.testing.assert_array_equal(e.maps, M.relu(M.weighted_sum(a, weights)))
+
+
 @pytest.mark.parametrize("name", ["cam", "resnet", "dynamic"])
 def test_iscam_equals_math(name):
     x = _x(name, 2)
-    e = refcam.explain(toy_model(name), x, "iscam", n_samples=4)
+    e = refcam.explain(toy_model(name), x, "iscam", n_steps=4)
     o = Oracle(name)
     a, y = o.forward(x, e.layer.name)
     h = _masks(a, x.shape[2:])
@@ -226,7 +251,7 @@ def test_iscam_equals_math(name):
     gammas = [0.25, 0.75, 1.5, 2.5]  # 1/4, 1/4+2/4, +3/4, +4/4
     s = np.mean([o.masked_logits(x, g * h)[np.arange(2), :, cls] for g in gammas], axis=0)
     _close(e.maps, M.scorecam(a, s, softmax=True))
-    lin = refcam.explain(toy_model(name), x, "iscam", n_samples=4, scales="linear", softmax=False)
+    lin = refcam.explain(toy_model(name), x, "iscam", n_steps=4, schedule="linear", softmax=False)
     s = np.mean(
         [o.masked_logits(x, g * h)[np.arange(2), :, cls] for g in [0.25, 0.5, 0.75, 1.0]], axis=0
     )
@@ -323,7 +348,7 @@ def test_explain_errors():
     with pytest.raises(InvalidArgumentError, match=r"method: got 'scorcam'.*closest: scorecam"):
         refcam.explain(cam_net(), x, "scorcam")
     with pytest.raises(InvalidArgumentError, match="no such option for 'cam'"):
-        refcam.explain(cam_net(), x, "cam", sigma=1.0)
+        refcam.explain(cam_net(), x, "cam", std=1.0)
     with pytest.raises(InvalidArgumentError, match="upsample_mode"):
         refcam.explain(cam_net(), x, "scorecam", upsample_mode="cubic")
     with pytest.raises(InvalidArgumentError, match="n_samples"):
@@ -361,13 +386,12 @@ def test_registry_is_data_and_extensible():
     register_need(Need("doubled", lambda ctx: 2 * ctx.need("activations"), "test need"))
     register_method(
         Method(
-            "testcam",
-            ("doubled",),
-            M.eigencam,
-            lambda ctx, t: M.eigencam(ctx.need("doubled")),
-            "nobody",
-            "none",
-            {},
+            name="testcam",
+            needs=("doubled",),
+            math=M.eigencam,
+            compute=lambda ctx, t: M.eigencam(ctx.need("doubled")),
+            paper="nobody",
+            equation="none",
             targeted=False,
         )
     )
@@ -484,3 +508,12 @@ def test_explanation_arrays_reproduce_maps_exactly():
     for t in range(2):
         np.testing.assert_array_equal(e.maps[:, t], M.cam(a, e.arrays["class_weights"][:, t]))
     assert e.options == {"relu": False} and e.method == "cam" and e.input_size == (16, 16)
+
+
+def test_eigencam_component_option_reaches_the_math():
+    x = _x("cam", 2)
+    e = refcam.explain(cam_net(), x, "eigencam", component=2)
+    np.testing.assert_array_equal(e.maps, M.eigencam(e.arrays["activations"], component=2))
+    assert not np.allclose(e.maps, refcam.explain(cam_net(), x, "eigencam").maps)
+    with pytest.raises(InvalidArgumentError, match="component"):
+        refcam.explain(cam_net(), x, "eigencam", component=0)

@@ -48,11 +48,11 @@ def test_peer_constants_as_read_from_their_sources():
     assert dict(pgc["eigencam"].method_kwargs) == {"center": True, "sign": "none"}
     assert all(c.relu and c.normalize_eps == 1e-7 and c.renormalize_eps == 1e-7 for c in pgc.values())
     assert pgc["scorecam"].masks == P.MaskConvention("linear-align-corners", "upsample-then-normalize",
-                                                     1e-8, True, "none")
+                                                     1e-8, True, None)
     tc = P.PRESETS["torchcam"]
     assert tc["cam"].relu is False and all(c.relu for m, c in tc.items() if m != "cam")
     assert all(c.normalize_eps == 1e-8 and c.upsample is None for c in tc.values())
-    assert tc["scorecam"].masks.order == "normalize-then-upsample"
+    assert tc["scorecam"].masks.mask_order == "normalize-then-upsample"
     cap = P.get("captum", "gradcam")
     assert (cap.relu, cap.normalize_eps, cap.upsample, cap.fuse) == (False, None, None, None)
     assert P.CAPTUM_INTERPOLATE == "nearest"
@@ -241,3 +241,111 @@ def test_gradient_presets():
     g = np.array([[[[1.0, -3.0]], [[-2.0, 0.5]]]])                   # (1, C=2, 1, 2)
     np.testing.assert_array_equal(rm.saliency(g, **P.GRADIENT_PRESETS["paper"]["saliency"]), [[[2.0, 3.0]]])
     np.testing.assert_array_equal(rm.saliency(g, **P.GRADIENT_PRESETS["captum"]["saliency"]), np.abs(g))
+
+
+# --------------------------------------------------------------------------- presets through explain
+
+def test_pgc_ablation_values_replay_the_peer_loop():
+    # pytorch-grad-cam 1.5.7 AblationLayer.__call__ transcribed: the min is re-read from the batch
+    # tensor after each edit, batches of 32 ablations (ablation_cam.py:105-132), float32 torch math
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((3, 40, 2, 3)).astype(np.float32)
+    a[1] = np.abs(a[1]) + 0.5          # positive minimum: min - 1e7 as well
+    a[2] = np.maximum(a[2], 0)         # minimum 0: every ablated channel is set to 0
+    want = np.empty(a.shape[:2], dtype=np.float32)
+    for s in range(a.shape[0]):
+        for start in range(0, a.shape[1], 32):
+            idx = range(start, min(a.shape[1], start + 32))
+            out = np.repeat(a[s:s + 1], len(idx), axis=0)
+            for j, c in enumerate(idx):
+                out[j, c] = 0 if out.min() == 0 else out.min() - np.float32(1e7)
+                want[s, c] = out[j, c, 0, 0]
+    got = rm.ablation_values(a, "pgc")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(rm.ablation_values(a, -2.5), np.full((3, 40), -2.5, np.float32))
+    with pytest.raises(InvalidArgumentError, match="ablation_value"):
+        rm.ablation_values(a, "zero")
+
+
+def test_explain_options_use_the_option_names():
+    from refcam.methods import METHODS
+
+    for preset in P.PRESET_NAMES:
+        for method in P.methods(preset):
+            opts = P.explain_options((preset, method))
+            assert set(opts) <= set(METHODS[method].defaults), (preset, method)
+            METHODS[method].resolve(opts)            # every value passes the option's own check
+    assert P.explain_options(("torchcam", "scorecam"))["baseline"] == "input"
+    assert P.explain_options(("paper", "ablationcam"))["ablation_value"] == 0.0
+
+
+@pytest.mark.parametrize("preset", P.PRESET_NAMES)
+def test_cli_explain_preset_every_method(preset, tmp_path, capsys):
+    # `refcam explain --preset` maps every convention of the table, Score-CAM and Ablation-CAM too
+    import refcam
+    from refcam import cli
+    from refcam.onnx import Model
+    from refcam.onnx.toy_models import cam_net
+
+    x = np.random.default_rng(1).random((2, 3, 12, 12), dtype=np.float32)
+    np.save(tmp_path / "b.npy", x)
+    methods = P.methods(preset)
+    code = cli.main(["explain", "toy:cam", str(tmp_path / "b.npy"), "-m", ",".join(methods),
+                     "--preset", preset, "-o", str(tmp_path), "-q"])
+    assert code == 0, capsys.readouterr().err
+    for method in methods:
+        conv = P.get(preset, method)
+        e = refcam.explain(cam_net(), x, method, **P.explain_options(conv))
+        want = P.from_explanation(conv, e)
+        for i in range(2):
+            np.testing.assert_array_equal(np.load(tmp_path / f"b_{i}_{method}_{preset}.npy"), want[i])
+    if "scorecam" in methods:
+        # independent of explain's arrays: the preset's masks, the model run directly, compute()
+        conv = P.get(preset, "scorecam")
+        m = Model(cam_net())
+        a = m.forward(x, ["features"]).activations["features"]
+        masks = P.score_masks(conv, a, (12, 12))
+        logits = m.run(x)[m.output_name]
+        cls = logits.argmax(1)
+        prob = conv.masks.score == "probability"
+        scores, base = np.zeros(a.shape[:2]), np.zeros(2)
+        for s in range(2):
+            y = m.run((x[s] * masks[s][:, None]).astype(np.float32))[m.output_name]
+            scores[s] = (rm.softmax(y, axis=1) if prob else y)[:, cls[s]]
+            yb = m.run(np.zeros_like(x[s:s + 1]) if conv.masks.baseline == "zeros" else x[s:s + 1])
+            yb = yb[m.output_name]
+            base[s] = (rm.softmax(yb, axis=1) if prob else yb)[0, cls[s]]
+        want = P.compute("scorecam", preset, activations=a, scores=scores, baseline_score=base,
+                         input_size=(12, 12))
+        got = np.stack([np.load(tmp_path / f"b_{i}_scorecam_{preset}.npy") for i in range(2)])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pgc_ablation_value_through_explain():
+    # layer "gap" (N, 6, 1, 1) > 0, then Flatten -> Gemm: pytorch-grad-cam's value min - j*1e7
+    # enters a linear head, computed here in NumPy from the graph's initializers
+    import refcam
+    from onnx import numpy_helper
+    from refcam.onnx.toy_models import cam_net
+
+    x = np.random.default_rng(3).random((2, 3, 12, 12), dtype=np.float32)
+    proto = cam_net()
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    w, b = init["fc.weight"].astype(np.float64), init["fc.bias"].astype(np.float64)
+    opts = P.explain_options(("pytorch-grad-cam", "ablationcam"))
+    e = refcam.explain(proto, x, "ablationcam", layer="gap", target=[1, 4], allow_small_map=True,
+                       **opts)
+    a = e.arrays["activations"]
+    assert (a.reshape(2, -1).min(axis=1) > 0).all()
+    v = rm.ablation_values(a, "pgc")
+    assert (v < -1e6).all()
+    want = np.empty((2, a.shape[1]))
+    for s, c in enumerate((1, 4)):
+        for k in range(a.shape[1]):
+            ak = a[s].reshape(-1).astype(np.float64)
+            ak[k] = v[s, k]
+            want[s, k] = w[c] @ ak + b[c]
+    np.testing.assert_allclose(e.arrays["ablated_scores"][:, 0], want, rtol=1e-5)
+    zero = refcam.explain(proto, x, "ablationcam", layer="gap", target=[1, 4], allow_small_map=True)
+    assert not np.allclose(zero.arrays["ablated_scores"], e.arrays["ablated_scores"])

@@ -274,3 +274,45 @@ def test_save_png_figure_size_and_errors(tmp_path):
     assert Image.open(viz.save_png(fig, tmp_path / "g.png", dpi=100)).size == (200, 100)
     with pytest.raises(DTypeError, match=r"^obj: got dtype str"):
         viz.save_png("not an image", tmp_path / "x.png")
+
+
+# ----------------------------------------------------------------------------- the CLI's figure
+
+
+def test_explain_figure_panels_and_highlight():
+    """One input panel, one panel per overlay, a bar chart whose highlighted bar is tab:red."""
+    from matplotlib.colors import to_rgba
+
+    pic = np.zeros((8, 8, 3), np.uint8)
+    fig = viz.explain_figure(
+        pic, [("cam", pic), ("gradcam", pic)], [("a", 0.7), ("b", 0.2)], title="t", highlight=1
+    )
+    axes = fig.get_axes()
+    assert len(axes) == 4 and [a.get_title() for a in axes] == ["input", "cam", "gradcam", "top-2"]
+    bars = axes[3].patches  # drawn bottom-up: the last class first
+    assert [to_rgba(b.get_facecolor()) for b in bars] == [to_rgba("tab:red"), to_rgba("tab:gray")]
+    assert [b.get_width() for b in bars] == [0.2, 0.7]
+    assert len(viz.explain_figure(pic, [("cam", pic)], [], title="t").get_axes()) == 2  # no chart
+
+
+def test_save_png_is_atomic_and_takes_file_objects(tmp_path, monkeypatch):
+    """An interrupted save leaves the old file whole and no temporary; file objects work."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    p = tmp_path / "x.png"
+    viz.save_png(np.zeros((2, 3, 3), np.uint8), p)
+    old = p.read_bytes()
+    buf = io.BytesIO()
+    assert viz.save_png(np.full((2, 3, 3), 255, np.uint8), buf) is buf
+    assert np.asarray(Image.open(io.BytesIO(buf.getvalue()))).min() == 255
+
+    def broken(self, fname, *a, **k):
+        fname.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(KeyboardInterrupt):
+        viz.save_png(Figure(), p)
+    assert p.read_bytes() == old and sorted(q.name for q in tmp_path.iterdir()) == ["x.png"]

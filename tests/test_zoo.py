@@ -595,3 +595,51 @@ def test_builder_is_deterministic_and_checks_the_state_dict(tmp_path, model):
     with pytest.raises(ModelError, match=r"missing parameter '_conv_stem\.weight'"):
         zoo.efficientnet_lite0(weights=other, cache=tmp_path)
     assert not list(tmp_path.glob("*.onnx"))
+
+
+# ----------------------------------------------------------------------------- image decoding
+
+
+def test_open_image_16bit_oracle_and_refusals(tmp_path):
+    """16-bit v -> round(v / 257), hand-computed; 32-bit TIFF and float images are refused."""
+    from PIL import Image
+
+    from refcam.errors import InvalidArgumentError
+
+    v = np.array([[0, 128, 129, 385], [65535, 65406, 65407, 32896]], np.uint16)
+    Image.fromarray(v).save(tmp_path / "g16.png")
+    # 128/257 = 0.498 -> 0; 129/257 = 0.502 -> 1; 385/257 = 1.498 -> 1; 65406/257 = 254.498 -> 254;
+    # 65407/257 = 254.502 -> 255; 32896/257 = 128 exactly
+    want = np.array([[0, 0, 1, 1], [255, 254, 255, 128]], np.uint8)
+    got = np.asarray(zoo.open_image(tmp_path / "g16.png"))
+    assert got.dtype == np.uint8 and got.shape == (2, 4, 3)
+    np.testing.assert_array_equal(got, np.repeat(want[..., None], 3, axis=2))
+    Image.fromarray(v.astype(np.int32) * 70000, "I").save(tmp_path / "i32.tif")
+    with pytest.raises(InvalidArgumentError, match="32-bit integer image"):
+        zoo.open_image(tmp_path / "i32.tif")
+    Image.fromarray(np.ones((2, 2), np.float32), "F").save(tmp_path / "f.tif")
+    with pytest.raises(InvalidArgumentError, match="floating-point image"):
+        zoo.preprocess(tmp_path / "f.tif")
+
+
+def test_model_metadata_readers():
+    """Class names from every supported key; malformed metadata is a ModelError naming the key."""
+    from refcam.errors import ModelError
+
+    assert zoo.model_classes({"classes": "a\nb\nc"}) == ["a", "b", "c"]
+    assert zoo.model_classes({"class_names": "a, b"}) == ["a", "b"]
+    assert zoo.model_classes({"refcam.classes": '["x"]', "labels": '["y"]'}) == ["x"]
+    with pytest.raises(ModelError, match="'names'"):
+        zoo.model_classes({"names": "{0: 'a', 2: 'b'}"})
+    with pytest.raises(ModelError, match="std"):
+        zoo.model_preprocessing({"refcam.preprocessing": '{"std": [1, 0, 1]}'})
+    with pytest.raises(ModelError, match="JSON object"):
+        zoo.model_preprocessing({"refcam.preprocessing": "[1]"})
+    pre = zoo.model_preprocessing(zoo.efficientnet_lite0())
+    assert pre == {
+        "size": 224,
+        "crop_padding": 32,
+        "mean": (127.0, 127.0, 127.0),
+        "std": (128.0, 128.0, 128.0),
+        "resample": "bicubic",
+    }

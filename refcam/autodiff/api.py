@@ -157,12 +157,12 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
                 cb = np.concatenate([cb, np.repeat(cb[-1:], pad)])
             if out_shape is None:
-                probe = m.session([m.output_name]).run([m.output_name], {m.input_name: xb[:1]})[0] \
+                probe = m.session([m.output_name]).run([m.output_name], m.feed(xb[:1], start))[0] \
                     if n_cls is None else None
                 out_shape = (n_cls,) if n_cls is not None else probe.shape[1:]
             seed = np.zeros((xb.shape[0],) + tuple(out_shape), dtype=m.input_dtype)
             seed.reshape(xb.shape[0], -1)[np.arange(xb.shape[0]), cb] = 1
-            outs = sess.run(run_names, {m.input_name: xb, SEED_INPUT: seed})
+            outs = sess.run(run_names, {**m.feed(xb, start, pad), SEED_INPUT: seed})
             if pad:
                 outs = [o[: xb.shape[0] - pad] for o in outs]
             for k, o in zip(run_names, outs):
@@ -171,32 +171,34 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
                 if k.startswith("refcam_grad/"):
                     per_t[k[len("refcam_grad/"):]].append(o)
         for w in names:
-            grads_t[w].append(np.concatenate(per_t[w], axis=0))
+            grads_t[w].append(per_t[w])
     outputs = np.concatenate(results[m.output_name], axis=0)
     acts = {}
     grads = {}
     for w in names:
-        g = np.stack(grads_t[w], axis=1)                       # (N, T, *native)
         if w == m.input_name:
             acts[w] = x
-            grads[w] = g
+            grads[w] = np.stack([np.concatenate(per, axis=0) for per in grads_t[w]], axis=1)  # (N, T, *native)
         else:
-            a = np.concatenate(results[w], axis=0)
-            acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
-            grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+            b = m._batch_axis(w)  # chunks join along the layer's batch axis (axis 1: sequence-first)
+            a = np.concatenate(results[w], axis=b)
+            g = np.stack([np.concatenate(per, axis=b) for per in grads_t[w]],
+                         axis=1)                                # (native axis 0, T, *native[1:])
+            acts[w] = m._as_map(w, a)
+            grads[w] = m._as_map(w, g, lead=1)
     return GradientResult(outputs, classes, acts, grads)
 
 
 def _collect(m: Model, x: np.ndarray, names: list[str], run_names: list[str], outs: dict) -> tuple[dict, dict]:
     acts, grads = {}, {}
     for w in names:
-        g = np.concatenate(outs[grad_name(w)], axis=0)[:, None]          # (N, 1, *native)
         if w == m.input_name:
-            acts[w], grads[w] = x, g
+            acts[w], grads[w] = x, np.concatenate(outs[grad_name(w)], axis=0)[:, None]  # (N, 1, *native)
         else:
-            a = np.concatenate(outs[w], axis=0)
-            acts[w] = m.to_channels_first(a) if a.ndim in (4, 5) else a
-            grads[w] = np.moveaxis(g, -1, 2) if (m.channels_last and g.ndim in (5, 6)) else g
+            b = m._batch_axis(w)  # chunks join along the layer's batch axis (axis 1: sequence-first)
+            g = np.concatenate(outs[grad_name(w)], axis=b)[:, None]
+            acts[w] = m._as_map(w, np.concatenate(outs[w], axis=b))
+            grads[w] = m._as_map(w, g, lead=1)
     return acts, grads
 
 
@@ -213,7 +215,7 @@ def _top1(m: Model, x: np.ndarray, names: list[str], rules: str, batch_size: int
         if m.fixed_batch is not None and xb.shape[0] < m.fixed_batch:
             pad = m.fixed_batch - xb.shape[0]
             xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-        res = sess.run(run_names, {m.input_name: xb})
+        res = sess.run(run_names, m.feed(xb, start, pad))
         for k, o in zip(run_names, res):
             outs[k].append(o[: xb.shape[0] - pad] if pad else o)
     outputs = np.concatenate(outs[m.output_name], axis=0)
@@ -237,8 +239,9 @@ def _onnx_target(m: Model, x: np.ndarray, names: list[str], rules: str, batch_si
     if dims is not None and len(dims) >= 1 and all(d.HasField("dim_value") for d in dims[1:]):
         out_shape = (n,) + tuple(d.dim_value for d in dims[1:])
     else:  # dynamic output shape: one probe run
-        probe = m.session([m.output_name]).run([m.output_name], {m.input_name: x[:1] if m.fixed_batch is None
-                                                                 else np.repeat(x[:1], m.fixed_batch, 0)})[0]
+        probe = m.session([m.output_name]).run([m.output_name], m.feed(x[:1]) if m.fixed_batch is None
+                                               else m.feed(np.repeat(x[:1], m.fixed_batch, 0), 0,
+                                                           m.fixed_batch - 1))[0]
         out_shape = (n,) + probe.shape[1:]
     w = target.weights(out_shape, m.input_dtype)
     sess = _vjp_session(m, tuple(names), rules, target=target)
@@ -253,7 +256,7 @@ def _onnx_target(m: Model, x: np.ndarray, names: list[str], rules: str, batch_si
             xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
             wb = np.concatenate([wb, np.repeat(wb[-1:], pad, axis=0)])
         seed = np.ones((xb.shape[0], 1), dtype=m.input_dtype)
-        res = sess.run(run_names, {m.input_name: xb, WEIGHT_INPUT: wb, SEED_INPUT: seed})
+        res = sess.run(run_names, {**m.feed(xb, start, pad), WEIGHT_INPUT: wb, SEED_INPUT: seed})
         for k, o in zip(run_names, res):
             outs[k].append(o[: xb.shape[0] - pad] if pad else o)
     outputs = np.concatenate(outs[m.output_name], axis=0)

@@ -19,7 +19,8 @@ from onnx import helper, shape_inference
 
 from .._validate import choice
 from ..errors import InvalidArgumentError, LayerNotFoundError, ModelError, UnsupportedOpError
-from .graph import GraphBuilder, TensorInfo
+from .expand import expand_functions
+from .graph import GraphBuilder, TensorInfo, node_inputs
 from .rules import RULE_SETS, RULES, NeedsOpset, RuleContext
 
 __all__ = ["build_vjp_model", "grad_name", "SEED_INPUT", "model_opset"]
@@ -154,10 +155,18 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
 
 def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
            check: bool, seed_mode: str = "input") -> onnx.ModelProto:
+    if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
+        foreign = next((n for n in model.graph.node if n.domain not in ("", "ai.onnx")), None)
+        if foreign is not None:
+            ver = next((o.version for o in model.opset_import if o.domain == foreign.domain), "?")
+            raise UnsupportedOpError(
+                f"op {foreign.domain}.{foreign.op_type} (node {foreign.name or '?'!r}, opset "
+                f"{foreign.domain} {ver}) has no backward rule; use finite differences (refcam.autodiff.fd)")
     opset = model_opset(model)
     newest = onnx.defs.onnx_opset_version()
     if not 7 <= opset <= newest:
         raise ModelError(f"model opset {opset} is outside the supported range 7–{newest}")
+    model = expand_functions(model, RULES, wrt)  # function ops without a rule: differentiate their body
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # pragma: no cover - fall back to the model's own value_info
@@ -183,7 +192,7 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
     # forward reach from wrt (float tensors only)
     fwd = set(wrt)
     for n in nodes:
-        if any(i in fwd for i in n.input if i):
+        if any(i in fwd for i in node_inputs(n)):
             for o in n.output:
                 if o and info.is_float(o):
                     fwd.add(o)
@@ -191,7 +200,7 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
     bwd = {seed}
     for n in reversed(nodes):
         if any(o in bwd for o in n.output):
-            bwd.update(i for i in n.input if i)
+            bwd.update(node_inputs(n))
     live = fwd & bwd
 
     b = GraphBuilder(opset, taken=known | {SEED_INPUT} | {grad_name(w) for w in wrt})
@@ -209,7 +218,7 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
         if not any(o in live for o in node.output):
             continue
         needs = [bool(i) and i in live for i in node.input]
-        if not any(needs):
+        if not any(needs) and not any(i in live for i in node_inputs(node)):  # subgraph captures count
             continue
         out_grads = [total(o) if o in live else None for o in node.output]
         if all(x is None for x in out_grads):

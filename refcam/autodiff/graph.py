@@ -14,7 +14,23 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["GraphBuilder", "TensorInfo"]
+__all__ = ["GraphBuilder", "TensorInfo", "node_inputs"]
+
+
+def node_inputs(node: onnx.NodeProto) -> list[str]:
+    """Names a node reads: its inputs and the outer-scope tensors its subgraphs (If/Loop/Scan
+    bodies) capture.  A gradient flowing through a captured tensor must not be missed."""
+    names = [i for i in node.input if i]
+    for a in node.attribute:
+        graphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sub in graphs:
+            local = {i.name for i in sub.input} | {i.name for i in sub.initializer}
+            for n in sub.node:
+                for i in node_inputs(n):
+                    if i not in local:
+                        names.append(i)
+                local.update(o for o in n.output if o)
+    return list(dict.fromkeys(names))
 
 # opset from which each Reduce* op takes its axes as an input instead of an attribute
 _AXES_AS_INPUT = {"ReduceSum": 13}
@@ -35,6 +51,8 @@ class TensorInfo:
         self.elem: dict[str, int] = {}
         self.shape: dict[str, tuple | None] = {}
         self.const: dict[str, np.ndarray] = {}
+        #: symbolic dimension names (dim_param) per tensor, None where a dim has none
+        self.dim_params: dict[str, tuple] = {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             t = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
@@ -43,6 +61,7 @@ class TensorInfo:
             if t.HasField("shape"):
                 self.shape[vi.name] = tuple(
                     d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+                self.dim_params[vi.name] = tuple(d.dim_param or None for d in t.shape.dim)
             else:
                 self.shape[vi.name] = None
         for init in g.initializer:
@@ -166,18 +185,26 @@ class GraphBuilder:
     def unbroadcast(self, g: str, g_shape: tuple | None, x: str, x_shape: tuple | None) -> str:
         """Sum ``g`` (shape of the broadcast result) down to the shape of operand ``x``.
 
-        Leading axes that ``x`` lacks are summed away; axes where ``x`` has a static size 1 are
-        summed with ``keepdims``.  Then the result is reshaped to ``Shape(x)``.  Needs the ranks and
-        the size-1 axes of ``x`` to be known statically (always true for initializers).
+        Leading axes that ``x`` lacks are summed away; axes where ``x`` has size 1 and ``g`` not are
+        summed with ``keepdims``; then the result is reshaped to ``Shape(x)``.  With static ranks and
+        static size-1 axes the summed axes are chosen here; otherwise (a rank unknown, or an axis of
+        ``x`` unknown where ``g``'s is not 1) they are computed in the graph from ``Shape(g)`` and
+        ``Shape(x)`` (opset >= 13: ``ReduceSum`` with runtime axes).  A size marked ``-1`` means
+        "unknown but equal in both" (same symbolic dimension, see ``RuleContext.unbroadcast``).
         """
-        if g_shape is None or x_shape is None:
-            from ..errors import ModelError
-
-            raise ModelError(
-                f"cannot reduce the gradient over broadcast axes for tensor {x!r}: its rank is not "
-                "known after shape inference; give the model static ranks (fixed input shapes)")
-        rg, rx = len(g_shape), len(x_shape)
-        lead = rg - rx
+        dynamic = g_shape is None or x_shape is None
+        if not dynamic:
+            rg, rx = len(g_shape), len(x_shape)
+            lead = rg - rx
+            dynamic = lead < 0 or any(
+                d is None and g_shape[lead + i] != 1 for i, d in enumerate(x_shape))
+            if dynamic and self.opset < 13 and lead >= 0 and not any(
+                    d is None and g_shape[lead + i] not in (None, 1) for i, d in enumerate(x_shape)):
+                # opset < 13 has no ReduceSum with runtime axes: an axis unknown in both operands
+                # is taken as equal (not broadcast), as the exporters' dynamic batch axis is
+                dynamic = False
+        if dynamic:
+            return self._unbroadcast_runtime(g, x)
         axes = list(range(lead))
         for i, d in enumerate(x_shape):
             gd = g_shape[lead + i]
@@ -187,6 +214,27 @@ class GraphBuilder:
             return g
         out = self.reduce("ReduceSum", g, axes, keepdims=True)
         return self.reshape_like(out, x)
+
+    def _unbroadcast_runtime(self, g: str, x: str) -> str:
+        r"""``unbroadcast`` with the summed axes computed at run time: with :math:`s_x` the shape of
+        ``x`` left-padded with ones to the rank of ``g``, sum over
+        :math:`\{i : s_x[i] = 1 \ne s_g[i]\}` (keepdims), then reshape to ``Shape(x)``."""
+        if self.opset < 13:
+            from ..errors import ModelError
+
+            raise ModelError(
+                f"cannot reduce the gradient over broadcast axes for tensor {x!r}: its rank or size-1 "
+                "axes are not known after shape inference and the model's opset < 13 has no ReduceSum "
+                "with runtime axes; give the model static shapes")
+        sg, sx = self.shape(g), self.shape(x)
+        n_lead = self.op("Sub", [self.op("Shape", [sg]), self.op("Shape", [sx])])
+        ones = self.op("ConstantOfShape", [n_lead], value=numpy_helper.from_array(np.ones(1, np.int64)))
+        sxp = self.op("Concat", [ones, sx], axis=0)
+        one = self.ints([1])
+        cond = self.op("And", [self.op("Equal", [sxp, one]), self.op("Not", [self.op("Equal", [sg, one])])])
+        axes = self.op("Reshape", [self.op("NonZero", [cond]), self.ints([-1])])
+        red = self.op("ReduceSum", [g, axes], keepdims=1, noop_with_empty_axes=1)
+        return self.reshape_like(red, x)
 
     def move_axis_matmul(self, g: str, rank: int, axis: int, matrix: str) -> str:
         """Contract axis ``axis`` of ``g`` (rank ``rank``) with ``matrix`` (size_in × size_out)."""

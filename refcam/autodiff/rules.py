@@ -79,10 +79,10 @@ RULES: dict[str, RuleFn] = {}
 
 #: ops whose outputs carry no gradient (integer/boolean outputs or piecewise-constant functions)
 NO_GRADIENT_OPS = frozenset({
-    "Shape", "Size", "ConstantOfShape", "Range", "ArgMax", "ArgMin", "NonZero", "Equal", "Less",
+    "Shape", "Size", "ConstantOfShape", "ArgMax", "ArgMin", "NonZero", "Equal", "Less",
     "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
-    "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike", "OneHot",
-    "Constant", "Multinomial", "Bernoulli",
+    "Floor", "Ceil", "Round", "Sign", "RandomNormalLike", "RandomUniformLike", "EyeLike",
+    "Constant", "Multinomial", "Bernoulli", "Hardmax",
 })
 
 
@@ -206,8 +206,20 @@ class RuleContext:
         return self.b.op(op_type, inputs, **kw)
 
     def unbroadcast(self, g: str, x: str, out: str | None = None) -> str:
+        """Reduce ``g`` (shaped like ``out``) to ``x`` over the broadcast axes; dims unknown in both but
+        with the same symbolic name are equal (marked -1), other unknown dims are resolved at run time."""
         out = out or self.outputs[0]
-        return self.b.unbroadcast(g, self.shape(out), x, self.shape(x))
+        so, sx = self.shape(out), self.shape(x)
+        if so is not None and sx is not None and len(so) >= len(sx):
+            po = self.info.dim_params.get(out) or (None,) * len(so)
+            px = self.info.dim_params.get(x) or (None,) * len(sx)
+            lead = len(so) - len(sx)
+            so, sx = list(so), list(sx)
+            for i in range(len(sx)):
+                if sx[i] is None and so[lead + i] is None and px[i] is not None and px[i] == po[lead + i]:
+                    sx[i] = so[lead + i] = -1
+            so, sx = tuple(so), tuple(sx)
+        return self.b.unbroadcast(g, so, x, sx)
 
     def mask(self, cond: str, like: str) -> str:
         """Cast a boolean tensor to the element type of ``like``."""
@@ -296,8 +308,10 @@ def _reshape(ctx):
 
 @rule("Transpose")
 def _transpose(ctx):
-    r = ctx.rank(ctx.inputs[0])
-    perm = ctx.attrs.get("perm", list(range(r))[::-1])
+    perm = ctx.attrs.get("perm")
+    if perm is None:
+        perm = list(range(ctx.rank(ctx.inputs[0])))[::-1]
+    r = len(perm)  # the rank (known from perm even when shape inference lost it)
     inv = [0] * r
     for i, p in enumerate(perm):
         inv[p] = i
@@ -313,12 +327,13 @@ def _expand(ctx):
 def _concat(ctx):
     b = ctx.b
     g = ctx.grads[0]
-    r = ctx.rank(ctx.outputs[0])
-    axis = ctx.attrs["axis"] % r
+    axis = ctx.attrs["axis"]
+    if axis < 0 and ctx.info.rank(ctx.outputs[0]) is not None:
+        axis %= ctx.info.rank(ctx.outputs[0])
     sizes = []
     for x in ctx.inputs:
         s = ctx.shape(x)
-        sizes.append(None if s is None else s[axis])
+        sizes.append(None if s is None or axis < 0 else s[axis])
     res: list[str | None] = []
     if all(s is not None for s in sizes):
         off = 0
@@ -332,7 +347,7 @@ def _concat(ctx):
     off = b.ints([0])
     ax = b.ints([axis])
     for x, need in zip(ctx.inputs, ctx.needs):
-        d = b.op("Slice", [b.shape(x), ax, b.ints([axis + 1])])
+        d = b.op("Gather", [b.shape(x), ax], axis=0)  # size along a possibly negative axis
         end = b.op("Add", [off, d])
         res.append(b.op("Slice", [g, off, end, ax]) if need else None)
         off = end
@@ -342,8 +357,9 @@ def _concat(ctx):
 @rule("Split")
 def _split(ctx):
     b = ctx.b
-    r = ctx.rank(ctx.inputs[0])
-    axis = ctx.attrs.get("axis", 0) % r
+    axis = ctx.attrs.get("axis", 0)
+    if axis < 0 and ctx.info.rank(ctx.inputs[0]) is not None:
+        axis %= ctx.info.rank(ctx.inputs[0])  # a negative axis works without the rank too
     parts = []
     for y, g in zip(ctx.outputs, ctx.grads):
         parts.append(g if g is not None else b.zeros_like(y, ctx.elem(y)))
@@ -526,7 +542,12 @@ def _pow(ctx):
         t = ctx.op("Pow", [x, ctx.op("Sub", [pc, ctx.c(1.0, x)])])
         gx = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [pc, t])]), x)
     if ctx.needs[1]:
-        gp = ctx.unbroadcast(ctx.op("Mul", [g, ctx.op("Mul", [y, ctx.op("Log", [x])])]), p)
+        # d(x^p)/dp = x^p log x; at x = 0 (p > 0) the limit is 0, not 0 * (-inf) = NaN
+        t = ctx.op("Mul", [y, ctx.op("Log", [x])])
+        t = ctx.op("Where", [ctx.op("Equal", [x, ctx.c(0.0, x)]), ctx.c(0.0, y), t])
+        if ctx.elem(p) != ctx.elem(y):
+            t = ctx.op("Cast", [t], to=ctx.elem(p))
+        gp = ctx.unbroadcast(ctx.op("Mul", [ctx.op("Cast", [g], to=ctx.elem(p)) if ctx.elem(p) != ctx.elem(y) else g, t]), p)
     return [gx, gp]
 
 
@@ -642,10 +663,23 @@ def _clip(ctx):
         conds.append(ctx.op("Less", [x, hi_t]))
     if relu_like and ctx.rules == "guided":
         g = ctx.op("Relu", [g])
+    g0 = ctx.grads[0]
+    gx = g
     if conds:
         cond = conds[0] if len(conds) == 1 else ctx.op("And", conds)
-        g = ctx.op("Mul", [g, ctx.mask(cond, x)])
-    return ctx.rest(g)
+        gx = ctx.op("Mul", [g, ctx.mask(cond, x)])
+    # min/max inputs (opset >= 11): y = min(max(x, lo), hi), so dy/dlo = [x < lo][lo < hi] and
+    # dy/dhi = [max(x, lo) > hi] (0 at the ties, like the x gradient)
+    glo = ghi = None
+    if len(ctx.needs) > 1 and ctx.needs[1]:
+        m = ctx.op("Less", [x, lo_t])
+        if hi_t is not None:
+            m = ctx.op("And", [m, ctx.op("Less", [lo_t, hi_t])])
+        glo = ctx.unbroadcast(ctx.op("Mul", [g0, ctx.mask(m, x)]), lo_t)
+    if len(ctx.needs) > 2 and ctx.needs[2]:
+        t = x if lo_t is None else ctx.op("Max", [x, lo_t])
+        ghi = ctx.unbroadcast(ctx.op("Mul", [g0, ctx.mask(ctx.op("Greater", [t, hi_t]), x)]), hi_t)
+    return ctx.rest(gx, glo, ghi)
 
 
 def _softmax_axes(ctx: RuleContext) -> list[int]:
@@ -659,6 +693,9 @@ def _softmax_axes(ctx: RuleContext) -> list[int]:
 def _softmax(ctx):
     y = ctx.outputs[0]
     g = ctx.grads[0]
+    # a fully masked row (all inputs -inf) has y = NaN; its inputs are constant, so its gradient
+    # is 0 (a later Where discards the row): use y = 0 there instead of propagating 0 * NaN
+    y = ctx.op("Where", [ctx.op("IsNaN", [y]), ctx.c(0.0, y), y])
     s = ctx.b.reduce("ReduceSum", ctx.op("Mul", [g, y]), _softmax_axes(ctx), keepdims=True)
     return [ctx.op("Mul", [y, ctx.op("Sub", [g, s])])]
 
@@ -694,13 +731,6 @@ def _expand_back(ctx: RuleContext, g: str, axes: list[int]) -> str:
     return ctx.op("Expand", [g, ctx.b.shape(ctx.inputs[0])])
 
 
-@rule("ReduceSum")
-def _reducesum(ctx):
-    axes = _reduce_axes(ctx, ctx.op_type)
-    res = ctx.grads[0] if axes is None else _expand_back(ctx, ctx.grads[0], axes)
-    return ctx.rest(res)
-
-
 def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
     s = ctx.shape(x)
     if s is not None and all(s[a] is not None for a in axes):
@@ -709,30 +739,6 @@ def _count(ctx: RuleContext, x: str, axes: list[int], like: str) -> str:
     sizes = [b.op("Slice", [b.shape(x), b.ints([a]), b.ints([a + 1])]) for a in axes]
     n = b.op("ReduceProd", [b.op("Concat", sizes, axis=0)], keepdims=0)  # no axes: all (any opset)
     return b.op("Cast", [n], to=ctx.elem(like))
-
-
-@rule("ReduceMean")
-def _reducemean(ctx):
-    x = ctx.inputs[0]
-    axes = _reduce_axes(ctx, ctx.op_type)
-    if axes is None:
-        return ctx.rest(ctx.grads[0])
-    g = ctx.op("Div", [ctx.grads[0], _count(ctx, x, axes, x)])
-    return ctx.rest(_expand_back(ctx, g, axes))
-
-
-@rule("ReduceMax", "ReduceMin")
-def _reducemax(ctx):
-    x = ctx.inputs[0]
-    y = ctx.outputs[0]
-    axes = _reduce_axes(ctx, ctx.op_type)
-    if axes is None:
-        return ctx.rest(ctx.grads[0])
-    yk = y if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(y, axes)
-    gk = ctx.grads[0] if ctx.attrs.get("keepdims", 1) else ctx.b.unsqueeze(ctx.grads[0], axes)
-    m = ctx.mask(ctx.op("Equal", [x, yk]), x)
-    cnt = ctx.b.reduce("ReduceSum", m, axes, keepdims=True)
-    return ctx.rest(ctx.op("Mul", [m, ctx.op("Div", [gk, cnt])]))
 
 
 @rule("GlobalAveragePool")
@@ -842,13 +848,89 @@ def _conv_geometry(ctx: RuleContext, in_sp: list[int], k: list[int]):
     return s, d, pads
 
 
+def _bias_grad(ctx: RuleContext) -> str | None:
+    r"""Conv/ConvTranspose bias :math:`B_c`: :math:`\bar B_c = \sum_{n, \mathbf{o}} g_{n c \mathbf{o}}`."""
+    if len(ctx.needs) < 3 or not ctx.needs[2]:
+        return None
+    r = ctx.rank(ctx.outputs[0])
+    return ctx.b.reduce("ReduceSum", ctx.grads[0], [0] + list(range(2, r)), keepdims=False)
+
+
+def _grouped_correlation(ctx: RuleContext, inp: str, ker: str, n_inp: int, n_ker: int, group: int,
+                         k: list[int], strides: list[int], dilations: list[int], pads: list[int]) -> str:
+    r"""Per group :math:`j`: ``Conv(inp_j, ker_j)`` (batch = channels of ``inp_j``, channels = the
+    original batch), cropped to the kernel size ``k`` and transposed to ``(ker_j, inp_j, *k)``;
+    the groups are concatenated along axis 0.  ``inp``/``ker`` are ``(n_inp, N, ...)``/``(n_ker, N, ...)``."""
+    b = ctx.b
+    n = len(k)
+    parts = []
+    ci, co = n_inp // group, n_ker // group
+    for j in range(group):
+        xi = inp if group == 1 else b.op("Slice", [inp, b.ints([j * ci]), b.ints([(j + 1) * ci]), b.ints([0])])
+        gi = ker if group == 1 else b.op("Slice", [ker, b.ints([j * co]), b.ints([(j + 1) * co]), b.ints([0])])
+        c = b.op("Conv", [xi, gi], strides=strides, dilations=dilations, pads=pads)
+        c = b.op("Slice", [c, b.ints([0] * n), b.ints(k), b.ints(list(range(2, 2 + n)))])
+        parts.append(b.op("Transpose", [c], perm=[1, 0] + list(range(2, 2 + n))))
+    return parts[0] if group == 1 else b.op("Concat", parts, axis=0)
+
+
+def _conv_weight_grad(ctx: RuleContext) -> str:
+    r"""Conv weight: :math:`\bar W_{m c \mathbf{k}} = \sum_{n,\mathbf{o}} g_{n m \mathbf{o}}\,
+    x^{\mathrm{pad}}_{n c,\ \mathbf{o} s + \mathbf{k} d}` per group -- a correlation of
+    :math:`x^{\mathsf T}` (channels as batch) with :math:`g^{\mathsf T}` as kernel, stride :math:`d`,
+    dilation :math:`s`, the forward pads, cropped to the kernel size."""
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    r = ctx.rank(x)
+    n = r - 2
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    if ctx.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        in_sp = ctx.static_dims(x, list(range(2, r)))
+    else:
+        in_sp = [0] * n
+    s, d, pads = _conv_geometry(ctx, in_sp, k)
+    group = ctx.attrs.get("group", 1)
+    (c_in,) = ctx.static_dims(x, [1])
+    (m_out,) = ctx.static_dims(w, [0])
+    perm = [1, 0] + list(range(2, r))
+    xt = ctx.op("Transpose", [x], perm=perm)
+    gt = ctx.op("Transpose", [ctx.grads[0]], perm=perm)
+    return _grouped_correlation(ctx, xt, gt, c_in, m_out, group, k, d, s, pads)
+
+
+def _convtranspose_weight_grad(ctx: RuleContext) -> str:
+    r"""ConvTranspose weight (shape ``(C, M/G, *k)``): :math:`\bar W_{c m \mathbf{k}} = \sum_{n,\mathbf{i}}
+    x_{n c \mathbf{i}}\, g_{n m,\ \mathbf{i} s + \mathbf{k} d - p}` -- a correlation of :math:`g^{\mathsf T}`
+    (padded by the forward begin pads) with :math:`x^{\mathsf T}` as kernel, stride :math:`d`,
+    dilation :math:`s`, cropped to the kernel size."""
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    r = ctx.rank(x)
+    n = r - 2
+    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
+        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    s = list(ctx.attrs.get("strides", [1] * n))
+    d = list(ctx.attrs.get("dilations", [1] * n))
+    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
+    group = ctx.attrs.get("group", 1)
+    in_sp = ctx.static_dims(x, list(range(2, r)))
+    out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    (c_in,) = ctx.static_dims(x, [1])
+    (m_out,) = ctx.static_dims(ctx.outputs[0], [1])
+    pe = [max(0, (k[i] - 1) * d[i] + s[i] * (in_sp[i] - 1) + 1 - out_sp[i] - pads[i]) for i in range(n)]
+    perm = [1, 0] + list(range(2, r))
+    xt = ctx.op("Transpose", [x], perm=perm)
+    gt = ctx.op("Transpose", [ctx.grads[0]], perm=perm)
+    res = _grouped_correlation(ctx, gt, xt, m_out, c_in, group, k, d, s, pads[:n] + pe)
+    return res
+
+
 @rule("Conv")
 def _conv(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    if len(ctx.needs) > 1 and ctx.needs[1]:
-        raise ctx.unsupported("the gradient with respect to a non-constant Conv weight")
+    gb = _bias_grad(ctx)
+    gw = _conv_weight_grad(ctx) if ctx.needs[1] else None
     if not ctx.needs[0]:
-        return [None] * len(ctx.inputs)
+        return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
@@ -882,19 +964,19 @@ def _conv(ctx):
                             b.ints([-1] * n)])
         dx = ctx.op("Conv", [ctx.grads[0], wt], group=group, strides=s, dilations=d, kernel_shape=k,
                     pads=[ext[i] - pads[i] for i in range(n)] + [ext[i] - pads[i + n] for i in range(n)])
-        return ctx.rest(dx)
+        return ctx.rest(dx, gw, gb)
     dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=group, strides=s,
                 dilations=d, kernel_shape=k, pads=list(pads[:n]) + pe_new, output_padding=opad)
-    return ctx.rest(dx)
+    return ctx.rest(dx, gw, gb)
 
 
 @rule("ConvTranspose")
 def _convtranspose(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    if len(ctx.needs) > 1 and ctx.needs[1]:
-        raise ctx.unsupported("the gradient with respect to a non-constant ConvTranspose weight")
+    gb = _bias_grad(ctx)
+    gw = _convtranspose_weight_grad(ctx) if ctx.needs[1] else None
     if not ctx.needs[0]:
-        return [None] * len(ctx.inputs)
+        return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
     if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
@@ -919,7 +1001,7 @@ def _convtranspose(ctx):
                 dilations=d, kernel_shape=k, pads=pads[:n] + pe_pos)
     if pe_pos != pe:  # negative end pad = crop
         dx = ctx.op("Slice", [dx, ctx.b.ints([0] * n), ctx.b.ints(in_sp), ctx.b.ints(list(range(2, r)))])
-    return ctx.rest(dx)
+    return ctx.rest(dx, gw, gb)
 
 
 # ============================ pooling and resizing ===========================================
@@ -942,7 +1024,6 @@ def _maxpool(ctx):
     red = {"reduction": "add"} if ctx.opset >= 16 else {}
     sc = b.op("ScatterElements", [zeros, flat_i, flat_g], axis=0, **red)
     return [b.reshape_like(sc, x)]
-
 
 
 @rule("AveragePool")
@@ -990,6 +1071,9 @@ def _resize(ctx):
     axes = ctx.attrs.get("axes")
     axes = list(range(r)) if axes is None else [a % r for a in axes]
     scales = ctx.const(2)
+    if scales is None and ctx.has_input(2) and not ctx.has_input(3):
+        # a runtime scales tensor: the coordinate transform uses the scale itself, not out/in
+        ctx.need_const(2, "scales")
     if scales is not None and scales.size == 0:
         scales = None
     roi = ctx.const(1)
@@ -999,7 +1083,7 @@ def _resize(ctx):
         ctx.need_const(1, "roi")
     attrs = {a: v for a, v in ctx.attrs.items() if a in (
         "mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
-        "extrapolation_value", "nearest_mode", "antialias")}
+        "nearest_mode", "antialias")}  # extrapolation_value is the affine part (no gradient): probe with 0
     g = ctx.grads[0]
     npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
     for j, ax in enumerate(axes):
@@ -1024,28 +1108,55 @@ def _resize(ctx):
 # ============================ normalisation ==================================================
 @rule("BatchNormalization")
 def _batchnorm(ctx):
-    x, scale, _bias, _mean, var = ctx.inputs[:5]
+    r"""Inference mode, :math:`y = \gamma (x - m)/\sigma + \beta`, :math:`\sigma = \sqrt{v + \epsilon}`:
+    :math:`\bar x = g\gamma/\sigma`, :math:`\bar\gamma = \sum g (x-m)/\sigma`, :math:`\bar\beta = \sum g`,
+    :math:`\bar m = -\sum g\gamma/\sigma`, :math:`\bar v = -\tfrac12\sum g\gamma(x-m)/\sigma^3` (sums over
+    every axis but the channel axis 1)."""
+    x, scale, _bias, mean, var = ctx.inputs[:5]
     if ctx.attrs.get("training_mode", 0) or len([o for o in ctx.outputs if o]) > 1:
         raise ctx.unsupported("BatchNormalization in training mode")
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to BatchNormalization parameters")
     r = ctx.rank(x)
     eps = ctx.attrs.get("epsilon", 1e-5)
-    f = ctx.op("Div", [scale, ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, var)])])])
-    if ctx.elem(var) != ctx.elem(x):
-        f = ctx.op("Cast", [f], to=ctx.elem(x))
-    f = ctx.b.unsqueeze(f, list(range(1, r - 1)))
-    return ctx.rest(ctx.op("Mul", [ctx.grads[0], f]))
+    g = ctx.grads[0]
+    ex = ctx.elem(x)
+    cast = (lambda t: ctx.op("Cast", [t], to=ex)) if ctx.elem(var) != ex else (lambda t: t)  # noqa: E731
+    back = (lambda t: ctx.op("Cast", [t], to=ctx.elem(var))) if ctx.elem(var) != ex else (lambda t: t)  # noqa: E731
+    sd = ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, var)])])
+    un = lambda t: ctx.b.unsqueeze(cast(t), list(range(1, r - 1)))  # noqa: E731  (C,) -> (C, 1, ...)
+    red = [0] + list(range(2, r))
+    rs = lambda t: back(ctx.b.reduce("ReduceSum", t, red, keepdims=False))  # noqa: E731
+    f = ctx.op("Div", [scale, sd])
+    res = [None] * 5
+    if ctx.needs[0]:
+        res[0] = ctx.op("Mul", [g, un(f)])
+    if any(ctx.needs[1:5]):
+        xc_sd = ctx.op("Div", [ctx.op("Sub", [x, un(mean)]), un(sd)])
+        if ctx.needs[1]:
+            res[1] = rs(ctx.op("Mul", [g, xc_sd]))
+        if ctx.needs[2]:
+            res[2] = rs(g)
+        if ctx.needs[3]:
+            res[3] = ctx.op("Neg", [ctx.op("Mul", [rs(g), f])])
+        if ctx.needs[4]:
+            t = rs(ctx.op("Mul", [g, xc_sd]))                      # sum g (x-m)/sd
+            res[4] = ctx.op("Mul", [ctx.op("Mul", [t, ctx.op("Div", [f, sd])]), ctx.c(-0.5, var)])
+    return res + [None] * (len(ctx.inputs) - 5)
 
 
-def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
-    r"""dX of x̂ = (x - μ)/σ over ``axes`` given ĝ = g·scale:  (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ."""
+def _norm_hat(ctx: RuleContext, x: str, axes: list[int], eps: float) -> tuple[str, str]:
+    r""":math:`(\hat x, \sigma)` with :math:`\hat x = (x - \mu)/\sigma`, :math:`\sigma = \sqrt{\mathrm{var} + \epsilon}` over ``axes``."""
     b = ctx.b
     mu = b.reduce("ReduceMean", x, axes, keepdims=True)
     xc = ctx.op("Sub", [x, mu])
     var = b.reduce("ReduceMean", ctx.op("Mul", [xc, xc]), axes, keepdims=True)
     sd = ctx.op("Sqrt", [ctx.op("Add", [var, ctx.c(eps, x)])])
-    xh = ctx.op("Div", [xc, sd])
+    return ctx.op("Div", [xc, sd]), sd
+
+
+def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: str) -> str:
+    r"""dX of x̂ = (x - μ)/σ over ``axes`` given ĝ = g·scale:  (ĝ - mean ĝ - x̂ mean(ĝ x̂)) / σ."""
+    b = ctx.b
+    xh, sd = _norm_hat(ctx, x, axes, eps)
     m1 = b.reduce("ReduceMean", gh, axes, keepdims=True)
     m2 = b.reduce("ReduceMean", ctx.op("Mul", [gh, xh]), axes, keepdims=True)
     t = ctx.op("Sub", [ctx.op("Sub", [gh, m1]), ctx.op("Mul", [xh, m2])])
@@ -1054,28 +1165,63 @@ def _norm_backward(ctx: RuleContext, x: str, axes: list[int], eps: float, gh: st
 
 @rule("LayerNormalization")
 def _layernorm(ctx):
+    r"""y = x̂ γ + β over axes [axis, r): dx as :func:`_norm_backward`; :math:`\bar\gamma = \sum g\hat x`,
+    :math:`\bar\beta = \sum g` over the leading axes (reduced to the parameters' broadcast shape)."""
     x, scale = ctx.inputs[0], ctx.inputs[1]
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to LayerNormalization parameters")
-    if any(g is not None for g in ctx.grads[1:]):
-        raise ctx.unsupported("a gradient flowing into the Mean/InvStdDev outputs of LayerNormalization")
     r = ctx.rank(x)
     axis = ctx.attrs.get("axis", -1) % r
-    gh = ctx.op("Mul", [ctx.grads[0], scale])
-    dx = _norm_backward(ctx, x, list(range(axis, r)), ctx.attrs.get("epsilon", 1e-5), gh)
-    return ctx.rest(dx)
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    g = ctx.grads[0]
+    axes = list(range(axis, r))
+    dx = None
+    if ctx.needs[0]:
+        parts = []
+        if g is not None:
+            parts.append(_norm_backward(ctx, x, axes, eps, ctx.op("Mul", [g, scale])))
+        gm = ctx.grads[1] if len(ctx.grads) > 1 else None
+        gr = ctx.grads[2] if len(ctx.grads) > 2 else None
+        if gm is not None or gr is not None:
+            # Mean = μ: dμ/dx_i = 1/n;  InvStdDev = ρ = (var + ε)^(-1/2): dρ/dx_i = -ρ^3 (x_i - μ)/n
+            n = ctx.op("Cast", [ctx.op("Div", [ctx.b.op("Size", [x]), ctx.b.op("Size", [ctx.outputs[1] or ctx.outputs[2]])])],
+                       to=ctx.elem(x))
+            if gm is not None:
+                parts.append(ctx.op("Expand", [ctx.op("Div", [gm, n]), ctx.b.shape(x)]))
+            if gr is not None:
+                mu = ctx.b.reduce("ReduceMean", x, axes, keepdims=True)
+                rho = ctx.outputs[2]
+                t = ctx.op("Mul", [gr, ctx.op("Mul", [rho, ctx.op("Mul", [rho, rho])])])
+                parts.append(ctx.op("Neg", [ctx.op("Div", [ctx.op("Mul", [t, ctx.op("Sub", [x, mu])]), n])]))
+        dx = ctx.b.add_all(parts) if parts else None
+    if g is None:
+        return ctx.rest(dx)
+    ds = db = None
+    if ctx.needs[1]:
+        xh, _ = _norm_hat(ctx, x, list(range(axis, r)), eps)
+        ds = ctx.unbroadcast(ctx.op("Mul", [g, xh]), scale)
+    if len(ctx.needs) > 2 and ctx.needs[2]:
+        db = ctx.unbroadcast(g, ctx.inputs[2])
+    return ctx.rest(dx, ds, db)
 
 
 @rule("InstanceNormalization")
 def _instnorm(ctx):
+    r"""y = x̂ γ_c + β_c, x̂ over the spatial axes: :math:`\bar\gamma_c = \sum_{n,s} g\hat x`,
+    :math:`\bar\beta_c = \sum_{n,s} g`."""
     x, scale = ctx.inputs[0], ctx.inputs[1]
-    if any(ctx.needs[1:]):
-        raise ctx.unsupported("the gradient with respect to InstanceNormalization parameters")
     r = ctx.rank(x)
-    sc = ctx.b.unsqueeze(scale, list(range(1, r - 1)))
-    gh = ctx.op("Mul", [ctx.grads[0], sc])
-    dx = _norm_backward(ctx, x, list(range(2, r)), ctx.attrs.get("epsilon", 1e-5), gh)
-    return [dx, None, None]
+    eps = ctx.attrs.get("epsilon", 1e-5)
+    g = ctx.grads[0]
+    red = [0] + list(range(2, r))
+    dx = ds = db = None
+    if ctx.needs[0]:
+        sc = ctx.b.unsqueeze(scale, list(range(1, r - 1)))
+        dx = _norm_backward(ctx, x, list(range(2, r)), eps, ctx.op("Mul", [g, sc]))
+    if ctx.needs[1]:
+        xh, _ = _norm_hat(ctx, x, list(range(2, r)), eps)
+        ds = ctx.b.reduce("ReduceSum", ctx.op("Mul", [g, xh]), red, keepdims=False)
+    if ctx.needs[2]:
+        db = ctx.b.reduce("ReduceSum", g, red, keepdims=False)
+    return [dx, ds, db]
 
 
-from . import rules_elementwise  # noqa: E402,F401  (registers the element-wise rules)
+from . import rules_elementwise, rules_extra, rules_reduce  # noqa: E402,F401  (register their rules)

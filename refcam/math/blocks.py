@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output, report_nonfinite
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 
@@ -58,7 +59,11 @@ def _flag(value: Any, name: str) -> bool:
 
 
 def _maybe_relu(m: np.ndarray, relu: Any) -> np.ndarray:
-    """Apply the final ReLU when the (validated) ``relu`` flag says so."""
+    """Apply the final ReLU when the (validated) ``relu`` flag says so.
+
+    A non-finite raw map is reported to the finite-output guard first (:mod:`._finite`): the ReLU
+    would turn an overflowed ``-inf`` into a plausible ``0``."""
+    report_nonfinite(m, "overflow")
     return _relu(m) if _flag(relu, "relu") else m
 
 
@@ -73,11 +78,13 @@ def _weighted_sum(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     else:
         # pixel-wise weights: contract the channel axis without a (N, K, Z) temporary.
         out = np.einsum("nkz,nkz->nz", w.reshape(n, k, -1), a3)
+        report_nonfinite(out, "overflow")  # einsum raises no floating-point flag
     return out.reshape((n,) + spatial)
 
 
 # --------------------------------------------------------------------------- public API
 
+@finite_output
 def gap(activations: Any) -> np.ndarray:
     r"""Global average pooling over every spatial axis.
 
@@ -106,6 +113,7 @@ def gap(activations: Any) -> np.ndarray:
     return a.mean(axis=_spatial_axes(a))
 
 
+@finite_output
 def weighted_sum(activations: Any, weights: Any) -> np.ndarray:
     r"""Channel-weighted sum of feature maps, :math:`\sum_k w_k A^k`.
 
@@ -147,6 +155,7 @@ def weighted_sum(activations: Any, weights: Any) -> np.ndarray:
     return _weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False))
 
 
+@finite_output
 def gradient_weights(gradients: Any) -> np.ndarray:
     r"""Grad-CAM neuron-importance weights, the spatial mean of the gradients.
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from .blocks import (
     _channel_vector,
@@ -37,6 +38,7 @@ from .blocks import (
     _relu,
     _spatial_axes,
     _weighted_sum,
+    gradient_weights,
 )
 
 __all__ = [
@@ -61,6 +63,7 @@ def _masked_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- CAM
 
+@finite_output
 def cam(activations: Any, class_weights: Any, *, relu: bool = False) -> np.ndarray:
     r"""Class activation map (CAM).
 
@@ -103,14 +106,17 @@ def cam(activations: Any, class_weights: Any, *, relu: bool = False) -> np.ndarr
 
 # --------------------------------------------------------------------------- Grad-CAM
 
+@finite_output
 def gradcam_weights(activations: Any, gradients: Any) -> np.ndarray:
     r"""Grad-CAM channel weights: the spatial mean of the gradients.
 
     .. math:: \alpha_k^c = \frac{1}{Z} \sum_i \sum_j \frac{\partial y^c}{\partial A^k_{ij}}
 
     Selvaraju et al., 2017, "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
-    Localization", eq. 1.  ``activations`` only fixes the expected shape (uniform signature with
-    the other weight functions); the value equals :func:`refcam.math.gradient_weights`.
+    Localization", eq. 1.  This is :func:`refcam.math.gradient_weights` (the one implementation)
+    under the signature ``(activations, gradients)`` shared by every weight function
+    (:func:`gradcampp_weights`, :func:`xgradcam_weights`); ``activations`` only fixes the
+    expected shape.
 
     Parameters
     ----------
@@ -127,10 +133,11 @@ def gradcam_weights(activations: Any, gradients: Any) -> np.ndarray:
     >>> gradcam_weights(np.zeros((1, 1, 2, 2)), np.array([[[[1., 3.], [0., 0.]]]]))
     array([[1.]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    return g.mean(axis=_spatial_axes(g))
+    _, g = _maps_and_gradients(activations, gradients)
+    return gradient_weights(g)
 
 
+@finite_output
 def gradcam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarray:
     r"""Grad-CAM map.
 
@@ -166,6 +173,12 @@ def gradcam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarra
 
 # --------------------------------------------------------------------------- Grad-CAM++
 
+def _eps_weights(weights, activations: Any, gradients: Any, eps: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, weights(A, G, eps))`` with ``A``, ``G`` and ``eps`` validated (Grad-CAM++, XGrad-CAM)."""
+    a, g = _maps_and_gradients(activations, gradients)
+    return a, weights(a, g, _v.nonnegative_float(eps, "eps"))
+
+
 def _gradcampp_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     axes = _spatial_axes(a)
     sum_a = a.sum(axis=axes, keepdims=True)  # sum, not mean: sum_{a,b} A^k_{ab}
@@ -182,6 +195,7 @@ def _gradcampp_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     return (alpha * _relu(g)).sum(axis=axes)
 
 
+@finite_output
 def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> np.ndarray:
     r"""Grad-CAM++ channel weights (closed form under the exponential-output assumption).
 
@@ -245,11 +259,10 @@ def gradcampp_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> 
     >>> gradcampp_weights(a, g)                   # 0.25 * ReLU(1) + 0
     array([[0.25]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _gradcampp_weights(a, g, eps)
+    return _eps_weights(_gradcampp_weights, activations, gradients, eps)[1]
 
 
+@finite_output
 def gradcampp(
     activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
 ) -> np.ndarray:
@@ -284,9 +297,8 @@ def gradcampp(
     >>> gradcampp(a, g)                           # w = 0.25 -> 0.25 * A
     array([[[0.25, 0.25]]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _maybe_relu(_weighted_sum(a, _gradcampp_weights(a, g, eps)), relu)
+    a, w = _eps_weights(_gradcampp_weights, activations, gradients, eps)
+    return _maybe_relu(_weighted_sum(a, w), relu)
 
 
 # --------------------------------------------------------------------------- XGrad-CAM
@@ -300,6 +312,7 @@ def _xgradcam_weights(a: np.ndarray, g: np.ndarray, eps: float) -> np.ndarray:
     return _masked_divide(num, den)
 
 
+@finite_output
 def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> np.ndarray:
     r"""XGrad-CAM channel weights: activation-weighted mean of the gradients.
 
@@ -342,11 +355,10 @@ def xgradcam_weights(activations: Any, gradients: Any, *, eps: float = 0.0) -> n
     >>> xgradcam_weights(a, g)
     array([[1.25]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _xgradcam_weights(a, g, eps)
+    return _eps_weights(_xgradcam_weights, activations, gradients, eps)[1]
 
 
+@finite_output
 def xgradcam(
     activations: Any, gradients: Any, *, relu: bool = True, eps: float = 0.0
 ) -> np.ndarray:
@@ -378,13 +390,13 @@ def xgradcam(
     >>> xgradcam(a, g)                            # 1.25 * [1, 3]
     array([[[1.25, 3.75]]])
     """
-    a, g = _maps_and_gradients(activations, gradients)
-    eps = _v.nonnegative_float(eps, "eps")
-    return _maybe_relu(_weighted_sum(a, _xgradcam_weights(a, g, eps)), relu)
+    a, w = _eps_weights(_xgradcam_weights, activations, gradients, eps)
+    return _maybe_relu(_weighted_sum(a, w), relu)
 
 
 # --------------------------------------------------------------------------- pixel-wise methods
 
+@finite_output
 def layercam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarray:
     r"""LayerCAM map: activations weighted by their positive gradients, position by position.
 
@@ -418,6 +430,7 @@ def layercam(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarr
     return _maybe_relu(_weighted_sum(a, _relu(g)), relu)
 
 
+@finite_output
 def hirescam(activations: Any, gradients: Any, *, relu: bool = False) -> np.ndarray:
     r"""HiResCAM map: element-wise gradient times activation, summed over channels.
 
@@ -452,6 +465,7 @@ def hirescam(activations: Any, gradients: Any, *, relu: bool = False) -> np.ndar
     return _maybe_relu(_weighted_sum(a, g), relu)
 
 
+@finite_output
 def gradcam_elementwise(activations: Any, gradients: Any, *, relu: bool = True) -> np.ndarray:
     r"""Element-wise Grad-CAM: sum over channels of the positive part of gradient times activation.
 

@@ -19,19 +19,32 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
+from ..errors import InvalidArgumentError
 from .blocks import _flag, _maps_and_gradients, _maybe_relu
 
-__all__ = ["eigencam", "eigengradcam"]
+__all__ = ["SIGN_RULES", "eigencam", "eigengradcam"]
 
-_SIGN_RULES = ("sum", "max-abs", "none")
+#: ``sign`` rules of the first singular vector (see the module docstring).
+SIGN_RULES = ("sum", "max-abs", "none")
 
 
-def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
-    """``x`` of shape (N, K, *S) -> signed projection on the first right singular vector."""
+def _first_component(x: np.ndarray, center: bool, sign: str, component: int = 1) -> np.ndarray:
+    """``x`` of shape (N, K, *S) -> signed projection on the ``component``-th right singular
+    vector (1 = the first)."""
     n, k = x.shape[:2]
     spatial = x.shape[2:]
-    o = np.swapaxes(x.reshape(n, k, -1), 1, 2)            # (N, Z, K)
+    # LAPACK has no float16: compute in float32, round back at the end.  Each sample is divided by
+    # the power of two just below its largest |value| (exact in binary floating point, and the
+    # projection is homogeneous of degree 1 in O), so the QR/SVD never sees values near the
+    # dtype's overflow threshold (LAPACK fails with "SVD did not converge" there); the factor is
+    # multiplied back at the end, where only a genuinely unrepresentable map can overflow.
+    work = x.astype(np.float32) if x.dtype == np.float16 else x
+    peak = np.abs(work.reshape(n, -1)).max(axis=1)
+    _, exponent = np.frexp(np.where(peak > 0, peak, 1))
+    scale = np.ldexp(np.ones_like(peak), exponent - 1)[:, None]   # (N, 1)
+    o = np.swapaxes((work.reshape(n, k, -1) / scale[:, :, None]), 1, 2)   # (N, Z, K), scaled
     if center:
         o = o - o.mean(axis=1, keepdims=True)              # centre each channel over positions
         # a spatially constant channel centres to exactly 0 (the mean's round-off must not leave
@@ -39,14 +52,14 @@ def _first_component(x: np.ndarray, center: bool, sign: str) -> np.ndarray:
         const = x.reshape(n, k, -1).max(axis=2) == x.reshape(n, k, -1).min(axis=2)
         if const.any():
             o = np.where(const[:, None, :], 0, o)
-    p = _projection_on_v1(o)                                # O v1 = sigma1 u1, shape (N, Z)
+    p = _projection_on_v(o, component)                      # O v_c = sigma_c u_c, shape (N, Z)
     if sign != "none":
         p = p * _sign_factor(p, sign)[:, None]
-    return p.reshape((n,) + spatial).astype(x.dtype, copy=False)
+    return (p * scale).reshape((n,) + spatial).astype(x.dtype, copy=False)
 
 
-def _projection_on_v1(o: np.ndarray) -> np.ndarray:
-    """``O v1 = sigma1 u1`` for a stack ``o`` (N, Z, K), through a QR of the long side.
+def _projection_on_v(o: np.ndarray, c: int) -> np.ndarray:
+    """``O v_c = sigma_c u_c`` for a stack ``o`` (N, Z, K), through a QR of the long side.
 
     The SVD is taken of the small triangular factor only (backward stable, same accuracy as
     ``np.linalg.svd(o)``, 2-5x faster for the usual Z << K or Z >> K):
@@ -58,10 +71,10 @@ def _projection_on_v1(o: np.ndarray) -> np.ndarray:
     if z >= k:
         r = np.linalg.qr(o, mode="r")                       # (N, K, K)
         _, _, vt = np.linalg.svd(r)
-        return np.matmul(o, vt[:, 0, :, None])[:, :, 0]
+        return np.matmul(o, vt[:, c - 1, :, None])[:, :, 0]
     r = np.linalg.qr(np.swapaxes(o, 1, 2), mode="r")        # (N, Z, Z)
     u, s, _ = np.linalg.svd(np.swapaxes(r, 1, 2))
-    return u[:, :, 0] * s[:, :1]
+    return u[:, :, c - 1] * s[:, c - 1 : c]
 
 
 def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
@@ -82,8 +95,14 @@ def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
     return np.where(tie, by_max, np.where(total < 0, -1, 1)).astype(p.dtype)
 
 
+@finite_output
 def eigencam(
-    activations: Any, *, center: bool = False, sign: str = "sum", relu: bool = False
+    activations: Any,
+    *,
+    center: bool = False,
+    sign: str = "sum",
+    relu: bool = False,
+    component: int = 1,
 ) -> np.ndarray:
     r"""Eigen-CAM map: projection of the activations on their first principal direction.
 
@@ -116,6 +135,9 @@ def eigencam(
         (Perron-Frobenius) and ``"sum"`` makes every value of the map >= 0.
     relu : bool, default False
         The paper's map has no ReLU.
+    component : int, default 1
+        :math:`c` in :math:`O\, v_c`: 1 is the paper's first right singular vector; 2, 3, ... show
+        the next principal directions (ordered by :math:`\sigma_c`, at most :math:`\min(Z, K)`).
 
     Returns
     -------
@@ -130,11 +152,17 @@ def eigencam(
     array([[[5., 0.]]])
     """
     x = _v.feature_maps(activations, "activations")
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
-    m = _first_component(x, _flag(center, "center"), sign)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
+    c = _v.positive_int(component, "component")
+    rank = min(x.shape[1], x[0, 0].size)
+    if c > rank:
+        raise InvalidArgumentError("component", component,
+                                   f"an integer in 1..{rank} (at most min(channels, positions))")
+    m = _first_component(x, _flag(center, "center"), sign, c)
     return _maybe_relu(m, relu)
 
 
+@finite_output
 def eigengradcam(
     activations: Any, gradients: Any, *, center: bool = False, sign: str = "sum", relu: bool = False
 ) -> np.ndarray:
@@ -167,6 +195,6 @@ def eigengradcam(
     array([[[5., 0.]]])
     """
     a, g = _maps_and_gradients(activations, gradients)
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     m = _first_component(a * g, _flag(center, "center"), sign)
     return _maybe_relu(m, relu)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 
@@ -48,6 +49,7 @@ def _cd_sweep(w: np.ndarray, hht: np.ndarray, xht: np.ndarray) -> float:
     return violation
 
 
+@finite_output
 def nmf(x: Any, n_components: int, *, seed: int = 0, max_iter: int = 200, tol: float = 1e-4
         ) -> tuple[np.ndarray, np.ndarray, int]:
     r"""Non-negative matrix factorisation :math:`X \approx WH` by coordinate descent.
@@ -107,6 +109,7 @@ def nmf(x: Any, n_components: int, *, seed: int = 0, max_iter: int = 200, tol: f
     return w, np.ascontiguousarray(ht.T), it
 
 
+@finite_output
 def dff(activations: Any, n_components: int = 5, *, seed: int = 0, max_iter: int = 200,
         tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
     r"""Deep Feature Factorization of a batch of activations: concepts and their heat maps.

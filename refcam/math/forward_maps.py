@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _maybe_relu, _spatial_axes, _weighted_sum
@@ -24,6 +25,7 @@ from .blocks import _maybe_relu, _spatial_axes, _weighted_sum
 __all__ = ["fem", "fem_weights", "random_weights", "randomcam"]
 
 
+@finite_output
 def fem_weights(activations: Any, *, k: float = 2.0) -> np.ndarray:
     r"""FEM channel weights: the fraction of positions above the channel's k-sigma threshold.
 
@@ -66,6 +68,7 @@ def fem_weights(activations: Any, *, k: float = 2.0) -> np.ndarray:
     return np.mean(a > tau, axis=axes).astype(a.dtype)
 
 
+@finite_output
 def fem(activations: Any, *, k: float = 2.0, relu: bool = True) -> np.ndarray:
     r"""FEM map: :math:`L = \sum_k w_k A^k` with the k-sigma weights of :func:`fem_weights`.
 
@@ -100,6 +103,7 @@ def fem(activations: Any, *, k: float = 2.0, relu: bool = True) -> np.ndarray:
     return _maybe_relu(_weighted_sum(a, w), relu)
 
 
+@finite_output(widen=False)
 def random_weights(n: int, k: int, *, seed: Any = 0, dtype: Any = np.float64) -> np.ndarray:
     r"""Random channel weights :math:`w_k \sim U[-1, 1)`, ``(n, k)``, from ``numpy.random.default_rng(seed)``.
 
@@ -120,6 +124,7 @@ def random_weights(n: int, k: int, *, seed: Any = 0, dtype: Any = np.float64) ->
     return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(n, k)).astype(dtype)
 
 
+@finite_output(widen=False)
 def randomcam(activations: Any, weights: Any = None, *, seed: Any = 0, relu: bool = True) -> np.ndarray:
     r"""Random-weights CAM, the sanity baseline: :math:`L = \sum_k w_k A^k`, :math:`w_k \sim U[-1, 1)`.
 

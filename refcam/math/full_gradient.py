@@ -27,22 +27,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import as_float_array, check_ndim, check_same_shape, choice, nonnegative_float
+from .._validate import images
 from ..errors import InvalidArgumentError, ShapeError
 from .post import UPSAMPLE_MODES, normalize, upsample
 
-__all__ = ["bias_gradient", "batchnorm_bias", "full_gradient_sum", "fullgrad"]
+__all__ = ["FULLGRAD_NORMALIZE_OVER", "bias_gradient", "batchnorm_bias", "full_gradient_sum", "fullgrad"]
 
 FULLGRAD_NORMALIZE_OVER = ("layer", "channel")
-_NCS = "(N, C, *S): batch, channels, spatial axes"
-
-
-def _images(x: Any, name: str) -> np.ndarray:
-    arr = as_float_array(x, name)
-    check_ndim(arr, name, min_ndim=3, layout=_NCS)
-    if any(s == 0 for s in arr.shape):
-        raise ShapeError(name, arr.shape, "(N, C, *S) with every axis non-empty")
-    return arr
 
 
 def _layers(bias_gradients: Any, n: int, *, min_ndim: int, ndim: int | None = None) -> list[np.ndarray]:
@@ -69,6 +62,7 @@ def _layers(bias_gradients: Any, n: int, *, min_ndim: int, ndim: int | None = No
     return out
 
 
+@finite_output
 def bias_gradient(gradients: Any, bias: Any) -> np.ndarray:
     r"""Bias-gradient :math:`f^b = \partial f/\partial z \odot b` of one layer.
 
@@ -101,6 +95,7 @@ def bias_gradient(gradients: Any, bias: Any) -> np.ndarray:
     return g * b.reshape((-1,) + (1,) * (g.ndim - 2))
 
 
+@finite_output
 def batchnorm_bias(scale: Any, bias: Any, mean: Any, var: Any, epsilon: float = 1e-5) -> np.ndarray:
     r"""Effective bias of an inference-mode BatchNormalization: :math:`\beta - \gamma\mu/\sqrt{\sigma^2+\epsilon}`.
 
@@ -141,6 +136,7 @@ def batchnorm_bias(scale: Any, bias: Any, mean: Any, var: Any, epsilon: float = 
     return beta - g * mu / np.sqrt(den2)
 
 
+@finite_output
 def full_gradient_sum(input_gradients: Any, inputs: Any, bias_gradients: Sequence[Any]) -> np.ndarray:
     r"""Sum of the full-gradient decomposition, per sample: :math:`\nabla_x f^\top x + \sum_l \sum f^b_l`.
 
@@ -164,8 +160,8 @@ def full_gradient_sum(input_gradients: Any, inputs: Any, bias_gradients: Sequenc
     >>> full_gradient_sum(np.array([[[2.0]]]), np.array([[[3.0]]]), [np.array([[1.0]])])
     array([7.])
     """
-    g = _images(input_gradients, "input_gradients")
-    x = _images(inputs, "inputs")
+    g = images(input_gradients, "input_gradients")
+    x = images(inputs, "inputs")
     check_same_shape(g, "input_gradients", x, "inputs")
     layers = _layers(bias_gradients, g.shape[0], min_ndim=2)
     dt = np.result_type(g, x, *layers)
@@ -185,6 +181,7 @@ def _psi_sum(t: np.ndarray, over: str, eps: float) -> np.ndarray:
     return np.sum(a, axis=1)
 
 
+@finite_output
 def fullgrad(
     input_gradients: Any,
     inputs: Any,
@@ -248,8 +245,8 @@ def fullgrad(
     mode = choice(upsample_mode, "upsample_mode", UPSAMPLE_MODES)
     over = choice(normalize_over, "normalize_over", FULLGRAD_NORMALIZE_OVER)
     eps = nonnegative_float(eps, "eps")
-    g = _images(input_gradients, "input_gradients")
-    x = _images(inputs, "inputs")
+    g = images(input_gradients, "input_gradients")
+    x = images(inputs, "inputs")
     check_same_shape(g, "input_gradients", x, "inputs")
     layers = _layers(bias_gradients, g.shape[0], min_ndim=3, ndim=g.ndim)
     dt = np.result_type(g, x, *layers)

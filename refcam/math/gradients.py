@@ -14,17 +14,21 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import (
     as_float_array,
     check_ndim,
     check_same_shape,
     choice,
+    images,
     nonnegative_float,
     positive_int,
 )
 from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = [
+    "INTEGRATION_RULES",
+    "SALIENCY_REDUCTIONS",
     "channel_max_saliency",
     "saliency",
     "guided_gradcam",
@@ -46,16 +50,6 @@ INTEGRATION_RULES = (
     "gauss-legendre",
 )
 
-_NCS = "(N, C, *S): batch, channels and at least one spatial axis"
-
-
-def _images(x: Any, name: str) -> np.ndarray:
-    """Validate an input-like array of layout (N, C, *S), every axis non-empty."""
-    arr = as_float_array(x, name)
-    check_ndim(arr, name, min_ndim=3, layout=_NCS)
-    if any(s == 0 for s in arr.shape):
-        raise ShapeError(name, arr.shape, "(N, C, *S) with every axis non-empty")
-    return arr
 
 
 def _samples(x: Any, name: str, what: str) -> np.ndarray:
@@ -89,6 +83,7 @@ def _common_dtype(*arrays: np.ndarray, baseline: np.ndarray) -> np.dtype:
     return np.result_type(*dtypes)
 
 
+@finite_output
 def channel_max_saliency(input_gradients: Any) -> np.ndarray:
     r"""Image-specific class saliency map: the largest gradient magnitude over colour channels.
 
@@ -116,10 +111,11 @@ def channel_max_saliency(input_gradients: Any) -> np.ndarray:
     >>> channel_max_saliency(g)
     array([[[2., 3.]]])
     """
-    g = _images(input_gradients, "input_gradients")
+    g = images(input_gradients, "input_gradients")
     return np.max(np.abs(g), axis=1)
 
 
+@finite_output
 def saliency(input_gradients: Any, *, reduce: str = "max-abs") -> np.ndarray:
     r"""Vanilla-gradient saliency with a choice of channel reduction.
 
@@ -155,7 +151,7 @@ def saliency(input_gradients: Any, *, reduce: str = "max-abs") -> np.ndarray:
            [2. , 0.5]])
     """
     reduce = choice(reduce, "reduce", SALIENCY_REDUCTIONS)
-    g = _images(input_gradients, "input_gradients")
+    g = images(input_gradients, "input_gradients")
     if reduce == "max-abs":
         return np.max(np.abs(g), axis=1)
     if reduce == "sum-abs":
@@ -165,6 +161,7 @@ def saliency(input_gradients: Any, *, reduce: str = "max-abs") -> np.ndarray:
     return g.copy()
 
 
+@finite_output
 def guided_gradcam(guided_gradients: Any, cam_map: Any) -> np.ndarray:
     r"""Guided Grad-CAM: guided backpropagation times the Grad-CAM map, point-wise.
 
@@ -196,7 +193,7 @@ def guided_gradcam(guided_gradients: Any, cam_map: Any) -> np.ndarray:
     array([[ 0.5, -2. ],
            [ 1.5,  4. ]])
     """
-    g = _images(guided_gradients, "guided_gradients")
+    g = images(guided_gradients, "guided_gradients")
     m = as_float_array(cam_map, "cam_map")
     expected = (g.shape[0],) + g.shape[2:]
     if m.shape != expected:
@@ -221,6 +218,7 @@ def _rng(seed: Any) -> np.random.Generator:
     return np.random.default_rng(int(seed))
 
 
+@finite_output(widen=False)
 def smoothgrad_inputs(
     inputs: Any, n_samples: int, noise_level: float = 0.15, seed: Any = 0
 ) -> np.ndarray:
@@ -259,7 +257,7 @@ def smoothgrad_inputs(
     >>> s.shape, bool((s == x[:, None]).all())
     ((1, 3, 1, 2, 2), True)
     """
-    x = _images(inputs, "inputs")
+    x = images(inputs, "inputs")
     n = positive_int(n_samples, "n_samples")
     level = nonnegative_float(noise_level, "noise_level")
     rng = _rng(seed)
@@ -270,6 +268,7 @@ def smoothgrad_inputs(
     return (x[:, None].astype(np.float64) + sigma * noise).astype(x.dtype)
 
 
+@finite_output
 def smoothgrad(gradient_samples: Any, *, square: bool = False) -> np.ndarray:
     r"""Average of the gradients of noisy copies (SmoothGrad), optionally of their squares.
 
@@ -307,6 +306,7 @@ def smoothgrad(gradient_samples: Any, *, square: bool = False) -> np.ndarray:
     return np.mean(g * g if square else g, axis=1)
 
 
+@finite_output
 def integration_points(n_steps: int, rule: str = "gauss-legendre") -> tuple[np.ndarray, np.ndarray]:
     r"""Quadrature nodes and weights: :math:`\int_0^1 f \approx \sum_m w_m f(\alpha_m)`.
 
@@ -374,6 +374,7 @@ def integration_points(n_steps: int, rule: str = "gauss-legendre") -> tuple[np.n
     return (m + offset) / n, np.full(n, 1.0 / n)
 
 
+@finite_output
 def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
     r"""The points of the straight-line path at which Integrated Gradients needs gradients.
 
@@ -399,7 +400,7 @@ def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
     >>> path_inputs(np.full((1, 1, 1), 4.0), 0.0, [0.0, 0.25, 1.0])[0, :, 0, 0]
     array([0., 1., 4.])
     """
-    x = _images(inputs, "inputs")
+    x = images(inputs, "inputs")
     b = _broadcast_baseline(baseline, x)
     a = as_float_array(alphas, "alphas")
     check_ndim(a, "alphas", min_ndim=1, max_ndim=1, layout="(n_steps,) with n_steps >= 1")
@@ -412,6 +413,7 @@ def path_inputs(inputs: Any, baseline: Any, alphas: Any) -> np.ndarray:
     return b[:, None] + a * (x - b)[:, None]
 
 
+@finite_output
 def integrated_gradients(
     path_gradients: Any, inputs: Any, baseline: Any, rule: str = "gauss-legendre"
 ) -> np.ndarray:
@@ -455,7 +457,7 @@ def integrated_gradients(
     >>> integrated_gradients(grads, x, 0.0)
     array([[[9.]]])
     """
-    x = _images(inputs, "inputs")
+    x = images(inputs, "inputs")
     g = _samples(path_gradients, "path_gradients", "n_steps")
     b = _broadcast_baseline(baseline, x)
     expected = (x.shape[0], g.shape[1]) + x.shape[1:]
@@ -470,6 +472,7 @@ def integrated_gradients(
     return (x.astype(dtype, copy=False) - b.astype(dtype, copy=False)) * avg
 
 
+@finite_output
 def class_model_step(image: Any, gradient: Any, *, learning_rate: float, l2: float) -> np.ndarray:
     r"""One gradient-ascent step of class model visualisation.
 
@@ -499,7 +502,7 @@ def class_model_step(image: Any, gradient: Any, *, learning_rate: float, l2: flo
     >>> class_model_step(image, grad, learning_rate=0.5, l2=0.25)   # 2 + .5 (1 - 2 * .25 * 2)
     array([[[2.]]])
     """
-    i = _images(image, "image")
+    i = images(image, "image")
     g = as_float_array(gradient, "gradient")
     check_same_shape(i, "image", g, "gradient")
     lr = nonnegative_float(learning_rate, "learning_rate")

@@ -13,22 +13,32 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _channel_vector, _flag, _maybe_relu, _weighted_sum
-from .post import UPSAMPLE_MODES, _normalize, normalize, upsample
+from .post import UPSAMPLE_MODES, normalize, normalize_validated, upsample
+from .post import softmax as _softmax
 
 __all__ = [
+    "ABLATION_VALUES",
+    "ISCAM_SCHEDULES",
+    "MASK_ORDERS",
+    "PGC_ABLATION_BATCH",
+    "ablation_values",
     "scorecam_masks",
     "scorecam_weights",
     "scorecam",
     "ablationcam_weights",
     "ablationcam",
+    "sscam",
     "sscam_masks",
+    "sscam_noise",
     "sscam_weights",
     "iscam_scales",
     "iscam_masks",
     "iscam_weights",
+    "iscam",
 ]
 
 
@@ -57,23 +67,24 @@ def _scorecam_weights(c: np.ndarray, b: np.ndarray | None, softmax: bool) -> np.
     if b is not None:
         c = c - b.astype(dt, copy=False)[:, None]
     if softmax:
-        e = np.exp(c - c.max(axis=1, keepdims=True))    # max term is exp(0) = 1: sum >= 1
-        c = e / e.sum(axis=1, keepdims=True)
+        c = _softmax(c, axis=1)
     return c
 
 
 # --------------------------------------------------------------------------- Score-CAM
 
-_MASK_ORDERS = ("upsample-then-normalize", "normalize-then-upsample")
+#: ``mask_order`` of :func:`scorecam_masks`: where the per-channel min-max happens.
+MASK_ORDERS = ("upsample-then-normalize", "normalize-then-upsample")
 
 
+@finite_output
 def scorecam_masks(
     activations: Any,
     size: Any,
     *,
     upsample_mode: str = "linear",
-    order: str = "upsample-then-normalize",
-    eps: float = 0.0,
+    mask_order: str = "upsample-then-normalize",
+    mask_eps: float = 0.0,
 ) -> np.ndarray:
     r"""Score-CAM masks :math:`H^k`: each channel upsampled to the input size and min-max scaled.
 
@@ -94,15 +105,15 @@ def scorecam_masks(
     upsample_mode : {"linear", "linear-align-corners", "nearest", "nearest-exact"}, default "linear"
         See :func:`refcam.math.upsample`.  The paper does not name its interpolation; ``"linear"``
         (half-pixel, torch ``align_corners=False``) is refcam's default.
-    order : {"upsample-then-normalize", "normalize-then-upsample"}
+    mask_order : {"upsample-then-normalize", "normalize-then-upsample"} (:data:`MASK_ORDERS`)
         The paper normalises the upsampled map (:math:`s(\mathrm{Up}(A^k))`).  The other order
         differs when an extreme lies between output samples (half-pixel linear upsampling does
         not reproduce interior peaks).
-    eps : float >= 0, default 0.0
+    mask_eps : float >= 0, default 0.0
         ``0.0``: exact :math:`s`, with a constant channel giving an all-zero mask (the
         zero-range guard of :func:`refcam.math.normalize`; constancy is decided on ``A^k``
         itself, so interpolation round-off cannot turn a constant channel into noise).
-        ``eps > 0`` is added to :math:`\max M - \min M`, as the libraries do.
+        ``mask_eps > 0`` is added to :math:`\max M - \min M`, as the libraries do.
 
     Returns
     -------
@@ -111,9 +122,9 @@ def scorecam_masks(
     Notes
     -----
     Peer conventions (reproducible with the keywords): pytorch-grad-cam ``ScoreCAM`` =
-    ``upsample_mode="linear-align-corners", order="upsample-then-normalize", eps=1e-8``
+    ``upsample_mode="linear-align-corners", mask_order="upsample-then-normalize", mask_eps=1e-8``
     (``UpsamplingBilinear2d``); torchcam ``ScoreCAM`` = ``upsample_mode="linear",
-    order="normalize-then-upsample", eps=1e-8``.
+    mask_order="normalize-then-upsample", mask_eps=1e-8``.
 
     Examples
     --------
@@ -129,14 +140,14 @@ def scorecam_masks(
         raise InvalidArgumentError("size", size, f"a sequence of {len(spatial)} positive integers "
                                    f"(one per spatial axis of activations {spatial})")
     mode = _v.choice(upsample_mode, "upsample_mode", UPSAMPLE_MODES)
-    order = _v.choice(order, "order", _MASK_ORDERS)
-    eps = _v.nonnegative_float(eps, "eps")
+    order = _v.choice(mask_order, "mask_order", MASK_ORDERS)
+    eps = _v.nonnegative_float(mask_eps, "mask_eps")
     n, k = a.shape[:2]
 
     def _s(x: np.ndarray, in_place: bool) -> np.ndarray:   # per-channel min-max, spatial axes
         flat = x.reshape((n * k,) + x.shape[2:])
         if in_place:  # x is a fresh contiguous array of ours: normalise it where it is
-            return _normalize(flat, "minmax", eps, out=flat).reshape(x.shape)
+            return normalize_validated(flat, "minmax", eps, out=flat).reshape(x.shape)
         return normalize(flat, "minmax", eps).reshape(x.shape)
 
     if order == "upsample-then-normalize":
@@ -153,6 +164,7 @@ def scorecam_masks(
     return h
 
 
+@finite_output
 def scorecam_weights(
     scores: Any, baseline_score: Any = None, *, softmax: bool = False
 ) -> np.ndarray:
@@ -201,6 +213,7 @@ def scorecam_weights(
     return _scorecam_weights(c, b, _flag(softmax, "softmax"))
 
 
+@finite_output
 def scorecam(
     activations: Any,
     scores: Any,
@@ -289,6 +302,64 @@ def _ablation_map(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return m
 
 
+#: ``ablation_value`` spellings beside a finite number (:func:`ablation_values`).
+ABLATION_VALUES = ("pgc",)
+#: Ablations per forward batch of pytorch-grad-cam's ``AblationCAM`` (``batch_size=32``), over
+#: which its ablation value compounds.
+PGC_ABLATION_BATCH = 32
+
+
+@finite_output
+def ablation_values(activations: Any, ablation_value: Any = 0.0) -> np.ndarray:
+    r"""The value :math:`v^k_n` channel :math:`k` of sample :math:`n` is set to when it is ablated
+    (the input of :math:`y^c_k` in :func:`ablationcam_weights`).
+
+    * a finite number :math:`v`: :math:`v^k_n = v` (Desai & Ramaswamy 2020 set the channel to 0);
+    * ``"pgc"``: pytorch-grad-cam 1.5.7 (``ablation_layer.py:70-85``, ``ablation_cam.py:105-132``):
+      :math:`v^k_n = 0` when :math:`\min A_n = 0`, else :math:`v^k_n = v_{(k \bmod B) + 1}` with
+      :math:`v_1 = \min A_n - 10^7`, :math:`v_{j+1} = v_j - 10^7` computed in the activations'
+      dtype: the minimum is re-read from the batch tensor after each edit, so the value compounds
+      within each forward batch of :math:`B` = :data:`PGC_ABLATION_BATCH` ablations.
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    ablation_value : finite real number or ``"pgc"``
+
+    Returns
+    -------
+    ndarray of shape (N, K), dtype of ``activations``.
+
+    Examples
+    --------
+    >>> a = np.array([[[1., 2.], [3., 4.]], [[0., 2.], [3., 4.]]])
+    >>> ablation_values(a, "pgc")                      # min 1: 1 - 1e7, 1 - 2e7; min 0: zeros
+    array([[ -9999999., -19999999.],
+           [        0.,         0.]])
+    """
+    a = _v.feature_maps(activations, "activations")
+    n, k = a.shape[:2]
+    if isinstance(ablation_value, str):
+        _v.choice(ablation_value, "ablation_value", ABLATION_VALUES)
+        lo = a.reshape(n, -1).min(axis=1)
+        step = a.dtype.type(1e7)
+        v = np.empty((n, PGC_ABLATION_BATCH), dtype=a.dtype)
+        v[:, 0] = lo - step
+        for j in range(1, PGC_ABLATION_BATCH):
+            v[:, j] = v[:, j - 1] - step
+        v[lo == 0] = 0
+        return v[:, np.arange(k) % PGC_ABLATION_BATCH]
+    if (
+        isinstance(ablation_value, (bool, np.bool_))
+        or not isinstance(ablation_value, (int, float, np.floating, np.integer))
+        or not np.isfinite(ablation_value)
+    ):
+        raise InvalidArgumentError("ablation_value", ablation_value,
+                                   "a finite real number or one of " + ", ".join(map(repr, ABLATION_VALUES)))
+    return np.full((n, k), ablation_value, dtype=a.dtype)
+
+
+@finite_output
 def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     r"""Ablation-CAM channel weights: relative drop of the class score when a channel is ablated.
 
@@ -337,6 +408,7 @@ def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     return _ablation_weights(c, y)
 
 
+@finite_output
 def ablationcam(
     activations: Any, scores: Any, baseline_score: Any, *, relu: bool = True
 ) -> np.ndarray:
@@ -400,10 +472,44 @@ def _sampled_scores(x: Any, name: str = "scores") -> np.ndarray:
     return arr
 
 
+@finite_output
+def sscam_noise(size: Any, *, std: float, seed: int, sample: int, channel: int,
+                draw: int) -> np.ndarray:
+    r"""The SS-CAM noise :math:`\delta` of one (sample, channel, draw): ``std`` times standard
+    normal numbers from ``np.random.default_rng([seed, sample, channel, draw])``.
+
+    One generator per (sample :math:`n`, channel :math:`k`, draw :math:`m`) makes every
+    :math:`\delta^k_{n,m}` independent of how the masks are batched: the adapter, which builds the
+    masked inputs a few channels at a time, and :func:`sscam_masks`, which builds them all at once,
+    draw the same numbers bit for bit.
+
+    Parameters
+    ----------
+    size : sequence of int
+        Spatial size ``S_in`` of one mask.
+    std : float >= 0
+        :math:`\sigma`.
+    seed, sample, channel, draw : int >= 0
+
+    Returns
+    -------
+    ndarray of shape ``size``, float64.
+
+    Examples
+    --------
+    >>> d = sscam_noise((2,), std=2.0, seed=7, sample=0, channel=3, draw=1)
+    >>> bool(np.array_equal(d, 2.0 * np.random.default_rng([7, 0, 3, 1]).standard_normal(2)))
+    True
+    """
+    sigma = _v.nonnegative_float(std, "std")
+    return sigma * np.random.default_rng([seed, sample, channel, draw]).standard_normal(tuple(size))
+
+
+@finite_output(widen=False)
 def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> np.ndarray:
     r"""SS-CAM noisy masks: each Score-CAM mask plus Gaussian noise, ``n_samples`` times.
 
-    .. math:: \hat H^k_m = H^k + \delta_m, \qquad \delta_m \sim \mathcal N(0, \sigma^2)
+    .. math:: \hat H^k_m = H^k + \delta^k_m, \qquad \delta^k_m \sim \mathcal N(0, \sigma^2)
               \text{ i.i.d. per element}, \quad m = 1..n
 
     Wang, Naidu, Michael & Kundu, 2020, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
@@ -418,8 +524,9 @@ def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> 
     n_samples : int >= 1
     std : float >= 0
         :math:`\sigma`.
-    seed : None, int or numpy Generator
-        Passed to ``np.random.default_rng``; an int makes the noise reproducible.
+    seed : None or int >= 0
+        :math:`\delta^k_m` of sample ``n`` is :func:`sscam_noise` ``(seed, n, k, m)`` (the numbers
+        ``refcam.explain(..., "sscam", seed=seed)`` uses); ``None``: a fresh random seed.
 
     Returns
     -------
@@ -439,13 +546,21 @@ def sscam_masks(masks: Any, n_samples: int, *, std: float, seed: Any = None) -> 
     h = _masks(masks)
     n = _v.positive_int(n_samples, "n_samples")
     sigma = _v.nonnegative_float(std, "std")
-    rng = np.random.default_rng(seed)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy)
+    seed = _v.nonnegative_int(seed, "seed")
     out = np.repeat(h[:, None], n, axis=1)
     if sigma:
-        out = out + rng.normal(0.0, sigma, size=out.shape).astype(h.dtype, copy=False)
+        size = h.shape[2:]
+        for s in range(h.shape[0]):
+            for m in range(n):
+                for k in range(h.shape[1]):
+                    d = sscam_noise(size, std=sigma, seed=seed, sample=s, channel=k, draw=m)
+                    out[s, m, k] = h[s, k] + d.astype(h.dtype, copy=False)
     return out
 
 
+@finite_output
 def sscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
     r"""SS-CAM channel weights: Score-CAM weights of the scores averaged over the noise samples.
 
@@ -486,6 +601,7 @@ def _sample_mean_weights(scores: Any, baseline_score: Any, softmax: Any) -> np.n
 ISCAM_SCHEDULES = ("accumulated", "linear")
 
 
+@finite_output
 def iscam_scales(n_steps: int, schedule: str = "accumulated") -> np.ndarray:
     r"""IS-CAM mask scales :math:`\gamma_i`, :math:`i = 1..n`.
 
@@ -531,6 +647,7 @@ def iscam_scales(n_steps: int, schedule: str = "accumulated") -> np.ndarray:
     return i * (i + 1) / (2 * n) if schedule == "accumulated" else i / n
 
 
+@finite_output
 def iscam_masks(masks: Any, n_steps: int, *, schedule: str = "accumulated") -> np.ndarray:
     r"""IS-CAM scaled masks: each Score-CAM mask scaled by :math:`\gamma_i`, :math:`i = 1..n`.
 
@@ -563,6 +680,7 @@ def iscam_masks(masks: Any, n_steps: int, *, schedule: str = "accumulated") -> n
     return t.reshape((1, -1) + (1,) * (h.ndim - 1)) * h[:, None]
 
 
+@finite_output
 def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = False) -> np.ndarray:
     r"""IS-CAM channel weights: the Score-CAM increase of confidence integrated along the mask path.
 
@@ -593,3 +711,82 @@ def iscam_weights(scores: Any, baseline_score: Any = None, *, softmax: bool = Fa
     array([[1., 0.]])
     """
     return _sample_mean_weights(scores, baseline_score, softmax)
+
+
+def _sampled_map(activations: Any, scores: Any, baseline_score: Any, softmax: Any,
+                 relu: Any) -> np.ndarray:
+    """``ReLU(Σ_k α^c_k A^k)`` with the sample-mean weights of :func:`_sample_mean_weights`."""
+    a = _v.feature_maps(activations, "activations")
+    w = _sample_mean_weights(scores, baseline_score, softmax)
+    if w.shape != a.shape[:2]:
+        raise ShapeError("scores", _v.as_float_array(scores, "scores").shape,
+                         f"(N, n, K) = ({a.shape[0]}, n, {a.shape[1]})", "N and K of activations")
+    dt = _v.result_dtype(a, w)
+    return _maybe_relu(_weighted_sum(a.astype(dt, copy=False), w.astype(dt, copy=False)), relu)
+
+
+@finite_output
+def sscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax: bool = False,
+          relu: bool = True) -> np.ndarray:
+    r"""SS-CAM map: the Score-CAM map with the weights of :func:`sscam_weights`.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big), \qquad
+              \alpha^c_k = \frac1n \sum_{m=1}^{n} \Big(f^c(X \circ \hat H^k_m) - f^c(X_b)\Big)
+
+    (Wang, Naidu, Michael & Kundu, 2020, SS-CAM; the ReLU of Score-CAM's eq. 9).
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    scores : array of shape (N, n, K)
+        Target scores of the inputs masked by :func:`sscam_masks`.
+    baseline_score : None, scalar or array of shape (N,)
+    softmax : bool, default False
+        Channel softmax of the mean scores (torchcam's ``SSCAM``), see :func:`scorecam_weights`.
+    relu : bool, default True
+
+    Returns
+    -------
+    ndarray of shape (N, *S).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[[1., 0.]], [[0., 1.]]]])
+    >>> sscam(a, np.array([[[1., -4.], [3., 0.]]]))          # means [2, -2], ReLU
+    array([[[2., 0.]]])
+    """
+    return _sampled_map(activations, scores, baseline_score, softmax, relu)
+
+
+@finite_output
+def iscam(activations: Any, scores: Any, *, baseline_score: Any = None, softmax: bool = False,
+          relu: bool = True) -> np.ndarray:
+    r"""IS-CAM map: the Score-CAM map with the weights of :func:`iscam_weights`.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big), \qquad
+              \alpha^c_k = \frac1n \sum_{i=1}^{n} \Big(f^c(X \circ \gamma_i H^k) - f^c(X_b)\Big)
+
+    (Naidu et al., 2020, IS-CAM; :math:`\gamma_i` = :func:`iscam_scales`).
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+    scores : array of shape (N, n, K)
+        Target scores of the inputs masked by :func:`iscam_masks`.
+    baseline_score : None, scalar or array of shape (N,)
+    softmax : bool, default False
+    relu : bool, default True
+
+    Returns
+    -------
+    ndarray of shape (N, *S).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.array([[[[1., 0.]], [[0., 1.]]]])
+    >>> iscam(a, np.array([[[1., 0.], [2., 0.], [3., 3.]]]), baseline_score=1.0)  # weights [1, 0]
+    array([[[1., 0.]]])
+    """
+    return _sampled_map(activations, scores, baseline_score, softmax, relu)

@@ -35,17 +35,29 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .._validate import as_float_array, choice, nonnegative_float, positive_int
 from .._validate import maps as _maps
 from ..errors import InvalidArgumentError, ShapeError
 
-__all__ = ["relu", "normalize", "interpolation_matrix", "upsample", "fuse"]
+__all__ = [
+    "FUSE_MODES",
+    "NORMALIZE_MODES",
+    "UPSAMPLE_MODES",
+    "relu",
+    "softmax",
+    "normalize",
+    "interpolation_matrix",
+    "upsample",
+    "fuse",
+]
 
 NORMALIZE_MODES = ("minmax", "max", "sum", "none")
 UPSAMPLE_MODES = ("linear", "linear-align-corners", "nearest", "nearest-exact")
 FUSE_MODES = ("mean", "max", "sum", "tanh-max")
 
 
+@finite_output
 def relu(maps: Any) -> np.ndarray:
     r"""Rectified linear unit, element-wise: :math:`\max(x, 0)`.
 
@@ -85,6 +97,34 @@ def _pow2_floor(a: np.ndarray) -> np.ndarray:
     return np.ldexp(np.ones_like(a), exponent - 1)
 
 
+@finite_output
+def softmax(x: Any, axis: int = -1) -> np.ndarray:
+    r"""Softmax along ``axis``: :math:`p_j = e^{x_j - m} / \sum_i e^{x_i - m}`, :math:`m = \max_i x_i`.
+
+    The one softmax of refcam (class probabilities of a model output, Score-CAM's channel
+    softmax).  Subtracting the maximum changes nothing mathematically and keeps :math:`e^{x - m}
+    \le 1`; the maximal term is :math:`e^0 = 1`, so the sum is :math:`\ge 1`: no division guard.
+
+    Parameters
+    ----------
+    x : array_like, real, finite
+    axis : int, default -1
+
+    Returns
+    -------
+    ndarray, shape and float dtype of ``x``.
+
+    Examples
+    --------
+    >>> softmax(np.array([[0.0, np.log(3.0)]]))
+    array([[0.25, 0.75]])
+    """
+    a = as_float_array(x, "x")
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@finite_output
 def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
     r"""Rescale each sample of a batch of maps, over all its non-batch axes.
 
@@ -147,13 +187,14 @@ def normalize(maps: Any, mode: str = "minmax", eps: float = 0.0) -> np.ndarray:
     if mode == "none" or x.ndim < 2 or 0 in x.shape:
         x = _maps(maps, "maps")  # full validation (raises on a bad shape / non-finite input)
         return x.copy()
-    return _normalize(x, mode, eps, maps)
+    return normalize_validated(x, mode, eps, maps)
 
 
-def _normalize(x: np.ndarray, mode: str, eps: float, original: Any = None, out: np.ndarray | None = None
+def normalize_validated(x: np.ndarray, mode: str, eps: float, original: Any = None, out: np.ndarray | None = None
                ) -> np.ndarray:
     """Kernel of :func:`normalize` for a float array of shape ``(N, *S)`` and a validated ``mode`` /
-    ``eps``; ``out=x`` normalises in place (callers that own ``x``)."""
+    ``eps``; ``out=x`` normalises in place (callers that own ``x``).  Internal to the math floor
+    (not in ``__all__``): the Score-CAM masks (:func:`refcam.math.scorecam_masks`) use it."""
     # One pass each for min and max; the finiteness check reads them (a NaN or Inf anywhere shows
     # up in a per-sample min or max) instead of scanning the maps once more.
     axes = _spatial_axes(x.ndim)
@@ -176,7 +217,8 @@ def _normalize(x: np.ndarray, mode: str, eps: float, original: Any = None, out: 
         den = np.sum(np.abs(out), axis=axes, keepdims=True)
     if eps > 0:
         # eps / scale in float64, clipped to the dtype's range (a huge term only drives out to 0)
-        eps_scaled = np.minimum(eps / scale.astype(np.float64), np.finfo(x.dtype).max)
+        with np.errstate(over="ignore"):  # eps / (a subnormal scale) may overflow: clipped
+            eps_scaled = np.minimum(eps / scale.astype(np.float64), np.finfo(x.dtype).max)
         den = den + eps_scaled.astype(x.dtype)
     degenerate = ~(den > 0)
     out /= np.where(degenerate, 1, den).astype(x.dtype, copy=False)
@@ -195,6 +237,7 @@ def _scaled(x: np.ndarray, scale: np.ndarray, out: np.ndarray | None = None) -> 
     return np.divide(x, scale, out=out)
 
 
+@finite_output
 def interpolation_matrix(in_size: int, out_size: int, mode: str = "linear") -> np.ndarray:
     r"""The ``(out_size, in_size)`` matrix :math:`W` of 1-D resampling: ``y = W @ x``.
 
@@ -309,6 +352,7 @@ def _size(size: Any, name: str = "size") -> tuple[int, ...]:
     return tuple(out)
 
 
+@finite_output
 def upsample(maps: Any, size: Sequence[int], mode: str = "linear") -> np.ndarray:
     r"""Resample the trailing ``len(size)`` axes of ``maps`` to ``size`` (up or down).
 
@@ -378,6 +422,7 @@ def upsample(maps: Any, size: Sequence[int], mode: str = "linear") -> np.ndarray
     return y.copy() if y is x else np.ascontiguousarray(y)
 
 
+@finite_output
 def fuse(maps_per_layer: Any, mode: str = "mean", *, gamma: float = 2.0) -> np.ndarray:
     r"""Combine the maps of several layers, already resampled to one common size.
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import ShapeError
 from .blocks import _flag, _maps_and_gradients, _maybe_relu
-from .eigen import _SIGN_RULES, _first_component, _sign_factor
+from .eigen import SIGN_RULES, _first_component, _sign_factor
 
 __all__ = ["KERNELS", "eigen_smooth", "kernel_matrix", "kpcacam", "segeigencam"]
 
@@ -24,6 +25,7 @@ __all__ = ["KERNELS", "eigen_smooth", "kernel_matrix", "kpcacam", "segeigencam"]
 KERNELS = ("linear", "poly", "rbf", "sigmoid", "cosine")
 
 
+@finite_output
 def kernel_matrix(x: Any, *, kernel: str = "sigmoid", gamma: float | None = None,
                   degree: int = 3, coef0: float = 1.0) -> np.ndarray:
     r"""Gram matrix :math:`K_{ab} = \kappa(x_a, x_b)` of the rows of ``x`` ``(..., Z, K)`` -> ``(..., Z, Z)``.
@@ -77,6 +79,7 @@ def kernel_matrix(x: Any, *, kernel: str = "sigmoid", gamma: float | None = None
     return np.divide(dot, den, out=np.zeros_like(dot), where=den > 0)
 
 
+@finite_output
 def kpcacam(activations: Any, *, kernel: str = "sigmoid", gamma: float | None = None,
             degree: int = 3, coef0: float = 1.0, center: bool = True, sign: str = "max-abs",
             relu: bool = False) -> np.ndarray:
@@ -91,7 +94,7 @@ def kpcacam(activations: Any, *, kernel: str = "sigmoid", gamma: float | None = 
     eigenpair of the double-centred Gram matrix :math:`\tilde K` (:math:`\lambda_1` clipped at
     0) and :math:`\sqrt{\lambda_1} v_1` the kernel-PCA score of every position (Schölkopf, Smola &
     Müller 1998, "Nonlinear component analysis as a kernel eigenvalue problem", Eqs. 14 and 20).
-    KPCA-CAM: Karmani et al., 2024, "KPCA-CAM: Visual Explainability of Deep Computer Vision
+    KPCA-CAM: Karmani, Sivakaran, Prasad, Ali, Yang & Tang, 2024, "KPCA-CAM: Visual Explainability of Deep Computer Vision
     Models using Kernel PCA" (arXiv:2410.00267); pytorch-grad-cam 1.5.7 ``KPCA_CAM``
     (``utils/svd_on_activations.py:24-38``, ``sklearn.decomposition.KernelPCA(n_components=1)``),
     re-implemented here in NumPy: same kernels and defaults (:func:`kernel_matrix`), same
@@ -126,7 +129,7 @@ def kpcacam(activations: Any, *, kernel: str = "sigmoid", gamma: float | None = 
     array([[ 0.75, -0.25, -0.25, -0.25]])
     """
     x = _v.feature_maps(activations, "activations")
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     n, k = x.shape[:2]
     o = np.swapaxes(x.reshape(n, k, -1), 1, 2).astype(np.float64)   # (N, Z, K)
     if _flag(center, "center"):
@@ -143,6 +146,7 @@ def kpcacam(activations: Any, *, kernel: str = "sigmoid", gamma: float | None = 
     return _maybe_relu(m, relu)
 
 
+@finite_output
 def segeigencam(activations: Any, gradients: Any, *, center: bool = True, sign: str = "max-abs",
                 relu: bool = True) -> np.ndarray:
     r"""Seg-Eigen-CAM: Eigen-CAM of the gradient-magnitude-weighted activations, sign-corrected.
@@ -176,11 +180,12 @@ def segeigencam(activations: Any, gradients: Any, *, center: bool = True, sign: 
     array([[[2.5, 0. ]]])
     """
     a, g = _maps_and_gradients(activations, gradients)
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     m = _first_component(np.abs(g) * a, _flag(center, "center"), sign)
     return _maybe_relu(m, relu)
 
 
+@finite_output
 def eigen_smooth(activations: Any, weights: Any, *, center: bool = True, sign: str = "max-abs",
                  relu: bool = False) -> np.ndarray:
     r"""The ``eigen_smooth`` map: first principal component of the channel-weighted activations.
@@ -220,6 +225,6 @@ def eigen_smooth(activations: Any, weights: Any, *, center: bool = True, sign: s
         raise ShapeError("weights", w.shape, f"{x.shape[:2]} or {x.shape}",
                          "channel weights (N, K) or per-position weights like the activations")
     dt = _v.result_dtype(x, w)
-    sign = _v.choice(sign, "sign", _SIGN_RULES)
+    sign = _v.choice(sign, "sign", SIGN_RULES)
     m = _first_component((w * x).astype(dt, copy=False), _flag(center, "center"), sign)
     return _maybe_relu(m, relu)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import math as M
 from ..errors import InvalidArgumentError
 from ._common import ScoreFn
 
@@ -20,10 +21,8 @@ __all__ = ["model_score_fn", "softmax", "softmax_scores"]
 
 
 def softmax(logits: Any) -> np.ndarray:
-    r"""Softmax over the last axis, :math:`p_c = e^{z_c - m} / \sum_j e^{z_j - m}`, :math:`m = \max_j z_j`.
-
-    Subtracting the max is exact algebra (not an eps) and keeps :math:`e^{\cdot} \le 1`, so finite
-    logits never overflow; the denominator is :math:`\ge 1`.
+    r"""Softmax over the last axis (:func:`refcam.math.softmax`, the one implementation), for
+    integer or float logits (integers are computed in float32 or wider).
 
     Examples
     --------
@@ -34,8 +33,7 @@ def softmax(logits: Any) -> np.ndarray:
     if z.dtype.kind not in "fiub":
         raise InvalidArgumentError("logits", str(z.dtype), "real scores")
     z = z.astype(np.result_type(z.dtype, np.float32)) if z.dtype.kind != "f" else z
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    return M.softmax(z, axis=-1)
 
 
 def softmax_scores(score_fn: ScoreFn) -> ScoreFn:

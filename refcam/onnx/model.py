@@ -32,7 +32,16 @@ from onnx import TensorProto, helper
 from .. import _validate as V
 from ..errors import InvalidArgumentError, ModelError, ShapeError
 from .head import cut_head, linear_head
-from .layers import LayerInfo, default_layer, discover_layers, resolve_layer
+from .layers import (
+    LayerInfo,
+    default_layer,
+    discover_layers,
+    graph_layouts,
+    input_layout,
+    map_positions,
+    resolve_layer,
+)
+from .layout import LAYOUT_HELP, Layout, parse_layout
 
 __all__ = ["LAYOUTS", "Forward", "Model", "load", "max_ir_version"]
 
@@ -134,11 +143,18 @@ class Model:
     output : name of the tensor whose entries are the class scores ``y^c``; default: the first
         graph output, or the input of its producing Softmax/LogSoftmax when ``strip_softmax``.
     strip_softmax : target pre-softmax logits when the model ends in Softmax (default ``True``).
-    input_name : the image input (needed only when the graph has several non-initializer inputs).
+    input_name : the input to explain (needed only when the graph has several non-initializer
+        inputs).
+    other_inputs : ``{name: array}`` the values of the other inputs, batch first: ``(N, ...)`` (one
+        row per explained sample) or ``(1, ...)`` (the same for every sample).  They are held
+        fixed: gradients and perturbations act on ``input_name`` only.
     memory_budget : bytes of input + returned tensors per onnxruntime call (default 64 MiB).
     base_dir : directory of external data files when ``source`` is a ModelProto whose external
         data is not loaded yet.
     max_sessions : size of the session cache.
+    layer_layouts : ``{layer: layout}`` explicit layouts of layers whose layout the graph does not
+        determine (:func:`refcam.onnx.layout.parse_layout`: ``"NHWC"``, ``"NTC:1+14x14"``, …);
+        also settable later in :attr:`layer_layouts` (keys are resolved tensor names).
 
     Examples
     --------
@@ -167,6 +183,8 @@ class Model:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         base_dir: str | None = None,
         max_sessions: int = 8,
+        layer_layouts: dict | None = None,
+        other_inputs: dict | None = None,
     ) -> None:
         if isinstance(source, Model):
             source = source.proto
@@ -201,24 +219,43 @@ class Model:
             vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)
         }
         self._layers = discover_layers(self.proto, self._inferred)
+        self._layouts: dict | None = None
+        self._layout_shapes: dict = {}
+        self._with_layout: dict = {}
 
         inits = {t.name for t in self.proto.graph.initializer}
         real_inputs = [i for i in self.proto.graph.input if i.name not in inits]
+        names_in = [i.name for i in real_inputs]
         if input_name is None:
             if len(real_inputs) != 1:
                 raise ModelError(
-                    f"model: has {len(real_inputs)} inputs {[i.name for i in real_inputs]}, "
-                    f"expected exactly 1 image input (pass input_name=)"
+                    f"model: has {len(real_inputs)} inputs {names_in}, expected exactly 1 input "
+                    f"to explain: pass input_name= (CLI --input-name) and the others' values "
+                    f"as other_inputs= (CLI --other-input NAME=FILE.npy)"
                 )
             self.input_name = real_inputs[0].name
         else:
-            if input_name not in [i.name for i in real_inputs]:
-                raise InvalidArgumentError(
-                    "input_name", input_name, f"one of {[i.name for i in real_inputs]}"
-                )
-            if len(real_inputs) != 1:
-                raise ModelError("model: models with several inputs are not supported yet")
+            if input_name not in names_in:
+                raise InvalidArgumentError("input_name", input_name, f"one of {names_in}")
             self.input_name = input_name
+        others = dict(other_inputs or {})
+        missing = [nm for nm in names_in if nm != self.input_name and nm not in others]
+        unknown = [nm for nm in others if nm not in names_in or nm == self.input_name]
+        if missing or unknown:
+            raise InvalidArgumentError(
+                "other_inputs", sorted(others), f"an array for each of {sorted(set(names_in) - {self.input_name})}"
+                f" (the inputs not explained)" + (f"; not inputs of the model: {unknown}" if unknown else "")
+            )
+        self.other_inputs: dict = {}
+        for vi in real_inputs:
+            if vi.name in others:
+                et = vi.type.tensor_type.elem_type
+                arr = np.asarray(others[vi.name])
+                if arr.ndim == 0 or arr.dtype.kind not in "biuf":
+                    raise InvalidArgumentError(f"other_inputs[{vi.name!r}]", arr.shape,
+                                               "a real array (N, ...) or (1, ...) with a batch axis")
+                self.other_inputs[vi.name] = np.ascontiguousarray(
+                    arr, dtype=helper.tensor_dtype_to_np_dtype(et) if et else arr.dtype)
         vi = next(i for i in real_inputs if i.name == self.input_name)
         tt = vi.type.tensor_type
         if tt.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
@@ -254,6 +291,12 @@ class Model:
         elif output not in self.graph_outputs and self._info(output) is None:
             self._raise_unknown(output, "output")
         self.output_name = output
+        if self.input_shape is not None:  # a graph input can be named as the layer
+            self._layers.insert(0, LayerInfo(
+                self.input_name, "Input", "", self.input_shape, tt.elem_type, None, -1))
+        self.layer_layouts: dict = {}
+        for k, v in (layer_layouts or {}).items():
+            self.set_layer_layout(k, v)
 
     # ------------------------------------------------------------------ structure
     def _producer(self, name: str) -> onnx.NodeProto | None:
@@ -269,57 +312,174 @@ class Model:
         resolve_layer(name, self._layers, argument=argument)
 
     def layers(self) -> list[LayerInfo]:
-        """Every candidate tensor (non-constant, floating) in graph order."""
-        return list(self._layers)
+        """Every candidate tensor (graph input, non-constant floating tensors) in graph order,
+        each with its :class:`~refcam.onnx.layout.Layout`."""
+        return [self._laid(li) for li in self._layers]
 
     def layer(self, name: str | LayerInfo, *, argument: str = "layer") -> LayerInfo:
-        """Resolve a tensor name, node name or module path (``layer4``) to its :class:`LayerInfo`."""
+        """Resolve a tensor name, node name or module path (``layer4``) to its :class:`LayerInfo`
+        (with its layout).  Names meaning several tensors raise
+        :class:`~refcam.errors.AmbiguousLayerError`."""
         if isinstance(name, LayerInfo):
             name = name.name
-        return resolve_layer(name, self._layers, argument=argument)
+        return self._laid(resolve_layer(name, self._layers, argument=argument))
+
+    # ------------------------------------------------------------------ layer layouts
+    def _graph_layouts(self) -> dict:
+        """Inferred layout of every tensor (computed once; may run the model on a dummy batch to
+        learn the shapes a legacy export computes at run time)."""
+        if self._layouts is None:
+            rank = len(self.input_shape) if self.input_shape is not None else None
+            inputs = {} if rank is None else {self.input_name: input_layout(rank, self.channels_last)}
+            probe = None
+            fixed = self.input_shape is not None and all(
+                isinstance(d, int) and d > 0 for d in self.input_shape[1:]
+            )
+            if fixed and self.fixed_batch is None:
+                def probe(names, batch):
+                    x = np.zeros((batch, *self.input_shape[1:]), dtype=self.input_dtype)
+                    feed = {self.input_name: x}
+                    for nm, v in self.other_inputs.items():
+                        feed[nm] = np.repeat(v[:1], batch, axis=0)
+                    outs = self.session(names).run(list(names), feed)
+                    return {n: tuple(o.shape) for n, o in zip(names, outs)}
+            try:
+                self._layouts, self._layout_shapes = graph_layouts(self.proto, inputs, probe=probe)
+            except Exception:  # noqa: BLE001 - no inference: every layout unclear, never guessed
+                self._layouts, self._layout_shapes = {}, {}
+        return self._layouts
+
+    def _laid(self, li: LayerInfo) -> LayerInfo:
+        lay = self.layer_layouts.get(li.name)
+        if lay is None:
+            lay = self._graph_layouts().get(li.name)
+            if lay is None:
+                lay = Layout((None,) * (li.rank or 0), reason="no layout could be inferred"
+                             + ("" if li.rank is not None else " (unknown rank)"))
+        key = (li.name, lay)
+        if key not in self._with_layout:
+            from dataclasses import replace
+
+            # sizes static inference left symbolic (``unk__3``) but that scale with the batch or
+            # are fixed at two batch sizes (see layers.merge_batch_shapes) are filled in
+            shape = li.shape
+            known = self._layout_shapes.get(li.name)
+            if shape is not None and known is not None and len(known) == len(shape):
+                shape = tuple(
+                    k if (d is None or (isinstance(d, str) and d.startswith("unk__"))) and k is not None
+                    else d
+                    for d, k in zip(shape, known)
+                )
+            self._with_layout[key] = replace(li, layout=lay, shape=shape)
+        return self._with_layout[key]
+
+    def set_layer_layout(self, layer: str | LayerInfo, layout: str | Layout | None) -> LayerInfo:
+        """Give ``layer`` an explicit layout (``None`` removes it); returns the layer with it."""
+        li = self.layer(layer)
+        if layout is None:
+            self.layer_layouts.pop(li.name, None)
+            return self._laid(li)
+        lay = parse_layout(layout)
+        if li.rank is not None and lay.rank != li.rank:
+            raise ShapeError("layer_layout", lay.describe(), f"a layout of rank {li.rank}",
+                             f"tensor {li.name!r} has shape {li.shape}")
+        self.layer_layouts[li.name] = lay
+        return self._laid(li)
 
     def default_layer(self) -> LayerInfo:
-        """The last spatial activation before global pooling (see :func:`layers.default_layer`)."""
+        """The last spatial or token map before the readout (see :func:`layers.default_layer`)."""
         li = default_layer(
-            self._layers,
+            self.layers(),
             self.proto.graph,
-            channels_last=self.channels_last,
             exclude=[*self.graph_outputs, self.output_name],
         )
         if li is None:
             raise ModelError(
-                "layer: the model has no spatial (4-D or 5-D) activation to explain; pass layer="
+                "layer: the model has no spatial or token activation of at least 2x2 positions "
+                "with a layout the graph determines; pass layer= (and layer_layout= if needed: "
+                + LAYOUT_HELP + ")"
             )
         return li
 
     def spatial_layer(
-        self, name: str | LayerInfo | None = None, *, argument: str = "layer"
+        self,
+        name: str | LayerInfo | None = None,
+        *,
+        argument: str = "layer",
+        layout: str | Layout | None = None,
+        allow_small_map: bool = False,
     ) -> LayerInfo:
-        """Resolve ``name`` (default: :meth:`default_layer`) and require a spatial tensor."""
-        li = self.default_layer() if name is None else self.layer(name, argument=argument)
-        if li.shape is not None and not li.is_spatial:
-            exp = (
-                "(N, H, W, K) or (N, D, H, W, K)"
-                if self.channels_last
-                else "(N, K, H, W) or (N, K, D, H, W)"
+        """Resolve ``name`` (default: :meth:`default_layer`) and require a map ``(N, K, *S)``.
+
+        ``layout`` sets the layer's layout explicitly (:meth:`set_layer_layout`).  A layer whose
+        layout is unclear is refused (:class:`ShapeError` saying what ``layer_layout`` to pass);
+        so is a map of fewer than 2×2 positions (pooled ``(N, K, 1, 1)``) unless
+        ``allow_small_map``.
+        """
+        if layout is not None:
+            li = self.set_layer_layout(self.default_layer() if name is None else name, layout)
+        else:
+            li = self.default_layer() if name is None else self.layer(name, argument=argument)
+        lay = li.layout
+        if not lay.is_map:
+            why = lay.reason or (
+                f"its axes read as {lay.describe()} (batch and channels only)" if lay.kind == "vector"
+                else f"axis roles {lay.axes}"
             )
             raise ShapeError(
                 argument,
                 li.shape,
-                exp,
-                f"tensor {li.name!r} ({li.op_type}) is not a spatial activation",
+                "a spatial or token map with a known layout",
+                f"tensor {li.name!r} ({li.op_type}"
+                + (f", module {li.module_path}" if li.module_path else "")
+                + f") is not a spatial activation with a layout the graph determines: {why}; "
+                + LAYOUT_HELP,
+            )
+        pos = map_positions(li)
+        if pos is not None and pos < 4 and not allow_small_map:
+            raise ShapeError(
+                argument,
+                li.map_shape,
+                "a map of at least 2x2 positions",
+                f"tensor {li.name!r} is a map of {pos} position(s) (after global pooling?): its "
+                "picture is uniform. Pick an earlier layer, or pass allow_small_map=True "
+                "(CLI --allow-small-map) to explain it anyway",
             )
         return li
 
+    def layer_to_map(self, layer: str | LayerInfo, a: np.ndarray, *, lead: int = 0) -> np.ndarray:
+        """Native activations (or gradients, with ``lead`` target axes after native axis 0) of
+        ``layer`` → ``(N, *lead, K, *S)`` through the layer's layout."""
+        li = layer if isinstance(layer, LayerInfo) and layer.layout is not None else self.layer(layer)
+        return li.layout.to_map(a, lead=lead, argument=f"layer {li.name!r}")
+
+    def map_to_layer(self, layer: str | LayerInfo, maps: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+        """Inverse of :meth:`layer_to_map` (tokens outside the grid copied from ``like``)."""
+        li = layer if isinstance(layer, LayerInfo) and layer.layout is not None else self.layer(layer)
+        return li.layout.from_map(maps, like, argument=f"layer {li.name!r}")
+
     # ------------------------------------------------------------------ layout
-    def to_channels_first(self, a: np.ndarray) -> np.ndarray:
-        """Native layout → ``(N, K, *S)`` (identity for channels-first models or rank < 3)."""
-        if not self.channels_last or a.ndim < 3:
+    @property
+    def tabular_input(self) -> bool:
+        """The input is ``(N, F)``: features, no channel axis.  It is read as ``(N, 1, F)`` — one
+        channel over ``F`` positions — so input-gradient maps are per feature ``(N, F)``."""
+        return self.input_shape is not None and len(self.input_shape) == 2
+
+    def to_channels_first(self, a: np.ndarray, *, lead: int = 0) -> np.ndarray:
+        """Native input layout → ``(N, *lead, C, *S)``; ``(N, *lead, F)`` → ``(N, *lead, 1, F)``
+        for a tabular input (identity for channels-first models)."""
+        if self.tabular_input and a.ndim == 2 + lead:
+            return np.expand_dims(a, 1 + lead)
+        if not self.channels_last or a.ndim < 3 + lead:
             return a
-        return np.moveaxis(a, -1, 1)
+        return np.moveaxis(a, -1, 1 + lead)
 
     def to_native(self, a: np.ndarray) -> np.ndarray:
-        """``(N, K, *S)`` → the model's native layout (inverse of :meth:`to_channels_first`)."""
+        """``(N, C, *S)`` → the model's native input layout (inverse of :meth:`to_channels_first`)."""
+        if self.tabular_input and a.ndim == 3:
+            if a.shape[1] != 1:
+                raise ShapeError("inputs", a.shape, "(N, 1, F)", "a tabular model input has one channel")
+            return a[:, 0]
         if not self.channels_last or a.ndim < 3:
             return a
         return np.moveaxis(a, 1, -1)
@@ -330,6 +490,8 @@ class Model:
 
     def input_spatial_shape(self, inputs: np.ndarray) -> tuple[int, ...]:
         """Spatial shape ``S_in`` of a (validated) native-layout input batch."""
+        if self.tabular_input:
+            return tuple(inputs.shape[1:])
         return tuple(inputs.shape[1:-1] if self.channels_last else inputs.shape[2:])
 
     # ------------------------------------------------------------------ inputs
@@ -368,6 +530,24 @@ class Model:
         if x.shape[0] == 0 or any(s == 0 for s in x.shape):
             raise ShapeError(argument, x.shape, exp, "every axis must be non-empty")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    def feed(self, xb: np.ndarray, start: int = 0, pad: int = 0) -> dict:
+        """The onnxruntime feed for the chunk ``xb`` = samples ``start … start+len(xb)-pad`` (the
+        last ``pad`` rows repeat the last sample): the explained input and the other inputs."""
+        out = {self.input_name: xb}
+        n = xb.shape[0] - pad
+        for nm, v in self.other_inputs.items():
+            if v.shape[0] == 1:
+                out[nm] = np.repeat(v, xb.shape[0], axis=0)
+                continue
+            part = v[start : start + n]
+            if part.shape[0] != n:
+                raise ShapeError(f"other_inputs[{nm!r}]", v.shape, "(N, ...) or (1, ...)",
+                                 f"{n} sample(s) from {start} needed, it has {v.shape[0]}")
+            if pad:
+                part = np.concatenate([part, np.repeat(part[-1:], pad, axis=0)])
+            out[nm] = part
+        return out
 
     # ------------------------------------------------------------------ sessions
     def _options(self) -> ort.SessionOptions:
@@ -470,6 +650,8 @@ class Model:
         results: dict[str, np.ndarray] = {}
         if run_names:
             sess = self.session(run_names)
+            # the batch axis of each tensor (sequence-first token layers keep it on axis 1)
+            bax = [self._batch_axis(nm) for nm in run_names]
             if batch_size is not None:
                 chunk = V.positive_int(batch_size, "batch_size")
             else:
@@ -501,20 +683,24 @@ class Model:
                         pad = self.fixed_batch - (stop - start)
                         xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
                     try:
-                        outs = sess.run(run_names, {self.input_name: xb})
+                        outs = sess.run(run_names, self.feed(xb, start, pad))
                     except Exception as exc:
                         raise ModelError(
                             f"model: onnxruntime failed on inputs of shape {tuple(xb.shape)}: {exc}"
                         ) from exc
                     if pad:
-                        outs = [o[: stop - start] for o in outs]
+                        outs = [_take(o, b, 0, stop - start) for o, b in zip(outs, bax)]
                     if not results:
-                        for nm, o in zip(run_names, outs):
-                            results[nm] = np.empty((n, *o.shape[1:]), dtype=o.dtype)
-                        per = xb[:1].nbytes + sum(o[:1].nbytes for o in outs)
+                        for nm, o, b in zip(run_names, outs, bax):
+                            shp = list(o.shape)
+                            shp[b] = n
+                            results[nm] = np.empty(shp, dtype=o.dtype)
+                        per = xb[:1].nbytes + sum(_take(o, b, 0, 1).nbytes for o, b in zip(outs, bax))
                         self._bytes_per_sample[key] = max(1, per)
-                    for nm, o in zip(run_names, outs):
-                        results[nm][start:stop] = o
+                    for nm, o, b in zip(run_names, outs, bax):
+                        idx = [slice(None)] * o.ndim
+                        idx[b] = slice(start, stop)
+                        results[nm][tuple(idx)] = o
                     bar.update(stop - start)
                     start = stop
             finally:
@@ -531,11 +717,23 @@ class Model:
         """
         names = self._resolve_names(layers)
         res = self.run(inputs, [self.output_name, *names], **kwargs)
-        acts = {
-            nm: self.to_channels_first(res[nm]) if res[nm].ndim in (4, 5) else res[nm]
-            for nm in names
-        }
-        return Forward(res[self.output_name], acts)
+        return Forward(res[self.output_name], {nm: self._as_map(nm, res[nm]) for nm in names})
+
+    def _batch_axis(self, name: str) -> int:
+        if name == self.output_name or name in self.graph_outputs or name == self.input_name:
+            return 0
+        li = self.layer(name)
+        b = li.layout.batch_axis if li.layout is not None else None
+        return 0 if b is None else b
+
+    def _as_map(self, name: str, a: np.ndarray, lead: int = 0) -> np.ndarray:
+        """Native → ``(N, *lead, K, *S)`` for layers with a map layout; other tensors unchanged."""
+        if name == self.input_name:
+            return self.to_channels_first(a, lead=lead)
+        li = self.layer(name)
+        if li.layout is not None and li.layout.is_map:
+            return li.layout.to_map(a, lead=lead, argument=f"layer {name!r}")
+        return a
 
     def proto_with_output(self) -> onnx.ModelProto:
         """The model proto with :attr:`output_name` among the graph outputs (a copy only if needed).
@@ -583,19 +781,42 @@ class Model:
     def linear_head(self, layer: str | LayerInfo):
         """The GAP → linear head after ``layer`` (see :func:`refcam.onnx.head.linear_head`)."""
         li = self.layer(layer)
+        lay = li.layout
+        if lay is not None and lay.is_map and (lay.batch_axis != 0 or lay.is_tokens):
+            raise ModelError(
+                f"CAM: layer {li.name!r} is {lay.describe()}; the GAP → linear head is found after "
+                "batch-first spatial maps (NCHW or NHWC) only"
+            )
         return linear_head(
             self.proto.graph,
             li.name,
             self.output_name,
             rank=li.rank or 4,
-            channels_last=self.channels_last,
+            channels_last=(lay.channel_axis == li.rank - 1) if lay is not None and lay.is_map
+            and li.rank else self.channels_last,
         )
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's ``metadata_props`` as a ``{key: value}`` dict (labels, preprocessing, ...).
+
+        :mod:`refcam.zoo` reads ``refcam.classes`` / ``refcam.preprocessing`` and the common keys
+        of other exporters from it (:func:`refcam.zoo.model_classes`,
+        :func:`refcam.zoo.model_preprocessing`).
+        """
+        return {p.key: p.value for p in self.proto.metadata_props}
 
     def __repr__(self) -> str:
         return (
             f"Model(input={self.input_name!r} {self.input_shape}, output={self.output_name!r}, "
             f"layout={self.layout!r}, {len(self._layers)} layers)"
         )
+
+
+def _take(a: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
+    idx = [slice(None)] * a.ndim
+    idx[axis] = slice(start, stop)
+    return a[tuple(idx)]
 
 
 def load(source: Any, **kwargs) -> Model:

@@ -62,11 +62,6 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.const = const
-        self._n = 0
-
-    def uid(self, stem: str) -> str:
-        self._n += 1
-        return f"{stem}_{self._n}"
 
     def weight(self, name: str, arr: np.ndarray) -> str:
         arr = np.asarray(arr)

@@ -14,6 +14,9 @@ Public names
 - :data:`CAM_LAYER` -- ``"head.relu"``, the last spatial activation before GAP.
 - :func:`preprocess`, :func:`prepare_image`, :data:`PREPROCESSING` -- what the weights expect.
 - :func:`imagenet_classes`, :func:`imagenet_synsets`, :func:`decode_predictions`.
+- :func:`class_index` -- a class by name (any synonym; ambiguity and near names reported).
+- :func:`model_classes`, :func:`model_preprocessing` -- class names and preprocessing read from
+  any model's ``metadata_props``; :func:`open_image` -- upright 8-bit RGB from an image file.
 - :func:`sample_images`, :func:`sample_image`, :func:`sample_image_path` -- CC0 / public-domain photos.
 - :func:`cache_dir` -- where built models live (``$REFCAM_CACHE``, else
   ``$XDG_CACHE_HOME/refcam``, else ``~/.cache/refcam``).
@@ -33,7 +36,10 @@ import numpy as np
 
 from .._validate import as_float_array, check_ndim, positive_int
 from ..errors import InvalidArgumentError, ModelError, ShapeError
+from ..math import softmax
 from ._efficientnet import BUILDER_VERSION, CAM_LAYER, IMAGE_SIZE
+from ._images import open_image
+from ._metadata import class_index, model_classes, model_preprocessing
 from ._preprocess import PREPROCESSING, _read_path, prepare_image, preprocess
 
 __all__ = [
@@ -41,11 +47,15 @@ __all__ = [
     "IMAGE_SIZE",
     "PREPROCESSING",
     "cache_dir",
+    "class_index",
     "decode_predictions",
     "efficientnet_lite0",
     "efficientnet_lite0_weights",
     "imagenet_classes",
     "imagenet_synsets",
+    "model_classes",
+    "model_preprocessing",
+    "open_image",
     "prepare_image",
     "preprocess",
     "sample_image",
@@ -125,6 +135,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp's 0o600 -> the mode a plain open() gives
+                from .._outputs import _file_mode
+
+                os.fchmod(fh.fileno(), _file_mode())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -153,7 +167,10 @@ def efficientnet_lite0(
     the PyTorch model (see :mod:`refcam.zoo._efficientnet` for all names).
 
     The ONNX file is cached as ``<cache>/efficientnet_lite0-v<builder>-<sha256 of weights>.onnx``
-    and written atomically (temporary file + rename), so concurrent first calls are safe.
+    and written atomically (temporary file + rename), so concurrent first calls are safe.  The
+    SHA-256 of the file is stored beside it (``.onnx.sha256``) and checked on every call: a cached
+    file that was modified or corrupted is rebuilt (with a :class:`RuntimeWarning` naming it),
+    never used.  The build is deterministic, so concurrent rebuilds write identical bytes.
 
     Parameters
     ----------
@@ -184,7 +201,8 @@ def efficientnet_lite0(
     digest = _file_sha256(str(wpath.resolve()), st.st_size, st.st_mtime_ns)
     directory = Path(cache) if cache is not None else cache_dir()
     target = directory / f"efficientnet_lite0-v{BUILDER_VERSION}-{digest[:16]}.onnx"
-    if not target.is_file():
+    data = _read_verified(target)
+    if data is None:
         model = build_efficientnet_lite0(
             load_legacy_state_dict(wpath),
             doc=(
@@ -197,8 +215,13 @@ def efficientnet_lite0(
                 "refcam.classes": "imagenet-1k (refcam.zoo.imagenet_classes)",
             },
         )
+        data = model.SerializeToString()
         try:
-            _atomic_write(target, model.SerializeToString())
+            # the model first, then its checksum: a reader never sees a checksum of a missing file
+            _atomic_write(target, data)
+            _atomic_write(
+                _checksum_path(target), (hashlib.sha256(data).hexdigest() + "\n").encode()
+            )
         except OSError as exc:
             raise ModelError(
                 f"cache: cannot write {target} ({exc.strerror}); set REFCAM_CACHE to a writable directory"
@@ -207,7 +230,41 @@ def efficientnet_lite0(
             return model
     if path_only:
         return target
-    return onnx.load(str(target))
+    return onnx.load_from_string(data)
+
+
+def _checksum_path(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _read_verified(target: Path) -> bytes | None:
+    """The bytes of a cached model if they match the SHA-256 stored beside it, else ``None``.
+
+    A missing file or checksum means "build it".  A file whose hash differs from its checksum
+    (edited, truncated, corrupted on disk) is reported with a :class:`RuntimeWarning` naming
+    the file, then rebuilt by the caller: a cached model is never used unverified.
+    """
+    if not target.is_file():
+        return None
+    try:
+        data = target.read_bytes()
+        expected = _checksum_path(target).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        expected = None
+    if expected is None:
+        return None  # built by refcam < checksums, or interrupted before the checksum: rebuild
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        import warnings
+
+        warnings.warn(
+            f"cache: {target} fails its SHA-256 check (expected {expected[:16]}..., got "
+            f"{got[:16]}...): the file was modified or corrupted; rebuilding it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return data
 
 
 # --------------------------------------------------------------------------- labels
@@ -290,9 +347,7 @@ def decode_predictions(logits: Any, top: int = 5) -> list[list[tuple[int, str, f
     top = positive_int(top, "top")
     if top > 1000:
         raise InvalidArgumentError("top", top, "an integer in 1..1000")
-    z = z.astype(np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
+    p = softmax(z.astype(np.float64), axis=1)
     order = np.argsort(-p, axis=1, kind="stable")[:, :top]
     names = imagenet_classes()
     return [[(int(c), names[c], float(p[n, c])) for c in order[n]] for n in range(p.shape[0])]

@@ -53,7 +53,6 @@ default CAM layer (recorded in the model's ``metadata_props`` as
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -315,9 +314,3 @@ def build_efficientnet_lite0(
     onnx.checker.check_model(model, full_check=True)
     return model
 
-
-def preprocessing_metadata() -> str:
-    """The preprocessing recorded in the model's ``metadata_props`` (JSON)."""
-    from . import _preprocess
-
-    return json.dumps(_preprocess.PREPROCESSING, sort_keys=True)

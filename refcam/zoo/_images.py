@@ -12,8 +12,25 @@ Names
 * :class:`InputItem` -- one sample: model input ``x`` ``(1, ...)``, display picture, file stem.
 * :func:`load_inputs` -- file names / sample names → :class:`InputItem` list.
 * :func:`display_picture` -- a channels-first input ``(C, H, W)`` → ``(H, W, 3)`` in [0, 1].
+* :func:`open_image` -- decode an image file as upright 8-bit RGB (EXIF orientation applied,
+  16-bit samples scaled, not clipped).
+* :func:`sniff` -- what a file holds, from its bytes: ``"onnx"``, ``"pytorch"``, ``"npy"``,
+  ``"image"`` or ``"unknown"`` (the suffix is not trusted).
 * :class:`InputFileError` -- a file that is missing, a directory or of the wrong kind (the command
   line reports it as a usage error, exit code 2).
+
+Decoding conventions
+--------------------
+* **Orientation.**  A JPEG/TIFF whose EXIF ``Orientation`` tag is not 1 stores its pixels rotated
+  or mirrored; the camera meant the picture to be shown transformed.  :func:`open_image` applies
+  the transform (``PIL.ImageOps.exif_transpose``), so the model sees the upright picture, as every
+  image viewer shows it.
+* **16-bit samples.**  Pillow's ``convert("RGB")`` clips 16-bit grey values (modes ``I;16*``,
+  ``I``) to 255, which turns almost any 16-bit picture white.  Here a 16-bit value ``v`` in
+  [0, 65535] becomes ``round(v / 257)`` in [0, 255] (65535 / 257 = 255 exactly), i.e. the same
+  brightness on the 8-bit scale the models were trained on (PNG/PNM ``I`` images are 16-bit
+  too).  32-bit integer ``I`` images of other formats (TIFF) and floating-point ``F`` images have
+  no known white level and are refused with :class:`~refcam.errors.InvalidArgumentError`.
 """
 
 from __future__ import annotations
@@ -33,7 +50,17 @@ __all__ = [
     "display_picture",
     "load_inputs",
     "normalization",
+    "open_image",
+    "pytorch_hint",
+    "sniff",
 ]
+
+#: First bytes of a legacy ``torch.save`` file: pickle protocol 2 of the magic number
+#: 0x1950a86a20f9469cfc6c (``torch.serialization.MAGIC_NUMBER``).
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Formats whose mode-``I`` images hold 16-bit samples (Pillow opens 16-bit grey PNG/PNM as ``I``).
+_SIXTEEN_BIT_FORMATS = ("PNG", "PPM")
 
 #: Per-channel (mean, std) presets on the [0, 255] RGB scale: ``x' = (x - mean) / std``.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -77,6 +104,120 @@ def normalization(
         if min(s) <= 0:
             raise InvalidArgumentError("std", tuple(std), "three values > 0")
     return m, s
+
+
+def pytorch_hint(name: str) -> str:
+    """The message for a PyTorch file given where an ONNX model or an image is expected."""
+    return (
+        f"{name!r} is a PyTorch file (torch.save / TorchScript), which refcam cannot run; "
+        f"export it to ONNX (torch.onnx.export(model, example_input, 'model.onnx')) and pass "
+        f"the .onnx file"
+    )
+
+
+def sniff(path: str | Path) -> str:
+    """What a file holds, from its content: ``"onnx"``, ``"pytorch"``, ``"npy"``, ``"image"``,
+    ``"unknown"``.
+
+    * ``npy``: the ``\\x93NUMPY`` magic;
+    * ``pytorch``: the legacy ``torch.save`` pickle magic, or a zip archive holding a ``.pkl``
+      entry (``torch.save`` since 1.6, TorchScript);
+    * ``image``: Pillow identifies it;
+    * ``onnx``: parses as an ``onnx.ModelProto`` with graph nodes (protobuf has no magic; an ONNX
+      file starts with field 1, ``ir_version``, i.e. the byte ``0x08``, which is checked first).
+
+    Raises ``OSError`` if the file cannot be read.
+    """
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "pytorch"
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if any(n.endswith(".pkl") for n in zf.namelist()):
+                    return "pytorch"
+        except (zipfile.BadZipFile, OSError):
+            pass
+        return "unknown"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return "image"
+    except (UnidentifiedImageError, OSError, ValueError):
+        pass
+    if head[:1] == b"\x08":
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception:  # noqa: BLE001 - any parse failure means: not ONNX
+            return "unknown"
+        if proto.graph.node:
+            return "onnx"
+    return "unknown"
+
+
+def _to_8bit_rgb(im: Any, name: str, fmt: str | None) -> Any:
+    from PIL import Image
+
+    if im.mode == "I" and fmt not in _SIXTEEN_BIT_FORMATS:
+        # a 32-bit integer image (TIFF ...): no known white level, so no safe 8-bit scale
+        raise InvalidArgumentError(
+            name,
+            f"a 32-bit integer image ({fmt or 'in memory'}, mode I)",
+            "8-bit or 16-bit samples (convert the image to 8-bit RGB)",
+        )
+    if im.mode in _SIXTEEN_BIT_MODES or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise InvalidArgumentError(
+                name,
+                f"16-bit samples in [{a.min()}, {a.max()}]",
+                "values in [0, 65535]",
+            )
+        # v in [0, 65535] -> round(v / 257) in [0, 255]; (2v + 257) // 514 rounds half up
+        g = ((2 * a + 257) // 514).astype(np.uint8)
+        return Image.fromarray(np.repeat(g[:, :, None], 3, axis=2), "RGB")
+    if im.mode == "F":
+        raise InvalidArgumentError(
+            name,
+            "a floating-point image (mode F)",
+            "8-bit or 16-bit samples (its range is unknown)",
+        )
+    return im.convert("RGB")
+
+
+def open_image(source: Any, name: str = "image") -> Any:
+    """An image file (or PIL image) as an upright 8-bit RGB ``PIL.Image`` (see the module doc).
+
+    Raises
+    ------
+    InvalidArgumentError
+        The file is no readable image, or its samples have no known range (float, 32-bit int).
+    """
+    import os
+
+    from PIL import Image, ImageOps
+
+    if isinstance(source, Image.Image):
+        return _to_8bit_rgb(ImageOps.exif_transpose(source), name, source.format)
+    try:
+        with Image.open(source) as im:
+            im.load()
+            return _to_8bit_rgb(ImageOps.exif_transpose(im), name, im.format)
+    except InvalidArgumentError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(
+            name, os.fspath(source), f"a readable image file ({exc})"
+        ) from None
 
 
 class InputItem:
@@ -125,6 +266,27 @@ def _resolve_path(spec: str) -> Path:
             f"image: {spec!r} is a directory, expected an image file or a .npy array"
         )
     return path
+
+
+def _kind(path: Path, spec: str) -> str:
+    """``"npy"`` or ``"image"`` by content (the suffix decides only for broken ``.npy`` files)."""
+    try:
+        kind = sniff(path)
+    except OSError as exc:
+        raise InputFileError(f"image: cannot read {spec!r} ({exc.strerror or exc})") from None
+    if kind in ("npy", "image"):
+        return kind
+    if path.suffix.lower() == ".npy":
+        return "npy"  # np.load reports what is wrong with it
+    if kind == "pytorch":
+        raise InputFileError(pytorch_hint(spec))
+    if kind == "onnx":
+        raise InputFileError(
+            f"image: {spec!r} is an ONNX model; give the model first: refcam explain MODEL IMAGE..."
+        )
+    raise InputFileError(
+        f"image: {spec!r} is neither an image file Pillow can read nor a .npy array"
+    )
 
 
 def load_inputs(
@@ -176,7 +338,8 @@ def load_inputs(
 
     for spec in specs:
         path = _resolve_path(spec)
-        if path.suffix.lower() == ".npy":
+        kind = _kind(path, spec)
+        if kind == "npy":
             try:
                 arr = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as exc:
@@ -191,9 +354,7 @@ def load_inputs(
                 cf = model.to_channels_first(x)[0]
                 stem = path.stem if x_all.shape[0] == 1 else f"{path.stem}_{i}"
                 items.append(
-                    InputItem(
-                        stem_of(stem), x, display_picture(cf) if cf.ndim == 3 else None, path
-                    )
+                    InputItem(stem_of(stem), x, display_picture(cf) if cf.ndim == 3 else None, path)
                 )
             continue
         n_channels = shape[-1 if channels_last else 1] if len(shape) > 1 else None

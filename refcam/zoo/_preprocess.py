@@ -47,16 +47,11 @@ _RESAMPLE = ("bicubic", "bilinear", "nearest", "lanczos")
 def _to_pil(image: Any, name: str):
     from PIL import Image
 
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as im:
-                return im.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise InvalidArgumentError(
-                name, os.fspath(image), f"a readable image file ({exc})"
-            ) from None
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
+    from ._images import open_image
+
+    if isinstance(image, (str, os.PathLike, Image.Image)):
+        # upright (EXIF orientation applied), 16-bit samples scaled to 8 bits (not clipped)
+        return open_image(image, name)
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise DTypeError(
@@ -82,6 +77,8 @@ def prepare_image(
     Parameters
     ----------
     image : file path, PIL image, or uint8 array ``(H, W, 3)`` / ``(H, W, 4)`` / ``(H, W)``.
+        Files and PIL images are decoded by :func:`refcam.zoo._images.open_image`: the EXIF
+        orientation is applied and 16-bit samples are scaled to 8 bits (``round(v / 257)``).
     size : output side in pixels.
     crop_padding : the ``CROP_PADDING`` of the TF pipeline (32).
     resample : Pillow filter, one of ``"bicubic"``, ``"bilinear"``, ``"nearest"``, ``"lanczos"``.
@@ -189,7 +186,6 @@ def preprocess(
 
 
 def _read_path(p: Path) -> np.ndarray:
-    from PIL import Image
+    from ._images import open_image
 
-    with Image.open(p) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return np.asarray(open_image(p), dtype=np.uint8)

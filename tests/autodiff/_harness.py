@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
 from refcam.autodiff.fd import fd_gradients
 
-NP2ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
+NP2ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+           np.dtype(np.int64): TensorProto.INT64}
 
 #: worst relative error seen per op (filled by the tests, printed by test_zz_report)
 WORST: dict[str, float] = {}

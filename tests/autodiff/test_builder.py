@@ -9,8 +9,8 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper
 
-from _harness import check_op, make_model, session, vjp
-from _models import resnet
+from ._harness import check_op, make_model, session, vjp
+from ._models import resnet
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name, supported_ops
 from refcam.autodiff.fd import fd_gradients
 from refcam.errors import InvalidArgumentError, LayerNotFoundError, UnsupportedOpError

@@ -20,7 +20,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from test_methods_zoo import _fd, _rel
+from .test_methods_zoo import _fd, _rel
 from refcam import explain
 from refcam import math as M
 from refcam._gradient import fullgrad_bias_layers

@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from _harness import to_float64
+from ._harness import to_float64
 from refcam import explain
 from refcam import math as M
 from refcam.autodiff import build_vjp_model, grad_name

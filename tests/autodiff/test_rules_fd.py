@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from _harness import WORST, check_op, make_model
+from ._harness import WORST, check_op, make_model
 
 R = np.random.default_rng(1234)
 F32, F64 = np.float32, np.float64
@@ -220,3 +220,177 @@ def test_zz_report_worst_errors(capsys):
         print("\nworst VJP-vs-FD relative error per op:")
         for k in sorted(WORST):
             print(f"  {k:22s} {WORST[k]:.2e}")
+
+
+# ---- rules added for the backend node suite (issue 12) ----
+NEW = []
+
+
+def new_case(label, nodes, inputs, inits=None, wrt=("x",), opset=17, **kw):
+    NEW.append(pytest.param(label, nodes, inputs, inits or {}, list(wrt), opset, kw, id=f"{label}-{len(NEW)}"))
+
+
+new_case("Sin", [node("Sin", ["x"])], {"x": rnd(2, 3, 4)}, **D64)
+new_case("Cos", [node("Cos", ["x"])], {"x": rnd(2, 3, 4)}, **D64)
+for op in ["Atan", "Sinh", "Cosh", "Asinh", "Tan"]:  # float32-only kernels in onnxruntime
+    new_case(op, [node(op, ["x"])], {"x": rnd(2, 3, 4, dtype=F32) * 0.5}, **NL32)
+for op in ["Asin", "Acos", "Atanh"]:
+    new_case(op, [node(op, ["x"])], {"x": (np.tanh(rnd(2, 3)) * 0.8).astype(F32)}, **NL32)
+new_case("Acosh", [node("Acosh", ["x"])], {"x": (np.abs(rnd(2, 3)) + 1.5).astype(F32)}, **NL32)
+new_case("CastLike", [node("CastLike", ["x", "t"], ["c"]), node("Mul", ["c", "c"], ["y"])], {"x": rnd(2, 3)},
+         {"t": np.zeros(1, F32)}, rtol=1e-4, ref64=False, step=1e-2, richardson=True)
+for op in ["ReduceL2", "ReduceLogSumExp", "ReduceSumSquare", "ReduceLogSum", "ReduceL1", "ReduceProd", "ReduceMin"]:
+    xx = np.abs(rnd(2, 3, 4)) + 0.3 if op == "ReduceLogSum" else rnd(2, 3, 4, lo=0.05)
+    new_case(op, [node(op, ["x", "a"], keepdims=0)], {"x": xx}, {"a": np.array([1, -1])}, opset=18, **D64)
+# runtime axes (a graph input, not a constant); ReduceProd with one zero per group is exact
+new_case("ReduceSum-runtime-axes", [node("ReduceSum", ["x", "a"], keepdims=0)], {"x": rnd(2, 3, 4), "a": np.array([0, 2])},
+         opset=13, **D64)
+new_case("ReduceMean-runtime-axes", [node("ReduceMean", ["x", "a"], keepdims=1)], {"x": rnd(2, 3, 4), "a": np.array([-1])},
+         opset=18, **D64)
+xz = rnd(2, 3, 4, lo=0.1)
+xz[0, 1, 2] = 0.0
+new_case("ReduceProd-zero", [node("ReduceProd", ["x"], axes=[2], keepdims=1)], {"x": xz}, opset=13, **D64)
+new_case("Slice-runtime", [node("Slice", ["x", "st", "en", "ax", "sp"])],
+         {"x": rnd(3, 4, 5), "st": np.array([-1, 1]), "en": np.array([-10, 4]), "ax": np.array([2, 0]),
+          "sp": np.array([-2, 2])}, **D64)
+for p in (1, 2):
+    new_case("LpNormalization", [node("LpNormalization", ["x"], axis=1, p=p)], {"x": rnd(2, 3, 4, lo=0.05)}, **D64)
+new_case("LayerNormalization-params", [node("LayerNormalization", ["x", "s", "b"], axis=-2)],
+         {"x": rnd(2, 3, 4, 2), "s": rnd(4, 2), "b": rnd(4, 2)}, wrt=("x", "s", "b"), **D64)
+new_case("LayerNormalization-stats", [node("LayerNormalization", ["x", "s", "b"], ["o", "m", "r"], axis=1),
+                                      node("Mul", ["m", "r"], ["mr"]), node("Add", ["o", "mr"], ["y"])],
+         {"x": rnd(2, 3, 4, dtype=F32), "s": rnd(3, 4, dtype=F32), "b": rnd(3, 4, dtype=F32)}, wrt=("x",), **NL32)
+new_case("BatchNormalization-params", [node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)],
+         {"x": rnd(2, 3, 4, 2), "s": rnd(3), "b": rnd(3), "m": rnd(3), "v": np.abs(rnd(3)) + 0.1},
+         wrt=("x", "s", "b", "m", "v"), **D64)
+new_case("InstanceNormalization-params", [node("InstanceNormalization", ["x", "s", "b"])],
+         {"x": rnd(2, 3, 4, 5, dtype=F32), "s": rnd(3, dtype=F32), "b": rnd(3, dtype=F32)}, wrt=("x", "s", "b"), **NL32)
+new_case("Conv-bias", [node("Conv", ["x", "w", "b"], strides=[2, 1])], {"x": rnd(2, 2, 5, 4, dtype=F32), "b": rnd(3, dtype=F32)},
+         {"w": rnd(3, 2, 3, 2, dtype=F32)}, wrt=("x", "b"), **LIN32)
+new_case("Pow-base0", [node("Pow", ["x", "p"])], {"x": np.array([[0.0, 1.5, 2.0]]), "p": np.array([2.5, 1.2, 0.7])},
+         wrt=("p",), **D64)
+# function ops differentiated through their ONNX function body
+new_case("RMSNormalization", [node("RMSNormalization", ["x", "s"], axis=-1)], {"x": rnd(2, 3, 4), "s": rnd(4)},
+         wrt=("x", "s"), opset=23, **D64)
+new_case("GatherElements", [node("GatherElements", ["x", "i"], axis=1)], {"x": rnd(2, 3, 4)},
+         {"i": np.array([[[0, 2, 2, -1]], [[1, 1, 0, 0]]])}, **D64)  # repeated and negative indices
+# scalar inputs (Clip bounds, Range start/delta) enter as shape-(1,) tensors squeezed in the graph:
+# the FD oracle perturbs along a leading axis
+SQ = [node("Squeeze", ["lo1", "ax0"], ["lo"]), node("Squeeze", ["hi1", "ax0"], ["hi"])]
+new_case("Clip-bounds", SQ + [node("Clip", ["x", "lo", "hi"])],
+         {"x": rnd(2, 3, 4, lo=0.05) * 2, "lo1": np.array([-0.55]), "hi1": np.array([0.95])}, {"ax0": np.array([0])},
+         wrt=("x", "lo1", "hi1"), opset=13, **D64)
+new_case("Clip-min>max", SQ + [node("Clip", ["x", "lo", "hi"])],
+         {"x": rnd(2, 3), "lo1": np.array([0.55]), "hi1": np.array([-0.25])}, {"ax0": np.array([0])},
+         wrt=("lo1", "hi1"), opset=13, **D64)
+new_case("OneHot-values", [node("OneHot", ["i", "d", "x"], axis=1)], {"x": np.array([-0.5, 2.0], F32)},
+         {"i": np.array([[1, 9, -2], [0, 3, 4]]), "d": np.array(5)}, **LIN32)  # out-of-range index 9: all off
+new_case("Pad-constant-value", SQ[:1] + [node("Pad", ["x", "p", "lo"])], {"x": rnd(2, 3), "lo1": np.array([0.5])},
+         {"p": np.array([0, 1, -1, 2]), "ax0": np.array([0])}, wrt=("x", "lo1"), opset=13, **D64)
+new_case("Pad-runtime", [node("Pad", ["x", "p"], mode="reflect")], {"x": rnd(2, 4), "p": np.array([1, 2, 0, 3])},
+         opset=18, **D64)
+new_case("Range-start-delta", SQ + [node("Range", ["lo", "l", "hi"], ["y0"]), node("Mul", ["y0", "y0"], ["y"])],
+         {"lo1": np.array([0.3]), "hi1": np.array([1.1])}, {"l": np.array(5.0), "ax0": np.array([0])},
+         wrt=("lo1", "hi1"), **D64)
+new_case("TopK", [node("TopK", ["x", "k"], ["y", "i"], axis=1)], {"x": rnd(2, 5, 3)}, {"k": np.array([2])}, opset=11, **D64)
+for ex, rev in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+    new_case("CumSum", [node("CumSum", ["x", "a"], exclusive=ex, reverse=rev)], {"x": rnd(2, 4, 3)}, {"a": np.array(1)},
+             opset=14, **D64)
+new_case("Trilu", [node("Trilu", ["x", "k"], upper=0)], {"x": rnd(2, 4, 5)}, {"k": np.array(1)}, opset=14, **D64)
+for mode in ["DCR", "CRD"]:
+    new_case("DepthToSpace", [node("DepthToSpace", ["x"], blocksize=2, mode=mode)], {"x": rnd(2, 8, 2, 3)}, opset=13, **D64)
+new_case("SpaceToDepth", [node("SpaceToDepth", ["x"], blocksize=2)], {"x": rnd(2, 2, 4, 6)}, opset=13, **D64)
+new_case("Mod", [node("Mod", ["x", "b"], fmod=1)], {"x": rnd(2, 3) * 3 + 0.01, "b": np.array([0.7, -1.3, 2.1])},
+         wrt=("x", "b"), opset=13, **D64)
+new_case("ScatterElements", [node("ScatterElements", ["x", "i", "u"], axis=1)], {"x": rnd(2, 4), "u": rnd(2, 2)},
+         {"i": np.array([[3, 0], [1, 2]])}, wrt=("x", "u"), opset=16, **D64)
+new_case("ScatterElements-add", [node("ScatterElements", ["x", "i", "u"], axis=1, reduction="add")],
+         {"x": rnd(2, 4), "u": rnd(2, 2)}, {"i": np.array([[3, 3], [1, 2]])}, wrt=("x", "u"), opset=16, **D64)
+new_case("ScatterND", [node("ScatterND", ["x", "i", "u"])], {"x": rnd(3, 4), "u": rnd(2, 4)},
+         {"i": np.array([[2], [0]])}, wrt=("x", "u"), opset=16, **D64)
+new_case("GatherND", [node("GatherND", ["x", "i"])], {"x": rnd(3, 4)}, {"i": np.array([[2, 1], [0, 3], [2, 1]])},
+         opset=16, **D64)
+# Resize: runtime scales / sizes / roi (in-graph probe) and constant roi with an extrapolation value
+for attrs, sc in [(dict(mode="linear"), [1, 1, 0.6, 0.8]), (dict(mode="cubic", antialias=1), [1, 1, 0.5, 0.7]),
+                  (dict(mode="linear", coordinate_transformation_mode="half_pixel_symmetric"), [1, 1, 1.7, 0.6])]:
+    new_case("Resize-runtime-scales", [node("Resize", ["x", "", "s"], **attrs)],
+             {"x": rnd(2, 3, 5, 4, dtype=F32), "s": np.array(sc, F32)}, opset=19, **LIN32)
+ROI = np.array([0, 0, 0.2, 0.1, 1, 1, 0.9, 0.7], F32)
+new_case("Resize-crop-runtime-roi", [node("Resize", ["x", "roi", "s"], mode="linear",
+                                          coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=7.0)],
+         {"x": rnd(2, 3, 5, 4, dtype=F32), "roi": ROI, "s": np.array([1, 1, 1.3, 2.0], F32)}, opset=19, **LIN32)
+new_case("Resize-crop-const-roi", [node("Resize", ["x", "roi", "s"], mode="linear",
+                                        coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=7.0)],
+         {"x": rnd(2, 3, 5, 4, dtype=F32)}, {"roi": np.array([0, 0, -0.2, 0.1, 1, 1, 0.9, 1.3], F32),
+                                             "s": np.array([1, 1, 1.3, 2.0], F32)}, opset=19, **LIN32)
+for eq, shapes in [("ij,jk->ik", [(3, 4), (4, 5)]), ("bhid,bhjd->bhij", [(2, 2, 3, 4), (2, 2, 5, 4)]),
+                   ("ij,jk", [(3, 4), (4, 2)]), ("abc,cd->b", [(2, 3, 4), (4, 2)]), ("i,i->", [(5,), (5,)]),
+                   ("ij,kj,k->ik", [(2, 3), (4, 3), (4,)])]:
+    names = ["x", "b", "c"][: len(shapes)]
+    new_case("Einsum", [node("Einsum", names, equation=eq)], {n: rnd(*sh) for n, sh in zip(names, shapes)},
+             wrt=names, opset=13, **D64)
+for attrs in [dict(kernel_shape=[2, 2], strides=[2, 1]), dict(kernel_shape=[3, 2], pads=[1, 0, 1, 1], p=3)]:
+    new_case("LpPool", [node("LpPool", ["x"], **attrs)], {"x": rnd(2, 2, 5, 4, dtype=F32, lo=0.05)}, opset=18, **NL32)
+# (GroupNormalization: through its function body; checked by the backend node suite)
+
+
+@pytest.mark.parametrize("label,nodes,inputs,inits,wrt,opset,kw", NEW)
+def test_new_rule_matches_finite_differences(label, nodes, inputs, inits, wrt, opset, kw):
+    model = make_model(nodes, inputs, ["y"], inits, opset=opset)
+    check_op(label, model, dict(inputs), wrt, **kw)
+
+
+def test_missing_rule_for_a_needed_input_is_refused_not_zero():
+    """A float input without a rule (Resize scales) raises an UnsupportedOpError naming it."""
+    from refcam.autodiff import build_vjp_model
+    from refcam.errors import UnsupportedOpError
+
+    m = make_model([node("Resize", ["x", "", "s"], mode="linear")],
+                   {"x": rnd(1, 1, 4, 4, dtype=F32), "s": np.array([1, 1, 2.0, 2.0], F32)}, ["y"], opset=13)
+    with pytest.raises(UnsupportedOpError, match=r"Resize, opset 13.*input 2 \('s'\)"):
+        build_vjp_model(m, ["s"])
+
+
+def test_foreign_domain_model_is_refused_naming_the_op():
+    from onnx import TensorProto
+
+    from refcam.autodiff import build_vjp_model
+    from refcam.errors import UnsupportedOpError
+
+    g = helper.make_graph([helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml")], "ml",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)], ir_version=8)
+    with pytest.raises(UnsupportedOpError, match=r"ai\.onnx\.ml\.Binarizer.*opset ai\.onnx\.ml 1"):
+        build_vjp_model(m, "x")
+
+
+def test_newest_opsets_are_accepted():
+    """Every opset the installed onnx defines is accepted (the check said 11-21 and accepted 7-23)."""
+    import onnx
+
+    from refcam.autodiff import build_vjp_model
+
+    top = onnx.defs.onnx_opset_version()
+    m = make_model([node("Sin", ["x"])], {"x": rnd(2, 3)}, ["y"], opset=top)
+    assert build_vjp_model(m, "x", check=False) is not None
+
+
+def test_control_flow_capture_is_refused_not_zero():
+    """A tensor used only inside an If branch (captured) must not get a silent zero gradient."""
+    from onnx import TensorProto
+
+    from refcam.autodiff import build_vjp_model
+    from refcam.errors import UnsupportedOpError
+
+    then_g = helper.make_graph([helper.make_node("Neg", ["x"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.DOUBLE, [2])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.DOUBLE, [2])])
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2]),
+                           helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(UnsupportedOpError, match=r"If .*opset 17"):
+        build_vjp_model(m, "x")

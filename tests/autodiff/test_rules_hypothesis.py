@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
-from _harness import check_op, make_model
+from ._harness import check_op, make_model
 
 FAST = settings(max_examples=25, deadline=None)
 
@@ -104,3 +104,36 @@ def test_maxpool_geometries(case, seed):
     x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float32)
     m = make_model([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], {"x": x}, ["y"], opset=17)
     check_op("MaxPool", m, {"x": x}, "x", rtol=1e-4, step=0.25, richardson=False, rng=rng)
+
+
+@FAST
+@given(conv_cases(), st.integers(0, 2**31 - 1))
+def test_conv_weight_and_bias_geometries(case, seed):
+    """Weight and bias gradients (Conv is linear in W and B: FD with h = 1 is exact)."""
+    nd, cin, cout, size, attrs = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal([2, cin] + size).astype(np.float32)
+    w = rng.standard_normal([cout, cin // attrs["group"]] + attrs["kernel_shape"]).astype(np.float32)
+    bias = rng.standard_normal([cout]).astype(np.float32)
+    feeds = {"x": x, "w": w, "b": bias}
+    m = make_model([helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)], feeds, ["y"])
+    check_op("Conv-weight", m, feeds, ["w", "b"], rtol=1e-4, step=1.0, richardson=False, rng=rng)
+
+
+@FAST
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(1, 2), st.integers(0, 1),
+       st.integers(2, 5), st.integers(0, 2**31 - 1))
+def test_convtranspose_weight_geometries(groups, k, s, d, extra, size, seed):
+    rng = np.random.default_rng(seed)
+    pads = [int(v) for v in rng.integers(0, k, 4)]
+    room = s * (size - 1) + d * (k - 1)
+    pads[2] = min(pads[2], room - pads[0])
+    pads[3] = min(pads[3], room - pads[1])
+    op = [min(extra, s - 1)] * 2
+    x = rng.standard_normal((2, 2 * groups, size, size + 1)).astype(np.float32)
+    w = rng.standard_normal((2 * groups, 2, k, k)).astype(np.float32)
+    bias = rng.standard_normal((2 * groups,)).astype(np.float32)
+    feeds = {"x": x, "w": w, "b": bias}
+    m = make_model([helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[s, s], dilations=[d, d],
+                                     group=groups, pads=pads, output_padding=op)], feeds, ["y"])
+    check_op("ConvTranspose-weight", m, feeds, ["w", "b"], rtol=1e-4, step=1.0, richardson=False, rng=rng)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from _harness import check_op
+from ._harness import check_op
 
 
 def vit_block(n_tok=5, d=8, heads=2, classes=3, seed=0):

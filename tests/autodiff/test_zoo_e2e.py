@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
-from _harness import to_float64
+from ._harness import to_float64
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
 from refcam.autodiff.fd import FiniteDifferences, directional_derivatives
 from refcam.onnx import Model

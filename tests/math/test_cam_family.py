@@ -28,7 +28,7 @@ WEIGHT_FNS = [gradcam_weights, gradcampp_weights, xgradcam_weights]
 
 
 def close(x, y, rtol=1e-12, atol=1e-12):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, equal_nan=False)  # NaN never passes
 
 
 # ------------------------------------------------------------------ hand-computed cases

@@ -10,7 +10,7 @@ from refcam.testing import activations
 
 
 def close(x, y, tol=1e-12):
-    np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
+    np.testing.assert_allclose(x, y, rtol=tol, atol=tol, equal_nan=False)  # NaN never passes
 
 
 # ------------------------------------------------------------------ hand-computed cases

@@ -13,7 +13,7 @@ A = np.array([[[[1.0, 2.0], [3.0, 4.0]], [[0.0, 3.0], [2.0, 0.0]]]])
 
 
 def close(x, y, rtol=1e-12, atol=1e-12):
-    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, equal_nan=False)  # NaN never passes
 
 
 # ------------------------------------------------------------------ Score-CAM
@@ -299,13 +299,13 @@ def test_scorecam_masks_order_matters_for_interior_peaks():
     # s = [0, 1, 0]            -> Up(s) = [0, .25, .75, .75, .25, 0]
     a = np.array([[[0.0, 4.0, 0.0]]])
     close(scorecam_masks(a, (6,)), [[[0.0, 1 / 3, 1.0, 1.0, 1 / 3, 0.0]]])
-    close(scorecam_masks(a, (6,), order="normalize-then-upsample"),
+    close(scorecam_masks(a, (6,), mask_order="normalize-then-upsample"),
           [[[0.0, 0.25, 0.75, 0.75, 0.25, 0.0]]])
 
 
 def test_scorecam_masks_eps_convention():
     # (x - min) / (max - min + eps): [0, 4] at the same size -> [0, 4 / (4 + 1)]
-    close(scorecam_masks(np.array([[[0.0, 4.0]]]), (2,), eps=1.0), [[[0.0, 0.8]]])
+    close(scorecam_masks(np.array([[[0.0, 4.0]]]), (2,), mask_eps=1.0), [[[0.0, 0.8]]])
 
 
 def test_scorecam_masks_2d_and_3d_hand():
@@ -336,7 +336,7 @@ def test_scorecam_masks_errors():
     with pytest.raises(InvalidArgumentError, match="upsample_mode"):
         scorecam_masks(a, (8, 8), upsample_mode="cubic")
     with pytest.raises(InvalidArgumentError, match="order"):
-        scorecam_masks(a, (8, 8), order="both")
+        scorecam_masks(a, (8, 8), mask_order="both")
     with pytest.raises(ShapeError, match="activations"):
         scorecam_masks(np.ones((2, 3)), (8,))
     with pytest.raises(NonFiniteError, match="activations"):
@@ -348,7 +348,7 @@ def test_scorecam_masks_errors():
 def test_scorecam_masks_properties(p, mode, order, factor):
     a = p[0]
     size = tuple(s * factor for s in a.shape[2:])
-    m = scorecam_masks(a, size, upsample_mode=mode, order=order)
+    m = scorecam_masks(a, size, upsample_mode=mode, mask_order=order)
     assert m.shape == a.shape[:2] + size and np.isfinite(m).all()
     assert (m >= 0).all() and (m <= 1 + 1e-12).all()
     sp = tuple(range(2, a.ndim))
@@ -361,10 +361,10 @@ def test_scorecam_masks_properties(p, mode, order, factor):
             close(m.max(axis=sp)[~constant], 1.0)
             close(m.min(axis=sp)[~constant], 0.0)
     # batch independence and channel equivariance
-    each = np.concatenate([scorecam_masks(a[i:i + 1], size, upsample_mode=mode, order=order)
+    each = np.concatenate([scorecam_masks(a[i:i + 1], size, upsample_mode=mode, mask_order=order)
                            for i in range(a.shape[0])])
     close(m, each, rtol=0, atol=0)
-    rev = scorecam_masks(a[:, ::-1], size, upsample_mode=mode, order=order)
+    rev = scorecam_masks(a[:, ::-1], size, upsample_mode=mode, mask_order=order)
     close(rev, m[:, ::-1], rtol=0, atol=0)
 
 
@@ -373,7 +373,7 @@ def test_scorecam_masks_properties(p, mode, order, factor):
 def test_scorecam_masks_constant_channel_is_exactly_zero_despite_round_off(value, mode):
     # Up(3.75 * ones(2)) to 6 samples has 1-ulp ripples; min-max of those would be 0/1 noise
     for order in ("upsample-then-normalize", "normalize-then-upsample"):
-        m = scorecam_masks(np.full((1, 2, 2, 3), value), (6, 9), upsample_mode=mode, order=order)
+        m = scorecam_masks(np.full((1, 2, 2, 3), value), (6, 9), upsample_mode=mode, mask_order=order)
         assert np.array_equal(m, np.zeros((1, 2, 6, 9)))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import peers_harness as H
+from . import peers_harness as H
 from refcam import math as rm
 from refcam import presets
 
@@ -103,7 +103,7 @@ def repro_pgc_scorecam_align_corners(kind: str = "resnet") -> dict:
     hp = rm.upsample(acts[0], H.INPUT_SIZE, "linear")
     # End-to-end effect on the map: pgc preset vs the same preset with half-pixel masks.
     pgc = presets.get("pytorch-grad-cam", "scorecam")
-    half = pgc.replace(masks=dataclasses.replace(pgc.masks, upsample="linear"))
+    half = pgc.replace(masks=dataclasses.replace(pgc.masks, upsample_mode="linear"))
     r_peer = H.run_pgc("scorecam", kind=kind)
     r_half = H.run_pgc("scorecam", kind=kind, conv=half)
     scale = float(np.abs(peer_up).max())
@@ -220,7 +220,7 @@ def repro_pgc_ablation_value() -> dict:
     with torch.no_grad():
         y = model(x).gather(1, torch.tensor(H.CLASSES).view(-1, 1))[:, 0].numpy()
     w_replay = rm.ablationcam_weights(H.ablated_scores(model, layer, x, H.CLASSES, "pgc"), y)
-    w_zero = rm.ablationcam_weights(H.ablated_scores(model, layer, x, H.CLASSES, "zero"), y)
+    w_zero = rm.ablationcam_weights(H.ablated_scores(model, layer, x, H.CLASSES, 0.0), y)
     return {
         "layer_min": float(acts[0].min()), "err_replay": H.max_abs(w_peer, w_replay),
         "vs_zero": H.max_abs(w_peer, w_zero), "weight_scale": float(np.abs(w_zero).max()),

@@ -158,10 +158,10 @@ def masked_scores(model: nn.Module, x: torch.Tensor, masks: np.ndarray, classes:
 
 
 def ablated_scores(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes: list[int],
-                   value_rule: str, batch: int = 32) -> np.ndarray:
+                   value_rule: float | str, batch: int = 32) -> np.ndarray:
     """Ablation-CAM: target logits with channel k of ``layer`` replaced -> ``(N, K)``.
 
-    ``value_rule="zero"``: the paper's ablation (channel set to 0).
+    ``value_rule`` a number: the channel set to it (the paper: 0.0).
     ``value_rule="pgc"``: pytorch-grad-cam 1.5.7 (``ablation_layer.py:70-85``) replayed
     literally -- per forward batch of ``batch`` copies, copy i gets ``0`` if the running
     minimum of the batch tensor is 0, else ``running_min - 1e7`` (the minimum includes the
@@ -180,8 +180,8 @@ def ablated_scores(model: nn.Module, layer: nn.Module, x: torch.Tensor, classes:
                 idx = list(range(start, min(k, start + batch)))
                 out = acts[s:s + 1].repeat(len(idx), *([1] * (acts.ndim - 1))).clone()
                 for j, c in enumerate(idx):
-                    if value_rule == "zero":
-                        out[j, c] = 0
+                    if not isinstance(value_rule, str):
+                        out[j, c] = value_rule
                     elif torch.min(out) == 0:
                         out[j, c] = 0
                     else:
@@ -220,8 +220,8 @@ def _signed_to_match(ref: np.ndarray, peer: np.ndarray) -> np.ndarray:
 
 
 def baseline_scores(model: nn.Module, x: torch.Tensor, classes: list[int], rule: str) -> np.ndarray | None:
-    """Score of the Score-CAM baseline: ``"input"`` (torchcam), ``"zeros"`` (black image), ``"none"``."""
-    if rule == "none":
+    """Score of the Score-CAM baseline: ``"input"`` (torchcam), ``"zeros"`` (black image), ``None``."""
+    if rule is None:
         return None
     xb = x if rule == "input" else torch.zeros_like(x)
     with torch.no_grad():

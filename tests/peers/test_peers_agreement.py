@@ -20,7 +20,7 @@ REASON = ("peer cross-checks need torch and the genuine peers "
 for _mod in ("torch", "torchvision", "pytorch_grad_cam", "torchcam", "captum"):
     pytest.importorskip(_mod, reason=REASON)
 
-import peers_harness as H  # noqa: E402
+from . import peers_harness as H  # noqa: E402
 
 FEAT_TOL = 1e-5
 UP_TOL = 1e-4

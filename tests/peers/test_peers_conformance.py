@@ -130,7 +130,7 @@ def test_diagnosis_pgc_scorecam_align_corners_from_the_class():
 
     rep, d = _diagnose(pgc.ScoreCAM, n=15)
     assert rep.mode == "model" and rep.matched("pytorch-grad-cam (upsampled)")
-    assert d.knob("mask_upsample") == "linear-align-corners"
+    assert d.knob("upsample_mode") == "linear-align-corners"
     assert "masks upsampled bilinear align-corners" in d.summary
 
 

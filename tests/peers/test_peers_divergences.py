@@ -14,7 +14,7 @@ REASON = ("peer cross-checks need torch and the genuine peers "
 for _mod in ("torch", "torchvision", "pytorch_grad_cam", "torchcam", "captum"):
     pytest.importorskip(_mod, reason=REASON)
 
-import peers_divergences as D  # noqa: E402
+from . import peers_divergences as D  # noqa: E402
 
 
 def test_torchcam_gradcampp_alpha_stays_g_squared():

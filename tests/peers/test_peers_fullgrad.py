@@ -18,7 +18,7 @@ REASON = ("peer cross-checks need torch and the genuine peers "
 for _mod in ("torch", "pytorch_grad_cam"):
     pytest.importorskip(_mod, reason=REASON)
 
-import peers_harness as H  # noqa: E402
+from . import peers_harness as H  # noqa: E402
 import torch  # noqa: E402
 
 from refcam import math as M  # noqa: E402

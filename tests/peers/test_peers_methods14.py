@@ -21,7 +21,7 @@ REASON = ("peer cross-checks need torch and the genuine peers "
 for _mod in ("torch", "pytorch_grad_cam", "sklearn"):
     pytest.importorskip(_mod, reason=REASON)
 
-import peers_harness as H  # noqa: E402
+from . import peers_harness as H  # noqa: E402
 import torch  # noqa: E402
 
 from refcam import math as rm  # noqa: E402
@@ -200,3 +200,350 @@ def test_deep_feature_factorization(kind, n_components):
     assert max_abs_error(ref, np.stack(maps)) <= UP_TOL
     w, b = model.fc.weight.detach().numpy(), model.fc.bias.detach().numpy()
     assert rel(c.T @ w.T + b, outputs) <= FEAT_TOL
+
+
+# ------------------------------------------------------------------ end to end (ONNX export)
+
+@pytest.fixture(scope="module")
+def onnx_resnet(tmp_path_factory):
+    import refcam
+
+    path = str(tmp_path_factory.mktemp("m14") / "resnet.onnx")
+    H.export_onnx(H.make_model("resnet"), H.make_input(), path, dynamo=False)
+    return refcam.onnx.load(path)
+
+
+@pytest.mark.parametrize("method,pgc_name,kw", [
+    ("fem", "FEM", {"k": 2.0}),
+    ("kpcacam", "KPCA_CAM", {"kernel": "sigmoid"}),
+    ("segeigencam", "SegEigenCAM", {}),
+])
+def test_explain_on_the_onnx_export_matches_pytorch_grad_cam(onnx_resnet, method, pgc_name, kw):
+    """refcam.explain on the exported ResNet (activations and VJP gradients from ONNX) + the
+    pytorch-grad-cam post-processing vs the peer on the torch model."""
+    import pytorch_grad_cam as pgc
+    import refcam
+
+    model, x, layers, targets, a, g, _ = _setup("resnet")
+    peer, _ = _run(getattr(pgc, pgc_name), model, layers, x, targets, **kw)
+    target = list(H.CLASSES) if method == "segeigencam" else None
+    e = refcam.explain(onnx_resnet, x.numpy(), method, layer=H.ONNX_LAYER["resnet"], target=target, **kw)
+    ref = presets.postprocess(_pgc_conv(method), rm.relu(e.maps), H.INPUT_SIZE)
+    assert max_abs_error(ref, peer) <= UP_TOL
+
+
+def test_dff_explain_on_the_onnx_export(onnx_resnet):
+    import refcam
+    from pytorch_grad_cam import DeepFeatureFactorization
+
+    model, x, layers, *_ = _setup("resnet")
+    with H._quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = DeepFeatureFactorization(model=model, target_layer=layers[0], computation_on_concepts=model.fc)
+        concepts, maps, outputs = d(x, 4)
+    e = refcam.explain(onnx_resnet, x.numpy(), "dff", layer=H.ONNX_LAYER["resnet"], n_components=4)
+    assert rel(e.arrays["concepts"], concepts) <= 1e-4          # ONNX vs torch activations (float32)
+    assert rel(e.arrays["concept_scores"], outputs) <= 1e-4
+
+
+# ------------------------------------------------------------------------ SmoothGradCAMpp
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torchcam_smoothgradcampp_with_the_peers_noise(kind):
+    """torchcam's noise comes from torch's global generator: replay its draws (same seed, same
+    ``Normal(0, std).sample`` calls), take the gradients at the noisy inputs with autograd, and
+    apply refcam's math with the torchcam conventions (``first_order="last"``,
+    ``denominator="channel"``, ``eps=1e-8``, the last sample's activations)."""
+    import torchcam.methods as tm
+
+    pytest.importorskip("torchcam")
+    model = H.make_model(kind)
+    x = H.make_input()
+    layers = H.target_layers(model)
+    acts, _, _ = H.extract(model, layers, x, H.CLASSES)
+    n, std = 4, 0.3
+    with H._quiet(), tm.SmoothGradCAMpp(model, layers[0], num_samples=n, std=std,
+                                        input_shape=(3,) + H.INPUT_SIZE) as ex:
+        model(x)
+        torch.manual_seed(77)
+        peer = ex(class_idx=list(H.CLASSES))[0].detach().numpy()
+    torch.manual_seed(77)
+    dist = torch.distributions.normal.Normal(0, std)
+    noisy = [x + dist.sample(x.size()) for _ in range(n)]
+    per = [H.extract(model, layers, xm, H.CLASSES) for xm in noisy]
+    gs = np.stack([p[1][0] for p in per], axis=1)                      # (N, n, K, *S)
+    raw = rm.smoothgradcampp(acts[0], gs, first_order="last", denominator="channel", eps=1e-8,
+                             map_activations=per[-1][0][0])
+    ref = presets.postprocess(presets.get("torchcam", "gradcampp"), raw)
+    assert max_abs_error(ref, peer) <= FEAT_TOL
+
+
+# ------------------------------------------------------------------------------- FinerCAM
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("alpha", [1.0, 0.6])
+def test_finercam(kind, alpha):
+    """pytorch-grad-cam FinerCAM (base GradCAM, default comparisons (1, 2, 3)) vs refcam: the seed
+    ∂S/∂y of the contrastive score, the layer gradient Σ_j s_j ∂y_j/∂A (autograd with that seed),
+    Grad-CAM on it."""
+    from pytorch_grad_cam import FinerCAM
+
+    model, x, layers, targets, a, g, logits = _setup(kind)
+    with H._quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cam = FinerCAM(model=model, target_layers=layers)
+        peer = cam(x, alpha=alpha)
+    main, comp = rm.finercam_classes(logits)
+    seed = rm.finercam_seed(logits, main, comp, alpha=alpha)
+    store = {}
+    h = layers[0].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        out = model(x)
+    finally:
+        h.remove()
+    (ga,) = torch.autograd.grad(out, store["a"], grad_outputs=torch.from_numpy(seed.astype(np.float32)))
+    ref = presets.postprocess(_pgc_conv("finercam"), rm.gradcam(a, ga.numpy()), H.INPUT_SIZE)
+    assert max_abs_error(ref, peer) <= UP_TOL
+
+
+# ----------------------------------------------------------------------------- aug_smooth
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_aug_smooth(kind):
+    """pytorch-grad-cam ``aug_smooth=True`` (ttach HorizontalFlip × Multiply(0.9, 1, 1.1)): refcam's
+    Grad-CAM on each augmented input (pgc post-processing), then :func:`refcam.math.aug_smooth`."""
+    from pytorch_grad_cam import GradCAM
+
+    model, x, layers, targets, *_ = _setup(kind)
+    with H._quiet(), GradCAM(model=model, target_layers=layers) as cam:
+        peer = cam(input_tensor=x, targets=targets, aug_smooth=True)
+    maps, flips = [], []
+    for flip in (False, True):          # ttach Compose: product in the order of the transforms
+        for factor in (0.9, 1.0, 1.1):
+            xa = torch.flip(x, dims=[-1]) if flip else x
+            xa = xa * factor
+            acts, grads, _ = H.extract(model, layers, xa, H.CLASSES)
+            maps.append(presets.compute("gradcam", "pytorch-grad-cam", activations=acts[0], gradients=grads[0],
+                                        input_size=H.INPUT_SIZE))
+            flips.append(flip)
+    ref = rm.aug_smooth(np.stack(maps), flips)
+    assert max_abs_error(ref, peer) <= UP_TOL
+
+
+# ------------------------------------------------------------------------------ ShapleyCAM
+
+@pytest.fixture(scope="module")
+def onnx_vgg(tmp_path_factory):
+    import refcam
+
+    path = str(tmp_path_factory.mktemp("m14") / "vgg.onnx")
+    H.export_onnx(H.make_model("vgg"), H.make_input(), path, dynamo=False)
+    return refcam.onnx.load(path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("score", ["logit", "softmax"])
+def test_shapleycam_end_to_end(kind, score, onnx_resnet, onnx_vgg):
+    """pytorch-grad-cam ShapleyCAM (torch double backward, weights mean(G - H A / 2)) vs
+    refcam.explain("shapleycam") on the ONNX export (refcam's reverse-over-reverse HVP).  With logit
+    targets these ReLU networks have H A = 0 (both agree it is Grad-CAM); the softmax target has a
+    non-zero Hessian."""
+    import refcam
+    from pytorch_grad_cam import ShapleyCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+    from refcam.onnx import softmax_probability
+
+    model, x, layers, targets, *_ = _setup(kind)
+    if score == "softmax":
+        targets = [ClassifierOutputSoftmaxTarget(c) for c in H.CLASSES]
+    peer, _ = _run(ShapleyCAM, model, layers, x, targets)
+    m = onnx_resnet if kind == "resnet" else onnx_vgg
+    tgt = list(H.CLASSES) if score == "logit" else softmax_probability(list(H.CLASSES))
+    e = refcam.explain(m, x.numpy(), "shapleycam", layer=H.ONNX_LAYER[kind], target=tgt)
+    ref = presets.postprocess(_pgc_conv("shapleycam"), e.maps, H.INPUT_SIZE)
+    assert max_abs_error(ref, peer) <= UP_TOL
+    if score == "logit":
+        assert np.abs(e.arrays["hessian_vector_products"]).max() == 0
+
+
+def _torch_hvp(model, x, layer_name, cls, softmax):
+    store = {}
+    h = dict(model.named_modules())[layer_name].register_forward_hook(lambda m_, i, o: store.__setitem__("a", o))
+    try:
+        out = model(x)
+    finally:
+        h.remove()
+    if softmax:
+        out = torch.softmax(out, 1)
+    a = store["a"]
+    (g,) = torch.autograd.grad(out[torch.arange(len(cls)), torch.tensor(cls)].sum(), a, create_graph=True)
+    try:
+        (hv,) = torch.autograd.grad(g, a, grad_outputs=a.detach())
+    except RuntimeError:          # g does not depend on a (piecewise-linear head)
+        hv = torch.zeros_like(a)
+    return g.detach().double().numpy(), hv.detach().double().numpy()
+
+
+def _zoo(name):
+    import torchvision
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    torch.manual_seed(0)
+    if name == "resnet50_w16":            # ResNet-50 depths (3, 4, 6, 3), bottleneck width_per_group 16
+        return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=16).eval(), "layer4", (1, 3, 64, 64)
+    if name == "mobilenet_v3_small":
+        return torchvision.models.mobilenet_v3_small().eval(), "features.12", (1, 3, 64, 64)
+    if name == "mobilenet_v2":
+        return torchvision.models.mobilenet_v2().eval(), "features.17", (1, 3, 64, 64)
+    return torchvision.models.efficientnet_b0().eval(), "features.7", (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", ["resnet50_w16", "mobilenet_v3_small", "mobilenet_v2", "efficientnet_b0"])
+@pytest.mark.parametrize("softmax", [False, True])
+def test_hvp_matches_torch_double_backward(name, softmax, tmp_path):
+    """refcam's HVP (float32 ONNX, reverse over reverse) vs torch.autograd.grad double backward in
+    float64 on the same weights, relative to max|H A|: refcam's float32 result is no further from
+    the float64 truth than twice torch's own float32 double backward (ResNet-50 layer4 with a
+    softmax target over 1000 random classes: both float32 results are ~3e-3 off at 64x64,
+    refcam 2.0e-4 vs torch 6.6e-4 at 96x96 -- the cancellation in p_c (w_c - Σ_j p_j w_j))."""
+    import refcam
+    from refcam.autodiff.second_order import hvp
+    from refcam.onnx import softmax_probability
+
+    model, layer, shape = _zoo(name)
+    for mod in model.modules():
+        if hasattr(mod, "inplace"):
+            mod.inplace = False
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    path = str(tmp_path / f"{name}.onnx")
+    H.export_onnx(model, x, path, dynamo=False)
+    m = refcam.onnx.load(path)
+    with torch.no_grad():
+        cls = [int(model(x).argmax())]
+    r = hvp(m, x.numpy(), wrt=layer, target=softmax_probability(cls) if softmax else cls)
+    g32, h32 = _torch_hvp(model, x, layer, cls, softmax)
+    g64, h64 = _torch_hvp(model.double(), x.double(), layer, cls, softmax)
+    # float32 limits both: refcam must be no further from the float64 truth than twice torch's own
+    # float32 double backward
+    print(f"{name} softmax={softmax}: grad refcam {rel(r.gradients, g64):.2e} torch32 {rel(g32, g64):.2e}; "
+          f"HA refcam {rel(r.hvp, h64) if np.abs(h64).max() else 0:.2e} torch32 "
+          f"{rel(h32, h64) if np.abs(h64).max() else 0:.2e} refcam-vs-torch32 "
+          f"{rel(r.hvp, h32) if np.abs(h32).max() else 0:.2e} (max|HA| {np.abs(h64).max():.2e})")
+    assert rel(r.gradients, g64) <= max(2 * rel(g32, g64), 1e-5)
+    if np.abs(h64).max() == 0:
+        assert np.abs(r.hvp).max() == 0
+    else:
+        assert rel(r.hvp, h64) <= max(2 * rel(h32, h64), 1e-5)
+
+
+# ------------------------------------------------------------- divergences (docs/divergences.md)
+
+def test_divergence_torchcam_smoothgradcampp_vs_paper():
+    """torchcam's Smooth Grad-CAM++ (channel-sum denominator, last sample's gradient and activations,
+    +1e-8) vs the paper's reading (Grad-CAM++ Eq. 19 per position with averaged derivatives, on the
+    clean activations), same noise draws, torchcam post-processing: the maps differ visibly.  At an
+    interior layer (layer1: the gradient varies with the input; at the last layer of a GAP -> linear
+    head it is the same for every noisy copy, and only the activations convention matters)."""
+    model = H.make_model("resnet")
+    x = H.make_input()
+    layers = [model.layer1]
+    acts, _, _ = H.extract(model, layers, x, H.CLASSES)
+    torch.manual_seed(77)
+    dist = torch.distributions.normal.Normal(0, 0.3)
+    per = [H.extract(model, layers, x + dist.sample(x.size()), H.CLASSES) for _ in range(4)]
+    gs = np.stack([p[1][0] for p in per], axis=1)
+    conv = presets.get("torchcam", "gradcampp")
+    tc = presets.postprocess(conv, rm.smoothgradcampp(acts[0], gs, first_order="last", denominator="channel",
+                                                      eps=1e-8, map_activations=per[-1][0][0]))
+    paper = presets.postprocess(conv, rm.smoothgradcampp(acts[0], gs))
+    each = {k: presets.postprocess(conv, rm.smoothgradcampp(acts[0], gs, **kw)) for k, kw in {
+        "denominator": dict(denominator="channel"), "first_order": dict(first_order="last"),
+        "map_activations": dict(map_activations=per[-1][0][0])}.items()}
+    print("smoothgradcampp torchcam vs paper:", max_abs_error(tc, paper),
+          {k: max_abs_error(v, paper) for k, v in each.items()})
+    assert max_abs_error(tc, paper) > 1e-2
+
+
+def test_divergence_finercam_differentiates_its_softmax_weights():
+    """pytorch-grad-cam's FinerWeightedTarget keeps the softmax weights p_d in the graph: its gradient
+    differs from the gradient of Σ_d w_d (y^c − α y^d) with the weights held constant (the paper's
+    logit difference, aggregated)."""
+    model, x, layers, targets, a, g, logits = _setup("resnet")
+    main, comp = rm.finercam_classes(logits)
+    full = rm.finercam_seed(logits, main, comp)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p = z / z.sum(axis=1, keepdims=True)
+    w = p[np.arange(len(p))[:, None], comp]
+    w = w / (w.sum(axis=1, keepdims=True) + 1e-9)
+    const = np.zeros_like(full)
+    const[np.arange(len(p)), main] = w.sum(axis=1)
+    np.add.at(const, (np.arange(len(p))[:, None], comp), -w)
+    store = {}
+    h = layers[0].register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        out = model(x)
+    finally:
+        h.remove()
+    maps = []
+    for s in (full, const):
+        (ga,) = torch.autograd.grad(out, store["a"], grad_outputs=torch.from_numpy(s.astype(np.float32)),
+                                    retain_graph=True)
+        maps.append(presets.postprocess(_pgc_conv("finercam"), rm.gradcam(a, ga.numpy()), H.INPUT_SIZE))
+    print("finercam seed |differentiated - constant weights|:", float(np.abs(full - const).max()),
+          "map:", max_abs_error(*maps))
+    assert float(np.abs(full - const).max()) > 1e-3
+
+
+def test_divergence_pgc_kpca_float32():
+    """pytorch-grad-cam runs KernelPCA on float32 activations: beyond 200 positions scikit-learn uses
+    ARPACK in float32 and the projection is off its own float64 result by up to ~1e-4 relative."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_kernel
+
+    _, _, _, _, a, _, _ = _setup("vgg")
+    out = {}
+    for kernel in ("sigmoid", "rbf", "poly", "linear"):
+        p32 = get_2d_projection_kernel(a, kernel, None)
+        p64 = get_2d_projection_kernel(a.astype(np.float64), kernel, None)
+        out[kernel] = rel(p32, p64)
+        assert rel(rm.kpcacam(a.astype(np.float64), kernel=kernel), p64) <= 1e-6
+    print("KPCA_CAM float32 vs float64 (560 positions):", out)
+    assert max(out.values()) > 1e-5
+
+
+def test_divergence_pgc_randomcam_generator():
+    """RandomCAM draws from NumPy's global legacy generator: torch.manual_seed does not fix it."""
+    from pytorch_grad_cam import RandomCAM
+
+    model, x, layers, targets, a, g, _ = _setup("resnet")
+    with H._quiet(), RandomCAM(model=model, target_layers=layers) as cam:
+        torch.manual_seed(0)
+        m1 = cam(input_tensor=x, targets=targets)
+        torch.manual_seed(0)
+        m2 = cam(input_tensor=x, targets=targets)
+    assert max_abs_error(m1, m2) > 1e-3
+
+
+# ------------------------------------------------------------------------------- RefineCAM
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refinecam(kind):
+    """pytorch-grad-cam RefineCAM (base Grad-CAM++ per layer, product, scale_cam_image) vs refcam:
+    the pgc Grad-CAM++ preset per layer, refinecam(layer_normalize=False) (the peer's normalisation
+    loop is a no-op), min-max +1e-7."""
+    from pytorch_grad_cam import RefineCAM
+
+    model = H.make_model(kind)
+    x = H.make_input()
+    layers = H.target_layers(model, multi=True)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = [ClassifierOutputTarget(c) for c in H.CLASSES]
+    with H._quiet():
+        peer = RefineCAM(model=model, target_layers=layers)(x, targets)
+    acts, grads, _ = H.extract(model, layers, x, H.CLASSES)
+    per = [presets.compute("gradcampp", "pytorch-grad-cam", activations=a, gradients=g, input_size=H.INPUT_SIZE)
+           for a, g in zip(acts, grads)]
+    ref = rm.normalize(rm.refinecam(per, layer_normalize=False), "minmax", eps=1e-7)
+    assert max_abs_error(ref, peer) <= UP_TOL
+    # refcam's own normalisation (ReLU / max per layer) differs only by the peer's 1e-7 eps
+    assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= UP_TOL

@@ -99,3 +99,31 @@ def test_method_errors():
         explain(m, X, "smoothgrad", target=lambda y: y[:, 0], n_samples=2)
     with pytest.raises(InvalidArgumentError, match="n_samples"):
         explain(m, X, "smoothgrad", n_samples=0)
+
+
+@pytest.mark.parametrize("target", [None, 1, [3, 0], TopK(2)])
+def test_gradient_methods_take_outputs_and_activations_from_the_vjp_run(monkeypatch, target):
+    # issue 13: one VJP session run gives y, A and dy/dA; no separate forward run of the model
+    from refcam import explanation
+    from refcam.methods import get_method
+
+    m = Model(tm.cam_net())
+    with monkeypatch.context() as mp:          # the former path: a forward run, then the VJP run
+        mp.setattr(explanation, "_one_vjp_run", lambda *a: False)
+        before = {k: explain(m, X, k, target=target) for k in ("gradcam", "layercam")}
+    calls = []
+    monkeypatch.setattr(Model, "forward", lambda self, *a, **k: calls.append(a) or 1 / 0)
+    for k, e0 in before.items():
+        e = explain(m, X, k, target=target)
+        np.testing.assert_array_equal(e.targets, e0.targets)
+        np.testing.assert_allclose(e.outputs, e0.outputs, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(e.arrays["activations"], e0.arrays["activations"], rtol=1e-6,
+                                   atol=1e-6)
+        np.testing.assert_allclose(e.maps, e0.maps, rtol=1e-5, atol=1e-6)
+    assert calls == []
+    # finite differences still resolve the outputs from a forward run first
+    layer = m.spatial_layer(None)
+    assert not explanation._one_vjp_run(get_method("gradcam"), {"gradient_source": "fd"}, m, layer,
+                                        None)
+    assert not explanation._one_vjp_run(get_method("gradcam"), {"gradient_source": "vjp"}, m, layer,
+                                        lambda y: y[:, 0])
