@@ -896,6 +896,189 @@ NB6 = [
     """),
 ]
 
+# --------------------------------------------------------------------------------------------------
+NB7 = [
+    md(r"""
+    # 7 · Explaining a vision transformer
+
+    A CAM method reads a layer as $A \in \mathbb R^{N \times K \times H \times W}$. A vision
+    transformer holds its features as **tokens** $(N, T, D)$: $p$ prefix tokens (class,
+    distillation, register) followed by the $h \cdot w$ patch tokens of a grid, row by row.
+    pytorch-grad-cam asks its users for a `reshape_transform`
+    (`t[:, 1:, :].reshape(N, h, w, D)`, then channels first) and for the right layer; its issue
+    tracker shows how often both go wrong. refcam reads both from the graph:
+
+    * the **layout** of every tensor (batch, channel, spatial or token axes) is propagated from the
+      input through the ops — Conv outputs are NCHW by the ONNX spec, Transposes permute axes, the
+      Reshape that flattens the patch grid makes tokens, the Concat of the class token counts the
+      prefix;
+    * the **default layer** sits *before* the last attention when the head reads the class token.
+
+    This notebook builds a tiny ViT in ONNX (no torch needed), then runs Grad-CAM on its tokens,
+    attention rollout (Abnar & Zuidema 2020) and the gradient-weighted relevance of Chefer, Gur &
+    Wolf (2021).
+    """),
+    SETUP,
+    code("""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from refcam.onnx import Model
+
+
+    def tiny_vit(prefix=1, d=8, grid=4, patch=4, blocks=2, classes=5, seed=0):
+        \"\"\"Patch Conv -> (N, T, D) tokens with `prefix` learned tokens -> `blocks` pre-norm
+        single-head attention blocks with MLPs -> LayerNorm -> class token -> linear head.\"\"\"
+        rng = np.random.default_rng(seed)
+        w = lambda *s: (rng.standard_normal(s) * 0.4).astype(np.float32)
+        init = {"wp": w(d, 3, patch, patch), "shape": np.array([0, d, -1], np.int64),
+                "cls": w(1, prefix, d), "pos": w(1, prefix + grid * grid, d),
+                "zero": np.array([0], np.int64), "one": np.array([1], np.int64),
+                "idx": np.array(0, np.int64), "g": np.ones(d, np.float32), "b": np.zeros(d, np.float32),
+                "scale": np.array(d ** -0.5, np.float32), "head": w(classes, d)}
+        nodes = [
+            helper.make_node("Conv", ["image", "wp"], ["patches"], strides=[patch, patch]),
+            helper.make_node("Reshape", ["patches", "shape"], ["flat"]),
+            helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1]),
+            helper.make_node("Shape", ["image"], ["ishape"]),
+            helper.make_node("Gather", ["ishape", "zero"], ["n"], axis=0),
+            helper.make_node("Concat", ["n", "one", "one"], ["eshape"], axis=0),
+            helper.make_node("Expand", ["cls", "eshape"], ["clsN"]),
+            helper.make_node("Concat", ["clsN", "tokens"], ["seq"], axis=1),
+            helper.make_node("Add", ["seq", "pos"], ["x0"]),
+        ]
+        x = "x0"
+        for i in range(blocks):
+            for nm in ("q", "k", "v", "o", "m1", "m2"):
+                init[f"{nm}{i}"] = w(d, d)
+            nodes += [
+                helper.make_node("LayerNormalization", [x, "g", "b"], [f"block{i}.norm1"]),
+                *(helper.make_node("MatMul", [f"block{i}.norm1", f"{nm}{i}"], [f"block{i}.{nm}"])
+                  for nm in "qkv"),
+                helper.make_node("Transpose", [f"block{i}.k"], [f"block{i}.kt"], perm=[0, 2, 1]),
+                helper.make_node("MatMul", [f"block{i}.q", f"block{i}.kt"], [f"block{i}.qk"]),
+                helper.make_node("Mul", [f"block{i}.qk", "scale"], [f"block{i}.scores"]),
+                helper.make_node("Softmax", [f"block{i}.scores"], [f"block{i}.attn"], axis=-1),
+                helper.make_node("MatMul", [f"block{i}.attn", f"block{i}.v"], [f"block{i}.ctx"]),
+                helper.make_node("MatMul", [f"block{i}.ctx", f"o{i}"], [f"block{i}.proj"]),
+                helper.make_node("Add", [x, f"block{i}.proj"], [f"block{i}.res1"]),
+                helper.make_node("LayerNormalization", [f"block{i}.res1", "g", "b"], [f"block{i}.norm2"]),
+                helper.make_node("MatMul", [f"block{i}.norm2", f"m1{i}"], [f"block{i}.fc1"]),
+                helper.make_node("Relu", [f"block{i}.fc1"], [f"block{i}.act"]),
+                helper.make_node("MatMul", [f"block{i}.act", f"m2{i}"], [f"block{i}.fc2"]),
+                helper.make_node("Add", [f"block{i}.res1", f"block{i}.fc2"], [f"block{i}.out"]),
+            ]
+            x = f"block{i}.out"
+        nodes += [helper.make_node("LayerNormalization", [x, "g", "b"], ["norm"]),
+                  helper.make_node("Gather", ["norm", "idx"], ["cls_token"], axis=1),
+                  helper.make_node("Gemm", ["cls_token", "head"], ["logits"], transB=1)]
+        size = grid * patch
+        graph = helper.make_graph(
+            nodes, "tiny_vit",
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+            [numpy_helper.from_array(v, k) for k, v in init.items()])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+    model = Model(tiny_vit())
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    print(model)
+    """),
+    md(r"""
+    ## The layout of every layer
+
+    `Model.layers()` (and `refcam layers MODEL` on the command line) gives each tensor its layout.
+    `NTC 1+4x4` reads: batch, tokens, channels; one prefix token, then a 4×4 grid. `?` marks a
+    tensor whose axes do not keep a per-position meaning (attention scores mix tokens); refcam
+    refuses to explain it unless you pass `layer_layout=`.
+    """),
+    code("""
+    for li in model.layers():
+        print(f"{li.name:16s} {li.op_type:20s} {str(li.shape):18s} {li.layout.describe()}")
+    lay = {li.name: li.layout.describe() for li in model.layers()}
+    assert lay["patches"] == "NCHW" and lay["tokens"] == "NTC 0+4x4" and lay["x0"] == "NTC 1+4x4"
+    assert lay["block1.attn"] == "?" and lay["cls_token"] == "NC"
+    """),
+    md(r"""
+    ## Which layer?
+
+    The head reads only the class token. After the **last** attention, nothing mixes the patch
+    tokens into the class token any more, so $\partial y^c / \partial A$ is exactly zero at every
+    patch token of the final block's output and Grad-CAM there is an all-zero map. The default
+    layer is therefore the input of the last attention (pytorch-grad-cam documents
+    `blocks[-1].norm1` for the same reason):
+    """),
+    code("""
+    from refcam.autodiff import gradients
+
+    print("default layer:", model.default_layer().name)
+    assert model.default_layer().name == "block1.norm1"
+    g = gradients(model, x, wrt="block1.out", target=[0, 1]).gradients["block1.out"]
+    print("non-zero gradients at the patch tokens of the last block's output:", np.count_nonzero(g))
+    assert np.count_nonzero(g) == 0
+    """),
+    md(r"""
+    ## Grad-CAM on tokens
+
+    The activations arrive as $(N, D, h, w)$: the prefix token dropped, the grid unflattened —
+    exactly pytorch-grad-cam's `reshape_transform`, but read from the graph. The check below does
+    the reshape by hand on the raw tensor.
+    """),
+    code("""
+    e = refcam.explain(model, x, "gradcam", target=[0, 1])
+    print(e.layer.name, e.layer.layout.describe(), "->", e.arrays["activations"].shape)
+    raw = model.run(x, ["block1.norm1"])["block1.norm1"]              # (N, T, D) as in the graph
+    by_hand = raw[:, 1:, :].reshape(2, 4, 4, 8).transpose(0, 3, 1, 2)  # reshape_transform
+    assert np.array_equal(e.arrays["activations"], by_hand)
+    print(np.round(e.maps[0], 3))
+    """),
+    md(r"""
+    ## What refcam refuses
+
+    A layer whose layout the graph leaves unclear, a map of fewer than 2×2 positions, or a name that
+    means several tensors end in a `RefcamError` that says what to pass, never in a picture.
+    """),
+    code("""
+    for layer, kw in [("block1.attn", {}), ("cls_token", {})]:
+        try:
+            refcam.explain(model, x, "gradcam", layer=layer, **kw)
+        except refcam.RefcamError as err:
+            print(type(err).__name__, "-", str(err)[:150], "...")
+    # an explicit layout makes an unclear tensor explainable (here: the same tokens, said by hand)
+    e2 = refcam.explain(model, x, "gradcam", layer="block1.norm1", layer_layout="NTC:1+4x4", target=[0, 1])
+    assert np.array_equal(e2.maps, e.maps)
+    """),
+    md(r"""
+    ## Attention rollout and the Chefer relevance
+
+    Both start from the attention probabilities $A^{(l)} = \mathrm{softmax}(QK^\top/\sqrt d)$ of
+    each block, found in the graph as the Softmax that multiplies the values.
+
+    * **Rollout** (Abnar & Zuidema 2020, Eq. 1): $\hat A^{(l)} = \tfrac12 \bar A^{(l)} + \tfrac12 I$
+      (heads averaged, the residual as identity), $\tilde A = \hat A^{(L)} \cdots \hat A^{(1)}$;
+      class-agnostic.
+    * **Chefer et al. 2021** (Eq. 5–6): $\bar A^{(l)} = \mathbb E_h[(\nabla A^{(l)} \odot A^{(l)})^+]$,
+      $R \leftarrow R + \bar A^{(l)} R$ from $R = I$; $\nabla A = \partial y^c / \partial A$ makes it
+      class-specific.
+
+    The map is the class token's row over the patch tokens.
+    """),
+    code("""
+    from refcam.attention_explanation import explain_attention
+
+    ro = explain_attention(model, x, "rollout")
+    ch = explain_attention(model, x, "chefer", target=[0, 1])
+    print("layers:", [p.name for p in ro.probes], " grid:", ro.grid, " prefix:", ro.prefix)
+    assert np.allclose(ro.relevance.sum(axis=-1), 1.0)   # rollout rows stay distributions
+    # the same numbers from the math floor on the probabilities read by hand
+    atts = [model.run(x, [p.name])[p.name][:, None] for p in ro.probes]   # (N, 1 head, T, T)
+    assert np.allclose(ro.relevance, refcam.attention_rollout(atts), atol=1e-6)
+    print("rollout\\n", np.round(ro.maps[0], 3))
+    print("Chefer (class 0)\\n", np.round(ch.maps[0], 3))
+    """),
+]
+
+
 NOTEBOOKS = {
     "01_saliency_and_guided_backprop.ipynb": NB1,
     "02_cam_and_gap.ipynb": NB2,
@@ -903,6 +1086,7 @@ NOTEBOOKS = {
     "04_scorecam_gradient_free.ipynb": NB4,
     "05_validating_an_implementation.ipynb": NB5,
     "06_property_based_testing.ipynb": NB6,
+    "07_explaining_a_vision_transformer.ipynb": NB7,
 }
 
 

@@ -296,9 +296,9 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
     set to :func:`refcam.math.ablation_values` ``(A, ablation_value)`` (0 in the paper),
     ``(N, T, K)``; chunks of ``memory_budget // (2 × bytes of one activation)`` channels."""
     model = ctx.model
+    native = _native_like(ctx)  # refuses a sequence-first layer before the cut is attempted
     head = model.head(ctx.layer)
     a = ctx.need("activations")
-    native = _native_like(ctx)
     n, k = a.shape[:2]
     values = M.ablation_values(a, ctx.options["ablation_value"])
     chunk = _chunk(ctx, a[0].nbytes, 2, k)

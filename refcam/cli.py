@@ -122,13 +122,34 @@ def _is_model_spec(spec: str) -> bool:
         raise UsageError(str(exc)) from None
 
 
-def _load_model(spec: str | None, layout: str):
+def _load_model(spec: str | None, layout: str, args: argparse.Namespace | None = None):
     from .zoo import _models
 
+    kw = {}
+    if args is not None and getattr(args, "input_name", None):
+        kw["input_name"] = args.input_name
+    if args is not None and getattr(args, "other_input", None):
+        kw["other_inputs"] = _other_inputs(args.other_input)
     try:
-        return _models.load_model(spec, layout=layout)
+        return _models.load_model(spec, layout=layout, **kw)
     except _models.InputFileError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _other_inputs(pairs: Sequence[str]) -> dict:
+    """``--other-input NAME=FILE.npy`` (repeatable) → ``{name: array}``."""
+    import numpy as np
+
+    out = {}
+    for p in pairs:
+        name, sep, file = p.partition("=")
+        if not sep or not name or not file:
+            raise UsageError(f"--other-input: got {p!r}, expected NAME=FILE.npy")
+        try:
+            out[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--other-input {name}: cannot read {file!r} as a .npy array ({exc})") from None
+    return out
 
 
 def _parse_floats3(text: str, option: str) -> tuple[float, float, float]:
@@ -540,7 +561,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         plans.append((meth, opts, conv))
 
     # 2. model, inputs, target, and the output folder: still nothing computed
-    lm = _load_model(model_spec, args.layout)
+    lm = _load_model(model_spec, args.layout, args)
     items = _load_images(image_specs, lm, args)
     x = np.concatenate([it.x for it in items], axis=0)
     target = _parse_target(args.target, lm, len(items))
@@ -783,6 +804,87 @@ def _add_check(sub, common) -> None:
     p.set_defaults(func=cmd_check)
 
 
+# --------------------------------------------------------------------------- explain-dataset
+
+
+def cmd_explain_dataset(args: argparse.Namespace) -> int:
+    """``refcam explain-dataset MODEL ITEMS --out STORE``: :func:`refcam.dataset.explain_dataset`."""
+    from .dataset import explain_dataset
+    from .errors import InvalidArgumentError
+    from .onnx import TopK
+    from .zoo import _images
+
+    lm = _load_model(args.model, args.layout)
+    t = args.target
+    if t is None or t in ("all", "labels"):
+        target = t
+    elif t.lower().startswith("top") and t[3:].isdigit():
+        target = TopK(int(t[3:]))
+    elif t.lstrip("-").isdigit():
+        target = int(t)
+    else:
+        raise UsageError(f"--target: got {t!r}, expected all, labels, topK or a class index")
+    pre = lm.preprocessing
+    try:
+        mean, std = _images.normalization(args.norm, lm.default_norm, pre.get("mean"), pre.get("std"))
+    except InvalidArgumentError as exc:
+        raise UsageError(f"--{exc.argument}: got {exc.got!r}, expected {exc.expected}") from None
+    path = getattr(lm, "path", None)
+    r = explain_dataset(
+        str(path) if path is not None else lm.model, args.items, args.out, args.method,
+        layer=args.layer, target=target, batch_size=args.batch_size,
+        workers=args.workers if args.workers is not None
+        else (0 if args.scheduler else max(1, os.cpu_count() or 1)),
+        scheduler=args.scheduler, progress=args.progress, layout=args.layout,
+        size=args.size if args.size is not None else pre.get("size"),
+        crop_padding=args.crop_padding if args.crop_padding is not None
+        else pre.get("crop_padding", 32),
+        resample=pre.get("resample", "bicubic"), mean=mean, std=std,
+        **_parse_options(args.option),
+    )
+    print(f"{r.store}: {r.n_done} done, {r.n_failed} failed of {r.n_items} "
+          f"({len(r.computed)} chunks computed now)")
+    if r.n_failed:
+        print(f"failures and their reasons: {r.store}/failures/*.json", file=sys.stderr)
+    return 0
+
+
+def _add_explain_dataset(sub, common) -> None:
+    p = sub.add_parser(
+        "explain-dataset",
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="explain a folder / glob / CSV list of images into a Zarr store (resumable, Dask)",
+        description=(
+            "Explain every image into a Zarr store chunked per batch (maps, scores, targets,\n"
+            "ids, per-item status, manifest.json). Re-running the same command resumes.\n\n"
+            "  refcam explain-dataset model.onnx photos/ --out maps.zarr --target all --method cam\n"
+            "  refcam explain-dataset model.onnx list.csv --out m.zarr --target labels --workers 2"
+        ),
+    )
+    p.add_argument("model", help="an .onnx file, 'default' or toy:NAME")
+    p.add_argument("items", help="a folder, a glob or a CSV file list (path[,classes])")
+    p.add_argument("--out", required=True, help="the Zarr store (directory) to write or resume")
+    p.add_argument("--method", default="gradcam", help="method name (default gradcam)")
+    p.add_argument("--layer", help="layer (default: the model's default layer)")
+    p.add_argument("--target", help="all, labels (from the CSV), topK or a class index "
+                   "(default: top-1)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per chunk (default 16)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Dask worker processes (default: one per CPU core); 0 runs in this "
+                   "process without Dask")
+    p.add_argument("--scheduler", help="tcp://host:port of an existing Dask scheduler")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable)")
+    p.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC"))
+    p.add_argument("--size", type=int, help="square input side (default: the model's)")
+    p.add_argument("--crop-padding", type=int, help="centre-crop padding (default 32)")
+    p.add_argument("--norm", help="normalisation preset (default: model metadata, else imagenet)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar with images/s and ETA (default: on a terminal)")
+    p.set_defaults(func=cmd_explain_dataset)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -816,10 +918,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  refcam explain coffee --method cam,scorecam # default model, a bundled sample\n"
             "  refcam explain model.onnx a.jpg b.jpg --layer layer4 --norm imagenet\n"
             "  refcam explain toy:cam x.npy                # preprocessed array input\n\n"
-            "MODEL is an .onnx file, 'default' (EfficientNet-Lite0, ImageNet) or toy:NAME\n"
-            "(the test zoo); it may be omitted. IMAGE is an image file, a .npy array in the\n"
-            "model's layout, (N, C, H, W) or (C, H, W), or a bundled sample photo (chelsea,\n"
-            "coffee, astronaut).\n\n"
+            "MODEL is an ONNX file (recognised by content, any suffix), 'default'\n"
+            "(EfficientNet-Lite0, ImageNet) or toy:NAME (the test zoo); it may be omitted.\n"
+            "IMAGE is an image file, a .npy array in the model's layout, (N, C, H, W) or\n"
+            "(C, H, W), or a bundled sample photo (chelsea, coffee, astronaut).\n\n"
             "Writes, per image, <stem>.png (figure with the top classes),\n"
             "<stem>_<method>.png (overlay at the model's input size) and <stem>_<method>.npy\n"
             "(raw map at feature resolution), plus one refcam-<hash>.json manifest, and prints\n"
@@ -848,6 +950,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="axis roles of the layer when the graph does not determine them: NCHW, NHWC, NCL, "
         "NLC, NCDHW, NDHWC, or NTC:P+HxW / TNC:P+HxW for tokens (P prefix tokens, then an HxW "
         "grid; e.g. NTC:1+14x14); see `refcam layers`",
+    )
+    p.add_argument(
+        "--input-name",
+        metavar="NAME",
+        help="the input to explain, for a model with several inputs (the others: --other-input)",
+    )
+    p.add_argument(
+        "--other-input",
+        action="append",
+        metavar="NAME=FILE.npy",
+        help="value of another model input, batch first (N, ...) or (1, ...); repeatable",
     )
     p.add_argument(
         "--allow-small-map",
@@ -955,6 +1068,7 @@ def build_parser() -> argparse.ArgumentParser:
             plugin = importlib.import_module(mod)
             if hasattr(plugin, "add_cli"):
                 plugin.add_cli(sub, parents=[common], parser_class=_Parser)
+    _add_explain_dataset(sub, common)
     if "check" not in sub.choices and importlib.util.find_spec("refcam.conformance") is not None:
         _add_check(sub, common)  # built in unless a plugin provides its own `refcam check`
     return parser

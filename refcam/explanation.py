@@ -119,6 +119,9 @@ def explain(
         (``softmax_probability``, ``mask_sum``, ``embedding_similarity``...: the gradients are
         those of its score; ``targets`` is then ``None``), not a plain Python callable; the
         ``score`` option of the perturbation methods applies to class-index targets only.
+        ``target="all"`` (every class) or one class list per image: ``cam`` and ``gradcam`` on a
+        GAP → linear head, all maps from one matrix product (:mod:`refcam.allclass`; shorter
+        lists padded with target -1 and NaN maps).
     batch_size, memory_budget : chunking of every model run (see :meth:`refcam.onnx.Model.run`).
     progress : tqdm bar for the perturbation loops (``None``: only on a terminal).
     layout : model layout when ``model`` is not already a :class:`Model`.
@@ -161,6 +164,12 @@ def explain(
         li = None
     if not meth.targeted and target is not None:
         raise InvalidArgumentError("target", target, f"None: {meth.name!r} is class-agnostic")
+    from . import allclass
+
+    if meth.targeted and allclass.wants_class_sets(target):
+        # target="all" / one class list per image: one product with the head (refcam.allclass)
+        return allclass.explain_classes(meth, m, x, li, target, opts, batch_size=batch_size,
+                                        memory_budget=memory_budget)
     arrays: dict = {}
     if _one_vjp_run(meth, opts, m, li, target):
         # outputs, activations and gradients from the one VJP session run (forward + backward)

@@ -299,12 +299,14 @@ def _panels(items: Any, name: str) -> list[tuple[str, Any]]:
     return [(str(t), v) for t, v in pairs]
 
 
-def _grid_with_input(img: Any, n_panels: int, ncols: Any, panel_size: Any, dpi: Any,
-                     colorbar: Any, suptitle: Any):
+def _grid_with_input(
+    img: Any, n_panels: int, ncols: Any, panel_size: Any, dpi: Any, colorbar: Any, suptitle: Any
+):
     """:func:`_grid_figure` with the input picture ``img`` in the first panel (``None``: no input
     panel); returns the figure, every axis, and the index of the first of the ``n_panels``."""
-    fig, axes = _grid_figure(n_panels + (img is not None), ncols, panel_size, dpi, colorbar,
-                             suptitle)
+    fig, axes = _grid_figure(
+        n_panels + (img is not None), ncols, panel_size, dpi, colorbar, suptitle
+    )
     if img is None:
         return fig, axes, 0
     axes[0].imshow(img)
@@ -380,8 +382,9 @@ def compare_grid(
     if shared_scale:
         lo = min(float(m.min()) for _, m in checked)
         hi = max(float(m.max()) for _, m in checked)
-    fig, axes, k = _grid_with_input(img if show_input else None, len(checked), ncols, panel_size,
-                                    dpi, colorbar, suptitle)
+    fig, axes, k = _grid_with_input(
+        img if show_input else None, len(checked), ncols, panel_size, dpi, colorbar, suptitle
+    )
     for (title, m), ax in zip(checked, axes[k:]):
         vmin, vmax = (lo, hi) if shared_scale else (None, None)
         ax.imshow(
@@ -437,8 +440,9 @@ def saliency_grid(
     pairs = _panels(gradients, "gradients")
     pictures = [(t, saliency_image(g, mode=mode, percentile=percentile)) for t, g in pairs]
     colorbar = colorbar and mode != "rgb"
-    fig, axes, k = _grid_with_input(img if show_input else None, len(pictures), ncols, panel_size,
-                                    dpi, colorbar, suptitle)
+    fig, axes, k = _grid_with_input(
+        img if show_input else None, len(pictures), ncols, panel_size, dpi, colorbar, suptitle
+    )
     cmap = {"abs": "gray", "signed": "bwr", "rgb": None}[mode]
     for (title, pic), ax in zip(pictures, axes[k:]):
         if mode == "rgb":

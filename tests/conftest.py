@@ -21,4 +21,9 @@ settings.register_profile(
     "random", max_examples=60, deadline=None, print_blob=True, database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+# sweeping many seeds on a loaded machine: fewer examples per seed, fresh draws per seed
+settings.register_profile(
+    "seeds", max_examples=15, deadline=None, print_blob=True, database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

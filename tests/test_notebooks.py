@@ -70,8 +70,8 @@ def kernel_env(tmp_path_factory):
         os.environ["JUPYTER_PATH"] = old
 
 
-def test_six_notebooks_present_and_in_sync_with_build_script():
-    assert len(_names()) == 6
+def test_notebooks_present_and_in_sync_with_build_script():
+    assert len(_names()) == 7
     r = subprocess.run(
         [sys.executable, str(NOTEBOOKS / "_build.py"), "--check"],
         capture_output=True,

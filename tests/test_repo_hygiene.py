@@ -164,3 +164,13 @@ def test_hypothesis_is_a_core_dependency():
     cfg.read(ROOT / "setup.cfg")
     core = [line.split("#")[0].strip() for line in cfg["options"]["install_requires"].splitlines()]
     assert any(r.startswith("hypothesis") for r in core), core
+
+
+def test_ci_runs_the_suite_derandomised_and_the_properties_under_a_printed_random_seed():
+    # issue 17: "CI keeps the derandomised run and adds one random-seed run of the property tests,
+    # printing the seed"
+    ci = (ROOT / ".ci/run").read_text(encoding="utf-8")
+    assert "HYPOTHESIS_PROFILE=ci python -m pytest\n" in ci
+    assert 'echo "hypothesis seed: $seed"' in ci
+    assert '--hypothesis-seed="$seed"' in ci
+    assert ci.index("HYPOTHESIS_PROFILE=ci python -m pytest\n") < ci.index('--hypothesis-seed="$seed"')

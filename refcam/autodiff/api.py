@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from .._validate import choice
-from ..errors import TargetError
+from ..errors import ModelError, TargetError
 from ..onnx import Model, load
 from ..onnx.onnx_targets import SCORE_OUTPUT, WEIGHT_INPUT, OnnxTarget
 from ..onnx.targets import resolve_targets
@@ -48,10 +48,29 @@ class GradientResult:
     gradients: dict
 
 
+class _Session:
+    """An onnxruntime session whose failures become :class:`~refcam.errors.ModelError`."""
+
+    def __init__(self, sess: ort.InferenceSession) -> None:
+        self._sess = sess
+
+    def run(self, names, feeds):
+        try:
+            return self._sess.run(names, feeds)
+        except Exception as exc:
+            shapes = {k: tuple(np.shape(v)) for k, v in feeds.items()}
+            raise ModelError(f"onnxruntime failed running the gradient model on inputs {shapes}: {exc}") from exc
+
+
 def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
-                 target: OnnxTarget | None = None):
+                 target: OnnxTarget | None = None, x: np.ndarray | None = None):
+    """The cached gradient session: one gradient graph per model, ``wrt`` set, rule set and target
+    kind.  Ranks static shape inference leaves unknown are read from one probe run on ``x``
+    (:meth:`Model.runtime_shapes`, only when a rule needs them); sizes are read at run time, so the
+    graph serves every batch size."""
     per = _CACHE.setdefault(model, {})
-    key = (wrt, rules, seed_mode, None if target is None else target.signature)
+    key = (wrt, rules, seed_mode, None if target is None else target.signature,
+           None if model.input_shape is not None or x is None else x.ndim)
     if key not in per:
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
@@ -62,10 +81,15 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
         if target is not None:  # score nodes after the output; the score (N, 1) is seeded with ones
             proto = target.attach(proto, model.output_name)
             seed = SCORE_OUTPUT
-        vjp = build_vjp_model(proto, list(wrt), seed=seed, rules=rules, seed_mode=seed_mode)
-        sess = ort.InferenceSession(vjp.SerializeToString(), sess_options=model._options(),
-                                    providers=model.providers)
-        per[key] = sess
+        probe = None if x is None else (lambda: model.runtime_shapes(x))
+        vjp = build_vjp_model(proto, list(wrt), seed=seed, rules=rules, seed_mode=seed_mode,
+                              runtime_shapes=probe)
+        try:
+            sess = ort.InferenceSession(vjp.SerializeToString(), sess_options=model._options(),
+                                        providers=model.providers)
+        except Exception as exc:
+            raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
+        per[key] = _Session(sess)
     return per[key]
 
 
@@ -140,7 +164,7 @@ def gradients(model: Any, inputs: Any, wrt: Any = None, target: Any = None, *, r
     else:
         tg = resolve_targets(target, np.zeros((n, n_cls), dtype=m.input_dtype))
     classes = tg.classes
-    sess = _vjp_session(m, tuple(names), rules)
+    sess = _vjp_session(m, tuple(names), rules, x=x)
     run_names = [m.output_name] + [grad_name(w) for w in names] + [w for w in names if w != m.input_name]
     out_shape = None
     chunk = batch_size or m.fixed_batch or max(1, m.memory_budget // max(1, x[:1].nbytes * (1 + 2 * len(names))))
@@ -204,7 +228,7 @@ def _collect(m: Model, x: np.ndarray, names: list[str], run_names: list[str], ou
 
 def _top1(m: Model, x: np.ndarray, names: list[str], rules: str, batch_size: int | None) -> GradientResult:
     """target=None: the VJP model seeds one-hot(ArgMax(y)) itself, so one run gives y and the gradients."""
-    sess = _vjp_session(m, tuple(names), rules, "top1")
+    sess = _vjp_session(m, tuple(names), rules, "top1", x=x)
     run_names = [m.output_name] + [grad_name(w) for w in names] + [w for w in names if w != m.input_name]
     n = x.shape[0]
     chunk = batch_size or m.fixed_batch or max(1, m.memory_budget // max(1, x[:1].nbytes * (1 + 2 * len(names))))
@@ -244,7 +268,7 @@ def _onnx_target(m: Model, x: np.ndarray, names: list[str], rules: str, batch_si
                                                            m.fixed_batch - 1))[0]
         out_shape = (n,) + probe.shape[1:]
     w = target.weights(out_shape, m.input_dtype)
-    sess = _vjp_session(m, tuple(names), rules, target=target)
+    sess = _vjp_session(m, tuple(names), rules, target=target, x=x)
     run_names = [m.output_name] + [grad_name(w_) for w_ in names] + [w_ for w_ in names if w_ != m.input_name]
     chunk = _chunk(m, x, names, batch_size)
     outs: dict[str, list] = {k: [] for k in run_names}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -21,7 +21,7 @@ from .._validate import choice
 from ..errors import InvalidArgumentError, LayerNotFoundError, ModelError, UnsupportedOpError
 from .expand import expand_functions
 from .graph import GraphBuilder, TensorInfo, node_inputs
-from .rules import RULE_SETS, RULES, NeedsOpset, RuleContext
+from .rules import NO_GRADIENT_OPS, RULE_SETS, RULES, NeedsOpset, NeedsRuntimeShapes, RuleContext
 
 __all__ = ["build_vjp_model", "grad_name", "SEED_INPUT", "model_opset"]
 
@@ -66,7 +66,9 @@ def _ir_for(opset: int, current: int) -> int:
 
 
 def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str | None = None,
-                    rules: str = "plain", *, seed_mode: str = "input", check: bool = True) -> onnx.ModelProto:
+                    rules: str = "plain", *, seed_mode: str = "input", check: bool = True,
+                    runtime_shapes: Mapping[str, tuple] | Callable[[], Mapping[str, tuple]] | None = None,
+                    ) -> onnx.ModelProto:
     r"""Append the reverse-mode sweep of ``model`` to its forward graph.
 
     The returned model has one extra input ``SEED_INPUT`` (``"refcam_seed"``) of the shape and
@@ -91,6 +93,12 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
         :math:`s` is computed in the graph as the one-hot row of ``ArgMax(y, axis=1)`` (first maximum,
         as ``numpy.argmax``), so the top-1 class gradient needs a single run and no extra input.
     check : run ``onnx.checker`` on the result.
+    runtime_shapes : tensor name → ``(shape, onnx element type)`` seen in a run of the model (see
+        :meth:`refcam.onnx.Model.runtime_shapes`), or a function returning that mapping, called
+        only if a rule needs a rank that static shape inference left unknown (so the probe run
+        is paid only by graphs that need it).  Only ranks and element types are taken from it:
+        sizes are read in the gradient graph at run time (``Shape``), so the built model serves
+        every input, whatever the batch size.
 
     Returns
     -------
@@ -109,8 +117,9 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
     Raises
     ------
     LayerNotFoundError if a ``wrt`` or ``seed`` name is not in the model; UnsupportedOpError naming
-    the op, the node and the opset when an op on the path has no rule; ModelError when shape
-    inference cannot give a rule the static facts it needs.
+    the op, the node and the opset when an op on the path has no rule; ModelError when a rule
+    needs a fact neither shape inference nor ``runtime_shapes`` gives (``NeedsRuntimeShapes``, a
+    ModelError, when a rank is unknown and no ``runtime_shapes`` was passed).
 
     Examples
     --------
@@ -134,7 +143,7 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
     if not wrt_list:
         raise InvalidArgumentError("wrt", wrt, "at least one tensor name")
     try:
-        return _build(model, wrt_list, seed, rules, check, seed_mode)
+        return _build(model, wrt_list, seed, rules, check, seed_mode, runtime_shapes)
     except NeedsOpset as need:
         from onnx import version_converter
 
@@ -147,14 +156,14 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
             raise UnsupportedOpError(
                 f"{need.reason} (model opset {old}) and onnx.version_converter could not convert "
                 f"the model: {exc}; use finite differences (refcam.autodiff.fd)") from exc
-        out = _build(conv, wrt_list, seed, rules, check, seed_mode)
+        out = _build(conv, wrt_list, seed, rules, check, seed_mode, runtime_shapes)
         out.metadata_props.append(onnx.StringStringEntryProto(
             key="refcam.opset_raised", value=f"{old}->{need.opset}: {need.reason}"))
         return out
 
 
 def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
-           check: bool, seed_mode: str = "input") -> onnx.ModelProto:
+           check: bool, seed_mode: str = "input", runtime_shapes=None) -> onnx.ModelProto:
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         foreign = next((n for n in model.graph.node if n.domain not in ("", "ai.onnx")), None)
         if foreign is not None:
@@ -173,6 +182,7 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
         inferred = model
     g = inferred.graph
     info = TensorInfo(inferred)
+    complete = _runtime_completer(info, runtime_shapes)
     produced = {o for n in g.node for o in n.output if o}
     known = produced | {i.name for i in g.input} | {i.name for i in g.initializer}
     for w in wrt:
@@ -189,11 +199,19 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
         raise InvalidArgumentError("seed", seed, "the name of a floating-point output")
 
     nodes = list(g.node)
-    # forward reach from wrt (float tensors only)
+    # forward reach from wrt (float tensors only; an element type shape inference missed is read
+    # from a run, never guessed: a float tensor dropped here would get a silent zero gradient)
     fwd = set(wrt)
     for n in nodes:
         if any(i in fwd for i in node_inputs(n)):
             for o in n.output:
+                if o and not info.elem.get(o) and complete is not None:
+                    complete()
+                if o and not info.elem.get(o) and n.op_type not in NO_GRADIENT_OPS:
+                    raise NeedsRuntimeShapes(
+                        f"node {n.name or '?'} ({n.op_type}): the element type of tensor {o!r} is "
+                        "unknown after shape inference; pass runtime_shapes (refcam.autodiff."
+                        "gradients does) so it is read from a run of the model")
                 if o and info.is_float(o):
                     fwd.add(o)
     # backward reach from the seed
@@ -228,7 +246,7 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
                 f"op {node.domain + '.' if node.domain else ''}{node.op_type} (node "
                 f"{node.name or '?'!r}, opset {opset}) has no backward rule; use finite differences "
                 "(refcam.autodiff.fd) or register a rule with refcam.autodiff.rules.rule")
-        ctx = RuleContext(node, out_grads, needs, b, info, rules)
+        ctx = RuleContext(node, out_grads, needs, b, info, rules, complete)
         res = list(RULES[node.op_type](ctx))
         for inp, need, gi in zip(node.input, needs, res):
             if need and gi is not None:
@@ -294,6 +312,20 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
                 return new  # outputs of unknown rank (foreign graphs): the checker wants a shape
             raise ModelError(f"the gradient model failed onnx.checker: {exc}") from exc
     return new
+
+
+def _runtime_completer(info: TensorInfo, source) -> Callable[[], None] | None:
+    """A function completing ``info`` from ``source`` (mapping or lazy probe) at most once, or None."""
+    if source is None:
+        return None
+    done: list[bool] = []
+
+    def complete() -> None:
+        if not done:
+            done.append(True)
+            info.add_runtime(dict(source() if callable(source) else source))
+
+    return complete
 
 
 def _value_info(name: str, like: str, info: TensorInfo) -> onnx.ValueInfoProto:

@@ -19,13 +19,27 @@ extrapolated value when the Taylor model holds).  Piecewise-linear heads (ReLU, 
 :math:`D(h)` exact unless a kink lies within :math:`h` of :math:`A`; the error estimate then shows
 it.  Tests should use float64 models where onnxruntime has float64 kernels.
 
-Batching assumption
--------------------
-``batched=True`` (default) stacks the copies along axis 0, so the head must treat the samples of
-its batch independently (true for CNN classifiers; false if a Reshape hard-codes the batch size or
-an op mixes samples).  Side tensors the head needs besides :math:`A` (e.g. the other branch of a
-residual block) are computed once and tiled when their leading axis has the batch size.
-``batched=False`` runs one copy per onnxruntime call (any model, slower).
+Batching, checked
+-----------------
+``batched=True`` (default) stacks the copies along axis 0, which assumes the head treats the
+samples of its batch independently and accepts any batch size.  Side tensors the head needs
+besides :math:`A` (e.g. the other branch of a residual block) are computed once and tiled when
+their leading axis has the batch size.  Nothing of this is trusted blindly; each call checks
+
+1. *independence*: every sample is moved along a random direction in turn, one run per copy; if
+   the score of another sample changes beyond rounding, the samples interact (batch statistics)
+   and the derivatives are taken of the total score :math:`\sum_n S_n` along directions confined
+   to one sample (what the VJP computes), one copy per run;
+2. *stacking*: three directions (first, last and a random one) are evaluated stacked and one copy
+   per run (each copy with the model's own batch); on disagreement beyond rounding
+   (:func:`_agreement_tol`) or any failure of the stacked run (a fixed batch size, a Gather with
+   indices computed for one batch size) every copy runs on its own;
+3. *the channel shortcut* (``_ChannelPlan``): its values on the same three channels must equal the
+   one-copy-per-run central differences; otherwise it is not used.
+
+``FiniteDifferences.last_check`` records what was decided and the deviations measured.
+``batched=False`` runs one copy per onnxruntime call with the whole batch as one point.  Every
+failure is a :class:`~refcam.errors.RefcamError`.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ import onnx
 from onnx import helper, shape_inference
 
 from .._validate import as_float_array
-from ..errors import InvalidArgumentError, LayerNotFoundError, ModelError, ShapeError
+from ..errors import InvalidArgumentError, LayerNotFoundError, ModelError, RefcamError, ShapeError
 from .builder import _ir_for, model_opset
 from .graph import TensorInfo
 
@@ -319,14 +333,35 @@ class FiniteDifferences:
         """
         if mode not in ("full", "channel"):
             raise InvalidArgumentError("mode", mode, "'full' or 'channel'")
-        wrt, seed, sess = self.wrt, self.seed, self.head
+        try:
+            return self._call(inputs, seed_values, mode, step, richardson, batched)
+        except RefcamError:
+            raise
+        except Exception as exc:  # onnxruntime or NumPy: never a raw error from the oracle
+            raise ModelError(f"finite differences with respect to {self.wrt!r} failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    def _run_head(self, feed: dict) -> np.ndarray:
+        try:
+            return np.asarray(self.head.run([self.seed], feed)[0])
+        except Exception as exc:
+            shapes = {k: tuple(np.shape(v)) for k, v in feed.items()}
+            raise ModelError(f"finite differences: the model cut at {self.wrt!r} failed on inputs "
+                             f"{shapes}: {exc}") from exc
+
+    def _call(self, inputs, seed_values, mode, step, richardson, batched):
+        wrt, seed = self.wrt, self.seed
         values = dict(inputs)
         if self.need:
-            values.update(zip(self.need, self.prefix.run(self.need, dict(inputs))))
+            try:
+                values.update(zip(self.need, self.prefix.run(self.need, dict(inputs))))
+            except Exception as exc:
+                raise ModelError(f"finite differences: running the model up to {wrt!r} failed: {exc}") from exc
         a = np.asarray(values[wrt])
         s = as_float_array(seed_values, "seed_values")
         n = a.shape[0]
         side_vals = {k: np.asarray(values[k]) for k in self.side}
+        self.last_check = {}
 
         if not batched:
             if mode == "channel":
@@ -337,7 +372,7 @@ class FiniteDifferences:
                 for j in range(stack.shape[0]):
                     feed = {wrt: stack[j, 0].astype(a.dtype, copy=False)}
                     feed.update(side_vals)
-                    y = sess.run([seed], feed)[0]
+                    y = self._run_head(feed)
                     out.append(float(np.sum(y.astype(np.float64) * s.astype(np.float64))))
                 return np.asarray(out)[:, None]
 
@@ -350,34 +385,154 @@ class FiniteDifferences:
         if s.shape[0] != n:
             raise ShapeError("seed_values", s.shape, f"({n}, ...) with the batch size of {wrt!r}")
 
-        def score(stack: np.ndarray) -> np.ndarray:
+        def reduce(y: np.ndarray, m: int) -> np.ndarray:
+            if y.shape[0] != m * n or y.size != m * s.size:
+                raise _StackError(f"the head returned {y.shape} for {m} stacked copies of batch {n}")
+            prod = y.reshape((m,) + s.shape).astype(np.float64) * s[None].astype(np.float64)
+            return prod.reshape(m, n, -1).sum(axis=-1)
+
+        def stacked(stack: np.ndarray) -> np.ndarray:
+            """All copies in one run, stacked along the batch axis (assumes independent samples)."""
             m = stack.shape[0]
             feed = {wrt: stack.reshape((m * n,) + a.shape[1:]).astype(a.dtype, copy=False)}
             for k, v in side_vals.items():
                 feed[k] = np.concatenate([v] * m, axis=0) if v.ndim and v.shape[0] == n else v
-            y = sess.run([seed], feed)[0]
-            y = y.reshape((m, n) + y.shape[1:])
-            prod = y.astype(np.float64) * s[None].astype(np.float64)
-            return prod.reshape(m, n, -1).sum(axis=-1)
+            try:
+                y = np.asarray(self.head.run([seed], feed)[0])
+            except Exception as exc:
+                raise _StackError(str(exc)) from exc
+            return reduce(y, m)
+
+        def single(stack: np.ndarray) -> np.ndarray:
+            """One run per copy, each with the model's own batch: no batching assumption at all."""
+            rows = []
+            for j in range(stack.shape[0]):
+                feed = {wrt: stack[j].astype(a.dtype, copy=False)}
+                feed.update(side_vals)
+                rows.append(reduce(self._run_head(feed), 1)[0])
+            return np.stack(rows)
+
+        h = default_step(a) if step is None else float(step)
+        rng = np.random.default_rng(0)
+        if mode == "channel":
+            k = a.shape[1]
+            probe_dirs = sorted({0, k - 1, int(rng.integers(k))})
+            dirs = np.zeros((len(probe_dirs),) + a.shape, a.dtype)   # 1_k for the probed channels only
+            dirs[np.arange(len(probe_dirs)), :, probe_dirs] = 1
+        else:
+            per = int(np.prod(a.shape[1:]))
+            probe_dirs = sorted({0, per - 1, int(rng.integers(per))})
+            dirs = np.zeros((len(probe_dirs), per), a.dtype)
+            dirs[np.arange(len(probe_dirs)), probe_dirs] = 1
+            dirs = np.broadcast_to(dirs.reshape((len(probe_dirs), 1) + a.shape[1:]), (len(probe_dirs),) + a.shape)
+        base = single(a[None])
+        if n > 1 and self._samples_interact(single, a, base, h, rng):
+            # S_n depends on other samples (batch statistics...): per-sample directions would not
+            # be the gradient of sum_n S_n.  Perturb one sample at a time, score the total.
+            self.last_check = {"samples_interact": True}
+            return a, self._joint(single, a, mode, h, richardson)
+        truth = directional_derivatives(single, a, dirs, step=h, richardson=richardson)
+        tol = _agreement_tol(a.dtype, base, truth.value, h)
+        try:
+            check = directional_derivatives(stacked, a, dirs, step=h, richardson=richardson)
+            dev = float(np.max(np.abs(check.value - truth.value)))
+            ok = dev <= tol
+        except _StackError as exc:
+            ok, dev = False, str(exc)
+        self.last_check = {"stacked": ok, "stack_deviation": dev, "tolerance": tol,
+                           "directions": probe_dirs}
+        score = stacked if ok else single
 
         if mode == "channel":
             if self._channel_plan is None:
                 self._channel_plan = _ChannelPlan(self._model, wrt, seed, self._backend)
             plan = self._channel_plan
+            r = None
             if plan.usable and set(plan.side) <= set(values):
-                side_all = {k: np.asarray(values[k]) for k in plan.side}
-                r = plan.run(a, s, side_all, step=step, richardson=richardson)
-            else:
-                r = directional_derivatives(score, a, step=step, richardson=richardson, channel=True)
+                side_all = {key: np.asarray(values[key]) for key in plan.side}
+                try:
+                    r = plan.run(a, s, side_all, step=h, richardson=richardson)
+                    pdev = float(np.max(np.abs(r.value[probe_dirs] - truth.value)))
+                except Exception as exc:  # a shortcut that cannot run is not used
+                    r, pdev = None, f"{type(exc).__name__}: {exc}"
+                if r is not None and not pdev <= tol:
+                    r = None
+                self.last_check.update(plan="used" if r is not None else "rejected", plan_deviation=pdev)
+            if r is None:
+                r = directional_derivatives(score, a, step=h, richardson=richardson, channel=True)
             return a, FDResult(r.value.T, None if r.error is None else r.error.T, r.step)
         # full: unit directions over one sample's elements, applied to every sample at once
         per = int(np.prod(a.shape[1:]))
         eye = np.eye(per, dtype=a.dtype).reshape((per, 1) + a.shape[1:])
         dirs = np.broadcast_to(eye, (per,) + a.shape)
-        r = directional_derivatives(score, a, dirs, step=step, richardson=richardson)
+        r = directional_derivatives(score, a, dirs, step=h, richardson=richardson)
         val = r.value.T.reshape(a.shape)
         err = None if r.error is None else r.error.T.reshape(a.shape)
         return a, FDResult(val, err, r.step)
+
+
+    @staticmethod
+    def _samples_interact(single, a: np.ndarray, base: np.ndarray, h: float, rng) -> bool:
+        """Does moving sample j (a random dense direction) change the score of another sample?"""
+        n = a.shape[0]
+        pts = []
+        for j in range(n):
+            d = np.zeros_like(a)
+            d[j] = rng.standard_normal(a.shape[1:]).astype(a.dtype)
+            pts += [a + h * d, a - h * d]
+        vals = single(np.stack(pts)).reshape(n, 2, n)
+        eps = float(np.finfo(a.dtype if a.dtype.kind == "f" else np.float64).eps)
+        tol = 64 * eps * max(float(np.max(np.abs(base))), 1e-300)
+        others = ~np.eye(n, dtype=bool)
+        return bool(np.any(np.abs(vals - base[0][None, None])[np.broadcast_to(others[:, None], vals.shape)] > tol))
+
+    @staticmethod
+    def _joint(single, a: np.ndarray, mode: str, h: float, richardson: bool) -> FDResult:
+        r"""Derivatives of the total score along directions confined to one sample each (the channel
+        directions :math:`\mathbb{1}_{n,k}` or single elements), built in chunks of ~4 M entries."""
+        n = a.shape[0]
+        total = lambda st: single(st).sum(axis=1, keepdims=True)  # noqa: E731
+        if mode == "channel":
+            units = [(j, k) for j in range(n) for k in range(a.shape[1])]
+        else:
+            units = list(range(a.size))
+        chunk = max(1, 2 ** 22 // max(1, a.size))
+        vals, errs = [], []
+        for start in range(0, len(units), chunk):
+            part = units[start:start + chunk]
+            dirs = np.zeros((len(part),) + a.shape, a.dtype)
+            for i, u in enumerate(part):
+                if mode == "channel":
+                    dirs[i, u[0], u[1]] = 1
+                else:
+                    dirs[i].flat[u] = 1
+            r = directional_derivatives(total, a, dirs, step=h, richardson=richardson)
+            vals.append(r.value[:, 0])
+            errs.append(None if r.error is None else r.error[:, 0])
+        shape = (n, a.shape[1]) if mode == "channel" else a.shape
+        err = None if errs[0] is None else np.concatenate(errs).reshape(shape)
+        return FDResult(np.concatenate(vals).reshape(shape), err, h)
+
+
+class _StackError(Exception):
+    """Stacking copies along the batch axis does not work for this head (internal)."""
+
+
+def _agreement_tol(dtype: np.dtype, base: np.ndarray, truth: np.ndarray, h: float) -> float:
+    r"""How far two evaluations of the same central differences may differ by rounding alone.
+
+    Both evaluate :math:`S` at the same points; only the batch composition (stacked copies, or the
+    structured channel evaluation) changes the rounding of each score, by about
+    :math:`\epsilon |S|`.  The central difference divides score differences by :math:`2h`
+    (Richardson: weights summing to :math:`\le 1.5/h`), so :math:`|\Delta D| \approx c\,\epsilon
+    \max|S| / h` with ``c = 8`` (two scores, ~2.7 ε each): the resolution of the finite differences
+    themselves -- a disagreement they can resolve is a real one.  A shortcut or batching error
+    changes :math:`D` by the derivative itself (the perturbation is lost or misplaced).  A tolerance
+    too tight only costs time (the exact fallback), never correctness.
+    """
+    eps = float(np.finfo(dtype if np.dtype(dtype).kind == "f" else np.float64).eps)
+    scale = max(float(np.max(np.abs(base))), 1e-300)
+    return 8.0 * eps * scale / h + 1e-9 * float(np.max(np.abs(truth)))
 
 
 _RESHAPES = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity"}

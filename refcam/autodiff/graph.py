@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..onnx.head import constant_node_value
+
 __all__ = ["GraphBuilder", "TensorInfo", "node_inputs"]
 
 
@@ -50,38 +52,63 @@ class TensorInfo:
         g = model.graph
         self.elem: dict[str, int] = {}
         self.shape: dict[str, tuple | None] = {}
+        #: per tensor, each axis as shape inference names it: an int, a symbol (``dim_param``) or None
+        self.symbols: dict[str, tuple | None] = {}
         self.const: dict[str, np.ndarray] = {}
+        #: tensors whose rank (and element type) came from a run of the model, not from inference
+        self.from_run: set[str] = set()
         #: symbolic dimension names (dim_param) per tensor, None where a dim has none
         self.dim_params: dict[str, tuple] = {}
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             t = vi.type.tensor_type
             if not vi.type.HasField("tensor_type"):
                 continue
-            self.elem[vi.name] = t.elem_type
+            if t.elem_type or vi.name not in self.elem:
+                self.elem[vi.name] = t.elem_type
             if t.HasField("shape"):
                 self.shape[vi.name] = tuple(
-                    d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+                    d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else None for d in t.shape.dim)
+                self.symbols[vi.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") and d.dim_value >= 0
+                    else (d.dim_param or None) for d in t.shape.dim)
                 self.dim_params[vi.name] = tuple(d.dim_param or None for d in t.shape.dim)
-            else:
+            elif self.shape.get(vi.name) is None:
                 self.shape[vi.name] = None
+                self.symbols[vi.name] = None
         for init in g.initializer:
             arr = numpy_helper.to_array(init)
             self.const[init.name] = arr
             self.elem[init.name] = init.data_type
             self.shape[init.name] = tuple(arr.shape)
         for node in g.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                for a in node.attribute:
-                    if a.name == "value":
-                        arr = numpy_helper.to_array(a.t)
-                    elif a.name in ("value_float", "value_int"):
-                        arr = np.asarray(helper.get_attribute_value(a))
-                    elif a.name in ("value_floats", "value_ints"):
-                        arr = np.asarray(helper.get_attribute_value(a))
-                    else:
-                        continue
-                    self.const[node.output[0]] = arr
-                    self.shape[node.output[0]] = tuple(arr.shape)
+            arr = constant_node_value(node)
+            if arr is not None:
+                self.const[node.output[0]] = arr
+                self.shape[node.output[0]] = tuple(arr.shape)
+
+    def add_runtime(self, shapes: dict) -> None:
+        """Complete unknown ranks (and element types) with those seen in a run of the model.
+
+        ``shapes`` maps tensor name → ``(shape, onnx element type)`` observed by
+        :meth:`refcam.onnx.Model.runtime_shapes`.  Only the rank is taken (every axis stays
+        unknown): sizes may change with the input (batch), ranks do not, so the gradient graph
+        built from these facts serves every input of the model.
+        """
+        for name, (shp, elem) in shapes.items():
+            if self.shape.get(name) is None:
+                self.shape[name] = (None,) * len(shp)
+                self.symbols[name] = (None,) * len(shp)
+                self.from_run.add(name)
+            if not self.elem.get(name):
+                self.elem[name] = int(elem)
+
+    def same_dim(self, a: str, ia: int, b: str, ib: int) -> bool:
+        """Axis ``ia`` of ``a`` and axis ``ib`` of ``b`` are provably equal (same size or symbol)."""
+        sa, sb = self.symbols.get(a), self.symbols.get(b)
+        if sa is None or sb is None:
+            return False
+        da, db = sa[ia], sb[ib]
+        return da is not None and da == db
 
     def is_float(self, name: str) -> bool:
         return self.elem.get(name) in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
@@ -185,35 +212,34 @@ class GraphBuilder:
     def unbroadcast(self, g: str, g_shape: tuple | None, x: str, x_shape: tuple | None) -> str:
         """Sum ``g`` (shape of the broadcast result) down to the shape of operand ``x``.
 
-        Leading axes that ``x`` lacks are summed away; axes where ``x`` has size 1 and ``g`` not are
-        summed with ``keepdims``; then the result is reshaped to ``Shape(x)``.  With static ranks and
-        static size-1 axes the summed axes are chosen here; otherwise (a rank unknown, or an axis of
-        ``x`` unknown where ``g``'s is not 1) they are computed in the graph from ``Shape(g)`` and
-        ``Shape(x)`` (opset >= 13: ``ReduceSum`` with runtime axes).  A size marked ``-1`` means
-        "unknown but equal in both" (same symbolic dimension, see ``RuleContext.unbroadcast``).
+        ``g_shape`` / ``x_shape`` give each axis as an int (static size), a symbol (``dim_param``:
+        equal symbols are equal sizes) or ``None``.  When every axis is decided statically, leading
+        axes that ``x`` lacks and axes where ``x`` has size 1 are summed (ReduceSum, then Reshape to
+        ``Shape(x)``).  Otherwise (an axis of ``x`` of unknown size that may be 1 while the result's
+        is not, or an unknown rank) the axes are found at run time: ``Shape(x)`` left-padded with 1
+        to the rank of ``g``, ``NonZero(== 1)`` gives the axes, ``ReduceSum(noop_with_empty_axes)``
+        sums them (summing an axis where both sizes are 1 changes nothing).  Needs opset >= 13.
         """
-        dynamic = g_shape is None or x_shape is None
-        if not dynamic:
+        if g_shape is not None and x_shape is not None and len(g_shape) >= len(x_shape):
             rg, rx = len(g_shape), len(x_shape)
             lead = rg - rx
-            dynamic = lead < 0 or any(
-                d is None and g_shape[lead + i] != 1 for i, d in enumerate(x_shape))
-            if dynamic and self.opset < 13 and lead >= 0 and not any(
-                    d is None and g_shape[lead + i] not in (None, 1) for i, d in enumerate(x_shape)):
-                # opset < 13 has no ReduceSum with runtime axes: an axis unknown in both operands
-                # is taken as equal (not broadcast), as the exporters' dynamic batch axis is
-                dynamic = False
-        if dynamic:
-            return self._unbroadcast_runtime(g, x)
-        axes = list(range(lead))
-        for i, d in enumerate(x_shape):
-            gd = g_shape[lead + i]
-            if d == 1 and gd != 1:
-                axes.append(lead + i)
-        if not axes:
-            return g
-        out = self.reduce("ReduceSum", g, axes, keepdims=True)
-        return self.reshape_like(out, x)
+            axes = list(range(lead))
+            decided = True
+            for i, d in enumerate(x_shape):
+                gd = g_shape[lead + i]
+                if isinstance(d, int):
+                    if d == 1 and gd != 1:
+                        axes.append(lead + i)
+                elif not (gd == 1 or (gd is not None and gd == d)):
+                    decided = False  # x's size unknown: maybe 1 under a larger result axis
+            if decided or self.opset < 13:
+                if not axes and decided:
+                    return g
+                out = self.reduce("ReduceSum", g, axes, keepdims=True)
+                # undecided (opset < 13: no run-time axes): the Reshape to Shape(x) fails loudly in
+                # onnxruntime if an axis of x turns out to be a broadcast 1 -- never a silent sum
+                return self.reshape_like(out, x)
+        return self._unbroadcast_runtime(g, x)
 
     def _unbroadcast_runtime(self, g: str, x: str) -> str:
         r"""``unbroadcast`` with the summed axes computed at run time: with :math:`s_x` the shape of

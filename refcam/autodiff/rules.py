@@ -70,7 +70,8 @@ from ..errors import ModelError, UnsupportedOpError
 from .graph import GraphBuilder, TensorInfo
 from .probe import axis_matrix
 
-__all__ = ["RULES", "RULE_SETS", "NO_GRADIENT_OPS", "ZERO", "RuleContext", "rule", "supported_ops"]
+__all__ = ["RULES", "RULE_SETS", "NO_GRADIENT_OPS", "NeedsRuntimeShapes", "ZERO", "RuleContext", "rule",
+           "supported_ops"]
 
 RULE_SETS = ("plain", "guided", "deconvnet")
 
@@ -106,11 +107,16 @@ class NeedsOpset(Exception):
         super().__init__(reason)
 
 
+class NeedsRuntimeShapes(ModelError):
+    """A rule needs a rank that shape inference left unknown and no run of the model is at hand."""
+
+
 class RuleContext:
     """Everything a backward rule needs about one forward node."""
 
     def __init__(self, node: onnx.NodeProto, grads: list[str | None], needs: list[bool],
-                 b: GraphBuilder, info: TensorInfo, rules: str) -> None:
+                 b: GraphBuilder, info: TensorInfo, rules: str,
+                 runtime_shapes: Callable[[], None] | None = None) -> None:
         self.node = node
         self.op_type = node.op_type
         self.attrs: dict[str, Any] = {}
@@ -127,21 +133,34 @@ class RuleContext:
         self.info = info
         self.opset = b.opset
         self.rules = rules
+        #: completes ``info`` with ranks seen in a run (called at most once by the builder), or None
+        self.runtime_shapes = runtime_shapes
 
     # ---- static facts ------------------------------------------------------------------
     def shape(self, name: str) -> tuple | None:
         return self.info.shape.get(name)
 
     def rank(self, name: str) -> int:
+        """Rank of tensor ``name``: from shape inference, else from one run of the model.
+
+        When static inference leaves the rank unknown, the builder's ``runtime_shapes`` source (a
+        probe run of the model on the actual input, see :func:`~refcam.autodiff.build_vjp_model`)
+        is asked once for the ranks of every such tensor.
+        """
         r = self.info.rank(name)
+        if r is None and self.runtime_shapes is not None:
+            self.runtime_shapes()
+            r = self.info.rank(name)
         if r is None:
-            raise ModelError(
+            raise NeedsRuntimeShapes(
                 f"node {self.node.name or '?'} ({self.op_type}): the rank of tensor {name!r} is "
-                "unknown after shape inference; the backward rule needs it (give the model "
-                "fixed input ranks)")
+                "unknown after shape inference and the backward rule needs it; pass the shapes "
+                "seen in a run (build_vjp_model(..., runtime_shapes=Model(...).runtime_shapes(x)), "
+                "which refcam.autodiff.gradients does for you)")
         return r
 
     def static_dims(self, name: str, axes: Sequence[int]) -> list[int]:
+        """Static sizes of ``axes`` of ``name`` (for rules that bake a size into the graph)."""
         s = self.shape(name)
         if s is None:
             dims = None
@@ -149,10 +168,16 @@ class RuleContext:
             dims = [s[a] for a in axes]
         if dims is None or any(d is None for d in dims):
             raise ModelError(
-                f"node {self.node.name or '?'} ({self.op_type}): the backward rule needs static "
-                f"sizes of axes {list(axes)} of tensor {name!r}, shape inference gave {s}; fix the "
-                "model's input shape (only the batch axis may stay dynamic)")
+                f"node {self.node.name or '?'} ({self.op_type}): the backward rule builds a constant "
+                f"from the sizes of axes {list(axes)} of tensor {name!r}, but shape inference gave "
+                f"{s} (sizes that change with the input are not known when the gradient graph is "
+                "built); give the model a static input shape for those axes")
         return [int(d) for d in dims]
+
+    def dim(self, name: str, axis: int) -> str:
+        """Run-time size of ``axis`` of ``name`` as a 1-element int64 tensor (``Shape`` + ``Slice``)."""
+        b = self.b
+        return b.op("Slice", [b.shape(name), b.ints([axis]), b.ints([axis + 1])])
 
     def elem(self, name: str) -> int:
         e = self.info.elem.get(name)
@@ -207,19 +232,14 @@ class RuleContext:
 
     def unbroadcast(self, g: str, x: str, out: str | None = None) -> str:
         """Reduce ``g`` (shaped like ``out``) to ``x`` over the broadcast axes; dims unknown in both but
-        with the same symbolic name are equal (marked -1), other unknown dims are resolved at run time."""
+        with the same symbolic name are equal, other unknown dims are resolved at run time (see
+        :meth:`GraphBuilder.unbroadcast`)."""
         out = out or self.outputs[0]
-        so, sx = self.shape(out), self.shape(x)
-        if so is not None and sx is not None and len(so) >= len(sx):
-            po = self.info.dim_params.get(out) or (None,) * len(so)
-            px = self.info.dim_params.get(x) or (None,) * len(sx)
-            lead = len(so) - len(sx)
-            so, sx = list(so), list(sx)
-            for i in range(len(sx)):
-                if sx[i] is None and so[lead + i] is None and px[i] is not None and px[i] == po[lead + i]:
-                    sx[i] = so[lead + i] = -1
-            so, sx = tuple(so), tuple(sx)
-        return self.b.unbroadcast(g, so, x, sx)
+        for t in (out, x):
+            if self.info.rank(t) is None and (self.runtime_shapes is not None or self.opset < 13):
+                self.rank(t)  # read from the run (NeedsRuntimeShapes without one below opset 13,
+                # where the rank-free run-time reduction of GraphBuilder.unbroadcast is unavailable)
+        return self.b.unbroadcast(g, self.info.symbols.get(out), x, self.info.symbols.get(x))
 
     def mask(self, cond: str, like: str) -> str:
         """Cast a boolean tensor to the element type of ``like``."""
@@ -288,7 +308,21 @@ def _identity(ctx):
     if ctx.op_type == "Dropout":
         tm = ctx.const(2)
         if ctx.attrs.get("is_test", 1) == 0 or (ctx.has_input(2) and (tm is None or bool(tm))):
-            raise ctx.unsupported("Dropout in training mode (random mask)")
+            # training mode: y = x * mask / (1 - ratio) with a random mask; exact when the node also
+            # outputs its mask (reused), or when the ratio is the constant 0 (identity)
+            ratio = ctx.const(1) if ctx.has_input(1) else np.asarray(ctx.attrs.get("ratio", 0.5))
+            if len(ctx.outputs) > 1 and ctx.outputs[1]:
+                x0 = ctx.inputs[0]
+                m = ctx.mask(ctx.outputs[1], x0)
+                if ratio is not None:
+                    scale = ctx.c(1.0 / (1.0 - float(ratio)) if float(ratio) < 1 else 0.0, x0)
+                else:  # runtime ratio
+                    rt = ctx.op("Cast", [ctx.inputs[1]], to=ctx.elem(x0))
+                    scale = ctx.op("Div", [ctx.c(1.0, x0), ctx.op("Sub", [ctx.c(1.0, x0), rt])])
+                return [ctx.op("Mul", [ctx.grads[0], ctx.op("Mul", [m, scale])])] + [None, ZERO][: len(ctx.inputs) - 1]
+            if ratio is not None and float(ratio) == 0.0:
+                return [ctx.grads[0]] + [None, ZERO][: len(ctx.inputs) - 1]
+            raise ctx.unsupported("Dropout in training mode (random mask not among the node's outputs)")
         return [ctx.grads[0]] + [ZERO] * (len(ctx.inputs) - 1)
     return [ctx.grads[0]]
 
@@ -408,6 +442,42 @@ def _index_map_backward(ctx: RuleContext, g: str, rank: int, maps: dict[int, np.
     return g
 
 
+def _iota_backward(ctx: RuleContext, forward: Callable[[str, str], str], *, repeats: bool) -> list:
+    r"""Backward of an index op run on the index itself (sizes, starts, pads... read at run time).
+
+    The op :math:`y = f(x)` only moves or copies entries of :math:`x` (Slice, Pad, Gather, ...).
+    Running the *same* node with the *same* run-time inputs on the flat positions
+    :math:`\iota = 0, 1, \dots, |x| - 1` (int64, shaped like :math:`x`) gives, for each entry of
+    :math:`y`, the position of its source (``forward(iota, fill)`` writes ``fill`` = :math:`|x|`
+    where the op creates a value, e.g. constant padding).  Then
+    :math:`\partial L/\partial x_p = \sum_{o:\, f(\iota)_o = p} g_o`: a ``ScatterElements`` of
+    :math:`g` into :math:`|x| + 1` zeros (the extra slot takes the created values' gradient and is
+    dropped).  ``repeats``: a source can feed several outputs (Gather, Tile, reflect padding):
+    the sum needs ``reduction="add"`` (opset 16; older models are converted).  Exact, any rank,
+    sizes never baked into the graph.
+    """
+    b = ctx.b
+    x = ctx.inputs[0]
+    if repeats and ctx.opset < 16:
+        raise NeedsOpset(16, f"{ctx.op_type} with run-time indices or sizes needs "
+                             "ScatterElements(reduction='add')")
+    n = b.op("Size", [x])
+    iota = b.op("Reshape", [b.op("Range", [b.const(np.int64(0)), n, b.const(np.int64(1))]), b.shape(x)])
+    src = b.op("Reshape", [forward(iota, n), b.ints([-1])])
+    slots = b.op("Reshape", [b.op("Add", [n, b.const(np.int64(1))]), b.ints([1])])
+    zeros = b.op("ConstantOfShape", [slots], value=onnx.numpy_helper.from_array(
+        np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(ctx.elem(x)))))
+    flat_g = b.op("Reshape", [ctx.grads[0], b.ints([-1])])
+    sc = b.op("ScatterElements", [zeros, src, flat_g], axis=0, **({"reduction": "add"} if repeats else {}))
+    sc = b.op("Slice", [sc, b.ints([0]), b.op("Reshape", [n, b.ints([1])]), b.ints([0])])
+    return [b.reshape_like(sc, x)] + [None] * (len(ctx.inputs) - 1)
+
+
+def _runtime_input(ctx: RuleContext, idx: int) -> bool:
+    """Input ``idx`` is present and not a constant (computed in the graph, e.g. from Shape)."""
+    return ctx.has_input(idx) and ctx.const(idx) is None
+
+
 @rule("Slice")
 def _slice(ctx):
     x = ctx.inputs[0]
@@ -416,12 +486,22 @@ def _slice(ctx):
         starts, ends = ctx.attrs["starts"], ctx.attrs["ends"]
         axes = ctx.attrs.get("axes", list(range(len(starts))))
         steps = [1] * len(starts)
+    elif any(_runtime_input(ctx, i) for i in range(1, 5)):
+        # starts / ends / axes / steps computed in the graph: the node itself, run on the index
+        return _iota_backward(ctx, lambda iota, _fill: ctx.op("Slice", [iota] + ctx.inputs[1:]),
+                              repeats=False)
     else:
         starts = ctx.need_const(1, "starts").tolist()
         ends = ctx.need_const(2, "ends").tolist()
         axes = ctx.need_const(3, "axes").tolist() if ctx.has_input(3) else list(range(len(starts)))
         steps = ctx.need_const(4, "steps").tolist() if ctx.has_input(4) else [1] * len(starts)
     axes = [a % r for a in axes]
+    s = ctx.shape(x)
+    if s is None or any(s[a] is None for a in axes):
+        if "starts" in ctx.attrs:
+            ctx.static_dims(x, axes)  # opset < 10 has no Slice with input tensors: ModelError
+        return _iota_backward(ctx, lambda iota, _fill: ctx.op("Slice", [iota] + ctx.inputs[1:]),
+                              repeats=False)
     dims = ctx.static_dims(x, axes)
     maps, in_dims = {}, {}
     for a, st, en, sp, d in zip(axes, starts, ends, steps, dims):
@@ -438,13 +518,27 @@ def _pad(ctx):
     x = ctx.inputs[0]
     r = ctx.rank(x)
     mode = ctx.attrs.get("mode", "constant")
-    if "pads" in ctx.attrs:
-        pads = list(ctx.attrs["pads"])
-    else:
-        pads = ctx.need_const(1, "pads").tolist()
-    axes = list(range(r))
-    if ctx.has_input(3):
-        axes = [a % r for a in ctx.need_const(3, "axes").tolist()]
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ctx.unsupported(f"Pad mode {mode!r}")
+    runtime = "pads" not in ctx.attrs and (_runtime_input(ctx, 1) or _runtime_input(ctx, 3))
+    if not runtime:
+        pads = list(ctx.attrs["pads"]) if "pads" in ctx.attrs else ctx.need_const(1, "pads").tolist()
+        axes = list(range(r))
+        if ctx.has_input(3):
+            axes = [a % r for a in ctx.need_const(3, "axes").tolist()]
+        s = ctx.shape(x)
+        runtime = "pads" not in ctx.attrs and (s is None or any(s[a] is None for a in axes))
+    if runtime:
+        # pads (or sizes) known only at run time: Pad the index with the fill slot |x|
+        def fwd(iota: str, fill: str) -> str:
+            ins = [iota, ctx.inputs[1], fill if mode == "constant" else ""]
+            if ctx.has_input(3):
+                ins.append(ctx.inputs[3])
+            while ins and not ins[-1]:
+                ins.pop()
+            return ctx.op("Pad", ins, mode=mode)
+
+        return _iota_backward(ctx, fwd, repeats=mode != "constant")
     n = len(axes)
     dims = ctx.static_dims(x, axes)
     maps, in_dims = {}, {}
@@ -454,10 +548,8 @@ def _pad(ctx):
         wb, we = max(pb, 0), max(pe, 0)
         if mode == "constant":
             idx = np.pad(src, (wb, we), mode="constant", constant_values=-1)
-        elif mode in ("reflect", "edge", "wrap"):
-            idx = np.pad(src, (wb, we), mode=mode)
         else:
-            raise ctx.unsupported(f"Pad mode {mode!r}")
+            idx = np.pad(src, (wb, we), mode=mode)
         if pb or pe:
             maps[a] = idx
             in_dims[a] = d
@@ -471,7 +563,13 @@ def _gather(ctx):
     x, ind = ctx.inputs[0], ctx.inputs[1]
     r = ctx.rank(x)
     axis = ctx.attrs.get("axis", 0) % r
-    (d,) = ctx.static_dims(x, [axis])
+    s = ctx.shape(x)
+    if s is None or s[axis] is None:
+        # the gathered axis has a run-time size (e.g. a batch-dependent flattened tensor):
+        # scatter-add the gradient back through the node run on the index
+        return _iota_backward(ctx, lambda iota, _fill: ctx.op("Gather", [iota, ind], axis=axis),
+                              repeats=True)
+    d = s[axis]
     shp = b.shape(x)
     parts = []
     if axis > 0:
@@ -620,20 +718,21 @@ def _prelu(ctx):
 
 @rule("Tile")
 def _tile(ctx):
+    r"""Tile: :math:`y` viewed as :math:`(\rho_0, d_0, \rho_1, d_1, \dots)` (repeats, sizes)
+    interleaved) holds :math:`\rho_0\rho_1\cdots` copies of :math:`x`; the gradient sums them over the
+    repeat axes.  The interleaved shape is built at run time from ``repeats`` and ``Shape(x)``."""
+    b = ctx.b
     x = ctx.inputs[0]
     r = ctx.rank(x)
-    reps = [int(v) for v in ctx.need_const(1, "repeats").tolist()]
+    reps = ctx.const(1)
     s = ctx.shape(x)
-    dims = [None if s is None else s[i] for i in range(r)]
-    inter = []
-    for i in range(r):
-        if dims[i] is None:
-            if reps[i] != 1 or any(dims[j] is None for j in range(i)):
-                ctx.static_dims(x, [i])  # raises a ModelError naming the axis
-            inter += [1, -1]
-        else:
-            inter += [reps[i], dims[i]]
-    g = ctx.op("Reshape", [ctx.grads[0], ctx.b.ints(inter)])
+    if reps is not None and s is not None and all(d is not None for d in s):
+        inter = b.ints([v for i in range(r) for v in (int(reps[i]), s[i])])
+    else:
+        rep = b.op("Cast", [ctx.inputs[1]], to=TensorProto.INT64)
+        pairs = b.op("Concat", [b.unsqueeze(rep, [1]), b.unsqueeze(b.shape(x), [1])], axis=1)  # (r, 2)
+        inter = b.op("Reshape", [pairs, b.ints([-1])])
+    g = ctx.op("Reshape", [ctx.grads[0], inter])
     g = ctx.b.reduce("ReduceSum", g, [2 * i for i in range(r)], keepdims=False)
     return [g, None]
 
@@ -897,6 +996,29 @@ def _conv_weight_grad(ctx: RuleContext) -> str:
     return _grouped_correlation(ctx, xt, gt, c_in, m_out, group, k, d, s, pads)
 
 
+def _convtranspose_pads(ctx: RuleContext, k, s, d, in_sp, out_sp) -> list[int]:
+    r"""Explicit ConvTranspose pads.  With ``output_shape`` or ``auto_pad`` SAME_* (ONNX spec,
+    ConvTranspose): :math:`T = s(i-1) + o_p + (k-1)d + 1 - o`; SAME_UPPER: begin :math:`\lfloor T/2\rfloor`,
+    otherwise (SAME_LOWER, or output_shape without auto_pad) begin :math:`T - \lfloor T/2\rfloor`;
+    :math:`o` is the actual (static) output size; :math:`T < 0` (a larger output_shape) counts as 0.  Only the begin pads matter for the adjoint."""
+    n = len(k)
+    auto = ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if auto == "NOTSET" and "output_shape" not in ctx.attrs:
+        return list(ctx.attrs.get("pads", [0] * 2 * n))
+    if auto == "VALID":
+        return [0] * 2 * n
+    opad = list(ctx.attrs.get("output_padding", [0] * n))
+    pb, pe = [], []
+    for i in range(n):
+        # an output_shape beyond the full extent pads the tail (T clamped at 0, as onnxruntime does)
+        tot = max(0, s[i] * (in_sp[i] - 1) + opad[i] + (k[i] - 1) * d[i] + 1 - out_sp[i])
+        small = tot // 2
+        b0 = small if auto == "SAME_UPPER" else tot - small
+        pb.append(b0)
+        pe.append(tot - b0)
+    return pb + pe
+
+
 def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     r"""ConvTranspose weight (shape ``(C, M/G, *k)``): :math:`\bar W_{c m \mathbf{k}} = \sum_{n,\mathbf{i}}
     x_{n c \mathbf{i}}\, g_{n m,\ \mathbf{i} s + \mathbf{k} d - p}` -- a correlation of :math:`g^{\mathsf T}`
@@ -905,15 +1027,13 @@ def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     x, w = ctx.inputs[0], ctx.inputs[1]
     r = ctx.rank(x)
     n = r - 2
-    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
-        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
-    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
     group = ctx.attrs.get("group", 1)
     in_sp = ctx.static_dims(x, list(range(2, r)))
     out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    pads = _convtranspose_pads(ctx, k, s, d, in_sp, out_sp)
     (c_in,) = ctx.static_dims(x, [1])
     (m_out,) = ctx.static_dims(ctx.outputs[0], [1])
     pe = [max(0, (k[i] - 1) * d[i] + s[i] * (in_sp[i] - 1) + 1 - out_sp[i] - pads[i]) for i in range(n)]
@@ -934,9 +1054,12 @@ def _conv(ctx):
     r = ctx.rank(x)
     n = r - 2
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    xs = ctx.shape(x)
     if all(si == 1 for si in ctx.attrs.get("strides", [1] * n)):
         # stride 1: the geometry does not depend on the input size (dynamic spatial axes are fine)
         in_sp = [k[i] * ctx.attrs.get("dilations", [1] * n)[i] for i in range(n)]
+    elif (xs is None or any(v is None for v in xs[2:])) and ctx.attrs.get("auto_pad", "NOTSET") in ("NOTSET", ""):
+        return _conv_runtime_sizes(ctx, k, n)
     else:
         in_sp = ctx.static_dims(x, list(range(2, r)))
     s, d, pads = _conv_geometry(ctx, in_sp, k)
@@ -970,6 +1093,29 @@ def _conv(ctx):
     return ctx.rest(dx, gw, gb)
 
 
+def _conv_runtime_sizes(ctx: RuleContext, k: list[int], n: int) -> list:
+    r"""Conv adjoint when the input's spatial sizes are known only at run time (explicit pads).
+
+    ``ConvTranspose(g, W)`` with the begin pads and no end pad has spatial size
+    :math:`F - p_b` (:math:`F = s(o-1) + d(k-1) + 1`); the adjoint is that result cropped to, or
+    zero-padded at the end up to, the input size :math:`n` read with ``Shape`` -- the same numbers
+    as the static ``pads``/``output_padding`` form (facts: need = F - p_b - n).
+    """
+    b = ctx.b
+    x, w = ctx.inputs[0], ctx.inputs[1]
+    s = list(ctx.attrs.get("strides", [1] * n))
+    d = list(ctx.attrs.get("dilations", [1] * n))
+    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
+    dx = ctx.op("ConvTranspose", [ctx.grads[0], w], group=ctx.attrs.get("group", 1), strides=s,
+                dilations=d, kernel_shape=k, pads=list(pads[:n]) + [0] * n)
+    sp = list(range(2, 2 + n))
+    in_sp = b.op("Slice", [b.shape(x), b.ints([2]), b.ints([2 + n])])
+    dx = b.op("Slice", [dx, b.ints([0] * n), in_sp, b.ints(sp)])
+    short = b.op("Sub", [in_sp, b.op("Slice", [b.shape(dx), b.ints([2]), b.ints([2 + n])])])
+    dx = b.op("Pad", [dx, b.op("Concat", [b.ints([0] * (2 + n + 2)), short], axis=0)])
+    return [dx] + [None] * (len(ctx.inputs) - 1)
+
+
 @rule("ConvTranspose")
 def _convtranspose(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
@@ -979,15 +1125,13 @@ def _convtranspose(ctx):
         return [None, gw, gb]
     r = ctx.rank(x)
     n = r - 2
-    if ctx.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in ctx.attrs:
-        raise ctx.unsupported("ConvTranspose with auto_pad or output_shape")
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
-    pads = list(ctx.attrs.get("pads", [0] * 2 * n))
     # adjoint: y[o] += x[i] w[k] at o = i*s + k*d - pad_begin  =>  dx = Conv(g, W) (correlation)
     in_sp = ctx.static_dims(x, list(range(2, r)))
     out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+    pads = _convtranspose_pads(ctx, k, s, d, in_sp, out_sp)
     pe = []
     for i in range(n):
         # Conv output = floor((out + pb + pe - eff)/s) + 1 must equal in

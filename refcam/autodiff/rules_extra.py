@@ -210,7 +210,8 @@ def _depth_to_space(ctx):
 @rule("Mod")
 def _mod(ctx):
     r""":math:`y = x - d\,q`, :math:`q = \mathrm{trunc}(x/d)` (``fmod=1``) or :math:`\lfloor x/d\rfloor` (``fmod=0``),
-    piecewise constant: :math:`\bar x = g`, :math:`\bar d = -g\,q` (jumps where :math:`x/d` is an integer)."""
+    piecewise constant: :math:`\bar x = g`, :math:`\bar d = -g\,q` (jumps where :math:`x/d` is an integer;
+    0 where :math:`q` is not finite, the output being inf/NaN there)."""
     x, dv = ctx.inputs
     g = ctx.grads[0]
     gx = ctx.unbroadcast(g, x) if ctx.needs[0] else None
@@ -221,6 +222,10 @@ def _mod(ctx):
             q = ctx.op("Mul", [ctx.op("Sign", [qq]), ctx.op("Floor", [ctx.op("Abs", [qq])])])
         else:
             q = ctx.op("Floor", [qq])
+        # where x/d is not finite (x = +-inf, d = 0, NaN) the output is not finite either and has no
+        # derivative: 0 there instead of 0 * inf = NaN poisoning the other entries' sums
+        bad = ctx.op("Or", [ctx.op("IsNaN", [q]), ctx.op("IsInf", [q])])
+        q = ctx.op("Where", [bad, ctx.c(0.0, x), q])
         gd = ctx.unbroadcast(ctx.op("Neg", [ctx.op("Mul", [g, q])]), dv)
     return [gx, gd]
 
@@ -479,3 +484,127 @@ def _lppool(ctx):
     ax = ctx.op("Abs", [x])
     w = ctx.op("Mul", [ctx.op("Sign", [x]), ctx.op("Pow", [ax, c(p - 1.0)])]) if p != 1.0 else ctx.op("Sign", [x])
     return [ctx.op("Mul", [w, t])]
+
+
+@rule("Compress")
+def _compress(ctx):
+    """A selection along ``axis`` (or of the flattened input): the runtime index adjoint."""
+    cond = ctx.inputs[1]
+    kw = {"axis": ctx.attrs["axis"]} if "axis" in ctx.attrs else {}
+    return [_index_adjoint(ctx, lambda pos: ctx.op("Compress", [pos, cond], **kw)), ZERO]
+
+
+@rule("ReverseSequence")
+def _reverse_sequence(ctx):
+    """A permutation within each sequence: the runtime index adjoint."""
+    lens = ctx.inputs[1]
+    kw = {k: ctx.attrs[k] for k in ("batch_axis", "time_axis") if k in ctx.attrs}
+    return [_index_adjoint(ctx, lambda pos: ctx.op("ReverseSequence", [pos, lens], **kw)), ZERO]
+
+
+@rule("MaxUnpool")
+def _maxunpool(ctx):
+    r""":math:`y_{\mathrm{flat}}[I] = x` (flat indices of the whole output, as MaxPool returns them):
+    :math:`\bar x = g_{\mathrm{flat}}[I]`."""
+    b = ctx.b
+    gflat = b.op("Reshape", [ctx.grads[0], b.ints([-1])])
+    return [ctx.op("Gather", [gflat, ctx.inputs[1]], axis=0)] + [ZERO] * (len(ctx.inputs) - 1)
+
+
+@rule("Unique")
+def _unique(ctx):
+    r"""``Y = x_flat[indices]`` (first occurrences) when ``axis`` is absent: :math:`\bar x` scatters
+    :math:`\bar Y` to those positions.  A tie (equal entries) is a kink: splitting it changes the
+    output's size.  With ``axis`` (unique slices): refused."""
+    if "axis" in ctx.attrs:
+        raise ctx.unsupported("Unique along an axis")
+    if ctx.grads[0] is None:
+        return [ZERO]
+    b = ctx.b
+    x = ctx.inputs[0]
+    n = b.op("Reshape", [b.op("Size", [x]), b.ints([1])])
+    zeros = b.op("ConstantOfShape", [n], value=onnx_zero(ctx.elem(x)))
+    flat = ctx.op("ScatterElements", [zeros, ctx.outputs[1], ctx.grads[0]], axis=0)
+    return [b.reshape_like(flat, x)]
+
+
+@rule("AffineGrid")
+def _affine_grid(ctx):
+    r""":math:`\mathrm{grid}[n, \mathbf{p}] = \theta_n\,[\mathbf{b}_{\mathbf{p}}; 1]` with the base coordinates
+    :math:`\mathbf{b}_{\mathbf{p}}` of every output position: :math:`\bar\theta_n = \sum_{\mathbf{p}}
+    g[n, \mathbf{p}] \otimes [\mathbf{b}_{\mathbf{p}}; 1]`.  The base coordinates are read in the graph
+    from AffineGrid itself with :math:`\theta = [I\,|\,0]` (same size input and ``align_corners``)."""
+    b = ctx.b
+    theta, size = ctx.inputs
+    r = ctx.rank(ctx.outputs[0])           # 4 (2-D) or 5 (3-D)
+    nd = r - 2
+    eye = np.concatenate([np.eye(nd), np.zeros((nd, 1))], axis=1)[None].astype(
+        _np_dtype(ctx.elem(theta)))
+    size1 = b.op("Concat", [b.ints([1]), b.op("Slice", [size, b.ints([1]), b.ints([r])])], axis=0)
+    base = ctx.op("AffineGrid", [b.const(eye), size1], align_corners=ctx.attrs.get("align_corners", 0))
+    ones = b.op("Slice", [ctx.op("Mul", [base, ctx.c(0.0, theta)]), b.ints([0]), b.ints([1]), b.ints([-1])])
+    ones = ctx.op("Add", [ones, ctx.c(1.0, theta)])
+    base = b.op("Concat", [base, ones], axis=-1)                      # (1, *S, nd + 1)
+    sp = "dhw"[3 - nd:]
+    eq = f"n{sp}i,z{sp}j->nij"
+    return [ctx.op("Einsum", [ctx.grads[0], base], equation=eq), ZERO]
+
+
+@rule("LRN")
+def _lrn(ctx):
+    r"""Local response normalisation across channels (Krizhevsky et al. 2012, Sec. 3.3):
+    :math:`y_c = x_c D_c^{-\beta}`, :math:`D_c = k + \tfrac{\alpha}{n} S_c`,
+    :math:`S_c = \sum_{c' \in w(c)} x_{c'}^2`, :math:`w(c) = [c - \lfloor (n-1)/2\rfloor,\ c + \lceil (n-1)/2\rceil]`:
+    :math:`\bar x_c = g_c D_c^{-\beta} - \tfrac{2\alpha\beta}{n} x_c \sum_{c' : c \in w(c')} g_{c'} x_{c'} D_{c'}^{-\beta-1}`.
+    The channel window sums are a (C × C) band matrix (needs a static channel count)."""
+    from onnx import helper
+
+    x = ctx.inputs[0]
+    r = ctx.rank(x)
+    (nc,) = ctx.static_dims(x, [1])
+    size = ctx.attrs["size"]
+    alpha, beta, bias = ctx.attrs.get("alpha", 1e-4), ctx.attrs.get("beta", 0.75), ctx.attrs.get("bias", 1.0)
+    lo, hi = (size - 1) // 2, (size - 1) - (size - 1) // 2
+    band = np.zeros((nc, nc))
+    for c in range(nc):  # band[c', c] = [c' in w(c)]
+        band[max(0, c - lo): min(nc, c + hi + 1), c] = 1.0
+    npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
+    b = ctx.b
+    c = lambda v: ctx.c(v, x)  # noqa: E731
+    g = ctx.grads[0]
+    s = b.move_axis_matmul(ctx.op("Mul", [x, x]), r, 1, b.const(band.astype(npdt), hint="lrn_band"))
+    dd = ctx.op("Add", [c(bias), ctx.op("Mul", [s, c(alpha / size)])])
+    dmb = ctx.op("Pow", [dd, c(-beta)])                                      # D^-beta
+    u = ctx.op("Mul", [ctx.op("Mul", [g, x]), ctx.op("Div", [dmb, dd])])     # g x D^(-beta-1)
+    t = b.move_axis_matmul(u, r, 1, b.const(band.T.astype(npdt), hint="lrn_band_T"))
+    dx = ctx.op("Sub", [ctx.op("Mul", [g, dmb]), ctx.op("Mul", [ctx.op("Mul", [x, t]), c(2 * alpha * beta / size)])])
+    return [dx]
+
+
+@rule("CumProd")
+def _cumprod(ctx):
+    r""":math:`y_i = \prod_{k \in S(i)} x_k` (:math:`S(i)` = prefix, exclusive and/or reversed):
+    :math:`\bar x_j = \sum_i g_i\,[j \in S(i)] \prod_{k \in S(i), k \ne j} x_k`, exact with zeros.
+    The :math:`n` products with :math:`x_j := 1` are the CumProd of :math:`n` stacked copies (memory
+    :math:`n\,|x|`), and :math:`[j \in S(i)]` is the CumSum of the one-hot :math:`e_j` with the same
+    flags.  Needs a constant axis (or a rank-1 input) and a static length along it."""
+    x, ax_in = ctx.inputs
+    b = ctx.b
+    r = ctx.rank(x)
+    # a rank-1 input has one axis whatever the (possibly runtime) axis input says
+    axis = 0 if r == 1 else int(np.asarray(ctx.need_const(1, "axis")).reshape(-1)[0]) % r
+    (n,) = ctx.static_dims(x, [axis])
+    flags = {"exclusive": ctx.attrs.get("exclusive", 0), "reverse": ctx.attrs.get("reverse", 0)}
+    shape = [n] + [1] * r
+    shape[axis + 1] = n
+    onehot = np.eye(n, dtype=bool).reshape(shape)
+    e = b.const(onehot)
+    xr = ctx.op("Where", [e, ctx.c(1.0, x), b.unsqueeze(x, [0])])                 # (n, *S), x_j := 1
+    ax1 = b.const(np.int64(axis + 1))
+    cp = ctx.op("CumProd", [xr, ax1], **flags)
+    m = ctx.op("CumSum", [ctx.op("Cast", [e], to=ctx.elem(x)), ax1], **flags)      # [j in S(i)]
+    t = ctx.op("Mul", [ctx.op("Mul", [b.unsqueeze(ctx.grads[0], [0]), m]), cp])
+    t = b.reduce("ReduceSum", t, [axis + 1], keepdims=True)                        # (n, .., 1, ..)
+    perm = list(range(r + 1))
+    perm[0], perm[axis + 1] = perm[axis + 1], perm[0]
+    return [b.squeeze(ctx.op("Transpose", [t], perm=perm), [0]), ZERO]

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _flag, _maps_and_gradients, _maybe_relu, _spatial_axes, _weighted_sum
@@ -48,6 +49,7 @@ def _samples(activations: Any, gradient_samples: Any) -> tuple[np.ndarray, np.nd
     return a.astype(dt, copy=False), g.astype(dt, copy=False)
 
 
+@finite_output
 def smoothgradcampp_weights(activations: Any, gradient_samples: Any, *, first_order: str = "mean",
                             denominator: str = "position", eps: float = 0.0) -> np.ndarray:
     r"""Smooth Grad-CAM++ channel weights: Grad-CAM++ with derivatives averaged over noisy inputs.
@@ -108,6 +110,7 @@ def smoothgradcampp_weights(activations: Any, gradient_samples: Any, *, first_or
     return np.sum(alpha * np.maximum(g1, 0), axis=axes)
 
 
+@finite_output
 def smoothgradcampp(activations: Any, gradient_samples: Any, *, first_order: str = "mean",
                     denominator: str = "position", eps: float = 0.0, map_activations: Any = None,
                     relu: bool = True) -> np.ndarray:
@@ -141,6 +144,7 @@ def _logits(logits: Any) -> np.ndarray:
     return y
 
 
+@finite_output
 def finercam_classes(logits: Any, target: Any = None, comparisons: Sequence[int] = (1, 2, 3)
                      ) -> tuple[np.ndarray, np.ndarray]:
     r"""Finer-CAM's reference classes: the classes ranked by logit distance to the target class.
@@ -179,6 +183,7 @@ def finercam_classes(logits: Any, target: Any = None, comparisons: Sequence[int]
     return order[:, 0].astype(np.int64), order[:, ranks].astype(np.int64)
 
 
+@finite_output
 def finercam_score(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
                    eps: float = 1e-9) -> np.ndarray:
     r"""Finer-CAM's contrastive score (pytorch-grad-cam ``FinerWeightedTarget``), ``(N,)``.
@@ -193,7 +198,8 @@ def finercam_score(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     pytorch-grad-cam 1.5.7 does (``utils/model_targets.py:118-142``, :math:`\epsilon = 10^{-9}`);
     the weights are part of the differentiated score there (not detached).
     """
-    y = _logits(logits)
+    y0 = _logits(logits)
+    y = y0.astype(np.float64)
     main = np.asarray(main)
     d = np.asarray(compared)
     z = y - y.max(axis=1, keepdims=True)
@@ -201,9 +207,10 @@ def finercam_score(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     rows = np.arange(len(y))[:, None]
     pd = p[rows, d]
     num = np.sum(pd * (y[np.arange(len(y)), main][:, None] - alpha * y[rows, d]), axis=1)
-    return num / (pd.sum(axis=1) + eps)
+    return (num / (pd.sum(axis=1) + eps)).astype(y0.dtype)
 
 
+@finite_output
 def finercam_seed(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
                   eps: float = 1e-9) -> np.ndarray:
     r"""The seed :math:`s = \partial S/\partial y` ``(N, C)`` of :func:`finercam_score`, so that
@@ -224,7 +231,8 @@ def finercam_seed(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     >>> np.round(s, 6)                                 # ~ e_0 - e_1
     array([[ 1., -1.,  0.]])
     """
-    y = _logits(logits)
+    y0 = _logits(logits)
+    y = y0.astype(np.float64)
     n, c = y.shape
     main = np.asarray(main).reshape(n)
     d = np.asarray(compared).reshape(n, -1)
@@ -241,10 +249,11 @@ def finercam_seed(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     dnum = np.einsum("nrc,nr->nc", dp, diff) - alpha * np.einsum("nrc,nr->nc", onehot_d, pd)
     dnum[np.arange(n), main] += pd.sum(axis=1)
     dden = dp.sum(axis=1)
-    return dnum / den[:, None] - (num / den ** 2)[:, None] * dden
+    return (dnum / den[:, None] - (num / den ** 2)[:, None] * dden).astype(y0.dtype)
 
 
 # ------------------------------------------------------------------------------- ShapleyCAM
+@finite_output
 def shapleycam_weights(gradients: Any, hvp: Any) -> np.ndarray:
     r"""ShapleyCAM channel weights :math:`w^c_k = \frac1Z\sum_{ij}\big(g_{ij} - \tfrac12 (H A)_{ij}\big)`.
 
@@ -281,6 +290,7 @@ def shapleycam_weights(gradients: Any, hvp: Any) -> np.ndarray:
     return np.mean(g - h.dtype.type(0.5) * h, axis=_spatial_axes(g))
 
 
+@finite_output
 def shapleycam(activations: Any, gradients: Any, hvp: Any, *, relu: bool = True) -> np.ndarray:
     r"""ShapleyCAM map :math:`L = \mathrm{ReLU}(\sum_k w^c_k A^k)` with :func:`shapleycam_weights`.
 
@@ -299,6 +309,7 @@ def shapleycam(activations: Any, gradients: Any, hvp: Any, *, relu: bool = True)
 
 
 # ------------------------------------------------------------------------------ aug_smooth
+@finite_output
 def aug_smooth(maps: Any, flips: Sequence[bool], *, axis: int = -1) -> np.ndarray:
     r"""Test-time augmentation smoothing: the mean of the maps of augmented inputs, each mapped back.
 
@@ -334,6 +345,7 @@ def aug_smooth(maps: Any, flips: Sequence[bool], *, axis: int = -1) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------- RefineCAM
+@finite_output
 def refinecam(layer_maps: Sequence[Any], *, layer_normalize: bool = True) -> np.ndarray:
     r"""RefineCAM: the product of the maps of several layers (brought to one resolution).
 

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from ..errors import ModelError
 
-__all__ = ["LinearHead", "constant_value", "cut_head", "linear_head", "subgraph_inputs"]
+__all__ = ["LinearHead", "constant_node_value", "constant_value", "cut_head", "linear_head", "subgraph_inputs"]
 
 
 def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
@@ -132,11 +132,15 @@ def cut_head(
 
 
 # ---------------------------------------------------------------------- GAP -> linear classifier
-_SHAPE_OPS = {"Flatten", "Reshape", "Squeeze", "Identity"}
+#: ops that keep each sample's entries in order (flatten patterns); Dropout is the identity at inference
+_SHAPE_OPS = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
+#: consumers that read only the shape of a tensor (``x.view(x.size(0), -1)``: Shape → Gather/Slice →
+#: Concat → Reshape), not its values
+_SHAPE_READERS = {"Shape", "Size"}
 
 
 class LinearHead:
-    """The ``GAP → (Flatten|Reshape|Squeeze)* → Gemm | MatMul(+Add)`` head found after a layer.
+    """The linear classifier head found after a layer (see :func:`linear_head` for the patterns).
 
     Attributes
     ----------
@@ -155,6 +159,39 @@ class LinearHead:
         return f"LinearHead(weight {self.weight.shape}, bias {'None' if self.bias is None else self.bias.shape}, nodes={self.nodes})"
 
 
+def constant_node_value(node: onnx.NodeProto):
+    """NumPy value of a ``Constant`` node (the one decoder of the adapter and the gradient builder).
+
+    ``value`` (a tensor), ``value_float`` / ``value_floats`` (float32) and ``value_int`` /
+    ``value_ints`` (int64) as the ONNX spec types them; ``None`` for other nodes and for
+    string or sparse constants.
+
+    Examples
+    --------
+    >>> constant_node_value(helper.make_node("Constant", [], ["c"], value_ints=[1, 2]))
+    array([1, 2])
+    >>> constant_node_value(helper.make_node("Relu", ["x"], ["y"])) is None
+    True
+    """
+    import numpy as np
+    from onnx import numpy_helper
+
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.asarray(a.f, np.float32)
+        if a.name == "value_floats":
+            return np.asarray(list(a.floats), np.float32)
+        if a.name == "value_int":
+            return np.asarray(a.i, np.int64)
+        if a.name == "value_ints":
+            return np.asarray(list(a.ints), np.int64)
+    return None
+
+
 def constant_value(graph: onnx.GraphProto, name: str):
     """NumPy value of an initializer or Constant-node output, else ``None``."""
     from onnx import numpy_helper
@@ -164,17 +201,7 @@ def constant_value(graph: onnx.GraphProto, name: str):
             return numpy_helper.to_array(t)
     for n in graph.node:
         if n.op_type == "Constant" and n.output and n.output[0] == name:
-            for a in n.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int"):
-                    import numpy as np
-
-                    return np.array(a.f if a.name == "value_float" else a.i)
-                if a.name in ("value_floats", "value_ints"):
-                    import numpy as np
-
-                    return np.array(list(a.floats) if a.name == "value_floats" else list(a.ints))
+            return constant_node_value(n)
     return None
 
 
@@ -186,11 +213,29 @@ def _attr(node: onnx.NodeProto, name: str, default):
 
 
 def linear_head(
-    graph: onnx.GraphProto, layer: str, output: str, *, rank: int, channels_last: bool = False
+    graph: onnx.GraphProto, layer: str, output: str, *, rank: int, channels_last: bool = False,
+    channels: int | None = None,
 ) -> LinearHead:
-    """Find the CAM head of Zhou et al. (2016) after tensor ``layer``: global average pooling
-    (GlobalAveragePool, or ReduceMean over every spatial axis), shape-only ops, then a linear layer
-    (Gemm, or MatMul with an optional Add) producing ``output``.
+    r"""Find the CAM head of Zhou et al. (2016, Eq. 1: :math:`y^c = \sum_k w^c_k \frac{1}{Z}
+    \sum_{ij} A^k_{ij} + b^c`) after tensor ``layer`` and read :math:`w^c` from the graph.
+
+    Accepted patterns (``shape*`` = any chain of Flatten, Reshape, Squeeze, Identity, Dropout):
+
+    * ``A → GAP → shape* → Gemm | MatMul (+ Add) | 1×1 Conv → shape* → y``; GAP is
+      GlobalAveragePool or ReduceMean over every spatial axis.  A Reshape's target shape may be
+      computed in the graph (``x.view(x.size(0), -1)``: the pooled tensor also feeds Shape/Size
+      nodes, which read only its shape).  A 1×1 Conv classifier (torchcam's ``conv1x1`` test)
+      gives :math:`W` = its ``(C, K, 1, …)`` kernel reshaped to ``(C, K)``.
+    * ``A → 1×1 Conv → GAP → shape* → y`` (a linear map commutes with the mean:
+      :math:`\mathrm{GAP}(W A + b) = W\,\mathrm{GAP}(A) + b`).
+    * ``A → GAP → shape* → y``: no linear layer after the pooling (SqueezeNet: the class maps are
+      the final 1×1 Conv + ReLU output; CAM at that tensor): :math:`w^c = e_c`, the identity
+      (needs ``channels``, the number :math:`K` of channels of ``A``).
+
+    The reshapes are not checked to flatten ``(N, K, 1, …)`` to ``(N, K)`` when their shape is
+    computed at run time: a mismatch shows as a weight with the wrong number of columns, and the
+    caller (:func:`refcam.explain`'s CAM provider) checks :math:`y = W\,\mathrm{GAP}(A) + b`
+    numerically.
 
     Parameters
     ----------
@@ -199,6 +244,7 @@ def linear_head(
     output : the tensor holding the class scores ``y^c``.
     rank : rank of ``layer`` (4 or 5).
     channels_last : the layout of ``layer``.
+    channels : :math:`K`, the number of channels of ``layer`` if known (identity heads need it).
 
     Raises
     ------
@@ -214,42 +260,95 @@ def linear_head(
     spatial = set(range(1, rank - 1)) if channels_last else set(range(2, rank))
 
     def only(name: str) -> onnx.NodeProto | None:
-        c = consumers.get(name, [])
+        """The single consumer of ``name`` that reads its values (Shape/Size readers ignored)."""
+        c = [n for n in consumers.get(name, []) if n.op_type not in _SHAPE_READERS]
         return c[0] if len(c) == 1 else None
+
+    def shapes(t: str, nodes: list[str]) -> tuple[str, onnx.NodeProto | None]:
+        node = only(t)
+        while t != output and node is not None and node.op_type in _SHAPE_OPS and node.input[0] == t:
+            nodes.append(node.name or node.output[0])
+            t = node.output[0]
+            node = only(t)
+        return t, node
 
     def fail(why: str) -> ModelError:
         return ModelError(
-            f"CAM needs a GlobalAveragePool → linear (Gemm/MatMul) head after layer {layer!r} producing "
-            f"{output!r}; {why}. Use a method that does not need class weights (Score-CAM, Grad-CAM, ...)"
+            f"CAM needs a global average pooling → linear (Gemm/MatMul/1×1 Conv) head after layer "
+            f"{layer!r} producing {output!r}; {why}. Use a method that does not need class weights "
+            "(Score-CAM, Grad-CAM, ...)"
         )
 
-    pools = []
-    for n in consumers.get(layer, []):
+    def is_pool(n: onnx.NodeProto) -> bool:
         if n.op_type == "GlobalAveragePool":
-            pools.append(n)
-        elif n.op_type == "ReduceMean":
+            return not channels_last
+        if n.op_type == "ReduceMean":
             axes = _attr(n, "axes", None)
             if axes is None and len(n.input) > 1:
                 v = constant_value(graph, n.input[1])
                 axes = None if v is None else [int(a) for a in np.ravel(v)]
-            if axes is not None and {a % rank for a in axes} == spatial:
-                pools.append(n)
-    if not pools:
-        ops = sorted({n.op_type for n in consumers.get(layer, [])})
-        raise fail(f"it is consumed by {ops or 'nothing'}, not by global average pooling")
-    last_err = ""
-    for pool in pools:
-        nodes = [pool.name or pool.output[0]]
-        t = pool.output[0]
-        node = only(t)
-        while node is not None and node.op_type in _SHAPE_OPS and node.input[0] == t:
-            nodes.append(node.name or node.output[0])
-            t = node.output[0]
-            node = only(t)
-        if node is None:
-            last_err = f"the pooled tensor {t!r} does not feed exactly one node"
-            continue
+            return axes is not None and {a % rank for a in axes} == spatial
+        return False
+
+    def conv1x1(n: onnx.NodeProto) -> tuple | str:
+        """(W (C, K), b or None) of a 1×1, stride-1, unpadded, ungrouped Conv, or why not."""
+        if channels_last:
+            return "a 1×1 Conv on a channels-last layer"
+        w = constant_value(graph, n.input[1])
+        if w is None or np.ndim(w) < 3 or any(int(d) != 1 for d in np.shape(w)[2:]):
+            return f"Conv {n.name!r} is not a 1×1 convolution with a constant kernel"
+        if _attr(n, "group", 1) != 1 or any(int(p) != 0 for p in _attr(n, "pads", [])) or \
+                any(int(v) != 1 for v in _attr(n, "strides", [])) or \
+                _attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            return f"Conv {n.name!r} has groups, strides or padding"
         bias = None
+        if len(n.input) > 2 and n.input[2]:
+            bias = constant_value(graph, n.input[2])
+            if bias is None:
+                return f"the bias {n.input[2]!r} of Conv {n.name!r} is not a constant"
+            bias = np.asarray(bias, np.float64).ravel()
+        wm = np.asarray(w, np.float64)
+        return wm.reshape(wm.shape[0], wm.shape[1]), bias
+
+    # candidates: (pooling node, 1×1 Conv before it or None)
+    cands: list[tuple[onnx.NodeProto, tuple | None, list[str]]] = []
+    why_none = ""
+    for n in consumers.get(layer, []):
+        if is_pool(n):
+            cands.append((n, None, []))
+        elif n.op_type == "Conv" and n.input[0] == layer:
+            conv = conv1x1(n)
+            nxt = only(n.output[0])
+            if isinstance(conv, str):
+                why_none = conv
+            elif nxt is not None and is_pool(nxt):
+                cands.append((nxt, conv, [n.name or n.output[0]]))
+    if not cands:
+        ops = sorted({n.op_type for n in consumers.get(layer, [])})
+        extra = f" (nor by a 1×1 Conv before pooling: {why_none})" if why_none else ""
+        raise fail(f"it is consumed by {ops or 'nothing'}, not by global average pooling{extra}")
+    last_err = ""
+    for pool, pre, nodes in cands:
+        nodes = nodes + [pool.name or pool.output[0]]
+        t, node = shapes(pool.output[0], nodes)
+        bias = None
+        if t == output:  # pooling (after an optional 1×1 Conv) gives the class scores
+            if pre is not None:
+                w, bias = pre
+            elif channels is None:
+                last_err = "the pooled tensor is the output (identity weights) but the channel count is unknown"
+                continue
+            else:
+                w = np.eye(int(channels))
+            return LinearHead(w, None if bias is None else np.array(bias), nodes)
+        if pre is not None:
+            last_err = f"the 1×1 Conv before the pooling is not the last linear map ({t!r} is not {output!r})"
+            continue
+        if node is None:
+            n_readers = len([c for c in consumers.get(t, []) if c.op_type not in _SHAPE_READERS])
+            last_err = (f"the pooled tensor {t!r} feeds {n_readers} nodes besides Shape/Size readers, "
+                        "expected exactly one")
+            continue
         if node.op_type == "Gemm":
             if node.input[0] != t or _attr(node, "transA", 0):
                 last_err = f"Gemm {node.name!r} does not take the pooled features as untransposed A"
@@ -294,9 +393,18 @@ def linear_head(
                     bias = np.broadcast_to(np.asarray(c, np.float64).ravel(), (w.shape[0],))
                     out = add.output[0]
                     nodes.append(add.name or out)
+        elif node.op_type == "Conv" and node.input[0] == t:
+            conv = conv1x1(node)
+            if isinstance(conv, str):
+                last_err = conv
+                continue
+            w, bias = conv
+            out = node.output[0]
+            nodes.append(node.name or out)
         else:
-            last_err = f"the pooled features feed {node.op_type} {node.name!r}, not Gemm/MatMul"
+            last_err = f"the pooled features feed {node.op_type} {node.name!r}, not Gemm/MatMul/1×1 Conv"
             continue
+        out, _ = shapes(out, nodes)
         if out != output:
             last_err = f"the linear layer produces {out!r}, not the class scores {output!r}"
             continue

@@ -207,6 +207,7 @@ class Model:
         self._sessions: OrderedDict = OrderedDict()
         self._bytes_per_sample: dict = {}
         self._heads: dict = {}
+        self._runtime_shapes: dict = {}
 
         try:
             self._inferred = onnx.shape_inference.infer_shapes(
@@ -285,6 +286,8 @@ class Model:
         if output is None:
             output = self.graph_outputs[0]
             prod = self._producer(output)
+            while strip_softmax and prod is not None and prod.op_type == "Identity":
+                prod = self._producer(prod.input[0])  # PaddlePaddle: Softmax -> Identity -> output
             if strip_softmax and prod is not None and prod.op_type in ("Softmax", "LogSoftmax"):
                 output = prod.input[0]
                 self.softmax_stripped = True
@@ -584,7 +587,8 @@ class Model:
                     if vi is not None and vi.type.HasField("tensor_type")
                     else 0
                 )
-                new.append(helper.make_tensor_value_info(name, et or TensorProto.FLOAT, None))
+                # element type unknown to shape inference: a name-only output (onnxruntime types it)
+                new.append(helper.make_tensor_value_info(name, et, None) if et else onnx.ValueInfoProto(name=name))
         del g.output[:]
         g.output.extend(new)
         try:
@@ -735,6 +739,53 @@ class Model:
             return li.layout.to_map(a, lead=lead, argument=f"layer {name!r}")
         return a
 
+    def unknown_ranks(self) -> list[str]:
+        """Tensors produced by the graph whose rank static shape inference leaves unknown."""
+        out = []
+        for n in self.proto.graph.node:
+            for o in n.output:
+                vi = self.value_info.get(o)
+                if o and (vi is None or not vi.type.HasField("tensor_type")
+                          or not vi.type.tensor_type.HasField("shape")
+                          or not vi.type.tensor_type.elem_type):
+                    out.append(o)
+        return out
+
+    def runtime_shapes(self, inputs: Any) -> dict[str, tuple[tuple[int, ...], int]]:
+        """Shapes and element types of the tensors static inference leaves unknown, from one run.
+
+        The probe runs the model once on the first sample of ``inputs`` (or on a full fixed batch)
+        returning exactly the tensors of :meth:`unknown_ranks`.  Cached per input signature
+        (non-batch shape and dtype): the ranks seen do not depend on the values.  Used by the
+        gradient builder (:func:`refcam.autodiff.build_vjp_model`, ``runtime_shapes=``) to
+        complete ranks; sizes in the gradient graph are read at run time.
+
+        Returns
+        -------
+        dict tensor name → ``(shape, ONNX element type)``.
+        """
+        x = self.check_inputs(inputs)
+        key = ("runtime_shapes", x.shape[1:], x.dtype.str)
+        cache = self._runtime_shapes
+        if key not in cache:
+            names = self.unknown_ranks()
+            res: dict[str, tuple[tuple[int, ...], int]] = {}
+            if names:
+                pad = 0 if self.fixed_batch is None else self.fixed_batch - 1
+                xb = x[:1] if not pad else np.repeat(x[:1], self.fixed_batch, axis=0)
+                sess = self.session(names)
+                try:
+                    outs = sess.run(names, self.feed(xb, 0, pad))
+                except Exception as exc:
+                    raise ModelError(
+                        f"model: onnxruntime failed on the shape probe of shape {tuple(xb.shape)}: {exc}"
+                    ) from exc
+                for nm, o in zip(names, outs):
+                    o = np.asarray(o)
+                    res[nm] = (tuple(o.shape), int(helper.np_dtype_to_tensor_dtype(o.dtype)))
+            cache[key] = res
+        return dict(cache[key])
+
     def proto_with_output(self) -> onnx.ModelProto:
         """The model proto with :attr:`output_name` among the graph outputs (a copy only if needed).
 
@@ -787,6 +838,11 @@ class Model:
                 f"CAM: layer {li.name!r} is {lay.describe()}; the GAP → linear head is found after "
                 "batch-first spatial maps (NCHW or NHWC) only"
             )
+        k = None
+        if li.shape is not None and len(li.shape) >= 2:
+            ch_last = (lay.channel_axis == li.rank - 1) if lay is not None and lay.is_map and li.rank \
+                else self.channels_last
+            k = li.shape[-1] if ch_last else li.shape[1]
         return linear_head(
             self.proto.graph,
             li.name,
@@ -794,6 +850,7 @@ class Model:
             rank=li.rank or 4,
             channels_last=(lay.channel_axis == li.rank - 1) if lay is not None and lay.is_map
             and li.rank else self.channels_last,
+            channels=k if isinstance(k, int) and k > 0 else None,
         )
 
     @property

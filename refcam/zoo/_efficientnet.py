@@ -313,4 +313,3 @@ def build_efficientnet_lite0(
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
-

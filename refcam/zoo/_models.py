@@ -97,7 +97,7 @@ def is_model_spec(spec: str) -> bool:
     return kind == "onnx"
 
 
-def load_model(spec: str | None, *, layout: str = "NCHW") -> LoadedModel:
+def load_model(spec: str | None, *, layout: str = "NCHW", **model_kwargs) -> LoadedModel:
     """Load ``spec``: ``None`` or one of :data:`DEFAULT_NAMES` (the embedded EfficientNet-Lite0),
     ``toy:NAME`` (:mod:`refcam.onnx.toy_models`) or an ONNX file (any suffix).
 
@@ -144,4 +144,6 @@ def load_model(spec: str | None, *, layout: str = "NCHW") -> LoadedModel:
         raise InputFileError(f"model: {spec!r} is a directory, expected an .onnx file")
     if _sniff(path) == "pytorch":
         raise InputFileError(pytorch_hint(spec))
-    return LoadedModel(Model(str(path), layout=layout), path.name, "imagenet", spec=spec, path=path)
+    # model_kwargs: Model options of a user file (input_name=, other_inputs= for several inputs)
+    return LoadedModel(Model(str(path), layout=layout, **model_kwargs), path.name, "imagenet",
+                       spec=spec, path=path)

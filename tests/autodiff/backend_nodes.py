@@ -393,7 +393,7 @@ def run_case(case, rng_seed: int | None = None) -> Result | None:
     if wrong:
         res.status, res.detail = "WRONG", "; ".join(wrong[:3])
     elif refused:
-        res.status, res.detail = "UNSUPPORTED", f"{len(compared and f_in or [])} input(s) checked; " + refused[0][1]
+        res.status, res.detail = "UNSUPPORTED", f"{len(f_in)} input(s) checked ({compared} points compared, {excluded} at kinks); " + refused[0][1]
     elif compared == 0:
         res.status, res.detail = "KINK", f"all {excluded} points at kinks"
     else:

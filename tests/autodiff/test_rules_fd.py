@@ -331,6 +331,27 @@ for eq, shapes in [("ij,jk->ik", [(3, 4), (4, 5)]), ("bhid,bhjd->bhij", [(2, 2, 
              wrt=names, opset=13, **D64)
 for attrs in [dict(kernel_shape=[2, 2], strides=[2, 1]), dict(kernel_shape=[3, 2], pads=[1, 0, 1, 1], p=3)]:
     new_case("LpPool", [node("LpPool", ["x"], **attrs)], {"x": rnd(2, 2, 5, 4, dtype=F32, lo=0.05)}, opset=18, **NL32)
+new_case("Compress", [node("Compress", ["x", "c"], axis=1)], {"x": rnd(2, 4, 3)}, {"c": np.array([True, False, True, True])},
+         opset=13, **D64)
+new_case("ReverseSequence", [node("ReverseSequence", ["x", "l"], batch_axis=1, time_axis=0)], {"x": rnd(4, 3, 2)},
+         {"l": np.array([4, 1, 3])}, opset=13, **D64)
+new_case("Unique", [node("Unique", ["x"], ["y", "i", "inv", "cnt"], sorted=1)], {"x": rnd(7)}, opset=13, **D64)
+for ac in (0, 1):
+    new_case("AffineGrid", [node("AffineGrid", ["x", "sz"], align_corners=ac)], {"x": rnd(2, 2, 3, dtype=F32)},
+             {"sz": np.array([2, 3, 4, 5])}, opset=20, **LIN32)
+    new_case("AffineGrid", [node("AffineGrid", ["x", "sz"], align_corners=ac)], {"x": rnd(2, 3, 4, dtype=F32)},
+             {"sz": np.array([2, 3, 2, 4, 3])}, opset=20, **LIN32)
+# onnxruntime's LRN needs an odd size; onnx.reference's LRN disagrees with it (window), so the
+# float32 onnxruntime oracle with Richardson is used (ORT32)
+for size in (3, 5):
+    new_case("LRN", [node("LRN", ["x"], size=size, alpha=0.3, beta=0.6, bias=1.5)], {"x": rnd(2, 5, 3, 2, dtype=F32)},
+             opset=13, **ORT32)
+xz2 = rnd(2, 4, 3)
+xz2[0, 1, 0] = 0.0
+xz2[1, 1, 2] = xz2[1, 3, 2] = 0.0  # one and two zeros in a line: exact
+for ex, rev in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+    new_case("CumProd", [node("CumProd", ["x", "a"], exclusive=ex, reverse=rev)], {"x": xz2}, {"a": np.array(1)},
+             opset=26, **D64)
 # (GroupNormalization: through its function body; checked by the backend node suite)
 
 
@@ -394,3 +415,29 @@ def test_control_flow_capture_is_refused_not_zero():
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(UnsupportedOpError, match=r"If .*opset 17"):
         build_vjp_model(m, "x")
+
+
+def test_training_dropout_reuses_the_node_mask():
+    """Training-mode Dropout with its mask output: dx = g * mask / (1 - ratio), hand-computed."""
+    from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
+
+    from ._harness import session
+
+    m = make_model([node("Dropout", ["x", "r", "t"], ["y", "mask"], seed=3)], {"x": rnd(4, 5, dtype=F32)}, ["y", "mask"],
+                   {"r": np.array(0.25, F32), "t": np.array(True)}, opset=13)
+    v = build_vjp_model(m, "x", seed="y")
+    x = rnd(4, 5, dtype=F32)
+    s = rnd(4, 5, dtype=F32)
+    g, mask = session(v).run([grad_name("x"), "mask"], {"x": x, SEED_INPUT: s})
+    from refcam._compare import within
+
+    assert mask.any() and not mask.all()
+    assert within(g, s.astype(np.float64) * mask / 0.75, rtol=1e-6)
+
+
+# (collected by test_new_rule_matches_finite_differences: pytest reads NEW after the module ran)
+for attrs, shp in [(dict(auto_pad="SAME_UPPER", strides=[2, 2]), None), (dict(auto_pad="SAME_LOWER", strides=[2, 3]), None),
+                   (dict(output_shape=[9, 11], strides=[2, 3]), None), (dict(output_shape=[10, 10], strides=[3, 2]), None)]:
+    new_case("ConvTranspose-autopad", [node("ConvTranspose", ["x", "w"], **attrs)],
+             {"x": rnd(2, 2, 4, 4, dtype=F32), "w": rnd(2, 3, 3, 3, dtype=F32)}, wrt=("x", "w"), **LIN32)
+

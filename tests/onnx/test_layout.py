@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import refcam
@@ -59,9 +61,12 @@ def vit_like(prefix: int = 1, d: int = 4, grid: int = 2, patch: int = 2):
         helper.make_node("Expand", ["cls", "eshape"], ["clsN"]),
         helper.make_node("Concat", ["clsN", "tokens"], ["x0"], axis=1),
         helper.make_node("LayerNormalization", ["x0", "g1", "b1"], ["norm1"], axis=-1),
-        helper.make_node("MatMul", ["norm1", "wq"], ["q"]),
-        helper.make_node("MatMul", ["norm1", "wk"], ["k"]),
-        helper.make_node("MatMul", ["norm1", "wv"], ["v"]),
+        # a sequence-first round trip, as nn.MultiheadAttention's legacy export has it
+        helper.make_node("Transpose", ["norm1"], ["norm1_tnc"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", ["norm1_tnc"], ["norm1_back"], perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["norm1_back", "wq"], ["q"]),
+        helper.make_node("MatMul", ["norm1_back", "wk"], ["k"]),
+        helper.make_node("MatMul", ["norm1_back", "wv"], ["v"]),
         helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
         helper.make_node("MatMul", ["q", "kt"], ["scores"]),
         helper.make_node("Softmax", ["scores"], ["attn"], axis=-1),
@@ -323,3 +328,33 @@ def test_graph_input_is_a_layer():
     x = RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)
     e = refcam.explain(m, x, "gradcam", layer="input", target=0)
     assert e.maps.shape == (1, 4, 4)
+
+
+def test_sequence_first_layer_end_to_end():
+    """A (T, N, C) tensor: batch axis 1, chunks joined on it; Grad-CAM equals the batch-first one."""
+    proto, _, _ = vit_like(prefix=1)
+    m = Model(proto)
+    assert m.layer("norm1_tnc").layout.describe() == "TNC 1+2x2"
+    x = RNG.standard_normal((3, 3, 4, 4)).astype(np.float32)
+    a = refcam.explain(m, x, "gradcam", layer="norm1", target=[0, 1, 2])
+    b = refcam.explain(m, x, "gradcam", layer="norm1_tnc", target=[0, 1, 2], batch_size=1)
+    np.testing.assert_array_equal(b.arrays["activations"], a.arrays["activations"])
+    # the VJP runs one sample at a time here (float32 sums in another order): rounding only
+    assert max_abs_error(b.maps, a.maps) <= 1e-6 * float(np.abs(a.maps).max())
+    # Ablation-CAM cuts the graph there and runs the head batch-first: refused, not garbled
+    with pytest.raises(InvalidArgumentError, match="batch-first"):
+        refcam.explain(m, x, "ablationcam", layer="norm1_tnc", target=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["NCHW", "NHWC", "NCL", "NLC", "NCDHW", "NDHWC", "NTC:1+2x3", "TNC:2+3x2",
+                        "NTC:0+6x1+1"]), st.integers(1, 3), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_to_map_from_map_round_trip(spec, n, k, seed):
+    """from_map(to_map(a), a) == a for every layout (tokens: prefix/suffix copied back)."""
+    lay = parse_layout(spec)
+    sizes = {"N": n, "C": k, "T": (lay.prefix or 0) + int(np.prod(lay.grid or (1,))) + (lay.suffix or 0)}
+    shape = tuple(sizes.get(t, 2 + i) for i, t in enumerate(lay.axes))
+    a = np.random.default_rng(seed).standard_normal(shape)
+    m = lay.to_map(a)
+    assert m.shape[:2] == (n, k)
+    np.testing.assert_array_equal(lay.from_map(m, a), a)

@@ -10,7 +10,7 @@ import pytest
 
 from refcam.cli import main
 
-from .test_layout import channels_last_net, vit_like, window_net  # noqa: E402  (same folder)
+from .test_layout import channels_last_net, vit_like, window_net
 
 pytest.importorskip("matplotlib")
 
@@ -65,3 +65,27 @@ def test_cli_unclear_layout_exit_1_then_override(files, capsys):
 def test_cli_vector_layer_exit_1(files, capsys):
     assert _explain(files, "vit", "-l", "cls_out") == 1
     assert "not a spatial activation" in capsys.readouterr().err
+
+
+def test_cli_several_inputs(tmp_path, capsys):
+    """captum's two-input conv net from the command line: --input-name and --other-input."""
+    from .test_layout_inputs import convnet_one_conv
+
+    p = tmp_path / "two.onnx"
+    onnx.save(convnet_one_conv(), str(p))
+    np.save(tmp_path / "x.npy", np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4))
+    np.save(tmp_path / "x2.npy", np.ones((1, 1, 4, 4), np.float32))
+    base = ["explain", str(p), str(tmp_path / "x.npy"), "-o", str(tmp_path / "o"), "-m", "gradcam",
+            "-l", "conv1", "-t", "0", "-O", "relu=false"]
+    assert main(base) == 1
+    assert "--input-name" in capsys.readouterr().err
+    assert main(base + ["--input-name", "x", "--other-input", f"x2={tmp_path / 'x2.npy'}"]) == 0
+    got = np.load(tmp_path / "o" / "x_gradcam.npy")
+    np.testing.assert_array_equal(got.reshape(2, 2), [[14.5, 19.0], [32.5, 37.0]])
+
+
+def test_cli_embedded_model_pooled_layer_exit_1(tmp_path, capsys):
+    """The issue's case: ``-l head.pool`` on the embedded model was a uniform 1x1 overlay, exit 0."""
+    assert main(["explain", "chelsea", "-l", "head.pool", "-o", str(tmp_path), "-m", "gradcam"]) == 1
+    err = capsys.readouterr().err
+    assert "2x2" in err and "--allow-small-map" in err

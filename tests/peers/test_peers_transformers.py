@@ -329,3 +329,64 @@ def test_attention_attribution_refuses_windows_and_convnets(exported):
     x = make_input(kind).numpy()
     with pytest.raises(ModelError, match="windowed|no attention"):
         explain_attention(m, x, "rollout")
+
+
+def test_issue_cases_swin_and_convnext(exported):
+    """The issue's reports: swin's ``permute`` names a tensor and a module (ambiguous, listed);
+    a channels-last block norm is read as NHWC (map (N, H, W)), not (N, 7, C); ConvNeXt's pooled
+    LayerNorm (N, 1, 1, C) is refused unless allowed."""
+    from refcam.errors import AmbiguousLayerError, ShapeError
+    import refcam
+
+    kind, dynamo, _, m = exported
+    x = make_input(kind).numpy()
+    if kind == "swin":
+        if dynamo:
+            with pytest.raises(AmbiguousLayerError, match="tensor:permute.*module:permute"):
+                m.layer("permute")
+        li = m.layer("features.3.0.norm1")
+        assert li.layout.describe() == "NHWC"
+        e = refcam.explain(m, x, "eigencam", layer=li)
+        assert e.maps.shape == (len(x), 8, 8)
+    elif kind == "convnext":
+        ln = next(li for li in m.layers() if li.module_path == "classifier.0"
+                  and li.op_type == "LayerNormalization")
+        assert not ln.is_spatial or ln.map_shape[2:] == (1, 1)   # 1x1, or unclear (dynamo)
+        with pytest.raises(ShapeError, match="allow_small_map|layer_layout"):
+            refcam.explain(m, x, "eigencam", layer=ln)
+        assert m.default_layer().name != ln.name
+    else:
+        pytest.skip("swin and convnext cases")
+
+
+TORCHCAM = {"gradcam": "GradCAM", "gradcampp": "GradCAMpp", "layercam": "LayerCAM"}
+
+
+@pytest.mark.parametrize("method", list(TORCHCAM))
+def test_torchcam_reshape_transform(exported, method):
+    """The ``torchcam`` preset on the default layer equals torchcam's extractor with its
+    ``reshape_transform`` (torchcam ≥ 0.5) on the matching module, ≤ 1e-5 of the maximum."""
+    import torchcam.methods as tm
+
+    from refcam.autodiff import gradients
+
+    kind, _, model, m = exported
+    x = make_input(kind)
+    li = m.default_layer()
+    try:
+        gr = gradients(m, x.numpy(), wrt=li.name, target=list(CLASSES))
+    except (ModelError, UnsupportedOpError) as e:
+        pytest.xfail(f"VJP of this export: {type(e).__name__}: {str(e)[:160]}")
+    a, g = gr.activations[li.name], gr.gradients[li.name][:, 0]
+    ref = presets.compute(method, convention=presets.get("torchcam", method), activations=a, gradients=g)
+    rt = reshape_transform(kind, *a.shape[2:])
+    kw = {"input_shape": tuple(x.shape[1:])}
+    if rt is not None:
+        kw["reshape_transform"] = rt
+    with contextlib.redirect_stdout(io.StringIO()), \
+            getattr(tm, TORCHCAM[method])(model, EXPECTED[kind][0](model), **kw) as ex:
+        cams = ex(class_idx=list(CLASSES), scores=model(x))
+    peer = cams[0].detach().numpy()
+    assert peer.shape == ref.shape
+    assert float(np.abs(peer).max()) > 0.5
+    assert max_abs_error(ref, peer) <= TOL * float(np.abs(peer).max())

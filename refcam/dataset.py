@@ -1,0 +1,468 @@
+"""Explain a whole dataset into a Zarr store: :func:`explain_dataset` (``refcam explain-dataset``).
+
+The dataset is a folder, a glob, a CSV file list (``path[,class or classes]``, classes separated
+by spaces or ``;``) or a sequence of paths.  Items are cut into **chunks** of ``batch_size``
+images; a chunk is the unit of work, of storage and of resumption:
+
+* a worker decodes and preprocesses the chunk's images (:func:`refcam.zoo._images.load_inputs`),
+  explains them in one :func:`refcam.explain` call, and writes the chunk of every array itself;
+* memory per worker is bounded by the batch: the decoded inputs, the activations and the maps of
+  one chunk (plus the next chunk's decoded inputs in the single-process mode);
+* the driver moves only metadata (item paths, chunk numbers, counts).
+
+Store layout (Zarr v3 group, one chunk per batch along axis 0)
+---------------------------------------------------------------
+``maps`` ``(N, T, *S)``: raw maps at feature resolution (dtype of the activations; NaN for
+failed items and padded targets); ``scores`` ``(N, T)`` float64; ``targets`` ``(N, T)`` int64
+(``-1`` padding); ``ids`` ``(N,)`` str (the item paths); ``status`` ``(N,)`` uint8:
+``0`` pending, ``1`` done, ``2`` failed; ``failures/<chunk>.json``: ``{id: reason}``;
+``manifest.json``: model SHA-256, method, options, target, layer, preprocessing, refcam version.
+
+Atomicity: every chunk file is written to a temporary name and renamed (Zarr's local store), and
+a chunk's ``status`` is written **last**, so a chunk marked done always has its maps; a chunk
+interrupted before its status is recomputed on resume (the computation is deterministic).
+**Resume** (the default when the store exists with the same manifest): chunks whose items are all
+done or failed are skipped.  A store written with other arguments is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob as _glob
+import hashlib
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidArgumentError, RefcamError
+
+__all__ = ["DatasetResult", "PENDING", "DONE", "FAILED", "explain_dataset", "read_items"]
+
+PENDING, DONE, FAILED = 0, 1, 2
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".npy")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class DatasetResult:
+    """What :func:`explain_dataset` did: ``store`` path, item counts, and the chunks computed in
+    this call (``computed``; chunks skipped as already finished are not in it)."""
+
+    store: str
+    n_items: int
+    n_done: int
+    n_failed: int
+    computed: list
+
+
+# ------------------------------------------------------------------------------ inputs
+def read_items(source: Any) -> tuple[list[str], list[list[int]] | None]:
+    """``(paths, labels)`` of a folder (images sorted by name), a glob, a CSV file list
+    (``path[,classes]``; relative paths are relative to the CSV) or a sequence of paths.
+    ``labels`` is one class list per item when a CSV gives a second column, else ``None``."""
+    if isinstance(source, (list, tuple)):
+        return [os.fspath(p) for p in source], None
+    spec = os.fspath(source)
+    p = Path(spec)
+    if p.is_dir():
+        paths = sorted(str(q) for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        return paths, None
+    if p.is_file() and p.suffix.lower() == ".csv":
+        paths, labels, any_label = [], [], False
+        with open(p, newline="") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if not row or not row[0].strip() or row[0].startswith("#"):
+                    continue
+                if i == 0 and row[0].strip().lower() in ("path", "image", "file"):
+                    continue  # header
+                q = Path(row[0].strip())
+                paths.append(str(q if q.is_absolute() else p.parent / q))
+                cls = row[1].replace(";", " ").split() if len(row) > 1 else []
+                try:
+                    labels.append([int(c) for c in cls])
+                except ValueError:
+                    raise InvalidArgumentError(
+                        "items", spec, f"class indices (integers) in column 2, row {i + 1}: {row[1]!r}"
+                    ) from None
+                any_label = any_label or bool(cls)
+        return paths, (labels if any_label else None)
+    paths = sorted(_glob.glob(spec, recursive=True))
+    if not paths:
+        raise InvalidArgumentError("items", spec, "a folder, a glob matching files, or a .csv list")
+    return paths, None
+
+
+# ------------------------------------------------------------------------------ helpers
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_path(model: Any, store: Path) -> str:
+    """A file path the workers load the model from (an in-memory model is saved in the store)."""
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(Path(model).resolve())
+    from .onnx import Model
+
+    proto = model.proto if isinstance(model, Model) else model
+    data = proto if isinstance(proto, bytes) else proto.SerializeToString()
+    path = store / "model.onnx"
+    if not path.exists() or _sha256_file(str(path)) != hashlib.sha256(data).hexdigest():
+        _atomic_write(path, data)
+    return str(path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return v
+    return repr(v)
+
+
+def _target_spec(target: Any) -> Any:
+    from .onnx import TopK
+
+    if target is None or target == "all" or target == "labels":
+        return target
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return int(target)
+    if isinstance(target, TopK):
+        return {"topk": int(target.k)}
+    raise InvalidArgumentError(
+        "target", target, "None (top-1), a class index, TopK(k), 'all' or 'labels' (from the CSV)"
+    )
+
+
+# ------------------------------------------------------------------------------ worker side
+_MODELS: dict = {}  # per process (per Dask worker): model path → refcam.onnx.Model, built once
+_LOCK = threading.Lock()
+LOADS = [0]  # models (onnxruntime sessions) built in this process: 1 per worker for one run
+
+
+def _load_model(spec: dict):
+    from .onnx import load
+
+    key = (spec["model_path"], spec["model_sha256"], spec["layout"])
+    with _LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load(spec["model_path"], layout=spec["layout"])
+            LOADS[0] += 1
+        return _MODELS[key]
+
+
+def _decode(spec: dict, chunk: int) -> tuple[list[int], np.ndarray | None, dict]:
+    """Decode + preprocess the images of ``chunk``: (ok item indices, inputs, {index: reason})."""
+    from .zoo import _images
+
+    m = _load_model(spec)
+    lo, hi = chunk * spec["batch_size"], min(spec["n_items"], (chunk + 1) * spec["batch_size"])
+    ok, xs, failed = [], [], {}
+    for i in range(lo, hi):
+        try:
+            items = _images.load_inputs([spec["paths"][i]], m, **spec["preprocessing"])
+            if len(items) != 1:
+                raise InvalidArgumentError("image", spec["paths"][i], "one image (got several samples)")
+            xs.append(items[0].x)
+            ok.append(i)
+        except Exception as exc:  # any decoding failure of one file: recorded, the rest goes on
+            failed[i] = f"{type(exc).__name__}: {exc}"
+    return ok, (np.concatenate(xs) if xs else None), failed
+
+
+def _batch_target(spec: dict, ok: list[int]) -> Any:
+    from .onnx import TopK
+
+    t = spec["target"]
+    if t == "labels":
+        rows = [spec["labels"][i] for i in ok]
+        if len({len(r) for r in rows}) == 1 and spec["method"] not in ("cam", "gradcam"):
+            return np.asarray(rows, dtype=np.int64)
+        return rows
+    if isinstance(t, dict):
+        return TopK(t["topk"])
+    return t
+
+
+def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
+    """Explain and write one chunk (maps, scores, targets, failures, then status last)."""
+    import zarr
+
+    from .explanation import explain
+
+    ok, x, failed = decoded if decoded is not None else _decode(spec, chunk)
+    lo, hi = chunk * spec["batch_size"], min(spec["n_items"], (chunk + 1) * spec["batch_size"])
+    g = zarr.open_group(spec["store"], mode="r+")
+    t_max, map_shape = spec["n_targets"], tuple(spec["map_shape"])
+    maps = np.full((hi - lo, t_max) + map_shape, np.nan, dtype=spec["map_dtype"])
+    scores = np.full((hi - lo, t_max), np.nan)
+    targets = np.full((hi - lo, t_max), -1, dtype=np.int64)
+    status = np.full(hi - lo, FAILED, dtype=np.uint8)
+    if ok:
+        try:
+            e = explain(_load_model(spec), x, spec["method"], layer=spec["layer"],
+                        target=_batch_target(spec, ok), **spec["options"])
+            r = np.asarray(ok) - lo
+            mp = e.maps if e.maps.ndim == len(map_shape) + 2 else e.maps[:, None]
+            if mp.shape[2:] != map_shape or mp.shape[1] > t_max:
+                raise RefcamError(f"map shape {mp.shape[1:]} differs from the store's "
+                                  f"{(t_max,) + map_shape}")
+            maps[r, : mp.shape[1]] = mp
+            if e.scores is not None:
+                scores[r, : e.scores.shape[1]] = e.scores
+            if e.targets is not None:
+                targets[r, : e.targets.shape[1]] = e.targets
+            status[r] = DONE
+        except RefcamError as exc:
+            for i in ok:
+                failed[i] = f"{type(exc).__name__}: {exc}"
+    g["maps"][lo:hi] = maps
+    g["scores"][lo:hi] = scores
+    g["targets"][lo:hi] = targets
+    fdir = Path(spec["store"]) / "failures"
+    if failed:
+        fdir.mkdir(exist_ok=True)
+        _atomic_write(fdir / f"{chunk}.json",
+                      json.dumps({spec["paths"][i]: r for i, r in sorted(failed.items())},
+                                 indent=1).encode())
+    g["status"][lo:hi] = status  # last: the chunk is finished only once this lands
+    return {"chunk": chunk, "done": int((status == DONE).sum()), "failed": int((status == FAILED).sum())}
+
+
+def _worker_chunk(spec: dict, chunk: int) -> dict:  # the Dask task: metadata in, metadata out
+    return _compute_chunk(spec, chunk)
+
+
+# ------------------------------------------------------------------------------ driver
+def _probe(model_path: str, spec: dict, x: np.ndarray) -> tuple[tuple, str, int]:
+    """Map shape ``S``, dtype and ``T`` of one explained input (an all-zero image)."""
+    from .explanation import explain
+
+    m = _load_model(spec)
+    t = spec["target"]
+    if t == "labels":
+        t = [[0]] if spec["method"] in ("cam", "gradcam") else 0
+    elif isinstance(t, dict):
+        from .onnx import TopK
+
+        t = TopK(t["topk"])
+    e = explain(m, x, spec["method"], layer=spec["layer"], target=t, **spec["options"])
+    n_t = 1 if e.targets is None else e.targets.shape[1]
+    shape = e.maps.shape[1:] if n_t == 1 else e.maps.shape[2:]
+    if spec["target"] == "labels":
+        n_t = max(len(r) for r in spec["labels"])
+    return tuple(int(s) for s in shape), str(e.maps.dtype), n_t
+
+
+def explain_dataset(
+    model: Any,
+    items: Any,
+    store: str | os.PathLike,
+    method: str = "gradcam",
+    *,
+    layer: str | None = None,
+    target: Any = None,
+    batch_size: int = 16,
+    workers: int = 0,
+    scheduler: str | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+    layout: str = "NCHW",
+    size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_padding: int = 32,
+    resample: str = "bicubic",
+    **options: Any,
+) -> DatasetResult:
+    """Explain every image of ``items`` with ``method`` and stream the results into a Zarr store.
+
+    Parameters
+    ----------
+    model : ONNX file path (or ModelProto / bytes / :class:`refcam.onnx.Model`, saved as
+        ``<store>/model.onnx`` for the workers).
+    items : folder, glob, ``.csv`` file list (``path[,classes]``) or a sequence of paths.
+    store : the Zarr directory (created, or resumed).
+    method, layer, **options : as in :func:`refcam.explain`.
+    target : ``None`` (top-1), a class index, :class:`refcam.onnx.TopK`, ``"all"`` (every class,
+        CAM / Grad-CAM on a GAP → linear head) or ``"labels"`` (the CSV's classes per image).
+    batch_size : images per chunk (the unit of work, storage and resumption).
+    workers : ``0`` runs in this process (decoding of the next chunk overlaps the current one);
+        ``n >= 1`` starts a local Dask cluster of ``n`` single-threaded worker processes.
+    scheduler : ``"tcp://host:port"`` of an existing Dask cluster (the store and the model path
+        must be visible to its workers).
+    resume : continue an existing store written with the same arguments (else refuse it).
+    progress : tqdm bar (images/s, ETA) on stderr; ``None``: only on a terminal.
+    size, mean, std, crop_padding, resample : preprocessing (:func:`refcam.zoo.preprocess`);
+        ``mean``/``std`` default to ImageNet's.
+
+    Returns
+    -------
+    DatasetResult
+    """
+    import zarr
+
+    from . import __version__
+    from .zoo._images import NORMALIZATIONS
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError("batch_size", batch_size, "an integer >= 1")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InvalidArgumentError("workers", workers, "an integer >= 0")
+    paths, labels = read_items(items)
+    if not paths:
+        raise InvalidArgumentError("items", items, "at least one image")
+    tspec = _target_spec(target)
+    if tspec == "labels" and labels is None:
+        raise InvalidArgumentError("target", "labels", "a CSV file list with classes in column 2")
+    if tspec == "labels" and any(not r for r in labels):
+        raise InvalidArgumentError("target", "labels", "classes for every row of the CSV")
+    root = Path(store).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "model_path": _model_path(model, root),
+        "layout": layout,
+        "method": method,
+        "layer": layer,
+        "target": tspec,
+        "options": options,
+        "batch_size": batch_size,
+        "n_items": len(paths),
+        "paths": paths,
+        "labels": labels if tspec == "labels" else None,
+        "store": str(root),
+        "preprocessing": {
+            "size": size, "crop_padding": crop_padding, "resample": resample,
+            "mean": tuple(mean) if mean is not None else NORMALIZATIONS["imagenet"][0],
+            "std": tuple(std) if std is not None else NORMALIZATIONS["imagenet"][1],
+        },
+    }
+    spec["model_sha256"] = _sha256_file(spec["model_path"])
+    manifest = {
+        "refcam_version": __version__,
+        "model_sha256": spec["model_sha256"],
+        "model": spec["model_path"],
+        "method": method,
+        "layer": layer,
+        "target": tspec,
+        "options": _jsonable(options),
+        "batch_size": batch_size,
+        "n_items": len(paths),
+        "items_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+        "labels_sha256": None if spec["labels"] is None
+        else hashlib.sha256(json.dumps(spec["labels"]).encode()).hexdigest(),
+        "preprocessing": _jsonable(spec["preprocessing"]),
+        "layout": layout,
+    }
+    mpath = root / MANIFEST
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        diff = [k for k in manifest if k != "refcam_version" and old.get(k) != manifest[k]]
+        if diff:
+            raise InvalidArgumentError(
+                "store", str(root), f"a store of the same run to resume (it differs in: "
+                f"{', '.join(diff)}); pass a new store path"
+            )
+        if not resume:
+            raise InvalidArgumentError("store", str(root), "a new path (resume=False)")
+        spec.update(old["layout_of_arrays"])
+        g = zarr.open_group(str(root), mode="r+")
+    else:
+        m = _load_model(spec)
+        from .zoo._images import load_inputs  # noqa: F401  (fail early without Pillow)
+
+        shape = m.input_shape
+        side = size or next((d for d in (shape[1:-1] if m.channels_last else shape[2:])
+                             if isinstance(d, int) and d > 0), 224)
+        zeros = np.zeros((1,) + ((side, side, 3) if m.channels_last else (3, side, side)),
+                         dtype=m.input_dtype)
+        map_shape, map_dtype, n_t = _probe(spec["model_path"], spec, zeros)
+        arr = {"map_shape": list(map_shape), "map_dtype": map_dtype, "n_targets": n_t}
+        spec.update(arr)
+        n, b = len(paths), batch_size
+        g = zarr.open_group(str(root), mode="w")
+        g.create_array("maps", shape=(n, n_t, *map_shape), chunks=(b, n_t, *map_shape),
+                       dtype=map_dtype, fill_value=np.nan)
+        g.create_array("scores", shape=(n, n_t), chunks=(b, n_t), dtype="float64",
+                       fill_value=np.nan)
+        g.create_array("targets", shape=(n, n_t), chunks=(b, n_t), dtype="int64", fill_value=-1)
+        g.create_array("status", shape=(n,), chunks=(b,), dtype="uint8", fill_value=PENDING)
+        ids = g.create_array("ids", shape=(n,), chunks=(b,), dtype=str)
+        ids[:] = np.asarray(paths, dtype=object)
+        g.attrs["refcam"] = {"manifest": MANIFEST}
+        _atomic_write(mpath, json.dumps({**manifest, "layout_of_arrays": arr}, indent=1).encode())
+    status = g["status"][:]
+    n_chunks = -(-len(paths) // batch_size)
+    todo = [c for c in range(n_chunks)
+            if (status[c * batch_size:(c + 1) * batch_size] == PENDING).any()]
+    computed: list = []
+    from tqdm.auto import tqdm
+
+    show = progress if progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=len(paths), initial=len(paths) - sum(
+        min(len(paths), (c + 1) * batch_size) - c * batch_size for c in todo),
+        unit="img", desc="explain-dataset", disable=not show, smoothing=0.1)
+    try:
+        if workers == 0 and scheduler is None:
+            with ThreadPoolExecutor(max_workers=1) as pool:  # decode chunk i+1 during chunk i
+                nxt = pool.submit(_decode, spec, todo[0]) if todo else None
+                for j, c in enumerate(todo):
+                    dec = nxt.result()
+                    nxt = pool.submit(_decode, spec, todo[j + 1]) if j + 1 < len(todo) else None
+                    r = _compute_chunk(spec, c, dec)
+                    computed.append(c)
+                    bar.update(r["done"] + r["failed"])
+        elif todo:
+            _run_dask(spec, todo, workers, scheduler, bar, computed)
+    finally:
+        bar.close()
+    status = g["status"][:]
+    return DatasetResult(str(root), len(paths), int((status == DONE).sum()),
+                         int((status == FAILED).sum()), sorted(computed))
+
+
+def _run_dask(spec: dict, todo: list, workers: int, scheduler: str | None, bar, computed) -> None:
+    """Submit one task per pending chunk; the tasks write their chunks, results are counts."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        ref = client.scatter(spec, broadcast=True)  # the item list crosses the network once
+        futures = [client.submit(_worker_chunk, ref, c, pure=False, retries=3) for c in todo]
+        for fut in as_completed(futures):
+            r = fut.result()
+            computed.append(r["chunk"])
+            bar.update(r["done"] + r["failed"])
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
