@@ -717,32 +717,82 @@ NB5 = [
     assert np.allclose(pgc, second_pass, rtol=0, atol=1e-12)
     """),
     md(r"""
-    ## The conformance harness: `refcam.conformance` / `refcam check`
+    ## The conformance harness: `refcam.conformance` / `refcam check` says *why*
 
     Instead of hand-picked arrays, `refcam.conformance.check(fn, method)` runs Hypothesis-generated
-    cases through your function and through *every* refcam candidate (paper raw, paper min–max,
-    each preset), reports the errors, the candidates it matches, and a shrunk counterexample. The
-    generated gradients go down to $10^{-4}$, where additive eps guards show. From the shell:
-    `refcam check my_module:their_gradcam --method gradcam --input-size 10,10`.
+    cases (plus fixed probes with tiny gradients) through your function and through *every* refcam
+    candidate: each preset (paper, pytorch-grad-cam, torchcam, captum) at each **stage** — raw at
+    feature resolution, after the preset's normalisation, after its resizing. When nothing matches,
+    it searches the documented convention knobs (ReLU placement, additive eps values — fitted —,
+    Grad-CAM++'s α variant, normalisation, resize mode and order, sum/mean, softmax, SVD sign,
+    ablation value) for the setting that explains the function, and prints a **diagnosis**: one
+    line, the formula, where it matters, a minimal counterexample. From the shell:
+    `refcam check my_module:their_gradcam --method gradcam --input-size 10,10` (`--json` for CI).
     """),
     code("""
     from refcam import conformance
 
     rep = conformance.check(lambda a, g: their_gradcam(a, g, size=(10, 10)), "gradcam",
-                            input_size=(10, 10), max_examples=30)
-    for name, (ab, rel) in sorted(rep.errors.items(), key=lambda kv: kv[1][0]):
-        print(f"{name:28s} max abs error {ab:.1e}")
-    print("matches:", rep.matches or "none", "| closest:", rep.target)
+                            input_size=(10, 10), max_examples=10)
+    print("matches:", rep.matches or "none")
+    print(rep.diagnosis.summary)
+    print(rep.diagnosis.formula)
     """),
     md(r"""
-    Our imitation matches **none** of them: it mixes conventions (pytorch-grad-cam's `+1e-7`
-    without its second normalisation). The closest candidate is torchcam's
-    normalise-then-resize, off only by the eps ($10^{-7}$ vs $10^{-8}$), which matters when the
-    whole map is tiny. A reference implementation makes such hybrids visible instead of "close
-    enough".
+    Our imitation matches **no** candidate: it mixes conventions. The diagnosis names them:
+    min–max with eps $= 10^{-7}$ (fitted from the counterexample, not guessed), scaled *before*
+    resizing — pytorch-grad-cam's first pass without its second normalisation. A reference
+    implementation makes such hybrids visible instead of "close enough".
     """),
     code("""
-    assert not rep.matches and rep.target == "torchcam" and rep.errors["torchcam"][0] < 1e-2
+    d = rep.diagnosis
+    assert not rep.matches and d.explained
+    assert [c["knob"] for c in d.changes] == ["normalize_eps", "order"]
+    assert d.knob("normalize_eps") == 1e-7 and d.knob("order") == "normalize-then-upsample"
+    assert d.derived_from == "pytorch-grad-cam (upsampled)" and d.search_changes == ("renormalize",)
+    """),
+    md(r"""
+    ## The peers' own classes, called natively
+
+    `refcam.peer_adapters.adapt(cls)` wraps a peer's class so the harness can call it the way its
+    users do, on a small torch model refcam builds (the layer's input *is* the activations, the
+    gradient is exactly the one given; Score-CAM and Ablation-CAM run on a generated
+    `conformance.TinyModel` whose masked and ablated scores refcam computes exactly in NumPy).
+    It needs torch and the peers (`pip install -e ".[peers]"`), so this notebook shows the code
+    and the text it printed (grad-cam 1.5.7, torchcam 0.5.0, captum 0.9.0) for each known
+    divergence of `docs/divergences.md`; `tests/peers/test_peers_conformance.py` runs it and
+    asserts every knob and value.
+
+    ```python
+    import pytorch_grad_cam, torchcam.methods
+    from captum.attr import LayerGradCam
+    from refcam.peer_adapters import adapt
+
+    for cls, kw in [(pytorch_grad_cam.GradCAMPlusPlus, {}), (torchcam.methods.GradCAMpp, {}),
+                    (pytorch_grad_cam.ScoreCAM, {}), (LayerGradCam, {"input_size": (7, 9)}),
+                    (pytorch_grad_cam.EigenCAM, {}), (torchcam.methods.CAM, {}),
+                    (pytorch_grad_cam.AblationCAM, {})]:
+        fn, method, mode = adapt(cls, input_size=kw.get("input_size"))
+        print(cls.__module__ + "." + cls.__name__ + ":")
+        print("  " + conformance.check(fn, method, mode=mode, **kw).diagnosis.summary)
+    ```
+
+    ```text
+    pytorch_grad_cam.grad_cam_plusplus.GradCAMPlusPlus:
+      your function = Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19), min-max scaled map, ReLU on the map, with eps = 1e-06 added to the α denominator; min-max with eps = 1e-07 added to the denominator; ReLU and min-max applied a second time — pytorch-grad-cam's convention; it differs from the paper by up to 100% where 2g² + Σ A g³ is small (|g| ≲ √eps)
+    torchcam.methods.gradient.GradCAMpp:
+      your function = Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19), min-max scaled map, ReLU on the map, with α = g² (the division of eq. 19 lost: torchcam 0.5.0's in-place division of a copy); min-max with eps = 1e-08 added to the denominator — torchcam's convention; it differs from the paper by up to 100% wherever Σ_ab A_ab g_ij is not ≪ 2
+    pytorch_grad_cam.score_cam.ScoreCAM:
+      your function = Score-CAM (Wang et al. 2020, eq. 6-10), resized to the input, min-max scaled, ReLU on the map, with channel softmax of the scores; scores are the raw logits; no baseline score subtracted; masks upsampled bilinear align-corners (torch align_corners=True); eps = 1e-08 added to the mask min-max denominator; min-max with eps = 1e-07 added to the denominator; ReLU and min-max applied a second time; scaled before resizing — pytorch-grad-cam's convention; it differs from the paper by up to 100% everywhere (softmax compresses the weights' range)
+    captum.attr._core.layer.grad_cam.LayerGradCam:
+      your function = Grad-CAM (Selvaraju et al. 2017, eq. 1-2), resized to the input, not scaled, with no ReLU on the map; upsampled nearest (torch legacy 'nearest') instead of bilinear half-pixel (torch align_corners=False, OpenCV INTER_LINEAR) — captum's convention; it differs from the paper by up to 106% where the map Σ_k w_k A^k is negative
+    pytorch_grad_cam.eigen_cam.EigenCAM:
+      your function = Eigen-CAM (Muhammad & Yeasin 2020), min-max scaled map, with channels centred before the SVD; no sign rule (the SVD's arbitrary sign); a ReLU on the map; min-max with eps = 1e-07 added to the denominator; ReLU and min-max applied a second time — pytorch-grad-cam's convention; it differs from the paper by up to 100% where channels have a large mean
+    torchcam.methods.activation.CAM:
+      your function = CAM (Zhou et al. 2016, eq. 2), min-max scaled map, no ReLU on the map, with min-max with eps = 1e-08 added to the denominator — torchcam's convention; it differs from the paper by up to 100% where the map's range is ≲ eps
+    pytorch_grad_cam.ablation_cam.AblationCAM:
+      your function returned NaN or Inf on finite input in 2 of 17 kept cases (never a match); on the other cases: your function = Ablation-CAM (Desai & Ramaswamy 2020), resized to the input, min-max scaled, ReLU on the map, with ablated channels set to min(A) - 1e7, compounding (pytorch-grad-cam) — pytorch-grad-cam's convention; it differs from the paper by up to 100% at layers whose minimum is not 0 (the ablated value is min - 1e7, compounding)
+    ```
     """),
 ]
 

@@ -701,17 +701,17 @@ def _missing_hypothesis(exc: ImportError):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
     import numpy as np
+
+    from . import peer_adapters
 
     try:
         from . import conformance
     except ImportError as exc:
         _missing_hypothesis(exc)
 
-    if args.method not in conformance.METHOD_ARGUMENTS:
-        raise UsageError(
-            f"--method: got {args.method!r}, expected one of {', '.join(conformance.METHOD_ARGUMENTS)}"
-        )
     size = None
     if args.input_size is not None:
         try:
@@ -723,10 +723,25 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"--input-size: got {args.input_size!r}, expected H,W (two positive integers)"
             )
     fn = _import_target(args.function)
+    method, mode = args.method, args.mode
+    if peer_adapters.is_peer_class(fn):          # a peer's class: call it natively on a small model
+        if mode == "model" and size is not None:
+            raise UsageError("--input-size: not with --mode model (the generated model fixes the input size)")
+        fn, peer_method, mode = peer_adapters.adapt(fn, mode=mode, input_size=size)
+        if method is not None and method != peer_method:
+            raise UsageError(f"--method: got {method!r}, but {args.function} computes {peer_method!r}")
+        method = peer_method
+    mode = mode or "arrays"
+    valid = conformance.MODEL_METHODS if mode == "model" else tuple(conformance.METHOD_ARGUMENTS)
+    if method is None:
+        raise UsageError("the following arguments are required: -m/--method (unless FUNCTION is a "
+                         "peer class; one of " + ", ".join(valid) + ")")
+    if method not in valid:
+        raise UsageError(f"--method: got {method!r}, expected one of {', '.join(valid)}")
     try:
         report = conformance.check(
             fn,
-            args.method,
+            method,
             preset=args.preset,
             input_size=size,
             max_examples=args.max_examples,
@@ -734,10 +749,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             rtol=args.rtol,
             dtype=np.float32 if args.float32 else np.float64,
             seed=args.seed,
+            mode=mode,
         )
     except ImportError as exc:
         _missing_hypothesis(exc)
-    print(report)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(report)
     ok = report.matched(args.preset) if args.preset is not None else bool(report.matches)
     return 0 if ok else EXIT_ERROR
 
@@ -747,24 +766,33 @@ def _add_check(sub, common) -> None:
         "check",
         parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        help="check your own CAM function against refcam's formulas and presets",
+        help="check your own CAM function against refcam's formulas and presets, and say why it differs",
         description=(
             "Run hypothesis-generated arrays through FUNCTION and through every refcam candidate of\n"
-            "the method (the paper formula raw and min-max scaled, each peer preset) and report the\n"
-            "errors, which candidates it matches and a shrunk counterexample (refcam.conformance).\n\n"
+            "the method (paper and each peer preset, raw / min-max / upsampled) and report the errors,\n"
+            "which candidates it matches, and a diagnosis: the convention knobs (ReLU, eps values,\n"
+            "alpha variant, normalisation, upsampling, sign rule, ...) that explain the function, the\n"
+            "formula, a minimal counterexample against the paper (refcam.conformance).\n\n"
             "  refcam check mylib.cams:gradcam --method gradcam\n"
-            "  refcam check ./my_cam.py:score_cam --method scorecam --preset paper\n\n"
+            "  refcam check ./my_cam.py:score_cam --method scorecam --preset paper\n"
+            "  refcam check pytorch_grad_cam:GradCAMPlusPlus          (a peer's class, peers extra)\n"
+            "  refcam check torchcam.methods:ScoreCAM --json\n\n"
             "FUNCTION takes the arrays of `refcam.conformance.METHOD_ARGUMENTS` (e.g. activations,\n"
-            "gradients (N, K, H, W)) and returns the maps (N, H, W). Exit code 0 when it matches\n"
-            "(--preset, else any candidate), 1 when it does not."
+            "gradients (N, K, H, W)) and returns the maps (N, H, W); with --mode model it takes\n"
+            "(model, inputs, targets) of a generated refcam.conformance.TinyModel. Exit code 0 when it\n"
+            "matches (--preset, else any candidate), 1 when it does not (NaN output never matches)."
         ),
     )
-    p.add_argument("function", metavar="FUNCTION", help="MODULE:FUNCTION or FILE.py:FUNCTION")
-    p.add_argument("-m", "--method", required=True, help="gradcam, gradcampp, cam, scorecam, ...")
+    p.add_argument("function", metavar="FUNCTION",
+                   help="MODULE:FUNCTION, FILE.py:FUNCTION or a peer class (pytorch_grad_cam:GradCAM)")
+    p.add_argument("-m", "--method", help="gradcam, gradcampp, cam, scorecam, ... (inferred for a peer class)")
     p.add_argument(
         "-p", "--preset", help="the candidate that must match (e.g. 'paper (min-max)', torchcam)"
     )
     p.add_argument("--input-size", help="H,W: the function returns maps upsampled to this size")
+    p.add_argument("--mode", choices=("arrays", "model"), default=None,
+                   help="arrays (default) or model: FUNCTION(model, inputs, targets) on a generated model "
+                        "(default for Score-CAM / Ablation-CAM peer classes)")
     p.add_argument("--max-examples", type=int, default=100, help="generated cases (default 100)")
     p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
     p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
@@ -772,6 +800,7 @@ def _add_check(sub, common) -> None:
         "--float32", action="store_true", help="generate float32 arrays (default float64)"
     )
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (for CI)")
     p.set_defaults(func=cmd_check)
 
 
