@@ -51,6 +51,9 @@ __all__ = ["DatasetResult", "PENDING", "DONE", "FAILED", "explain_dataset", "rea
 PENDING, DONE, FAILED = 0, 1, 2
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".npy")
 MANIFEST = "manifest.json"
+#: what a store directory holds (an interrupted creation may leave some of these, nothing else)
+_STORE_NAMES = {MANIFEST, "zarr.json", "model.onnx", "maps", "scores", "targets", "status", "ids",
+                "confidence", "failures", "metrics.json"}
 
 
 @dataclass
@@ -371,6 +374,14 @@ def explain_dataset(
     if tspec == "labels" and any(not r for r in labels):
         raise InvalidArgumentError("target", "labels", "classes for every row of the CSV")
     root = Path(store).resolve()
+    if root.exists() and not (root / MANIFEST).exists():
+        foreign = sorted(p.name for p in root.iterdir()
+                         if p.name not in _STORE_NAMES and not p.name.endswith(".partial"))
+        if not root.is_dir() or foreign:
+            raise InvalidArgumentError(
+                "store", str(root), "a new or empty directory, or a refcam dataset store to "
+                f"resume (it holds {', '.join(foreign[:3]) or 'a file'}: nothing is overwritten)"
+            )
     root.mkdir(parents=True, exist_ok=True)
     spec = {
         "model_path": _model_path(model, root),

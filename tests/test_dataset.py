@@ -117,6 +117,10 @@ def test_glob_and_bad_arguments(tmp_path, model_file):
         explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", batch_size=0)
     with pytest.raises(InvalidArgumentError, match="items"):
         explain_dataset(model_file, str(tmp_path / "nothing-*.png"), tmp_path / "x.zarr", "cam")
+    # a directory that is no store is never overwritten (e.g. --out pointing at the images)
+    with pytest.raises(InvalidArgumentError, match="nothing is overwritten"):
+        explain_dataset(model_file, folder, folder, "cam")
+    assert sorted(p.name for p in folder.iterdir()) == ["im000.png", "im001.png"]
 
 
 def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
