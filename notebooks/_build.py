@@ -1079,6 +1079,80 @@ NB7 = [
 ]
 
 
+NB8 = [
+    md("""
+    # 08 · A dataset into a Zarr store: maps of every present class
+
+    Weakly supervised segmentation builds pseudo-labels from the CAMs of **every class present** in
+    each image. `refcam.explain_dataset` explains a whole folder / glob / CSV list in batches and
+    streams maps, scores, targets and ids into a Zarr store (resumable; `workers=N` runs on Dask,
+    see `docs/datasets.md`). Here: a toy GAP → linear model, six images, a CSV with 1-3 labels each.
+    """),
+    code("""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import onnx
+    import zarr
+    from PIL import Image
+
+    import refcam
+    from refcam.onnx.toy_models import cam_net
+
+    work = Path(tempfile.mkdtemp())
+    onnx.save(cam_net(num_classes=5, size=12), work / "model.onnx")
+    rng = np.random.default_rng(0)
+    rows = ["path,classes"]
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(work / f"im{i}.png")
+        present = sorted(rng.choice(5, size=1 + i % 3, replace=False).tolist())
+        rows.append(f"im{i}.png," + " ".join(map(str, present)))
+    (work / "labels.csv").write_text("\\n".join(rows) + "\\n")
+    print((work / "labels.csv").read_text())
+    """),
+    md("""
+    One call: CAM of the labelled classes (`target="labels"`), four images per chunk. CAM of many
+    classes comes from one product of the activations with the head weights (`refcam.allclass`).
+    """),
+    code("""
+    r = refcam.explain_dataset(work / "model.onnx", work / "labels.csv", work / "maps.zarr", "cam",
+                               target="labels", batch_size=4, crop_padding=0, relu=True)
+    print(r)
+    g = zarr.open_group(str(work / "maps.zarr"), mode="r")
+    print({k: g[k].shape for k in ("maps", "scores", "targets", "status", "ids")})
+    print(json.loads((work / "maps.zarr" / "manifest.json").read_text())["method"])
+    assert r.n_done == 6 and (g["status"][:] == 1).all()
+    """),
+    md("""
+    `targets` holds each image's classes, padded with `-1` (and NaN maps) to the longest list.
+    One row of maps per image, one column per present class:
+    """),
+    code("""
+    maps, targets, ids = g["maps"][:], g["targets"][:], g["ids"][:]
+    fig, axes = plt.subplots(len(ids), maps.shape[1], figsize=(2 * maps.shape[1], 2 * len(ids)))
+    for i in range(len(ids)):
+        for t in range(maps.shape[1]):
+            ax = axes[i, t]
+            ax.axis("off")
+            if targets[i, t] >= 0:
+                ax.imshow(maps[i, t], cmap="jet")
+                ax.set_title(f"{Path(ids[i]).name}: class {targets[i, t]}", fontsize=8)
+    plt.tight_layout()
+    # the same maps as refcam.explain of one class at a time
+    from refcam.onnx import load
+    from refcam.zoo._images import load_inputs
+
+    x = load_inputs([ids[5]], load(str(work / "model.onnx")), crop_padding=0)[0].x
+    for t, c in enumerate(targets[5][targets[5] >= 0]):
+        one = refcam.explain(work / "model.onnx", x, "cam", target=int(c), relu=True).maps[0]
+        assert np.allclose(maps[5, t], one, rtol=1e-5, atol=1e-6)
+    """),
+]
+
+
 NOTEBOOKS = {
     "01_saliency_and_guided_backprop.ipynb": NB1,
     "02_cam_and_gap.ipynb": NB2,
@@ -1087,6 +1161,7 @@ NOTEBOOKS = {
     "05_validating_an_implementation.ipynb": NB5,
     "06_property_based_testing.ipynb": NB6,
     "07_explaining_a_vision_transformer.ipynb": NB7,
+    "08_datasets_to_zarr.ipynb": NB8,
 }
 
 

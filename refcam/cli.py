@@ -839,11 +839,14 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
         size=args.size if args.size is not None else pre.get("size"),
         crop_padding=args.crop_padding if args.crop_padding is not None
         else pre.get("crop_padding", 32),
-        resample=pre.get("resample", "bicubic"), mean=mean, std=std,
+        resample=pre.get("resample", "bicubic"), mean=mean, std=std, metrics=args.metrics,
         **_parse_options(args.option),
     )
     print(f"{r.store}: {r.n_done} done, {r.n_failed} failed of {r.n_items} "
           f"({len(r.computed)} chunks computed now)")
+    if r.metrics:
+        print(f"average drop {r.metrics['average_drop']:.2f} %, increase in confidence "
+              f"{r.metrics['increase_in_confidence']:.2f} % over {r.metrics['n']} images")
     if r.n_failed:
         print(f"failures and their reasons: {r.store}/failures/*.json", file=sys.stderr)
     return 0
@@ -882,6 +885,8 @@ def _add_explain_dataset(sub, common) -> None:
     p.add_argument("--norm", help="normalisation preset (default: model metadata, else imagenet)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with images/s and ETA (default: on a terminal)")
+    p.add_argument("--metrics", action="store_true",
+                   help="Average Drop and Increase in Confidence over the same stream")
     p.set_defaults(func=cmd_explain_dataset)
 
 

@@ -16,7 +16,9 @@ Store layout (Zarr v3 group, one chunk per batch along axis 0)
 failed items and padded targets); ``scores`` ``(N, T)`` float64; ``targets`` ``(N, T)`` int64
 (``-1`` padding); ``ids`` ``(N,)`` str (the item paths); ``status`` ``(N,)`` uint8:
 ``0`` pending, ``1`` done, ``2`` failed; ``failures/<chunk>.json``: ``{id: reason}``;
-``manifest.json``: model SHA-256, method, options, target, layer, preprocessing, refcam version.
+``manifest.json``: model SHA-256, method, options, target, layer, preprocessing, refcam version;
+with ``metrics=True`` also ``confidence`` ``(N, 2)`` (:math:`Y^c`, :math:`O^c`) and
+``metrics.json`` (Average Drop, Increase in Confidence over the done items).
 
 Atomicity: every chunk file is written to a temporary name and renamed (Zarr's local store), and
 a chunk's ``status`` is written **last**, so a chunk marked done always has its maps; a chunk
@@ -49,6 +51,9 @@ __all__ = ["DatasetResult", "PENDING", "DONE", "FAILED", "explain_dataset", "rea
 PENDING, DONE, FAILED = 0, 1, 2
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".npy")
 MANIFEST = "manifest.json"
+#: what a store directory holds (an interrupted creation may leave some of these, nothing else)
+_STORE_NAMES = {MANIFEST, "zarr.json", "model.onnx", "maps", "scores", "targets", "status", "ids",
+                "confidence", "failures", "metrics.json"}
 
 
 @dataclass
@@ -61,6 +66,7 @@ class DatasetResult:
     n_done: int
     n_failed: int
     computed: list
+    metrics: dict | None = None
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -219,6 +225,7 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
     t_max, map_shape = spec["n_targets"], tuple(spec["map_shape"])
     maps = np.full((hi - lo, t_max) + map_shape, np.nan, dtype=spec["map_dtype"])
     scores = np.full((hi - lo, t_max), np.nan)
+    conf = np.full((hi - lo, 2), np.nan)  # Y^c, O^c (softmax probabilities) per item
     targets = np.full((hi - lo, t_max), -1, dtype=np.int64)
     status = np.full(hi - lo, FAILED, dtype=np.uint8)
     if ok:
@@ -235,6 +242,8 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
                 scores[r, : e.scores.shape[1]] = e.scores
             if e.targets is not None:
                 targets[r, : e.targets.shape[1]] = e.targets
+            if spec.get("metrics"):
+                conf[r] = _confidence(_load_model(spec), x, e)
             status[r] = DONE
         except RefcamError as exc:
             for i in ok:
@@ -242,6 +251,8 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
     g["maps"][lo:hi] = maps
     g["scores"][lo:hi] = scores
     g["targets"][lo:hi] = targets
+    if spec.get("metrics"):
+        g["confidence"][lo:hi] = conf
     fdir = Path(spec["store"]) / "failures"
     if failed:
         fdir.mkdir(exist_ok=True)
@@ -250,6 +261,22 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
                                  indent=1).encode())
     g["status"][lo:hi] = status  # last: the chunk is finished only once this lands
     return {"chunk": chunk, "done": int((status == DONE).sum()), "failed": int((status == FAILED).sum())}
+
+
+def _confidence(m, x: np.ndarray, e) -> np.ndarray:
+    r"""``(n, 2)``: :math:`Y^c_i` and :math:`O^c_i`, the softmax probability of the explained class
+    on the image and on the explanation image :math:`E^c = L^c \circ I` (Chattopadhay et al. 2018,
+    Sec. 4.1, eq. 25: the map upsampled bilinearly to the input, min-max scaled to [0, 1])."""
+    from .metrics.confidence import explanation_inputs
+    from .metrics.models import softmax
+    from .onnx.targets import class_view
+
+    xe = explanation_inputs(m.to_channels_first(x), e.maps, resize="linear")
+    out = m.run(m.to_native(xe.astype(m.input_dtype, copy=False)), checked=True)[m.output_name]
+    c = e.targets[:, 0]
+    rows = np.arange(len(c))
+    return np.stack([softmax(class_view(e.outputs))[rows, c], softmax(class_view(out))[rows, c]],
+                    axis=1)
 
 
 def _worker_chunk(spec: dict, chunk: int) -> dict:  # the Dask task: metadata in, metadata out
@@ -296,6 +323,7 @@ def explain_dataset(
     std: Sequence[float] | None = None,
     crop_padding: int = 32,
     resample: str = "bicubic",
+    metrics: bool = False,
     **options: Any,
 ) -> DatasetResult:
     """Explain every image of ``items`` with ``method`` and stream the results into a Zarr store.
@@ -318,6 +346,11 @@ def explain_dataset(
     progress : tqdm bar (images/s, ETA) on stderr; ``None``: only on a terminal.
     size, mean, std, crop_padding, resample : preprocessing (:func:`refcam.zoo.preprocess`);
         ``mean``/``std`` default to ImageNet's.
+    metrics : also compute, over the same stream, the softmax probability of the explained class on
+        each image (:math:`Y^c`) and on its explanation image (:math:`O^c`, array ``confidence``
+        ``(N, 2)``), aggregated into Average Drop % and Increase in Confidence %
+        (:mod:`refcam.metrics.confidence`; ``metrics.json`` and ``DatasetResult.metrics``).  One
+        target per image (top-1 or a class index).
 
     Returns
     -------
@@ -341,6 +374,14 @@ def explain_dataset(
     if tspec == "labels" and any(not r for r in labels):
         raise InvalidArgumentError("target", "labels", "classes for every row of the CSV")
     root = Path(store).resolve()
+    if root.exists() and not (root / MANIFEST).exists():
+        foreign = sorted(p.name for p in root.iterdir()
+                         if p.name not in _STORE_NAMES and not p.name.endswith(".partial"))
+        if not root.is_dir() or foreign:
+            raise InvalidArgumentError(
+                "store", str(root), "a new or empty directory, or a refcam dataset store to "
+                f"resume (it holds {', '.join(foreign[:3]) or 'a file'}: nothing is overwritten)"
+            )
     root.mkdir(parents=True, exist_ok=True)
     spec = {
         "model_path": _model_path(model, root),
@@ -354,6 +395,7 @@ def explain_dataset(
         "paths": paths,
         "labels": labels if tspec == "labels" else None,
         "store": str(root),
+        "metrics": bool(metrics),
         "preprocessing": {
             "size": size, "crop_padding": crop_padding, "resample": resample,
             "mean": tuple(mean) if mean is not None else NORMALIZATIONS["imagenet"][0],
@@ -376,6 +418,7 @@ def explain_dataset(
         else hashlib.sha256(json.dumps(spec["labels"]).encode()).hexdigest(),
         "preprocessing": _jsonable(spec["preprocessing"]),
         "layout": layout,
+        "metrics": bool(metrics),
     }
     mpath = root / MANIFEST
     if mpath.exists():
@@ -401,6 +444,11 @@ def explain_dataset(
                          dtype=m.input_dtype)
         map_shape, map_dtype, n_t = _probe(spec["model_path"], spec, zeros)
         arr = {"map_shape": list(map_shape), "map_dtype": map_dtype, "n_targets": n_t}
+        if metrics and (n_t != 1 or tspec == "labels"):
+            raise InvalidArgumentError(
+                "metrics", True, "one target per image (top-1 or a class index): Average Drop "
+                "and Increase in Confidence score one explained class per image"
+            )
         spec.update(arr)
         n, b = len(paths), batch_size
         g = zarr.open_group(str(root), mode="w")
@@ -410,6 +458,9 @@ def explain_dataset(
                        fill_value=np.nan)
         g.create_array("targets", shape=(n, n_t), chunks=(b, n_t), dtype="int64", fill_value=-1)
         g.create_array("status", shape=(n,), chunks=(b,), dtype="uint8", fill_value=PENDING)
+        if metrics:
+            g.create_array("confidence", shape=(n, 2), chunks=(b, 2), dtype="float64",
+                           fill_value=np.nan)
         ids = g.create_array("ids", shape=(n,), chunks=(b,), dtype=str)
         ids[:] = np.asarray(paths, dtype=object)
         g.attrs["refcam"] = {"manifest": MANIFEST}
@@ -440,8 +491,17 @@ def explain_dataset(
     finally:
         bar.close()
     status = g["status"][:]
+    table = None
+    if metrics:
+        from .metrics.confidence import average_drop, increase_in_confidence
+
+        yo = g["confidence"][:][status == DONE]
+        table = {"n": int(len(yo)), "average_drop": average_drop(yo[:, 0], yo[:, 1]),
+                 "increase_in_confidence": increase_in_confidence(yo[:, 0], yo[:, 1]),
+                 "score": "softmax probability of the explained class"} if len(yo) else None
+        _atomic_write(root / "metrics.json", json.dumps(table, indent=1).encode())
     return DatasetResult(str(root), len(paths), int((status == DONE).sum()),
-                         int((status == FAILED).sum()), sorted(computed))
+                         int((status == FAILED).sum()), sorted(computed), table)
 
 
 def _run_dask(spec: dict, todo: list, workers: int, scheduler: str | None, bar, computed) -> None:

@@ -117,6 +117,10 @@ def test_glob_and_bad_arguments(tmp_path, model_file):
         explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", batch_size=0)
     with pytest.raises(InvalidArgumentError, match="items"):
         explain_dataset(model_file, str(tmp_path / "nothing-*.png"), tmp_path / "x.zarr", "cam")
+    # a directory that is no store is never overwritten (e.g. --out pointing at the images)
+    with pytest.raises(InvalidArgumentError, match="nothing is overwritten"):
+        explain_dataset(model_file, folder, folder, "cam")
+    assert sorted(p.name for p in folder.iterdir()) == ["im000.png", "im001.png"]
 
 
 def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
@@ -135,3 +139,39 @@ def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
     g = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
     assert g["maps"].shape[:2] == (5, 5)
     assert main(argv[:-1] + ["--target", "nope"]) == 2
+    capsys.readouterr()
+    m_argv = ["explain-dataset", model_file, str(folder), "--out", str(tmp_path / "m.zarr"),
+              "--method", "gradcam", "--metrics", "--workers", "0", "--crop-padding", "0",
+              "--progress"]
+    assert main(m_argv) == 0
+    out = capsys.readouterr()
+    assert "average drop" in out.out and "over 4 images" in out.out
+    assert "img/s" in out.err  # the progress bar: images per second (and the ETA)
+
+
+def test_confidence_metrics_over_the_stream(tmp_path, model_file):
+    import refcam
+    from refcam.metrics import confidence as C
+    from refcam.metrics.models import model_score_fn
+    from refcam.onnx import load
+
+    folder = make_images(tmp_path / "imgs", n=5, corrupt=(2,))
+    r = explain_dataset(model_file, folder, tmp_path / "m.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, metrics=True)
+    g = zarr.open_group(str(tmp_path / "m.zarr"), mode="r")
+    good = [0, 1, 3, 4]
+    ids = g["ids"][:].tolist()
+    x = _inputs(model_file, [ids[i] for i in good])
+    e = refcam.explain(model_file, x, "gradcam")
+    want = C.confidence_metrics(model_score_fn(load(model_file), probabilities=True), x, e.maps,
+                                e.targets[:, 0], resize="linear", progress=False)
+    yo = g["confidence"][:]
+    assert np.isnan(yo[2]).all()
+    assert within(yo[good, 0], want.full_scores, atol=1e-6, rtol=1e-5)
+    assert within(yo[good, 1], want.explanation_scores, atol=1e-6, rtol=1e-5)
+    assert r.metrics["n"] == 4
+    assert within(r.metrics["average_drop"], want.average_drop, atol=1e-4, rtol=1e-5)
+    assert within(r.metrics["increase_in_confidence"], want.increase_in_confidence, atol=1e-9)
+    assert json.loads((tmp_path / "m.zarr" / "metrics.json").read_text()) == r.metrics
+    with pytest.raises(InvalidArgumentError, match="one target per image"):
+        explain_dataset(model_file, folder, tmp_path / "n.zarr", "cam", target="all", metrics=True)

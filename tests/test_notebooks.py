@@ -71,7 +71,7 @@ def kernel_env(tmp_path_factory):
 
 
 def test_notebooks_present_and_in_sync_with_build_script():
-    assert len(_names()) == 7
+    assert len(_names()) == 8
     r = subprocess.run(
         [sys.executable, str(NOTEBOOKS / "_build.py"), "--check"],
         capture_output=True,
