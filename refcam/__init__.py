@@ -25,6 +25,7 @@ from .math import __all__ as _math_all
 _LAZY = {
     "explain": ("explanation", "explain"),
     "Explanation": ("explanation", "Explanation"),
+    "explain_dataset": ("dataset", "explain_dataset"),
     "class_model_visualization": ("_gradient", "class_model_visualization"),
     "methods": ("methods", None),
     "onnx": ("onnx", None),

@@ -341,3 +341,72 @@ def _refinecam(ctx: Context, t: int) -> np.ndarray:
     ctx.arrays.setdefault("layer_maps", [])
     ctx.arrays["layer_maps"].append(np.stack(maps))
     return M.refinecam(maps, layer_normalize=o["layer_normalize"])
+
+
+# ------------------------------------------------------------------------------------ SESS
+def _optional_positive_int(value: Any, name: str) -> Any:
+    return None if value is None else positive_int(value, name)
+
+
+N_SCALES = Option("n_scales", 12, positive_int, "number of scales")
+STEP_RATIO = Option("step_ratio", 2.0 / 7.0, nonnegative, "scale step / window size")
+WINDOW_SIZE = Option("window_size", None, _optional_positive_int, "sliding window side (None: shorter input side)")
+STEP_SIZE = Option("step_size", None, _optional_positive_int, "window stride (None: the window size)")
+POOL = Option("pool", "mean", one_of(*M.SESS_POOLS), "fusion of the patch maps")
+THETA = Option("theta", 0.0, finite_real, "threshold of the mean fusion")
+SMOOTH = Option("smooth", True, boolean, "Gaussian blur (11x11, sigma 5) of the fused map")
+SESS_BASE = Option("base", "gradcam", _base_method, "the method computing every patch's map")
+
+
+@method(
+    "sess",
+    needs=("activations",),
+    math=M.sess_fuse,
+    paper="Tyagi, Shibu, ..., 2022, SESS: Saliency Enhancing with Scaling and Sliding (ECCV 2022, "
+    "arXiv:2207.01769)",
+    equation="patch maps of every scale and window, weighted by the patch's class probability / max, "
+    "pasted back, resized, fused (mean over covering patches or max), Gaussian-blurred (as "
+    "pytorch-grad-cam sess.py; equations not verified)",
+    options=(SESS_BASE, N_SCALES, STEP_RATIO, WINDOW_SIZE, STEP_SIZE, POOL, THETA, SMOOTH),
+)
+def _sess(ctx: Context, t: int) -> np.ndarray:
+    """Input-resolution map ``(N, H, W)``.  The input is resized (``math.upsample`` "linear") so its
+    shorter side is each scale; every window is explained with ``base`` (its raw map ReLU'd, upsampled
+    to the window, min-max scaled), weighted by the softmax probability of the target class of the
+    window / the largest one, and fused by :func:`refcam.math.sess_fuse`.  The model must accept
+    inputs of the window's size (dynamic spatial axes, or a square input)."""
+    from .explanation import explain
+
+    o = ctx.options
+    if ctx.targets.classes is None:
+        raise TargetError("target: SESS weights the windows by class probabilities; it needs class indices")
+    m = ctx.model
+    x = m.to_channels_first(ctx.inputs)
+    h, w = x.shape[-2:]
+    win = o["window_size"] or min(h, w)
+    step = o["step_size"] or win
+    out = []
+    for i in range(len(x)):
+        c = int(ctx.targets.classes[i, t])
+        patches, boxes = [], []
+        for s in M.sess_scales(win, o["n_scales"], o["step_ratio"]):
+            if s < win:
+                raise InvalidArgumentError("step_ratio", o["step_ratio"], "scales of at least the window size")
+            size = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+            xs = M.upsample(x[i], size, "linear")
+            for y1 in M.window_starts(size[0], step, win):
+                for x1 in M.window_starts(size[1], step, win):
+                    patches.append(xs[:, y1:y1 + win, x1:x1 + win])
+                    boxes.append((x1, y1, size[1], size[0]))
+        pt = m.to_native(np.stack(patches).astype(ctx.inputs.dtype))
+        e = explain(m, pt, o["base"], layer=ctx.layer.name, target=[c] * len(pt), batch_size=ctx.batch_size,
+                    memory_budget=ctx.memory_budget, progress=ctx.progress)
+        from .onnx.targets import class_view
+
+        scores = np.maximum(M.softmax(class_view(e.outputs).astype(np.float64), axis=-1)[:, c], 0)
+        top = scores.max()
+        weights = scores / top if top > 0 else np.ones_like(scores)
+        cams = M.normalize(M.upsample(M.relu(e.maps), (win, win), "linear"), "minmax")
+        fused = M.sess_fuse(cams, weights.astype(cams.dtype), boxes, (h, w), pool=o["pool"], theta=o["theta"])
+        out.append(M.gaussian_blur(fused[None])[0] if o["smooth"] else fused)
+    return np.stack(out)

@@ -13,9 +13,17 @@ product of the activations ``(N, K, *S)`` with the rows of the head ``(C, K)``:
   :math:`L^c = \mathrm{ReLU}(\sum_k \alpha^c_k A^k) = \mathrm{ReLU}(M_c) / Z` — no backward run.
 
 The head is found in the graph (:meth:`refcam.onnx.Model.linear_head`) and checked numerically
-(``W gap(A) + b`` must reproduce the model output, NaN-aware) before any map is returned.  Other
-heads and other methods are refused with :class:`~refcam.errors.ModelError` /
-:class:`~refcam.errors.InvalidArgumentError` (batched head-only backpropagation is not built yet).
+(``W gap(A) + b`` must reproduce the model output, NaN-aware) before any map is returned.
+
+**Any other head** (and every method computed from the activations and the layer gradients:
+Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, ...): the gradients
+:math:`\partial y^c/\partial A` are backpropagated **through the head only** (the sub-model
+layer → logits, :meth:`refcam.onnx.Model.head`), with the activations repeated once per requested
+class and the seeds of all those classes stacked in one batched VJP run
+(:func:`refcam.autodiff.gradients`), in blocks of classes under the memory budget; the backbone
+runs forward once.  Other methods (Score-CAM, input-gradient methods, ...) and CAM on a head that is
+not GAP → linear are refused with :class:`~refcam.errors.InvalidArgumentError` /
+:class:`~refcam.errors.ModelError`.
 
 Conventions
 -----------
@@ -110,24 +118,34 @@ def explain_classes(
     """
     from .explanation import Explanation
 
-    if meth.name not in SUPPORTED:
+    layer_gradient = (meth.layered and set(meth.needs) <= {"activations", "gradients"}
+                      and "gradients" in meth.needs)
+    if meth.name not in SUPPORTED and not layer_gradient:
         raise InvalidArgumentError(
             "target", target if isinstance(target, str) else "per-image class lists",
             f"a single class / TopK / (N, T) array for {meth.name!r}: all classes in one pass are "
-            f"computed for {', '.join(map(repr, SUPPORTED))} on a GAP → linear head only",
+            "computed for 'cam' (GAP → linear head) and the methods of the activations and layer "
+            "gradients (gradcam, gradcampp, xgradcam, layercam, hirescam, ...)",
         )
-    if meth.name == "gradcam" and opts.get("gradient_source") != "vjp":
+    if "gradients" in meth.needs and opts.get("gradient_source") != "vjp":
         raise InvalidArgumentError(
             "gradient_source", opts.get("gradient_source"),
-            "'vjp' with target='all' (the exact head gradient w^c/Z is used)",
+            "'vjp' with target='all' / class lists (exact gradients of the head)",
         )
     try:
-        head = m.linear_head(li)
+        head = m.linear_head(li) if meth.name in SUPPORTED else None
     except ModelError as exc:
-        raise ModelError(
-            f"{exc} — all classes in one pass need a GAP → linear head after the layer; for other "
-            "heads explain one class (or an (N, T) class array) at a time"
-        ) from None
+        if meth.name == "gradcam":
+            head = None  # any other head: backpropagation through the head
+        else:
+            raise ModelError(
+                f"{exc} — CAM of all classes in one pass needs a GAP → linear head after the "
+                "layer; on other heads use gradcam (gradients through the head) or explain one "
+                "class at a time"
+            ) from None
+    if head is None:
+        return _through_head(meth, m, x, li, target, opts, batch_size=batch_size,
+                             memory_budget=memory_budget)
     fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
     outputs, a = fw.outputs, fw.activations[li.name]
     logits = class_view(outputs).astype(np.float64)
@@ -169,4 +187,58 @@ def explain_classes(
     return Explanation(
         maps=out, method=meth.name, layer=li, targets=classes, scores=scores, outputs=outputs,
         options=opts, arrays=arrays, input_size=m.input_spatial_shape(x),
+    )
+
+
+def _through_head(meth, m, x, li, target, opts, *, batch_size, memory_budget):
+    r"""Layer-gradient methods for many classes: :math:`\partial y^c/\partial A` from VJP runs of
+    the head (layer → output) on the activations repeated once per class of a block, the block's
+    class seeds stacked in one batch; the method's map from the registry's ``compute``."""
+    from .autodiff import gradients
+    from .explanation import Explanation
+    from .onnx.model import DEFAULT_MEMORY_BUDGET
+    from .registry import Context
+
+    lay = li.layout
+    if lay is not None and (lay.batch_axis not in (None, 0) or lay.is_tokens):
+        raise InvalidArgumentError(
+            "layer", li.name, f"a batch-first spatial map for target='all' / class lists (the "
+            f"layer is {lay.describe()})"
+        )
+    fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
+    outputs, a = fw.outputs, fw.activations[li.name]
+    logits = class_view(outputs)
+    classes = class_sets(target, len(x), logits.shape[1])
+    wanted = np.unique(classes[classes >= 0])
+    head = m.head(li)
+    native = m.map_to_layer(li, a).astype(head.input_dtype, copy=False)
+    n = len(x)
+    budget = memory_budget if memory_budget is not None else getattr(m, "memory_budget",
+                                                                      DEFAULT_MEMORY_BUDGET)
+    # a block of ub classes holds ~4 copies of (N·ub) activations (inputs, gradients, float64 maps)
+    ub = int(max(1, min(len(wanted), budget // max(1, 4 * n * a[0].nbytes))))
+    maps = np.full(classes.shape + a.shape[2:], np.nan, dtype=np.float64)
+    ctx = Context(m, x, li, outputs, None, opts, batch_size, memory_budget, False,
+                  {"activations": a}, method=meth.name)
+    for u0 in range(0, len(wanted), ub):
+        us = wanted[u0 : u0 + ub]
+        rep = np.repeat(native, len(us), axis=0)  # row n·len(us) + j: sample n, class us[j]
+        seeds = np.tile(us, n)[:, None]  # (N·ub, 1): one seed per row, all classes in one run
+        r = gradients(head, rep, wrt="input", target=seeds, batch_size=batch_size)
+        g = m._as_map(li.name, r.gradients[head.input_name][:, 0])  # (N·ub, K, *S)
+        ctx.arrays["gradients"] = g.reshape((n, len(us)) + a.shape[1:]).astype(a.dtype, copy=False)
+        for j, u in enumerate(us):
+            mu = meth.compute(ctx, j)  # (N, *S)
+            hit = classes == u
+            maps[hit] = np.broadcast_to(mu[:, None], classes.shape + mu.shape[1:])[hit]
+    del ctx.arrays["gradients"]
+    pad = classes < 0
+    rows = np.arange(n)[:, None]
+    scores = logits.astype(np.float64)[rows, np.where(pad, 0, classes)]
+    scores[pad] = np.nan
+    maps = maps.astype(a.dtype, copy=False)
+    return Explanation(
+        maps=maps[:, 0] if maps.shape[1] == 1 else maps, method=meth.name, layer=li,
+        targets=classes, scores=scores, outputs=outputs, options=opts,
+        arrays={"activations": a, "target_scores": scores}, input_size=m.input_spatial_shape(x),
     )

@@ -803,7 +803,9 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
     path = getattr(lm, "path", None)
     r = explain_dataset(
         str(path) if path is not None else lm.model, args.items, args.out, args.method,
-        layer=args.layer, target=target, batch_size=args.batch_size, workers=args.workers,
+        layer=args.layer, target=target, batch_size=args.batch_size,
+        workers=args.workers if args.workers is not None
+        else (0 if args.scheduler else max(1, os.cpu_count() or 1)),
         scheduler=args.scheduler, progress=args.progress, layout=args.layout,
         size=args.size if args.size is not None else pre.get("size"),
         crop_padding=args.crop_padding if args.crop_padding is not None
@@ -839,8 +841,9 @@ def _add_explain_dataset(sub, common) -> None:
     p.add_argument("--target", help="all, labels (from the CSV), topK or a class index "
                    "(default: top-1)")
     p.add_argument("--batch-size", type=int, default=16, help="images per chunk (default 16)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="local Dask worker processes (default 0: in this process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Dask worker processes (default: one per CPU core); 0 runs in this "
+                   "process without Dask")
     p.add_argument("--scheduler", help="tcp://host:port of an existing Dask scheduler")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable)")

@@ -160,6 +160,7 @@ def _target_spec(target: Any) -> Any:
 # ------------------------------------------------------------------------------ worker side
 _MODELS: dict = {}  # per process (per Dask worker): model path → refcam.onnx.Model, built once
 _LOCK = threading.Lock()
+LOADS = [0]  # models (onnxruntime sessions) built in this process: 1 per worker for one run
 
 
 def _load_model(spec: dict):
@@ -169,6 +170,7 @@ def _load_model(spec: dict):
     with _LOCK:
         if key not in _MODELS:
             _MODELS[key] = load(spec["model_path"], layout=spec["layout"])
+            LOADS[0] += 1
         return _MODELS[key]
 
 
@@ -186,7 +188,7 @@ def _decode(spec: dict, chunk: int) -> tuple[list[int], np.ndarray | None, dict]
                 raise InvalidArgumentError("image", spec["paths"][i], "one image (got several samples)")
             xs.append(items[0].x)
             ok.append(i)
-        except (RefcamError, OSError, ValueError) as exc:
+        except Exception as exc:  # any decoding failure of one file: recorded, the rest goes on
             failed[i] = f"{type(exc).__name__}: {exc}"
     return ok, (np.concatenate(xs) if xs else None), failed
 
@@ -449,7 +451,7 @@ def _run_dask(spec: dict, todo: list, workers: int, scheduler: str | None, bar, 
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
     else:
         client = Client(scheduler)

@@ -35,7 +35,7 @@ need                           shape                     meaning
 ['ablationcam', 'cam', 'deconvnet', 'dff', 'eigencam', 'eigengradcam', 'fem', 'finercam', 'fullgrad',
  'gradcam', 'gradcam_elementwise', 'gradcampp', 'guided_backprop', 'guided_gradcam', 'hirescam',
  'integrated_gradients', 'iscam', 'kpcacam', 'layercam', 'randomcam', 'refinecam', 'saliency', 'scorecam',
- 'segeigencam',
+ 'segeigencam', 'sess',
  'shapleycam', 'smoothgrad', 'smoothgradcampp', 'sscam', 'xgradcam']
 >>> METHODS["cam"].needs
 ('activations', 'class_weights')

@@ -125,7 +125,7 @@ def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
     folder = make_images(tmp_path / "imgs", n=5, corrupt=(1,))
     argv = ["explain-dataset", model_file, str(folder), "--out", str(tmp_path / "c.zarr"),
             "--method", "cam", "--target", "all", "--batch-size", "2", "--crop-padding", "0",
-            "--no-progress"]
+            "--no-progress", "--workers", "0"]
     assert main(argv) == 0
     out = capsys.readouterr()
     assert "4 done, 1 failed of 5 (3 chunks computed now)" in out.out

@@ -6,7 +6,7 @@ import pytest
 import refcam
 from refcam._compare import within
 from refcam.errors import InvalidArgumentError, ModelError, TargetError
-from refcam.onnx.toy_models import cam_net, vgg_like
+from refcam.onnx.toy_models import cam_net, resnet_like, vgg_like
 
 
 def _x(n=3, size=12, seed=0):
@@ -60,16 +60,57 @@ def test_float64_in_float64_out():
     assert e.maps.dtype == e.arrays["activations"].dtype
 
 
-@pytest.mark.parametrize("method", ["scorecam", "gradcampp", "eigencam", "saliency"])
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam", "eigencam", "saliency"])
 def test_other_methods_refused(method):
     with pytest.raises((InvalidArgumentError, TargetError), match="all|class-agnostic"):
         refcam.explain(cam_net(), _x(1), method, target="all")
 
 
-def test_other_head_refused_clearly():
+def test_cam_on_other_head_refused_clearly():
     # vgg_like: Flatten → Gemm stack, no GAP → linear head after the last conv block
     with pytest.raises(ModelError, match="GAP → linear head"):
         refcam.explain(vgg_like(), np.zeros((1, 3, 16, 16), np.float32), "cam", target="all")
+
+
+def test_non_vjp_gradient_source_refused():
+    with pytest.raises(InvalidArgumentError, match="vjp"):
+        refcam.explain(cam_net(), _x(1), "gradcam", target="all", gradient_source="fd")
+
+
+@pytest.mark.parametrize("make", [vgg_like, resnet_like, cam_net])
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"])
+def test_head_backprop_equals_single_class_loop(make, method):
+    """Other heads / other layer-gradient methods: gradients through the head only, all class
+    seeds stacked in one batched run; oracle = the single-class explain (full-model VJP)."""
+    model = make()
+    size = 12 if make is cam_net else 16
+    x = _x(2, size=size, seed=1)
+    e = refcam.explain(model, x, method, target="all")
+    n_classes = e.outputs.shape[1]
+    assert e.maps.shape[:2] == (2, n_classes)
+    for c in range(n_classes):
+        one = refcam.explain(model, x, method, target=c)
+        scale = max(float(np.abs(one.maps).max()), 1e-30)
+        assert within(e.maps[:, c], one.maps, atol=1e-5 * scale, rtol=1e-5), c
+
+
+def test_head_backprop_is_one_batched_run(monkeypatch):
+    import refcam.autodiff as ad
+
+    calls = []
+    real = ad.gradients
+
+    def counting(model, inputs, *a, **k):
+        calls.append(len(inputs))
+        return real(model, inputs, *a, **k)
+
+    monkeypatch.setattr(ad, "gradients", counting)
+    e = refcam.explain(vgg_like(), _x(3, size=16), "gradcam", target=[[1, 2], [2], [7, 1, 2]])
+    assert calls == [3 * 3]  # one run: 3 images × the 3 distinct classes requested
+    assert e.targets.tolist() == [[1, 2, -1], [2, -1, -1], [7, 1, 2]]
+    assert np.isnan(e.maps[1, 1:]).all()
+    one = refcam.explain(vgg_like(), _x(3, size=16)[2:], "gradcam", target=7)
+    assert within(e.maps[2, 0], one.maps[0], atol=1e-6, rtol=1e-5)
 
 
 def test_bad_class_lists():

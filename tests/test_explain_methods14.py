@@ -131,3 +131,24 @@ def test_refinecam_multiplies_the_base_maps_of_the_layers():
         refcam.explain(cam_net(), X, "refinecam", base="saliency")
     with pytest.raises(InvalidArgumentError):
         refcam.explain(cam_net(), X, "refinecam", layers="relu1")
+
+
+def test_sess_end_to_end_on_a_square_input():
+    """SESS through explain equals its math floor composition: windows of the resized input
+    explained with the base method (ReLU -> upsample to the window -> min-max), weighted by the
+    softmax probability of the target / max, fused, blurred."""
+    xs = X[:1]
+    e = refcam.explain(cam_net(), xs, "sess", target=[2], n_scales=2, step_ratio=0.5)
+    assert e.maps.shape == (1, 12, 12)
+    patches, boxes = [], []
+    for s in M.sess_scales(12, 2, 0.5):                      # 12, 18
+        big = M.upsample(xs[0], (s, s), "linear")
+        for y1 in M.window_starts(s, 12, 12):
+            for x1 in M.window_starts(s, 12, 12):
+                patches.append(big[:, y1:y1 + 12, x1:x1 + 12])
+                boxes.append((x1, y1, s, s))
+    g = refcam.explain(cam_net(), np.stack(patches), "gradcam", target=[2] * len(patches))
+    p = M.softmax(g.outputs.astype(np.float64), axis=-1)[:, 2]
+    cams = M.normalize(M.upsample(M.relu(g.maps), (12, 12)), "minmax")
+    ref = M.gaussian_blur(M.sess_fuse(cams, (p / p.max()).astype(cams.dtype), boxes, (12, 12))[None])
+    np.testing.assert_allclose(e.maps, ref, rtol=1e-6, atol=1e-7)

@@ -44,7 +44,7 @@ module marks before the second sweep; any other ``"none"`` scatter raises.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx

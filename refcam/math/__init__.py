@@ -21,6 +21,7 @@ from . import (
     perturbation,
     post,
     projections,
+    scale_and_slide,
 )
 from .attention import *  # noqa: F401,F403
 from .blocks import *  # noqa: F401,F403
@@ -34,7 +35,8 @@ from .gradients import *  # noqa: F401,F403
 from .perturbation import *  # noqa: F401,F403
 from .post import *  # noqa: F401,F403
 from .projections import *  # noqa: F401,F403
+from .scale_and_slide import *  # noqa: F401,F403
 
 _MODULES = (post, gradients, blocks, cam_family, eigen, perturbation, full_gradient, forward_maps,
-            projections, factorization, gradient_variants, attention)
+            projections, factorization, gradient_variants, attention, scale_and_slide)
 __all__: list[str] = [name for module in _MODULES for name in module.__all__]

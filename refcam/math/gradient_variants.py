@@ -198,7 +198,8 @@ def finercam_score(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     pytorch-grad-cam 1.5.7 does (``utils/model_targets.py:118-142``, :math:`\epsilon = 10^{-9}`);
     the weights are part of the differentiated score there (not detached).
     """
-    y = _logits(logits)
+    y0 = _logits(logits)
+    y = y0.astype(np.float64)
     main = np.asarray(main)
     d = np.asarray(compared)
     z = y - y.max(axis=1, keepdims=True)
@@ -206,7 +207,7 @@ def finercam_score(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     rows = np.arange(len(y))[:, None]
     pd = p[rows, d]
     num = np.sum(pd * (y[np.arange(len(y)), main][:, None] - alpha * y[rows, d]), axis=1)
-    return num / (pd.sum(axis=1) + eps)
+    return (num / (pd.sum(axis=1) + eps)).astype(y0.dtype)
 
 
 @finite_output
@@ -230,7 +231,8 @@ def finercam_seed(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     >>> np.round(s, 6)                                 # ~ e_0 - e_1
     array([[ 1., -1.,  0.]])
     """
-    y = _logits(logits)
+    y0 = _logits(logits)
+    y = y0.astype(np.float64)
     n, c = y.shape
     main = np.asarray(main).reshape(n)
     d = np.asarray(compared).reshape(n, -1)
@@ -247,7 +249,7 @@ def finercam_seed(logits: Any, main: Any, compared: Any, *, alpha: float = 1.0,
     dnum = np.einsum("nrc,nr->nc", dp, diff) - alpha * np.einsum("nrc,nr->nc", onehot_d, pd)
     dnum[np.arange(n), main] += pd.sum(axis=1)
     dden = dp.sum(axis=1)
-    return dnum / den[:, None] - (num / den ** 2)[:, None] * dden
+    return (dnum / den[:, None] - (num / den ** 2)[:, None] * dden).astype(y0.dtype)
 
 
 # ------------------------------------------------------------------------------- ShapleyCAM
@@ -343,6 +345,7 @@ def aug_smooth(maps: Any, flips: Sequence[bool], *, axis: int = -1) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------- RefineCAM
+@finite_output
 def refinecam(layer_maps: Sequence[Any], *, layer_normalize: bool = True) -> np.ndarray:
     r"""RefineCAM: the product of the maps of several layers (brought to one resolution).
 

@@ -12,7 +12,6 @@ HardSigmoid at ±2.5) so the step never crosses one.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper

@@ -23,6 +23,7 @@ from refcam.math.gradient_variants import SGCPP_DENOMINATORS, SGCPP_FIRST_ORDER
 from refcam.math.gradients import INTEGRATION_RULES, SALIENCY_REDUCTIONS
 from refcam.math.perturbation import ISCAM_SCHEDULES, MASK_ORDERS
 from refcam.math.projections import KERNELS
+from refcam.math.scale_and_slide import SESS_POOLS
 from refcam.math.post import FUSE_MODES, NORMALIZE_MODES, UPSAMPLE_MODES
 
 PUBLIC = [n for n in rm.__all__ if callable(getattr(rm, n)) and not isinstance(getattr(rm, n), type)]
@@ -213,11 +214,13 @@ def _case(draw, name, dt):
         "eigen_smooth": lambda: ((A, arr((n, k))), {"relu": relu}),
         "nmf": lambda: ((pos((3, 4)), 2), {"max_iter": 20}),
         "dff": lambda: ((pos(nk_s), 2), {"max_iter": 20}),
+        # issue 16 (attention)
         "attention_rollout": lambda: (([arr((n, 2, 3, 3)), arr((n, 2, 3, 3))],),
                                       {"head_fusion": draw(st.sampled_from(HEAD_FUSIONS)),
                                        "residual": draw(st.booleans())}),
         "gradient_weighted_relevance": lambda: (([arr((n, 2, 3, 3))], [arr((n, 2, 3, 3))]), {}),
         "token_relevance_map": lambda: ((arr((n, 5, 5)), (2, 2)), {"prefix": 1}),
+        # issue 14 (gradient_variants, scale_and_slide)
         "aug_smooth": lambda: ((arr((2, n) + s), [False, True]), {}),
         "finercam_classes": lambda: ((arr((n, 5)),), {}),
         "finercam_score": lambda: ((arr((n, 5)), np.zeros(n, np.int64), np.ones((n, 2), np.int64)),
@@ -231,16 +234,20 @@ def _case(draw, name, dt):
             "denominator": draw(st.sampled_from(SGCPP_DENOMINATORS)), "relu": relu}),
         "smoothgradcampp_weights": lambda: ((A, arr((n, 2) + nk_s[1:])), {
             "first_order": draw(st.sampled_from(SGCPP_FIRST_ORDER)),
-            "denominator": draw(st.sampled_from(SGCPP_DENOMINATORS))}),
+            "denominator": draw(st.sampled_from(SGCPP_DENOMINATORS)), "eps": draw(st.sampled_from([0.0, 1e-8]))}),
+        "refinecam": lambda: (([arr((n,) + s), arr((n,) + s)],), {"layer_normalize": draw(st.booleans())}),
+        "sess_scales": lambda: ((draw(st.integers(1, 50)), 3), {}),
+        "window_starts": lambda: ((draw(st.integers(1, 20)), draw(st.integers(1, 5)), draw(st.integers(1, 5))), {}),
+        "sess_fuse": lambda: ((arr((2, 1, 1)), arr((2,)), [(0, 0, 2, 1), (1, 0, 2, 1)], (1, 2)), {
+            "pool": draw(st.sampled_from(SESS_POOLS)), "theta": 0.0}),
+        "gaussian_blur": lambda: ((arr((n,) + s),), {"ksize": 3, "sigma": 1.0}),
     }
     return table[name]()
 
 
 #: output dtype does not follow the inputs (no float array argument, or float64 by definition)
 FLOAT64_OUTPUT = {"interpolation_matrix", "integration_points", "iscam_scales", "sscam_noise",
-                  # returns float64 for float32 logits (reported to the lead: the design's
-                  # "floats keep their dtype" rule; not this test's subject)
-                  "finercam_seed"}
+                  "finercam_classes"}   # finercam_classes: int64 class indices (finercam_seed keeps the logits' dtype)
 
 
 def test_every_public_math_function_has_a_case():

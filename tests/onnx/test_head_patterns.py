@@ -42,6 +42,10 @@ def _check(proto, w_want, b_want):
     a = fw.activations["A"]
     np.testing.assert_allclose(refcam.cam(a, np.repeat(head.weight[1:2], 2, axis=0).astype(a.dtype), relu=False),
                                np.einsum("k,nkhw->nhw", head.weight[1], a.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    # and refcam.explain's CAM runs on it (its provider re-checks y = W gap(A) + b numerically)
+    e = refcam.explain(m, x, "cam", layer="A", target=1, relu=False)
+    np.testing.assert_allclose(e.maps, np.einsum("k,nkhw->nhw", head.weight[1], a.astype(np.float64)),
+                               rtol=1e-5, atol=1e-6)
     return head
 
 

@@ -111,3 +111,18 @@ def test_input_saliency_agrees_with_sampled_finite_differences(model, x):
     scale = np.abs(est.value).max()
     assert np.all(np.abs(vjp - est.value) <= 1e-3 * scale + 10 * est.error), max_abs_error(vjp, est.value) / scale
 
+
+
+def test_explain_end_to_end_as_the_issue_tried_it(model, x):
+    # the calls of issue 12 that failed: gradcam / saliency (rank unknown) and cam (Shape + Reshape)
+    a = model.forward(x, [POOLED]).activations[POOLED]
+    cam = refcam.explain(PATH, x, "cam", layer=POOLED, target=[1, 0], relu=False)
+    w = model.linear_head(POOLED).weight[[1, 0]]
+    assert max_abs_error(cam.maps, np.einsum("nk,nkhw->nhw", w, a.astype(np.float64))) <= 1e-5 * np.abs(cam.maps).max()
+    r = gradients(model, x, wrt=[model.default_layer().name, "input"], target=[1, 0])
+    gc = refcam.explain(PATH, x, "gradcam", target=[1, 0])
+    name = model.default_layer().name
+    assert max_abs_error(gc.maps, refcam.gradcam(r.activations[name], r.gradients[name][:, 0])) <= \
+        1e-6 * np.abs(gc.maps).max()
+    sal = refcam.explain(PATH, x, "saliency", target=[1, 0])
+    assert max_abs_error(sal.maps, refcam.saliency(r.gradients[model.input_name][:, 0])) == 0.0

@@ -6,7 +6,8 @@ Reduced widths and depths (seeded weights, random BatchNorm statistics) keep the
 architectures' graph patterns are the full models' (channel shuffle with computed Slice starts,
 Swin's batch-dependent as_strided Gather and windows, MaxViT's Einsum, ViT's class token and
 attention).  Every model is exported once per session into a temporary folder.  The ViT check is
-input saliency and the gradient at an encoder block (token-layer CAMs belong to the layouts issue).
+input saliency and the gradient at an encoder block (token-layer CAMs belong to the layouts issue;
+token layers come back from ``gradients`` as maps, compared on the patch grid).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _build(kind: str, seed: int = 0):
         with torch.no_grad():   # torchvision zero-initialises the head: every gradient would be 0
             m.heads.head.weight.copy_(torch.randn(m.heads.head.weight.shape, generator=g) * 0.2)
             m.heads.head.bias.copy_(torch.randn(m.heads.head.bias.shape, generator=g) * 0.1)
-        layer, size = "encoder.layers.encoder_layer_1", (32, 32)
+        layer, size = "encoder.layers.encoder_layer_0", (32, 32)   # not the last block: its patch
+        # tokens reach the class token only through the next block's attention
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for mod in m.modules():
@@ -166,6 +168,16 @@ def test_gradients_at_a_layer_equal_torch_autograd(exports, kind, exporter):
     a_t, g_t, _ = _torch_grads(model, x, layer, _classes(kind))
     name = _tensor(m, layer)
     r = gradients(m, x.numpy(), wrt=name, target=_classes(kind))
+    lay = m.layer(name).layout
+    if lay is not None and lay.is_tokens:
+        # token layers come back as maps (N, D, h, w): prefix tokens dropped, patches on the grid
+        # (pytorch-grad-cam's ViT reshape_transform); torch's (N, T, D) the same way
+        def as_map(t):
+            t = t[:, lay.prefix:t.shape[1] - lay.suffix]
+            return np.moveaxis(t.reshape((t.shape[0],) + tuple(lay.grid) + (t.shape[-1],)), -1, 1)
+
+        a_t, g_t = as_map(a_t), as_map(g_t)
+        assert np.abs(g_t).max() > 0                     # patch tokens do get a gradient here
     assert max_abs_error(r.activations[name], a_t) <= TOL * float(np.abs(a_t).max())
     assert max_abs_error(r.gradients[name][:, 0], g_t) <= TOL * float(np.abs(g_t).max())
 

@@ -547,3 +547,56 @@ def test_refinecam(kind):
     assert max_abs_error(ref, peer) <= UP_TOL
     # refcam's own normalisation (ReLU / max per layer) differs only by the peer's 1e-7 eps
     assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= UP_TOL
+
+
+# ------------------------------------------------------------------------------------- SESS
+
+def _sess_ref(model, layers, x, cls, *, num_scales, pool="mean", theta=0.0, smooth=True):
+    """refcam's SESS from the math floor: scales, windows, input resizing (math.upsample), patch
+    scores (softmax, clipped at 0, / max), the pgc Grad-CAM preset on every patch, sess_fuse,
+    gaussian_blur, min-max +1e-7."""
+    h, w = x.shape[-2:]
+    win = min(h, w)
+    out = []
+    for i in range(len(x)):
+        xi = x[i:i + 1].numpy()
+        patches, boxes = [], []
+        for s in rm.sess_scales(win, num_scales):
+            size = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+            xs = rm.upsample(xi[0], size, "linear")[None]                  # (1, C, H_s, W_s)
+            for y1 in rm.window_starts(size[0], win, win):
+                for x1 in rm.window_starts(size[1], win, win):
+                    patches.append(xs[:, :, y1:y1 + win, x1:x1 + win])
+                    boxes.append((x1, y1, size[1], size[0]))
+        pt = torch.from_numpy(np.concatenate(patches).astype(np.float32))
+        with torch.no_grad():
+            scores = np.maximum(torch.softmax(model(pt), -1)[:, cls[i]].numpy(), 0)
+        order = np.argsort(scores)
+        weights = scores[order] / scores[order[-1]] if scores[order[-1]] > 0 else np.ones(len(order), np.float32)
+        acts, grads, _ = H.extract(model, layers, pt[order], [cls[i]] * len(order))
+        cams = presets.compute("gradcam", "pytorch-grad-cam", activations=acts[0], gradients=grads[0],
+                               input_size=(win, win))
+        fused = rm.sess_fuse(cams, weights, [boxes[j] for j in order], (h, w), pool=pool, theta=theta)
+        out.append(rm.gaussian_blur(fused[None])[0] if smooth else fused)
+    return rm.normalize(np.stack(out), "minmax", eps=1e-7)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pool,theta,smooth", [("mean", 0.0, True), ("max", 0.0, False), ("mean", 0.3, True)])
+def test_sess(kind, pool, theta, smooth):
+    """pytorch-grad-cam SESS (base Grad-CAM) vs refcam.math (scale_and_slide + presets) on the
+    same model and targets."""
+    from pytorch_grad_cam import SESS
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = H.make_model(kind)
+    x = H.make_input()
+    layers = H.target_layers(model)
+    targets = [ClassifierOutputTarget(c) for c in H.CLASSES]
+    with H._quiet(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with SESS(model=model, target_layers=layers, num_scales=4, pool=pool, theta=theta, smooth=smooth) as sess:
+            peer = sess(x, targets)
+    ref = _sess_ref(model, layers, x, H.CLASSES, num_scales=4, pool=pool, theta=theta, smooth=smooth)
+    print(f"SESS {kind} {pool} theta={theta} smooth={smooth}: {max_abs_error(ref, peer):.2e}")
+    assert max_abs_error(ref, peer) <= UP_TOL
