@@ -214,6 +214,7 @@ def _case(draw, name, dt):
         "eigen_smooth": lambda: ((A, arr((n, k))), {"relu": relu}),
         "nmf": lambda: ((pos((3, 4)), 2), {"max_iter": 20}),
         "dff": lambda: ((pos(nk_s), 2), {"max_iter": 20}),
+        # issue 16 (attention)
         "attention_rollout": lambda: (([arr((n, 2, 3, 3)), arr((n, 2, 3, 3))],),
                                       {"head_fusion": draw(st.sampled_from(HEAD_FUSIONS)),
                                        "residual": draw(st.booleans())}),
