@@ -41,7 +41,7 @@ from typing import Any
 
 from .errors import RefcamError
 
-__all__ = ["OutputError", "OutputSet", "file_sha256", "manifest_name"]
+__all__ = ["OutputError", "OutputSet", "file_sha256", "manifest_name", "write_atomic", "write_temp"]
 
 
 class OutputError(RefcamError, OSError):
@@ -73,6 +73,45 @@ def _file_mode() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def write_temp(directory: str | os.PathLike, name: str, data: bytes) -> Path:
+    """Write ``data`` in full to a new temporary file ``.<name>.<random>.part`` in ``directory``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (:func:`_file_mode`), is
+    flushed and fsync'ed; on any failure it is removed and the exception propagates.  Returns
+    the temporary path (the caller renames it with :func:`os.replace`).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp's 0o600 -> the mode a plain open() gives
+                os.fchmod(fh.fileno(), _file_mode())
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Replace ``path`` by a file holding exactly ``data``: a reader sees the old file or the new
+    one, never a truncated one (:func:`write_temp` then :func:`os.replace`, atomic within one
+    file system).  Parent folders are created; returns ``path`` as a :class:`~pathlib.Path`.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_temp(out.parent, out.name, data)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return out
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -213,19 +252,7 @@ class OutputSet:
     def stage(self, name: str, data: bytes) -> Path:
         """Write ``data`` in full to a temporary file beside ``name``; returns the final path."""
         final = self.directory / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                if hasattr(os, "fchmod"):
-                    os.fchmod(fh.fileno(), _file_mode())
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._staged.append((Path(tmp), final))
+        self._staged.append((write_temp(self.directory, name, data), final))
         return final
 
     @property

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ._outputs import file_sha256, write_atomic
 from .errors import InvalidArgumentError, RefcamError
 
 __all__ = ["DatasetResult", "PENDING", "DONE", "FAILED", "explain_dataset", "read_items"]
@@ -107,14 +108,6 @@ def read_items(source: Any) -> tuple[list[str], list[list[int]] | None]:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _model_path(model: Any, store: Path) -> str:
     """A file path the workers load the model from (an in-memory model is saved in the store)."""
     if isinstance(model, (str, os.PathLike)):
@@ -124,15 +117,11 @@ def _model_path(model: Any, store: Path) -> str:
     proto = model.proto if isinstance(model, Model) else model
     data = proto if isinstance(proto, bytes) else proto.SerializeToString()
     path = store / "model.onnx"
-    if not path.exists() or _sha256_file(str(path)) != hashlib.sha256(data).hexdigest():
-        _atomic_write(path, data)
+    if not path.exists() or file_sha256(str(path)) != hashlib.sha256(data).hexdigest():
+        write_atomic(path, data)
     return str(path)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _jsonable(v: Any) -> Any:
@@ -256,7 +245,7 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
     fdir = Path(spec["store"]) / "failures"
     if failed:
         fdir.mkdir(exist_ok=True)
-        _atomic_write(fdir / f"{chunk}.json",
+        write_atomic(fdir / f"{chunk}.json",
                       json.dumps({spec["paths"][i]: r for i, r in sorted(failed.items())},
                                  indent=1).encode())
     g["status"][lo:hi] = status  # last: the chunk is finished only once this lands
@@ -402,7 +391,7 @@ def explain_dataset(
             "std": tuple(std) if std is not None else NORMALIZATIONS["imagenet"][1],
         },
     }
-    spec["model_sha256"] = _sha256_file(spec["model_path"])
+    spec["model_sha256"] = file_sha256(spec["model_path"])
     manifest = {
         "refcam_version": __version__,
         "model_sha256": spec["model_sha256"],
@@ -464,7 +453,7 @@ def explain_dataset(
         ids = g.create_array("ids", shape=(n,), chunks=(b,), dtype=str)
         ids[:] = np.asarray(paths, dtype=object)
         g.attrs["refcam"] = {"manifest": MANIFEST}
-        _atomic_write(mpath, json.dumps({**manifest, "layout_of_arrays": arr}, indent=1).encode())
+        write_atomic(mpath, json.dumps({**manifest, "layout_of_arrays": arr}, indent=1).encode())
     status = g["status"][:]
     n_chunks = -(-len(paths) // batch_size)
     todo = [c for c in range(n_chunks)
@@ -499,7 +488,7 @@ def explain_dataset(
         table = {"n": int(len(yo)), "average_drop": average_drop(yo[:, 0], yo[:, 1]),
                  "increase_in_confidence": increase_in_confidence(yo[:, 0], yo[:, 1]),
                  "score": "softmax probability of the explained class"} if len(yo) else None
-        _atomic_write(root / "metrics.json", json.dumps(table, indent=1).encode())
+        write_atomic(root / "metrics.json", json.dumps(table, indent=1).encode())
     return DatasetResult(str(root), len(paths), int((status == DONE).sum()),
                          int((status == FAILED).sum()), sorted(computed), table)
 

@@ -580,25 +580,8 @@ def save_png(obj: Any, path: str | os.PathLike | Any, *, dpi: float | None = Non
     if not isinstance(path, (str, os.PathLike)):
         write(path)
         return path
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     write(buf)
-    import tempfile
+    from ._outputs import write_atomic
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):  # mkstemp's 0o600 -> the mode a plain open() gives
-                from ._outputs import _file_mode
-
-                os.fchmod(fh.fileno(), _file_mode())
-            fh.write(buf.getvalue())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return out
+    return write_atomic(path, buf.getvalue())

@@ -284,6 +284,7 @@ def test_cache_reuses_the_file_and_honours_env(model_path, model_cache, monkeypa
     assert zoo.efficientnet_lite0(path_only=True, cache=model_cache) == model_path
     assert model_path.stat().st_mtime_ns == mtime  # not rebuilt
     assert not list(model_cache.glob("*.tmp"))  # atomic write left nothing behind
+    assert not list(model_cache.glob(".*.part"))
     monkeypatch.setenv("REFCAM_CACHE", str(tmp_path / "envcache"))
     assert zoo.cache_dir() == tmp_path / "envcache"
     monkeypatch.delenv("REFCAM_CACHE")

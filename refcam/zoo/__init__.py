@@ -28,12 +28,12 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._outputs import file_sha256, write_atomic
 from .._validate import as_float_array, check_ndim, positive_int
 from ..errors import InvalidArgumentError, ModelError, ShapeError
 from ..math import softmax
@@ -123,32 +123,8 @@ def efficientnet_lite0_weights() -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):  # mkstemp's 0o600 -> the mode a plain open() gives
-                from .._outputs import _file_mode
-
-                os.fchmod(fh.fileno(), _file_mode())
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """:func:`file_sha256`, cached per (path, size, mtime): the weights are hashed once."""
+    return file_sha256(path)
 
 
 def efficientnet_lite0(
@@ -218,8 +194,8 @@ def efficientnet_lite0(
         data = model.SerializeToString()
         try:
             # the model first, then its checksum: a reader never sees a checksum of a missing file
-            _atomic_write(target, data)
-            _atomic_write(
+            write_atomic(target, data)
+            write_atomic(
                 _checksum_path(target), (hashlib.sha256(data).hexdigest() + "\n").encode()
             )
         except OSError as exc:
