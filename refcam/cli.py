@@ -34,7 +34,8 @@ Other modules add subcommands without editing this file: every module named in
 :data:`PLUGINS` that exists is imported and its ``add_cli(subparsers, *, parents, parser_class)``
 is called with the :class:`argparse` sub-parser action, the common parent parsers (``--debug``)
 and the parser class (one-line errors); the parser it adds must ``set_defaults(func=f)`` with
-``f(args) -> int`` and raise :class:`UsageError` or a ``RefcamError`` on failure.  ``refcam check`` (conformance against peer libraries) plugs in this way.
+``f(args) -> int`` and raise :class:`UsageError` or a ``RefcamError`` on failure.  No plugin is
+named by default; a named module that is not installed is skipped.
 
 ``refcam check MODULE:FUNCTION --method M`` (conformance of another implementation,
 :mod:`refcam.conformance`) is built in unless a plugin provides its own ``check``.
@@ -59,7 +60,7 @@ from .zoo._images import NORMALIZATIONS  # re-exported: the presets of --norm
 __all__ = ["NORMALIZATIONS", "PLUGINS", "UsageError", "build_parser", "default_method", "main"]
 
 #: Modules that may contribute subcommands (``add_cli(...)``, see above), imported when present.
-PLUGINS: tuple[str, ...] = ("refcam.check",)
+PLUGINS: tuple[str, ...] = ()
 
 DEFAULT_MODEL = "default"
 DEFAULT_IMAGE = "chelsea"
@@ -761,11 +762,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_ERROR
 
 
+def _subcommand(sub, common, name: str, *, help: str, description: str, raw: bool = True):
+    """Add the subcommand ``name`` with the common options (``--debug``); ``raw`` keeps the
+    description's line breaks (its examples) as written."""
+    fmt = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
+    return sub.add_parser(
+        name, parents=[common], formatter_class=fmt, help=help, description=description
+    )
+
+
 def _add_check(sub, common) -> None:
-    p = sub.add_parser(
-        "check",
-        parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _subcommand(sub, common, "check",
         help="check your own CAM function against refcam's formulas and presets, and say why it differs",
         description=(
             "Run hypothesis-generated arrays through FUNCTION and through every refcam candidate of\n"
@@ -853,10 +860,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
 
 
 def _add_explain_dataset(sub, common) -> None:
-    p = sub.add_parser(
-        "explain-dataset",
-        parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _subcommand(sub, common, "explain-dataset",
         help="explain a folder / glob / CSV list of images into a Zarr store (resumable, Dask)",
         description=(
             "Explain every image into a Zarr store chunked per batch (maps, scores, targets,\n"
@@ -911,11 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"refcam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser(
-        "explain",
-        parents=[common],
-        formatter_class=fmt,
+    p = _subcommand(sub, common, "explain",
         help="write heat-map PNGs and raw maps (.npy) for images",
         description=(
             "Explain images with CAM methods and write PNG overlays and raw maps.\n\n"
@@ -1040,9 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
     g2.add_argument("-q", "--quiet", action="store_true", help="print only the written paths")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser(
-        "layers",
-        parents=[common],
+    p = _subcommand(sub, common, "layers", raw=False,
         help="list candidate layers with shapes and source names",
         description="List the model's candidate tensors (spatial ones unless --all) with "
         "op, shape and the source framework's module name; * marks the default.",
@@ -1059,9 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC", "NCDHW", "NDHWC"))
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser(
-        "methods",
-        parents=[common],
+    p = _subcommand(sub, common, "methods", raw=False,
         help="list every method with formula, paper and needs",
         description="Every registered method: formula, paper, the arrays it needs, options.",
     )
@@ -1069,12 +1065,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_methods)
 
     for mod in PLUGINS:
-        if importlib.util.find_spec(mod) is not None:
+        try:
             plugin = importlib.import_module(mod)
-            if hasattr(plugin, "add_cli"):
-                plugin.add_cli(sub, parents=[common], parser_class=_Parser)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:  # the plugin exists but one of its own imports is missing
+                raise
+            continue
+        if hasattr(plugin, "add_cli"):
+            plugin.add_cli(sub, parents=[common], parser_class=_Parser)
     _add_explain_dataset(sub, common)
-    if "check" not in sub.choices and importlib.util.find_spec("refcam.conformance") is not None:
+    if "check" not in sub.choices:
         _add_check(sub, common)  # built in unless a plugin provides its own `refcam check`
     return parser
 
