@@ -1044,16 +1044,27 @@ def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     return res
 
 
+def _conv_head(ctx: RuleContext, weight_grad: Callable[[RuleContext], str]):
+    """The shared start of the Conv / ConvTranspose adjoints: ``(gW, gB, geometry)`` with the
+    weight gradient (when needed), the bias gradient and, when the input's gradient is needed,
+    ``(r, n, k)``: the input rank, its spatial rank ``r - 2`` and the kernel sizes (attribute
+    ``kernel_shape``, else W's spatial dims); ``geometry`` is ``None`` otherwise."""
+    gb = _bias_grad(ctx)
+    gw = weight_grad(ctx) if ctx.needs[1] else None
+    if not ctx.needs[0]:
+        return gw, gb, None
+    r = ctx.rank(ctx.inputs[0])
+    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(ctx.inputs[1], list(range(2, r))))
+    return gw, gb, (r, r - 2, k)
+
+
 @rule("Conv")
 def _conv(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    gb = _bias_grad(ctx)
-    gw = _conv_weight_grad(ctx) if ctx.needs[1] else None
-    if not ctx.needs[0]:
+    gw, gb, geo = _conv_head(ctx, _conv_weight_grad)
+    if geo is None:
         return [None, gw, gb]
-    r = ctx.rank(x)
-    n = r - 2
-    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    r, n, k = geo
     xs = ctx.shape(x)
     if all(si == 1 for si in ctx.attrs.get("strides", [1] * n)):
         # stride 1: the geometry does not depend on the input size (dynamic spatial axes are fine)
@@ -1119,13 +1130,10 @@ def _conv_runtime_sizes(ctx: RuleContext, k: list[int], n: int) -> list:
 @rule("ConvTranspose")
 def _convtranspose(ctx):
     x, w = ctx.inputs[0], ctx.inputs[1]
-    gb = _bias_grad(ctx)
-    gw = _convtranspose_weight_grad(ctx) if ctx.needs[1] else None
-    if not ctx.needs[0]:
+    gw, gb, geo = _conv_head(ctx, _convtranspose_weight_grad)
+    if geo is None:
         return [None, gw, gb]
-    r = ctx.rank(x)
-    n = r - 2
-    k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(w, list(range(2, r))))
+    r, n, k = geo
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
     # adjoint: y[o] += x[i] w[k] at o = i*s + k*d - pad_begin  =>  dx = Conv(g, W) (correlation)
@@ -1170,6 +1178,28 @@ def _maxpool(ctx):
     return [b.reshape_like(sc, x)]
 
 
+def pool_axis_matrix(ctx: RuleContext, i: int, size: int, count_include_pad: int,
+                     min_opset: int) -> np.ndarray:
+    """The 1-D ``AveragePool`` matrix of spatial axis ``i`` (input length ``size``) with the
+    node's kernel / stride / pads (or auto_pad) / dilation / ceil_mode on that axis, probed from
+    onnxruntime (:func:`.probe.axis_matrix`) at opset ``max(ctx.opset, min_opset)``.  Shared by
+    the separable AveragePool and LpPool adjoints."""
+    n = ctx.rank(ctx.inputs[0]) - 2
+    d = ctx.attrs.get("dilations")
+    pads = ctx.attrs.get("pads", [0] * 2 * n)
+    a = {"kernel_shape": [ctx.attrs["kernel_shape"][i]],
+         "strides": [ctx.attrs.get("strides", [1] * n)[i]],
+         "ceil_mode": ctx.attrs.get("ceil_mode", 0), "count_include_pad": count_include_pad}
+    auto = ctx.attrs.get("auto_pad", "NOTSET")
+    if auto not in ("NOTSET", ""):
+        a["auto_pad"] = auto
+    else:
+        a["pads"] = [pads[i], pads[i + n]]
+    if d is not None:
+        a["dilations"] = [d[i]]
+    return axis_matrix("AveragePool", a, size, max(ctx.opset, min_opset))
+
+
 @rule("AveragePool")
 def _avgpool(ctx):
     """Separable: per spatial axis the matrix is probed from onnxruntime (:mod:`.probe`), entries
@@ -1178,24 +1208,10 @@ def _avgpool(ctx):
     r = ctx.rank(x)
     n = r - 2
     in_sp = ctx.static_dims(x, list(range(2, r)))
-    k = ctx.attrs["kernel_shape"]
-    s = ctx.attrs.get("strides", [1] * n)
-    d = ctx.attrs.get("dilations", None)
-    pads = ctx.attrs.get("pads", [0] * 2 * n)
     g = ctx.grads[0]
     npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
     for i in range(n):
-        a = {"kernel_shape": [k[i]], "strides": [s[i]],
-             "ceil_mode": ctx.attrs.get("ceil_mode", 0),
-             "count_include_pad": ctx.attrs.get("count_include_pad", 0)}
-        auto = ctx.attrs.get("auto_pad", "NOTSET")
-        if auto not in ("NOTSET", ""):
-            a["auto_pad"] = auto
-        else:
-            a["pads"] = [pads[i], pads[i + n]]
-        if d is not None:
-            a["dilations"] = [d[i]]
-        m = axis_matrix("AveragePool", a, in_sp[i], max(ctx.opset, 11))
+        m = pool_axis_matrix(ctx, i, in_sp[i], ctx.attrs.get("count_include_pad", 0), 11)
         # entries are 1/count: recover the exact reciprocal of the integer count
         nz = m != 0
         m[nz] = 1.0 / np.round(1.0 / m[nz])

@@ -453,33 +453,21 @@ def _lppool(ctx):
     ceil_mode).  Windows with :math:`y_w = 0` (all zero, the norm's kink) contribute 0."""
     from onnx import helper
 
-    from .probe import axis_matrix
+    from .rules import pool_axis_matrix
 
     x, y = ctx.inputs[0], ctx.outputs[0]
     r = ctx.rank(x)
     n = r - 2
     p = float(ctx.attrs.get("p", 2))
     in_sp = ctx.static_dims(x, list(range(2, r)))
-    k = ctx.attrs["kernel_shape"]
-    s = ctx.attrs.get("strides", [1] * n)
-    d = ctx.attrs.get("dilations")
-    pads = ctx.attrs.get("pads", [0] * 2 * n)
     c = lambda v: ctx.c(v, x)  # noqa: E731
     zero = ctx.op("Equal", [y, c(0.0)])
     ypm1 = ctx.op("Pow", [ctx.op("Where", [zero, c(1.0), y]), c(p - 1.0)])
     t = ctx.op("Where", [zero, c(0.0), ctx.op("Div", [ctx.grads[0], ypm1])])
     npdt = helper.tensor_dtype_to_np_dtype(ctx.elem(x))
+    min_opset = 19 if ctx.attrs.get("dilations") is not None else 11
     for i in range(n):
-        a = {"kernel_shape": [k[i]], "strides": [s[i]], "ceil_mode": ctx.attrs.get("ceil_mode", 0),
-             "count_include_pad": 1}
-        auto = ctx.attrs.get("auto_pad", "NOTSET")
-        if auto not in ("NOTSET", ""):
-            a["auto_pad"] = auto
-        else:
-            a["pads"] = [pads[i], pads[i + n]]
-        if d is not None:
-            a["dilations"] = [d[i]]
-        m = (axis_matrix("AveragePool", a, in_sp[i], max(ctx.opset, 19 if d is not None else 11)) != 0)
+        m = pool_axis_matrix(ctx, i, in_sp[i], 1, min_opset) != 0
         t = ctx.b.move_axis_matmul(t, r, 2 + i, ctx.b.const(m.astype(npdt), hint="lppool_T"))
     ax = ctx.op("Abs", [x])
     w = ctx.op("Mul", [ctx.op("Sign", [x]), ctx.op("Pow", [ax, c(p - 1.0)])]) if p != 1.0 else ctx.op("Sign", [x])
