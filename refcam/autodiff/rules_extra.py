@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from .rules import ZERO, rule
+from .rules import ZERO, _iota_backward, rule
 
 
 @rule("CastLike")
@@ -20,30 +20,6 @@ def _castlike(ctx):
     return [gx, ZERO]
 
 
-def _index_adjoint(ctx, select, fill: bool = False, add: bool = False) -> str:
-    r"""Adjoint of a pure index map :math:`y = x[\mathrm{src}]`, entirely at run time: the map applied
-    to the flat positions :math:`0..|x|-1` (shaped like :math:`x`) gives the source of every output
-    element, and :math:`\bar x = \mathrm{scatter}(0, \mathrm{src}, g)`.  Needs no rank and no
-    constant.  ``fill``: the map also writes a constant (source -1, e.g. Pad's constant border),
-    routed to a dropped extra slot; ``add``: sources may repeat (reflect/edge padding), summed
-    with ``reduction="add"`` (opset 16)."""
-    b = ctx.b
-    x = ctx.inputs[0]
-    n = b.op("Size", [x])
-    pos = b.op("Reshape", [b.op("Range", [b.const(np.int64(0)), n, b.const(np.int64(1))]), b.shape(x)])
-    src = b.op("Reshape", [select(pos), b.ints([-1])])
-    slots = n
-    if fill:  # source -1 -> slot n, dropped afterwards
-        src = b.op("Where", [b.op("Less", [src, b.const(np.int64(0))]), n, src])
-        slots = b.op("Add", [n, b.const(np.int64(1))])
-    zeros = b.op("ConstantOfShape", [b.op("Reshape", [slots, b.ints([1])])], value=onnx_zero(ctx.elem(x)))
-    kw = {"reduction": "add"} if (add or fill) else {}
-    flat = b.op("ScatterElements", [zeros, src, b.op("Reshape", [ctx.grads[0], b.ints([-1])])], axis=0, **kw)
-    if fill:
-        flat = b.op("Slice", [flat, b.ints([0]), b.op("Reshape", [n, b.ints([1])]), b.ints([0])])
-    return b.reshape_like(flat, x)
-
-
 def onnx_zero(elem: int):
     from onnx import helper, numpy_helper
 
@@ -52,7 +28,7 @@ def onnx_zero(elem: int):
 
 def _slice_any(ctx):
     """Slice: the static rule (Slice + Pad, index maps) when starts/ends/axes/steps are constants
-    and the rank is known; otherwise the runtime adjoint :func:`_index_adjoint` with the node's own
+    and the rank is known; otherwise the runtime adjoint :func:`.rules._iota_backward` with the node's own
     (runtime) starts, ends, axes and steps."""
     from ..errors import ModelError, UnsupportedOpError
     from . import rules as base
@@ -63,7 +39,7 @@ def _slice_any(ctx):
         if ctx.opset < 11 or "starts" in ctx.attrs:
             raise
     rest = ctx.inputs[1:]
-    g = _index_adjoint(ctx, lambda pos: ctx.op("Slice", [pos] + rest))
+    g = _iota_backward(ctx, lambda iota, _fill: ctx.op("Slice", [iota] + rest), repeats=False)[0]
     return [g] + [ZERO] * len(rest)
 
 
@@ -352,8 +328,8 @@ rule("Resize")(_resize_any)
 
 def _pad_any(ctx):
     r"""Pad: the static rule (index maps) when pads/axes are constants and the rank known, otherwise
-    the runtime index adjoint (:func:`_index_adjoint`: Pad applied to the flat positions with border
-    value -1; reflect/edge/wrap sources repeat, summed).  ``constant_value``:
+    the runtime index adjoint (:func:`.rules._iota_backward`: Pad applied to the flat positions with
+    border value :math:`|x|`, a dropped slot; reflect/edge/wrap sources repeat, summed).  ``constant_value``:
     :math:`\bar c = \sum g - \sum \bar x` (the sum of :math:`g` over the padded border)."""
     from ..errors import ModelError, UnsupportedOpError
     from . import rules as base
@@ -368,14 +344,15 @@ def _pad_any(ctx):
             from .rules import NeedsOpset
 
             raise NeedsOpset(16, "Pad with runtime pads: its backward needs ScatterElements(reduction='add')")
-        b = ctx.b
-        ins = list(ctx.inputs[1:])
-        if len(ins) >= 2:
-            ins[1] = b.const(np.int64(-1)) if mode == "constant" else ""
-        else:
-            ins = ins + ([b.const(np.int64(-1))] if mode == "constant" else [])
-        dx = _index_adjoint(ctx, lambda pos: ctx.op("Pad", [pos] + ins, mode=mode), fill=mode == "constant",
-                            add=mode != "constant")
+        def fwd(iota: str, fill: str) -> str:
+            ins = list(ctx.inputs[1:])
+            if len(ins) >= 2:
+                ins[1] = fill if mode == "constant" else ""
+            else:
+                ins = ins + ([fill] if mode == "constant" else [])
+            return ctx.op("Pad", [iota] + ins, mode=mode)
+
+        dx = _iota_backward(ctx, fwd, repeats=mode != "constant")[0]
         res = [dx] + [ZERO] * (len(ctx.inputs) - 1)
         if len(ctx.inputs) > 2:
             res[2] = None
@@ -479,7 +456,8 @@ def _compress(ctx):
     """A selection along ``axis`` (or of the flattened input): the runtime index adjoint."""
     cond = ctx.inputs[1]
     kw = {"axis": ctx.attrs["axis"]} if "axis" in ctx.attrs else {}
-    return [_index_adjoint(ctx, lambda pos: ctx.op("Compress", [pos, cond], **kw)), ZERO]
+    fwd = lambda iota, _fill: ctx.op("Compress", [iota, cond], **kw)  # noqa: E731
+    return [_iota_backward(ctx, fwd, repeats=False)[0], ZERO]
 
 
 @rule("ReverseSequence")
@@ -487,7 +465,8 @@ def _reverse_sequence(ctx):
     """A permutation within each sequence: the runtime index adjoint."""
     lens = ctx.inputs[1]
     kw = {k: ctx.attrs[k] for k in ("batch_axis", "time_axis") if k in ctx.attrs}
-    return [_index_adjoint(ctx, lambda pos: ctx.op("ReverseSequence", [pos, lens], **kw)), ZERO]
+    fwd = lambda iota, _fill: ctx.op("ReverseSequence", [iota, lens], **kw)  # noqa: E731
+    return [_iota_backward(ctx, fwd, repeats=False)[0], ZERO]
 
 
 @rule("MaxUnpool")
