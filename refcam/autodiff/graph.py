@@ -35,10 +35,10 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     return list(dict.fromkeys(names))
 
 # opset from which each Reduce* op takes its axes as an input instead of an attribute
-_AXES_AS_INPUT = {"ReduceSum": 13}
+AXES_AS_INPUT = {"ReduceSum": 13}
 for _op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
             "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"):
-    _AXES_AS_INPUT[_op] = 18
+    AXES_AS_INPUT[_op] = 18
 
 
 class TensorInfo:
@@ -179,29 +179,24 @@ class GraphBuilder:
         val = numpy_helper.from_array(np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(elem)))
         return self.op("ConstantOfShape", [self.shape(x)], value=val)
 
-    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
+    def _with_axes(self, op_type: str, x: str, axes: Sequence[int], since: int, **attrs: Any) -> str:
+        """``op_type`` over ``axes`` (``x`` itself when there are none): the axes are an int64 input
+        from opset ``since`` on, an attribute before."""
         axes = [int(a) for a in axes]
         if not axes:
             return x
-        if self.opset >= _AXES_AS_INPUT[op_type]:
-            return self.op(op_type, [x, self.ints(axes, "axes")], keepdims=int(keepdims))
-        return self.op(op_type, [x], axes=axes, keepdims=int(keepdims))
+        if self.opset >= since:
+            return self.op(op_type, [x, self.ints(axes, "axes")], **attrs)
+        return self.op(op_type, [x], axes=axes, **attrs)
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: bool = True) -> str:
+        return self._with_axes(op_type, x, axes, AXES_AS_INPUT[op_type], keepdims=int(keepdims))
 
     def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
-        axes = [int(a) for a in axes]
-        if not axes:
-            return x
-        if self.opset >= 13:
-            return self.op("Unsqueeze", [x, self.ints(axes, "axes")])
-        return self.op("Unsqueeze", [x], axes=axes)
+        return self._with_axes("Unsqueeze", x, axes, 13)
 
     def squeeze(self, x: str, axes: Sequence[int]) -> str:
-        axes = [int(a) for a in axes]
-        if not axes:
-            return x
-        if self.opset >= 13:
-            return self.op("Squeeze", [x, self.ints(axes, "axes")])
-        return self.op("Squeeze", [x], axes=axes)
+        return self._with_axes("Squeeze", x, axes, 13)
 
     def add_all(self, terms: Sequence[str]) -> str:
         terms = list(terms)

@@ -811,9 +811,9 @@ def _logsoftmax(ctx):
 def _reduce_axes(ctx: RuleContext, op: str) -> list[int] | None:
     """Normalised reduced axes, or None for 'identity' (noop_with_empty_axes and no axes)."""
     r = ctx.rank(ctx.inputs[0])
-    from .graph import _AXES_AS_INPUT
+    from .graph import AXES_AS_INPUT
 
-    if ctx.opset >= _AXES_AS_INPUT.get(op, 13) and "axes" not in ctx.attrs:
+    if ctx.opset >= AXES_AS_INPUT.get(op, 13) and "axes" not in ctx.attrs:
         axes = ctx.need_const(1, "axes").tolist() if ctx.has_input(1) else []
     else:
         axes = list(ctx.attrs.get("axes", []))

@@ -24,7 +24,7 @@ are: the kept shape is ``Shape(reduce(x, axes, keepdims=1))`` of a recomputed fo
 
 from __future__ import annotations
 
-from .graph import _AXES_AS_INPUT
+from .graph import AXES_AS_INPUT
 from .rules import ZERO, RuleContext, _reduce_axes, rule
 
 _OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceL1", "ReduceL2",
@@ -32,7 +32,7 @@ _OPS = ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSumSquare", 
 
 
 def _runtime_axes(ctx: RuleContext) -> bool:
-    return (ctx.opset >= _AXES_AS_INPUT.get(ctx.op_type, 13) and "axes" not in ctx.attrs
+    return (ctx.opset >= AXES_AS_INPUT.get(ctx.op_type, 13) and "axes" not in ctx.attrs
             and ctx.has_input(1) and ctx.const(1) is None)
 
 

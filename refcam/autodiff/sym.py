@@ -65,20 +65,24 @@ class Sym:
         """A boolean tensor cast to the element type of the rule's first input."""
         return Sym(self.ctx.op("Cast", [self.name], to=self.ctx.elem(self.ctx.inputs[0])), self.ctx)
 
-    # ---- element-wise functions ----------------------------------------------------------
-    def exp(self): return self._op("Exp")
-    def log(self): return self._op("Log")
-    def sqrt(self): return self._op("Sqrt")
-    def abs(self): return self._op("Abs")
-    def sign(self): return self._op("Sign")
-    def sigmoid(self): return self._op("Sigmoid")
-    def tanh(self): return self._op("Tanh")
-    def softplus(self): return self._op("Softplus")
-    def erf(self): return self._op("Erf")
-    def sin(self): return self._op("Sin")
-    def cos(self): return self._op("Cos")
-    def cosh(self): return self._op("Cosh")
-    def relu(self): return self._op("Relu")
+
+#: Element-wise functions of :class:`Sym`: method name -> ONNX operator (``x.exp()`` is ``Exp(x)``).
+_UNARY = {"exp": "Exp", "log": "Log", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "sigmoid": "Sigmoid",
+          "tanh": "Tanh", "softplus": "Softplus", "erf": "Erf", "sin": "Sin", "cos": "Cos",
+          "cosh": "Cosh", "relu": "Relu"}
+
+
+def _unary(name: str, op_type: str):
+    def method(self: Sym) -> Sym:
+        return self._op(op_type)
+
+    method.__name__, method.__qualname__ = name, f"Sym.{name}"
+    method.__doc__ = f"Element-wise ``{op_type}``."
+    return method
+
+
+for _name, _op_type in _UNARY.items():
+    setattr(Sym, _name, _unary(_name, _op_type))
 
 
 def where(cond: Sym, a: Any, b: Any) -> Sym:
