@@ -291,7 +291,8 @@ def fullgrad_bias_layers(model: Any) -> list[tuple[str, str, np.ndarray]]:
     sum :func:`refcam.math.full_gradient_sum`.
     """
     from .onnx import load
-    from .onnx.head import _attr, constant_value
+    from .onnx._nodes import node_attr
+    from .onnx.head import constant_value
 
     m = load(model)
     g = m.proto.graph
@@ -310,14 +311,14 @@ def fullgrad_bias_layers(model: Any) -> list[tuple[str, str, np.ndarray]]:
         if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:
             out.append((node.output[0], "Conv", const(node, 2, "bias").reshape(-1)))
         elif node.op_type == "BatchNormalization":
-            if _attr(node, "training_mode", 0):
+            if node_attr(node, "training_mode", 0):
                 raise ModelError(
                     f"model: BatchNormalization {node.name or node.output[0]!r} has training_mode=1; "
                     "FullGrad needs the inference-mode (affine) BatchNorm"
                 )
             gam, beta, mu, var = (const(node, i, w) for i, w in
                                   enumerate(("scale", "bias", "mean", "var"), start=1))
-            eps = float(_attr(node, "epsilon", 1e-5))
+            eps = float(node_attr(node, "epsilon", 1e-5))
             out.append((node.output[0], "BatchNormalization", M.batchnorm_bias(gam, beta, mu, var, eps)))
     return out
 

@@ -60,7 +60,9 @@ def model_opset(model: onnx.ModelProto) -> int:
     raise ModelError("the model imports no ai.onnx opset")
 
 
-def _ir_for(opset: int, current: int) -> int:
+def ir_for(opset: int, current: int) -> int:
+    """IR version for a model rewritten at ``opset``: ``max(IR that onnx requires for opset,
+    min(current, 10))``."""
     need = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
     return max(need, min(current, 10))
 
@@ -297,7 +299,7 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
     ng.node.extend(b.nodes)
     ng.node.extend(tail)
     ng.initializer.extend(b.initializers)
-    new.ir_version = _ir_for(opset, model.ir_version)
+    new.ir_version = ir_for(opset, model.ir_version)
     new.metadata_props.append(onnx.StringStringEntryProto(key="refcam.seed_input", value=SEED_INPUT))
     new.metadata_props.append(onnx.StringStringEntryProto(key="refcam.seed_output", value=seed))
     new.metadata_props.append(onnx.StringStringEntryProto(key="refcam.gradients", value=json.dumps(mapping)))

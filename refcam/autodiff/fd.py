@@ -53,7 +53,7 @@ from onnx import helper, shape_inference
 
 from .._validate import as_float_array
 from ..errors import InvalidArgumentError, LayerNotFoundError, ModelError, RefcamError, ShapeError
-from .builder import _ir_for, model_opset
+from .builder import ir_for, model_opset
 from .graph import TensorInfo
 
 __all__ = ["FDResult", "FiniteDifferences", "default_step", "directional_derivatives", "cut_head", "fd_gradients",
@@ -226,7 +226,7 @@ def cut_head(model: onnx.ModelProto, tensor: str, outputs: Sequence[str] | None 
                 side.append(i)
     value_info = {vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)}
     head = _adapter_cut(model, [tensor] + side, outputs, value_info=value_info,
-                        ir_version=_ir_for(model_opset(model), model.ir_version))
+                        ir_version=ir_for(model_opset(model), model.ir_version))
     for vi in list(head.graph.input) + list(head.graph.output):
         tt = vi.type.tensor_type
         if tt.HasField("shape") and len(tt.shape.dim):
@@ -263,7 +263,7 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
             need.update(i for i in node.input if i)
     del m.graph.node[:]
     m.graph.node.extend(reversed(keep))
-    m.ir_version = _ir_for(model_opset(model), model.ir_version)
+    m.ir_version = ir_for(model_opset(model), model.ir_version)
     return m
 
 
@@ -701,7 +701,7 @@ def _typed(m: onnx.ModelProto, model: onnx.ModelProto, names: Sequence[str]) -> 
         shp = info.shape.get(vi.name)
         vi.CopyFrom(helper.make_tensor_value_info(
             vi.name, info.elem[vi.name], None if shp is None else [None] + list(shp[1:])))
-    m.ir_version = _ir_for(model_opset(model), model.ir_version)
+    m.ir_version = ir_for(model_opset(model), model.ir_version)
     return m
 
 

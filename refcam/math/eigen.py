@@ -30,7 +30,7 @@ __all__ = ["SIGN_RULES", "eigencam", "eigengradcam"]
 SIGN_RULES = ("sum", "max-abs", "none")
 
 
-def _first_component(x: np.ndarray, center: bool, sign: str, component: int = 1) -> np.ndarray:
+def first_component(x: np.ndarray, center: bool, sign: str, component: int = 1) -> np.ndarray:
     """``x`` of shape (N, K, *S) -> signed projection on the ``component``-th right singular
     vector (1 = the first)."""
     n, k = x.shape[:2]
@@ -54,7 +54,7 @@ def _first_component(x: np.ndarray, center: bool, sign: str, component: int = 1)
             o = np.where(const[:, None, :], 0, o)
     p = _projection_on_v(o, component)                      # O v_c = sigma_c u_c, shape (N, Z)
     if sign != "none":
-        p = p * _sign_factor(p, sign)[:, None]
+        p = p * sign_factor(p, sign)[:, None]
     return (p * scale).reshape((n,) + spatial).astype(x.dtype, copy=False)
 
 
@@ -77,7 +77,7 @@ def _projection_on_v(o: np.ndarray, c: int) -> np.ndarray:
     return u[:, :, c - 1] * s[:, c - 1 : c]
 
 
-def _sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
+def sign_factor(p: np.ndarray, rule: str) -> np.ndarray:
     """+1/-1 per row of ``p`` (N, Z) so that the rule's reference quantity is positive."""
     rel = np.sqrt(np.finfo(p.dtype).eps)
     mag = np.abs(p)
@@ -158,7 +158,7 @@ def eigencam(
     if c > rank:
         raise InvalidArgumentError("component", component,
                                    f"an integer in 1..{rank} (at most min(channels, positions))")
-    m = _first_component(x, _flag(center, "center"), sign, c)
+    m = first_component(x, _flag(center, "center"), sign, c)
     return _maybe_relu(m, relu)
 
 
@@ -196,5 +196,5 @@ def eigengradcam(
     """
     a, g = _maps_and_gradients(activations, gradients)
     sign = _v.choice(sign, "sign", SIGN_RULES)
-    m = _first_component(a * g, _flag(center, "center"), sign)
+    m = first_component(a * g, _flag(center, "center"), sign)
     return _maybe_relu(m, relu)

@@ -17,7 +17,7 @@ from ._finite import finite_output
 from .. import _validate as _v
 from ..errors import ShapeError
 from .blocks import _flag, _maps_and_gradients, _maybe_relu
-from .eigen import SIGN_RULES, _first_component, _sign_factor
+from .eigen import SIGN_RULES, first_component, sign_factor
 
 __all__ = ["KERNELS", "eigen_smooth", "kernel_matrix", "kpcacam", "segeigencam"]
 
@@ -141,7 +141,7 @@ def kpcacam(activations: Any, *, kernel: str = "sigmoid", gamma: float | None = 
     lam1 = np.maximum(lam[:, -1], 0.0)
     p = vec[:, :, -1] * np.sqrt(lam1)[:, None]       # (N, Z)
     if sign != "none":
-        p = p * _sign_factor(p, sign)[:, None]
+        p = p * sign_factor(p, sign)[:, None]
     m = p.reshape((n,) + x.shape[2:]).astype(x.dtype)
     return _maybe_relu(m, relu)
 
@@ -181,7 +181,7 @@ def segeigencam(activations: Any, gradients: Any, *, center: bool = True, sign: 
     """
     a, g = _maps_and_gradients(activations, gradients)
     sign = _v.choice(sign, "sign", SIGN_RULES)
-    m = _first_component(np.abs(g) * a, _flag(center, "center"), sign)
+    m = first_component(np.abs(g) * a, _flag(center, "center"), sign)
     return _maybe_relu(m, relu)
 
 
@@ -226,5 +226,5 @@ def eigen_smooth(activations: Any, weights: Any, *, center: bool = True, sign: s
                          "channel weights (N, K) or per-position weights like the activations")
     dt = _v.result_dtype(x, w)
     sign = _v.choice(sign, "sign", SIGN_RULES)
-    m = _first_component((w * x).astype(dt, copy=False), _flag(center, "center"), sign)
+    m = first_component((w * x).astype(dt, copy=False), _flag(center, "center"), sign)
     return _maybe_relu(m, relu)

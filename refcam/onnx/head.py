@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import ModelError
+from ._nodes import node_attr
 
 __all__ = ["LinearHead", "constant_node_value", "constant_value", "cut_head", "linear_head", "subgraph_inputs"]
 
@@ -205,13 +206,6 @@ def constant_value(graph: onnx.GraphProto, name: str):
     return None
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def linear_head(
     graph: onnx.GraphProto, layer: str, output: str, *, rank: int, channels_last: bool = False,
     channels: int | None = None,
@@ -283,7 +277,7 @@ def linear_head(
         if n.op_type == "GlobalAveragePool":
             return not channels_last
         if n.op_type == "ReduceMean":
-            axes = _attr(n, "axes", None)
+            axes = node_attr(n, "axes", None)
             if axes is None and len(n.input) > 1:
                 v = constant_value(graph, n.input[1])
                 axes = None if v is None else [int(a) for a in np.ravel(v)]
@@ -297,9 +291,9 @@ def linear_head(
         w = constant_value(graph, n.input[1])
         if w is None or np.ndim(w) < 3 or any(int(d) != 1 for d in np.shape(w)[2:]):
             return f"Conv {n.name!r} is not a 1×1 convolution with a constant kernel"
-        if _attr(n, "group", 1) != 1 or any(int(p) != 0 for p in _attr(n, "pads", [])) or \
-                any(int(v) != 1 for v in _attr(n, "strides", [])) or \
-                _attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        if node_attr(n, "group", 1) != 1 or any(int(p) != 0 for p in node_attr(n, "pads", [])) or \
+                any(int(v) != 1 for v in node_attr(n, "strides", [])) or \
+                node_attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             return f"Conv {n.name!r} has groups, strides or padding"
         bias = None
         if len(n.input) > 2 and n.input[2]:
@@ -350,7 +344,7 @@ def linear_head(
                         "expected exactly one")
             continue
         if node.op_type == "Gemm":
-            if node.input[0] != t or _attr(node, "transA", 0):
+            if node.input[0] != t or node_attr(node, "transA", 0):
                 last_err = f"Gemm {node.name!r} does not take the pooled features as untransposed A"
                 continue
             b = constant_value(graph, node.input[1])
@@ -358,14 +352,14 @@ def linear_head(
                 last_err = f"the weight {node.input[1]!r} of Gemm {node.name!r} is not a constant"
                 continue
             w = np.asarray(b, np.float64)
-            w = w if _attr(node, "transB", 0) else w.T  # -> (C, K)
-            w = _attr(node, "alpha", 1.0) * w
+            w = w if node_attr(node, "transB", 0) else w.T  # -> (C, K)
+            w = node_attr(node, "alpha", 1.0) * w
             if len(node.input) > 2 and node.input[2]:
                 c = constant_value(graph, node.input[2])
                 if c is None:
                     last_err = f"the bias {node.input[2]!r} of Gemm {node.name!r} is not a constant"
                     continue
-                bias = _attr(node, "beta", 1.0) * np.broadcast_to(
+                bias = node_attr(node, "beta", 1.0) * np.broadcast_to(
                     np.asarray(c, np.float64).ravel(), (w.shape[0],)
                 )
             out = node.output[0]

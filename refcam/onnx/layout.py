@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError, ShapeError
+from ._nodes import node_attr
 
 __all__ = ["Layout", "infer_layouts", "parse_layout", "LAYOUT_HELP"]
 
@@ -314,15 +315,6 @@ class LayoutInference:
         return self.layouts.get(name)
 
 
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            from onnx import helper
-
-            return helper.get_attribute_value(a)
-    return default
-
-
 def infer_layouts(
     graph,
     input_layouts: dict,
@@ -430,13 +422,13 @@ def _propagate(node, op, ins, a, r_out, shape, rank, constants, const_names):
     if op == "Transpose":
         if a is None:
             return None
-        perm = _attr(node, "perm")
+        perm = node_attr(node, "perm")
         perm = list(perm) if perm is not None else list(range(len(a.axes)))[::-1]
         return _copy(a, [a.axes[p] for p in perm])
     if op in ("MatMul", "Gemm", "MatMulInteger", "FusedMatMul"):
         if a is None or len(node.input) < 2 or node.input[1] not in const_names:
             return None  # two activations (attention scores, attention · V): tokens are mixed
-        if op == "Gemm" and _attr(node, "transA", 0):
+        if op == "Gemm" and node_attr(node, "transA", 0):
             return None
         if a.axes[-1] != "C":
             return None
@@ -446,7 +438,7 @@ def _propagate(node, op, ins, a, r_out, shape, rank, constants, const_names):
     if op in ("Squeeze", "Unsqueeze"):
         if a is None:
             return None
-        axes = _attr(node, "axes")
+        axes = node_attr(node, "axes")
         if axes is None and len(node.input) > 1:
             axes = constants.get(node.input[1])
         r_in = len(a.axes)
@@ -478,7 +470,7 @@ def _propagate(node, op, ins, a, r_out, shape, rank, constants, const_names):
     if op == "Gather":
         if a is None or len(node.input) < 2:
             return None
-        axis = int(_attr(node, "axis", 0)) % len(a.axes)
+        axis = int(node_attr(node, "axis", 0)) % len(a.axes)
         idx = constants.get(node.input[1])
         if idx is None:
             return None
@@ -496,13 +488,13 @@ def _propagate(node, op, ins, a, r_out, shape, rank, constants, const_names):
     if op in ("ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2", "ReduceL1"):
         if a is None:
             return None
-        axes = _attr(node, "axes")
+        axes = node_attr(node, "axes")
         if axes is None and len(node.input) > 1:
             axes = constants.get(node.input[1])
         if axes is None:
             return None
         axes = {int(x) % len(a.axes) for x in np.ravel(axes)}
-        keep = int(_attr(node, "keepdims", 1))
+        keep = int(node_attr(node, "keepdims", 1))
         if any(a.axes[i] in ("N", "C") for i in axes):
             return None
         if keep:
@@ -516,7 +508,7 @@ def _propagate(node, op, ins, a, r_out, shape, rank, constants, const_names):
     if op == "Split":
         if a is None:
             return None
-        axis = int(_attr(node, "axis", 0)) % len(a.axes)
+        axis = int(node_attr(node, "axis", 0)) % len(a.axes)
         if a.axes[axis] != "C":
             return None
         return [_copy(a) for _ in node.output]
@@ -538,7 +530,7 @@ def _concat(node, ins, shape, rank):
     if not clear:
         return None
     r = len(clear[0][1].axes)
-    axis = int(_attr(node, "axis", 0)) % r
+    axis = int(node_attr(node, "axis", 0)) % r
     main_i, main = clear[0]
     if main.axes[axis] == "C":
         for _, s in clear[1:]:
@@ -572,7 +564,7 @@ def _slice(node, a, constants, shape):
     if a is None:
         return None
     if len(node.input) < 3:  # opset < 10: attributes
-        starts, ends, axes = _attr(node, "starts"), _attr(node, "ends"), _attr(node, "axes")
+        starts, ends, axes = node_attr(node, "starts"), node_attr(node, "ends"), node_attr(node, "axes")
         steps = None
     else:
         starts = constants.get(node.input[1])
@@ -615,7 +607,7 @@ def _reshape(node, a, shape):
     s_in = shape(node.input[0])
     s_out = shape(node.output[0])
     if node.op_type == "Flatten" and s_in is not None:
-        ax = int(_attr(node, "axis", 1)) % max(1, len(s_in))
+        ax = int(node_attr(node, "axis", 1)) % max(1, len(s_in))
         if s_out is None:
             s_out = (_prod(s_in[:ax]), _prod(s_in[ax:]))
     if s_in is None or s_out is None or len(s_in) != len(a.axes):
