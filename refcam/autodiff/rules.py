@@ -599,34 +599,35 @@ def _mean(ctx):
     return [ctx.unbroadcast(g, x) if need else None for x, need in zip(ctx.inputs, ctx.needs)]
 
 
-@rule("Sub")
-def _sub(ctx):
+def _binary(ctx: RuleContext, adj_a: Callable[[str, str, str], str],
+            adj_b: Callable[[str, str, str], str]) -> list:
+    r"""Adjoint of a broadcasting binary op :math:`y = f(a, b)`: :math:`\bar a = \Sigma_{bc}\,
+    \mathrm{adj\_a}(g, a, b)` and likewise :math:`\bar b`, each built only when needed and summed
+    over the broadcast axes (``ctx.unbroadcast``)."""
     a, bb = ctx.inputs
     g = ctx.grads[0]
-    ga = ctx.unbroadcast(g, a) if ctx.needs[0] else None
-    gb = ctx.unbroadcast(ctx.op("Neg", [g]), bb) if ctx.needs[1] else None
+    ga = ctx.unbroadcast(adj_a(g, a, bb), a) if ctx.needs[0] else None
+    gb = ctx.unbroadcast(adj_b(g, a, bb), bb) if ctx.needs[1] else None
     return [ga, gb]
+
+
+@rule("Sub")
+def _sub(ctx):
+    r""":math:`y = a - b`: :math:`\bar a = g`, :math:`\bar b = -g`."""
+    return _binary(ctx, lambda g, a, b: g, lambda g, a, b: ctx.op("Neg", [g]))
 
 
 @rule("Mul")
 def _mul(ctx):
-    a, bb = ctx.inputs
-    g = ctx.grads[0]
-    ga = ctx.unbroadcast(ctx.op("Mul", [g, bb]), a) if ctx.needs[0] else None
-    gb = ctx.unbroadcast(ctx.op("Mul", [g, a]), bb) if ctx.needs[1] else None
-    return [ga, gb]
+    r""":math:`y = a b`: :math:`\bar a = g b`, :math:`\bar b = g a`."""
+    return _binary(ctx, lambda g, a, b: ctx.op("Mul", [g, b]), lambda g, a, b: ctx.op("Mul", [g, a]))
 
 
 @rule("Div")
 def _div(ctx):
-    a, bb = ctx.inputs
-    g = ctx.grads[0]
-    ga = ctx.unbroadcast(ctx.op("Div", [g, bb]), a) if ctx.needs[0] else None
-    gb = None
-    if ctx.needs[1]:
-        t = ctx.op("Div", [ctx.op("Mul", [g, ctx.outputs[0]]), bb])
-        gb = ctx.unbroadcast(ctx.op("Neg", [t]), bb)
-    return [ga, gb]
+    r""":math:`y = a / b`: :math:`\bar a = g / b`, :math:`\bar b = -g y / b`."""
+    return _binary(ctx, lambda g, a, b: ctx.op("Div", [g, b]),
+                   lambda g, a, b: ctx.op("Neg", [ctx.op("Div", [ctx.op("Mul", [g, ctx.outputs[0]]), b])]))
 
 
 @rule("Pow")
