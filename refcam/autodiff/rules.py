@@ -1045,27 +1045,28 @@ def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     return res
 
 
-def _conv_head(ctx: RuleContext, weight_grad: Callable[[RuleContext], str]):
-    """The shared start of the Conv / ConvTranspose adjoints: ``(gW, gB, geometry)`` with the
-    weight gradient (when needed), the bias gradient and, when the input's gradient is needed,
-    ``(r, n, k)``: the input rank, its spatial rank ``r - 2`` and the kernel sizes (attribute
-    ``kernel_shape``, else W's spatial dims); ``geometry`` is ``None`` otherwise."""
+def _conv_adjoint(ctx: RuleContext, weight_grad: Callable[[RuleContext], str],
+                  input_grad: Callable[..., list]) -> list:
+    """The shared frame of the Conv / ConvTranspose adjoints: the bias gradient, the weight
+    gradient (when needed) and, when the input's gradient is needed, ``input_grad(ctx, gw, gb, r,
+    n, k)`` with the input rank ``r``, its spatial rank ``n = r - 2`` and the kernel sizes ``k``
+    (attribute ``kernel_shape``, else W's spatial dims)."""
     gb = _bias_grad(ctx)
     gw = weight_grad(ctx) if ctx.needs[1] else None
     if not ctx.needs[0]:
-        return gw, gb, None
+        return [None, gw, gb]
     r = ctx.rank(ctx.inputs[0])
     k = list(ctx.attrs.get("kernel_shape") or ctx.static_dims(ctx.inputs[1], list(range(2, r))))
-    return gw, gb, (r, r - 2, k)
+    return input_grad(ctx, gw, gb, r, r - 2, k)
 
 
 @rule("Conv")
 def _conv(ctx):
+    return _conv_adjoint(ctx, _conv_weight_grad, _conv_input_grad)
+
+
+def _conv_input_grad(ctx: RuleContext, gw, gb, r: int, n: int, k: list[int]) -> list:
     x, w = ctx.inputs[0], ctx.inputs[1]
-    gw, gb, geo = _conv_head(ctx, _conv_weight_grad)
-    if geo is None:
-        return [None, gw, gb]
-    r, n, k = geo
     xs = ctx.shape(x)
     if all(si == 1 for si in ctx.attrs.get("strides", [1] * n)):
         # stride 1: the geometry does not depend on the input size (dynamic spatial axes are fine)
@@ -1130,11 +1131,11 @@ def _conv_runtime_sizes(ctx: RuleContext, k: list[int], n: int) -> list:
 
 @rule("ConvTranspose")
 def _convtranspose(ctx):
+    return _conv_adjoint(ctx, _convtranspose_weight_grad, _convtranspose_input_grad)
+
+
+def _convtranspose_input_grad(ctx: RuleContext, gw, gb, r: int, n: int, k: list[int]) -> list:
     x, w = ctx.inputs[0], ctx.inputs[1]
-    gw, gb, geo = _conv_head(ctx, _convtranspose_weight_grad)
-    if geo is None:
-        return [None, gw, gb]
-    r, n, k = geo
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
     # adjoint: y[o] += x[i] w[k] at o = i*s + k*d - pad_begin  =>  dx = Conv(g, W) (correlation)
