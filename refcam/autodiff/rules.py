@@ -1072,7 +1072,7 @@ def _conv_input_grad(ctx: RuleContext, gw, gb, r: int, n: int, k: list[int]) -> 
         # stride 1: the geometry does not depend on the input size (dynamic spatial axes are fine)
         in_sp = [k[i] * ctx.attrs.get("dilations", [1] * n)[i] for i in range(n)]
     elif (xs is None or any(v is None for v in xs[2:])) and ctx.attrs.get("auto_pad", "NOTSET") in ("NOTSET", ""):
-        return _conv_runtime_sizes(ctx, k, n)
+        return _conv_runtime_sizes(ctx, gw, gb, k, n)
     else:
         in_sp = ctx.static_dims(x, list(range(2, r)))
     s, d, pads = _conv_geometry(ctx, in_sp, k)
@@ -1106,13 +1106,15 @@ def _conv_input_grad(ctx: RuleContext, gw, gb, r: int, n: int, k: list[int]) -> 
     return ctx.rest(dx, gw, gb)
 
 
-def _conv_runtime_sizes(ctx: RuleContext, k: list[int], n: int) -> list:
+def _conv_runtime_sizes(ctx: RuleContext, gw, gb, k: list[int], n: int) -> list:
     r"""Conv adjoint when the input's spatial sizes are known only at run time (explicit pads).
 
     ``ConvTranspose(g, W)`` with the begin pads and no end pad has spatial size
     :math:`F - p_b` (:math:`F = s(o-1) + d(k-1) + 1`); the adjoint is that result cropped to, or
     zero-padded at the end up to, the input size :math:`n` read with ``Shape`` -- the same numbers
-    as the static ``pads``/``output_padding`` form (facts: need = F - p_b - n).
+    as the static ``pads``/``output_padding`` form (facts: need = F - p_b - n).  ``gw``/``gb``, the
+    weight and bias adjoints of :func:`_conv_adjoint` (which do not depend on these sizes), are
+    returned beside it.
     """
     b = ctx.b
     x, w = ctx.inputs[0], ctx.inputs[1]
@@ -1126,7 +1128,7 @@ def _conv_runtime_sizes(ctx: RuleContext, k: list[int], n: int) -> list:
     dx = b.op("Slice", [dx, b.ints([0] * n), in_sp, b.ints(sp)])
     short = b.op("Sub", [in_sp, b.op("Slice", [b.shape(dx), b.ints([2]), b.ints([2 + n])])])
     dx = b.op("Pad", [dx, b.op("Concat", [b.ints([0] * (2 + n + 2)), short], axis=0)])
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(dx, gw, gb)
 
 
 @rule("ConvTranspose")

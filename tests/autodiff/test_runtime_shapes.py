@@ -16,6 +16,7 @@ from ._harness import WORST, session, to_float64
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
 from refcam.autodiff.fd import fd_gradients
 from refcam.autodiff.rules import NeedsRuntimeShapes
+from refcam._compare import max_abs_error
 from refcam.errors import ModelError
 
 R = np.random.default_rng(12)
@@ -139,6 +140,34 @@ def test_conv_stride_two_with_runtime_spatial_sizes(pads):
     for hw in ((7, 8), (6, 5), (5, 9)):
         check("Conv stride 2 (run-time sizes)", m, {"x": R.standard_normal((2, 3) + hw).astype(np.float32)},
               rtol=1e-5, ref64=True)
+
+
+@pytest.mark.parametrize("strides", [[2, 2], [1, 1]])
+def test_conv_weight_and_bias_gradients_with_runtime_spatial_sizes(strides):
+    # x, W and B differentiated together (so the rule takes the run-time-size path for x and must
+    # keep W's and B's adjoints beside it), x's spatial axes symbolic.  W, B as graph inputs and as
+    # initializers (same function; differences taken on the graph-input twin).  Weight: correlation
+    # of x^T with g^T (stride d, dilation s), cropped to k; bias: sum of g over batch and space.
+    w = R.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    bias = R.standard_normal(2).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=strides, pads=[1, 0, 1, 1])
+    x_in = {"x": (TensorProto.FLOAT, ["N", 3, "H", "W"])}
+    fed = graph([node], {**x_in, "w": (TensorProto.FLOAT, [2, 3, 3, 3]), "b": (TensorProto.FLOAT, [2])},
+                out=TensorProto.FLOAT)
+    baked = graph([node], x_in, inits={"w": w, "b": bias}, out=TensorProto.FLOAT)
+    for hw in ((7, 8), (6, 5)):
+        x = R.standard_normal((2, 3) + hw).astype(np.float32)
+        s = R.standard_normal(session(fed).run(["y"], {"x": x, "w": w, "b": bias})[0].shape).astype(np.float32)
+        f64 = {"x": x.astype(np.float64), "w": w.astype(np.float64), "b": bias.astype(np.float64)}
+        for model, feeds in ((fed, {"x": x, "w": w, "b": bias}), (baked, {"x": x})):
+            vjp = build_vjp_model(model, ["x", "w", "b"], seed="y")
+            got = session(vjp).run([grad_name(t) for t in "xwb"], {**feeds, SEED_INPUT: s})
+            for t, gt in zip("xwb", got):
+                _, fd = fd_gradients(to_float64(fed), f64, t, s.astype(np.float64), seed="y", batched=False,
+                                     backend="reference")
+                err = max_abs_error(gt, fd.value) / float(np.max(np.abs(fd.value)))
+                WORST["Conv parameters (run-time sizes)"] = max(WORST.get("Conv parameters (run-time sizes)", 0.0), err)
+                assert gt.shape == fd.value.shape and err <= 1e-5, (t, err)
 
 
 def test_unknown_rank_is_read_from_the_run():
