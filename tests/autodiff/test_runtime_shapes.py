@@ -199,6 +199,31 @@ def test_unknown_rank_is_read_from_the_run():
     assert out.shape == x3.shape
 
 
+@pytest.mark.parametrize("op", ["Slice", "Pad-constant", "Pad-reflect"])
+def test_slice_and_pad_with_constant_indices_need_no_rank(op):
+    # rank of r unknown and no run at hand: Slice / Pad with constant starts or pads take their
+    # rank-free run-time form (the node on the flat positions) instead of asking for a probe;
+    # Pad's constant_value (a graph input) gets sum(g) - sum(dx).
+    ints = lambda *v: np.array(v, np.int64)  # noqa: E731
+    if op == "Slice":
+        node = helper.make_node("Slice", ["r", "st", "en", "ax"], ["q"])
+        inits, extra, wrt = {"st": ints(1), "en": ints(-1), "ax": ints(-1)}, {}, ["x"]
+    else:
+        mode = op.split("-")[1]
+        ins = ["r", "p", "c"] if mode == "constant" else ["r", "p"]
+        node = helper.make_node("Pad", ins, ["q"], mode=mode)
+        inits, wrt = {"p": ints(0, 1, 0, 0, 0, 1)}, ["x", "c1"] if mode == "constant" else ["x"]
+        extra = {"c1": (D, [1])} if mode == "constant" else {}
+    sq = [helper.make_node("Squeeze", ["c1"], ["c"])] if extra else []     # constant_value: a scalar
+    m = graph([helper.make_node("Reshape", ["x", "shp"], ["r"]), *sq, node, helper.make_node("Mul", ["q", "q"], ["y"])],
+              {"x": (D, ["N", 6]), "shp": (I64, [None]), **extra}, 16, inits=inits)
+    feeds = {"x": R.standard_normal((2, 6)), "shp": ints(2, 3, 2)}
+    if extra:
+        feeds["c1"] = np.array([0.7])
+    for w in wrt:
+        check(f"{op} (rank-free)", m, feeds, wrt=w)
+
+
 def _with_outputs(m, names):
     p = onnx.ModelProto()
     p.CopyFrom(m)
