@@ -1394,8 +1394,8 @@ def _layernorm(ctx):
                 t = ctx.op("Mul", [gr, ctx.op("Mul", [rho, ctx.op("Mul", [rho, rho])])])
                 parts.append(ctx.op("Neg", [ctx.op("Div", [ctx.op("Mul", [t, ctx.op("Sub", [x, mu])]), n])]))
         dx = ctx.b.add_all(parts) if parts else None
-    if g is None:
-        return ctx.rest(dx)
+    if g is None:   # only Mean / InvStdDev reach the seed: they do not depend on the scale or bias
+        return [dx, ZERO, ZERO][: len(ctx.inputs)]
     ds = db = None
     if ctx.needs[1]:
         xh, _ = _norm_hat(ctx, x, list(range(axis, r)), eps)
