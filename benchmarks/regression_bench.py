@@ -68,6 +68,23 @@ def _single_threaded_ort() -> None:
     ort.SessionOptions = SessionOptions
 
 
+def _signature(model, vjp) -> list[str]:
+    """The backward nodes of ``vjp`` in a name-free canonical form, one string per node: op type,
+    attributes, and each input as the forward tensor's name (the same in both versions), ``#k``
+    (the k-th backward node's output j) or ``const`` (a constant the builder added)."""
+    fwd = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer}
+    fwd |= {o for n in model.graph.node for o in n.output}
+    made: dict[str, str] = {}
+    sig = []
+    for k, n in enumerate(vjp.graph.node[len(model.graph.node):]):
+        ins = [i if i in fwd else made.get(i, "const" if i else "") for i in n.input]
+        attrs = sorted((a.name, str(a).replace("\n", " ")) for a in n.attribute)
+        sig.append(f"{n.op_type}({', '.join(ins)}){attrs}")
+        for j, o in enumerate(n.output):
+            made[o] = f"#{k}.{j}"
+    return sig
+
+
 def worker(root: str, model_path: str, layer: str) -> None:
     """Prepare the benchmarks with the refcam of ``root``, then time one call per stdin line."""
     _single_threaded_ort()
@@ -104,8 +121,7 @@ def worker(root: str, model_path: str, layer: str) -> None:
     ivjp = build_vjp_model(model, ["input"])
     gsess, isess = session(gvjp), session(ivjp)
     # the backward part of each gradient graph, as a noise-free structural comparison
-    n0 = len(model.graph.node)
-    graphs = {k: [n.op_type for n in v.graph.node[n0:]] for k, v in (("gradcam", gvjp), ("input", ivjp))}
+    graphs = {k: _signature(model, v) for k, v in (("gradcam", gvjp), ("input", ivjp))}
     fd = FiniteDifferences(model, layer)
     rm = Model(model_path)
     fns = {
@@ -170,8 +186,9 @@ def _op_diff(old: list[str], new: list[str]) -> str:
     """Op-type counts that differ, ``op old→new``."""
     from collections import Counter
 
-    co, cn = Counter(old), Counter(new)
-    return ", ".join(f"{k} {co[k]}→{cn[k]}" for k in sorted(set(co) | set(cn)) if co[k] != cn[k]) or "same counts, other order"
+    co, cn = (Counter(s.split("(")[0] for s in v) for v in (old, new))
+    return ", ".join(f"{k} {co[k]}→{cn[k]}" for k in sorted(set(co) | set(cn)) if co[k] != cn[k]) or \
+        "the same op counts, wired differently"
 
 
 def _write(lines: list[str]) -> None:
@@ -244,7 +261,8 @@ def main() -> None:
     lines = [
         SECTION + f" ({base})",
         "",
-        f"`benchmarks/regression_bench.py --repeats {args.repeats}`: old = {base} (round 1), new = {head}"
+        f"`benchmarks/regression_bench.py --repeats {args.repeats}`: old = {base}"
+        f"{' (round 1)' if base.startswith('92198b6') else ''}, new = {head}"
         f"{' + uncommitted changes' if dirty else ''}; one run, {args.repeats} interleaved rounds (order "
         "alternating), one onnxruntime/BLAS thread per side, only one side running at a time. "
         f"ResNet-50-sized bottleneck ResNet (tests/autodiff/_models.resnet), 1x3x224x224, Grad-CAM layer "
@@ -256,7 +274,7 @@ def main() -> None:
         "",
         *[f"Backward nodes of the {k} gradient graph: old {len(info['old']['graphs'][k])}, new "
           f"{len(info['new']['graphs'][k])} ("
-          + ("the same op sequence" if info['old']['graphs'][k] == info['new']['graphs'][k] else "different: "
+          + ("identical up to tensor names" if info['old']['graphs'][k] == info['new']['graphs'][k] else "different: "
              + _op_diff(info['old']['graphs'][k], info['new']['graphs'][k])) + ")." for k in ("gradcam", "input")],
         "",
         *_table(res, paired),
