@@ -43,10 +43,11 @@ def test_the_peers_cam_methods_declare_the_options():
 @pytest.mark.parametrize("name", EIGEN)
 def test_weights_sum_back_to_the_methods_map(name):
     """Σ_k w^c_k A^k with the declared weights = the method's own raw map without ReLU."""
-    e = explain(cam_net(), X, name, target=1, relu=False, eigen_smooth=True)
+    target = 1 if METHODS[name].targeted else None
+    e = explain(cam_net(), X, name, target=target, relu=False, eigen_smooth=True)
     a = e.arrays["activations"]
     (w,) = e.arrays["eigen_smooth_weights"]
-    plain = explain(cam_net(), X, name, target=1, relu=False)
+    plain = explain(cam_net(), X, name, target=target, relu=False)
     close(M.weighted_sum(a, w), plain.maps, 1e-5 * max(1.0, float(np.abs(plain.maps).max())))
     close(e.maps, M.eigen_smooth(a, w), 0)
 
