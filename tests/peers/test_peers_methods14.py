@@ -347,7 +347,10 @@ def test_shapleycam_end_to_end(kind, score, onnx_resnet, onnx_vgg):
     """pytorch-grad-cam ShapleyCAM (torch double backward, weights mean(G - H A / 2)) vs
     refcam.explain("shapleycam") on the ONNX export (refcam's reverse-over-reverse HVP).  With logit
     targets these ReLU networks have H A = 0 (both agree it is Grad-CAM); the softmax target has a
-    non-zero Hessian."""
+    non-zero Hessian.  Measured: ≤ 9.6e-7 of the [0, 1] maps (both exporters' float32 ONNX vs torch
+    float32); the softmax target's H A term moves the map by 0.12 (ResNet) and 9.2e-3 (VGG), so the
+    bound tests the HVP, not only Grad-CAM.  (The ≤ 1e-4 this test asserted before was the generic
+    upsampled-map bound ``UP_TOL``, not a measured difference.)"""
     import refcam
     from pytorch_grad_cam import ShapleyCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
@@ -361,9 +364,18 @@ def test_shapleycam_end_to_end(kind, score, onnx_resnet, onnx_vgg):
     tgt = list(H.CLASSES) if score == "logit" else softmax_probability(list(H.CLASSES))
     e = refcam.explain(m, x.numpy(), "shapleycam", layer=H.ONNX_LAYER[kind], target=tgt)
     ref = presets.postprocess(_pgc_conv("shapleycam"), e.maps, H.INPUT_SIZE)
-    assert max_abs_error(ref, peer) <= UP_TOL
+    assert max_abs_error(ref, peer) <= FEAT_TOL
+    hv = e.arrays["hessian_vector_products"][:, 0]
     if score == "logit":
-        assert np.abs(e.arrays["hessian_vector_products"]).max() == 0
+        assert np.abs(hv).max() == 0
+        return
+    # H A against torch float64 double backward, and the H A term visibly moves the map
+    name = {mod: nm for nm, mod in model.named_modules()}[layers[0]]
+    _, h64 = _torch_hvp(H.make_model(kind).double(), x.double(), name, H.CLASSES, True)
+    assert rel(hv, h64) <= FEAT_TOL
+    g = e.arrays["gradients"][:, 0]
+    gradcam = presets.postprocess(_pgc_conv("gradcam"), rm.gradcam(e.arrays["activations"], g), H.INPUT_SIZE)
+    assert max_abs_error(ref, gradcam) >= 100 * FEAT_TOL
 
 
 def _torch_hvp(model, x, layer_name, cls, softmax):
@@ -529,7 +541,8 @@ def test_divergence_pgc_randomcam_generator():
 def test_refinecam(kind):
     """pytorch-grad-cam RefineCAM (base Grad-CAM++ per layer, product, scale_cam_image) vs refcam:
     the pgc Grad-CAM++ preset per layer, refinecam(layer_normalize=False) (the peer's normalisation
-    loop is a no-op), min-max +1e-7."""
+    loop is a no-op), min-max +1e-7.  Measured: ≤ 3.0e-7 (both models); the bound was the generic
+    ``UP_TOL`` (1e-4) before."""
     from pytorch_grad_cam import RefineCAM
 
     model = H.make_model(kind)
@@ -544,9 +557,9 @@ def test_refinecam(kind):
     per = [presets.compute("gradcampp", "pytorch-grad-cam", activations=a, gradients=g, input_size=H.INPUT_SIZE)
            for a, g in zip(acts, grads)]
     ref = rm.normalize(rm.refinecam(per, layer_normalize=False), "minmax", eps=1e-7)
-    assert max_abs_error(ref, peer) <= UP_TOL
+    assert max_abs_error(ref, peer) <= FEAT_TOL
     # refcam's own normalisation (ReLU / max per layer) differs only by the peer's 1e-7 eps
-    assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= UP_TOL
+    assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= FEAT_TOL
 
 
 # ------------------------------------------------------------------------------------- SESS
