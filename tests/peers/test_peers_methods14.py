@@ -613,3 +613,59 @@ def test_sess(kind, pool, theta, smooth):
     ref = _sess_ref(model, layers, x, H.CLASSES, num_scales=4, pool=pool, theta=theta, smooth=smooth)
     print(f"SESS {kind} {pool} theta={theta} smooth={smooth}: {max_abs_error(ref, peer):.2e}")
     assert max_abs_error(ref, peer) <= UP_TOL
+
+
+# ------------------------------------------------------------ Ablation-CAM on token layers (ViT)
+
+@pytest.mark.parametrize("kind", ["vit", "deit"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_ablationcam_vit_token_layer(kind, dynamo, tmp_path):
+    """pytorch-grad-cam ``AblationCAM(ablation_layer=AblationLayerVit())`` with its README
+    reshape_transform on ``encoder.layers[-1].ln_1`` of a reduced torchvision ViT (one class token)
+    and DeiT (two prefix tokens) vs refcam.explain("ablationcam") with the pgc preset on the ONNX
+    export (default layer, layout found in the graph).  The residual stream bypasses ``ln_1``, so
+    refcam re-runs the whole graph with the layer tensor fed from outside
+    (:mod:`refcam.onnx.override`); channel k is ablated on every token, class token included, to
+    pgc's compounding value (min over all tokens - j·1e7).  Measured ≤ 5.1e-7 of the [0, 1] maps."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("onnxscript")
+    import contextlib
+    import io
+
+    import refcam
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from . import test_peers_transformers as TT
+
+    model = TT.make_model(kind)
+    path = str(tmp_path / f"{kind}.onnx")
+    TT.export(model, kind, path, dynamo)
+    m = refcam.onnx.load(path)
+    x = TT.make_input(kind)
+    size = tuple(x.shape[2:])
+    conv = presets.get("pytorch-grad-cam", "ablationcam")
+
+    def ref_map(**kw):
+        e = refcam.explain(m, x.numpy(), "ablationcam", target=TT.CLASSES, **kw)
+        return e, presets.compute("ablationcam", convention=conv, activations=e.arrays["activations"],
+                                  input_size=size, scores=e.arrays["ablated_scores"][:, 0],
+                                  baseline_score=e.arrays["ablation_base_scores"][:, 0])
+
+    e, ref = ref_map(**presets.explain_options(conv))
+    assert m.default_layer().name == m.layer(TT.EXPECTED[kind][1]).name
+    h, w = e.arrays["activations"].shape[2:]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cam = AblationCAM(model=model, target_layers=[TT.EXPECTED[kind][0](model)],
+                          reshape_transform=TT.reshape_transform(kind, h, w), ablation_layer=AblationLayerVit())
+        peer = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TT.CLASSES])
+    assert float(np.abs(peer).max()) > 0.5
+    err = max_abs_error(ref, peer)
+    print(f"AblationLayerVit {kind} {'dynamo' if dynamo else 'legacy'}: {err:.2e}")
+    assert err <= FEAT_TOL * float(np.abs(peer).max())
+    # the ablation value matters: the paper's 0 gives another map
+    _, paper = ref_map(ablation_value=0.0)
+    assert max_abs_error(paper, peer) >= 100 * FEAT_TOL
