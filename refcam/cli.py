@@ -846,14 +846,19 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
         size=args.size if args.size is not None else pre.get("size"),
         crop_padding=args.crop_padding if args.crop_padding is not None
         else pre.get("crop_padding", 32),
-        resample=pre.get("resample", "bicubic"), mean=mean, std=std, metrics=args.metrics,
-        **_parse_options(args.option),
+        resample=pre.get("resample", "bicubic"), mean=mean, std=std, metrics=args.metrics or False,
+        metric_step=args.metric_step, **_parse_options(args.option),
     )
     print(f"{r.store}: {r.n_done} done, {r.n_failed} failed of {r.n_items} "
           f"({len(r.computed)} chunks computed now)")
     if r.metrics:
-        print(f"average drop {r.metrics['average_drop']:.2f} %, increase in confidence "
-              f"{r.metrics['increase_in_confidence']:.2f} % over {r.metrics['n']} images")
+        parts = []
+        if "average_drop" in r.metrics:
+            parts.append(f"average drop {r.metrics['average_drop']:.2f} %, increase in "
+                         f"confidence {r.metrics['increase_in_confidence']:.2f} %")
+        parts += [f"{k} AUC {r.metrics[k + '_auc']:.4f}" for k in ("deletion", "insertion")
+                  if k + "_auc" in r.metrics]
+        print(f"{', '.join(parts)} over {r.metrics['n']} images")
     if r.n_failed:
         print(f"failures and their reasons: {r.store}/failures/*.json", file=sys.stderr)
     return 0
@@ -889,8 +894,12 @@ def _add_explain_dataset(sub, common) -> None:
     p.add_argument("--norm", help="normalisation preset (default: model metadata, else imagenet)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with images/s and ETA (default: on a terminal)")
-    p.add_argument("--metrics", action="store_true",
-                   help="Average Drop and Increase in Confidence over the same stream")
+    p.add_argument("--metrics", nargs="?", const="confidence", default=None, metavar="LIST",
+                   help="faithfulness metrics over the same stream: confidence (Average Drop, "
+                   "Increase in Confidence; the default of a bare --metrics), deletion, "
+                   "insertion (AUC), comma-separated")
+    p.add_argument("--metric-step", type=int,
+                   help="pixels per deletion/insertion step (required with those; RISE: 224)")
     p.set_defaults(func=cmd_explain_dataset)
 
 

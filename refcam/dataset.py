@@ -17,8 +17,10 @@ failed items and padded targets); ``scores`` ``(N, T)`` float64; ``targets`` ``(
 (``-1`` padding); ``ids`` ``(N,)`` str (the item paths); ``status`` ``(N,)`` uint8:
 ``0`` pending, ``1`` done, ``2`` failed; ``failures/<chunk>.json``: ``{id: reason}``;
 ``manifest.json``: model SHA-256, method, options, target, layer, preprocessing, refcam version;
-with ``metrics=True`` also ``confidence`` ``(N, 2)`` (:math:`Y^c`, :math:`O^c`) and
-``metrics.json`` (Average Drop, Increase in Confidence over the done items).
+with ``metrics`` also ``confidence`` ``(N, 2)`` (:math:`Y^c`, :math:`O^c`), ``deletion`` /
+``insertion`` ``(N, T_p)`` (the RISE curves, softmax probability of the explained class at each
+step) and ``deletion_auc`` / ``insertion_auc`` ``(N,)``, aggregated over the done items into
+``metrics.json`` (Average Drop, Increase in Confidence, mean deletion / insertion AUC).
 
 Atomicity: every chunk file is written to a temporary name and renamed (Zarr's local store), and
 a chunk's ``status`` is written **last**, so a chunk marked done always has its maps; a chunk
@@ -54,7 +56,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 MANIFEST = "manifest.json"
 #: what a store directory holds (an interrupted creation may leave some of these, nothing else)
 _STORE_NAMES = {MANIFEST, "zarr.json", "model.onnx", "maps", "scores", "targets", "status", "ids",
-                "confidence", "failures", "metrics.json"}
+                "confidence", "deletion", "insertion", "deletion_auc", "insertion_auc", "failures",
+                "metrics.json"}
+#: the faithfulness metrics computed over the stream (``metrics=``)
+METRICS = ("confidence", "deletion", "insertion")
+PERTURBATIONS = ("deletion", "insertion")
 
 
 @dataclass
@@ -215,6 +221,10 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
     maps = np.full((hi - lo, t_max) + map_shape, np.nan, dtype=spec["map_dtype"])
     scores = np.full((hi - lo, t_max), np.nan)
     conf = np.full((hi - lo, 2), np.nan)  # Y^c, O^c (softmax probabilities) per item
+    mets = spec.get("metrics") or ()
+    curves = {k: np.full((hi - lo, spec["perturbation_points"]), np.nan)
+              for k in PERTURBATIONS if k in mets}
+    aucs = {k: np.full(hi - lo, np.nan) for k in curves}
     targets = np.full((hi - lo, t_max), -1, dtype=np.int64)
     status = np.full(hi - lo, FAILED, dtype=np.uint8)
     if ok:
@@ -231,8 +241,11 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
                 scores[r, : e.scores.shape[1]] = e.scores
             if e.targets is not None:
                 targets[r, : e.targets.shape[1]] = e.targets
-            if spec.get("metrics"):
+            if "confidence" in mets:
                 conf[r] = _confidence(_load_model(spec), x, e)
+            for k in curves:
+                c = _perturbation_curve(_load_model(spec), x, e, k, spec["perturbation"])
+                curves[k][r], aucs[k][r] = c.scores, c.auc
             status[r] = DONE
         except RefcamError as exc:
             for i in ok:
@@ -240,8 +253,11 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
     g["maps"][lo:hi] = maps
     g["scores"][lo:hi] = scores
     g["targets"][lo:hi] = targets
-    if spec.get("metrics"):
+    if "confidence" in mets:
         g["confidence"][lo:hi] = conf
+    for k in curves:
+        g[k][lo:hi] = curves[k]
+        g[f"{k}_auc"][lo:hi] = aucs[k]
     fdir = Path(spec["store"]) / "failures"
     if failed:
         fdir.mkdir(exist_ok=True)
@@ -266,6 +282,35 @@ def _confidence(m, x: np.ndarray, e) -> np.ndarray:
     rows = np.arange(len(c))
     return np.stack([softmax(class_view(e.outputs))[rows, c], softmax(class_view(out))[rows, c]],
                     axis=1)
+
+
+def _probabilities(m):
+    """``score_fn`` of :mod:`refcam.metrics`: channels-first inputs → softmax class probabilities
+    (the model run in its native layout and input dtype)."""
+    from .metrics.models import softmax
+    from .onnx.targets import class_view
+
+    def score_fn(xb: np.ndarray) -> np.ndarray:
+        out = m.run(m.to_native(xb.astype(m.input_dtype, copy=False)), checked=True)
+        return softmax(class_view(out[m.output_name]))
+
+    return score_fn
+
+
+def _perturbation_curve(m, x: np.ndarray, e, kind: str, conv: dict):
+    r"""The deletion or insertion curve of each image for its explained class:
+    :func:`refcam.metrics.perturbation.deletion` / ``insertion`` (Petsiuk et al. 2018, RISE) on
+    the channels-first inputs, the maps upsampled bilinearly (``resize="linear"``), the scores the
+    softmax probability :math:`y_k = p_c(I^{(k)})` of the explained class :math:`c`; the perturbed
+    inputs are scored in ONNX runs of ``conv["batch_size"]`` inputs (the same function, the same
+    conventions: pixel order, step, baselines, trapezoid AUC)."""
+    from .metrics import perturbation as P
+
+    fn = P.deletion if kind == "deletion" else P.insertion
+    return fn(_probabilities(m), m.to_channels_first(x), e.maps, e.targets[:, 0],
+              step=conv["step"], baseline=conv[f"{kind}_baseline"],
+              blur_sigma=conv["blur_sigma"], resize="linear", batch_size=conv["batch_size"],
+              progress=False)
 
 
 def _worker_chunk(spec: dict, chunk: int) -> dict:  # the Dask task: metadata in, metadata out
@@ -312,7 +357,12 @@ def explain_dataset(
     std: Sequence[float] | None = None,
     crop_padding: int = 32,
     resample: str = "bicubic",
-    metrics: bool = False,
+    metrics: bool | str | Sequence[str] = False,
+    metric_step: int | None = None,
+    deletion_baseline: str = "zeros",
+    insertion_baseline: str = "blur",
+    blur_sigma: float = 5.0,
+    metric_batch_size: int = 64,
     **options: Any,
 ) -> DatasetResult:
     """Explain every image of ``items`` with ``method`` and stream the results into a Zarr store.
@@ -335,11 +385,27 @@ def explain_dataset(
     progress : tqdm bar (images/s, ETA) on stderr; ``None``: only on a terminal.
     size, mean, std, crop_padding, resample : preprocessing (:func:`refcam.zoo.preprocess`);
         ``mean``/``std`` default to ImageNet's.
-    metrics : also compute, over the same stream, the softmax probability of the explained class on
-        each image (:math:`Y^c`) and on its explanation image (:math:`O^c`, array ``confidence``
-        ``(N, 2)``), aggregated into Average Drop % and Increase in Confidence %
-        (:mod:`refcam.metrics.confidence`; ``metrics.json`` and ``DatasetResult.metrics``).  One
-        target per image (top-1 or a class index).
+    metrics : faithfulness metrics computed over the same stream, one target per image (top-1 or
+        a class index); ``True`` means ``"confidence"``; a name or a sequence of names among
+        ``"confidence"``, ``"deletion"``, ``"insertion"`` (or ``"a,b"``):
+
+        * ``"confidence"``: the softmax probability of the explained class on each image
+          (:math:`Y^c`) and on its explanation image (:math:`O^c`, array ``confidence``
+          ``(N, 2)``), aggregated into Average Drop % and Increase in Confidence %
+          (:mod:`refcam.metrics.confidence`);
+        * ``"deletion"`` / ``"insertion"``: the RISE curves (Petsiuk et al. 2018) of the softmax
+          probability of the explained class, arrays ``deletion`` / ``insertion`` ``(N, T_p)``
+          with ``T_p = ceil(P / metric_step) + 1`` points for ``P`` input pixels, and their
+          trapezoid AUC ``deletion_auc`` / ``insertion_auc`` ``(N,)``, aggregated as the mean AUC
+          (:mod:`refcam.metrics.perturbation`, the same function and conventions).
+
+        The aggregates go to ``metrics.json`` and ``DatasetResult.metrics``.
+    metric_step : pixels (spatial positions) per deletion / insertion step, required with those
+        metrics (no default, as in :func:`refcam.metrics.deletion`; RISE used 224 at 224×224).
+    deletion_baseline, insertion_baseline, blur_sigma : the baselines (``"zeros"``, ``"blur"`` or
+        ``"mean"``; RISE: zeros and blur) and the blur's σ (:func:`refcam.metrics.make_baseline`).
+    metric_batch_size : perturbed inputs per ONNX run of the deletion / insertion steps (the
+        memory they take is ``metric_batch_size`` inputs).
 
     Returns
     -------
@@ -354,6 +420,27 @@ def explain_dataset(
         raise InvalidArgumentError("batch_size", batch_size, "an integer >= 1")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InvalidArgumentError("workers", workers, "an integer >= 0")
+    mets = _metric_names(metrics)
+    pert = None
+    if any(k in mets for k in PERTURBATIONS):
+        from .metrics.perturbation import BASELINES
+
+        if isinstance(metric_step, bool) or not isinstance(metric_step, int) or metric_step < 1:
+            raise InvalidArgumentError("metric_step", metric_step, "pixels per deletion / "
+                                       "insertion step, an integer >= 1 (RISE: 224 at 224x224)")
+        for nm, v in (("deletion_baseline", deletion_baseline),
+                      ("insertion_baseline", insertion_baseline)):
+            if v not in BASELINES:
+                raise InvalidArgumentError(nm, v, f"one of {', '.join(BASELINES)}")
+        if isinstance(metric_batch_size, bool) or not isinstance(metric_batch_size, int) \
+                or metric_batch_size < 1:
+            raise InvalidArgumentError("metric_batch_size", metric_batch_size, "an integer >= 1")
+        if not (isinstance(blur_sigma, (int, float)) and blur_sigma >= 0):
+            raise InvalidArgumentError("blur_sigma", blur_sigma, "a number >= 0")
+        pert = {"step": metric_step, "deletion_baseline": deletion_baseline,
+                "insertion_baseline": insertion_baseline, "blur_sigma": float(blur_sigma),
+                "batch_size": metric_batch_size, "resize": "linear",
+                "score": "softmax probability of the explained class"}
     paths, labels = read_items(items)
     if not paths:
         raise InvalidArgumentError("items", items, "at least one image")
@@ -384,7 +471,8 @@ def explain_dataset(
         "paths": paths,
         "labels": labels if tspec == "labels" else None,
         "store": str(root),
-        "metrics": bool(metrics),
+        "metrics": mets,
+        "perturbation": pert,
         "preprocessing": {
             "size": size, "crop_padding": crop_padding, "resample": resample,
             "mean": tuple(mean) if mean is not None else NORMALIZATIONS["imagenet"][0],
@@ -407,7 +495,9 @@ def explain_dataset(
         else hashlib.sha256(json.dumps(spec["labels"]).encode()).hexdigest(),
         "preprocessing": _jsonable(spec["preprocessing"]),
         "layout": layout,
-        "metrics": bool(metrics),
+        "metrics": list(mets),
+        "perturbation": None if pert is None else {k: v for k, v in pert.items()
+                                                   if k != "batch_size"},
     }
     mpath = root / MANIFEST
     if mpath.exists():
@@ -433,7 +523,11 @@ def explain_dataset(
                          dtype=m.input_dtype)
         map_shape, map_dtype, n_t = _probe(spec["model_path"], spec, zeros)
         arr = {"map_shape": list(map_shape), "map_dtype": map_dtype, "n_targets": n_t}
-        if metrics and (n_t != 1 or tspec == "labels"):
+        if pert is not None:
+            n_px = int(np.prod(zeros.shape[1:-1] if m.channels_last else zeros.shape[2:]))
+            arr["perturbation_points"] = -(-n_px // metric_step) + 1
+            arr["perturbation_pixels"] = n_px
+        if mets and (n_t != 1 or tspec == "labels"):
             raise InvalidArgumentError(
                 "metrics", True, "one target per image (top-1 or a class index): Average Drop "
                 "and Increase in Confidence score one explained class per image"
@@ -447,9 +541,16 @@ def explain_dataset(
                        fill_value=np.nan)
         g.create_array("targets", shape=(n, n_t), chunks=(b, n_t), dtype="int64", fill_value=-1)
         g.create_array("status", shape=(n,), chunks=(b,), dtype="uint8", fill_value=PENDING)
-        if metrics:
+        if "confidence" in mets:
             g.create_array("confidence", shape=(n, 2), chunks=(b, 2), dtype="float64",
                            fill_value=np.nan)
+        for k in PERTURBATIONS:
+            if k in mets:
+                t_p = arr["perturbation_points"]
+                g.create_array(k, shape=(n, t_p), chunks=(b, t_p), dtype="float64",
+                               fill_value=np.nan)
+                g.create_array(f"{k}_auc", shape=(n,), chunks=(b,), dtype="float64",
+                               fill_value=np.nan)
         ids = g.create_array("ids", shape=(n,), chunks=(b,), dtype=str)
         ids[:] = np.asarray(paths, dtype=object)
         g.attrs["refcam"] = {"manifest": MANIFEST}
@@ -481,16 +582,53 @@ def explain_dataset(
         bar.close()
     status = g["status"][:]
     table = None
-    if metrics:
-        from .metrics.confidence import average_drop, increase_in_confidence
-
-        yo = g["confidence"][:][status == DONE]
-        table = {"n": int(len(yo)), "average_drop": average_drop(yo[:, 0], yo[:, 1]),
-                 "increase_in_confidence": increase_in_confidence(yo[:, 0], yo[:, 1]),
-                 "score": "softmax probability of the explained class"} if len(yo) else None
+    if mets:
+        table = _aggregate(g, status == DONE, mets, spec)
         write_atomic(root / "metrics.json", json.dumps(table, indent=1).encode())
     return DatasetResult(str(root), len(paths), int((status == DONE).sum()),
                          int((status == FAILED).sum()), sorted(computed), table)
+
+
+def _metric_names(metrics: Any) -> tuple:
+    """``metrics=`` as a tuple of names in :data:`METRICS` order (``True`` → confidence)."""
+    if metrics is None or metrics is False:
+        return ()
+    if metrics is True:
+        return ("confidence",)
+    names = metrics.split(",") if isinstance(metrics, str) else metrics
+    try:
+        names = [str(k).strip() for k in names]
+    except TypeError:
+        names = [metrics]
+    bad = [k for k in names if k not in METRICS]
+    if bad or not names:
+        raise InvalidArgumentError("metrics", metrics, f"True, or names among {', '.join(METRICS)}")
+    return tuple(k for k in METRICS if k in names)
+
+
+def _aggregate(g, done: np.ndarray, mets: tuple, spec: dict) -> dict | None:
+    r"""The table over the done items: Average Drop % and Increase in Confidence %
+    (:mod:`refcam.metrics.confidence`), and the mean deletion / insertion AUC
+    :math:`\frac{1}{N}\sum_i \mathrm{AUC}_i` with its conventions."""
+    n = int(done.sum())
+    if n == 0:
+        return None
+    table: dict = {"n": n, "score": "softmax probability of the explained class"}
+    if "confidence" in mets:
+        from .metrics.confidence import average_drop, increase_in_confidence
+
+        yo = g["confidence"][:][done]
+        table["average_drop"] = average_drop(yo[:, 0], yo[:, 1])
+        table["increase_in_confidence"] = increase_in_confidence(yo[:, 0], yo[:, 1])
+    for k in PERTURBATIONS:
+        if k in mets:
+            table[f"{k}_auc"] = float(np.mean(g[f"{k}_auc"][:][done]))
+    if spec.get("perturbation") is not None:
+        conv = {k: v for k, v in spec["perturbation"].items() if k not in ("batch_size", "score")}
+        conv["points"] = spec["perturbation_points"]
+        conv["pixels"] = spec["perturbation_pixels"]
+        table["perturbation"] = conv
+    return table
 
 
 def _run_dask(spec: dict, todo: list, workers: int, scheduler: str | None, bar, computed) -> None:

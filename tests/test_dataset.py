@@ -147,6 +147,12 @@ def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
     out = capsys.readouterr()
     assert "average drop" in out.out and "over 4 images" in out.out
     assert "img/s" in out.err  # the progress bar: images per second (and the ETA)
+    p_argv = ["explain-dataset", model_file, str(folder), "--out", str(tmp_path / "p.zarr"),
+              "--method", "gradcam", "--metrics", "deletion,insertion", "--metric-step", "100",
+              "--workers", "0", "--crop-padding", "0", "--no-progress"]
+    assert main(p_argv) == 0
+    out = capsys.readouterr().out
+    assert "deletion AUC" in out and "insertion AUC" in out and "average drop" not in out
 
 
 def test_confidence_metrics_over_the_stream(tmp_path, model_file):
@@ -175,3 +181,102 @@ def test_confidence_metrics_over_the_stream(tmp_path, model_file):
     assert json.loads((tmp_path / "m.zarr" / "metrics.json").read_text()) == r.metrics
     with pytest.raises(InvalidArgumentError, match="one target per image"):
         explain_dataset(model_file, folder, tmp_path / "n.zarr", "cam", target="all", metrics=True)
+
+
+def _sum_model():
+    """logits = (Σ_i x_i, 0) on (N, 3, 1, 2) inputs: p_0 = e^s / (e^s + 1), s the pixel sum."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((6, 2), np.float32)
+    w[:, 0] = 1.0
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "sum", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_perturbation_curve_hand_computed_and_batched(monkeypatch):
+    """Deletion / insertion of the explained class on a model whose probability is σ(pixel sum):
+    image 0 has pixel sums (1, 3) and the map ranks pixel 1 first; image 1 has sums (2, 0) and a
+    map that ranks pixel 0 first.  step 1 → fractions (0, 1/2, 1); zeros baselines."""
+    import math
+    from types import SimpleNamespace
+
+    from refcam import dataset as D
+    from refcam.onnx import load
+
+    m = load(_sum_model())
+    x = np.zeros((2, 3, 1, 2), np.float32)
+    x[0, 0] = [1, 2]
+    x[0, 2] = [0, 1]
+    x[1, 1] = [2, 0]
+    e = SimpleNamespace(maps=np.array([[[0.2, 0.9]], [[0.5, 0.5]]], np.float32),  # 1: tie → raster
+                        targets=np.array([[0], [0]]))
+    sig = lambda s: math.exp(s) / (math.exp(s) + 1.0)  # noqa: E731  p_0 = softmax(s, 0)_0
+    want_del = [[sig(4), sig(1), sig(0)], [sig(2), sig(0), sig(0)]]
+    want_ins = [[sig(0), sig(3), sig(4)], [sig(0), sig(2), sig(2)]]
+    auc = lambda y: 0.5 * (y[0] + y[1]) / 2 + 0.5 * (y[1] + y[2]) / 2  # noqa: E731
+    sizes = []
+    orig = D._probabilities
+
+    def counting(model):
+        f = orig(model)
+        return lambda xb: (sizes.append(len(xb)), f(xb))[1]
+
+    monkeypatch.setattr(D, "_probabilities", counting)
+    conv = {"step": 1, "deletion_baseline": "zeros", "insertion_baseline": "zeros",
+            "blur_sigma": 5.0, "batch_size": 4}
+    for kind, want in (("deletion", want_del), ("insertion", want_ins)):
+        c = D._perturbation_curve(m, x, e, kind, conv)
+        assert within(c.fractions, [0.0, 0.5, 1.0], atol=0)
+        assert within(c.scores, want, atol=1e-6, rtol=1e-6), kind
+        assert within(c.auc, [auc(w) for w in want], atol=1e-6, rtol=1e-6), kind
+    assert sizes == [4, 2, 4, 2]  # 2 images × 3 points, batched ONNX runs of 4 inputs
+
+
+def test_deletion_insertion_auc_over_the_stream(tmp_path, model_file):
+    """Stored curves and AUCs equal refcam.metrics.deletion / insertion on the same images."""
+    import refcam
+    from refcam.metrics import perturbation as P
+    from refcam.metrics.models import model_score_fn
+    from refcam.onnx import load
+
+    folder = make_images(tmp_path / "imgs", n=5, corrupt=(2,))
+    r = explain_dataset(model_file, folder, tmp_path / "p.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, metrics=("confidence", "deletion", "insertion"),
+                        metric_step=40, metric_batch_size=7)
+    g = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    good = [0, 1, 3, 4]
+    ids = g["ids"][:].tolist()
+    x = _inputs(model_file, [ids[i] for i in good])
+    e = refcam.explain(model_file, x, "gradcam")
+    f = model_score_fn(load(model_file), probabilities=True)
+    n_px = x.shape[2] * x.shape[3]
+    for kind, fn, base in (("deletion", P.deletion, "zeros"), ("insertion", P.insertion, "blur")):
+        want = fn(f, x, e.maps, e.targets[:, 0], step=40, baseline=base, resize="linear",
+                  progress=False)
+        assert g[kind].shape == (5, len(want.fractions)) == (5, -(-n_px // 40) + 1)
+        assert np.isnan(g[kind][2]).all() and np.isnan(g[f"{kind}_auc"][2])
+        assert within(g[kind][good], want.scores, atol=1e-6, rtol=1e-5), kind
+        assert within(g[f"{kind}_auc"][good], want.auc, atol=1e-6, rtol=1e-5), kind
+        assert within(r.metrics[f"{kind}_auc"], want.auc.mean(), atol=1e-6, rtol=1e-5)
+    assert "average_drop" in r.metrics and r.metrics["n"] == 4
+    assert r.metrics["perturbation"]["points"] == g["deletion"].shape[1]
+    assert r.metrics["perturbation"]["insertion_baseline"] == "blur"
+    assert json.loads((tmp_path / "p.zarr" / "metrics.json").read_text()) == r.metrics
+    # resume with other metric conventions is refused; bad metric arguments are refused
+    with pytest.raises(InvalidArgumentError, match="perturbation"):
+        explain_dataset(model_file, folder, tmp_path / "p.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, metrics=("confidence", "deletion", "insertion"),
+                        metric_step=20)
+    with pytest.raises(InvalidArgumentError, match="metric_step"):
+        explain_dataset(model_file, folder, tmp_path / "q.zarr", "gradcam", metrics="deletion")
+    with pytest.raises(InvalidArgumentError, match="metrics"):
+        explain_dataset(model_file, folder, tmp_path / "q.zarr", "gradcam", metrics="drop")
+    with pytest.raises(InvalidArgumentError, match="insertion_baseline"):
+        explain_dataset(model_file, folder, tmp_path / "q.zarr", "gradcam", metrics="insertion",
+                        metric_step=4, insertion_baseline="noise")
