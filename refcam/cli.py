@@ -842,7 +842,8 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
         layer=args.layer, target=target, batch_size=args.batch_size,
         workers=args.workers if args.workers is not None
         else (0 if args.scheduler else max(1, os.cpu_count() or 1)),
-        scheduler=args.scheduler, progress=args.progress, layout=args.layout,
+        scheduler=args.scheduler, threads=args.threads, progress=args.progress,
+        layout=args.layout,
         size=args.size if args.size is not None else pre.get("size"),
         crop_padding=args.crop_padding if args.crop_padding is not None
         else pre.get("crop_padding", 32),
@@ -886,6 +887,9 @@ def _add_explain_dataset(sub, common) -> None:
                    help="local Dask worker processes (default: one per CPU core); 0 runs in this "
                    "process without Dask")
     p.add_argument("--scheduler", help="tcp://host:port of an existing Dask scheduler")
+    p.add_argument("--threads", type=int,
+                   help="onnxruntime threads per worker (default: 1 on Dask workers, all cores "
+                   "with --workers 0)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable)")
     p.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC"))

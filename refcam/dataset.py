@@ -38,9 +38,10 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,10 @@ PERTURBATIONS = ("deletion", "insertion")
 
 @dataclass
 class DatasetResult:
-    """What :func:`explain_dataset` did: ``store`` path, item counts, and the chunks computed in
-    this call (``computed``; chunks skipped as already finished are not in it)."""
+    """What :func:`explain_dataset` did: ``store`` path, item counts, the chunks computed in
+    this call (``computed``; chunks skipped as already finished are not in it), the metrics table,
+    and ``chunk_stats``: per computed chunk, the worker's ``pid``, the chunk's ``wall`` and
+    process ``cpu`` seconds and the worker's ``peak_rss`` (bytes) after it."""
 
     store: str
     n_items: int
@@ -74,6 +77,7 @@ class DatasetResult:
     n_failed: int
     computed: list
     metrics: dict | None = None
+    chunk_stats: list = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -167,10 +171,12 @@ LOADS = [0]  # models (onnxruntime sessions) built in this process: 1 per worker
 def _load_model(spec: dict):
     from .onnx import load
 
-    key = (spec["model_path"], spec["model_sha256"], spec["layout"])
+    t = spec.get("threads")
+    key = (spec["model_path"], spec["model_sha256"], spec["layout"], t)
     with _LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load(spec["model_path"], layout=spec["layout"])
+            threads = {} if t is None else {"intra_op_num_threads": t, "inter_op_num_threads": 1}
+            _MODELS[key] = load(spec["model_path"], layout=spec["layout"], **threads)
             LOADS[0] += 1
         return _MODELS[key]
 
@@ -214,6 +220,7 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
 
     from .explanation import explain
 
+    t0, c0 = time.perf_counter(), time.process_time()
     ok, x, failed = decoded if decoded is not None else _decode(spec, chunk)
     lo, hi = chunk * spec["batch_size"], min(spec["n_items"], (chunk + 1) * spec["batch_size"])
     g = zarr.open_group(spec["store"], mode="r+")
@@ -265,7 +272,20 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
                       json.dumps({spec["paths"][i]: r for i, r in sorted(failed.items())},
                                  indent=1).encode())
     g["status"][lo:hi] = status  # last: the chunk is finished only once this lands
-    return {"chunk": chunk, "done": int((status == DONE).sum()), "failed": int((status == FAILED).sum())}
+    return {"chunk": chunk, "done": int((status == DONE).sum()),
+            "failed": int((status == FAILED).sum()), "pid": os.getpid(),
+            "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+            "peak_rss": _peak_rss()}
+
+
+def _peak_rss() -> int:
+    """Peak resident set size of this process so far, bytes (``getrusage``; 0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return 0
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
 
 
 def _confidence(m, x: np.ndarray, e) -> np.ndarray:
@@ -357,6 +377,7 @@ def explain_dataset(
     std: Sequence[float] | None = None,
     crop_padding: int = 32,
     resample: str = "bicubic",
+    threads: int | None = None,
     metrics: bool | str | Sequence[str] = False,
     metric_step: int | None = None,
     deletion_baseline: str = "zeros",
@@ -379,6 +400,11 @@ def explain_dataset(
     batch_size : images per chunk (the unit of work, storage and resumption).
     workers : ``0`` runs in this process (decoding of the next chunk overlaps the current one);
         ``n >= 1`` starts a local Dask cluster of ``n`` single-threaded worker processes.
+    threads : onnxruntime intra-op threads per worker process (inter-op: 1).  Default: 1 on Dask
+        workers (one single-threaded worker per core, which is what the local cluster starts:
+        the Dask nanny also sets ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS``
+        to 1), onnxruntime's default (one per core) with ``workers=0``.  An execution setting,
+        not part of the manifest.
     scheduler : ``"tcp://host:port"`` of an existing Dask cluster (the store and the model path
         must be visible to its workers).
     resume : continue an existing store written with the same arguments (else refuse it).
@@ -420,6 +446,10 @@ def explain_dataset(
         raise InvalidArgumentError("batch_size", batch_size, "an integer >= 1")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InvalidArgumentError("workers", workers, "an integer >= 0")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise InvalidArgumentError("threads", threads, "None or an integer >= 1")
+    on_dask = workers > 0 or scheduler is not None
     mets = _metric_names(metrics)
     pert = None
     if any(k in mets for k in PERTURBATIONS):
@@ -473,6 +503,7 @@ def explain_dataset(
         "store": str(root),
         "metrics": mets,
         "perturbation": pert,
+        "threads": threads if threads is not None else (1 if on_dask else None),
         "preprocessing": {
             "size": size, "crop_padding": crop_padding, "resample": resample,
             "mean": tuple(mean) if mean is not None else NORMALIZATIONS["imagenet"][0],
@@ -574,7 +605,7 @@ def explain_dataset(
                     dec = nxt.result()
                     nxt = pool.submit(_decode, spec, todo[j + 1]) if j + 1 < len(todo) else None
                     r = _compute_chunk(spec, c, dec)
-                    computed.append(c)
+                    computed.append(r)
                     bar.update(r["done"] + r["failed"])
         elif todo:
             _run_dask(spec, todo, workers, scheduler, bar, computed)
@@ -586,7 +617,8 @@ def explain_dataset(
         table = _aggregate(g, status == DONE, mets, spec)
         write_atomic(root / "metrics.json", json.dumps(table, indent=1).encode())
     return DatasetResult(str(root), len(paths), int((status == DONE).sum()),
-                         int((status == FAILED).sum()), sorted(computed), table)
+                         int((status == FAILED).sum()), sorted(r["chunk"] for r in computed),
+                         table, sorted(computed, key=lambda r: r["chunk"]))
 
 
 def _metric_names(metrics: Any) -> tuple:
@@ -647,7 +679,7 @@ def _run_dask(spec: dict, todo: list, workers: int, scheduler: str | None, bar, 
         futures = [client.submit(_worker_chunk, ref, c, pure=False, retries=3) for c in todo]
         for fut in as_completed(futures):
             r = fut.result()
-            computed.append(r["chunk"])
+            computed.append(r)
             bar.update(r["done"] + r["failed"])
     finally:
         client.close()

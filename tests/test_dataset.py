@@ -280,3 +280,38 @@ def test_deletion_insertion_auc_over_the_stream(tmp_path, model_file):
     with pytest.raises(InvalidArgumentError, match="insertion_baseline"):
         explain_dataset(model_file, folder, tmp_path / "q.zarr", "gradcam", metrics="insertion",
                         metric_step=4, insertion_baseline="noise")
+
+
+def test_peak_memory_is_bounded_by_the_batch_not_the_dataset(tmp_path):
+    """tracemalloc peak of explain_dataset (NumPy buffers, the Zarr codecs' buffers): the same for
+    4 and 16 images at the same batch size, linear in the batch size, and under the count of the
+    arrays one chunk holds: B · (2 inputs (this chunk, the next one decoded ahead) + activations
+    in float32 and float64 + T·h·w · 32 bytes (float64 product, float64 gathered maps, float32
+    maps, the chunk written, its encoded copy)) plus 4 MB of fixed cost."""
+    import tracemalloc
+
+    import onnx
+
+    model = tmp_path / "m.onnx"
+    onnx.save(cam_net(size=64, num_classes=40), model)
+    few = make_images(tmp_path / "few", n=4, corrupt=(), side=64)
+    many = make_images(tmp_path / "many", n=16, corrupt=(), side=64)
+    run = lambda folder, b, name: explain_dataset(  # noqa: E731
+        str(model), folder, tmp_path / name, "cam", target="all", batch_size=b, crop_padding=0)
+    run(few, 2, "warm.zarr")  # the session and imports, outside the measurement
+
+    def peak(folder, b, name):
+        tracemalloc.start()
+        try:
+            run(folder, b, name)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    p4, p16, p16_b8 = peak(few, 2, "a.zarr"), peak(many, 2, "b.zarr"), peak(many, 8, "c.zarr")
+    per_item = 2 * 3 * 64 * 64 * 4 + 6 * 64 * 64 * (4 + 8) + 40 * 64 * 64 * 32
+    assert p16 <= 1.1 * p4  # 4× the images, the same peak
+    assert p16_b8 >= 3 * p16  # 4× the batch, ~4× the peak: the batch sets it
+    for p, b in ((p4, 2), (p16, 2), (p16_b8, 8)):
+        assert p <= b * per_item + 4e6, (p, b)
+    assert p16 < 16 * 40 * 64 * 64 * 4  # less than the dataset's maps
