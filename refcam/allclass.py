@@ -35,6 +35,7 @@ Conventions
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,7 @@ from .errors import InvalidArgumentError, ModelError, ShapeError, TargetError
 from .onnx.targets import class_view
 
 __all__ = ["ALL", "SUPPORTED", "ClassChunk", "class_sets", "explain_classes", "explain_classes_into",
-           "iter_class_maps", "wants_class_sets"]
+           "explain_many", "iter_class_maps", "wants_class_sets"]
 
 #: the ``target`` value asking for every class of the output
 ALL = "all"
@@ -105,6 +106,26 @@ class _ClassMaps:
     def __init__(self, meth, m, x, li, target, opts, *, batch_size, memory_budget):
         from .onnx.model import DEFAULT_MEMORY_BUDGET
 
+        self.m, self.x, self.li = m, x, li
+        self.batch_size, self.memory_budget = batch_size, memory_budget
+        self.budget = memory_budget if memory_budget is not None else getattr(
+            m, "memory_budget", DEFAULT_MEMORY_BUDGET)
+        self._set_method(meth, target, opts)
+        fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
+        self.outputs, self.a = fw.outputs, fw.activations[li.name]
+        self.logits = class_view(self.outputs)
+        self.n_classes = self.logits.shape[1]
+        self._bind_head()
+
+    def with_method(self, meth, target, opts) -> _ClassMaps:
+        """The same forward run (outputs, activations) for another method: no model run."""
+        c = copy.copy(self)
+        c._set_method(meth, target, opts)
+        c._bind_head()
+        return c
+
+    def _set_method(self, meth, target, opts) -> None:
+        m, li = self.m, self.li
         layer_gradient = (meth.layered and set(meth.needs) <= {"activations", "gradients"}
                           and "gradients" in meth.needs)
         if meth.name not in SUPPORTED and not layer_gradient:
@@ -137,31 +158,33 @@ class _ClassMaps:
                     "layer", li.name, f"a batch-first spatial map for target='all' / class lists "
                     f"(the layer is {lay.describe()})"
                 )
-        self.meth, self.m, self.x, self.li, self.opts = meth, m, x, li, opts
-        self.batch_size, self.memory_budget, self.head = batch_size, memory_budget, head
-        self.budget = memory_budget if memory_budget is not None else getattr(
-            m, "memory_budget", DEFAULT_MEMORY_BUDGET)
-        fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
-        self.outputs, self.a = fw.outputs, fw.activations[li.name]
-        self.logits = class_view(self.outputs)
-        self.n_classes = self.logits.shape[1]
-        if head is not None:
-            w = np.asarray(head.weight, dtype=np.float64)  # (C, K)
-            if w.shape[1] != self.a.shape[1]:
-                raise ModelError(
-                    f"{meth.name}: the linear layer has {w.shape[1]} inputs, the layer "
-                    f"{li.name!r} has {self.a.shape[1]} channels"
-                )
-            bias = 0.0 if head.bias is None else np.asarray(head.bias, dtype=np.float64)
-            self.a64, self.w = self.a.astype(np.float64), w
-            y = M.gap(self.a64) @ w.T + bias
-            lg = self.logits.astype(np.float64)
-            if y.shape != lg.shape or not within(y, lg, atol=1e-3, rtol=1e-3):
-                raise ModelError(
-                    f"{meth.name}: the head found after {li.name!r} ({head.nodes}) does not "
-                    f"reproduce the model output (max deviation "
-                    f"{max_abs_error(y, lg) if y.shape == lg.shape else 'shape'})"
-                )
+        self.meth, self.opts, self.head = meth, opts, head
+
+    def _bind_head(self) -> None:
+        """The head weights ``(C, K)`` and the float64 activations, checked: ``W gap(A) + b``
+        must reproduce the model output (NaN-aware) before any map is computed from them."""
+        head, meth, li = self.head, self.meth, self.li
+        if head is None or getattr(self, "bound", None) is head:
+            return
+        w = np.asarray(head.weight, dtype=np.float64)  # (C, K)
+        if w.shape[1] != self.a.shape[1]:
+            raise ModelError(
+                f"{meth.name}: the linear layer has {w.shape[1]} inputs, the layer "
+                f"{li.name!r} has {self.a.shape[1]} channels"
+            )
+        bias = 0.0 if head.bias is None else np.asarray(head.bias, dtype=np.float64)
+        if getattr(self, "a64", None) is None:
+            self.a64 = self.a.astype(np.float64)
+        self.w = w
+        y = M.gap(self.a64) @ w.T + bias
+        lg = self.logits.astype(np.float64)
+        if y.shape != lg.shape or not within(y, lg, atol=1e-3, rtol=1e-3):
+            raise ModelError(
+                f"{meth.name}: the head found after {li.name!r} ({head.nodes}) does not "
+                f"reproduce the model output (max deviation "
+                f"{max_abs_error(y, lg) if y.shape == lg.shape else 'shape'})"
+            )
+        self.bound = head
 
     def default_block(self) -> int:
         """Classes per block: the float64 maps of a block (and, through the head, ~4 copies of the
@@ -230,11 +253,16 @@ def explain_classes(
         source other than ``"vjp"``.
     ModelError : CAM on a layer not followed by a GAP → linear head reproducing the output.
     """
-    from .explanation import Explanation
-
     cm = _ClassMaps(meth, m, x, li, target, opts, batch_size=batch_size,
                     memory_budget=memory_budget)
-    a = cm.a
+    return _assemble(cm, target)
+
+
+def _assemble(cm: _ClassMaps, target: Any):
+    """The Explanation of ``cm``'s method for the classes of ``target`` (all, or class lists)."""
+    from .explanation import Explanation
+
+    a, x, meth, m = cm.a, cm.x, cm.meth, cm.m
     classes = class_sets(target, len(x), cm.n_classes)
     wanted = np.unique(classes[classes >= 0])  # U distinct classes, sorted
     block = len(wanted) if cm.head is not None else cm.default_block()
@@ -243,6 +271,7 @@ def explain_classes(
     pad = classes < 0
     rows = np.arange(len(x))[:, None]
     maps = maps_u[rows, pos]  # (N, T, *S)
+    del maps_u
     maps[pad] = np.nan
     scores = cm.logits.astype(np.float64)[rows, np.where(pad, 0, classes)]
     scores[pad] = np.nan
@@ -252,9 +281,45 @@ def explain_classes(
     if cm.head is not None:
         arrays.update(linear_weights=cm.head.weight, linear_bias=cm.head.bias)
     return Explanation(
-        maps=out, method=meth.name, layer=li, targets=classes, scores=scores, outputs=cm.outputs,
-        options=opts, arrays=arrays, input_size=m.input_spatial_shape(x),
+        maps=out, method=meth.name, layer=cm.li, targets=classes, scores=scores,
+        outputs=cm.outputs, options=cm.opts, arrays=arrays, input_size=m.input_spatial_shape(x),
     )
+
+
+def explain_many(m: Any, x: np.ndarray, li: Any, jobs: list, *, batch_size: int | None = None,
+                 memory_budget: int | None = None) -> list:
+    r"""Several ``(method, target, options)`` jobs on **one** forward run of the model.
+
+    Every job is computed as :func:`explain_classes` computes it — on a GAP → linear head CAM
+    :math:`M_c = \sum_k w^c_k A^k` and Grad-CAM :math:`\mathrm{ReLU}(M_c)/Z` (exact: the head's
+    gradient is :math:`w^c_k/Z`); on another head, Grad-CAM from VJP runs of the head — from the
+    same activations :math:`A`.  A target ``None`` (top-1), a class index, :class:`TopK` or an
+    ``(N, T)`` array is first resolved against the model output (:func:`resolve_targets`: top-1 is
+    the first maximum) and turned into one class list per image.  Methods: ``cam``, ``gradcam``
+    and the layer-gradient methods (as :func:`explain_classes`).
+
+    Returns one :class:`refcam.Explanation` per job (maps ``(N, *S)`` when one class per image).
+    """
+    from .methods import get_method
+    from .onnx.targets import resolve_targets
+
+    cm, out = None, []
+    for method, target, options in jobs:
+        meth = get_method(method)
+        opts = meth.resolve(options)
+        if not meth.targeted or not meth.layered:
+            raise InvalidArgumentError("method", meth.name, "a class-targeted layer method")
+        cm = (_ClassMaps(meth, m, x, li, target, opts, batch_size=batch_size,
+                         memory_budget=memory_budget) if cm is None
+              else cm.with_method(meth, target, opts))
+        if not wants_class_sets(target):
+            tg = resolve_targets(target, cm.outputs)
+            if tg.classes is None:
+                raise InvalidArgumentError("target", target, "class indices (None, an int, TopK, "
+                                           "an array) for jobs sharing one forward run")
+            target = tg.classes.tolist()
+        out.append(_assemble(cm, target))
+    return out
 
 
 # ------------------------------------------------------------------------------ streaming

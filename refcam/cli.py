@@ -822,15 +822,21 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
     from .zoo import _images
 
     lm = _load_model(args.model, args.layout)
-    t = args.target
-    if t is None or t in ("all", "labels"):
-        target = t
-    elif t.lower().startswith("top") and t[3:].isdigit():
-        target = TopK(int(t[3:]))
-    elif t.lstrip("-").isdigit():
-        target = int(t)
-    else:
-        raise UsageError(f"--target: got {t!r}, expected all, labels, topK or a class index")
+
+    def parse_target(t, flag="--target"):
+        if t is None or t in ("all", "labels"):
+            return t
+        if t.lower().startswith("top") and t[3:].isdigit():
+            return TopK(int(t[3:]))
+        if t.lstrip("-").isdigit():
+            return int(t)
+        raise UsageError(f"{flag}: got {t!r}, expected all, labels, topK or a class index")
+
+    target = parse_target(args.target)
+    also = []
+    for spec in args.also:
+        method, _, t = spec.partition(":")
+        also.append((method, parse_target(t or None, "--also")))
     pre = lm.preprocessing
     try:
         mean, std = _images.normalization(args.norm, lm.default_norm, pre.get("mean"), pre.get("std"))
@@ -842,7 +848,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
         layer=args.layer, target=target, batch_size=args.batch_size,
         workers=args.workers if args.workers is not None
         else (0 if args.scheduler else max(1, os.cpu_count() or 1)),
-        scheduler=args.scheduler, threads=args.threads, progress=args.progress,
+        scheduler=args.scheduler, threads=args.threads, also=also, progress=args.progress,
         layout=args.layout,
         size=args.size if args.size is not None else pre.get("size"),
         crop_padding=args.crop_padding if args.crop_padding is not None
@@ -887,6 +893,9 @@ def _add_explain_dataset(sub, common) -> None:
                    help="local Dask worker processes (default: one per CPU core); 0 runs in this "
                    "process without Dask")
     p.add_argument("--scheduler", help="tcp://host:port of an existing Dask scheduler")
+    p.add_argument("--also", action="append", default=[], metavar="METHOD:TARGET",
+                   help="a further job on the same pass, e.g. cam:all (repeatable; TARGET as "
+                   "--target, empty for top-1); stored under also/<method>_<target>/")
     p.add_argument("--threads", type=int,
                    help="onnxruntime threads per worker (default: 1 on Dask workers, all cores "
                    "with --workers 0)")

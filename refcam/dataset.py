@@ -16,7 +16,9 @@ Store layout (Zarr v3 group, one chunk per batch along axis 0)
 failed items and padded targets); ``scores`` ``(N, T)`` float64; ``targets`` ``(N, T)`` int64
 (``-1`` padding); ``ids`` ``(N,)`` str (the item paths); ``status`` ``(N,)`` uint8:
 ``0`` pending, ``1`` done, ``2`` failed; ``failures/<chunk>.json``: ``{id: reason}``;
-``manifest.json``: model SHA-256, method, options, target, layer, preprocessing, refcam version;
+``also/<name>/{maps,scores,targets}``: the same for each further job of ``also=`` (e.g.
+``also/cam_all``); ``manifest.json``: model SHA-256, method, options, target, layer, the ``also``
+jobs, preprocessing, refcam version;
 with ``metrics`` also ``confidence`` ``(N, 2)`` (:math:`Y^c`, :math:`O^c`), ``deletion`` /
 ``insertion`` ``(N, T_p)`` (the RISE curves, softmax probability of the explained class at each
 step) and ``deletion_auc`` / ``insertion_auc`` ``(N,)``, aggregated over the done items into
@@ -58,6 +60,7 @@ MANIFEST = "manifest.json"
 #: what a store directory holds (an interrupted creation may leave some of these, nothing else)
 _STORE_NAMES = {MANIFEST, "zarr.json", "model.onnx", "maps", "scores", "targets", "status", "ids",
                 "confidence", "deletion", "insertion", "deletion_auc", "insertion_auc", "failures",
+                "also",
                 "metrics.json"}
 #: the faithfulness metrics computed over the stream (``metrics=``)
 METRICS = ("confidence", "deletion", "insertion")
@@ -200,13 +203,14 @@ def _decode(spec: dict, chunk: int) -> tuple[list[int], np.ndarray | None, dict]
     return ok, (np.concatenate(xs) if xs else None), failed
 
 
-def _batch_target(spec: dict, ok: list[int]) -> Any:
+def _batch_target(spec: dict, ok: list[int], job: dict | None = None) -> Any:
     from .onnx import TopK
 
-    t = spec["target"]
+    job = spec if job is None else job
+    t = job["target"]
     if t == "labels":
         rows = [spec["labels"][i] for i in ok]
-        if len({len(r) for r in rows}) == 1 and spec["method"] not in ("cam", "gradcam"):
+        if len({len(r) for r in rows}) == 1 and job["method"] not in ("cam", "gradcam"):
             return np.asarray(rows, dtype=np.int64)
         return rows
     if isinstance(t, dict):
@@ -214,40 +218,66 @@ def _batch_target(spec: dict, ok: list[int]) -> Any:
     return t
 
 
+def _jobs(spec: dict) -> list[dict]:
+    """The primary job (root arrays) and the ``also`` jobs (arrays under ``also/<name>/``)."""
+    first = {k: spec[k] for k in ("method", "target", "options", "n_targets", "map_shape",
+                                  "map_dtype")}
+    return [{**first, "prefix": ""}] + [{**j, "prefix": f"also/{j['name']}/"}
+                                        for j in spec.get("also") or ()]
+
+
+def _explain_jobs(spec: dict, x: np.ndarray, ok: list[int]) -> list:
+    """One Explanation per job.  Several jobs of CAM / Grad-CAM share one forward run
+    (:func:`refcam.allclass.explain_many`); otherwise each job is one :func:`refcam.explain`."""
+    from .allclass import SUPPORTED, explain_many
+    from .explanation import explain
+
+    m, jobs = _load_model(spec), _jobs(spec)
+    if len(jobs) > 1 and all(j["method"] in SUPPORTED for j in jobs):
+        return explain_many(m, m.check_inputs(x), m.spatial_layer(spec["layer"]),
+                            [(j["method"], _batch_target(spec, ok, j), j["options"])
+                             for j in jobs])
+    return [explain(m, x, j["method"], layer=spec["layer"], target=_batch_target(spec, ok, j),
+                    **j["options"]) for j in jobs]
+
+
 def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
     """Explain and write one chunk (maps, scores, targets, failures, then status last)."""
     import zarr
-
-    from .explanation import explain
 
     t0, c0 = time.perf_counter(), time.process_time()
     ok, x, failed = decoded if decoded is not None else _decode(spec, chunk)
     lo, hi = chunk * spec["batch_size"], min(spec["n_items"], (chunk + 1) * spec["batch_size"])
     g = zarr.open_group(spec["store"], mode="r+")
-    t_max, map_shape = spec["n_targets"], tuple(spec["map_shape"])
-    maps = np.full((hi - lo, t_max) + map_shape, np.nan, dtype=spec["map_dtype"])
-    scores = np.full((hi - lo, t_max), np.nan)
+    jobs = _jobs(spec)
+    out = []  # per job: maps, scores, targets of the chunk (NaN / -1 where not done)
+    for j in jobs:
+        t_max, map_shape = j["n_targets"], tuple(j["map_shape"])
+        out.append((np.full((hi - lo, t_max) + map_shape, np.nan, dtype=j["map_dtype"]),
+                    np.full((hi - lo, t_max), np.nan),
+                    np.full((hi - lo, t_max), -1, dtype=np.int64)))
     conf = np.full((hi - lo, 2), np.nan)  # Y^c, O^c (softmax probabilities) per item
     mets = spec.get("metrics") or ()
     curves = {k: np.full((hi - lo, spec["perturbation_points"]), np.nan)
               for k in PERTURBATIONS if k in mets}
     aucs = {k: np.full(hi - lo, np.nan) for k in curves}
-    targets = np.full((hi - lo, t_max), -1, dtype=np.int64)
     status = np.full(hi - lo, FAILED, dtype=np.uint8)
     if ok:
         try:
-            e = explain(_load_model(spec), x, spec["method"], layer=spec["layer"],
-                        target=_batch_target(spec, ok), **spec["options"])
+            es = _explain_jobs(spec, x, ok)
             r = np.asarray(ok) - lo
-            mp = e.maps if e.maps.ndim == len(map_shape) + 2 else e.maps[:, None]
-            if mp.shape[2:] != map_shape or mp.shape[1] > t_max:
-                raise RefcamError(f"map shape {mp.shape[1:]} differs from the store's "
-                                  f"{(t_max,) + map_shape}")
-            maps[r, : mp.shape[1]] = mp
-            if e.scores is not None:
-                scores[r, : e.scores.shape[1]] = e.scores
-            if e.targets is not None:
-                targets[r, : e.targets.shape[1]] = e.targets
+            for j, e, (maps, scores, targets) in zip(jobs, es, out):
+                t_max, map_shape = j["n_targets"], tuple(j["map_shape"])
+                mp = e.maps if e.maps.ndim == len(map_shape) + 2 else e.maps[:, None]
+                if mp.shape[2:] != map_shape or mp.shape[1] > t_max:
+                    raise RefcamError(f"map shape {mp.shape[1:]} differs from the store's "
+                                      f"{(t_max,) + map_shape}")
+                maps[r, : mp.shape[1]] = mp
+                if e.scores is not None:
+                    scores[r, : e.scores.shape[1]] = e.scores
+                if e.targets is not None:
+                    targets[r, : e.targets.shape[1]] = e.targets
+            e = es[0]  # the metrics score the primary job's maps
             if "confidence" in mets:
                 conf[r] = _confidence(_load_model(spec), x, e)
             for k in curves:
@@ -257,9 +287,12 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
         except RefcamError as exc:
             for i in ok:
                 failed[i] = f"{type(exc).__name__}: {exc}"
-    g["maps"][lo:hi] = maps
-    g["scores"][lo:hi] = scores
-    g["targets"][lo:hi] = targets
+            for maps, scores, targets in out:  # nothing half-filled for a failed batch
+                maps[...], scores[...], targets[...] = np.nan, np.nan, -1
+    for j, (maps, scores, targets) in zip(jobs, out):
+        g[j["prefix"] + "maps"][lo:hi] = maps
+        g[j["prefix"] + "scores"][lo:hi] = scores
+        g[j["prefix"] + "targets"][lo:hi] = targets
     if "confidence" in mets:
         g["confidence"][lo:hi] = conf
     for k in curves:
@@ -338,24 +371,45 @@ def _worker_chunk(spec: dict, chunk: int) -> dict:  # the Dask task: metadata in
 
 
 # ------------------------------------------------------------------------------ driver
-def _probe(model_path: str, spec: dict, x: np.ndarray) -> tuple[tuple, str, int]:
-    """Map shape ``S``, dtype and ``T`` of one explained input (an all-zero image)."""
+def _probe(spec: dict, x: np.ndarray, job: dict) -> tuple[tuple, str, int]:
+    """Map shape ``S``, dtype and ``T`` of ``job`` on one explained input (an all-zero image)."""
     from .explanation import explain
 
     m = _load_model(spec)
-    t = spec["target"]
+    t = job["target"]
     if t == "labels":
-        t = [[0]] if spec["method"] in ("cam", "gradcam") else 0
+        t = [[0]] if job["method"] in ("cam", "gradcam") else 0
     elif isinstance(t, dict):
         from .onnx import TopK
 
         t = TopK(t["topk"])
-    e = explain(m, x, spec["method"], layer=spec["layer"], target=t, **spec["options"])
+    e = explain(m, x, job["method"], layer=spec["layer"], target=t, **job["options"])
     n_t = 1 if e.targets is None else e.targets.shape[1]
     shape = e.maps.shape[1:] if n_t == 1 else e.maps.shape[2:]
-    if spec["target"] == "labels":
+    if job["target"] == "labels":
         n_t = max(len(r) for r in spec["labels"])
     return tuple(int(s) for s in shape), str(e.maps.dtype), n_t
+
+
+def _also_jobs(also: Any) -> list[dict]:
+    """``also=`` as job dicts ``{name, method, target, options}``; the name (the arrays'
+    group ``also/<name>``) is ``<method>_<top1 | all | labels | top<k> | class<c>>``."""
+    jobs, names = [], set()
+    for item in also or ():
+        if not isinstance(item, (list, tuple)) or len(item) not in (2, 3) or \
+                not isinstance(item[0], str) or (len(item) == 3 and not isinstance(item[2], dict)):
+            raise InvalidArgumentError("also", item, "(method, target) or (method, target, "
+                                       "{options}) pairs, e.g. ('cam', 'all')")
+        t = _target_spec(item[1])
+        tag = ("top1" if t is None else t if isinstance(t, str) else
+               f"top{t['topk']}" if isinstance(t, dict) else f"class{t}")
+        name = f"{item[0]}_{tag}"
+        if name in names:
+            raise InvalidArgumentError("also", list(also), f"distinct jobs ({name!r} twice)")
+        names.add(name)
+        jobs.append({"name": name, "method": item[0], "target": t,
+                     "options": dict(item[2]) if len(item) == 3 else {}})
+    return jobs
 
 
 def explain_dataset(
@@ -378,6 +432,7 @@ def explain_dataset(
     crop_padding: int = 32,
     resample: str = "bicubic",
     threads: int | None = None,
+    also: Sequence = (),
     metrics: bool | str | Sequence[str] = False,
     metric_step: int | None = None,
     deletion_baseline: str = "zeros",
@@ -400,6 +455,13 @@ def explain_dataset(
     batch_size : images per chunk (the unit of work, storage and resumption).
     workers : ``0`` runs in this process (decoding of the next chunk overlaps the current one);
         ``n >= 1`` starts a local Dask cluster of ``n`` single-threaded worker processes.
+    also : more ``(method, target)`` or ``(method, target, {options})`` jobs computed on the same
+        decoded batch, e.g. ``[("cam", "all")]``; their arrays go to ``also/<method>_<target>/``
+        (``maps``, ``scores``, ``targets``; target tags ``top1``, ``all``, ``labels``,
+        ``top<k>``, ``class<c>``).  When every job is CAM or Grad-CAM they share **one** forward
+        run (:func:`refcam.allclass.explain_many`: Grad-CAM top-1 and all-class CAM from the same
+        activations); otherwise each job runs :func:`refcam.explain`.  The metrics score the
+        primary job.
     threads : onnxruntime intra-op threads per worker process (inter-op: 1).  Default: 1 on Dask
         workers (one single-threaded worker per core, which is what the local cluster starts:
         the Dask nanny also sets ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS``
@@ -475,9 +537,13 @@ def explain_dataset(
     if not paths:
         raise InvalidArgumentError("items", items, "at least one image")
     tspec = _target_spec(target)
+    also_jobs = _also_jobs(also)
+    if any(j["target"] == "labels" for j in also_jobs) and labels is None:
+        raise InvalidArgumentError("also", "labels", "a CSV file list with classes in column 2")
     if tspec == "labels" and labels is None:
         raise InvalidArgumentError("target", "labels", "a CSV file list with classes in column 2")
-    if tspec == "labels" and any(not r for r in labels):
+    if (tspec == "labels" or any(j["target"] == "labels" for j in also_jobs)) \
+            and any(not r for r in labels):
         raise InvalidArgumentError("target", "labels", "classes for every row of the CSV")
     root = Path(store).resolve()
     if root.exists() and not (root / MANIFEST).exists():
@@ -499,7 +565,9 @@ def explain_dataset(
         "batch_size": batch_size,
         "n_items": len(paths),
         "paths": paths,
-        "labels": labels if tspec == "labels" else None,
+        "labels": labels if tspec == "labels" or any(j["target"] == "labels"
+                                                    for j in also_jobs) else None,
+        "also": also_jobs,
         "store": str(root),
         "metrics": mets,
         "perturbation": pert,
@@ -526,6 +594,7 @@ def explain_dataset(
         else hashlib.sha256(json.dumps(spec["labels"]).encode()).hexdigest(),
         "preprocessing": _jsonable(spec["preprocessing"]),
         "layout": layout,
+        "also": [[j["method"], j["target"], _jsonable(j["options"])] for j in also_jobs],
         "metrics": list(mets),
         "perturbation": None if pert is None else {k: v for k, v in pert.items()
                                                    if k != "batch_size"},
@@ -541,7 +610,9 @@ def explain_dataset(
             )
         if not resume:
             raise InvalidArgumentError("store", str(root), "a new path (resume=False)")
-        spec.update(old["layout_of_arrays"])
+        spec.update({k: v for k, v in old["layout_of_arrays"].items() if k != "also"})
+        for j, lay in zip(spec["also"], old["layout_of_arrays"].get("also", [])):
+            j.update(lay)
         g = zarr.open_group(str(root), mode="r+")
     else:
         m = _load_model(spec)
@@ -552,8 +623,14 @@ def explain_dataset(
                              if isinstance(d, int) and d > 0), 224)
         zeros = np.zeros((1,) + ((side, side, 3) if m.channels_last else (3, side, side)),
                          dtype=m.input_dtype)
-        map_shape, map_dtype, n_t = _probe(spec["model_path"], spec, zeros)
-        arr = {"map_shape": list(map_shape), "map_dtype": map_dtype, "n_targets": n_t}
+        map_shape, map_dtype, n_t = _probe(spec, zeros, spec)
+        arr = {"map_shape": list(map_shape), "map_dtype": map_dtype, "n_targets": n_t,
+               "also": []}
+        for j in also_jobs:
+            j_shape, j_dtype, j_t = _probe(spec, zeros, j)
+            arr["also"].append({"map_shape": list(j_shape), "map_dtype": j_dtype,
+                                "n_targets": j_t})
+            j.update(arr["also"][-1])
         if pert is not None:
             n_px = int(np.prod(zeros.shape[1:-1] if m.channels_last else zeros.shape[2:]))
             arr["perturbation_points"] = -(-n_px // metric_step) + 1
@@ -563,7 +640,7 @@ def explain_dataset(
                 "metrics", True, "one target per image (top-1 or a class index): Average Drop "
                 "and Increase in Confidence score one explained class per image"
             )
-        spec.update(arr)
+        spec.update({k: v for k, v in arr.items() if k != "also"})
         n, b = len(paths), batch_size
         g = zarr.open_group(str(root), mode="w")
         g.create_array("maps", shape=(n, n_t, *map_shape), chunks=(b, n_t, *map_shape),
@@ -572,6 +649,15 @@ def explain_dataset(
                        fill_value=np.nan)
         g.create_array("targets", shape=(n, n_t), chunks=(b, n_t), dtype="int64", fill_value=-1)
         g.create_array("status", shape=(n,), chunks=(b,), dtype="uint8", fill_value=PENDING)
+        for j in also_jobs:
+            sub = g.require_group("also").create_group(j["name"])
+            j_t, j_shape = j["n_targets"], tuple(j["map_shape"])
+            sub.create_array("maps", shape=(n, j_t, *j_shape), chunks=(b, j_t, *j_shape),
+                             dtype=j["map_dtype"], fill_value=np.nan)
+            sub.create_array("scores", shape=(n, j_t), chunks=(b, j_t), dtype="float64",
+                             fill_value=np.nan)
+            sub.create_array("targets", shape=(n, j_t), chunks=(b, j_t), dtype="int64",
+                             fill_value=-1)
         if "confidence" in mets:
             g.create_array("confidence", shape=(n, 2), chunks=(b, 2), dtype="float64",
                            fill_value=np.nan)

@@ -153,6 +153,12 @@ def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
     assert main(p_argv) == 0
     out = capsys.readouterr().out
     assert "deletion AUC" in out and "insertion AUC" in out and "average drop" not in out
+    a_argv = ["explain-dataset", model_file, str(folder), "--out", str(tmp_path / "a.zarr"),
+              "--method", "gradcam", "--also", "cam:all", "--also", "gradcam:top2",
+              "--workers", "0", "--crop-padding", "0", "--no-progress"]
+    assert main(a_argv) == 0
+    g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    assert g["also/cam_all/maps"].shape[:2] == (5, 5) and g["also/gradcam_top2/targets"].shape == (5, 2)
 
 
 def test_confidence_metrics_over_the_stream(tmp_path, model_file):
@@ -315,3 +321,47 @@ def test_peak_memory_is_bounded_by_the_batch_not_the_dataset(tmp_path):
     for p, b in ((p4, 2), (p16, 2), (p16_b8, 8)):
         assert p <= b * per_item + 4e6, (p, b)
     assert p16 < 16 * 40 * 64 * 64 * 4  # less than the dataset's maps
+
+
+def test_also_jobs_share_the_pass_and_equal_explain(tmp_path, model_file, monkeypatch):
+    """Grad-CAM top-1 (primary) + all-class CAM (also) in one pass over the data, one forward run
+    per chunk; each array equals its own refcam.explain on the same images; resume skips all."""
+    import refcam
+    from refcam.onnx import Model
+
+    folder = make_images(tmp_path / "imgs", n=5, corrupt=(1,))
+    explain_dataset(model_file, folder, tmp_path / "warm.zarr", "cam", crop_padding=0)
+    runs = []
+    real = Model.forward
+    monkeypatch.setattr(Model, "forward",
+                        lambda self, *a, **k: (runs.append(len(a[0])), real(self, *a, **k))[1])
+    r = explain_dataset(model_file, folder, tmp_path / "a.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, also=[("cam", "all"), ("gradcam", 3, {"relu": False})])
+    monkeypatch.setattr(Model, "forward", real)
+    # the probe of the CAM job (one zero image), then one forward run per chunk (1, 2, 1 images)
+    assert r.n_done == 4 and runs == [1, 1, 2, 1]
+    g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    good = [0, 2, 3, 4]
+    x = _inputs(model_file, [str(g["ids"][i]) for i in good])
+    for prefix, method, target, opts in (("", "gradcam", None, {}), ("also/cam_all/", "cam", "all", {}),
+                                         ("also/gradcam_class3/", "gradcam", 3, {"relu": False})):
+        e = refcam.explain(model_file, x, method, target=target, **opts)
+        want = e.maps if e.maps.ndim == 4 else e.maps[:, None]
+        got = g[prefix + "maps"][:]
+        assert np.isnan(got[1]).all() and (g[prefix + "targets"][1] == -1).all()
+        assert within(got[good], want, atol=1e-5 * np.abs(want).max(), rtol=1e-5), prefix
+        assert (g[prefix + "targets"][good] == e.targets).all()
+        assert within(g[prefix + "scores"][good], e.scores, atol=1e-6, rtol=1e-6)
+    man = json.loads((tmp_path / "a.zarr" / "manifest.json").read_text())
+    assert man["also"] == [["cam", "all", {}], ["gradcam", 3, {"relu": False}]]
+    again = explain_dataset(model_file, folder, tmp_path / "a.zarr", "gradcam", batch_size=2,
+                            crop_padding=0, also=[("cam", "all"), ("gradcam", 3, {"relu": False})])
+    assert again.computed == []
+    with pytest.raises(InvalidArgumentError, match="also"):
+        explain_dataset(model_file, folder, tmp_path / "a.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, also=[("cam", "all")])
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        explain_dataset(model_file, folder, tmp_path / "b.zarr", "gradcam",
+                        also=[("cam", "all"), ("cam", "all")])
+    with pytest.raises(InvalidArgumentError, match="also"):
+        explain_dataset(model_file, folder, tmp_path / "b.zarr", "gradcam", also=["cam"])

@@ -196,3 +196,27 @@ def test_streamed_classes_memory_is_bounded_by_the_block():
     assert first.maps.shape == (4, 8, 24, 24)
     assert peak_shot >= result
     assert peak_stream <= 4 * block < result / 10
+
+
+def test_explain_many_one_forward_equals_separate_explains(monkeypatch):
+    """Grad-CAM top-1, CAM of all classes and Grad-CAM TopK(2) from one forward run; each equals
+    its own refcam.explain (Grad-CAM there by a full-model VJP)."""
+    from refcam.allclass import explain_many
+    from refcam.onnx import Model, load
+
+    m, x = load(cam_net(num_classes=6)), _x(3, seed=6)
+    li = m.spatial_layer(None)
+    runs = []
+    real = Model.forward
+    monkeypatch.setattr(Model, "forward", lambda self, *a, **k: (runs.append(1), real(self, *a, **k))[1])
+    es = explain_many(m, x, li, [("gradcam", None, {}), ("cam", "all", {}),
+                                 ("gradcam", refcam.onnx.TopK(2), {"relu": False})])
+    assert len(runs) == 1
+    monkeypatch.setattr(Model, "forward", real)
+    for e, (method, target, opts) in zip(es, [("gradcam", None, {}), ("cam", "all", {}),
+                                              ("gradcam", refcam.onnx.TopK(2), {"relu": False})]):
+        one = refcam.explain(m, x, method, target=target, **opts)
+        assert e.maps.shape == one.maps.shape and (e.targets == one.targets).all()
+        scale = float(np.abs(one.maps).max())
+        assert within(e.maps, one.maps, atol=1e-5 * scale, rtol=1e-5), method
+        assert within(e.scores, one.scores, atol=1e-6, rtol=1e-6)
