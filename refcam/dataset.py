@@ -312,7 +312,16 @@ def _compute_chunk(spec: dict, chunk: int, decoded=None) -> dict:
 
 
 def _peak_rss() -> int:
-    """Peak resident set size of this process so far, bytes (``getrusage``; 0 where unknown)."""
+    """Peak resident set size of this process so far, bytes: Linux ``VmHWM`` (the high-water
+    mark of this process image; ``getrusage``'s ``ru_maxrss`` would carry the peak of the process
+    that spawned it across ``exec``), else ``ru_maxrss``; 0 where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
