@@ -72,8 +72,10 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
     key = (wrt, rules, seed_mode, None if target is None else target.signature,
            None if model.input_shape is not None or x is None else x.ndim)
     if key not in per:
+        # built from the model's skeleton (its large initializers stay in model.weights, shared
+        # with the session without a copy: refcam.onnx._weights)
         proto = onnx.ModelProto()
-        proto.CopyFrom(model.proto)
+        proto.CopyFrom(model.skeleton)
         if model.output_name not in [o.name for o in proto.graph.output]:
             vi = model.value_info.get(model.output_name)
             proto.graph.output.append(vi if vi is not None else onnx.ValueInfoProto(name=model.output_name))
@@ -83,10 +85,9 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
             seed = SCORE_OUTPUT
         probe = None if x is None else (lambda: model.runtime_shapes(x))
         vjp = build_vjp_model(proto, list(wrt), seed=seed, rules=rules, seed_mode=seed_mode,
-                              runtime_shapes=probe)
+                              runtime_shapes=probe, weights=model.weights)
         try:
-            sess = ort.InferenceSession(vjp.SerializeToString(), sess_options=model._options(),
-                                        providers=model.providers)
+            sess = model.new_session(vjp)
         except Exception as exc:
             raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
         per[key] = _Session(sess)
