@@ -568,6 +568,12 @@ class Model:
         if self._threads[1] is not None:
             so.inter_op_num_threads = self._threads[1]
         so.log_severity_level = 3
+        # No weight prepacking: onnxruntime would keep a packed copy of every Gemm/MatMul weight
+        # per session, and a VJP graph uses each dense weight twice (forward, and transposed in the
+        # backward): vgg16_bn's 411 MB fc6 weight then costs 3 copies and ~8 s of session
+        # creation.  Measured on vgg16_bn (1 thread): first Grad-CAM 10.7 s -> 1.8 s, its peak
+        # RSS growth +1086 -> +653 MiB, warm runs no slower (docs/benchmarks.md, cold start).
+        so.add_session_config_entry("session.disable_prepacking", "1")
         return so
 
     @property
