@@ -101,7 +101,7 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
             else:
                 note.done = "from the cache"
             try:
-                sess = model.new_session(vjp)
+                sess = model.new_session(vjp, prepack=False)
             except Exception as exc:
                 raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
         per[key] = _Session(sess)
