@@ -116,3 +116,152 @@ def ort_values(weights: Mapping[str, np.ndarray], names: Iterable[str], cache: d
             v = cache[nm] = ort.OrtValue.ortvalue_from_numpy(weights[nm])
         out.append(v)
     return out
+
+
+# ----------------------------------------------------------------------------- loading a file
+# ONNX protobuf field numbers (onnx/onnx.proto3): ModelProto.graph = 7, GraphProto.initializer = 5,
+# TensorProto.raw_data = 9, TensorProto.external_data = 13, TensorProto.data_location = 14.
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW, _TENSOR_EXTERNAL, _TENSOR_LOCATION = 7, 5, 9, 13, 14
+
+
+def _varint(buf, i: int) -> tuple[int, int]:
+    out = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        out |= (b & 0x7F) << shift
+        if b < 0x80:
+            return out, i
+        shift += 7
+
+
+def _enc_varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _fields(buf, start: int, end: int):
+    """``(field number, wire type, field start, value start, value end)`` of a message's fields."""
+    i = start
+    while i < end:
+        f0 = i
+        key, i = _varint(buf, i)
+        fn, wt = key >> 3, key & 7
+        if wt == 0:
+            _, j = _varint(buf, i)
+        elif wt == 1:
+            j = i + 8
+        elif wt == 2:
+            n, i = _varint(buf, i)
+            j = i + n
+        elif wt == 5:
+            j = i + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wt}")
+        if j > end:
+            raise ValueError("truncated protobuf message")
+        yield fn, wt, f0, i, j
+        i = j
+
+
+def _len_field(fn: int, payload: bytes) -> bytes:
+    return _enc_varint(fn << 3 | 2) + _enc_varint(len(payload)) + payload
+
+
+def _in_memory_marker() -> bytes:
+    entry = _len_field(1, b"location") + _len_field(2, IN_MEMORY.encode())
+    return _enc_varint(_TENSOR_LOCATION << 3 | 0) + _enc_varint(TensorProto.EXTERNAL) + \
+        _len_field(_TENSOR_EXTERNAL, entry)
+
+
+def load_split(path: str, min_bytes: int | None = None) -> tuple[onnx.ModelProto, dict] | None:
+    """:func:`split` of the ONNX file ``path`` without parsing its weights into a proto first.
+
+    The structure is walked at the protobuf wire level through a memory map; every large
+    ``raw_data`` of a main-graph initializer is read from the file once into its own (aligned)
+    NumPy array, the rest is re-encoded into the skeleton.  Peak memory is one copy of the weights (an
+    ``onnx.load`` + :func:`split` holds two), and the weights are never parsed by protobuf.
+    Returns ``None`` when the file is not a plain single-file model this reader handles (external
+    data files, unusual encodings): the caller then uses ``onnx.load``.
+    """
+    import mmap
+
+    min_bytes = MIN_BYTES if min_bytes is None else min_bytes
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return None
+    with fh:
+        try:
+            size = fh.seek(0, 2)
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        except (OSError, ValueError):
+            return None
+        if mm is None:
+            return None
+        try:
+            return _walk(mm, fh, size, min_bytes)
+        except Exception:  # noqa: BLE001 - anything unexpected: the plain loader decides
+            return None
+        finally:
+            mm.close()
+
+
+def _walk(mm, fh, size: int, min_bytes: int) -> tuple[onnx.ModelProto, dict] | None:
+    """The structure is read through the map ``mm`` (only its pages are touched); the weights
+    are read from ``fh`` straight into their arrays (no page of them stays mapped)."""
+    weights: dict[str, np.ndarray] = {}
+    marker = _in_memory_marker()
+    model = bytearray()
+    graphs = 0
+    for fn, wt, f0, v0, v1 in _fields(mm, 0, size):
+        if fn != _MODEL_GRAPH or wt != 2:
+            model += mm[f0:v1]
+            continue
+        graphs += 1
+        graph = bytearray()
+        for gfn, gwt, g0, gv0, gv1 in _fields(mm, v0, v1):
+            if gfn != _GRAPH_INITIALIZER or gwt != 2:
+                graph += mm[g0:gv1]
+                continue
+            raw = None
+            rest = bytearray()
+            for tfn, twt, t0, tv0, tv1 in _fields(mm, gv0, gv1):
+                if tfn == _TENSOR_RAW and twt == 2 and raw is None:
+                    raw = (tv0, tv1)
+                else:
+                    rest += mm[t0:tv1]
+            head = TensorProto.FromString(bytes(rest))
+            if head.data_location == TensorProto.EXTERNAL:
+                return None  # weights in external files: onnx.load resolves them
+            moved = False
+            if raw is not None and head.name not in weights:
+                try:
+                    dt = np.dtype(helper.tensor_dtype_to_np_dtype(head.data_type))
+                except Exception:  # noqa: BLE001
+                    dt = None
+                n = int(np.prod(head.dims, dtype=np.int64))
+                if dt is not None and dt.kind in "biuf" and dt.itemsize * n == raw[1] - raw[0] \
+                        and dt.itemsize * n >= min_bytes:
+                    arr = np.empty(tuple(head.dims), dtype=dt.newbyteorder("<"))
+                    fh.seek(raw[0])
+                    if fh.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != raw[1] - raw[0]:
+                        return None
+                    arr.flags.writeable = False
+                    weights[head.name] = arr
+                    moved = True
+            if moved:
+                graph += _len_field(_GRAPH_INITIALIZER, bytes(rest) + marker)
+            else:
+                graph += mm[g0:gv1]
+        model += _len_field(_MODEL_GRAPH, bytes(graph))
+    if graphs != 1:
+        return None
+    return onnx.ModelProto.FromString(bytes(model)), weights

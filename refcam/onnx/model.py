@@ -192,7 +192,13 @@ class Model:
                 _weights.join(source.skeleton, source.weights)
         # the graph without its large initializers (shape inference, layers, sessions, VJP builds)
         # and their values held once, shared by every session (refcam.onnx._weights)
-        self.skeleton, self.weights = _weights.split(_load_proto(source, base_dir))
+        fast = None
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            fast = _weights.load_split(os.fspath(source))  # weights read once, never parsed
+        if fast is not None and fast[0].graph.node and fast[0].graph.output and fast[0].opset_import:
+            self.skeleton, self.weights = fast
+        else:
+            self.skeleton, self.weights = _weights.split(_load_proto(source, base_dir))
         self._full: onnx.ModelProto | None = None
         self._ort_values: dict = {}
         self.ir_version_loaded = self.skeleton.ir_version

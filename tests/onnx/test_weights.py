@@ -109,3 +109,35 @@ def test_builder_records_weights_whose_values_were_read():
     import json
 
     assert set(json.loads(meta["refcam.weights_read"])) <= set(m.weights)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_load_split_of_a_file_equals_split_of_onnx_load(name, tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(toy_model(name), str(path))
+    fast = W.load_split(str(path))
+    assert fast is not None
+    skel, weights = W.split(onnx.load(str(path)))
+    assert fast[0].SerializeToString(deterministic=True) == skel.SerializeToString(deterministic=True)
+    assert list(fast[1]) == list(weights)
+    for k in weights:
+        assert fast[1][k].dtype == weights[k].dtype and np.array_equal(fast[1][k], weights[k])
+        assert fast[1][k].flags.aligned and not fast[1][k].flags.writeable
+
+
+def test_load_split_declines_what_it_does_not_read(tmp_path):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    assert W.load_split(str(tmp_path / "missing.onnx")) is None
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert W.load_split(str(tmp_path / "empty.onnx")) is None
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 100)
+    assert W.load_split(str(tmp_path / "junk.onnx")) is None
+    proto = resnet_like()
+    convert_model_to_external_data(proto, location="w.bin", size_threshold=0)
+    onnx.save(proto, str(tmp_path / "ext.onnx"))
+    assert W.load_split(str(tmp_path / "ext.onnx")) is None  # external data: onnx.load resolves it
+    m = Model(str(tmp_path / "ext.onnx"))  # and Model falls back to it
+    ref = Model(resnet_like())
+    x = np.ones((1, *ref.input_shape[1:]), np.float32)
+    assert np.array_equal(m.run(x)[m.output_name], ref.run(x)[ref.output_name])
