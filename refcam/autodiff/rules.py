@@ -717,11 +717,15 @@ def _where(ctx):
 # ============================ activations ====================================================
 @rule("Relu")
 def _relu(ctx):
-    x = ctx.inputs[0]
+    r""":math:`\bar x = g\,[x > 0]`, the mask read from the output: :math:`[y > 0] = [x > 0]` for
+    :math:`y = \max(x, 0)` (also at ``-0.0`` and NaN, where both are false).  Reading :math:`y`
+    leaves :math:`x` with the ReLU as its only consumer, so onnxruntime keeps its Conv+ReLU fusion
+    and need not keep :math:`x` for the backward sweep."""
+    y = ctx.outputs[0]
     g = ctx.grads[0]
     if ctx.rules == "deconvnet":
         return [ctx.op("Relu", [g])]
-    pos = ctx.mask(ctx.op("Greater", [x, ctx.c(0.0, x)]), x)
+    pos = ctx.mask(ctx.op("Greater", [y, ctx.c(0.0, y)]), y)
     if ctx.rules == "guided":
         g = ctx.op("Relu", [g])
     return [ctx.op("Mul", [g, pos])]
