@@ -715,33 +715,36 @@ def _where(ctx):
 
 
 # ============================ activations ====================================================
+def _rectifier(ctx: RuleContext, slope: Callable[[], str]) -> list:
+    r"""The backward of a rectifier :math:`y = \sigma(x)` under each rule set, ``slope()`` emitting
+    :math:`\sigma'(x)`: ``plain`` :math:`\bar x = g\,\sigma'(x)`; ``guided`` (guided backpropagation,
+    Springenberg et al. 2015, Fig. 1) :math:`\bar x = \mathrm{ReLU}(g)\,\sigma'(x)`; ``deconvnet``
+    (Zeiler & Fergus 2014, Sec. 2.1) :math:`\bar x = \mathrm{ReLU}(g)`, independent of :math:`x`."""
+    g = ctx.grads[0]
+    if ctx.rules == "deconvnet":
+        return [ctx.op("Relu", [g])]
+    if ctx.rules == "guided":
+        g = ctx.op("Relu", [g])
+    return [ctx.op("Mul", [g, slope()])]
+
+
 @rule("Relu")
 def _relu(ctx):
-    r""":math:`\bar x = g\,[x > 0]`, the mask read from the output: :math:`[y > 0] = [x > 0]` for
+    r""":math:`\sigma'(x) = [x > 0]`, the mask read from the output: :math:`[y > 0] = [x > 0]` for
     :math:`y = \max(x, 0)` (also at ``-0.0`` and NaN, where both are false).  Reading :math:`y`
     leaves :math:`x` with the ReLU as its only consumer, so onnxruntime keeps its Conv+ReLU fusion
     and need not keep :math:`x` for the backward sweep."""
     y = ctx.outputs[0]
-    g = ctx.grads[0]
-    if ctx.rules == "deconvnet":
-        return [ctx.op("Relu", [g])]
-    pos = ctx.mask(ctx.op("Greater", [y, ctx.c(0.0, y)]), y)
-    if ctx.rules == "guided":
-        g = ctx.op("Relu", [g])
-    return [ctx.op("Mul", [g, pos])]
+    return _rectifier(ctx, lambda: ctx.mask(ctx.op("Greater", [y, ctx.c(0.0, y)]), y))
 
 
 @rule("LeakyRelu")
 def _leaky(ctx):
+    r""":math:`\sigma'(x) = 1` for :math:`x > 0`, else :math:`\alpha` (attribute ``alpha``, default 0.01)."""
     x = ctx.inputs[0]
-    g = ctx.grads[0]
-    if ctx.rules == "deconvnet":
-        return [ctx.op("Relu", [g])]
-    if ctx.rules == "guided":
-        g = ctx.op("Relu", [g])
     alpha = ctx.attrs.get("alpha", 0.01)
-    slope = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), ctx.c(1.0, x), ctx.c(alpha, x)])
-    return [ctx.op("Mul", [g, slope])]
+    return _rectifier(ctx, lambda: ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), ctx.c(1.0, x),
+                                                    ctx.c(alpha, x)]))
 
 
 @rule("PRelu")
