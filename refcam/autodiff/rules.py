@@ -1064,6 +1064,15 @@ def _convtranspose_pads(ctx: RuleContext, k, s, d, in_sp, out_sp) -> list[int]:
     return pb + pe
 
 
+def _convtranspose_explicit_pads(ctx: RuleContext, n: int) -> list[int] | None:
+    """ConvTranspose's pads when they do not depend on the spatial sizes (no ``output_shape``,
+    ``auto_pad`` NOTSET or VALID), else None (:func:`_convtranspose_pads` then needs static sizes)."""
+    auto = ctx.attrs.get("auto_pad", "NOTSET") or "NOTSET"
+    if "output_shape" in ctx.attrs or auto not in ("NOTSET", "VALID"):
+        return None
+    return [0] * 2 * n if auto == "VALID" else list(ctx.attrs.get("pads", [0] * 2 * n))
+
+
 def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     r"""ConvTranspose weight (shape ``(C, M/G, *k)``): :math:`\bar W_{c m \mathbf{k}} = \sum_{n,\mathbf{i}}
     x_{n c \mathbf{i}}\, g_{n m,\ \mathbf{i} s + \mathbf{k} d - p}` -- a correlation of :math:`g^{\mathsf T}`
@@ -1076,12 +1085,18 @@ def _convtranspose_weight_grad(ctx: RuleContext) -> str:
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
     group = ctx.attrs.get("group", 1)
-    in_sp = ctx.static_dims(x, list(range(2, r)))
-    out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
-    pads = _convtranspose_pads(ctx, k, s, d, in_sp, out_sp)
+    pads = _convtranspose_explicit_pads(ctx, n)
+    if pads is not None:
+        # out = s(in-1) + o_p + d(k-1) + 1 - p_b - p_e, so the end pad below is max(0, p_e - o_p)
+        opad = list(ctx.attrs.get("output_padding", [0] * n))
+        pe = [max(0, pads[n + i] - opad[i]) for i in range(n)]
+    else:
+        in_sp = ctx.static_dims(x, list(range(2, r)))
+        out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
+        pads = _convtranspose_pads(ctx, k, s, d, in_sp, out_sp)
+        pe = [max(0, (k[i] - 1) * d[i] + s[i] * (in_sp[i] - 1) + 1 - out_sp[i] - pads[i]) for i in range(n)]
     (c_in,) = ctx.static_dims(x, [1])
     (m_out,) = ctx.static_dims(ctx.outputs[0], [1])
-    pe = [max(0, (k[i] - 1) * d[i] + s[i] * (in_sp[i] - 1) + 1 - out_sp[i] - pads[i]) for i in range(n)]
     perm = [1, 0] + list(range(2, r))
     xt = ctx.op("Transpose", [x], perm=perm)
     gt = ctx.op("Transpose", [ctx.grads[0]], perm=perm)
@@ -1185,6 +1200,17 @@ def _convtranspose_input_grad(ctx: RuleContext, gw, gb, r: int, n: int, k: list[
     s = list(ctx.attrs.get("strides", [1] * n))
     d = list(ctx.attrs.get("dilations", [1] * n))
     # adjoint: y[o] += x[i] w[k] at o = i*s + k*d - pad_begin  =>  dx = Conv(g, W) (correlation)
+    xs, ys = ctx.shape(x), ctx.shape(ctx.outputs[0])
+    explicit = _convtranspose_explicit_pads(ctx, n)
+    if explicit is not None and any(v is None for t in (xs, ys) for v in (t[2:] if t is not None else [None])):
+        # sizes known only at run time: with the forward pads (p_b, p_e) the Conv has
+        # floor((s(in-1) + o_p)/s) + 1 >= in outputs, entry i at x's position i; crop to Shape(x)
+        b = ctx.b
+        dx = ctx.op("Conv", [ctx.grads[0], w], group=ctx.attrs.get("group", 1), strides=s,
+                    dilations=d, kernel_shape=k, pads=explicit)
+        in_sz = b.op("Slice", [b.shape(x), b.ints([2]), b.ints([2 + n])])
+        dx = b.op("Slice", [dx, b.ints([0] * n), in_sz, b.ints(list(range(2, 2 + n)))])
+        return ctx.rest(dx, gw, gb)
     in_sp = ctx.static_dims(x, list(range(2, r)))
     out_sp = ctx.static_dims(ctx.outputs[0], list(range(2, r)))
     pads = _convtranspose_pads(ctx, k, s, d, in_sp, out_sp)
