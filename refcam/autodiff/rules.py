@@ -678,29 +678,30 @@ def _where(ctx):
 
 
 # ============================ activations ====================================================
-@rule("Relu")
-def _relu(ctx):
+def _rectifier(ctx, slope):
+    """Backward of a ReLU-like op whose derivative is ``slope(x)``: plain rules ``g · slope(x)``;
+    guided backpropagation ``Relu(g) · slope(x)`` (Springenberg et al. 2015); deconvnet ``Relu(g)``,
+    the forward's mask unused (Zeiler & Fergus 2014)."""
     x = ctx.inputs[0]
     g = ctx.grads[0]
     if ctx.rules == "deconvnet":
         return [ctx.op("Relu", [g])]
-    pos = ctx.mask(ctx.op("Greater", [x, ctx.c(0.0, x)]), x)
+    s = slope(x)
     if ctx.rules == "guided":
         g = ctx.op("Relu", [g])
-    return [ctx.op("Mul", [g, pos])]
+    return [ctx.op("Mul", [g, s])]
+
+
+@rule("Relu")
+def _relu(ctx):
+    return _rectifier(ctx, lambda x: ctx.mask(ctx.op("Greater", [x, ctx.c(0.0, x)]), x))
 
 
 @rule("LeakyRelu")
 def _leaky(ctx):
-    x = ctx.inputs[0]
-    g = ctx.grads[0]
-    if ctx.rules == "deconvnet":
-        return [ctx.op("Relu", [g])]
-    if ctx.rules == "guided":
-        g = ctx.op("Relu", [g])
     alpha = ctx.attrs.get("alpha", 0.01)
-    slope = ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]), ctx.c(1.0, x), ctx.c(alpha, x)])
-    return [ctx.op("Mul", [g, slope])]
+    return _rectifier(ctx, lambda x: ctx.op("Where", [ctx.op("Greater", [x, ctx.c(0.0, x)]),
+                                                      ctx.c(1.0, x), ctx.c(alpha, x)]))
 
 
 @rule("PRelu")
