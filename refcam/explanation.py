@@ -4,7 +4,8 @@
 ``refcam.explain`` once imported.)
 
 It loads the model (path, bytes, ModelProto or :class:`refcam.onnx.Model`), validates the inputs,
-runs the model once for the output tensor and the layer's activations, resolves the targets,
+runs the model once for the output tensor and the layer's activations (gradient methods: one
+VJP run gives the outputs, the activations and the gradients), resolves the targets,
 obtains every array the method needs through the registry (:mod:`refcam.methods`), and calls the
 method's math-floor function.  The returned :class:`Explanation` carries the raw maps at feature
 resolution and every array used, so each number can be reproduced with the math floor alone.
@@ -65,24 +66,45 @@ class Explanation:
         return M.upsample(self.maps, self.input_size, mode)
 
 
-def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -> bool:
-    """Whether one VJP session run can give the outputs, the layer's activations and its
-    gradients: a layer-gradient method with ``gradient_source="vjp"``, and a target the VJP graph
-    seeds (class indices of a classifier output, ``TopK``, or an ``OnnxTarget``).  Otherwise the
-    outputs come from a forward run first (callable targets, finite differences, ...)."""
+#: input-gradient needs and the rule set of the VJP run that gives each
+_INPUT_GRADIENT_RULES = {
+    "input_gradients": "plain",
+    "guided_input_gradients": "guided",
+    "deconvnet_input_gradients": "deconvnet",
+}
+
+
+def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -> tuple | None:
+    """What one VJP session run can give together with the outputs, or ``None``.
+
+    ``(wrt, rules, need)``: a layer-gradient method (``wrt`` = the layer, ``need`` =
+    ``"gradients"``, plus the activations) or a method needing one input gradient (``wrt`` =
+    ``"input"``, ``need`` one of :data:`_INPUT_GRADIENT_RULES` with its rule set), with
+    ``gradient_source="vjp"`` and a target the VJP graph seeds (class indices of a classifier
+    output, ``TopK``, or an ``OnnxTarget``).  Otherwise (``None``) the outputs come from a forward
+    run first (callable targets, finite differences, ...)."""
     from .onnx import OnnxTarget, TopK
 
-    if layer is None or "gradients" not in meth.needs or opts.get("gradient_source") != "vjp":
-        return False
+    if opts.get("gradient_source") != "vjp":
+        return None
+    if layer is not None and "gradients" in meth.needs:
+        plan = (layer.name, "plain", "gradients")
+    elif layer is None:
+        inputs = [n for n in meth.needs if n in _INPUT_GRADIENT_RULES]
+        if len(inputs) != 1:
+            return None
+        plan = ("input", _INPUT_GRADIENT_RULES[inputs[0]], inputs[0])
+    else:
+        return None
     if isinstance(target, OnnxTarget):
-        return True
+        return plan
     if callable(target) or (isinstance(target, (list, tuple)) and any(callable(t) for t in target)):
-        return False
+        return None
     out = model.value_info.get(model.output_name)
     shape = out.type.tensor_type.shape if out is not None and out.type.tensor_type.HasField("shape") else None
     classifier = shape is not None and len(shape.dim) == 2
-    return classifier and (target is None or isinstance(target, (int, np.integer, TopK, list, tuple,
-                                                                   np.ndarray)))
+    ok = classifier and (target is None or isinstance(target, (int, np.integer, TopK, list, tuple, np.ndarray)))
+    return plan if ok else None
 
 
 def _map(meth: Any, ctx: Context, t: int) -> np.ndarray:
@@ -228,14 +250,21 @@ def explain(
         return allclass.explain_classes(meth, m, x, li, target, opts, batch_size=batch_size,
                                         memory_budget=memory_budget)
     arrays: dict = {}
-    if _one_vjp_run(meth, opts, m, li, target):
-        # outputs, activations and gradients from the one VJP session run (forward + backward)
+    plan = _one_vjp_run(meth, opts, m, li, target)
+    if plan:
+        # outputs and the gradients (and a layer's activations) from one VJP session run
+        # (forward + backward): no separate forward run of the model
         from .autodiff import gradients
 
-        r = gradients(m, x, wrt=li.name, target=target, batch_size=batch_size)
+        wrt, rules, need = plan
+        r = gradients(m, x, wrt=wrt, target=target, rules=rules, batch_size=batch_size)
         outputs = r.outputs
-        arrays["activations"] = r.activations[li.name]
-        arrays["gradients"] = r.gradients[li.name].astype(arrays["activations"].dtype, copy=False)
+        if wrt == "input":  # (N, T, C, *S_in) channels first, as the input-gradient providers give
+            g = m.to_channels_first(r.gradients[m.input_name], lead=1)
+            arrays[need] = g.astype(x.dtype, copy=False)
+        else:
+            arrays["activations"] = r.activations[li.name]
+            arrays["gradients"] = r.gradients[li.name].astype(arrays["activations"].dtype, copy=False)
     else:
         layers = [li] if li is not None else []
         fw = m.forward(x, layers, batch_size=batch_size, memory_budget=memory_budget, checked=True)

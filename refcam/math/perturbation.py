@@ -26,6 +26,7 @@ __all__ = [
     "MASK_ORDERS",
     "PGC_ABLATION_BATCH",
     "ablation_values",
+    "ablated_activations",
     "scorecam_masks",
     "scorecam_weights",
     "scorecam",
@@ -359,6 +360,64 @@ def ablation_values(activations: Any, ablation_value: Any = 0.0) -> np.ndarray:
         raise InvalidArgumentError("ablation_value", ablation_value,
                                    "a finite real number or one of " + ", ".join(map(repr, ABLATION_VALUES)))
     return np.full((n, k), ablation_value, dtype=a.dtype)
+
+
+@finite_output
+def ablated_activations(activations: Any, values: Any, channels: Any = None) -> np.ndarray:
+    r"""The activations Ablation-CAM feeds back to the network: one copy per ablated channel, that
+    channel set to :math:`v^k_n` at every position.
+
+    .. math:: \big(\tilde A_n^{(j)}\big)^{k'} = \begin{cases} v^{k_j}_n \mathbf{1} & k' = k_j \\
+              A_n^{k'} & k' \neq k_j \end{cases}
+
+    Desai & Ramaswamy, 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional Network via
+    Gradient-free Localization" (WACV 2020), Sec. 3: :math:`y^c_k` is the score of the network
+    with feature map :math:`A^k` removed (set to 0 in the paper; :func:`ablation_values` gives the
+    value).  ``*S`` is any set of positions: for a token layer ``(N, T, C)`` pass its channels-first
+    view ``(N, C, T)`` to ablate every token, prefix (class, distillation) tokens included, as
+    pytorch-grad-cam 1.5.7's ``AblationLayerVit`` does (``ablation_layer.py:96-108``: channel
+    ``indices[i]`` of the ``(B, C, T)`` transpose, all tokens).
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+        :math:`A_n^k`.
+    values : array of shape (N, J)
+        :math:`v^{k_j}_n`, the value channel :math:`k_j` is set to in copy :math:`j`.
+    channels : sequence of J distinct channel indices in ``[0, K)``, or None
+        :math:`k_j`; default ``0 … K-1`` (then ``J = K``).
+
+    Returns
+    -------
+    ndarray of shape (N, J, K, *S), the result dtype of ``activations`` and ``values``.
+
+    Examples
+    --------
+    >>> a = np.array([[[1., 2.], [3., 4.]]])                # N=1, K=2, S=(2,)
+    >>> ablated_activations(a, np.array([[0., -9.]]))[0]
+    array([[[ 0.,  0.],
+            [ 3.,  4.]],
+    <BLANKLINE>
+           [[ 1.,  2.],
+            [-9., -9.]]])
+    """
+    a = _v.feature_maps(activations, "activations")
+    n, k = a.shape[:2]
+    if channels is None:
+        ch = np.arange(k)
+    else:
+        ch = np.asarray(channels)
+        if (ch.ndim != 1 or ch.size == 0 or ch.dtype.kind not in "iu" or ch.min() < 0 or ch.max() >= k
+                or len(np.unique(ch)) != ch.size):
+            raise InvalidArgumentError("channels", channels, f"distinct channel indices in [0, {k})")
+    v = _v.as_float_array(values, "values")
+    if v.shape != (n, ch.size):
+        raise ShapeError("values", v.shape, (n, ch.size), "one value per sample and ablated channel")
+    dt = _v.result_dtype(a, v)
+    out = np.repeat(a.astype(dt, copy=False)[:, None], ch.size, axis=1)
+    j = np.arange(ch.size)
+    out[:, j, ch] = v.astype(dt, copy=False).reshape((n, ch.size) + (1,) * (a.ndim - 2))
+    return out
 
 
 @finite_output
