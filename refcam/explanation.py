@@ -243,9 +243,6 @@ def explain(
             batch_size=batch_size, memory_budget=memory_budget, progress=progress,
             layer_layout=layer_layout, allow_small_map=allow_small_map))
     if meth.targeted and allclass.wants_class_sets(target):
-        if opts.get("eigen_smooth"):
-            raise InvalidArgumentError("eigen_smooth", True, "False with target='all' / class lists "
-                                       "(one product with the head sums the channels)")
         # target="all" / one class list per image: one product with the head (refcam.allclass)
         return allclass.explain_classes(meth, m, x, li, target, opts, batch_size=batch_size,
                                         memory_budget=memory_budget)

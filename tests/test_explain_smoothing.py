@@ -116,5 +116,13 @@ def test_refusals():
     with pytest.raises(InvalidArgumentError, match="weights function"):
         Method(name="x", needs=("activations",), math=M.cam, compute=lambda c, t: None, paper="",
                equation="", options=(Option("eigen_smooth", False, boolean),))
+    from refcam.allclass import explain_many, iter_class_maps
+    from refcam.onnx import load
+
+    with pytest.raises(InvalidArgumentError, match="eigen_smooth"):
+        next(iter_class_maps(cam_net(), X, "gradcam", classes=[0, 1], eigen_smooth=True))
+    with pytest.raises(InvalidArgumentError, match="aug_smooth"):
+        m = load(cam_net())
+        explain_many(m, m.check_inputs(X), m.spatial_layer(None), [("gradcam", 1, {"aug_smooth": True})])
     with pytest.raises(InvalidArgumentError, match="True or False"):
         explain(cam_net(), X, "gradcam", target=1, aug_smooth="yes")
