@@ -639,6 +639,10 @@ def from_explanation(conv: Convention | tuple[str, str], explanation: Any) -> np
     """
     if isinstance(conv, tuple):
         conv = get(*conv)
+    for name in ("eigen_smooth", "aug_smooth"):        # not a formula of the table
+        if explanation.options.get(name):
+            raise InvalidArgumentError(name, True, "False for from_explanation (recomputes the "
+                                       "formula); postprocess_explanation post-processes such maps")
     arr = explanation.arrays
     needs = METHODS[conv.method].needs
     t_count = arr["target_scores"].shape[1] if "target_scores" in arr else 1

@@ -124,5 +124,22 @@ def test_refusals():
     with pytest.raises(InvalidArgumentError, match="aug_smooth"):
         m = load(cam_net())
         explain_many(m, m.check_inputs(X), m.spatial_layer(None), [("gradcam", 1, {"aug_smooth": True})])
+    from refcam import presets
+
+    e = explain(cam_net(), X, "gradcam", target=1, eigen_smooth=True)
+    with pytest.raises(InvalidArgumentError, match="eigen_smooth"):
+        presets.from_explanation(("pytorch-grad-cam", "gradcam"), e)
     with pytest.raises(InvalidArgumentError, match="True or False"):
         explain(cam_net(), X, "gradcam", target=1, aug_smooth="yes")
+
+
+def test_postprocess_explanation_post_processes_each_augmented_map():
+    from refcam import presets
+
+    conv = ("pytorch-grad-cam", "gradcam")
+    e = explain(cam_net(), X, "gradcam", target=1, aug_smooth=True)
+    want = np.mean([(lambda m: m[..., ::-1] if f else m)(presets.postprocess(conv, am, e.input_size))
+                    for (f, _), am in zip(M.AUG_TRANSFORMS, e.arrays["aug_maps"])], axis=0)
+    close(presets.postprocess_explanation(conv, e), want, 0)
+    plain = explain(cam_net(), X, "gradcam", target=1)
+    close(presets.postprocess_explanation(conv, plain), presets.postprocess(conv, plain.maps, (12, 12)), 0)
