@@ -126,9 +126,9 @@ def test_refusals():
         explain_many(m, m.check_inputs(X), m.spatial_layer(None), [("gradcam", 1, {"aug_smooth": True})])
     from refcam import presets
 
-    e = explain(cam_net(), X, "gradcam", target=1, eigen_smooth=True)
-    with pytest.raises(InvalidArgumentError, match="eigen_smooth"):
-        presets.from_explanation(("pytorch-grad-cam", "gradcam"), e)
+    e = explain(cam_net(), X, "gradcampp", target=1, eigen_smooth=True)
+    with pytest.raises(InvalidArgumentError, match="alpha"):       # torchcam's g² variant
+        presets.from_explanation(("torchcam", "gradcampp"), e)
     with pytest.raises(InvalidArgumentError, match="True or False"):
         explain(cam_net(), X, "gradcam", target=1, aug_smooth="yes")
 
@@ -143,3 +143,18 @@ def test_postprocess_explanation_post_processes_each_augmented_map():
     close(presets.postprocess_explanation(conv, e), want, 0)
     plain = explain(cam_net(), X, "gradcam", target=1)
     close(presets.postprocess_explanation(conv, plain), presets.postprocess(conv, plain.maps, (12, 12)), 0)
+
+
+def test_from_explanation_of_smoothed_maps_post_processes_them():
+    from refcam import presets
+    from refcam.onnx import TopK
+
+    conv = ("pytorch-grad-cam", "gradcam")
+    e = explain(cam_net(), X, "gradcam", target=TopK(2), aug_smooth=True, eigen_smooth=True,
+                **presets.explain_options(conv))
+    got = presets.from_explanation(conv, e)
+    assert got.shape == (2, 2, 12, 12)
+    for t in range(2):
+        want = np.mean([(lambda m: m[..., ::-1] if f else m)(presets.postprocess(conv, am[:, t], (12, 12)))
+                        for (f, _), am in zip(M.AUG_TRANSFORMS, e.arrays["aug_maps"])], axis=0)
+        close(got[:, t], want, 0)
