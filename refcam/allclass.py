@@ -142,8 +142,8 @@ class _ClassMaps:
             )
         for name in ("eigen_smooth", "aug_smooth"):     # refcam.methods.SMOOTHING: explain's steps
             if opts.get(name):
-                raise InvalidArgumentError(name, True, "False for the maps of many classes from one "
-                                           "product with the head (refcam.allclass)")
+                raise InvalidArgumentError(name, True, "False for the maps of many classes from "
+                                           "one product with the head (refcam.allclass)")
         try:
             head = m.linear_head(li) if meth.name in SUPPORTED else None
         except ModelError as exc:

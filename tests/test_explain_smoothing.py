@@ -24,6 +24,11 @@ EIGEN = sorted(n for n, m in METHODS.items() if "eigen_smooth" in m.defaults)
 AUG = sorted(n for n, m in METHODS.items() if "aug_smooth" in m.defaults)
 
 
+def _back(m, flip):
+    """A map of a flipped input, flipped back."""
+    return m[..., ::-1] if flip else m
+
+
 def close(a, b, tol=1e-5):
     from refcam._compare import within
 
@@ -71,7 +76,8 @@ def test_eigen_smooth_hand():
     G = np.array([3.0, 1.0]).reshape(1, 1, 2, 1, 1)                  # (N, T, K, H, W), constant
     m = METHODS["gradcam"]
     ctx = Context(None, None, None, None, None,
-                  {"relu": False, "eigen_smooth": True, "gradient_source": "vjp", "fd_mode": "auto"},
+                  {"relu": False, "eigen_smooth": True, "gradient_source": "vjp",
+                   "fd_mode": "auto"},
                   arrays={"activations": a, "gradients": np.broadcast_to(G, (1, 1, 2, 1, 2))})
     from refcam.explanation import _map
 
@@ -123,7 +129,8 @@ def test_refusals():
         next(iter_class_maps(cam_net(), X, "gradcam", classes=[0, 1], eigen_smooth=True))
     with pytest.raises(InvalidArgumentError, match="aug_smooth"):
         m = load(cam_net())
-        explain_many(m, m.check_inputs(X), m.spatial_layer(None), [("gradcam", 1, {"aug_smooth": True})])
+        explain_many(m, m.check_inputs(X), m.spatial_layer(None),
+                     [("gradcam", 1, {"aug_smooth": True})])
     from refcam import presets
 
     e = explain(cam_net(), X, "gradcampp", target=1, eigen_smooth=True)
@@ -138,11 +145,12 @@ def test_postprocess_explanation_post_processes_each_augmented_map():
 
     conv = ("pytorch-grad-cam", "gradcam")
     e = explain(cam_net(), X, "gradcam", target=1, aug_smooth=True)
-    want = np.mean([(lambda m: m[..., ::-1] if f else m)(presets.postprocess(conv, am, e.input_size))
+    want = np.mean([_back(presets.postprocess(conv, am, e.input_size), f)
                     for (f, _), am in zip(M.AUG_TRANSFORMS, e.arrays["aug_maps"])], axis=0)
     close(presets.postprocess_explanation(conv, e), want, 0)
     plain = explain(cam_net(), X, "gradcam", target=1)
-    close(presets.postprocess_explanation(conv, plain), presets.postprocess(conv, plain.maps, (12, 12)), 0)
+    close(presets.postprocess_explanation(conv, plain),
+          presets.postprocess(conv, plain.maps, (12, 12)), 0)
 
 
 def test_from_explanation_of_smoothed_maps_post_processes_them():
@@ -155,6 +163,6 @@ def test_from_explanation_of_smoothed_maps_post_processes_them():
     got = presets.from_explanation(conv, e)
     assert got.shape == (2, 2, 12, 12)
     for t in range(2):
-        want = np.mean([(lambda m: m[..., ::-1] if f else m)(presets.postprocess(conv, am[:, t], (12, 12)))
+        want = np.mean([_back(presets.postprocess(conv, am[:, t], (12, 12)), f)
                         for (f, _), am in zip(M.AUG_TRANSFORMS, e.arrays["aug_maps"])], axis=0)
         close(got[:, t], want, 0)
