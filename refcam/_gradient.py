@@ -27,6 +27,7 @@ Plain Python callables have no ONNX graph to differentiate and raise
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -205,32 +206,15 @@ def _vjp_input(ctx: Context, x: np.ndarray, classes: np.ndarray, rules: str) -> 
     return _channels_first(ctx, r.gradients[ctx.model.input_name]).astype(x.dtype, copy=False)
 
 
-@need("input_gradients", "∂y^c/∂X (N, T, C, *S_in)", options=("gradient_source",))
-def provide_input_gradients(ctx: Context) -> np.ndarray:
-    r""":math:`\partial y^c/\partial X`, ``(N, T, C, *S_in)`` (plain backward)."""
-    return _input_gradients(ctx, "plain")
-
-
-@need(
-    "guided_input_gradients",
-    "guided-backpropagation ∂y^c/∂X (N, T, C, *S_in)",
-    options=("gradient_source",),
-)
-def provide_guided_input_gradients(ctx: Context) -> np.ndarray:
-    r"""Guided-backpropagation input "gradient" (Springenberg et al. 2015: ``Relu(g)·[X>0]`` at every
-    ReLU-like node), ``(N, T, C, *S_in)``."""
-    return _input_gradients(ctx, "guided")
-
-
-@need(
-    "deconvnet_input_gradients",
-    "deconvnet reconstruction (N, T, C, *S_in)",
-    options=("gradient_source",),
-)
-def provide_deconvnet_input_gradients(ctx: Context) -> np.ndarray:
-    r"""Deconvnet input reconstruction (Zeiler & Fergus 2014: ``Relu(g)`` at every ReLU-like node),
-    ``(N, T, C, *S_in)``."""
-    return _input_gradients(ctx, "deconvnet")
+# One need per rule set of refcam.autodiff, (N, T, C, *S_in) each: plain ∂y^c/∂X; guided
+# backpropagation (Springenberg et al. 2015: Relu(g)·[X>0] at every ReLU-like node); the deconvnet
+# reconstruction (Zeiler & Fergus 2014: Relu(g) at every ReLU-like node).
+for _rules, _name, _description in [
+    ("plain", "input_gradients", "∂y^c/∂X (N, T, C, *S_in)"),
+    ("guided", "guided_input_gradients", "guided-backpropagation ∂y^c/∂X (N, T, C, *S_in)"),
+    ("deconvnet", "deconvnet_input_gradients", "deconvnet reconstruction (N, T, C, *S_in)"),
+]:
+    need(_name, _description, options=("gradient_source",))(partial(_input_gradients, rules=_rules))
 
 
 def _many(ctx: Context, points: np.ndarray) -> np.ndarray:

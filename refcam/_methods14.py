@@ -18,7 +18,8 @@ import numpy as np
 from . import math as M
 from .errors import InvalidArgumentError, ModelError, TargetError
 from .methods import (
-    AUG_SMOOTH, CENTER, LAYER_GRADIENT_OPTIONS, N_SAMPLES, SEED, SIGN, SMOOTHING, STD, UPSAMPLE_MODE, relu,
+    AUG_SMOOTH, CENTER, LAYER_GRADIENT_OPTIONS, N_SAMPLES, SEED, SIGN, SMOOTHING, STD, UPSAMPLE_MODE,
+    relu,
 )
 from .registry import Context, Option, boolean, finite_real, method, need, nonnegative, one_of, positive_int
 
@@ -107,7 +108,8 @@ def _random_weights(ctx: Context) -> np.ndarray:
     "Müller 1998",
     equation="L = sqrt(λ_1) v_1 of the double-centred Gram matrix of the (centred) positions "
     "(Schölkopf et al. Eqs. 14, 20)",
-    options=(KERNEL, GAMMA, DEGREE, COEF0, CENTER.but(True), SIGN.but("max-abs"), relu(False), AUG_SMOOTH),
+    options=(KERNEL, GAMMA, DEGREE, COEF0, CENTER.but(True), SIGN.but("max-abs"), relu(False),
+             AUG_SMOOTH),
     targeted=False,
 )
 def _kpcacam(ctx: Context, t: int) -> np.ndarray:
@@ -152,7 +154,8 @@ def _dff(ctx: Context, t: int) -> np.ndarray:
     paper="Chung & Ying, 2025, Seg-Eigen-CAM: Eigen-Value-Based Visual Explanations for Semantic "
     "Segmentation Models (Appl. Sci. 15(13), 7562)",
     equation="Eq. 10: O' = |∂y^c/∂A| ⊙ A; Eqs. 11-12: projection on v'_1 (centred); Eq. 13: sign correction",
-    options=(*LAYER_GRADIENT_OPTIONS, CENTER.but(True), SIGN.but("max-abs"), relu(True), AUG_SMOOTH),
+    options=(*LAYER_GRADIENT_OPTIONS, CENTER.but(True), SIGN.but("max-abs"), relu(True),
+             AUG_SMOOTH),
 )
 def _segeigencam(ctx: Context, t: int) -> np.ndarray:
     o = ctx.options

@@ -140,6 +140,10 @@ class _ClassMaps:
                 "gradient_source", opts.get("gradient_source"),
                 "'vjp' with target='all' / class lists (exact gradients of the head)",
             )
+        for name in ("eigen_smooth", "aug_smooth"):     # refcam.methods.SMOOTHING: explain's steps
+            if opts.get(name):
+                raise InvalidArgumentError(name, True, "False for the maps of many classes from "
+                                           "one product with the head (refcam.allclass)")
         try:
             head = m.linear_head(li) if meth.name in SUPPORTED else None
         except ModelError as exc:

@@ -148,8 +148,8 @@ def _aug_smooth(meth: Any, m: Model, x: np.ndarray, li: Any, target: Any, opts: 
     tgt = first.targets if first.targets is not None else target
     runs = [first if (f, s) == (False, 1.0) else one(f, s, tgt) for f, s in M.AUG_TRANSFORMS]
     flips = [f for f, _ in M.AUG_TRANSFORMS]
-    arrays = dict(first.arrays, aug_maps=np.stack([r.maps for r in runs]), aug_flips=np.array(flips),
-                  aug_factors=np.array([s for _, s in M.AUG_TRANSFORMS]))
+    arrays = dict(first.arrays, aug_maps=np.stack([r.maps for r in runs]),
+                  aug_flips=np.array(flips), aug_factors=np.array([s for _, s in M.AUG_TRANSFORMS]))
     return Explanation(
         maps=M.aug_smooth(arrays["aug_maps"], flips), method=first.method, layer=first.layer,
         targets=first.targets, scores=first.scores, outputs=first.outputs, options=opts,
@@ -243,9 +243,6 @@ def explain(
             batch_size=batch_size, memory_budget=memory_budget, progress=progress,
             layer_layout=layer_layout, allow_small_map=allow_small_map))
     if meth.targeted and allclass.wants_class_sets(target):
-        if opts.get("eigen_smooth"):
-            raise InvalidArgumentError("eigen_smooth", True, "False with target='all' / class lists "
-                                       "(one product with the head sums the channels)")
         # target="all" / one class list per image: one product with the head (refcam.allclass)
         return allclass.explain_classes(meth, m, x, li, target, opts, batch_size=batch_size,
                                         memory_budget=memory_budget)

@@ -129,10 +129,11 @@ NORMALIZE_OVER = Option("normalize_over", "layer", one_of(*M.FULLGRAD_NORMALIZE_
                         "FullGrad ψ min-max over a layer or per channel")
 SEED = Option("seed", 0, nonnegative_int, "random seed")
 EIGEN_SMOOTH = Option("eigen_smooth", False, boolean,
-                      "map = first principal component of w ⊙ A, not Σ_k w_k A^k (refcam.math.eigen_smooth)")
+                      "map = first principal component of w ⊙ A, not Σ_k w_k A^k "
+                      "(refcam.math.eigen_smooth)")
 AUG_SMOOTH = Option("aug_smooth", False, boolean,
-                    "mean of the maps of the inputs flipped × scaled by 0.9, 1, 1.1, each flipped back "
-                    "(refcam.math.AUG_TRANSFORMS, aug_smooth)")
+                    "mean of the maps of the inputs flipped × scaled by 0.9, 1, 1.1, each flipped "
+                    "back (refcam.math.AUG_TRANSFORMS, aug_smooth)")
 
 #: options of every method computed from the layer gradients
 LAYER_GRADIENT_OPTIONS = (GRADIENT_SOURCE, FD_MODE, GRADIENT_OUTPUT)
@@ -474,7 +475,8 @@ def _integrated_gradients(ctx: Context, t: int) -> np.ndarray:
     "Visualization (NeurIPS 2019, arXiv:1905.00780)",
     equation="Sect. 4: S_f(x) = ψ(∇_x f(x) ⊙ x) + Σ_{l∈L} Σ_{c∈c_l} ψ(f^b(x)_c), f^b = ∇_z f ⊙ b, "
     "ψ = abs, min-max, upsampling (equation number not verified)",
-    options=(GRADIENT_SOURCE, UPSAMPLE_MODE.but("linear-align-corners"), NORMALIZE_OVER, EPS, AUG_SMOOTH),
+    options=(GRADIENT_SOURCE, UPSAMPLE_MODE.but("linear-align-corners"), NORMALIZE_OVER, EPS,
+             AUG_SMOOTH),
     layered=False,
 )
 def _fullgrad(ctx: Context, t: int) -> np.ndarray:

@@ -587,7 +587,8 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
 
 
 def postprocess_explanation(conv: Convention | tuple[str, str], explanation: Any) -> np.ndarray:
-    """:func:`postprocess` of a :func:`refcam.explain` result's maps, one target per sample.
+    """:func:`postprocess` of a :func:`refcam.explain` result's maps (``(N, T, *S_out)`` for ``T``
+    targets per sample).
 
     With the ``aug_smooth`` option the convention's post-processing applies to the map of every
     augmented input before they are flipped back and averaged (pytorch-grad-cam
@@ -597,10 +598,16 @@ def postprocess_explanation(conv: Convention | tuple[str, str], explanation: Any
     """
     size = explanation.input_size
     arrays = explanation.arrays
+    t_count = arrays["target_scores"].shape[1] if "target_scores" in arrays else 1
+
+    def post(maps: np.ndarray) -> np.ndarray:          # (N, *S) or (N, T, *S) for T targets
+        if t_count == 1:
+            return postprocess(conv, maps, size)
+        return np.stack([postprocess(conv, maps[:, t], size) for t in range(t_count)], axis=1)
+
     if "aug_maps" not in arrays:
-        return postprocess(conv, explanation.maps, size)
-    return M.aug_smooth(np.stack([postprocess(conv, m, size) for m in arrays["aug_maps"]]),
-                        list(arrays["aug_flips"]))
+        return post(explanation.maps)
+    return M.aug_smooth(np.stack([post(m) for m in arrays["aug_maps"]]), list(arrays["aug_flips"]))
 
 
 def explain_options(conv: Convention | tuple[str, str]) -> dict[str, Any]:
@@ -633,12 +640,21 @@ def explain_options(conv: Convention | tuple[str, str]) -> dict[str, Any]:
 
 def from_explanation(conv: Convention | tuple[str, str], explanation: Any) -> np.ndarray:
     """The convention's map (:func:`compute`: formula, scaling, resizing) from the arrays of a
-    :func:`refcam.explain` result obtained with :func:`explain_options` ``(conv)``.
+    :func:`refcam.explain` result obtained with :func:`explain_options` ``(conv)``; for a result
+    with ``eigen_smooth`` / ``aug_smooth``, :func:`postprocess_explanation`.
 
     ``(N, *S_out)`` for one target per sample, ``(N, T, *S_out)`` for ``T`` targets.
     """
     if isinstance(conv, tuple):
         conv = get(*conv)
+    if any(explanation.options.get(n) for n in ("eigen_smooth", "aug_smooth")):
+        # the smoothed maps are not the table's formula: post-process them as they are
+        undeclared = sorted(set(conv.method_kwargs) - set(METHODS[conv.method].defaults))
+        if undeclared:
+            raise InvalidArgumentError("explanation", "eigen_smooth / aug_smooth maps",
+                                       f"plain maps for {conv.preset}'s {conv.method} (its "
+                                       f"{', '.join(undeclared)} variant is not an explain option)")
+        return postprocess_explanation(conv, explanation)
     arr = explanation.arrays
     needs = METHODS[conv.method].needs
     t_count = arr["target_scores"].shape[1] if "target_scores" in arr else 1

@@ -278,8 +278,9 @@ class Method:
         if dup:
             raise InvalidArgumentError("options", dup, f"one declaration per option of {self.name!r}")
         if "eigen_smooth" in names and self.weights is None:
-            raise InvalidArgumentError("options", self.name,
-                                       "a weights function for the eigen_smooth option (Method.weights)")
+            raise InvalidArgumentError(
+                "options", self.name, "a weights function for the eigen_smooth option (Method.weights)"
+            )
 
     @property
     def defaults(self) -> Mapping[str, Any]:

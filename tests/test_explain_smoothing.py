@@ -24,6 +24,11 @@ EIGEN = sorted(n for n, m in METHODS.items() if "eigen_smooth" in m.defaults)
 AUG = sorted(n for n, m in METHODS.items() if "aug_smooth" in m.defaults)
 
 
+def _back(m, flip):
+    """A map of a flipped input, flipped back."""
+    return m[..., ::-1] if flip else m
+
+
 def close(a, b, tol=1e-5):
     from refcam._compare import within
 
@@ -71,7 +76,8 @@ def test_eigen_smooth_hand():
     G = np.array([3.0, 1.0]).reshape(1, 1, 2, 1, 1)                  # (N, T, K, H, W), constant
     m = METHODS["gradcam"]
     ctx = Context(None, None, None, None, None,
-                  {"relu": False, "eigen_smooth": True, "gradient_source": "vjp", "fd_mode": "auto"},
+                  {"relu": False, "eigen_smooth": True, "gradient_source": "vjp",
+                   "fd_mode": "auto"},
                   arrays={"activations": a, "gradients": np.broadcast_to(G, (1, 1, 2, 1, 2))})
     from refcam.explanation import _map
 
@@ -116,5 +122,47 @@ def test_refusals():
     with pytest.raises(InvalidArgumentError, match="weights function"):
         Method(name="x", needs=("activations",), math=M.cam, compute=lambda c, t: None, paper="",
                equation="", options=(Option("eigen_smooth", False, boolean),))
+    from refcam.allclass import explain_many, iter_class_maps
+    from refcam.onnx import load
+
+    with pytest.raises(InvalidArgumentError, match="eigen_smooth"):
+        next(iter_class_maps(cam_net(), X, "gradcam", classes=[0, 1], eigen_smooth=True))
+    with pytest.raises(InvalidArgumentError, match="aug_smooth"):
+        m = load(cam_net())
+        explain_many(m, m.check_inputs(X), m.spatial_layer(None),
+                     [("gradcam", 1, {"aug_smooth": True})])
+    from refcam import presets
+
+    e = explain(cam_net(), X, "gradcampp", target=1, eigen_smooth=True)
+    with pytest.raises(InvalidArgumentError, match="alpha"):       # torchcam's g² variant
+        presets.from_explanation(("torchcam", "gradcampp"), e)
     with pytest.raises(InvalidArgumentError, match="True or False"):
         explain(cam_net(), X, "gradcam", target=1, aug_smooth="yes")
+
+
+def test_postprocess_explanation_post_processes_each_augmented_map():
+    from refcam import presets
+
+    conv = ("pytorch-grad-cam", "gradcam")
+    e = explain(cam_net(), X, "gradcam", target=1, aug_smooth=True)
+    want = np.mean([_back(presets.postprocess(conv, am, e.input_size), f)
+                    for (f, _), am in zip(M.AUG_TRANSFORMS, e.arrays["aug_maps"])], axis=0)
+    close(presets.postprocess_explanation(conv, e), want, 0)
+    plain = explain(cam_net(), X, "gradcam", target=1)
+    close(presets.postprocess_explanation(conv, plain),
+          presets.postprocess(conv, plain.maps, (12, 12)), 0)
+
+
+def test_from_explanation_of_smoothed_maps_post_processes_them():
+    from refcam import presets
+    from refcam.onnx import TopK
+
+    conv = ("pytorch-grad-cam", "gradcam")
+    e = explain(cam_net(), X, "gradcam", target=TopK(2), aug_smooth=True, eigen_smooth=True,
+                **presets.explain_options(conv))
+    got = presets.from_explanation(conv, e)
+    assert got.shape == (2, 2, 12, 12)
+    for t in range(2):
+        want = np.mean([_back(presets.postprocess(conv, am[:, t], (12, 12)), f)
+                        for (f, _), am in zip(M.AUG_TRANSFORMS, e.arrays["aug_maps"])], axis=0)
+        close(got[:, t], want, 0)

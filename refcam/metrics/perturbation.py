@@ -214,18 +214,13 @@ def _curve_metric(kind: str, default_baseline: str, doc: str) -> Callable[..., P
 
         def build(items: np.ndarray) -> np.ndarray:
             s, k = items // n_pts, items % n_pts
-            changed = rank[s] < counts[k][:, None]  # (B, P): the first counts[k] pixels in the order
+            changed = rank[s] < counts[k][:, None]  # (B, P): the first counts[k] pixels in order
             out = np.where(changed[:, None, :], then[s], first[s])
             return out.reshape((items.size,) + x.shape[1:])
 
         item_t = None if t is None else np.repeat(t, n_pts)
-        sc = (
-            batched_scores(
-                score_fn, n * n_pts, build, item_t, batch_size=batch_size, progress=progress, desc=kind
-            )
-            .reshape(n, n_pts)
-            .astype(dt)
-        )
+        sc = batched_scores(score_fn, n * n_pts, build, item_t, batch_size=batch_size,
+                            progress=progress, desc=kind).reshape(n, n_pts).astype(dt)
         fr = (counts / p).astype(dt)
         return PerturbationCurve(fr, sc, auc(fr, sc), order)
 

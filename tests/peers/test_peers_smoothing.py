@@ -51,7 +51,8 @@ def _peer(method, model, kind, x, targets, **kw):
 
     with H._quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with getattr(pgc, H.PGC_METHODS[method])(model=model, target_layers=H.target_layers(model)) as cam:
+        cls = getattr(pgc, H.PGC_METHODS[method])
+        with cls(model=model, target_layers=H.target_layers(model)) as cam:
             return cam(input_tensor=x, targets=targets, **kw)
 
 
@@ -60,7 +61,8 @@ def _refcam(method, m, kind, x, **kw):
 
     conv = presets.get("pytorch-grad-cam", method)
     opts = dict(presets.explain_options(conv), **kw)
-    e = refcam.explain(m, x.numpy(), method, layer=H.ONNX_LAYER[kind], target=list(H.CLASSES), **opts)
+    e = refcam.explain(m, x.numpy(), method, layer=H.ONNX_LAYER[kind], target=list(H.CLASSES),
+                       **opts)
     return conv, e
 
 
@@ -73,7 +75,8 @@ def test_aug_smooth(setup, method):
     kind, model, x, targets, m = setup
     peer = _peer(method, model, kind, x, targets, aug_smooth=True)
     conv, e = _refcam(method, m, kind, x, aug_smooth=True)
-    assert e.arrays["aug_maps"].shape[0] == 6 and e.arrays["aug_flips"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert e.arrays["aug_maps"].shape[0] == 6
+    assert e.arrays["aug_flips"].tolist() == [0, 0, 0, 1, 1, 1]
     ref = presets.postprocess_explanation(conv, e)
     assert _rel(ref, peer) <= REL_TOL
 
