@@ -43,12 +43,14 @@ __all__ = [
 ]
 
 
-def _scores(x: Any, name: str = "scores") -> np.ndarray:
+def _scores(x: Any, name: str = "scores", layout: str = "(N, K)",
+            meaning: str = "one score per sample and channel") -> np.ndarray:
+    """``x`` as a float array of ``layout`` with every axis non-empty."""
     arr = _v.as_float_array(x, name)
-    _v.check_ndim(arr, name, min_ndim=2, max_ndim=2,
-                  layout="(N, K): one score per sample and channel")
+    ndim = layout.count(",") + 1
+    _v.check_ndim(arr, name, min_ndim=ndim, max_ndim=ndim, layout=f"{layout}: {meaning}")
     if 0 in arr.shape:
-        raise ShapeError(name, arr.shape, "(N, K) with N, K >= 1")
+        raise ShapeError(name, arr.shape, f"{layout} with every axis non-empty")
     return arr
 
 
@@ -523,12 +525,7 @@ def _masks(x: Any, name: str = "masks") -> np.ndarray:
 
 
 def _sampled_scores(x: Any, name: str = "scores") -> np.ndarray:
-    arr = _v.as_float_array(x, name)
-    _v.check_ndim(arr, name, min_ndim=3, max_ndim=3,
-                  layout="(N, n, K): one score per sample, noise sample / step, and channel")
-    if 0 in arr.shape:
-        raise ShapeError(name, arr.shape, "(N, n, K) with every axis non-empty")
-    return arr
+    return _scores(x, name, "(N, n, K)", "one score per sample, noise sample / step, and channel")
 
 
 @finite_output
