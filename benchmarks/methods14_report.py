@@ -131,6 +131,25 @@ def main() -> None:
     for p, meth, k, f, o in rows:
         fmt = lambda v: "—" if v is None else f"{v:.1e}"  # noqa: E731
         print(f"| {p} | {meth} | {k} | {fmt(f)} | {fmt(o)} |")
+    for line in end_to_end_rows():
+        print(line)
+
+
+#: the tests that measure refcam end to end on ONNX exports print their rows as ``ROW| ... |``
+END_TO_END = "shapleycam_end_to_end or test_refinecam or vit_token or smoothgradcampp_on_the_onnx"
+
+
+def end_to_end_rows() -> list[str]:
+    """Rows printed by the end-to-end tests of tests/peers/test_peers_methods14.py (run once, -s)."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                          "tests/peers/test_peers_methods14.py", "-k", END_TO_END],
+                         cwd=root, capture_output=True, text=True, check=False).stdout
+    return ["|" + line.split("ROW|", 1)[1] for line in out.splitlines() if "ROW|" in line]
 
 
 if __name__ == "__main__":

@@ -1033,6 +1033,24 @@ NB7 = [
     print(np.round(e.maps[0], 3))
     """),
     md(r"""
+    ## Ablation-CAM on tokens
+
+    Ablation-CAM (Desai & Ramaswamy 2020) needs the score $y^c_k$ with channel $k$ of the layer
+    removed. `block1.norm1` feeds only the attention branch: the residual stream goes around it, so
+    there is no "rest of the network" taking the layer alone. refcam then re-runs the whole graph
+    with the layer tensor fed from outside (`refcam.onnx.override`), as pytorch-grad-cam swaps the
+    module for its `AblationLayerVit`. Channel $k$ is set on **every** token, the class token
+    included (what `AblationLayerVit` does); the map is over the patch grid. With the layer fed
+    unchanged the re-run is the model itself:
+    """),
+    code("""
+    ab = refcam.explain(model, x, "ablationcam", target=[0, 1])
+    logits = model.run(x)["logits"]
+    assert np.allclose(ab.arrays["ablation_base_scores"][:, 0], logits[[0, 1], [0, 1]], rtol=1e-6, atol=1e-6)
+    print("y^c_k, sample 0:", np.round(ab.arrays["ablated_scores"][0, 0], 3))
+    print(np.round(ab.maps[0], 3))
+    """),
+    md(r"""
     ## What refcam refuses
 
     A layer whose layout the graph leaves unclear, a map of fewer than 2×2 positions, or a name that

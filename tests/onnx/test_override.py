@@ -136,3 +136,21 @@ def test_ablationcam_at_a_bypassed_token_layer_ablates_the_class_token(value):
         abl[:, 0] = ln[n, 0]
         keep_cls[n] = numpy_logits(np.repeat(t[n:n + 1], 2, 0), abl)[:, c]
     assert np.abs(keep_cls - want).max() > 1e-3
+
+
+def test_override_on_a_fixed_batch_model_pads_its_chunks():
+    """A graph with batch fixed to 2 is fed padded chunks (3 ablations -> 2 + 2 rows, 1 dropped)."""
+    proto, numpy_act, numpy_logits = _conv_skip()
+    proto.graph.input[0].type.tensor_type.shape.dim[0].Clear()
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    m = Model(proto)
+    assert m.fixed_batch == 2
+    x = RNG.normal(size=(2, 2, 3, 3)).astype(np.float32)
+    e = refcam.explain(m, x, "ablationcam", layer="act", target=[0, 2], ablation_value=-1.0)
+    xd = x.astype(np.float64)
+    act = numpy_act(xd)
+    v = M.ablation_values(act, -1.0)
+    for n, c in enumerate([0, 2]):
+        abl = M.ablated_activations(act[n:n + 1], v[n:n + 1])[0]
+        want = numpy_logits(np.repeat(xd[n:n + 1], 3, 0), abl)[:, c]
+        np.testing.assert_allclose(e.arrays["ablated_scores"][n, 0], want, rtol=1e-5, atol=1e-5)

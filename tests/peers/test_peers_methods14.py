@@ -351,8 +351,9 @@ def test_torchcam_smoothgradcampp_on_the_onnx_export(name, layer, dynamo, tmp_pa
     ref = presets.postprocess(conv, raw)
     floor = max_abs_error(peer32, peer64)
     err32, err64 = max_abs_error(ref, peer32), max_abs_error(ref, peer64)
-    print(f"SmoothGradCAMpp ONNX {name} {layer} {'dynamo' if dynamo else 'legacy'}: refcam-torchcam32 "
-          f"{err32:.2e}, refcam-torchcam64 {err64:.2e}, torchcam32-torchcam64 {floor:.2e}")
+    print(f"ROW| torchcam | SmoothGradCAMpp (peer noise), ONNX export ({'dynamo' if dynamo else 'legacy'}); "
+          f"vs torchcam f64 {err64:.1e}, torchcam f32 vs f64 {floor:.1e} | torchvision {name} {layer} | "
+          f"{err32:.1e} | — |")
     assert float(np.abs(peer64).max()) > 0.5
     assert err64 <= max(FEAT_TOL, 2 * floor)
     if floor <= FEAT_TOL / 2:
@@ -464,6 +465,8 @@ def test_shapleycam_end_to_end(kind, score, onnx_resnet, onnx_vgg):
     tgt = list(H.CLASSES) if score == "logit" else softmax_probability(list(H.CLASSES))
     e = refcam.explain(m, x.numpy(), "shapleycam", layer=H.ONNX_LAYER[kind], target=tgt)
     ref = presets.postprocess(_pgc_conv("shapleycam"), e.maps, H.INPUT_SIZE)
+    print(f"ROW| pytorch-grad-cam | ShapleyCAM, explain on the ONNX export ({score} target) | {kind} | — | "
+          f"{max_abs_error(ref, peer):.1e} |")
     assert max_abs_error(ref, peer) <= FEAT_TOL
     hv = e.arrays["hessian_vector_products"][:, 0]
     if score == "logit":
@@ -657,6 +660,7 @@ def test_refinecam(kind):
     per = [presets.compute("gradcampp", "pytorch-grad-cam", activations=a, gradients=g, input_size=H.INPUT_SIZE)
            for a, g in zip(acts, grads)]
     ref = rm.normalize(rm.refinecam(per, layer_normalize=False), "minmax", eps=1e-7)
+    print(f"ROW| pytorch-grad-cam | RefineCAM (Grad-CAM++, 2 layers) | {kind} | — | {max_abs_error(ref, peer):.1e} |")
     assert max_abs_error(ref, peer) <= FEAT_TOL
     # refcam's own normalisation (ReLU / max per layer) differs only by the peer's 1e-7 eps
     assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= FEAT_TOL
@@ -764,7 +768,8 @@ def test_ablationcam_vit_token_layer(kind, dynamo, tmp_path):
         peer = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TT.CLASSES])
     assert float(np.abs(peer).max()) > 0.5
     err = max_abs_error(ref, peer)
-    print(f"AblationLayerVit {kind} {'dynamo' if dynamo else 'legacy'}: {err:.2e}")
+    print(f"ROW| pytorch-grad-cam | AblationCAM(AblationLayerVit), explain on the ONNX export "
+          f"({'dynamo' if dynamo else 'legacy'}) | {kind} (ln_1) | — | {err:.1e} |")
     assert err <= FEAT_TOL * float(np.abs(peer).max())
     # the ablation value matters: the paper's 0 gives another map
     _, paper = ref_map(ablation_value=0.0)
