@@ -193,9 +193,10 @@ def _worker_info() -> dict:
     # the session of the model's output, as the worker built it (Model.session caches it)
     intra = sorted({m.session([m.output_name]).get_session_options().intra_op_num_threads
                     for m in dataset._MODELS.values()})
-    return {"pid": os.getpid(), "threads": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task")
-            else -1, "ort_intra_op": intra,
-            "omp": os.environ.get("OMP_NUM_THREADS"), "blas": os.environ.get("OPENBLAS_NUM_THREADS")}
+    task = "/proc/self/task"
+    return {"pid": os.getpid(), "threads": len(os.listdir(task)) if os.path.isdir(task) else -1,
+            "ort_intra_op": intra, "omp": os.environ.get("OMP_NUM_THREADS"),
+            "blas": os.environ.get("OPENBLAS_NUM_THREADS")}
 
 
 def _per_worker(r) -> dict:

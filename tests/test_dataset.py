@@ -343,7 +343,8 @@ def test_also_jobs_share_the_pass_and_equal_explain(tmp_path, model_file, monkey
     g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
     good = [0, 2, 3, 4]
     x = _inputs(model_file, [str(g["ids"][i]) for i in good])
-    for prefix, method, target, opts in (("", "gradcam", None, {}), ("also/cam_all/", "cam", "all", {}),
+    for prefix, method, target, opts in (("", "gradcam", None, {}),
+                                         ("also/cam_all/", "cam", "all", {}),
                                          ("also/gradcam_class3/", "gradcam", 3, {"relu": False})):
         e = refcam.explain(model_file, x, method, target=target, **opts)
         want = e.maps if e.maps.ndim == 4 else e.maps[:, None]
