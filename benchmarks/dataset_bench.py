@@ -14,7 +14,8 @@ maps per image) as multiples of it (goals <= 1.2x and <= 2x); pytorch-grad-cam `
 over the targets, measured on ``--peer-classes`` classes and extrapolated to 1000.  Median of
 ``--repeats`` interleaved rounds.
 
-Part B, a dataset (``--images`` images cut from the bundled photos by seeded crops and flips),
+Part B, a dataset (``--images`` images cut from the bundled photos by seeded crops and flips;
+the four runs interleaved over slices of the images),
 Grad-CAM top-1 plus all-class CAM (one ``explain_dataset`` pass: ``also=[("cam", "all")]``,
 ``batch_size=16``): single process; a local Dask cluster of 1 and of 2 single-threaded workers
 (cluster start-up and a warm-up run in which every worker builds its sessions timed apart;
@@ -38,6 +39,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -219,7 +221,10 @@ def _per_worker(r) -> dict:
     return by
 
 
-def part_workers(d: Path, n_images: int) -> None:
+def part_workers(d: Path, n_images: int, n_parts: int) -> None:
+    """The four runs interleaved over ``n_parts`` slices of the images (single process, the
+    peer, 1 worker, 2 workers on slice 1, then on slice 2, ...), so that a change of the machine's
+    load during the run falls on all four alike; times are summed over the slices."""
     import torch
     from distributed import Client, LocalCluster
     from pytorch_grad_cam import GradCAM
@@ -238,63 +243,77 @@ def part_workers(d: Path, n_images: int) -> None:
     warm = d / "images-warm"
     if not warm.exists():
         make_images(warm, 4)
-    rows = []
-    # single process, one thread
-    c = time.process_time()
-    dt0, r0 = _workload(path, layer, folder, d / "store-0.zarr", workers=0, threads=1)
-    cpu0 = time.process_time() - c
-    rows.append(("refcam, single process (`workers=0`, 1 thread)", dt0, "", cpu0))
-    rates, infos, infos_r = {}, {}, {}
-    for w in (1, 2):
-        t = time.perf_counter()
-        cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.CRITICAL)
-        client = Client(cluster)
-        try:
+    files = sorted(str(f) for f in folder.iterdir())
+    parts = [list(p) for p in np.array_split(np.asarray(files, dtype=object), n_parts)]
+    clusters, starts = {}, {}
+    tm = torch_model(d)
+    cam = GradCAM(model=tm, target_layers=[tm.layer4[-1]])
+    m = load_model(str(path))
+    names = {0: "refcam, single process (`workers=0`, 1 thread)",
+             1: "refcam, Dask, 1 worker x 1 thread", 2: "refcam, Dask, 2 workers x 1 thread",
+             "peer": "pytorch-grad-cam GradCAM loop, top-1 only (1 thread)"}
+    wall = dict.fromkeys(names, 0.0)
+    cpu = dict.fromkeys(names, 0.0)
+    stats: dict = {1: [], 2: []}
+    try:
+        for w in (1, 2):  # both clusters up and warm before any measurement (idle ones cost no CPU)
+            t = time.perf_counter()
+            cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL)
+            clusters[w] = (cluster, Client(cluster))
             # warm-up: every worker loads the model and builds its sessions (once per worker)
             _workload(path, layer, warm, d / "store-warm.zarr",
                       scheduler=cluster.scheduler_address, batch_size=1)
-            start = time.perf_counter() - t
-            dt, r = _workload(path, layer, folder, d / f"store-{w}.zarr",
-                              scheduler=cluster.scheduler_address)
-            infos[w] = (client.run(_worker_info), _per_worker(r))
-            infos_r[w] = r
-        finally:
+            starts[w] = time.perf_counter() - t
+        _workload(path, layer, warm, d / "store-warm.zarr", workers=0, threads=1)
+        cam(input_tensor=torch.from_numpy(
+            np.concatenate([it.x for it in load_inputs([files[0]], m)])), targets=None)
+        for k, part in enumerate(parts):
+            c = time.process_time()
+            dt, _ = _workload(path, layer, part, d / f"store-0-{k}.zarr", workers=0, threads=1)
+            wall[0] += dt
+            cpu[0] += time.process_time() - c
+            t, c = time.perf_counter(), time.process_time()
+            for i in range(0, len(part), BATCH):
+                x = np.concatenate([it.x for it in load_inputs(part[i:i + BATCH], m)])
+                cam(input_tensor=torch.from_numpy(x), targets=None)
+            wall["peer"] += time.perf_counter() - t
+            cpu["peer"] += time.process_time() - c
+            for w in (1, 2):
+                dt, r = _workload(path, layer, part, d / f"store-{w}-{k}.zarr",
+                                  scheduler=clusters[w][0].scheduler_address)
+                wall[w] += dt
+                cpu[w] += sum(s["cpu"] for s in r.chunk_stats)
+                stats[w] += r.chunk_stats
+        infos = {w: clusters[w][1].run(_worker_info) for w in (1, 2)}
+    finally:
+        for cluster, client in clusters.values():
             client.close()
             cluster.close()
-        rates[w] = n_images / dt
-        cpu_w = sum(s["cpu"] for s in r.chunk_stats)
-        rows.append((f"refcam, Dask, {w} worker{'s' if w > 1 else ''} x 1 thread", dt,
-                     f"{start:.1f} s", cpu_w))
-    # pytorch-grad-cam: the same images, decoded the same way, batches of 16, top-1 Grad-CAM
-    tm = torch_model(d)
-    cam = GradCAM(model=tm, target_layers=[tm.layer4[-1]])
-    files = sorted(str(f) for f in folder.iterdir())
-    m = load_model(str(path))
-    t, c = time.perf_counter(), time.process_time()
-    for i in range(0, len(files), BATCH):
-        x = np.concatenate([it.x for it in load_inputs(files[i:i + BATCH], m)])
-        cam(input_tensor=torch.from_numpy(x), targets=None)
-    dtp, cpup = time.perf_counter() - t, time.process_time() - c
-    rows.append(("pytorch-grad-cam GradCAM loop, top-1 only (1 thread)", dtp, "", cpup))
+    say(f"Interleaved over {n_parts} slices of {len(parts[0])} images (single process, peer, "
+        "1 worker, 2 workers on each slice in turn); times summed.")
+    say()
     say("| run | wall time | images/s | CPU time | cluster start-up + warm-up |")
     say("|---|---:|---:|---:|---:|")
-    for name, dt, start, cpu_s in rows:
-        say(f"| {name} | {dt:.1f} s | {n_images / dt:.2f} | {cpu_s:.1f} s | {start} |")
+    for key, name in names.items():
+        start = f"{starts[key]:.1f} s" if key in starts else ""
+        say(f"| {name} | {wall[key]:.1f} s | {n_images / wall[key]:.2f} | {cpu[key]:.1f} s | "
+            f"{start} |")
     say()
     say(f"* speed-up, 2 workers vs 1 (throughput, start-up excluded): "
-        f"**{rates[2] / rates[1]:.2f}x** (goal >= 1.7x)")
-    per2 = _per_worker(infos_r[2])
+        f"**{wall[1] / wall[2]:.2f}x** (goal >= 1.7x)")
+    per2 = _per_worker(SimpleNamespace(chunk_stats=stats[2]))
     busiest = max(s["cpu"] for s in per2.values())
     say(f"* CPU-time estimate of the same, if each worker had a core to itself: 1-worker CPU "
-        f"{rows[1][3]:.1f} s / busiest of the 2 workers {busiest:.1f} s = "
-        f"{rows[1][3] / busiest:.2f}x (an estimate that ignores memory-bandwidth sharing)")
+        f"{cpu[1]:.1f} s / busiest of the 2 workers {busiest:.1f} s = {cpu[1] / busiest:.2f}x "
+        "(an estimate that ignores memory-bandwidth sharing)")
     say(f"* refcam single process (Grad-CAM top-1 **and** all-class CAM) / pytorch-grad-cam loop "
-        f"(Grad-CAM top-1): **{dt0 / dtp:.2f}x** wall, {cpu0 / cpup:.2f}x CPU (goal <= 0.4x; "
-        "refcam's CPU time includes the thread decoding the next chunk)")
-    for w, (info, per) in infos.items():
-        by_pid = {inf["pid"]: inf for inf in info.values()}
-        for pid, s in sorted(per.items()):
+        f"(Grad-CAM top-1): **{wall[0] / wall['peer']:.2f}x** wall, "
+        f"{cpu[0] / cpu['peer']:.2f}x CPU (goal <= 0.4x; refcam's CPU time includes the thread "
+        "decoding the next chunk)")
+    for w in (1, 2):
+        by_pid = {inf["pid"]: inf for inf in infos[w].values()}
+        for pid, s in sorted(_per_worker(SimpleNamespace(chunk_stats=stats[w])).items()):
             inf = by_pid.get(pid, {"threads": "?", "ort_intra_op": "?", "omp": "?", "blas": "?"})
             say(f"* {w} worker(s), worker pid {pid}: {s['chunks']} chunks, CPU / wall of its "
                 f"chunks {s['cpu'] / s['wall']:.2f}, {inf['threads']} OS threads, onnxruntime "
@@ -369,7 +388,7 @@ def main() -> None:
     if a.part in ("classes", "all"):
         part_classes(d, repeats, peer_classes)
     if a.part in ("workers", "all"):
-        part_workers(d, images)
+        part_workers(d, images, 2 if a.quick else 4)
     if a.part in ("memory", "all"):
         part_memory(d, batches)
     say(f"Total run time {time.perf_counter() - t0:.0f} s; {load()} at the end.")
