@@ -1,6 +1,7 @@
 """Datasets at scale (issue 15): every "done when" figure as a ratio measured in one run.
 
-One command (about 10 min on an idle 2-core machine; ``--quick`` about 2 min)::
+One command (473 s on the shared 2-core machine at load 3.5, less when idle; ``--quick``, 64
+images and fewer repeats: 82 s)::
 
     PYTHONPATH=. OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/dataset_bench.py \\
         --out docs/dataset_bench.md
