@@ -115,6 +115,8 @@ def test_glob_and_bad_arguments(tmp_path, model_file):
         explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", target="labels")
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="threads"):
+        explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", threads=0)
     with pytest.raises(InvalidArgumentError, match="items"):
         explain_dataset(model_file, str(tmp_path / "nothing-*.png"), tmp_path / "x.zarr", "cam")
     # a directory that is no store is never overwritten (e.g. --out pointing at the images)
