@@ -151,9 +151,9 @@ class _ClassMaps:
                 head = None  # any other head: backpropagation through the head
             else:
                 raise ModelError(
-                    f"{exc} — CAM of all classes in one pass needs a GAP → linear head after the "
-                    "layer; on other heads use gradcam (gradients through the head) or explain "
-                    "one class at a time"
+                    f"{exc} — CAM of all classes in one pass needs a GAP → linear head after "
+                    "the layer; on other heads use gradcam (gradients through the head) or "
+                    "explain one class at a time"
                 ) from None
         if head is None:
             lay = li.layout
@@ -434,7 +434,8 @@ def explain_classes_into(
                                  f"{', '.join(map(str, want[2:]))})")
         k = ch.maps.shape[1]
         if j + k > out.shape[1]:
-            raise ShapeError("out", tuple(out.shape), f"room for at least {j + k} classes on axis 1")
+            raise ShapeError("out", tuple(out.shape),
+                             f"room for at least {j + k} classes on axis 1")
         out[:, j : j + k] = ch.maps
         done.append(ch.classes)
         scores.append(ch.scores)

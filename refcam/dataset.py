@@ -195,7 +195,8 @@ def _decode(spec: dict, chunk: int) -> tuple[list[int], np.ndarray | None, dict]
         try:
             items = _images.load_inputs([spec["paths"][i]], m, **spec["preprocessing"])
             if len(items) != 1:
-                raise InvalidArgumentError("image", spec["paths"][i], "one image (got several samples)")
+                raise InvalidArgumentError("image", spec["paths"][i],
+                                           "one image (got several samples)")
             xs.append(items[0].x)
             ok.append(i)
         except Exception as exc:  # any decoding failure of one file: recorded, the rest goes on
@@ -473,8 +474,8 @@ def explain_dataset(
         primary job.
     threads : onnxruntime intra-op threads per worker process (inter-op: 1).  Default: 1 on Dask
         workers (one single-threaded worker per core, which is what the local cluster starts:
-        the Dask nanny also sets ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS``
-        to 1), onnxruntime's default (one per core) with ``workers=0``.  An execution setting,
+        the Dask nanny also sets ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` /
+        ``MKL_NUM_THREADS`` to 1), onnxruntime's default (one per core) with ``workers=0``.  An execution setting,
         not part of the manifest.
     scheduler : ``"tcp://host:port"`` of an existing Dask cluster (the store and the model path
         must be visible to its workers).

@@ -115,6 +115,8 @@ def test_glob_and_bad_arguments(tmp_path, model_file):
         explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", target="labels")
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="threads"):
+        explain_dataset(model_file, folder, tmp_path / "x.zarr", "cam", threads=0)
     with pytest.raises(InvalidArgumentError, match="items"):
         explain_dataset(model_file, str(tmp_path / "nothing-*.png"), tmp_path / "x.zarr", "cam")
     # a directory that is no store is never overwritten (e.g. --out pointing at the images)
@@ -343,7 +345,8 @@ def test_also_jobs_share_the_pass_and_equal_explain(tmp_path, model_file, monkey
     g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
     good = [0, 2, 3, 4]
     x = _inputs(model_file, [str(g["ids"][i]) for i in good])
-    for prefix, method, target, opts in (("", "gradcam", None, {}), ("also/cam_all/", "cam", "all", {}),
+    for prefix, method, target, opts in (("", "gradcam", None, {}),
+                                         ("also/cam_all/", "cam", "all", {}),
                                          ("also/gradcam_class3/", "gradcam", 3, {"relu": False})):
         e = refcam.explain(model_file, x, method, target=target, **opts)
         want = e.maps if e.maps.ndim == 4 else e.maps[:, None]

@@ -208,7 +208,8 @@ def test_explain_many_one_forward_equals_separate_explains(monkeypatch):
     li = m.spatial_layer(None)
     runs = []
     real = Model.forward
-    monkeypatch.setattr(Model, "forward", lambda self, *a, **k: (runs.append(1), real(self, *a, **k))[1])
+    monkeypatch.setattr(Model, "forward",
+                        lambda self, *a, **k: (runs.append(1), real(self, *a, **k))[1])
     es = explain_many(m, x, li, [("gradcam", None, {}), ("cam", "all", {}),
                                  ("gradcam", refcam.onnx.TopK(2), {"relu": False})])
     assert len(runs) == 1
