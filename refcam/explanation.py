@@ -65,14 +65,30 @@ class Explanation:
         return M.upsample(self.maps, self.input_size, mode)
 
 
+#: input-gradient needs a single VJP run gives (need -> rule set of refcam.autodiff.rules)
+_INPUT_GRADIENT_NEEDS = {"input_gradients": "plain", "guided_input_gradients": "guided",
+                         "deconvnet_input_gradients": "deconvnet"}
+
+
+def _input_gradient_need(meth: Any) -> str | None:
+    """The one input-gradient need of a method that needs nothing else, else ``None``."""
+    needs = [n for n in meth.needs if n != "target_scores"]
+    return needs[0] if len(needs) == 1 and needs[0] in _INPUT_GRADIENT_NEEDS else None
+
+
 def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -> bool:
     """Whether one VJP session run can give the outputs, the layer's activations and its
-    gradients: a layer-gradient method with ``gradient_source="vjp"``, and a target the VJP graph
+    gradients: a layer-gradient method with ``gradient_source="vjp"`` (or a method needing only one
+    input gradient: saliency, guided backprop, deconvnet), and a target the VJP graph
     seeds (class indices of a classifier output, ``TopK``, or an ``OnnxTarget``).  Otherwise the
     outputs come from a forward run first (callable targets, finite differences, ...)."""
     from .onnx import OnnxTarget, TopK
 
-    if layer is None or "gradients" not in meth.needs or opts.get("gradient_source") != "vjp":
+    if opts.get("gradient_source") != "vjp":
+        return False
+    if layer is None and _input_gradient_need(meth) is None:
+        return False
+    if layer is not None and "gradients" not in meth.needs:
         return False
     if isinstance(target, OnnxTarget):
         return True
@@ -175,10 +191,17 @@ def explain(
         # outputs, activations and gradients from the one VJP session run (forward + backward)
         from .autodiff import gradients
 
-        r = gradients(m, x, wrt=li.name, target=target, batch_size=batch_size)
-        outputs = r.outputs
-        arrays["activations"] = r.activations[li.name]
-        arrays["gradients"] = r.gradients[li.name].astype(arrays["activations"].dtype, copy=False)
+        if li is None:  # input gradients: no separate forward session (its memory and time)
+            need = _input_gradient_need(meth)
+            r = gradients(m, x, wrt="input", target=target, rules=_INPUT_GRADIENT_NEEDS[need],
+                          batch_size=batch_size)
+            outputs = r.outputs
+            arrays[need] = m.to_channels_first(r.gradients[m.input_name], lead=1).astype(x.dtype, copy=False)
+        else:
+            r = gradients(m, x, wrt=li.name, target=target, batch_size=batch_size)
+            outputs = r.outputs
+            arrays["activations"] = r.activations[li.name]
+            arrays["gradients"] = r.gradients[li.name].astype(arrays["activations"].dtype, copy=False)
     else:
         layers = [li] if li is not None else []
         fw = m.forward(x, layers, batch_size=batch_size, memory_budget=memory_budget, checked=True)
