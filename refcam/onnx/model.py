@@ -1,11 +1,14 @@
 """The ONNX model object: loading, layer discovery, batched runs returning any tensors, head cuts.
 
-Session caching
----------------
-Each distinct *set* of requested tensors gets its own :class:`onnxruntime.InferenceSession`, built
-from an in-memory copy of the model whose ``graph.output`` lists exactly those tensors (so
-onnxruntime prunes everything else, e.g. a trailing Softmax).  Sessions live in a small LRU cache
-(``max_sessions``) keyed by the frozenset of names; the file on disk is never written.
+Weights and sessions
+--------------------
+A model is held as :attr:`Model.skeleton` (the graph with its large initializers reduced to name,
+type and dims) and :attr:`Model.weights` (their values, one NumPy copy): see
+:mod:`refcam.onnx._weights`.  Each distinct *set* of requested tensors gets its own
+:class:`onnxruntime.InferenceSession`, built from the skeleton with ``graph.output`` listing exactly
+those tensors (so onnxruntime prunes everything else, e.g. a trailing Softmax); the weights are
+handed to every session without a copy (:meth:`Model.new_session`).  Sessions live in a small LRU
+cache (``max_sessions``) keyed by the frozenset of names; the file on disk is never written.
 
 Batching
 --------
@@ -156,6 +159,12 @@ class Model:
     layer_layouts : ``{layer: layout}`` explicit layouts of layers whose layout the graph does not
         determine (:func:`refcam.onnx.layout.parse_layout`: ``"NHWC"``, ``"NTC:1+14x14"``, …);
         also settable later in :attr:`layer_layouts` (keys are resolved tensor names).
+
+    Attributes
+    ----------
+    skeleton : the loaded graph whose large initializers hold no data (see the module docstring).
+    weights : ``{initializer name: read-only array}`` of those values.
+    proto : the full :class:`onnx.ModelProto`, rebuilt from both on first access.
 
     Examples
     --------
