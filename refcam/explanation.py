@@ -4,7 +4,8 @@
 ``refcam.explain`` once imported.)
 
 It loads the model (path, bytes, ModelProto or :class:`refcam.onnx.Model`), validates the inputs,
-runs the model once for the output tensor and the layer's activations, resolves the targets,
+runs the model once for the output tensor and the layer's activations (gradient methods: one
+VJP run gives the outputs, the activations and the gradients), resolves the targets,
 obtains every array the method needs through the registry (:mod:`refcam.methods`), and calls the
 method's math-floor function.  The returned :class:`Explanation` carries the raw maps at feature
 resolution and every array used, so each number can be reproduced with the math floor alone.
@@ -65,40 +66,95 @@ class Explanation:
         return M.upsample(self.maps, self.input_size, mode)
 
 
-#: input-gradient needs a single VJP run gives (need -> rule set of refcam.autodiff.rules)
-_INPUT_GRADIENT_NEEDS = {"input_gradients": "plain", "guided_input_gradients": "guided",
-                         "deconvnet_input_gradients": "deconvnet"}
+#: input-gradient needs and the rule set of the VJP run that gives each
+_INPUT_GRADIENT_RULES = {
+    "input_gradients": "plain",
+    "guided_input_gradients": "guided",
+    "deconvnet_input_gradients": "deconvnet",
+}
 
 
-def _input_gradient_need(meth: Any) -> str | None:
-    """The one input-gradient need of a method that needs nothing else, else ``None``."""
-    needs = [n for n in meth.needs if n != "target_scores"]
-    return needs[0] if len(needs) == 1 and needs[0] in _INPUT_GRADIENT_NEEDS else None
+def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -> tuple | None:
+    """What one VJP session run can give together with the outputs, or ``None``.
 
-
-def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -> bool:
-    """Whether one VJP session run can give the outputs, the layer's activations and its
-    gradients: a layer-gradient method with ``gradient_source="vjp"`` (or a method needing only one
-    input gradient: saliency, guided backprop, deconvnet), and a target the VJP graph
-    seeds (class indices of a classifier output, ``TopK``, or an ``OnnxTarget``).  Otherwise the
-    outputs come from a forward run first (callable targets, finite differences, ...)."""
+    ``(wrt, rules, need)``: a layer-gradient method (``wrt`` = the layer, ``need`` =
+    ``"gradients"``, plus the activations) or a method needing one input gradient (``wrt`` =
+    ``"input"``, ``need`` one of :data:`_INPUT_GRADIENT_RULES` with its rule set), with
+    ``gradient_source="vjp"`` and a target the VJP graph seeds (class indices of a classifier
+    output, ``TopK``, or an ``OnnxTarget``).  Otherwise (``None``) the outputs come from a forward
+    run first (callable targets, finite differences, ...)."""
     from .onnx import OnnxTarget, TopK
 
     if opts.get("gradient_source") != "vjp":
-        return False
-    if layer is None and _input_gradient_need(meth) is None:
-        return False
-    if layer is not None and "gradients" not in meth.needs:
-        return False
+        return None
+    if layer is not None and "gradients" in meth.needs:
+        plan = (layer.name, "plain", "gradients")
+    elif layer is None:
+        inputs = [n for n in meth.needs if n in _INPUT_GRADIENT_RULES]
+        if len(inputs) != 1:
+            return None
+        plan = ("input", _INPUT_GRADIENT_RULES[inputs[0]], inputs[0])
+    else:
+        return None
     if isinstance(target, OnnxTarget):
-        return True
+        return plan
     if callable(target) or (isinstance(target, (list, tuple)) and any(callable(t) for t in target)):
-        return False
+        return None
     out = model.value_info.get(model.output_name)
     shape = out.type.tensor_type.shape if out is not None and out.type.tensor_type.HasField("shape") else None
     classifier = shape is not None and len(shape.dim) == 2
-    return classifier and (target is None or isinstance(target, (int, np.integer, TopK, list, tuple,
-                                                                   np.ndarray)))
+    ok = classifier and (target is None or isinstance(target, (int, np.integer, TopK, list, tuple, np.ndarray)))
+    return plan if ok else None
+
+
+def _map(meth: Any, ctx: Context, t: int) -> np.ndarray:
+    r"""The method's raw map for target column ``t``: ``meth.compute``, or, with the
+    ``eigen_smooth`` option, :func:`refcam.math.eigen_smooth` of the method's weights (the
+    first principal component of :math:`w^c \odot A` replaces the channel sum
+    :math:`\sum_k w^c_k A^k`, then the method's ``relu``), as pytorch-grad-cam 1.5.7
+    ``base_cam.py:84-87`` and its subclasses' ``get_cam_image``.  The weights of every target
+    column are stored as ``arrays["eigen_smooth_weights"]`` (a list, one entry per column)."""
+    if not ctx.options.get("eigen_smooth"):
+        return meth.compute(ctx, t)
+    w = meth.weights(ctx, t)
+    ctx.arrays.setdefault("eigen_smooth_weights", []).append(w)
+    return M.eigen_smooth(ctx.need("activations"), w, relu=ctx.options["relu"])
+
+
+def _aug_smooth(meth: Any, m: Model, x: np.ndarray, li: Any, target: Any, opts: dict,
+                run: dict) -> "Explanation":
+    r"""The ``aug_smooth`` option: :math:`L = \frac1{|T|}\sum_{t\in T} t^{-1}(L(t(x)))` over
+    :data:`refcam.math.AUG_TRANSFORMS` (:func:`refcam.math.aug_smooth`).
+
+    The identity transform runs first and fixes the targets (its resolved classes are the targets
+    of the other runs: ``None`` / ``TopK`` explain the top classes of the unmodified input); its
+    arrays are the explanation's, plus ``aug_maps`` ``(|T|, N, ...)`` (the raw map of every
+    :math:`t(x)`, not flipped back), ``aug_flips`` and ``aug_factors``.  Flips reverse the last
+    axis of the channels-first input and of the maps."""
+    from . import allclass
+
+    if allclass.wants_class_sets(target):
+        raise InvalidArgumentError("aug_smooth", True, "False with target='all' / class lists")
+    sub = dict(opts, aug_smooth=False)
+    layer = None if li is None else li.name
+    xc = m.to_channels_first(x)
+
+    def one(flip: bool, factor: float, tgt: Any) -> Explanation:
+        xa = np.flip(xc, axis=-1) if flip else xc
+        xa = m.to_native(xa * xa.dtype.type(factor))
+        return explain(m, xa, meth, layer=layer, target=tgt, **run, **sub)
+
+    first = one(False, 1.0, target)
+    tgt = first.targets if first.targets is not None else target
+    runs = [first if (f, s) == (False, 1.0) else one(f, s, tgt) for f, s in M.AUG_TRANSFORMS]
+    flips = [f for f, _ in M.AUG_TRANSFORMS]
+    arrays = dict(first.arrays, aug_maps=np.stack([r.maps for r in runs]), aug_flips=np.array(flips),
+                  aug_factors=np.array([s for _, s in M.AUG_TRANSFORMS]))
+    return Explanation(
+        maps=M.aug_smooth(arrays["aug_maps"], flips), method=first.method, layer=first.layer,
+        targets=first.targets, scores=first.scores, outputs=first.outputs, options=opts,
+        arrays=arrays, input_size=first.input_size,
+    )
 
 
 def explain(
@@ -182,24 +238,31 @@ def explain(
         raise InvalidArgumentError("target", target, f"None: {meth.name!r} is class-agnostic")
     from . import allclass
 
+    if opts.get("aug_smooth"):
+        return _aug_smooth(meth, m, x, li, target, opts, dict(
+            batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+            layer_layout=layer_layout, allow_small_map=allow_small_map))
     if meth.targeted and allclass.wants_class_sets(target):
+        if opts.get("eigen_smooth"):
+            raise InvalidArgumentError("eigen_smooth", True, "False with target='all' / class lists "
+                                       "(one product with the head sums the channels)")
         # target="all" / one class list per image: one product with the head (refcam.allclass)
         return allclass.explain_classes(meth, m, x, li, target, opts, batch_size=batch_size,
                                         memory_budget=memory_budget)
     arrays: dict = {}
-    if _one_vjp_run(meth, opts, m, li, target):
-        # outputs, activations and gradients from the one VJP session run (forward + backward)
+    plan = _one_vjp_run(meth, opts, m, li, target)
+    if plan:
+        # outputs and the gradients (and a layer's activations) from one VJP session run
+        # (forward + backward): no separate forward run of the model
         from .autodiff import gradients
 
-        if li is None:  # input gradients: no separate forward session (its memory and time)
-            need = _input_gradient_need(meth)
-            r = gradients(m, x, wrt="input", target=target, rules=_INPUT_GRADIENT_NEEDS[need],
-                          batch_size=batch_size)
-            outputs = r.outputs
-            arrays[need] = m.to_channels_first(r.gradients[m.input_name], lead=1).astype(x.dtype, copy=False)
+        wrt, rules, need = plan
+        r = gradients(m, x, wrt=wrt, target=target, rules=rules, batch_size=batch_size)
+        outputs = r.outputs
+        if wrt == "input":  # (N, T, C, *S_in) channels first, as the input-gradient providers give
+            g = m.to_channels_first(r.gradients[m.input_name], lead=1)
+            arrays[need] = g.astype(x.dtype, copy=False)
         else:
-            r = gradients(m, x, wrt=li.name, target=target, batch_size=batch_size)
-            outputs = r.outputs
             arrays["activations"] = r.activations[li.name]
             arrays["gradients"] = r.gradients[li.name].astype(arrays["activations"].dtype, copy=False)
     else:
@@ -214,7 +277,7 @@ def explain(
         method=meth.name,
     )
     n_t = targets.n_targets if targets is not None else 1
-    maps = [meth.compute(ctx, t) for t in range(n_t)]
+    maps = [_map(meth, ctx, t) for t in range(n_t)]
     out = maps[0] if n_t == 1 else np.stack(maps, axis=1)
     scores = ctx.need("target_scores") if targets is not None else None
     return Explanation(

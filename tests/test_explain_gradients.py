@@ -127,3 +127,34 @@ def test_gradient_methods_take_outputs_and_activations_from_the_vjp_run(monkeypa
                                         None)
     assert not explanation._one_vjp_run(get_method("gradcam"), {"gradient_source": "vjp"}, m, layer,
                                         lambda y: y[:, 0])
+
+
+@pytest.mark.parametrize("target", [None, 1, [3, 0], TopK(2)])
+def test_input_gradient_methods_take_outputs_from_the_vjp_run(monkeypatch, target):
+    # issue 13: saliency / guided backprop / deconvnet get y and dy/dX from one VJP session run
+    from refcam import explanation
+    from refcam.methods import get_method
+
+    m = Model(tm.cam_net())
+    meths = ("saliency", "guided_backprop", "deconvnet")
+    with monkeypatch.context() as mp:          # the former path: a forward run, then the VJP run
+        mp.setattr(explanation, "_one_vjp_run", lambda *a: False)
+        before = {k: explain(m, X, k, target=target) for k in meths}
+    calls = []
+    monkeypatch.setattr(Model, "forward", lambda self, *a, **k: calls.append(a) or 1 / 0)
+    for k, e0 in before.items():
+        e = explain(m, X, k, target=target)
+        np.testing.assert_array_equal(e.targets, e0.targets)
+        np.testing.assert_allclose(e.outputs, e0.outputs, rtol=1e-6, atol=1e-6)
+        assert e.maps.dtype == e0.maps.dtype and e.maps.shape == e0.maps.shape
+        np.testing.assert_allclose(e.maps, e0.maps, rtol=1e-5, atol=1e-7)
+        assert set(e.arrays) == set(e0.arrays)
+    assert calls == []
+    assert explanation._one_vjp_run(get_method("guided_backprop"), {"gradient_source": "vjp"}, m,
+                                    None, None) == ("input", "guided", "guided_input_gradients")
+    assert not explanation._one_vjp_run(get_method("saliency"), {"gradient_source": "fd"}, m, None,
+                                        None)
+    # guided Grad-CAM needs two rule sets: its layer gradients come from the one run, the guided
+    # input gradient from a second
+    assert explanation._one_vjp_run(get_method("guided_gradcam"), {"gradient_source": "vjp"}, m,
+                                    m.spatial_layer(None), None)[2] == "gradients"
