@@ -208,6 +208,12 @@ class Model:
             self.skeleton, self.weights = fast
         else:
             self.skeleton, self.weights = _weights.split(_load_proto(source, base_dir))
+        missing = [nm for nm in _weights.external_names(self.skeleton) if nm not in self.weights]
+        if missing:
+            raise ModelError(
+                f"model: initializer(s) {missing[:3]} hold no values: their data live in another "
+                "refcam Model's weights (a skeleton proto); pass that refcam.onnx.Model or its .proto"
+            )
         self._full: onnx.ModelProto | None = None
         self._ort_values: dict = {}
         self.ir_version_loaded = self.skeleton.ir_version
