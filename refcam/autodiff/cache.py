@@ -18,7 +18,8 @@ Size
     :func:`cache_info` / :func:`clear_cache`.
 
 Key (SHA-256 of, in order): the entry format, refcam's version, the SHA-256 of the source of the
-gradient floor (every ``refcam/autodiff/*.py``: any rule change is a new key), onnx's version (its
+gradient floor (every ``refcam/autodiff/*.py``, and the adapter's ``head.py``, ``_weights.py`` and
+``onnx_targets.py``: any rule change is a new key), onnx's version (its
 shape inference feeds the builder), the deterministic serialisation of the skeleton the graph is
 built from (outputs, attached target nodes and small initializers included), ``wrt``, the rule set,
 the seed mode, and the input signature (shape without the batch axis, dtype).
@@ -77,12 +78,18 @@ def _max_bytes() -> int:
         return DEFAULT_MAX_MB * 2**20
 
 
+#: adapter modules the graph builder reads constants and skeletons through
+_ADAPTER_SOURCES = ("head.py", "_weights.py", "onnx_targets.py")
+
+
 @lru_cache(maxsize=1)
 def rules_hash() -> str:
-    """SHA-256 of the source of every module of the gradient floor (``refcam/autodiff/*.py``)."""
+    """SHA-256 of the source of every module of the gradient floor (``refcam/autodiff/*.py``) and
+    of the adapter modules it builds through (:data:`_ADAPTER_SOURCES` of ``refcam/onnx``)."""
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for p in sorted(here.glob("*.py")):
+    files = sorted(here.glob("*.py")) + [here.parent / "onnx" / f for f in _ADAPTER_SOURCES]
+    for p in files:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
