@@ -27,7 +27,7 @@ the seed mode, and the input signature (shape without the batch axis, dtype).
 An entry is one file ``<key>.vjp``: a magic line, a JSON header line (key fields, payload SHA-256,
 SHA-256 of the weights whose values the build read) and the serialised graph.  It is written
 atomically (temporary file + rename).  An entry that fails any check (magic, JSON, payload hash,
-parse, weight hashes) is deleted and rebuilt, never used.
+parse, weight hashes, or onnxruntime refusing to load it) is deleted and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-__all__ = ["cache_dir", "cache_enabled", "cache_info", "clear_cache", "graph_key", "load_graph",
-           "store_graph"]
+__all__ = ["cache_dir", "cache_enabled", "cache_info", "clear_cache", "discard", "graph_key",
+           "load_graph", "store_graph"]
 
 #: version of the entry format (part of every key)
 FORMAT = 1
@@ -166,6 +166,12 @@ def store_graph(key: str, graph: onnx.ModelProto, weights: Mapping[str, np.ndarr
     except OSError:
         return None
     return p
+
+
+def discard(key: str) -> None:
+    """Remove the entry of ``key`` if present (an entry onnxruntime could not load)."""
+    with contextlib.suppress(OSError):
+        _path(key).unlink()
 
 
 def _entries() -> list[Path]:

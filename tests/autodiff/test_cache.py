@@ -164,3 +164,20 @@ def test_cli_cache_info_and_clear(cdir, capsys):
     assert main(["cache", "clear"]) == 0
     assert "removed 1" in capsys.readouterr().out and _entries(cdir) == []
     assert main(["cache"]) == 0 and "entries : 0" in capsys.readouterr().out
+
+
+def test_an_entry_onnxruntime_refuses_is_rebuilt(cdir):
+    proto = resnet_like()
+    x = _x(Model(proto))
+    want = gradients(Model(proto), x, target=1).gradients
+    (entry,) = _entries(cdir)
+    # a well-formed entry (valid checksum) holding a graph onnxruntime cannot load
+    bad = onnx.ModelProto()
+    bad.CopyFrom(cache.load_graph(entry.stem))
+    bad.graph.node[0].op_type = "NoSuchOp"
+    entry.unlink()
+    cache.store_graph(entry.stem, bad)
+    got = gradients(Model(proto), x, target=1).gradients
+    for k in want:
+        assert np.array_equal(want[k], got[k])
+    assert cache.load_graph(entry.stem).graph.node[0].op_type != "NoSuchOp"
