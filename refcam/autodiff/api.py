@@ -97,7 +97,7 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
             if vjp is not None:
                 note.done = "from the cache"
                 try:
-                    sess = model.new_session(vjp, prepack=False)
+                    sess = model.new_session(vjp, gradient=True)
                 except Exception:  # noqa: BLE001 - an entry onnxruntime refuses is rebuilt
                     cache.discard(dkey)
                     sess = vjp = None
@@ -108,7 +108,7 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
                     note.done = f"cached in {cache.cache_dir()}"
             if sess is None:
                 try:
-                    sess = model.new_session(vjp, prepack=False)
+                    sess = model.new_session(vjp, gradient=True)
                 except Exception as exc:
                     raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
         per[key] = _Session(sess)
