@@ -106,15 +106,21 @@ def spawn(kind: str, path: Path, cache: Path | None) -> dict:
     env.setdefault("PYTHONPATH", str(ROOT))
     if cache is not None:
         env["REFCAM_CACHE_DIR"] = str(cache)
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(path)],
                        env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if p.returncode or not line:
         raise RuntimeError(f"{kind} {path.name} failed:\n{p.stderr[-3000:]}")
     r = json.loads(line[0][7:])
     r["wall"] = wall
+    r["cpu"] = cpu
     r["load_avg"] = os.getloadavg()[0]
     return r
 
@@ -131,7 +137,7 @@ def measure(paths: dict, repeats: int, tmp: Path) -> dict:
                                      ("refcam", "warm", warm_dir)):
                 out = spawn(kind, p, cache)
                 res[n][key].append(out)
-                print(f"  round {r + 1} {n:9s} {key:5s}: {out['wall']:6.2f} s (import {out['import']:.2f}, "
+                print(f"  round {r + 1} {n:9s} {key:5s}: {out['wall']:6.2f} s wall, {out['cpu']:6.2f} s CPU (import {out['import']:.2f}, "
                       f"load {out['load']:.2f}, first {out['first']:.2f}; peak {out['peak_mib']:.0f} MiB; "
                       f"load avg {out['load_avg']:.1f})", flush=True)
     return res
@@ -146,18 +152,26 @@ def table(res: dict, repeats: int, started: str, loads: list) -> str:
          "start to its exit: the ORT floor is `import onnxruntime` + `InferenceSession(path)` + one "
          "forward; refcam is `import refcam` + `Model(path)` + `refcam.explain(m, x, \"gradcam\")` (b=1, "
          "top-1 class, default layer), with an empty gradient-graph cache (cold) or one filled by an "
-         "earlier process (warm, `refcam.autodiff.cache`).  Ratios are per round, then the median.", "",
+         "earlier process (warm, `refcam.autodiff.cache`).  Ratios are per round, then the median; "
+         "CPU time (user + system of the process, all its threads) is less sensitive to the machine's "
+         "load than wall time and is shown in brackets.", "",
          "| model | ORT session + 1 forward | refcam Grad-CAM, cold cache | refcam Grad-CAM, warm cache | "
          "refcam split (import / load / first map), cold | peak RSS MiB: ORT / refcam cold |",
          "|---|---|---|---|---|---|"]
     for n, r in res.items():
-        o = [x["wall"] for x in r["ort"]]
-        c = [x["wall"] for x in r["cold"]]
-        w = [x["wall"] for x in r["warm"]]
-        rc = med([a / b for a, b in zip(c, o)])
-        rw = med([a / b for a, b in zip(w, o)])
+        def col(key: str, what: str) -> list:
+            return [x[what] for x in r[key]]
+
+        def cell(key: str) -> str:
+            w, c = col(key, "wall"), col(key, "cpu")
+            if key == "ort":
+                return f"{med(w):.2f} s [{med(c):.2f} s]"
+            rw = med([a / b for a, b in zip(w, col("ort", "wall"))])
+            rc = med([a / b for a, b in zip(c, col("ort", "cpu"))])
+            return f"{med(w):.2f} s ({rw:.2f}×) [{med(c):.2f} s, {rc:.2f}×]"
+
         sp = " / ".join(f"{med([x[k] for x in r['cold']]):.2f}" for k in ("import", "load", "first"))
-        L.append(f"| {n} | {med(o):.2f} s | {med(c):.2f} s ({rc:.2f}×) | {med(w):.2f} s ({rw:.2f}×) | "
+        L.append(f"| {n} | {cell('ort')} | {cell('cold')} | {cell('warm')} | "
                  f"{sp} s | {med([x['peak_mib'] for x in r['ort']]):.0f} / "
                  f"{med([x['peak_mib'] for x in r['cold']]):.0f} |")
     L += ["", "Target (issue 13): refcam's first Grad-CAM ≤ 2× the ORT floor.", END]

@@ -657,6 +657,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .autodiff import cache
+
+    if args.action == "clear":
+        n = cache.clear_cache()
+        print(f"removed {n} gradient graph(s) from {cache.cache_dir()}")
+        return 0
+    info = cache.cache_info()
+    print(f"path    : {info['path']}")
+    print(f"enabled : {'yes' if info['enabled'] else 'no (REFCAM_CACHE)'}")
+    print(f"entries : {info['entries']}")
+    print(f"size    : {info['bytes'] / 2**20:.2f} MiB of at most {info['max_bytes'] / 2**20:.0f} MiB")
+    return 0
+
+
 def _import_target(spec: str):
     """``module:function`` or ``path/to/file.py:function`` → the callable."""
     mod_name, sep, attr = spec.rpartition(":")
@@ -1085,6 +1100,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("names", nargs="*", help="only these methods")
     p.set_defaults(func=cmd_methods)
+
+    p = _subcommand(sub, common, "cache",
+        help="show or clear the cache of built gradient graphs",
+        description=(
+            "The gradient graphs refcam builds are kept on disk so that the next process starts\n"
+            "warm (refcam.autodiff.cache): in $REFCAM_CACHE_DIR, else ~/.cache/refcam;\n"
+            "REFCAM_CACHE=0 turns it off, REFCAM_CACHE_MAX_MB bounds its size (default 256).\n\n"
+            "  refcam cache info     # where, how many entries, how large\n"
+            "  refcam cache clear    # delete every entry"
+        ),
+    )
+    p.add_argument("action", nargs="?", choices=("info", "clear"), default="info")
+    p.set_defaults(func=cmd_cache)
 
     for mod in PLUGINS:
         try:

@@ -93,17 +93,24 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
         dkey = cache.graph_key(proto, wrt, rules, seed_mode, signature) if cache.cache_enabled() else None
         with _Progress(f"building the gradient graph ({rules} rules, wrt {', '.join(wrt)})") as note:
             vjp = cache.load_graph(dkey, model.weights) if dkey else None
+            sess = None
+            if vjp is not None:
+                note.done = "from the cache"
+                try:
+                    sess = model.new_session(vjp, gradient=True)
+                except Exception:  # noqa: BLE001 - an entry onnxruntime refuses is rebuilt
+                    cache.discard(dkey)
+                    sess = vjp = None
             if vjp is None:
                 vjp = build_vjp_model(proto, list(wrt), seed=seed, rules=rules, seed_mode=seed_mode,
                                       runtime_shapes=probe, weights=model.weights)
                 if dkey and cache.store_graph(dkey, vjp, model.weights, {"wrt": list(wrt), "rules": rules}):
                     note.done = f"cached in {cache.cache_dir()}"
-            else:
-                note.done = "from the cache"
-            try:
-                sess = model.new_session(vjp, prepack=False)
-            except Exception as exc:
-                raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
+            if sess is None:
+                try:
+                    sess = model.new_session(vjp, gradient=True)
+                except Exception as exc:
+                    raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
         per[key] = _Session(sess)
     return per[key]
 

@@ -3,7 +3,7 @@
 :func:`refcam.autodiff.gradients` builds one VJP graph per model, ``wrt`` set, rule set, seed mode
 and target kind (:func:`~refcam.autodiff.build_vjp_model`).  The graph is built from the model's
 *skeleton* (:mod:`refcam.onnx._weights`: the graph without its large initializers), so a cached
-graph is small (the ResNet-50 gradient graph is ~60 KB; the 100 MB of weights are never written) and
+graph is small (the ResNet-50 layer4 gradient graph is 37 KB; its 100 MB of weights are never written) and
 serves every copy of the model whatever its weight values, unless a rule read a weight's value
 (then that weight's SHA-256 is part of the entry and checked on every hit).
 
@@ -18,7 +18,8 @@ Size
     :func:`cache_info` / :func:`clear_cache`.
 
 Key (SHA-256 of, in order): the entry format, refcam's version, the SHA-256 of the source of the
-gradient floor (every ``refcam/autodiff/*.py``: any rule change is a new key), onnx's version (its
+gradient floor (every ``refcam/autodiff/*.py``, and the adapter's ``head.py``, ``_weights.py`` and
+``onnx_targets.py``: any rule change is a new key), onnx's version (its
 shape inference feeds the builder), the deterministic serialisation of the skeleton the graph is
 built from (outputs, attached target nodes and small initializers included), ``wrt``, the rule set,
 the seed mode, and the input signature (shape without the batch axis, dtype).
@@ -26,7 +27,7 @@ the seed mode, and the input signature (shape without the batch axis, dtype).
 An entry is one file ``<key>.vjp``: a magic line, a JSON header line (key fields, payload SHA-256,
 SHA-256 of the weights whose values the build read) and the serialised graph.  It is written
 atomically (temporary file + rename).  An entry that fails any check (magic, JSON, payload hash,
-parse, weight hashes) is deleted and rebuilt, never used.
+parse, weight hashes, or onnxruntime refusing to load it) is deleted and rebuilt, never used.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-__all__ = ["cache_dir", "cache_enabled", "cache_info", "clear_cache", "graph_key", "load_graph",
-           "store_graph"]
+__all__ = ["cache_dir", "cache_enabled", "cache_info", "clear_cache", "discard", "graph_key",
+           "load_graph", "store_graph"]
 
 #: version of the entry format (part of every key)
 FORMAT = 1
@@ -77,12 +78,18 @@ def _max_bytes() -> int:
         return DEFAULT_MAX_MB * 2**20
 
 
+#: adapter modules the graph builder reads constants and skeletons through
+_ADAPTER_SOURCES = ("head.py", "_weights.py", "onnx_targets.py")
+
+
 @lru_cache(maxsize=1)
 def rules_hash() -> str:
-    """SHA-256 of the source of every module of the gradient floor (``refcam/autodiff/*.py``)."""
+    """SHA-256 of the source of every module of the gradient floor (``refcam/autodiff/*.py``) and
+    of the adapter modules it builds through (:data:`_ADAPTER_SOURCES` of ``refcam/onnx``)."""
     h = hashlib.sha256()
     here = Path(__file__).resolve().parent
-    for p in sorted(here.glob("*.py")):
+    files = sorted(here.glob("*.py")) + [here.parent / "onnx" / f for f in _ADAPTER_SOURCES]
+    for p in files:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -159,6 +166,12 @@ def store_graph(key: str, graph: onnx.ModelProto, weights: Mapping[str, np.ndarr
     except OSError:
         return None
     return p
+
+
+def discard(key: str) -> None:
+    """Remove the entry of ``key`` if present (an entry onnxruntime could not load)."""
+    with contextlib.suppress(OSError):
+        _path(key).unlink()
 
 
 def _entries() -> list[Path]:

@@ -1,11 +1,14 @@
 """The ONNX model object: loading, layer discovery, batched runs returning any tensors, head cuts.
 
-Session caching
----------------
-Each distinct *set* of requested tensors gets its own :class:`onnxruntime.InferenceSession`, built
-from an in-memory copy of the model whose ``graph.output`` lists exactly those tensors (so
-onnxruntime prunes everything else, e.g. a trailing Softmax).  Sessions live in a small LRU cache
-(``max_sessions``) keyed by the frozenset of names; the file on disk is never written.
+Weights and sessions
+--------------------
+A model is held as :attr:`Model.skeleton` (the graph with its large initializers reduced to name,
+type and dims) and :attr:`Model.weights` (their values, one NumPy copy): see
+:mod:`refcam.onnx._weights`.  Each distinct *set* of requested tensors gets its own
+:class:`onnxruntime.InferenceSession`, built from the skeleton with ``graph.output`` listing exactly
+those tensors (so onnxruntime prunes everything else, e.g. a trailing Softmax); the weights are
+handed to every session without a copy (:meth:`Model.new_session`).  Sessions live in a small LRU
+cache (``max_sessions``) keyed by the frozenset of names; the file on disk is never written.
 
 Batching
 --------
@@ -157,6 +160,12 @@ class Model:
         determine (:func:`refcam.onnx.layout.parse_layout`: ``"NHWC"``, ``"NTC:1+14x14"``, …);
         also settable later in :attr:`layer_layouts` (keys are resolved tensor names).
 
+    Attributes
+    ----------
+    skeleton : the loaded graph whose large initializers hold no data (see the module docstring).
+    weights : ``{initializer name: read-only array}`` of those values.
+    proto : the full :class:`onnx.ModelProto`, rebuilt from both on first access.
+
     Examples
     --------
     >>> from refcam.onnx.toy_models import cam_net
@@ -199,6 +208,12 @@ class Model:
             self.skeleton, self.weights = fast
         else:
             self.skeleton, self.weights = _weights.split(_load_proto(source, base_dir))
+        missing = [nm for nm in _weights.external_names(self.skeleton) if nm not in self.weights]
+        if missing:
+            raise ModelError(
+                f"model: initializer(s) {missing[:3]} hold no values: their data live in another "
+                "refcam Model's weights (a skeleton proto); pass that refcam.onnx.Model or its .proto"
+            )
         self._full: onnx.ModelProto | None = None
         self._ort_values: dict = {}
         self.ir_version_loaded = self.skeleton.ir_version
@@ -565,7 +580,7 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ sessions
-    def _options(self, prepack: bool = True) -> ort.SessionOptions:
+    def _options(self, gradient: bool = False) -> ort.SessionOptions:
         if self._session_options is not None:
             return self._session_options
         so = ort.SessionOptions()
@@ -574,13 +589,18 @@ class Model:
         if self._threads[1] is not None:
             so.inter_op_num_threads = self._threads[1]
         so.log_severity_level = 3
-        if not prepack:
-            # gradient sessions: onnxruntime would keep a packed copy of every Gemm/MatMul weight
-            # per use, and a VJP graph uses each dense weight twice (forward, and transposed in
-            # the backward): vgg16_bn's 411 MB fc6 weight then costs 3 copies and ~8 s of session
-            # creation.  Measured on vgg16_bn (1 thread): first Grad-CAM 10.7 s -> 1.8 s, its
-            # peak RSS growth +1086 -> +653 MiB, warm runs no slower.
+        if gradient:
+            # Gradient sessions.  No weight prepacking: onnxruntime would keep a packed copy of
+            # every Gemm/MatMul weight per use, and a VJP graph uses each dense weight twice
+            # (forward, and transposed in the backward): vgg16_bn's 411 MB fc6 weight then costs
+            # 3 copies and ~8 s of session creation.  Measured on vgg16_bn (1 thread): first
+            # Grad-CAM 10.7 s -> 1.8 s, peak RSS growth +1086 -> +653 MiB, warm runs no slower.
             so.add_session_config_entry("session.disable_prepacking", "1")
+            # No memory pattern: after the first run onnxruntime plans one block for all the
+            # tensors a backward keeps alive, on top of the arena it already holds.  ResNet-50,
+            # peak RSS growth of two runs: saliency b=8 +1057 -> +704 MiB, b=1 +420 -> +387,
+            # Grad-CAM b=8 +350 -> +270, b=1 +246 -> +233; warm runs no slower.
+            so.enable_mem_pattern = False
         return so
 
     @property
@@ -597,17 +617,17 @@ class Model:
         return self._full
 
     def new_session(self, model: onnx.ModelProto, data: bytes | None = None, *,
-                    prepack: bool = True) -> ort.InferenceSession:
+                    gradient: bool = False) -> ort.InferenceSession:
         """An onnxruntime session of ``model``, a graph built from :attr:`skeleton` (``data``: its
         serialisation, if already made).  Its in-memory initializers are handed to onnxruntime
         from :attr:`weights` without a copy, so every session of this model shares one copy of
-        the weights.  ``prepack=False`` turns off onnxruntime's weight prepacking (gradient
-        graphs).  A caller's own ``session_options`` are never modified: with them the weights
+        the weights.  ``gradient=True`` (VJP graphs) turns off onnxruntime's weight prepacking
+        and memory pattern (see :meth:`_options`).  A caller's own ``session_options`` are never modified: with them the weights
         are put back into a full serialised proto instead."""
         if self._session_options is not None:
             return ort.InferenceSession(_weights.join(model, self.weights).SerializeToString(),
                                         sess_options=self._session_options, providers=self.providers)
-        so = self._options(prepack)
+        so = self._options(gradient)
         names = _weights.external_names(model)
         if names:
             so.add_external_initializers(names, _weights.ort_values(self.weights, names, self._ort_values))

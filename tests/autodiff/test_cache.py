@@ -151,3 +151,33 @@ def test_a_second_process_starts_warm(cdir, tmp_path):
                           capture_output=True, text=True, check=True).stdout.split()[-1] for i in range(2)]
     assert out == ["1", "0"]
     assert np.array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))
+
+
+def test_cli_cache_info_and_clear(cdir, capsys):
+    from refcam.cli import main
+
+    proto = resnet_like()
+    gradients(Model(proto), _x(Model(proto)), target=0)
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert str(cdir) in out and "entries : 1" in out
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1" in capsys.readouterr().out and _entries(cdir) == []
+    assert main(["cache"]) == 0 and "entries : 0" in capsys.readouterr().out
+
+
+def test_an_entry_onnxruntime_refuses_is_rebuilt(cdir):
+    proto = resnet_like()
+    x = _x(Model(proto))
+    want = gradients(Model(proto), x, target=1).gradients
+    (entry,) = _entries(cdir)
+    # a well-formed entry (valid checksum) holding a graph onnxruntime cannot load
+    bad = onnx.ModelProto()
+    bad.CopyFrom(cache.load_graph(entry.stem))
+    bad.graph.node[0].op_type = "NoSuchOp"
+    entry.unlink()
+    cache.store_graph(entry.stem, bad)
+    got = gradients(Model(proto), x, target=1).gradients
+    for k in want:
+        assert np.array_equal(want[k], got[k])
+    assert cache.load_graph(entry.stem).graph.node[0].op_type != "NoSuchOp"

@@ -141,3 +141,14 @@ def test_load_split_declines_what_it_does_not_read(tmp_path):
     ref = Model(resnet_like())
     x = np.ones((1, *ref.input_shape[1:]), np.float32)
     assert np.array_equal(m.run(x)[m.output_name], ref.run(x)[ref.output_name])
+
+
+def test_a_skeleton_alone_is_refused_with_a_clear_error():
+    from refcam.errors import ModelError
+
+    m = Model(resnet_like())
+    assert m.weights
+    with pytest.raises(ModelError, match="hold no values"):
+        Model(m.skeleton)
+    Model(m)  # the model itself (its weights come along) is fine
+    Model(m.proto)
