@@ -1,28 +1,38 @@
-"""Datasets at scale (issue 15): all-class maps in one pass, and explain_dataset on 1 vs 2 workers.
+"""Datasets at scale (issue 15): every "done when" figure as a ratio measured in one run.
 
-Part ``classes`` (torchvision ResNet-50, random weights seeded 0, exported to ONNX; b=8, layer4):
-  * one forward run of the model (onnxruntime, the session made beforehand);
-  * ``refcam.explain(..., "cam", target="all")`` and ``"gradcam"``, 1000 maps per image: goals
-    CAM <= 1.2x and Grad-CAM <= 2x one forward (both come from one forward + one product with
-    the head weights, :mod:`refcam.allclass`);
-  * ``--peers``: pytorch-grad-cam ``GradCAM`` looping over the targets, measured on 20 classes and
-    extrapolated to 1000.
-  Median of ``--repeats`` interleaved rounds (the measurements share the machine's load).
+One command (about 10 min on an idle 2-core machine; ``--quick`` about 2 min)::
 
-Part ``workers``: ``--images`` images made from the bundled photos by crops and flips, Grad-CAM
-  top-1 and all-class CAM through ``refcam.explain_dataset`` with ``--workers-list`` local Dask
-  workers (``0`` = in process); images/s and the speed-up.  ``--peers``: a plain pytorch-grad-cam
-  loop in batches of 16 over the same images (top-1 Grad-CAM), for the ratio refcam / peer.
+    PYTHONPATH=. OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/dataset_bench.py \\
+        --out docs/dataset_bench.md
 
-Ratios are only meaningful within one run on an otherwise idle machine.
+Every side runs on **one thread** (onnxruntime ``intra_op_num_threads=1``, torch
+``set_num_threads(1)``, OMP / BLAS 1), so that two Dask workers can use the two cores.
 
-Usage:  PYTHONPATH=. python benchmarks/dataset_bench.py [--part classes|workers|all] [--repeats 3]
-            [--images 512] [--workers-list 1,2] [--peers] [--dir /tmp/refcam-dataset-bench]
+Part A, all classes (torchvision ResNet-50, random weights seeded 0, exported to ONNX; b = 8,
+``layer4``): one forward run; ``refcam.explain(..., "cam" | "gradcam", target="all")`` (1000
+maps per image) as multiples of it (goals <= 1.2x and <= 2x); pytorch-grad-cam ``GradCAM`` looping
+over the targets, measured on ``--peer-classes`` classes and extrapolated to 1000.  Median of
+``--repeats`` interleaved rounds.
+
+Part B, a dataset (``--images`` images cut from the bundled photos by seeded crops and flips),
+Grad-CAM top-1 plus all-class CAM (one ``explain_dataset`` pass: ``also=[("cam", "all")]``,
+``batch_size=16``): single process; a local Dask cluster of 1 and of 2 single-threaded workers
+(cluster start-up and a warm-up run in which every worker builds its sessions timed apart;
+throughput and speed-up, goal >= 1.7x; per worker the CPU / wall
+ratio of its chunks, its onnxruntime setting and its thread count, to check that a worker really uses one core); a plain
+pytorch-grad-cam loop (``GradCAM``, top-1, batches of 16, the same decoded images): refcam / peer
+time (goal <= 0.4x).
+
+Part C, peak memory per worker: a 1-worker cluster per batch size, peak RSS of the worker
+(``VmHWM``) after the same workload, and the linear fit ``peak = session + B * per_image``.
+
+Ratios are meaningful within one run; the load average is printed next to every part.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -33,11 +43,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # the repository root
 
+BATCH = 16
+LINES: list[str] = []
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    LINES.append(line)
+
+
+def load() -> str:
+    return "load average " + ", ".join(f"{v:.1f}" for v in os.getloadavg())
+
 
 def export(d: Path) -> Path:
     """torchvision ResNet-50 (weights=None, torch.manual_seed(0)) → ``d/resnet50.onnx``."""
     p = d / "resnet50.onnx"
-    if p.exists():
+    if p.exists() and (d / "weights.pt").exists():
         return p
     import torch
     import torchvision
@@ -60,7 +82,22 @@ def layer4(path: Path) -> str:
             if n.name.startswith("/layer4/layer4.2/") and n.op_type == "Relu"][-1]
 
 
-def part_classes(d: Path, repeats: int, peers: bool) -> None:
+def torch_model(d: Path):
+    import torch
+    import torchvision
+
+    torch.set_num_threads(1)
+    tm = torchvision.models.resnet50(weights=None)
+    tm.load_state_dict(torch.load(d / "weights.pt"))
+    return tm.eval()
+
+
+# ------------------------------------------------------------------------------ part A
+def part_classes(d: Path, repeats: int, peer_classes: int) -> None:
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     import refcam
     from refcam.onnx import Model
 
@@ -69,9 +106,10 @@ def part_classes(d: Path, repeats: int, peers: bool) -> None:
     m = Model(str(path), intra_op_num_threads=1, inter_op_num_threads=1)
     x = np.random.default_rng(0).standard_normal((8, 3, 224, 224)).astype(np.float32)
     fns = {
-        "forward": lambda: m.run(x),
-        "cam all 1000": lambda: refcam.explain(m, x, "cam", layer=layer, target="all"),
-        "gradcam all 1000": lambda: refcam.explain(m, x, "gradcam", layer=layer, target="all"),
+        "one forward": lambda: m.run(x),
+        "CAM, 1000 classes": lambda: refcam.explain(m, x, "cam", layer=layer, target="all"),
+        "Grad-CAM, 1000 classes": lambda: refcam.explain(m, x, "gradcam", layer=layer,
+                                                         target="all"),
     }
     for f in fns.values():
         f()  # warm-up (sessions, head lookup)
@@ -82,34 +120,38 @@ def part_classes(d: Path, repeats: int, peers: bool) -> None:
             f()
             times[k].append(time.perf_counter() - t)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    e = refcam.explain(m, x, "gradcam", layer=layer, target="all")
-    print(f"ResNet-50 b=8, layer {layer}, maps {e.maps.shape}, median of {repeats}")
+    tm = torch_model(d)
+    cam = GradCAM(model=tm, target_layers=[tm.layer4[-1]])
+    xt = torch.from_numpy(x)
+    cam(input_tensor=xt, targets=[ClassifierOutputTarget(0)] * len(x))  # warm-up
+    t = time.perf_counter()
+    for c in range(peer_classes):
+        cam(input_tensor=xt, targets=[ClassifierOutputTarget(c)] * len(x))
+    per_class = (time.perf_counter() - t) / peer_classes
+    fwd = med["one forward"]
+    say(f"### A. All 1000 classes, ResNet-50, b = 8, layer4 ({load()})")
+    say()
+    say(f"median of {repeats} interleaved rounds; maps (8, 1000, 7, 7)")
+    say()
+    say("| | time | / one forward | goal |")
+    say("|---|---:|---:|---|")
+    goals = {"one forward": "", "CAM, 1000 classes": "<= 1.2x", "Grad-CAM, 1000 classes": "<= 2x"}
     for k, v in med.items():
-        print(f"  {k:18s} {v * 1e3:9.1f} ms   {v / med['forward']:.2f}x forward")
-    print("  goals: cam <= 1.2x, gradcam <= 2x forward")
-    if peers:
-        import torch
-        import torchvision
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        torch.set_num_threads(1)
-        tm = torchvision.models.resnet50(weights=None)
-        tm.load_state_dict(torch.load(d / "weights.pt"))
-        tm.eval()
-        cam = GradCAM(model=tm, target_layers=[tm.layer4[-1]])
-        xt = torch.from_numpy(x)
-        t = time.perf_counter()
-        for c in range(20):
-            cam(input_tensor=xt, targets=[ClassifierOutputTarget(c)] * len(x))
-        dt = (time.perf_counter() - t) / 20
-        print(f"  pytorch-grad-cam loop: {dt * 1e3:.1f} ms per class (20 measured) → "
-              f"{dt * 1000:.1f} s for 1000 classes = {dt * 1000 / med['gradcam all 1000']:.0f}x "
-              "refcam's one pass")
+        say(f"| refcam {k} | {v * 1e3:.0f} ms | {v / fwd:.2f}x | {goals[k]} |")
+    say(f"| pytorch-grad-cam GradCAM, per class ({peer_classes} measured) | "
+        f"{per_class * 1e3:.0f} ms | {per_class / fwd:.2f}x | |")
+    say(f"| pytorch-grad-cam, 1000 classes (extrapolated) | {per_class * 1000:.0f} s | "
+        f"{per_class * 1000 / fwd:.0f}x | |")
+    say()
+    say(f"pytorch-grad-cam's loop over 1000 classes / refcam's Grad-CAM of all classes: "
+        f"**{per_class * 1000 / med['Grad-CAM, 1000 classes']:.0f}x**.")
+    say()
 
 
+# ------------------------------------------------------------------------------ part B
 def make_images(folder: Path, n: int) -> list[Path]:
-    """``n`` images from the bundled photos: random crops (seeded) and horizontal flips."""
+    """``n`` images from the bundled photos: seeded random square crops, resized to 256, every
+    other one flipped horizontally."""
     from PIL import Image
 
     from refcam.zoo import sample_image_path, sample_images
@@ -132,70 +174,187 @@ def make_images(folder: Path, n: int) -> list[Path]:
     return out
 
 
-def part_workers(d: Path, n_images: int, workers_list: list[int], peers: bool) -> None:
+def _workload(path: Path, layer: str, folder: Path, store: Path, **kw):
     from refcam.dataset import explain_dataset
+
+    shutil.rmtree(store, ignore_errors=True)
+    t = time.perf_counter()
+    r = explain_dataset(str(path), folder, store, "gradcam", layer=layer, also=[("cam", "all")],
+                        batch_size=kw.pop("batch_size", BATCH), progress=False, **kw)
+    dt = time.perf_counter() - t
+    assert r.n_done == r.n_items, (r.n_done, r.n_items)
+    return dt, r
+
+
+def _worker_info() -> dict:
+    """Run on each worker: its threads (``/proc/self/task``) and the thread settings."""
+    from refcam import dataset
+
+    # the session of the model's output, as the worker built it (Model.session caches it)
+    intra = sorted({m.session([m.output_name]).get_session_options().intra_op_num_threads
+                    for m in dataset._MODELS.values()})
+    return {"pid": os.getpid(), "threads": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task")
+            else -1, "ort_intra_op": intra,
+            "omp": os.environ.get("OMP_NUM_THREADS"), "blas": os.environ.get("OPENBLAS_NUM_THREADS")}
+
+
+def _per_worker(r) -> dict:
+    by: dict = {}
+    for s in r.chunk_stats:
+        w = by.setdefault(s["pid"], {"chunks": 0, "cpu": 0.0, "wall": 0.0, "rss": 0})
+        w["chunks"] += 1
+        w["cpu"] += s["cpu"]
+        w["wall"] += s["wall"]
+        w["rss"] = max(w["rss"], s["peak_rss"])
+    return by
+
+
+def part_workers(d: Path, n_images: int) -> None:
+    import torch
+    from distributed import Client, LocalCluster
+    from pytorch_grad_cam import GradCAM
+
+    from refcam.onnx import load as load_model
+    from refcam.zoo._images import load_inputs
 
     path = export(d)
     layer = layer4(path)
     folder = d / f"images{n_images}"
-    if not folder.exists():
+    if not folder.exists() or len(list(folder.iterdir())) != n_images:
+        shutil.rmtree(folder, ignore_errors=True)
         make_images(folder, n_images)
-    rates = {}
-    for w in workers_list:
-        t0 = time.perf_counter()
-        for method, target in (("gradcam", None), ("cam", "all")):
-            store = d / f"store-{method}-{w}.zarr"
-            shutil.rmtree(store, ignore_errors=True)
-            explain_dataset(str(path), folder, store, method, layer=layer, target=target,
-                            batch_size=16, workers=w, progress=False)
-        dt = time.perf_counter() - t0
+    say(f"### B. {n_images} images, Grad-CAM top-1 + all-class CAM, batch {BATCH} ({load()})")
+    say()
+    warm = d / "images-warm"
+    if not warm.exists():
+        make_images(warm, 4)
+    rows = []
+    # single process, one thread
+    dt0, r0 = _workload(path, layer, folder, d / "store-0.zarr", workers=0, threads=1)
+    rows.append(("refcam, single process (`workers=0`, 1 thread)", dt0, "", ""))
+    rates, infos = {}, {}
+    for w in (1, 2):
+        t = time.perf_counter()
+        cluster = LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
+        client = Client(cluster)
+        try:
+            # warm-up: every worker loads the model and builds its sessions (once per worker)
+            _workload(path, layer, warm, d / "store-warm.zarr",
+                      scheduler=cluster.scheduler_address, batch_size=1)
+            start = time.perf_counter() - t
+            dt, r = _workload(path, layer, folder, d / f"store-{w}.zarr",
+                              scheduler=cluster.scheduler_address)
+            infos[w] = (client.run(_worker_info), _per_worker(r))
+        finally:
+            client.close()
+            cluster.close()
         rates[w] = n_images / dt
-        print(f"  explain_dataset workers={w}: {dt:.1f} s, {rates[w]:.2f} images/s "
-              "(Grad-CAM top-1 + all-class CAM, cluster start-up included)")
-    ws = sorted(rates)
-    if len(ws) > 1:
-        print(f"  speed-up {ws[-1]} vs {ws[0]} workers: {rates[ws[-1]] / rates[ws[0]]:.2f}x "
-              "(goal >= 1.7x for 2 vs 1 on an idle 2-core machine)")
-    if peers:
-        import torch
-        import torchvision
-        from pytorch_grad_cam import GradCAM
+        rows.append((f"refcam, Dask, {w} worker{'s' if w > 1 else ''} x 1 thread", dt,
+                     f"{start:.1f} s", ""))
+    # pytorch-grad-cam: the same images, decoded the same way, batches of 16, top-1 Grad-CAM
+    tm = torch_model(d)
+    cam = GradCAM(model=tm, target_layers=[tm.layer4[-1]])
+    files = sorted(str(f) for f in folder.iterdir())
+    m = load_model(str(path))
+    t = time.perf_counter()
+    for i in range(0, len(files), BATCH):
+        x = np.concatenate([it.x for it in load_inputs(files[i:i + BATCH], m)])
+        cam(input_tensor=torch.from_numpy(x), targets=None)
+    dtp = time.perf_counter() - t
+    rows.append(("pytorch-grad-cam GradCAM loop, top-1 only (1 thread)", dtp, "", ""))
+    say("| run | time | images/s | cluster start-up + warm-up |")
+    say("|---|---:|---:|---:|")
+    for name, dt, start, _ in rows:
+        say(f"| {name} | {dt:.1f} s | {n_images / dt:.2f} | {start} |")
+    say()
+    say(f"* speed-up, 2 workers vs 1 (throughput, start-up excluded): "
+        f"**{rates[2] / rates[1]:.2f}x** (goal >= 1.7x)")
+    say(f"* refcam single process (Grad-CAM top-1 **and** all-class CAM) / pytorch-grad-cam loop "
+        f"(Grad-CAM top-1): **{dt0 / dtp:.2f}x** (goal <= 0.4x)")
+    for w, (info, per) in infos.items():
+        by_pid = {inf["pid"]: inf for inf in info.values()}
+        for pid, s in sorted(per.items()):
+            inf = by_pid.get(pid, {"threads": "?", "ort_intra_op": "?", "omp": "?", "blas": "?"})
+            say(f"* {w} worker(s), worker pid {pid}: {s['chunks']} chunks, CPU / wall of its "
+                f"chunks {s['cpu'] / s['wall']:.2f}, {inf['threads']} OS threads, onnxruntime "
+                f"intra-op {inf['ort_intra_op']}, OMP {inf['omp']}, BLAS {inf['blas']}, peak "
+                f"RSS {s['rss'] / 2**20:.0f} MiB")
+    say()
 
-        from refcam.onnx import load
-        from refcam.zoo._images import load_inputs
 
-        torch.set_num_threads(1)
-        tm = torchvision.models.resnet50(weights=None)
-        tm.load_state_dict(torch.load(d / "weights.pt"))
-        tm.eval()
-        cam = GradCAM(model=tm, target_layers=[tm.layer4[-1]])
-        files = sorted(folder.iterdir())
-        m = load(str(path))
-        t0 = time.perf_counter()
-        for i in range(0, len(files), 16):
-            x = np.concatenate([it.x for it in load_inputs([str(f) for f in files[i:i + 16]], m)])
-            cam(input_tensor=torch.from_numpy(x), targets=None)
-        dt = time.perf_counter() - t0
-        print(f"  pytorch-grad-cam loop (b=16, top-1 Grad-CAM only): {dt:.1f} s, "
-              f"{n_images / dt:.2f} images/s")
+# ------------------------------------------------------------------------------ part C
+def part_memory(d: Path, batches: list[int]) -> None:
+    from distributed import Client, LocalCluster
+
+    path = export(d)
+    layer = layer4(path)
+    n = 2 * max(batches)
+    folder = d / f"images{n}"
+    if not folder.exists() or len(list(folder.iterdir())) != n:
+        shutil.rmtree(folder, ignore_errors=True)
+        make_images(folder, n)
+    say(f"### C. Peak memory per worker vs batch size ({load()})")
+    say()
+    say(f"1 Dask worker, {n} images, Grad-CAM top-1 + all-class CAM; peak RSS of the worker "
+        "process (`VmHWM`), which includes Python, onnxruntime and the model (~100 MB of "
+        "weights).")
+    say()
+    say("| batch B | peak RSS per worker |")
+    say("|---:|---:|")
+    peaks = []
+    for b in batches:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
+        client = Client(cluster)
+        try:
+            _, r = _workload(path, layer, folder, d / f"store-mem{b}.zarr",
+                             scheduler=cluster.scheduler_address, batch_size=b)
+        finally:
+            client.close()
+            cluster.close()
+        peak = max(s["peak_rss"] for s in r.chunk_stats)
+        peaks.append(peak)
+        say(f"| {b} | {peak / 2**20:.0f} MiB |")
+    slope, icpt = np.polyfit(np.asarray(batches, float), np.asarray(peaks, float) / 2**20, 1)
+    say()
+    say(f"Linear fit: peak ≈ **{icpt:.0f} MiB + B × {slope:.1f} MiB** (session and runtime + "
+        "per image in the batch).")
+    say()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--part", default="all", choices=("classes", "workers", "all"))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--workers-list", default="1,2")
-    ap.add_argument("--peers", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="64 images, 3 peer classes, 1 repeat, batch sizes 1 and 8 (~2 min)")
+    ap.add_argument("--part", default="all", choices=("classes", "workers", "memory", "all"))
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--images", type=int, default=None)
+    ap.add_argument("--peer-classes", type=int, default=None)
     ap.add_argument("--dir", default="/tmp/refcam-dataset-bench")
+    ap.add_argument("--out", help="write the tables (Markdown) to this file")
     a = ap.parse_args()
+    repeats = a.repeats or (1 if a.quick else 3)
+    images = a.images or (64 if a.quick else 512)
+    peer_classes = a.peer_classes or (3 if a.quick else 20)
+    batches = [1, 8] if a.quick else [1, 4, 16, 32]
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
-    print(f"load average {os.getloadavg()}, {os.cpu_count()} CPUs")
+    t0 = time.perf_counter()
+    say("# Datasets at scale: benchmark (`benchmarks/dataset_bench.py`)")
+    say()
+    say(f"{os.cpu_count()} CPUs, {load()} at the start; every side on one thread.  Command: "
+        f"`python benchmarks/dataset_bench.py{' --quick' if a.quick else ''}`")
+    say()
     if a.part in ("classes", "all"):
-        part_classes(d, a.repeats, a.peers)
+        part_classes(d, repeats, peer_classes)
     if a.part in ("workers", "all"):
-        part_workers(d, a.images, [int(w) for w in a.workers_list.split(",")], a.peers)
+        part_workers(d, images)
+    if a.part in ("memory", "all"):
+        part_memory(d, batches)
+    say(f"Total run time {time.perf_counter() - t0:.0f} s; {load()} at the end.")
+    if a.out:
+        Path(a.out).write_text("\n".join(LINES) + "\n")
 
 
 if __name__ == "__main__":

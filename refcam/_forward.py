@@ -20,6 +20,7 @@ from . import math as M
 from ._compare import max_abs_error, within
 from .errors import InvalidArgumentError, ModelError, TargetError
 from .onnx.model import DEFAULT_MEMORY_BUDGET
+from .onnx.override import Override
 from .onnx.targets import class_view
 from .registry import Context, need
 
@@ -270,8 +271,8 @@ def provide_baseline_scores(ctx: Context) -> np.ndarray:
 def _native_like(ctx: Context) -> np.ndarray | None:
     """The layer's activations in its native layout, batch first: what the head model takes.
 
-    Token layers need them (the prefix tokens are not in the map and are fed unchanged); other
-    layouts only need the shape, taken from the map itself.  Sequence-first layers are refused: the
+    Token layers need them (the prefix tokens are not in the map; Ablation-CAM ablates them too,
+    :func:`_ablation_view`); other layouts only need the shape, taken from the map itself.  Sequence-first layers are refused: the
     head model runs its batch on axis 0."""
     lay = ctx.layer.layout
     if lay is not None and lay.batch_axis not in (None, 0):
@@ -286,40 +287,62 @@ def _native_like(ctx: Context) -> np.ndarray | None:
     return None
 
 
+def _ablation_runner(ctx: Context) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``run(n, B)``: the output tensor with the layer set to the rows of ``B`` (native layout),
+    input sample ``n``.  The head model when the graph can be cut at the layer; otherwise (a
+    residual stream bypasses the layer, as around ``ln_1`` in a transformer block) the masked
+    re-run: the whole model on sample ``n`` with the layer tensor fed from outside
+    (:class:`refcam.onnx.override.Override`, what pytorch-grad-cam's ablation layer does)."""
+    model = ctx.model
+    try:
+        head = model.head(ctx.layer)
+    except ModelError as cut_error:
+        try:
+            ov = Override.of(model, ctx.layer.name)
+        except ModelError:
+            raise cut_error from None
+        return lambda n, b: ov.run(ctx.inputs[n : n + 1], b, sample=n)
+    return lambda n, b: head.run(b.astype(head.input_dtype, copy=False), batch_size=len(b),
+                                 checked=True)[head.output_name]
+
+
+def _ablation_view(ctx: Context) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """``(V, to_native)``: the activations Ablation-CAM ablates, channels first ``(N, K, *P)``, and
+    the map back to the layer's native layout.  Token layers: the native ``(N, T, C)`` as
+    ``(N, C, T)``, so channel ``k`` is ablated on every token, prefix tokens included (as
+    pytorch-grad-cam's ``AblationLayerVit``); other layers: the map ``A`` itself."""
+    lay = ctx.layer.layout
+    native = _native_like(ctx)  # refuses a sequence-first layer before anything is run
+    if native is not None:
+        c = lay.channel_axis
+        return np.moveaxis(native, c, 1), lambda b: np.moveaxis(b, 1, c)
+    return ctx.need("activations"), lambda b: ctx.model.map_to_layer(ctx.layer, b, None)
+
+
 @need(
     "ablated_scores",
     "y^c_k with channel k ablated (N, T, K)",
     options=("ablation_value",),
 )
 def provide_ablated_scores(ctx: Context) -> np.ndarray:
-    """``y^c_k``: the head model (graph cut at the layer) run on the activations with channel ``k``
-    set to :func:`refcam.math.ablation_values` ``(A, ablation_value)`` (0 in the paper),
-    ``(N, T, K)``; chunks of ``memory_budget // (2 × bytes of one activation)`` channels."""
-    model = ctx.model
-    native = _native_like(ctx)  # refuses a sequence-first layer before the cut is attempted
-    head = model.head(ctx.layer)
-    a = ctx.need("activations")
-    n, k = a.shape[:2]
-    values = M.ablation_values(a, ctx.options["ablation_value"])
-    chunk = _chunk(ctx, a[0].nbytes, 2, k)
+    """``y^c_k``: the network after the layer run on the activations with channel ``k`` set to
+    :func:`refcam.math.ablation_values` ``(V, ablation_value)`` (0 in the paper) at every position
+    (:func:`refcam.math.ablated_activations`; ``V`` and the run: :func:`_ablation_view`,
+    :func:`_ablation_runner`), ``(N, T, K)``; chunks of ``memory_budget // (2 × bytes of one
+    activation)`` channels."""
+    view, to_native = _ablation_view(ctx)
+    run = _ablation_runner(ctx)
+    n, k = view.shape[:2]
+    values = M.ablation_values(view, ctx.options["ablation_value"])
+    chunk = _chunk(ctx, view[0].nbytes, 2, k)
     out = np.zeros((n, ctx.targets.n_targets, k), dtype=np.float64)
     bar = _bar(ctx, n * k, "ablation-cam forwards")
     try:
         for s in range(n):
             for k0 in range(0, k, chunk):
                 k1 = min(k, k0 + chunk)
-                b = np.repeat(a[s : s + 1], k1 - k0, axis=0)
-                b[np.arange(k1 - k0), np.arange(k0, k1)] = values[s, k0:k1].reshape(
-                    (-1,) + (1,) * (a.ndim - 2)
-                )
-                res = head.run(
-                    model.map_to_layer(
-                        ctx.layer, b, None if native is None else np.repeat(native[s : s + 1], k1 - k0, 0)
-                    )
-                    .astype(head.input_dtype, copy=False),
-                    batch_size=k1 - k0,
-                    checked=True,
-                )[head.output_name]
+                b = M.ablated_activations(view[s : s + 1], values[s : s + 1, k0:k1], np.arange(k0, k1))[0]
+                res = run(s, to_native(b))
                 out[s, :, k0:k1] = _scores(ctx, res, np.full(k1 - k0, s), "logit").T
                 bar.update(k1 - k0)
     finally:
@@ -331,10 +354,8 @@ def provide_ablated_scores(ctx: Context) -> np.ndarray:
     "ablation_base_scores", "y^c from the head model on the unablated activations (N, T)"
 )
 def provide_ablation_base_scores(ctx: Context) -> np.ndarray:
-    """``y^c`` from the head model on the unablated activations (same numerics as ``ablated_scores``)."""
-    model = ctx.model
-    head = model.head(ctx.layer)
-    a = ctx.need("activations")
-    native = model.map_to_layer(ctx.layer, a, _native_like(ctx))
-    res = head.run(native.astype(head.input_dtype, copy=False), checked=True)[head.output_name]
-    return _scores(ctx, res, np.arange(a.shape[0]), "logit")
+    """``y^c`` from the same run as ``ablated_scores`` on the unablated activations (same numerics)."""
+    view, to_native = _ablation_view(ctx)
+    run = _ablation_runner(ctx)
+    res = np.concatenate([run(s, to_native(view[s : s + 1])) for s in range(view.shape[0])])
+    return _scores(ctx, res, np.arange(view.shape[0]), "logit")

@@ -18,7 +18,7 @@ import numpy as np
 from . import math as M
 from .errors import InvalidArgumentError, ModelError, TargetError
 from .methods import (
-    CENTER, LAYER_GRADIENT_OPTIONS, N_SAMPLES, SEED, SIGN, STD, UPSAMPLE_MODE, relu,
+    AUG_SMOOTH, CENTER, LAYER_GRADIENT_OPTIONS, N_SAMPLES, SEED, SIGN, SMOOTHING, STD, UPSAMPLE_MODE, relu,
 )
 from .registry import Context, Option, boolean, finite_real, method, need, nonnegative, one_of, positive_int
 
@@ -69,7 +69,7 @@ EPS = Option("eps", 0.0, nonnegative, "additive eps of the α denominator (0: ex
     "CNNs for actions recognition in video (IPTA 2020)",
     equation="k-sigma rule: w_k = (1/Z) Σ_ij [A^k_ij > μ_k + k σ_k], L = ReLU(Σ_k w_k A^k) "
     "(weighting as pytorch-grad-cam fem.py; equation number not verified)",
-    options=(K_SIGMA, relu(True)),
+    options=(K_SIGMA, relu(True), AUG_SMOOTH),
     targeted=False,
 )
 def _fem(ctx: Context, t: int) -> np.ndarray:
@@ -83,15 +83,19 @@ def _fem(ctx: Context, t: int) -> np.ndarray:
     math=M.randomcam,
     paper="pytorch-grad-cam RandomCAM (no paper): the random-weights sanity baseline",
     equation="w_k ~ U[-1, 1), L = ReLU(Σ_k w_k A^k) (refcam's generator: random_weights(N, K, seed))",
-    options=(SEED, relu(True)),
+    options=(SEED, relu(True), *SMOOTHING),
     targeted=False,
+    weights=lambda ctx, t: _random_weights(ctx),
 )
 def _randomcam(ctx: Context, t: int) -> np.ndarray:
-    o = ctx.options
+    return M.randomcam(ctx.need("activations"), _random_weights(ctx), relu=ctx.options["relu"])
+
+
+def _random_weights(ctx: Context) -> np.ndarray:
     a = ctx.need("activations")
-    w = M.random_weights(a.shape[0], a.shape[1], seed=o["seed"], dtype=a.dtype)
+    w = M.random_weights(a.shape[0], a.shape[1], seed=ctx.options["seed"], dtype=a.dtype)
     ctx.arrays["random_weights"] = w
-    return M.randomcam(a, w, relu=o["relu"])
+    return w
 
 
 @method(
@@ -103,7 +107,7 @@ def _randomcam(ctx: Context, t: int) -> np.ndarray:
     "Müller 1998",
     equation="L = sqrt(λ_1) v_1 of the double-centred Gram matrix of the (centred) positions "
     "(Schölkopf et al. Eqs. 14, 20)",
-    options=(KERNEL, GAMMA, DEGREE, COEF0, CENTER.but(True), SIGN.but("max-abs"), relu(False)),
+    options=(KERNEL, GAMMA, DEGREE, COEF0, CENTER.but(True), SIGN.but("max-abs"), relu(False), AUG_SMOOTH),
     targeted=False,
 )
 def _kpcacam(ctx: Context, t: int) -> np.ndarray:
@@ -148,7 +152,7 @@ def _dff(ctx: Context, t: int) -> np.ndarray:
     paper="Chung & Ying, 2025, Seg-Eigen-CAM: Eigen-Value-Based Visual Explanations for Semantic "
     "Segmentation Models (Appl. Sci. 15(13), 7562)",
     equation="Eq. 10: O' = |∂y^c/∂A| ⊙ A; Eqs. 11-12: projection on v'_1 (centred); Eq. 13: sign correction",
-    options=(*LAYER_GRADIENT_OPTIONS, CENTER.but(True), SIGN.but("max-abs"), relu(True)),
+    options=(*LAYER_GRADIENT_OPTIONS, CENTER.but(True), SIGN.but("max-abs"), relu(True), AUG_SMOOTH),
 )
 def _segeigencam(ctx: Context, t: int) -> np.ndarray:
     o = ctx.options
@@ -192,11 +196,17 @@ def provide_hessian_vector_products(ctx: Context) -> np.ndarray:
     paper="Cai, 2025, CAMs as Shapley Value-based Explainers (arXiv:2501.06261)",
     equation="w^c_k = (1/Z) Σ_ij (∂y^c/∂A^k_ij − ½ (H A)^k_ij), L = ReLU(Σ_k w^c_k A^k) (as "
     "pytorch-grad-cam shapley_cam.py; equation number not verified)",
-    options=(relu(True),),
+    options=(relu(True), *SMOOTHING),
+    weights=lambda ctx, t: _shapley_weights(ctx, t),
 )
 def _shapleycam(ctx: Context, t: int) -> np.ndarray:
     h = ctx.need("hessian_vector_products")[:, t]         # also stores arrays["gradients"]
     return M.shapleycam(ctx.need("activations"), ctx.arrays["gradients"][:, t], h, relu=ctx.options["relu"])
+
+
+def _shapley_weights(ctx: Context, t: int) -> np.ndarray:
+    h = ctx.need("hessian_vector_products")[:, t]         # also stores arrays["gradients"]
+    return M.shapleycam_weights(ctx.arrays["gradients"][:, t], h)
 
 
 @need("finer_gradients",
@@ -236,7 +246,8 @@ def provide_finer_gradients(ctx: Context) -> np.ndarray:
     "Difference Reveals Finer Details for Visual Explanation (CVPR 2025, arXiv:2501.11309)",
     equation="Grad-CAM of S = Σ_d p_d (y^c − γ y^d) / (Σ_d p_d + 1e-9) over the classes d nearest in "
     "logit (explain y^c − γ y^d instead of y^c; softmax-weighted aggregation as pytorch-grad-cam)",
-    options=(ALPHA, COMPARISONS, relu(True)),
+    options=(ALPHA, COMPARISONS, relu(True), *SMOOTHING),
+    weights=lambda ctx, t: M.gradient_weights(ctx.need("finer_gradients")[:, t]),
 )
 def _finercam(ctx: Context, t: int) -> np.ndarray:
     return M.gradcam(ctx.need("activations"), ctx.need("finer_gradients")[:, t], relu=ctx.options["relu"])

@@ -35,16 +35,19 @@ Conventions
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import math as M
 from ._compare import max_abs_error, within
-from .errors import InvalidArgumentError, ModelError, TargetError
+from .errors import InvalidArgumentError, ModelError, ShapeError, TargetError
 from .onnx.targets import class_view
 
-__all__ = ["ALL", "SUPPORTED", "class_sets", "explain_classes", "wants_class_sets"]
+__all__ = ["ALL", "SUPPORTED", "ClassChunk", "class_sets", "explain_classes", "explain_classes_into",
+           "explain_many", "iter_class_maps", "wants_class_sets"]
 
 #: the ``target`` value asking for every class of the output
 ALL = "all"
@@ -95,6 +98,139 @@ def class_sets(target: Any, n: int, n_classes: int) -> np.ndarray:
     return out
 
 
+class _ClassMaps:
+    r"""The state shared by every block of classes: one forward run of the backbone (outputs and
+    the layer's activations ``(N, K, *S)``), the head (GAP → linear weights, or the sub-model
+    layer → logits), and :meth:`blocks` computing the maps of any block of classes."""
+
+    def __init__(self, meth, m, x, li, target, opts, *, batch_size, memory_budget):
+        from .onnx.model import DEFAULT_MEMORY_BUDGET
+
+        self.m, self.x, self.li = m, x, li
+        self.batch_size, self.memory_budget = batch_size, memory_budget
+        self.budget = memory_budget if memory_budget is not None else getattr(
+            m, "memory_budget", DEFAULT_MEMORY_BUDGET)
+        self._set_method(meth, target, opts)
+        fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
+        self.outputs, self.a = fw.outputs, fw.activations[li.name]
+        self.logits = class_view(self.outputs)
+        self.n_classes = self.logits.shape[1]
+        self._bind_head()
+
+    def with_method(self, meth, target, opts) -> _ClassMaps:
+        """The same forward run (outputs, activations) for another method: no model run."""
+        c = copy.copy(self)
+        c._set_method(meth, target, opts)
+        c._bind_head()
+        return c
+
+    def _set_method(self, meth, target, opts) -> None:
+        m, li = self.m, self.li
+        layer_gradient = (meth.layered and set(meth.needs) <= {"activations", "gradients"}
+                          and "gradients" in meth.needs)
+        if meth.name not in SUPPORTED and not layer_gradient:
+            raise InvalidArgumentError(
+                "target", target if isinstance(target, str) else "per-image class lists",
+                f"a single class / TopK / (N, T) array for {meth.name!r}: all classes in one pass "
+                "are computed for 'cam' (GAP → linear head) and the methods of the activations "
+                "and layer gradients (gradcam, gradcampp, xgradcam, layercam, hirescam, ...)",
+            )
+        if "gradients" in meth.needs and opts.get("gradient_source") != "vjp":
+            raise InvalidArgumentError(
+                "gradient_source", opts.get("gradient_source"),
+                "'vjp' with target='all' / class lists (exact gradients of the head)",
+            )
+        try:
+            head = m.linear_head(li) if meth.name in SUPPORTED else None
+        except ModelError as exc:
+            if meth.name == "gradcam":
+                head = None  # any other head: backpropagation through the head
+            else:
+                raise ModelError(
+                    f"{exc} — CAM of all classes in one pass needs a GAP → linear head after the "
+                    "layer; on other heads use gradcam (gradients through the head) or explain "
+                    "one class at a time"
+                ) from None
+        if head is None:
+            lay = li.layout
+            if lay is not None and (lay.batch_axis not in (None, 0) or lay.is_tokens):
+                raise InvalidArgumentError(
+                    "layer", li.name, f"a batch-first spatial map for target='all' / class lists "
+                    f"(the layer is {lay.describe()})"
+                )
+        self.meth, self.opts, self.head = meth, opts, head
+
+    def _bind_head(self) -> None:
+        """The head weights ``(C, K)`` and the float64 activations, checked: ``W gap(A) + b``
+        must reproduce the model output (NaN-aware) before any map is computed from them."""
+        head, meth, li = self.head, self.meth, self.li
+        if head is None or getattr(self, "bound", None) is head:
+            return
+        w = np.asarray(head.weight, dtype=np.float64)  # (C, K)
+        if w.shape[1] != self.a.shape[1]:
+            raise ModelError(
+                f"{meth.name}: the linear layer has {w.shape[1]} inputs, the layer "
+                f"{li.name!r} has {self.a.shape[1]} channels"
+            )
+        bias = 0.0 if head.bias is None else np.asarray(head.bias, dtype=np.float64)
+        if getattr(self, "a64", None) is None:
+            self.a64 = self.a.astype(np.float64)
+        self.w = w
+        y = M.gap(self.a64) @ w.T + bias
+        lg = self.logits.astype(np.float64)
+        if y.shape != lg.shape or not within(y, lg, atol=1e-3, rtol=1e-3):
+            raise ModelError(
+                f"{meth.name}: the head found after {li.name!r} ({head.nodes}) does not "
+                f"reproduce the model output (max deviation "
+                f"{max_abs_error(y, lg) if y.shape == lg.shape else 'shape'})"
+            )
+        self.bound = head
+
+    def default_block(self) -> int:
+        """Classes per block: the float64 maps of a block (and, through the head, ~4 copies of the
+        repeated activations) stay under the memory budget."""
+        n, per = len(self.x), int(np.prod(self.a.shape[2:]))
+        if self.head is not None:
+            return int(max(1, self.budget // max(1, 2 * n * per * 8)))
+        return int(max(1, self.budget // max(1, 4 * n * self.a[0].nbytes)))
+
+    def blocks(self, wanted: np.ndarray, block: int):
+        """Yield ``(us, maps_u)`` over blocks of ``block`` classes of ``wanted``: ``maps_u`` the
+        float64 maps ``(N, len(us), *S)`` of the classes ``us``."""
+        for u0 in range(0, len(wanted), block):
+            us = wanted[u0 : u0 + block]
+            yield us, (self._product(us) if self.head is not None else self._through_head(us))
+
+    def _product(self, us: np.ndarray) -> np.ndarray:
+        # one product: M_u = Σ_k w^u_k A^k for every requested class u   (N, U, *S)
+        maps_u = np.einsum("nk...,uk->nu...", self.a64, self.w[us], optimize=True)
+        if self.meth.name == "gradcam":
+            maps_u = maps_u / int(np.prod(self.a.shape[2:]))  # α^c_k = w^c_k / Z
+        return np.maximum(maps_u, 0.0) if self.opts["relu"] else maps_u
+
+    def _through_head(self, us: np.ndarray) -> np.ndarray:
+        r""":math:`\partial y^c/\partial A` from one VJP run of the head (layer → output) on the
+        activations repeated once per class of the block, the class seeds stacked in one batch; the
+        method's map from the registry's ``compute``."""
+        from .autodiff import gradients
+        from .registry import Context
+
+        m, li, a, n = self.m, self.li, self.a, len(self.x)
+        head = m.head(li)
+        native = m.map_to_layer(li, a).astype(head.input_dtype, copy=False)
+        rep = np.repeat(native, len(us), axis=0)  # row n·len(us) + j: sample n, class us[j]
+        seeds = np.tile(us, n)[:, None]  # (N·ub, 1): one seed per row, all classes in one run
+        r = gradients(head, rep, wrt="input", target=seeds, batch_size=self.batch_size)
+        g = m._as_map(li.name, r.gradients[head.input_name][:, 0])  # (N·ub, K, *S)
+        ctx = Context(m, self.x, li, self.outputs, None, self.opts, self.batch_size,
+                      self.memory_budget, False, {"activations": a}, method=self.meth.name)
+        ctx.arrays["gradients"] = g.reshape((n, len(us)) + a.shape[1:]).astype(a.dtype, copy=False)
+        out = np.empty((n, len(us)) + a.shape[2:], dtype=np.float64)
+        for j in range(len(us)):
+            out[:, j] = self.meth.compute(ctx, j)  # (N, *S)
+        return out
+
+
 def explain_classes(
     meth: Any,
     m: Any,
@@ -106,139 +242,199 @@ def explain_classes(
     batch_size: int | None,
     memory_budget: int | None,
 ):
-    r"""The :class:`refcam.Explanation` of ``meth`` (CAM or Grad-CAM) for every class requested by
-    ``target`` (``"all"`` or per-image class lists), from one product
-    ``(N, K, *S) × (U, K) → (N, U, *S)`` over the ``U`` distinct classes requested.
+    r"""The :class:`refcam.Explanation` of ``meth`` for every class requested by ``target``
+    (``"all"`` or per-image class lists): on a GAP → linear head one product
+    ``(N, K, *S) × (U, K) → (N, U, *S)`` over the ``U`` distinct classes requested; otherwise VJP
+    runs of the head in blocks of classes (see the module docstring).
 
     Raises
     ------
-    InvalidArgumentError : a method other than ``cam`` / ``gradcam``, or Grad-CAM with a gradient
+    InvalidArgumentError : a method other than ``cam`` / a layer-gradient method, or a gradient
         source other than ``"vjp"``.
-    ModelError : the layer is not followed by a GAP → linear head reproducing the output.
+    ModelError : CAM on a layer not followed by a GAP → linear head reproducing the output.
     """
+    cm = _ClassMaps(meth, m, x, li, target, opts, batch_size=batch_size,
+                    memory_budget=memory_budget)
+    return _assemble(cm, target)
+
+
+def _assemble(cm: _ClassMaps, target: Any):
+    """The Explanation of ``cm``'s method for the classes of ``target`` (all, or class lists)."""
     from .explanation import Explanation
 
-    layer_gradient = (meth.layered and set(meth.needs) <= {"activations", "gradients"}
-                      and "gradients" in meth.needs)
-    if meth.name not in SUPPORTED and not layer_gradient:
-        raise InvalidArgumentError(
-            "target", target if isinstance(target, str) else "per-image class lists",
-            f"a single class / TopK / (N, T) array for {meth.name!r}: all classes in one pass are "
-            "computed for 'cam' (GAP → linear head) and the methods of the activations and layer "
-            "gradients (gradcam, gradcampp, xgradcam, layercam, hirescam, ...)",
-        )
-    if "gradients" in meth.needs and opts.get("gradient_source") != "vjp":
-        raise InvalidArgumentError(
-            "gradient_source", opts.get("gradient_source"),
-            "'vjp' with target='all' / class lists (exact gradients of the head)",
-        )
-    try:
-        head = m.linear_head(li) if meth.name in SUPPORTED else None
-    except ModelError as exc:
-        if meth.name == "gradcam":
-            head = None  # any other head: backpropagation through the head
-        else:
-            raise ModelError(
-                f"{exc} — CAM of all classes in one pass needs a GAP → linear head after the "
-                "layer; on other heads use gradcam (gradients through the head) or explain one "
-                "class at a time"
-            ) from None
-    if head is None:
-        return _through_head(meth, m, x, li, target, opts, batch_size=batch_size,
-                             memory_budget=memory_budget)
-    fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
-    outputs, a = fw.outputs, fw.activations[li.name]
-    logits = class_view(outputs).astype(np.float64)
-    w = np.asarray(head.weight, dtype=np.float64)  # (C, K)
-    if w.shape[1] != a.shape[1]:
-        raise ModelError(
-            f"{meth.name}: the linear layer has {w.shape[1]} inputs, the layer {li.name!r} has "
-            f"{a.shape[1]} channels"
-        )
-    bias = 0.0 if head.bias is None else np.asarray(head.bias, dtype=np.float64)
-    a64 = a.astype(np.float64)
-    y = M.gap(a64) @ w.T + bias
-    if y.shape != logits.shape or not within(y, logits, atol=1e-3, rtol=1e-3):
-        raise ModelError(
-            f"{meth.name}: the head found after {li.name!r} ({head.nodes}) does not reproduce the "
-            f"model output (max deviation "
-            f"{max_abs_error(y, logits) if y.shape == logits.shape else 'shape'})"
-        )
-    classes = class_sets(target, len(x), w.shape[0])
+    a, x, meth, m = cm.a, cm.x, cm.meth, cm.m
+    classes = class_sets(target, len(x), cm.n_classes)
     wanted = np.unique(classes[classes >= 0])  # U distinct classes, sorted
-    # one product: M_u = Σ_k w^u_k A^k for every requested class u   (N, U, *S)
-    maps_u = np.einsum("nk...,uk->nu...", a64, w[wanted], optimize=True)
-    if meth.name == "gradcam":
-        z = int(np.prod(a.shape[2:]))  # Z: number of positions
-        maps_u = maps_u / z  # α^c_k = w^c_k / Z
-    if opts["relu"]:
-        maps_u = np.maximum(maps_u, 0.0)
+    block = len(wanted) if cm.head is not None else cm.default_block()
+    maps_u = np.concatenate([mu for _, mu in cm.blocks(wanted, block)], axis=1)
     pos = np.searchsorted(wanted, np.where(classes >= 0, classes, wanted[0]))
     pad = classes < 0
     rows = np.arange(len(x))[:, None]
     maps = maps_u[rows, pos]  # (N, T, *S)
+    del maps_u
     maps[pad] = np.nan
-    scores = logits[rows, np.where(pad, 0, classes)]
+    scores = cm.logits.astype(np.float64)[rows, np.where(pad, 0, classes)]
     scores[pad] = np.nan
     maps = maps.astype(a.dtype, copy=False)
     out = maps[:, 0] if maps.shape[1] == 1 else maps
-    arrays = {"activations": a, "linear_weights": head.weight, "linear_bias": head.bias,
-              "target_scores": scores}
+    arrays = {"activations": a, "target_scores": scores}
+    if cm.head is not None:
+        arrays.update(linear_weights=cm.head.weight, linear_bias=cm.head.bias)
     return Explanation(
-        maps=out, method=meth.name, layer=li, targets=classes, scores=scores, outputs=outputs,
-        options=opts, arrays=arrays, input_size=m.input_spatial_shape(x),
+        maps=out, method=meth.name, layer=cm.li, targets=classes, scores=scores,
+        outputs=cm.outputs, options=cm.opts, arrays=arrays, input_size=m.input_spatial_shape(x),
     )
 
 
-def _through_head(meth, m, x, li, target, opts, *, batch_size, memory_budget):
-    r"""Layer-gradient methods for many classes: :math:`\partial y^c/\partial A` from VJP runs of
-    the head (layer → output) on the activations repeated once per class of a block, the block's
-    class seeds stacked in one batch; the method's map from the registry's ``compute``."""
-    from .autodiff import gradients
-    from .explanation import Explanation
-    from .onnx.model import DEFAULT_MEMORY_BUDGET
-    from .registry import Context
+def explain_many(m: Any, x: np.ndarray, li: Any, jobs: list, *, batch_size: int | None = None,
+                 memory_budget: int | None = None) -> list:
+    r"""Several ``(method, target, options)`` jobs on **one** forward run of the model.
 
-    lay = li.layout
-    if lay is not None and (lay.batch_axis not in (None, 0) or lay.is_tokens):
-        raise InvalidArgumentError(
-            "layer", li.name, f"a batch-first spatial map for target='all' / class lists (the "
-            f"layer is {lay.describe()})"
-        )
-    fw = m.forward(x, [li], batch_size=batch_size, memory_budget=memory_budget, checked=True)
-    outputs, a = fw.outputs, fw.activations[li.name]
-    logits = class_view(outputs)
-    classes = class_sets(target, len(x), logits.shape[1])
-    wanted = np.unique(classes[classes >= 0])
-    head = m.head(li)
-    native = m.map_to_layer(li, a).astype(head.input_dtype, copy=False)
-    n = len(x)
-    budget = memory_budget if memory_budget is not None else getattr(m, "memory_budget",
-                                                                      DEFAULT_MEMORY_BUDGET)
-    # a block of ub classes holds ~4 copies of (N·ub) activations (inputs, gradients, float64 maps)
-    ub = int(max(1, min(len(wanted), budget // max(1, 4 * n * a[0].nbytes))))
-    maps = np.full(classes.shape + a.shape[2:], np.nan, dtype=np.float64)
-    ctx = Context(m, x, li, outputs, None, opts, batch_size, memory_budget, False,
-                  {"activations": a}, method=meth.name)
-    for u0 in range(0, len(wanted), ub):
-        us = wanted[u0 : u0 + ub]
-        rep = np.repeat(native, len(us), axis=0)  # row n·len(us) + j: sample n, class us[j]
-        seeds = np.tile(us, n)[:, None]  # (N·ub, 1): one seed per row, all classes in one run
-        r = gradients(head, rep, wrt="input", target=seeds, batch_size=batch_size)
-        g = m._as_map(li.name, r.gradients[head.input_name][:, 0])  # (N·ub, K, *S)
-        ctx.arrays["gradients"] = g.reshape((n, len(us)) + a.shape[1:]).astype(a.dtype, copy=False)
-        for j, u in enumerate(us):
-            mu = meth.compute(ctx, j)  # (N, *S)
-            hit = classes == u
-            maps[hit] = np.broadcast_to(mu[:, None], classes.shape + mu.shape[1:])[hit]
-    del ctx.arrays["gradients"]
-    pad = classes < 0
-    rows = np.arange(n)[:, None]
-    scores = logits.astype(np.float64)[rows, np.where(pad, 0, classes)]
-    scores[pad] = np.nan
-    maps = maps.astype(a.dtype, copy=False)
-    return Explanation(
-        maps=maps[:, 0] if maps.shape[1] == 1 else maps, method=meth.name, layer=li,
-        targets=classes, scores=scores, outputs=outputs, options=opts,
-        arrays={"activations": a, "target_scores": scores}, input_size=m.input_spatial_shape(x),
-    )
+    Every job is computed as :func:`explain_classes` computes it — on a GAP → linear head CAM
+    :math:`M_c = \sum_k w^c_k A^k` and Grad-CAM :math:`\mathrm{ReLU}(M_c)/Z` (exact: the head's
+    gradient is :math:`w^c_k/Z`); on another head, Grad-CAM from VJP runs of the head — from the
+    same activations :math:`A`.  A target ``None`` (top-1), a class index, :class:`TopK` or an
+    ``(N, T)`` array is first resolved against the model output (:func:`resolve_targets`: top-1 is
+    the first maximum) and turned into one class list per image.  Methods: ``cam``, ``gradcam``
+    and the layer-gradient methods (as :func:`explain_classes`).
+
+    Returns one :class:`refcam.Explanation` per job (maps ``(N, *S)`` when one class per image).
+    """
+    from .methods import get_method
+    from .onnx.targets import resolve_targets
+
+    cm, out = None, []
+    for method, target, options in jobs:
+        meth = get_method(method)
+        opts = meth.resolve(options)
+        if not meth.targeted or not meth.layered:
+            raise InvalidArgumentError("method", meth.name, "a class-targeted layer method")
+        cm = (_ClassMaps(meth, m, x, li, target, opts, batch_size=batch_size,
+                         memory_budget=memory_budget) if cm is None
+              else cm.with_method(meth, target, opts))
+        if not wants_class_sets(target):
+            tg = resolve_targets(target, cm.outputs)
+            if tg.classes is None:
+                raise InvalidArgumentError("target", target, "class indices (None, an int, TopK, "
+                                           "an array) for jobs sharing one forward run")
+            target = tg.classes.tolist()
+        out.append(_assemble(cm, target))
+    return out
+
+
+# ------------------------------------------------------------------------------ streaming
+@dataclass(frozen=True)
+class ClassChunk:
+    """One block of classes of :func:`iter_class_maps`: ``classes`` ``(U_b,)``, ``maps``
+    ``(N, U_b, *S)`` (the activations' dtype), ``scores`` ``(N, U_b)`` float64 (:math:`y^c`)."""
+
+    classes: np.ndarray
+    maps: np.ndarray
+    scores: np.ndarray
+
+
+def _class_maps(model, inputs, method, layer, classes, layout, batch_size, memory_budget,
+                options):
+    from .methods import get_method
+    from .onnx import load
+
+    meth = get_method(method)
+    m = load(model) if layout is None else load(model, layout=layout)
+    meth.check_needs()
+    opts = meth.resolve(options)
+    x = m.check_inputs(inputs)
+    if not meth.layered or not meth.targeted:
+        raise InvalidArgumentError("method", meth.name, "a class-targeted layer method (cam, "
+                                   "gradcam, gradcampp, xgradcam, layercam, hirescam, ...)")
+    li = m.spatial_layer(layer)
+    cm = _ClassMaps(meth, m, x, li, ALL, opts, batch_size=batch_size,
+                    memory_budget=memory_budget)
+    if isinstance(classes, str):
+        wanted = class_sets(classes, 1, cm.n_classes)[0]
+    else:
+        wanted = class_sets([list(classes)], 1, cm.n_classes)[0]
+    return cm, wanted
+
+
+def iter_class_maps(
+    model: Any,
+    inputs: Any,
+    method: str = "gradcam",
+    *,
+    layer: Any = None,
+    classes: Any = ALL,
+    chunk: int | None = None,
+    layout: str | None = None,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    **options: Any,
+):
+    r"""The maps of many classes, in blocks of ``chunk`` classes, with bounded memory.
+
+    The backbone runs forward **once**; each block then costs one product with the head weights
+    (CAM / Grad-CAM on a GAP → linear head) or one batched VJP run of the head, exactly as
+    ``refcam.explain(..., target="all")`` (whose result equals the blocks concatenated along
+    axis 1), but only one block of maps is alive at a time: memory is the activations
+    ``(N, K, *S)`` (and their float64 copy) plus ``N · chunk · prod(S)`` float64 numbers, instead
+    of the ``(N, C, *S)`` result.
+
+    Parameters
+    ----------
+    model, inputs, method, layer, layout, batch_size, memory_budget, **options :
+        as :func:`refcam.explain`.
+    classes : ``"all"`` or a sequence of class indices (the same for every image), in the order
+        of the blocks.
+    chunk : classes per block; default: as many as fit the memory budget (64 MiB by default).
+
+    Yields
+    ------
+    ClassChunk
+    """
+    cm, wanted = _class_maps(model, inputs, method, layer, classes, layout, batch_size,
+                             memory_budget, options)
+    block = cm.default_block() if chunk is None else chunk
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise InvalidArgumentError("chunk", chunk, "classes per block, an integer >= 1")
+    logits = cm.logits.astype(np.float64)
+    for u0 in range(0, len(wanted), int(block)):
+        us = wanted[u0 : u0 + int(block)]
+        # blocks() sorts nothing: the classes come in the order asked
+        _, mu = next(cm.blocks(us, len(us)))
+        yield ClassChunk(us.copy(), mu.astype(cm.a.dtype, copy=False), logits[:, us])
+
+
+def explain_classes_into(
+    out: Any,
+    model: Any,
+    inputs: Any,
+    method: str = "gradcam",
+    *,
+    classes: Any = ALL,
+    chunk: int | None = None,
+    **kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write the maps of ``classes`` into ``out[:, j]`` block by block (:func:`iter_class_maps`)
+    and return ``(classes (U,), scores (N, U))``.
+
+    ``out`` is any array with slice assignment and shape ``(N, U, *S)``: a :class:`numpy.memmap`,
+    a Zarr or HDF5 array, or a NumPy array.  Memory as in :func:`iter_class_maps`; the result
+    equals ``refcam.explain(model, inputs, method, target="all").maps`` (for ``classes="all"``).
+    """
+    done, scores, j = [], [], 0
+    for ch in iter_class_maps(model, inputs, method, classes=classes, chunk=chunk, **kwargs):
+        if j == 0:
+            want = (ch.maps.shape[0], None) + ch.maps.shape[2:]
+            shape = tuple(getattr(out, "shape", ()))
+            if len(shape) != len(want) or shape[0] != want[0] or shape[2:] != want[2:]:
+                raise ShapeError("out", shape, f"(N, U, *S) = ({want[0]}, U, "
+                                 f"{', '.join(map(str, want[2:]))})")
+        k = ch.maps.shape[1]
+        if j + k > out.shape[1]:
+            raise ShapeError("out", tuple(out.shape), f"room for at least {j + k} classes on axis 1")
+        out[:, j : j + k] = ch.maps
+        done.append(ch.classes)
+        scores.append(ch.scores)
+        j += k
+    if j != out.shape[1]:
+        raise ShapeError("out", tuple(out.shape), f"{j} classes on axis 1")
+    return np.concatenate(done), np.concatenate(scores, axis=1)

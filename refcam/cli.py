@@ -822,15 +822,21 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
     from .zoo import _images
 
     lm = _load_model(args.model, args.layout)
-    t = args.target
-    if t is None or t in ("all", "labels"):
-        target = t
-    elif t.lower().startswith("top") and t[3:].isdigit():
-        target = TopK(int(t[3:]))
-    elif t.lstrip("-").isdigit():
-        target = int(t)
-    else:
-        raise UsageError(f"--target: got {t!r}, expected all, labels, topK or a class index")
+
+    def parse_target(t, flag="--target"):
+        if t is None or t in ("all", "labels"):
+            return t
+        if t.lower().startswith("top") and t[3:].isdigit():
+            return TopK(int(t[3:]))
+        if t.lstrip("-").isdigit():
+            return int(t)
+        raise UsageError(f"{flag}: got {t!r}, expected all, labels, topK or a class index")
+
+    target = parse_target(args.target)
+    also = []
+    for spec in args.also:
+        method, _, t = spec.partition(":")
+        also.append((method, parse_target(t or None, "--also")))
     pre = lm.preprocessing
     try:
         mean, std = _images.normalization(args.norm, lm.default_norm, pre.get("mean"), pre.get("std"))
@@ -842,18 +848,24 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
         layer=args.layer, target=target, batch_size=args.batch_size,
         workers=args.workers if args.workers is not None
         else (0 if args.scheduler else max(1, os.cpu_count() or 1)),
-        scheduler=args.scheduler, progress=args.progress, layout=args.layout,
+        scheduler=args.scheduler, threads=args.threads, also=also, progress=args.progress,
+        layout=args.layout,
         size=args.size if args.size is not None else pre.get("size"),
         crop_padding=args.crop_padding if args.crop_padding is not None
         else pre.get("crop_padding", 32),
-        resample=pre.get("resample", "bicubic"), mean=mean, std=std, metrics=args.metrics,
-        **_parse_options(args.option),
+        resample=pre.get("resample", "bicubic"), mean=mean, std=std, metrics=args.metrics or False,
+        metric_step=args.metric_step, **_parse_options(args.option),
     )
     print(f"{r.store}: {r.n_done} done, {r.n_failed} failed of {r.n_items} "
           f"({len(r.computed)} chunks computed now)")
     if r.metrics:
-        print(f"average drop {r.metrics['average_drop']:.2f} %, increase in confidence "
-              f"{r.metrics['increase_in_confidence']:.2f} % over {r.metrics['n']} images")
+        parts = []
+        if "average_drop" in r.metrics:
+            parts.append(f"average drop {r.metrics['average_drop']:.2f} %, increase in "
+                         f"confidence {r.metrics['increase_in_confidence']:.2f} %")
+        parts += [f"{k} AUC {r.metrics[k + '_auc']:.4f}" for k in ("deletion", "insertion")
+                  if k + "_auc" in r.metrics]
+        print(f"{', '.join(parts)} over {r.metrics['n']} images")
     if r.n_failed:
         print(f"failures and their reasons: {r.store}/failures/*.json", file=sys.stderr)
     return 0
@@ -881,6 +893,12 @@ def _add_explain_dataset(sub, common) -> None:
                    help="local Dask worker processes (default: one per CPU core); 0 runs in this "
                    "process without Dask")
     p.add_argument("--scheduler", help="tcp://host:port of an existing Dask scheduler")
+    p.add_argument("--also", action="append", default=[], metavar="METHOD:TARGET",
+                   help="a further job on the same pass, e.g. cam:all (repeatable; TARGET as "
+                   "--target, empty for top-1); stored under also/<method>_<target>/")
+    p.add_argument("--threads", type=int,
+                   help="onnxruntime threads per worker (default: 1 on Dask workers, all cores "
+                   "with --workers 0)")
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option (repeatable)")
     p.add_argument("--layout", default="NCHW", choices=("NCHW", "NHWC"))
@@ -889,8 +907,12 @@ def _add_explain_dataset(sub, common) -> None:
     p.add_argument("--norm", help="normalisation preset (default: model metadata, else imagenet)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with images/s and ETA (default: on a terminal)")
-    p.add_argument("--metrics", action="store_true",
-                   help="Average Drop and Increase in Confidence over the same stream")
+    p.add_argument("--metrics", nargs="?", const="confidence", default=None, metavar="LIST",
+                   help="faithfulness metrics over the same stream: confidence (Average Drop, "
+                   "Increase in Confidence; the default of a bare --metrics), deletion, "
+                   "insertion (AUC), comma-separated")
+    p.add_argument("--metric-step", type=int,
+                   help="pixels per deletion/insertion step (required with those; RISE: 224)")
     p.set_defaults(func=cmd_explain_dataset)
 
 

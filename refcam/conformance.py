@@ -264,30 +264,38 @@ def _floats(dtype: np.dtype, lo: float, hi: float):
     return st.floats(lo, hi, allow_nan=False, allow_subnormal=False, width=64 if dtype == np.float64 else 32)
 
 
-def _case_strategy(method: str, dtype: np.dtype, max_side: int):
+def _draw_dims(draw, max_side: int) -> tuple[int, int, int, int]:
+    """``(N, K, H, W)`` of a generated case: 1-2 samples, 1-4 channels, sides 1 to ``max_side``."""
     from hypothesis import strategies as st
+
+    return (draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+            draw(st.integers(1, max_side)), draw(st.integers(1, max_side)))
+
+
+def _draw_array(draw, dtype: np.dtype, shape: tuple, lo: float, hi: float) -> np.ndarray:
+    """A finite array of ``dtype`` with elements in ``[lo, hi]`` (no NaN, no subnormals)."""
     from hypothesis.extra import numpy as hnp
 
-    def _arr(shape, lo, hi):
-        return hnp.arrays(dtype, shape, elements=_floats(dtype, lo, hi))
+    return draw(hnp.arrays(dtype, shape, elements=_floats(dtype, lo, hi)))
+
+
+def _case_strategy(method: str, dtype: np.dtype, max_side: int):
+    from hypothesis import strategies as st
 
     @st.composite
     def case(draw):
-        n = draw(st.integers(1, 2))
-        k = draw(st.integers(1, 4))
-        h = draw(st.integers(1, max_side))
-        w = draw(st.integers(1, max_side))
-        c = {"activations": draw(_arr((n, k, h, w), 0.0, 4.0))}
+        n, k, h, w = _draw_dims(draw, max_side)
+        c = {"activations": _draw_array(draw, dtype, (n, k, h, w), 0.0, 4.0)}
         args = METHOD_ARGUMENTS[method]
         if "gradients" in args:
             scale = dtype.type(10.0) ** dtype.type(-draw(st.integers(0, 4)))
-            c["gradients"] = draw(_arr((n, k, h, w), -1.0, 1.0)) * scale
+            c["gradients"] = _draw_array(draw, dtype, (n, k, h, w), -1.0, 1.0) * scale
         if "class_weights" in args:
-            c["class_weights"] = draw(_arr((n, k), -1.0, 1.0))
+            c["class_weights"] = _draw_array(draw, dtype, (n, k), -1.0, 1.0)
         if "scores" in args:
-            c["scores"] = draw(_arr((n, k), -4.0, 4.0))
+            c["scores"] = _draw_array(draw, dtype, (n, k), -4.0, 4.0)
         if "baseline_score" in args:
-            c["baseline_score"] = draw(_arr((n,), 0.5, 4.0))
+            c["baseline_score"] = _draw_array(draw, dtype, (n,), 0.5, 4.0)
         return c
 
     return case()
@@ -300,18 +308,14 @@ def _model_case(model: TinyModel, x: np.ndarray, targets: np.ndarray, dtype: np.
 
 def _model_strategy(dtype: np.dtype, max_side: int):
     from hypothesis import strategies as st
-    from hypothesis.extra import numpy as hnp
 
     @st.composite
     def case(draw):
-        n = draw(st.integers(1, 2))
-        k = draw(st.integers(1, 4))
-        h = draw(st.integers(1, max_side))
-        w = draw(st.integers(1, max_side))
+        n, k, h, w = _draw_dims(draw, max_side)
         q = 3
 
         def arr(shape, lo, hi):
-            return draw(hnp.arrays(np.float64, shape, elements=_floats(np.dtype(np.float64), lo, hi)))
+            return _draw_array(draw, np.dtype(np.float64), shape, lo, hi)
         model = TinyModel(arr((k, 3), -1, 1), arr((k,), -1, 1), arr((q, k, h, w), -1, 1), arr((q,), -1, 1))
         x = arr((n, 3, 2 * h, 2 * w), 0, 1)
         t = np.array([draw(st.integers(0, q - 1)) for _ in range(n)])

@@ -107,6 +107,56 @@ def _one_vjp_run(meth: Any, opts: dict, model: Model, layer: Any, target: Any) -
     return plan if ok else None
 
 
+def _map(meth: Any, ctx: Context, t: int) -> np.ndarray:
+    r"""The method's raw map for target column ``t``: ``meth.compute``, or, with the
+    ``eigen_smooth`` option, :func:`refcam.math.eigen_smooth` of the method's weights (the
+    first principal component of :math:`w^c \odot A` replaces the channel sum
+    :math:`\sum_k w^c_k A^k`, then the method's ``relu``), as pytorch-grad-cam 1.5.7
+    ``base_cam.py:84-87`` and its subclasses' ``get_cam_image``.  The weights of every target
+    column are stored as ``arrays["eigen_smooth_weights"]`` (a list, one entry per column)."""
+    if not ctx.options.get("eigen_smooth"):
+        return meth.compute(ctx, t)
+    w = meth.weights(ctx, t)
+    ctx.arrays.setdefault("eigen_smooth_weights", []).append(w)
+    return M.eigen_smooth(ctx.need("activations"), w, relu=ctx.options["relu"])
+
+
+def _aug_smooth(meth: Any, m: Model, x: np.ndarray, li: Any, target: Any, opts: dict,
+                run: dict) -> "Explanation":
+    r"""The ``aug_smooth`` option: :math:`L = \frac1{|T|}\sum_{t\in T} t^{-1}(L(t(x)))` over
+    :data:`refcam.math.AUG_TRANSFORMS` (:func:`refcam.math.aug_smooth`).
+
+    The identity transform runs first and fixes the targets (its resolved classes are the targets
+    of the other runs: ``None`` / ``TopK`` explain the top classes of the unmodified input); its
+    arrays are the explanation's, plus ``aug_maps`` ``(|T|, N, ...)`` (the raw map of every
+    :math:`t(x)`, not flipped back), ``aug_flips`` and ``aug_factors``.  Flips reverse the last
+    axis of the channels-first input and of the maps."""
+    from . import allclass
+
+    if allclass.wants_class_sets(target):
+        raise InvalidArgumentError("aug_smooth", True, "False with target='all' / class lists")
+    sub = dict(opts, aug_smooth=False)
+    layer = None if li is None else li.name
+    xc = m.to_channels_first(x)
+
+    def one(flip: bool, factor: float, tgt: Any) -> Explanation:
+        xa = np.flip(xc, axis=-1) if flip else xc
+        xa = m.to_native(xa * xa.dtype.type(factor))
+        return explain(m, xa, meth, layer=layer, target=tgt, **run, **sub)
+
+    first = one(False, 1.0, target)
+    tgt = first.targets if first.targets is not None else target
+    runs = [first if (f, s) == (False, 1.0) else one(f, s, tgt) for f, s in M.AUG_TRANSFORMS]
+    flips = [f for f, _ in M.AUG_TRANSFORMS]
+    arrays = dict(first.arrays, aug_maps=np.stack([r.maps for r in runs]), aug_flips=np.array(flips),
+                  aug_factors=np.array([s for _, s in M.AUG_TRANSFORMS]))
+    return Explanation(
+        maps=M.aug_smooth(arrays["aug_maps"], flips), method=first.method, layer=first.layer,
+        targets=first.targets, scores=first.scores, outputs=first.outputs, options=opts,
+        arrays=arrays, input_size=first.input_size,
+    )
+
+
 def explain(
     model: Any,
     inputs: Any,
@@ -188,7 +238,14 @@ def explain(
         raise InvalidArgumentError("target", target, f"None: {meth.name!r} is class-agnostic")
     from . import allclass
 
+    if opts.get("aug_smooth"):
+        return _aug_smooth(meth, m, x, li, target, opts, dict(
+            batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+            layer_layout=layer_layout, allow_small_map=allow_small_map))
     if meth.targeted and allclass.wants_class_sets(target):
+        if opts.get("eigen_smooth"):
+            raise InvalidArgumentError("eigen_smooth", True, "False with target='all' / class lists "
+                                       "(one product with the head sums the channels)")
         # target="all" / one class list per image: one product with the head (refcam.allclass)
         return allclass.explain_classes(meth, m, x, li, target, opts, batch_size=batch_size,
                                         memory_budget=memory_budget)
@@ -220,7 +277,7 @@ def explain(
         method=meth.name,
     )
     n_t = targets.n_targets if targets is not None else 1
-    maps = [meth.compute(ctx, t) for t in range(n_t)]
+    maps = [_map(meth, ctx, t) for t in range(n_t)]
     out = maps[0] if n_t == 1 else np.stack(maps, axis=1)
     scores = ctx.need("target_scores") if targets is not None else None
     return Explanation(

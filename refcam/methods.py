@@ -128,9 +128,17 @@ RULE = Option("rule", "gauss-legendre", one_of(*M.INTEGRATION_RULES),
 NORMALIZE_OVER = Option("normalize_over", "layer", one_of(*M.FULLGRAD_NORMALIZE_OVER),
                         "FullGrad ψ min-max over a layer or per channel")
 SEED = Option("seed", 0, nonnegative_int, "random seed")
+EIGEN_SMOOTH = Option("eigen_smooth", False, boolean,
+                      "map = first principal component of w ⊙ A, not Σ_k w_k A^k (refcam.math.eigen_smooth)")
+AUG_SMOOTH = Option("aug_smooth", False, boolean,
+                    "mean of the maps of the inputs flipped × scaled by 0.9, 1, 1.1, each flipped back "
+                    "(refcam.math.AUG_TRANSFORMS, aug_smooth)")
 
 #: options of every method computed from the layer gradients
 LAYER_GRADIENT_OPTIONS = (GRADIENT_SOURCE, FD_MODE, GRADIENT_OUTPUT)
+#: the peers' smoothing options (pytorch-grad-cam ``BaseCAM.__call__``), applied by
+#: :func:`refcam.explain` to any method declaring them; ``eigen_smooth`` needs ``weights=``
+SMOOTHING = (EIGEN_SMOOTH, AUG_SMOOTH)
 #: options of the Score-CAM family
 MASK_OPTIONS = (UPSAMPLE_MODE, MASK_ORDER, MASK_EPS, SCORE, SOFTMAX, SCORECAM_BASELINE, relu(True))
 
@@ -153,6 +161,11 @@ def _baseline_score(ctx: Context, t: int) -> np.ndarray | None:
     return ctx.need("baseline_scores")[:, t] if ctx.options["baseline"] is not None else None
 
 
+def _score_weights(fn: Callable, scores: str, ctx: Context, t: int) -> np.ndarray:
+    """``fn(scores, baseline, softmax=...)``: the channel weights of the Score-CAM family."""
+    return fn(ctx.need(scores)[:, t], _baseline_score(ctx, t), softmax=ctx.options["softmax"])
+
+
 @method(
     "scorecam",
     needs=("activations", "masked_scores"),
@@ -161,7 +174,8 @@ def _baseline_score(ctx: Context, t: int) -> np.ndarray | None:
     "Visual Explanations for Convolutional Neural Networks",
     equation="Definitions 4-5, eqs. 6, 9-10: α^c_k = f^c(X ∘ H^k) − f^c(X_b), "
     "L = ReLU(Σ_k α^c_k A^k)",
-    options=MASK_OPTIONS,
+    options=(*MASK_OPTIONS, *SMOOTHING),
+    weights=lambda ctx, t: _score_weights(M.scorecam_weights, "masked_scores", ctx, t),
 )
 def _scorecam(ctx: Context, t: int) -> np.ndarray:
     o = ctx.options
@@ -182,9 +196,10 @@ def _sampled(fn: Callable, scores: str) -> Callable[[Context, int], np.ndarray]:
 
 # SS-CAM and IS-CAM: the Score-CAM options with logit scores and the channel softmax (torchcam)
 _SAMPLED_MASK_OPTIONS = (*MASK_OPTIONS[:3], SCORE.but("logit"), SOFTMAX.but(True), *MASK_OPTIONS[5:])
-for _fn, _need, _paper, _eq, _options in [
+for _fn, _weights, _need, _paper, _eq, _options in [
     (
         M.sscam,
+        M.sscam_weights,
         "noisy_masked_scores",
         "Wang, Naidu, Michael & Kundu, 2020, SS-CAM: Smoothed Score-CAM for Sharper Visual "
         "Feature Localization",
@@ -194,6 +209,7 @@ for _fn, _need, _paper, _eq, _options in [
     ),
     (
         M.iscam,
+        M.iscam_weights,
         "scaled_masked_scores",
         "Naidu, Ghosh, Maurya, Nayak K & Kundu, 2020, IS-CAM: Integrated Score-CAM for "
         "axiomatic-based explanations",
@@ -204,7 +220,8 @@ for _fn, _need, _paper, _eq, _options in [
 ]:
     register_method(Method(
         name=_fn.__name__, needs=("activations", _need), math=_fn, compute=_sampled(_fn, _need),
-        paper=_paper, equation=_eq, options=(*_SAMPLED_MASK_OPTIONS, *_options),
+        paper=_paper, equation=_eq, options=(*_SAMPLED_MASK_OPTIONS, *_options, *SMOOTHING),
+        weights=lambda ctx, t, fn=_weights, need=_need: _score_weights(fn, need, ctx, t),
     ))
 
 
@@ -215,7 +232,9 @@ for _fn, _need, _paper, _eq, _options in [
     paper="Desai & Ramaswamy, 2020, Ablation-CAM: Visual Explanations for Deep Convolutional "
     "Network via Gradient-free Localization",
     equation="w^c_k = (y^c − y^c_k) / y^c, L = ReLU(Σ_k w^c_k A^k)",
-    options=(relu(True), ABLATION_VALUE),
+    options=(relu(True), ABLATION_VALUE, *SMOOTHING),
+    weights=lambda ctx, t: M.ablationcam_weights(ctx.need("ablated_scores")[:, t],
+                                                 ctx.need("ablation_base_scores")[:, t]),
 )
 def _ablationcam(ctx: Context, t: int) -> np.ndarray:
     return M.ablationcam(ctx.need("activations"), ctx.need("ablated_scores")[:, t],
@@ -231,11 +250,12 @@ def _ablationcam(ctx: Context, t: int) -> np.ndarray:
     options=(
         relu(False), CENTER, SIGN,
         Option("component", 1, positive_int, "v_c projected on: 1 = the paper's first direction"),
+        AUG_SMOOTH,
     ),
     targeted=False,
 )
 def _eigencam(ctx: Context, t: int) -> np.ndarray:
-    return M.eigencam(ctx.need("activations"), **ctx.options)
+    return M.eigencam(ctx.need("activations"), **own_options(ctx))
 
 
 # ---------------------------------------------------------------------------- gradient methods
@@ -251,32 +271,54 @@ _SELVARAJU = (
     math=M.gradcam,
     paper=_SELVARAJU,
     equation="Eq. 1: α_k^c = (1/Z) Σ_ij ∂y^c/∂A^k_ij; Eq. 2: L = ReLU(Σ_k α_k^c A^k)",
-    options=(*LAYER_GRADIENT_OPTIONS, relu(True)),
+    options=(*LAYER_GRADIENT_OPTIONS, relu(True), *SMOOTHING),
+    weights=lambda ctx, t: (ctx.need("gradient_weights")[:, t] if _fd_channels(ctx)
+                            else M.gradient_weights(ctx.need("gradients")[:, t])),
 )
 def _gradcam(ctx: Context, t: int) -> np.ndarray:
     """Grad-CAM; with FD channel weights it is ``cam(A, α)`` with the ReLU (Grad-CAM generalises
     CAM: Eq. 2 is CAM's weighted sum with weights α), identical to ``gradcam(A, G)`` for any G
     whose spatial mean is α."""
     o = ctx.options
-    if o["gradient_source"] == "fd" and o["fd_mode"] in ("auto", "channel"):
+    if _fd_channels(ctx):
         return M.cam(ctx.need("activations"), ctx.need("gradient_weights")[:, t], relu=o["relu"])
     return M.gradcam(ctx.need("activations"), ctx.need("gradients")[:, t], relu=o["relu"])
 
 
+def _fd_channels(ctx: Context) -> bool:
+    """Finite differences of the channel sums give Grad-CAM's α directly (``gradient_weights``)."""
+    return ctx.options["gradient_source"] == "fd" and ctx.options["fd_mode"] in ("auto", "channel")
+
+
+#: options read by the providers or by :func:`refcam.explain`, not by a method's math function
+_NOT_MATH = {o.name for o in (*LAYER_GRADIENT_OPTIONS, *SMOOTHING)}
+
+
+def own_options(ctx: Context) -> dict:
+    """The options of the call that are keywords of the method's math function."""
+    return {k: v for k, v in ctx.options.items() if k not in _NOT_MATH}
+
+
 def _layer_gradient(fn: Callable) -> Callable[[Context, int], np.ndarray]:
     """``fn(A, ∂y^c/∂A, **the method's own options)`` (every option but the gradient source's)."""
-    own = {o.name for o in LAYER_GRADIENT_OPTIONS}
 
     def compute(ctx: Context, t: int) -> np.ndarray:
-        kw = {k: v for k, v in ctx.options.items() if k not in own}
-        return fn(ctx.need("activations"), ctx.need("gradients")[:, t], **kw)
+        return fn(ctx.need("activations"), ctx.need("gradients")[:, t], **own_options(ctx))
 
     return compute
 
 
-for _fn, _paper, _eq, _options in [
+def _gradient_weights(fn: Callable) -> Callable[[Context, int], np.ndarray]:
+    """``fn(A, ∂y^c/∂A, options)``: the weights ``w`` with ``w ⊙ A`` summed by the method's map."""
+    return lambda ctx, t: fn(ctx.need("activations"), ctx.need("gradients")[:, t], ctx.options)
+
+
+# weights: the factor w of w ⊙ A that the method's map sums over k (its math docstring), or None
+# (Eigen-Grad-CAM projects already: pytorch-grad-cam ignores eigen_smooth there, refcam refuses it)
+for _fn, _weights, _paper, _eq, _options in [
     (
         M.gradcampp,
+        lambda a, g, o: M.gradcampp_weights(a, g, eps=o["eps"]),
         "Chattopadhay, Sarkar, Howlader & Balasubramanian, 2018, Grad-CAM++: Improved Visual "
         "Explanations for Deep Convolutional Networks (arXiv:1710.11063)",
         "Eqs. 5 and 19 (weights), Eq. 20: L = ReLU(Σ_k w^c_k A^k)",
@@ -284,6 +326,7 @@ for _fn, _paper, _eq, _options in [
     ),
     (
         M.xgradcam,
+        lambda a, g, o: M.xgradcam_weights(a, g, eps=o["eps"]),
         "Fu, Hu, Dong, Guo, Gao & Li, 2020, Axiom-based Grad-CAM: Towards Accurate Visualization "
         "and Explanation of CNNs (arXiv:2008.02312)",
         "α^c_k = Σ_xy (A^k(x,y) / Σ_xy A^k(x,y)) ∂S_c/∂A^k(x,y), L = Σ_k α^c_k A^k "
@@ -292,6 +335,7 @@ for _fn, _paper, _eq, _options in [
     ),
     (
         M.layercam,
+        lambda a, g, o: M.relu(g),                                  # ReLU(∂y^c/∂A^k)
         "Jiang, Zhang, Hou, Cheng & Wei, 2021, LayerCAM: Exploring Hierarchical Class Activation "
         "Maps for Localization",
         "M^c = ReLU(Σ_k ReLU(∂y^c/∂A^k) ⊙ A^k) (equation number not verified)",
@@ -299,6 +343,7 @@ for _fn, _paper, _eq, _options in [
     ),
     (
         M.hirescam,
+        lambda a, g, o: g,                                          # ∂y^c/∂A^k
         "Draelos & Carin, 2020, Use HiResCAM instead of Grad-CAM for faithful explanations of "
         "convolutional neural networks (arXiv:2011.08891)",
         "Ã^c = Σ_k ∂y^c/∂A^k ⊙ A^k (equation number not verified)",
@@ -306,12 +351,14 @@ for _fn, _paper, _eq, _options in [
     ),
     (
         M.gradcam_elementwise,
+        lambda a, g, o: np.where(a * g > 0, g, 0).astype(g.dtype),  # w ⊙ A = ReLU(g ⊙ A)
         "pytorch-grad-cam GradCAMElementWise (no paper of its own); Grad-CAM: " + _SELVARAJU,
         "L = Σ_k ReLU(∂y^c/∂A^k ⊙ A^k), then ReLU",
         (relu(True),),
     ),
     (
         M.eigengradcam,
+        None,
         "pytorch-grad-cam EigenGradCAM (no paper of its own); Eigen-CAM: Muhammad & Yeasin, 2020, "
         "Eigen-CAM: Class Activation Map using Principal Components",
         "L = O' v'_1 with O'_(ij),k = A^k_ij ∂y^c/∂A^k_ij",
@@ -321,7 +368,8 @@ for _fn, _paper, _eq, _options in [
     register_method(Method(
         name=_fn.__name__, needs=("activations", "gradients"), math=_fn,
         compute=_layer_gradient(_fn), paper=_paper, equation=_eq,
-        options=(*LAYER_GRADIENT_OPTIONS, *_options),
+        options=(*LAYER_GRADIENT_OPTIONS, *_options, *(SMOOTHING if _weights else (AUG_SMOOTH,))),
+        weights=_weights and _gradient_weights(_weights),
     ))
 
 
@@ -426,7 +474,7 @@ def _integrated_gradients(ctx: Context, t: int) -> np.ndarray:
     "Visualization (NeurIPS 2019, arXiv:1905.00780)",
     equation="Sect. 4: S_f(x) = ψ(∇_x f(x) ⊙ x) + Σ_{l∈L} Σ_{c∈c_l} ψ(f^b(x)_c), f^b = ∇_z f ⊙ b, "
     "ψ = abs, min-max, upsampling (equation number not verified)",
-    options=(GRADIENT_SOURCE, UPSAMPLE_MODE.but("linear-align-corners"), NORMALIZE_OVER, EPS),
+    options=(GRADIENT_SOURCE, UPSAMPLE_MODE.but("linear-align-corners"), NORMALIZE_OVER, EPS, AUG_SMOOTH),
     layered=False,
 )
 def _fullgrad(ctx: Context, t: int) -> np.ndarray:

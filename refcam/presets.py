@@ -61,6 +61,7 @@ __all__ = [
     "score_masks",
     "score_weights",
     "postprocess",
+    "postprocess_explanation",
     "markdown_table",
     "explain_options",
     "from_explanation",
@@ -583,6 +584,23 @@ def postprocess(conv: Convention | tuple[str, str], raw_maps: Any,
     if conv.renormalize_eps is not None:
         fused = M.normalize(M.relu(fused), "minmax", eps=conv.renormalize_eps)
     return fused
+
+
+def postprocess_explanation(conv: Convention | tuple[str, str], explanation: Any) -> np.ndarray:
+    """:func:`postprocess` of a :func:`refcam.explain` result's maps, one target per sample.
+
+    With the ``aug_smooth`` option the convention's post-processing applies to the map of every
+    augmented input before they are flipped back and averaged (pytorch-grad-cam
+    ``forward_augmentation_smoothing``, ``base_cam.py:196-218``): :func:`refcam.math.aug_smooth`
+    of the post-processed ``arrays["aug_maps"]``.  Flipping commutes with the min-max and the
+    half-pixel resampling, so the flip back may happen at either resolution.
+    """
+    size = explanation.input_size
+    arrays = explanation.arrays
+    if "aug_maps" not in arrays:
+        return postprocess(conv, explanation.maps, size)
+    return M.aug_smooth(np.stack([postprocess(conv, m, size) for m in arrays["aug_maps"]]),
+                        list(arrays["aug_flips"]))
 
 
 def explain_options(conv: Convention | tuple[str, str]) -> dict[str, Any]:

@@ -253,6 +253,10 @@ class Method:
     targeted : ``False`` for class-agnostic methods (Eigen-CAM): no targets are resolved.
     layered : ``False`` for methods that explain the input only (saliency, SmoothGrad, ...): no
         layer is resolved (``layer`` must be ``None``).
+    weights : ``weights(context, t) -> (N, K)`` or ``(N, K, *S)``: the weights ``w^c`` of a
+        method whose raw map is ``Σ_k w^c_k A^k`` (before its ReLU).  Required by the
+        ``eigen_smooth`` option, which projects ``w^c ⊙ A`` instead of summing it
+        (:func:`refcam.explain`).
     """
 
     name: str
@@ -264,6 +268,7 @@ class Method:
     options: tuple[Option, ...] = ()
     targeted: bool = True
     layered: bool = True
+    weights: Callable[[Context, int], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "needs", tuple(self.needs))
@@ -272,6 +277,9 @@ class Method:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise InvalidArgumentError("options", dup, f"one declaration per option of {self.name!r}")
+        if "eigen_smooth" in names and self.weights is None:
+            raise InvalidArgumentError("options", self.name,
+                                       "a weights function for the eigen_smooth option (Method.weights)")
 
     @property
     def defaults(self) -> Mapping[str, Any]:
@@ -332,6 +340,7 @@ def method(
     options: tuple[Option, ...] = (),
     targeted: bool = True,
     layered: bool = True,
+    weights: Callable[[Context, int], np.ndarray] | None = None,
     replace: bool = False,
 ) -> Callable[[Callable[[Context, int], np.ndarray]], Callable[[Context, int], np.ndarray]]:
     """Decorator declaring ``compute(context, t)`` as the method ``name`` (see :class:`Method`)."""
@@ -339,7 +348,8 @@ def method(
     def register(compute: Callable[[Context, int], np.ndarray]) -> Callable:
         register_method(
             Method(name=name, needs=needs, math=math, compute=compute, paper=paper,
-                   equation=equation, options=options, targeted=targeted, layered=layered),
+                   equation=equation, options=options, targeted=targeted, layered=layered,
+                   weights=weights),
             replace=replace,
         )
         return compute

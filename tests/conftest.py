@@ -27,3 +27,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# refcam.autodiff.cache: the suite never reads or fills the user's cache (~/.cache/refcam); one
+# fresh folder per test run (tests of the cache itself point REFCAM_CACHE_DIR elsewhere).
+if "REFCAM_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["REFCAM_CACHE_DIR"] = tempfile.mkdtemp(prefix="refcam-test-cache-")

@@ -147,6 +147,18 @@ def test_cli_explain_dataset_and_resume(tmp_path, model_file, capsys):
     out = capsys.readouterr()
     assert "average drop" in out.out and "over 4 images" in out.out
     assert "img/s" in out.err  # the progress bar: images per second (and the ETA)
+    p_argv = ["explain-dataset", model_file, str(folder), "--out", str(tmp_path / "p.zarr"),
+              "--method", "gradcam", "--metrics", "deletion,insertion", "--metric-step", "100",
+              "--workers", "0", "--crop-padding", "0", "--no-progress"]
+    assert main(p_argv) == 0
+    out = capsys.readouterr().out
+    assert "deletion AUC" in out and "insertion AUC" in out and "average drop" not in out
+    a_argv = ["explain-dataset", model_file, str(folder), "--out", str(tmp_path / "a.zarr"),
+              "--method", "gradcam", "--also", "cam:all", "--also", "gradcam:top2",
+              "--workers", "0", "--crop-padding", "0", "--no-progress"]
+    assert main(a_argv) == 0
+    g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    assert g["also/cam_all/maps"].shape[:2] == (5, 5) and g["also/gradcam_top2/targets"].shape == (5, 2)
 
 
 def test_confidence_metrics_over_the_stream(tmp_path, model_file):
@@ -175,3 +187,181 @@ def test_confidence_metrics_over_the_stream(tmp_path, model_file):
     assert json.loads((tmp_path / "m.zarr" / "metrics.json").read_text()) == r.metrics
     with pytest.raises(InvalidArgumentError, match="one target per image"):
         explain_dataset(model_file, folder, tmp_path / "n.zarr", "cam", target="all", metrics=True)
+
+
+def _sum_model():
+    """logits = (Σ_i x_i, 0) on (N, 3, 1, 2) inputs: p_0 = e^s / (e^s + 1), s the pixel sum."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((6, 2), np.float32)
+    w[:, 0] = 1.0
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "sum", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 1, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_perturbation_curve_hand_computed_and_batched(monkeypatch):
+    """Deletion / insertion of the explained class on a model whose probability is σ(pixel sum):
+    image 0 has pixel sums (1, 3) and the map ranks pixel 1 first; image 1 has sums (2, 0) and a
+    map that ranks pixel 0 first.  step 1 → fractions (0, 1/2, 1); zeros baselines."""
+    import math
+    from types import SimpleNamespace
+
+    from refcam import dataset as D
+    from refcam.onnx import load
+
+    m = load(_sum_model())
+    x = np.zeros((2, 3, 1, 2), np.float32)
+    x[0, 0] = [1, 2]
+    x[0, 2] = [0, 1]
+    x[1, 1] = [2, 0]
+    e = SimpleNamespace(maps=np.array([[[0.2, 0.9]], [[0.5, 0.5]]], np.float32),  # 1: tie → raster
+                        targets=np.array([[0], [0]]))
+    sig = lambda s: math.exp(s) / (math.exp(s) + 1.0)  # noqa: E731  p_0 = softmax(s, 0)_0
+    want_del = [[sig(4), sig(1), sig(0)], [sig(2), sig(0), sig(0)]]
+    want_ins = [[sig(0), sig(3), sig(4)], [sig(0), sig(2), sig(2)]]
+    auc = lambda y: 0.5 * (y[0] + y[1]) / 2 + 0.5 * (y[1] + y[2]) / 2  # noqa: E731
+    sizes = []
+    orig = D._probabilities
+
+    def counting(model):
+        f = orig(model)
+        return lambda xb: (sizes.append(len(xb)), f(xb))[1]
+
+    monkeypatch.setattr(D, "_probabilities", counting)
+    conv = {"step": 1, "deletion_baseline": "zeros", "insertion_baseline": "zeros",
+            "blur_sigma": 5.0, "batch_size": 4}
+    for kind, want in (("deletion", want_del), ("insertion", want_ins)):
+        c = D._perturbation_curve(m, x, e, kind, conv)
+        assert within(c.fractions, [0.0, 0.5, 1.0], atol=0)
+        assert within(c.scores, want, atol=1e-6, rtol=1e-6), kind
+        assert within(c.auc, [auc(w) for w in want], atol=1e-6, rtol=1e-6), kind
+    assert sizes == [4, 2, 4, 2]  # 2 images × 3 points, batched ONNX runs of 4 inputs
+
+
+def test_deletion_insertion_auc_over_the_stream(tmp_path, model_file):
+    """Stored curves and AUCs equal refcam.metrics.deletion / insertion on the same images."""
+    import refcam
+    from refcam.metrics import perturbation as P
+    from refcam.metrics.models import model_score_fn
+    from refcam.onnx import load
+
+    folder = make_images(tmp_path / "imgs", n=5, corrupt=(2,))
+    r = explain_dataset(model_file, folder, tmp_path / "p.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, metrics=("confidence", "deletion", "insertion"),
+                        metric_step=40, metric_batch_size=7)
+    g = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    good = [0, 1, 3, 4]
+    ids = g["ids"][:].tolist()
+    x = _inputs(model_file, [ids[i] for i in good])
+    e = refcam.explain(model_file, x, "gradcam")
+    f = model_score_fn(load(model_file), probabilities=True)
+    n_px = x.shape[2] * x.shape[3]
+    for kind, fn, base in (("deletion", P.deletion, "zeros"), ("insertion", P.insertion, "blur")):
+        want = fn(f, x, e.maps, e.targets[:, 0], step=40, baseline=base, resize="linear",
+                  progress=False)
+        assert g[kind].shape == (5, len(want.fractions)) == (5, -(-n_px // 40) + 1)
+        assert np.isnan(g[kind][2]).all() and np.isnan(g[f"{kind}_auc"][2])
+        assert within(g[kind][good], want.scores, atol=1e-6, rtol=1e-5), kind
+        assert within(g[f"{kind}_auc"][good], want.auc, atol=1e-6, rtol=1e-5), kind
+        assert within(r.metrics[f"{kind}_auc"], want.auc.mean(), atol=1e-6, rtol=1e-5)
+    assert "average_drop" in r.metrics and r.metrics["n"] == 4
+    assert r.metrics["perturbation"]["points"] == g["deletion"].shape[1]
+    assert r.metrics["perturbation"]["insertion_baseline"] == "blur"
+    assert json.loads((tmp_path / "p.zarr" / "metrics.json").read_text()) == r.metrics
+    # resume with other metric conventions is refused; bad metric arguments are refused
+    with pytest.raises(InvalidArgumentError, match="perturbation"):
+        explain_dataset(model_file, folder, tmp_path / "p.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, metrics=("confidence", "deletion", "insertion"),
+                        metric_step=20)
+    with pytest.raises(InvalidArgumentError, match="metric_step"):
+        explain_dataset(model_file, folder, tmp_path / "q.zarr", "gradcam", metrics="deletion")
+    with pytest.raises(InvalidArgumentError, match="metrics"):
+        explain_dataset(model_file, folder, tmp_path / "q.zarr", "gradcam", metrics="drop")
+    with pytest.raises(InvalidArgumentError, match="insertion_baseline"):
+        explain_dataset(model_file, folder, tmp_path / "q.zarr", "gradcam", metrics="insertion",
+                        metric_step=4, insertion_baseline="noise")
+
+
+def test_peak_memory_is_bounded_by_the_batch_not_the_dataset(tmp_path):
+    """tracemalloc peak of explain_dataset (NumPy buffers, the Zarr codecs' buffers): the same for
+    4 and 16 images at the same batch size, linear in the batch size, and under the count of the
+    arrays one chunk holds: B · (2 inputs (this chunk, the next one decoded ahead) + activations
+    in float32 and float64 + T·h·w · 32 bytes (float64 product, float64 gathered maps, float32
+    maps, the chunk written, its encoded copy)) plus 4 MB of fixed cost."""
+    import tracemalloc
+
+    import onnx
+
+    model = tmp_path / "m.onnx"
+    onnx.save(cam_net(size=64, num_classes=40), model)
+    few = make_images(tmp_path / "few", n=4, corrupt=(), side=64)
+    many = make_images(tmp_path / "many", n=16, corrupt=(), side=64)
+    run = lambda folder, b, name: explain_dataset(  # noqa: E731
+        str(model), folder, tmp_path / name, "cam", target="all", batch_size=b, crop_padding=0)
+    run(few, 2, "warm.zarr")  # the session and imports, outside the measurement
+
+    def peak(folder, b, name):
+        tracemalloc.start()
+        try:
+            run(folder, b, name)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    p4, p16, p16_b8 = peak(few, 2, "a.zarr"), peak(many, 2, "b.zarr"), peak(many, 8, "c.zarr")
+    per_item = 2 * 3 * 64 * 64 * 4 + 6 * 64 * 64 * (4 + 8) + 40 * 64 * 64 * 32
+    assert p16 <= 1.1 * p4  # 4× the images, the same peak
+    assert p16_b8 >= 3 * p16  # 4× the batch, ~4× the peak: the batch sets it
+    for p, b in ((p4, 2), (p16, 2), (p16_b8, 8)):
+        assert p <= b * per_item + 4e6, (p, b)
+    assert p16 < 16 * 40 * 64 * 64 * 4  # less than the dataset's maps
+
+
+def test_also_jobs_share_the_pass_and_equal_explain(tmp_path, model_file, monkeypatch):
+    """Grad-CAM top-1 (primary) + all-class CAM (also) in one pass over the data, one forward run
+    per chunk; each array equals its own refcam.explain on the same images; resume skips all."""
+    import refcam
+    from refcam.onnx import Model
+
+    folder = make_images(tmp_path / "imgs", n=5, corrupt=(1,))
+    explain_dataset(model_file, folder, tmp_path / "warm.zarr", "cam", crop_padding=0)
+    runs = []
+    real = Model.forward
+    monkeypatch.setattr(Model, "forward",
+                        lambda self, *a, **k: (runs.append(len(a[0])), real(self, *a, **k))[1])
+    r = explain_dataset(model_file, folder, tmp_path / "a.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, also=[("cam", "all"), ("gradcam", 3, {"relu": False})])
+    monkeypatch.setattr(Model, "forward", real)
+    # the probe of the CAM job (one zero image), then one forward run per chunk (1, 2, 1 images)
+    assert r.n_done == 4 and runs == [1, 1, 2, 1]
+    g = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
+    good = [0, 2, 3, 4]
+    x = _inputs(model_file, [str(g["ids"][i]) for i in good])
+    for prefix, method, target, opts in (("", "gradcam", None, {}), ("also/cam_all/", "cam", "all", {}),
+                                         ("also/gradcam_class3/", "gradcam", 3, {"relu": False})):
+        e = refcam.explain(model_file, x, method, target=target, **opts)
+        want = e.maps if e.maps.ndim == 4 else e.maps[:, None]
+        got = g[prefix + "maps"][:]
+        assert np.isnan(got[1]).all() and (g[prefix + "targets"][1] == -1).all()
+        assert within(got[good], want, atol=1e-5 * np.abs(want).max(), rtol=1e-5), prefix
+        assert (g[prefix + "targets"][good] == e.targets).all()
+        assert within(g[prefix + "scores"][good], e.scores, atol=1e-6, rtol=1e-6)
+    man = json.loads((tmp_path / "a.zarr" / "manifest.json").read_text())
+    assert man["also"] == [["cam", "all", {}], ["gradcam", 3, {"relu": False}]]
+    again = explain_dataset(model_file, folder, tmp_path / "a.zarr", "gradcam", batch_size=2,
+                            crop_padding=0, also=[("cam", "all"), ("gradcam", 3, {"relu": False})])
+    assert again.computed == []
+    with pytest.raises(InvalidArgumentError, match="also"):
+        explain_dataset(model_file, folder, tmp_path / "a.zarr", "gradcam", batch_size=2,
+                        crop_padding=0, also=[("cam", "all")])
+    with pytest.raises(InvalidArgumentError, match="twice"):
+        explain_dataset(model_file, folder, tmp_path / "b.zarr", "gradcam",
+                        also=[("cam", "all"), ("cam", "all")])
+    with pytest.raises(InvalidArgumentError, match="also"):
+        explain_dataset(model_file, folder, tmp_path / "b.zarr", "gradcam", also=["cam"])

@@ -7,6 +7,10 @@ runs forward and backward together in one onnxruntime session, batched.
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -20,6 +24,7 @@ from ..errors import ModelError, TargetError
 from ..onnx import Model, load
 from ..onnx.onnx_targets import SCORE_OUTPUT, WEIGHT_INPUT, OnnxTarget
 from ..onnx.targets import resolve_targets
+from . import cache
 from .builder import SEED_INPUT, build_vjp_model, grad_name
 from .rules import RULE_SETS
 
@@ -72,8 +77,10 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
     key = (wrt, rules, seed_mode, None if target is None else target.signature,
            None if model.input_shape is not None or x is None else x.ndim)
     if key not in per:
+        # built from the model's skeleton (its large initializers stay in model.weights, shared
+        # with the session without a copy: refcam.onnx._weights)
         proto = onnx.ModelProto()
-        proto.CopyFrom(model.proto)
+        proto.CopyFrom(model.skeleton)
         if model.output_name not in [o.name for o in proto.graph.output]:
             vi = model.value_info.get(model.output_name)
             proto.graph.output.append(vi if vi is not None else onnx.ValueInfoProto(name=model.output_name))
@@ -82,15 +89,53 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
             proto = target.attach(proto, model.output_name)
             seed = SCORE_OUTPUT
         probe = None if x is None else (lambda: model.runtime_shapes(x))
-        vjp = build_vjp_model(proto, list(wrt), seed=seed, rules=rules, seed_mode=seed_mode,
-                              runtime_shapes=probe)
-        try:
-            sess = ort.InferenceSession(vjp.SerializeToString(), sess_options=model._options(),
-                                        providers=model.providers)
-        except Exception as exc:
-            raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
+        signature = None if x is None else (tuple(x.shape[1:]), x.dtype.str)
+        dkey = cache.graph_key(proto, wrt, rules, seed_mode, signature) if cache.cache_enabled() else None
+        with _Progress(f"building the gradient graph ({rules} rules, wrt {', '.join(wrt)})") as note:
+            vjp = cache.load_graph(dkey, model.weights) if dkey else None
+            if vjp is None:
+                vjp = build_vjp_model(proto, list(wrt), seed=seed, rules=rules, seed_mode=seed_mode,
+                                      runtime_shapes=probe, weights=model.weights)
+                if dkey and cache.store_graph(dkey, vjp, model.weights, {"wrt": list(wrt), "rules": rules}):
+                    note.done = f"cached in {cache.cache_dir()}"
+            else:
+                note.done = "from the cache"
+            try:
+                sess = model.new_session(vjp, prepack=False)
+            except Exception as exc:
+                raise ModelError(f"onnxruntime could not load the gradient model: {exc}") from exc
         per[key] = _Session(sess)
     return per[key]
+
+
+class _Progress:
+    """A line on stderr when the block takes over ``delay`` seconds (a gradient graph build and
+    its session on a large model).  ``REFCAM_PROGRESS=0`` silences it."""
+
+    def __init__(self, what: str, delay: float = 1.0) -> None:
+        self.what, self.delay, self.done = what, delay, ""
+        self._shown = False
+        self._timer = None
+
+    def _show(self) -> None:
+        self._shown = True
+        print(f"refcam: {self.what} ...", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_Progress":
+        if os.environ.get("REFCAM_PROGRESS", "1").strip().lower() not in ("0", "off", "false", "no"):
+            self._t0 = time.perf_counter()
+            self._timer = threading.Timer(self.delay, self._show)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            if self._shown and exc[0] is None:
+                took = time.perf_counter() - self._t0
+                print(f"refcam: {self.what}: done in {took:.1f} s" + (f" ({self.done})" if self.done else ""),
+                      file=sys.stderr, flush=True)
 
 
 def _resolve_wrt(model: Model, wrt: Any) -> list[str]:

@@ -19,6 +19,7 @@ from onnx import helper, shape_inference
 
 from .._validate import choice
 from ..errors import InvalidArgumentError, LayerNotFoundError, ModelError, UnsupportedOpError
+from ..onnx._weights import as_inputs
 from .expand import expand_functions
 from .graph import GraphBuilder, TensorInfo, node_inputs
 from .rules import NO_GRADIENT_OPS, RULE_SETS, RULES, NeedsOpset, NeedsRuntimeShapes, RuleContext
@@ -70,6 +71,7 @@ def ir_for(opset: int, current: int) -> int:
 def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str | None = None,
                     rules: str = "plain", *, seed_mode: str = "input", check: bool = True,
                     runtime_shapes: Mapping[str, tuple] | Callable[[], Mapping[str, tuple]] | None = None,
+                    weights: Mapping[str, np.ndarray] | None = None,
                     ) -> onnx.ModelProto:
     r"""Append the reverse-mode sweep of ``model`` to its forward graph.
 
@@ -101,6 +103,12 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
         is paid only by graphs that need it).  Only ranks and element types are taken from it:
         sizes are read in the gradient graph at run time (``Shape``), so the built model serves
         every input, whatever the batch size.
+    weights : values of the initializers ``model`` keeps outside itself (a skeleton of
+        :mod:`refcam.onnx._weights`: ``data_location`` EXTERNAL, the arrays given here).  The
+        returned model is then a skeleton too (its session takes the same weights); rules see the
+        arrays as constants, without a copy.  Names of the weights whose *values* a rule read are
+        recorded in ``metadata_props`` ``refcam.weights_read`` (JSON list; usually empty: the graph
+        depends on the weights' shapes only).
 
     Returns
     -------
@@ -145,7 +153,7 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
     if not wrt_list:
         raise InvalidArgumentError("wrt", wrt, "at least one tensor name")
     try:
-        return _build(model, wrt_list, seed, rules, check, seed_mode, runtime_shapes)
+        return _build(model, wrt_list, seed, rules, check, seed_mode, runtime_shapes, weights)
     except NeedsOpset as need:
         from onnx import version_converter
 
@@ -158,14 +166,15 @@ def build_vjp_model(model: onnx.ModelProto, wrt: Sequence[str] | str, seed: str 
             raise UnsupportedOpError(
                 f"{need.reason} (model opset {old}) and onnx.version_converter could not convert "
                 f"the model: {exc}; use finite differences (refcam.autodiff.fd)") from exc
-        out = _build(conv, wrt_list, seed, rules, check, seed_mode, runtime_shapes)
+        out = _build(conv, wrt_list, seed, rules, check, seed_mode, runtime_shapes, weights)
         out.metadata_props.append(onnx.StringStringEntryProto(
             key="refcam.opset_raised", value=f"{old}->{need.opset}: {need.reason}"))
         return out
 
 
 def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
-           check: bool, seed_mode: str = "input", runtime_shapes=None) -> onnx.ModelProto:
+           check: bool, seed_mode: str = "input", runtime_shapes=None,
+           weights: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         foreign = next((n for n in model.graph.node if n.domain not in ("", "ai.onnx")), None)
         if foreign is not None:
@@ -183,7 +192,10 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
     except Exception:  # pragma: no cover - fall back to the model's own value_info
         inferred = model
     g = inferred.graph
-    info = TensorInfo(inferred)
+    info = TensorInfo(inferred, weights)
+    if weights:  # which weights' values the rules read (a cached graph depends on those values)
+        info.const = _ReadLog(info.const, {t.name for t in g.initializer
+                                           if t.data_location == onnx.TensorProto.EXTERNAL})
     complete = _runtime_completer(info, runtime_shapes)
     produced = {o for n in g.node for o in n.output if o}
     known = produced | {i.name for i in g.input} | {i.name for i in g.initializer}
@@ -304,16 +316,39 @@ def _build(model: onnx.ModelProto, wrt: list[str], seed: str | None, rules: str,
     new.metadata_props.append(onnx.StringStringEntryProto(key="refcam.seed_output", value=seed))
     new.metadata_props.append(onnx.StringStringEntryProto(key="refcam.gradients", value=json.dumps(mapping)))
     new.metadata_props.append(onnx.StringStringEntryProto(key="refcam.rules", value=rules))
+    if weights:
+        new.metadata_props.append(onnx.StringStringEntryProto(
+            key="refcam.weights_read", value=json.dumps(sorted(info.const.read))))
     _toposort(ng)
     if check:
         try:
-            onnx.checker.check_model(new)
+            # in-memory weights as typed inputs: the checker would look for a file of that location
+            onnx.checker.check_model(as_inputs(new) if weights else new)
         except onnx.checker.ValidationError as exc:
             untyped = any(not o.type.tensor_type.HasField("shape") for o in ng.output)
             if untyped and ("Field 'shape'" in str(exc) or "Field 'type'" in str(exc)):
                 return new  # outputs of unknown rank (foreign graphs): the checker wants a shape
             raise ModelError(f"the gradient model failed onnx.checker: {exc}") from exc
     return new
+
+
+class _ReadLog(dict):
+    """The constants of :class:`TensorInfo`, noting which of ``watched`` had their value read."""
+
+    def __init__(self, data: dict, watched: set) -> None:
+        super().__init__(data)
+        self.watched = watched
+        self.read: set = set()
+
+    def __getitem__(self, key):
+        if key in self.watched:
+            self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key in self.watched and key in self:
+            self.read.add(key)
+        return super().get(key, default)
 
 
 def _runtime_completer(info: TensorInfo, source) -> Callable[[], None] | None:

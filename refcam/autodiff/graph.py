@@ -8,7 +8,7 @@ axes as input from 13 on, ...) choose the right form from :attr:`GraphBuilder.op
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -46,9 +46,11 @@ class TensorInfo:
 
     Built from ``onnx.shape_inference`` output; ``const`` holds initializers and ``Constant`` node
     values so rules can read attributes that later opsets moved to inputs (pads, axes, scales...).
+    ``weights`` gives the values of initializers a skeleton proto keeps outside itself
+    (:mod:`refcam.onnx._weights`; the arrays are used as they are, not copied).
     """
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None) -> None:
         g = model.graph
         self.elem: dict[str, int] = {}
         self.shape: dict[str, tuple | None] = {}
@@ -76,7 +78,11 @@ class TensorInfo:
                 self.shape[vi.name] = None
                 self.symbols[vi.name] = None
         for init in g.initializer:
-            arr = numpy_helper.to_array(init)
+            if weights is not None and init.name in weights and \
+                    init.data_location == onnx.TensorProto.EXTERNAL:
+                arr = weights[init.name]  # values held outside the proto (refcam.onnx._weights)
+            else:
+                arr = numpy_helper.to_array(init)
             self.const[init.name] = arr
             self.elem[init.name] = init.data_type
             self.shape[init.name] = tuple(arr.shape)

@@ -478,19 +478,33 @@ def _runtime_input(ctx: RuleContext, idx: int) -> bool:
     return ctx.has_input(idx) and ctx.const(idx) is None
 
 
+def _rank_or_none(ctx: RuleContext, name: str) -> int | None:
+    """The rank of ``name`` (read from the run when static inference lacks it), or None when no run
+    is at hand -- for rules with a rank-free run-time form."""
+    try:
+        return ctx.rank(name)
+    except NeedsRuntimeShapes:
+        return None
+
+
 @rule("Slice")
 def _slice(ctx):
+    r"""Slice.  Constant starts/ends/axes/steps and static sizes on the sliced axes: per axis the
+    index map :math:`y_o = x_{m(o)}` (:func:`_index_map_backward`, Slice + Pad).  Otherwise (run-time
+    starts/ends/axes/steps, sizes or rank): the node itself run on the flat positions of :math:`x`
+    (:func:`_iota_backward`), rank-free.  Opset < 10 (attributes) needs static sizes."""
     x = ctx.inputs[0]
-    r = ctx.rank(x)
+    runtime = lambda: _iota_backward(ctx, lambda iota, _fill: ctx.op("Slice", [iota] + ctx.inputs[1:]),  # noqa: E731
+                                     repeats=False)
     if "starts" in ctx.attrs:  # opset < 10
+        r = ctx.rank(x)
         starts, ends = ctx.attrs["starts"], ctx.attrs["ends"]
         axes = ctx.attrs.get("axes", list(range(len(starts))))
         steps = [1] * len(starts)
-    elif any(_runtime_input(ctx, i) for i in range(1, 5)):
-        # starts / ends / axes / steps computed in the graph: the node itself, run on the index
-        return _iota_backward(ctx, lambda iota, _fill: ctx.op("Slice", [iota] + ctx.inputs[1:]),
-                              repeats=False)
     else:
+        r = _rank_or_none(ctx, x)
+        if r is None or any(_runtime_input(ctx, i) for i in range(1, 5)):
+            return runtime()     # starts / ends / axes / steps (or the rank) known only at run time
         starts = ctx.need_const(1, "starts").tolist()
         ends = ctx.need_const(2, "ends").tolist()
         axes = ctx.need_const(3, "axes").tolist() if ctx.has_input(3) else list(range(len(starts)))
@@ -500,8 +514,7 @@ def _slice(ctx):
     if s is None or any(s[a] is None for a in axes):
         if "starts" in ctx.attrs:
             ctx.static_dims(x, axes)  # opset < 10 has no Slice with input tensors: ModelError
-        return _iota_backward(ctx, lambda iota, _fill: ctx.op("Slice", [iota] + ctx.inputs[1:]),
-                              repeats=False)
+        return runtime()
     dims = ctx.static_dims(x, axes)
     maps, in_dims = {}, {}
     for a, st, en, sp, d in zip(axes, starts, ends, steps, dims):
@@ -515,12 +528,37 @@ def _slice(ctx):
 
 @rule("Pad")
 def _pad(ctx):
-    x = ctx.inputs[0]
-    r = ctx.rank(x)
+    r"""Pad (modes constant, reflect, edge, wrap).  Data: constant pads/axes and static sizes on the
+    padded axes give per-axis index maps (:func:`_index_map_backward`); otherwise (run-time pads,
+    axes, sizes or rank) the node is run on the flat positions of :math:`x` with the fill slot
+    :math:`|x|` (:func:`_iota_backward`; reflect/edge/wrap sources repeat and are summed).
+    ``constant_value`` :math:`c`: :math:`\bar c = \sum g - \sum \bar x`, the sum of :math:`g` over
+    the created border (zero for the other modes, which do not read it)."""
     mode = ctx.attrs.get("mode", "constant")
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise ctx.unsupported(f"Pad mode {mode!r}")
-    runtime = "pads" not in ctx.attrs and (_runtime_input(ctx, 1) or _runtime_input(ctx, 3))
+    dx = _pad_data_grad(ctx, mode)
+    res = ctx.rest(dx, ZERO, None, ZERO)[: len(ctx.inputs)]      # pads and axes are integers
+    if ctx.has_input(2) and ctx.needs[2]:
+        res[2] = ZERO if mode != "constant" else _pad_value_grad(ctx, dx)
+    return res
+
+
+def _pad_value_grad(ctx: RuleContext, dx: str) -> str:
+    r""":math:`\bar c = \sum g - \sum \bar x` in ``constant_value``'s type and shape."""
+    b, c = ctx.b, ctx.inputs[2]
+    gc = ctx.op("Sub", [b.op("ReduceSum", [ctx.grads[0]], keepdims=0), b.op("ReduceSum", [dx], keepdims=0)])
+    if ctx.elem(c) != ctx.elem(ctx.inputs[0]):
+        gc = ctx.op("Cast", [gc], to=ctx.elem(c))
+    if ctx.info.rank(c) not in (None, 0):
+        gc = b.reshape_like(gc, c)
+    return gc
+
+
+def _pad_data_grad(ctx: RuleContext, mode: str) -> str:
+    x = ctx.inputs[0]
+    r = ctx.rank(x) if "pads" in ctx.attrs else _rank_or_none(ctx, x)
+    runtime = "pads" not in ctx.attrs and (r is None or _runtime_input(ctx, 1) or _runtime_input(ctx, 3))
     if not runtime:
         pads = list(ctx.attrs["pads"]) if "pads" in ctx.attrs else ctx.need_const(1, "pads").tolist()
         axes = list(range(r))
@@ -538,7 +576,7 @@ def _pad(ctx):
                 ins.pop()
             return ctx.op("Pad", ins, mode=mode)
 
-        return _iota_backward(ctx, fwd, repeats=mode != "constant")
+        return _iota_backward(ctx, fwd, repeats=mode != "constant")[0]
     n = len(axes)
     dims = ctx.static_dims(x, axes)
     maps, in_dims = {}, {}
@@ -553,8 +591,7 @@ def _pad(ctx):
         if pb or pe:
             maps[a] = idx
             in_dims[a] = d
-    res = _index_map_backward(ctx, ctx.grads[0], r, maps, in_dims) if maps else ctx.grads[0]
-    return [res] + [None] * (len(ctx.inputs) - 1)
+    return _index_map_backward(ctx, ctx.grads[0], r, maps, in_dims) if maps else ctx.grads[0]
 
 
 @rule("Gather")
@@ -1076,7 +1113,7 @@ def _conv_input_grad(ctx: RuleContext, gw, gb, r: int, n: int, k: list[int]) -> 
         # stride 1: the geometry does not depend on the input size (dynamic spatial axes are fine)
         in_sp = [k[i] * ctx.attrs.get("dilations", [1] * n)[i] for i in range(n)]
     elif (xs is None or any(v is None for v in xs[2:])) and ctx.attrs.get("auto_pad", "NOTSET") in ("NOTSET", ""):
-        return _conv_runtime_sizes(ctx, k, n)
+        return _conv_runtime_sizes(ctx, gw, gb, k, n)
     else:
         in_sp = ctx.static_dims(x, list(range(2, r)))
     s, d, pads = _conv_geometry(ctx, in_sp, k)
@@ -1110,13 +1147,15 @@ def _conv_input_grad(ctx: RuleContext, gw, gb, r: int, n: int, k: list[int]) -> 
     return ctx.rest(dx, gw, gb)
 
 
-def _conv_runtime_sizes(ctx: RuleContext, k: list[int], n: int) -> list:
+def _conv_runtime_sizes(ctx: RuleContext, gw, gb, k: list[int], n: int) -> list:
     r"""Conv adjoint when the input's spatial sizes are known only at run time (explicit pads).
 
     ``ConvTranspose(g, W)`` with the begin pads and no end pad has spatial size
     :math:`F - p_b` (:math:`F = s(o-1) + d(k-1) + 1`); the adjoint is that result cropped to, or
     zero-padded at the end up to, the input size :math:`n` read with ``Shape`` -- the same numbers
-    as the static ``pads``/``output_padding`` form (facts: need = F - p_b - n).
+    as the static ``pads``/``output_padding`` form (facts: need = F - p_b - n).  ``gw``/``gb``, the
+    weight and bias adjoints of :func:`_conv_adjoint` (which do not depend on these sizes), are
+    returned beside it.
     """
     b = ctx.b
     x, w = ctx.inputs[0], ctx.inputs[1]
@@ -1130,7 +1169,7 @@ def _conv_runtime_sizes(ctx: RuleContext, k: list[int], n: int) -> list:
     dx = b.op("Slice", [dx, b.ints([0] * n), in_sp, b.ints(sp)])
     short = b.op("Sub", [in_sp, b.op("Slice", [b.shape(dx), b.ints([2]), b.ints([2 + n])])])
     dx = b.op("Pad", [dx, b.op("Concat", [b.ints([0] * (2 + n + 2)), short], axis=0)])
-    return [dx] + [None] * (len(ctx.inputs) - 1)
+    return ctx.rest(dx, gw, gb)
 
 
 @rule("ConvTranspose")
@@ -1225,9 +1264,10 @@ def _avgpool(ctx):
     return [g]
 
 
-@rule("Resize")
 def _resize(ctx):
-    """Separable linear map: per resized axis the matrix is probed from onnxruntime (:mod:`.probe`)."""
+    """Resize with constant scales/sizes/roi and static shapes, the first half of the Resize rule
+    (:func:`.rules_extra._resize_any` registers it, with the in-graph probe for everything else):
+    a separable linear map, per resized axis the matrix probed from onnxruntime (:mod:`.probe`)."""
     x = ctx.inputs[0]
     r = ctx.rank(x)
     in_dims = ctx.static_dims(x, list(range(r)))
@@ -1358,8 +1398,8 @@ def _layernorm(ctx):
                 t = ctx.op("Mul", [gr, ctx.op("Mul", [rho, ctx.op("Mul", [rho, rho])])])
                 parts.append(ctx.op("Neg", [ctx.op("Div", [ctx.op("Mul", [t, ctx.op("Sub", [x, mu])]), n])]))
         dx = ctx.b.add_all(parts) if parts else None
-    if g is None:
-        return ctx.rest(dx)
+    if g is None:   # only Mean / InvStdDev reach the seed: they do not depend on the scale or bias
+        return [dx, ZERO, ZERO][: len(ctx.inputs)]
     ds = db = None
     if ctx.needs[1]:
         xh, _ = _norm_hat(ctx, x, list(range(axis, r)), eps)

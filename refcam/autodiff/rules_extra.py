@@ -26,26 +26,6 @@ def onnx_zero(elem: int):
     return numpy_helper.from_array(np.zeros(1, dtype=helper.tensor_dtype_to_np_dtype(elem)))
 
 
-def _slice_any(ctx):
-    """Slice: the static rule (Slice + Pad, index maps) when starts/ends/axes/steps are constants
-    and the rank is known; otherwise the runtime adjoint :func:`.rules._iota_backward` with the node's own
-    (runtime) starts, ends, axes and steps."""
-    from ..errors import ModelError, UnsupportedOpError
-    from . import rules as base
-
-    try:
-        return base._slice.__wrapped__(ctx) if hasattr(base._slice, "__wrapped__") else base._slice(ctx)
-    except (UnsupportedOpError, ModelError):
-        if ctx.opset < 11 or "starts" in ctx.attrs:
-            raise
-    rest = ctx.inputs[1:]
-    g = _iota_backward(ctx, lambda iota, _fill: ctx.op("Slice", [iota] + rest), repeats=False)[0]
-    return [g] + [ZERO] * len(rest)
-
-
-rule("Slice")(_slice_any)
-
-
 @rule("LpNormalization")
 def _lpnorm(ctx):
     r""":math:`y = x / \|x\|_p` along ``axis`` (p = 1 or 2), :math:`\nu = \|x\|_p`:
@@ -324,60 +304,6 @@ def _resize_any(ctx):
 
 
 rule("Resize")(_resize_any)
-
-
-def _pad_any(ctx):
-    r"""Pad: the static rule (index maps) when pads/axes are constants and the rank known, otherwise
-    the runtime index adjoint (:func:`.rules._iota_backward`: Pad applied to the flat positions with
-    border value :math:`|x|`, a dropped slot; reflect/edge/wrap sources repeat, summed).  ``constant_value``:
-    :math:`\bar c = \sum g - \sum \bar x` (the sum of :math:`g` over the padded border)."""
-    from ..errors import ModelError, UnsupportedOpError
-    from . import rules as base
-
-    mode = ctx.attrs.get("mode", "constant")
-    try:
-        res = list(base._pad(ctx))
-    except (UnsupportedOpError, ModelError):
-        if ctx.opset < 11 or "pads" in ctx.attrs:
-            raise
-        if ctx.opset < 16:
-            from .rules import NeedsOpset
-
-            raise NeedsOpset(16, "Pad with runtime pads: its backward needs ScatterElements(reduction='add')")
-        def fwd(iota: str, fill: str) -> str:
-            ins = list(ctx.inputs[1:])
-            if len(ins) >= 2:
-                ins[1] = fill if mode == "constant" else ""
-            else:
-                ins = ins + ([fill] if mode == "constant" else [])
-            return ctx.op("Pad", [iota] + ins, mode=mode)
-
-        dx = _iota_backward(ctx, fwd, repeats=mode != "constant")[0]
-        res = [dx] + [ZERO] * (len(ctx.inputs) - 1)
-        if len(ctx.inputs) > 2:
-            res[2] = None
-    res += [None] * (len(ctx.inputs) - len(res))
-    for i in (1, 3):
-        if i < len(res) and res[i] is None:
-            res[i] = ZERO  # integer pads/axes
-    if len(ctx.inputs) > 2 and ctx.has_input(2) and ctx.needs[2]:
-        if mode != "constant":
-            res[2] = ZERO  # the value is not used by reflect/edge/wrap
-        else:
-            dx = res[0]
-            if dx is None:
-                raise ctx.refuse_input(2, "needs the data gradient")
-            b = ctx.b
-            tot = b.op("ReduceSum", [ctx.grads[0]], keepdims=0)
-            res[2] = ctx.op("Sub", [tot, b.op("ReduceSum", [dx], keepdims=0)])
-            if ctx.elem(ctx.inputs[2]) != ctx.elem(ctx.inputs[0]):
-                res[2] = ctx.op("Cast", [res[2]], to=ctx.elem(ctx.inputs[2]))
-            if ctx.info.rank(ctx.inputs[2]) not in (None, 0):
-                res[2] = ctx.b.reshape_like(res[2], ctx.inputs[2])
-    return res
-
-
-rule("Pad")(_pad_any)
 
 
 def _einsum_terms(eq: str):

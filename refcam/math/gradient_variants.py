@@ -18,6 +18,7 @@ from ..errors import InvalidArgumentError, ShapeError
 from .blocks import _flag, _maps_and_gradients, _maybe_relu, _spatial_axes, _weighted_sum
 
 __all__ = [
+    "AUG_TRANSFORMS",
     "SGCPP_DENOMINATORS",
     "SGCPP_FIRST_ORDER",
     "aug_smooth",
@@ -309,6 +310,15 @@ def shapleycam(activations: Any, gradients: Any, hvp: Any, *, relu: bool = True)
 
 
 # ------------------------------------------------------------------------------ aug_smooth
+#: The test-time augmentations :math:`t` of ``aug_smooth``, as ``(flip, factor)``:
+#: :math:`t(x) = \mathrm{factor}\cdot\mathrm{flip}(x)`, ``flip`` reversing the last (width) axis.
+#: pytorch-grad-cam 1.5.7's default (``base_cam.py:43-48``: ttach ``Compose([HorizontalFlip(),
+#: Multiply(factors=[0.9, 1, 1.1])])``, in ttach's product order, ``ttach/base.py:Compose``).
+AUG_TRANSFORMS: tuple[tuple[bool, float], ...] = tuple(
+    (flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1)
+)
+
+
 @finite_output
 def aug_smooth(maps: Any, flips: Sequence[bool], *, axis: int = -1) -> np.ndarray:
     r"""Test-time augmentation smoothing: the mean of the maps of augmented inputs, each mapped back.

@@ -26,6 +26,7 @@ __all__ = [
     "MASK_ORDERS",
     "PGC_ABLATION_BATCH",
     "ablation_values",
+    "ablated_activations",
     "scorecam_masks",
     "scorecam_weights",
     "scorecam",
@@ -42,12 +43,14 @@ __all__ = [
 ]
 
 
-def _scores(x: Any, name: str = "scores") -> np.ndarray:
+def _scores(x: Any, name: str = "scores", layout: str = "(N, K)",
+            meaning: str = "one score per sample and channel") -> np.ndarray:
+    """``x`` as a float array of ``layout`` with every axis non-empty."""
     arr = _v.as_float_array(x, name)
-    _v.check_ndim(arr, name, min_ndim=2, max_ndim=2,
-                  layout="(N, K): one score per sample and channel")
+    ndim = layout.count(",") + 1
+    _v.check_ndim(arr, name, min_ndim=ndim, max_ndim=ndim, layout=f"{layout}: {meaning}")
     if 0 in arr.shape:
-        raise ShapeError(name, arr.shape, "(N, K) with N, K >= 1")
+        raise ShapeError(name, arr.shape, f"{layout} with every axis non-empty")
     return arr
 
 
@@ -360,6 +363,64 @@ def ablation_values(activations: Any, ablation_value: Any = 0.0) -> np.ndarray:
 
 
 @finite_output
+def ablated_activations(activations: Any, values: Any, channels: Any = None) -> np.ndarray:
+    r"""The activations Ablation-CAM feeds back to the network: one copy per ablated channel, that
+    channel set to :math:`v^k_n` at every position.
+
+    .. math:: \big(\tilde A_n^{(j)}\big)^{k'} = \begin{cases} v^{k_j}_n \mathbf{1} & k' = k_j \\
+              A_n^{k'} & k' \neq k_j \end{cases}
+
+    Desai & Ramaswamy, 2020, "Ablation-CAM: Visual Explanations for Deep Convolutional Network via
+    Gradient-free Localization" (WACV 2020), Sec. 3: :math:`y^c_k` is the score of the network
+    with feature map :math:`A^k` removed (set to 0 in the paper; :func:`ablation_values` gives the
+    value).  ``*S`` is any set of positions: for a token layer ``(N, T, C)`` pass its channels-first
+    view ``(N, C, T)`` to ablate every token, prefix (class, distillation) tokens included, as
+    pytorch-grad-cam 1.5.7's ``AblationLayerVit`` does (``ablation_layer.py:96-108``: channel
+    ``indices[i]`` of the ``(B, C, T)`` transpose, all tokens).
+
+    Parameters
+    ----------
+    activations : array of shape (N, K, *S)
+        :math:`A_n^k`.
+    values : array of shape (N, J)
+        :math:`v^{k_j}_n`, the value channel :math:`k_j` is set to in copy :math:`j`.
+    channels : sequence of J distinct channel indices in ``[0, K)``, or None
+        :math:`k_j`; default ``0 … K-1`` (then ``J = K``).
+
+    Returns
+    -------
+    ndarray of shape (N, J, K, *S), the result dtype of ``activations`` and ``values``.
+
+    Examples
+    --------
+    >>> a = np.array([[[1., 2.], [3., 4.]]])                # N=1, K=2, S=(2,)
+    >>> ablated_activations(a, np.array([[0., -9.]]))[0]
+    array([[[ 0.,  0.],
+            [ 3.,  4.]],
+    <BLANKLINE>
+           [[ 1.,  2.],
+            [-9., -9.]]])
+    """
+    a = _v.feature_maps(activations, "activations")
+    n, k = a.shape[:2]
+    if channels is None:
+        ch = np.arange(k)
+    else:
+        ch = np.asarray(channels)
+        if (ch.ndim != 1 or ch.size == 0 or ch.dtype.kind not in "iu" or ch.min() < 0 or ch.max() >= k
+                or len(np.unique(ch)) != ch.size):
+            raise InvalidArgumentError("channels", channels, f"distinct channel indices in [0, {k})")
+    v = _v.as_float_array(values, "values")
+    if v.shape != (n, ch.size):
+        raise ShapeError("values", v.shape, (n, ch.size), "one value per sample and ablated channel")
+    dt = _v.result_dtype(a, v)
+    out = np.repeat(a.astype(dt, copy=False)[:, None], ch.size, axis=1)
+    j = np.arange(ch.size)
+    out[:, j, ch] = v.astype(dt, copy=False).reshape((n, ch.size) + (1,) * (a.ndim - 2))
+    return out
+
+
+@finite_output
 def ablationcam_weights(scores: Any, baseline_score: Any) -> np.ndarray:
     r"""Ablation-CAM channel weights: relative drop of the class score when a channel is ablated.
 
@@ -464,12 +525,7 @@ def _masks(x: Any, name: str = "masks") -> np.ndarray:
 
 
 def _sampled_scores(x: Any, name: str = "scores") -> np.ndarray:
-    arr = _v.as_float_array(x, name)
-    _v.check_ndim(arr, name, min_ndim=3, max_ndim=3,
-                  layout="(N, n, K): one score per sample, noise sample / step, and channel")
-    if 0 in arr.shape:
-        raise ShapeError(name, arr.shape, "(N, n, K) with every axis non-empty")
-    return arr
+    return _scores(x, name, "(N, n, K)", "one score per sample, noise sample / step, and channel")
 
 
 @finite_output

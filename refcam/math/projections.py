@@ -214,8 +214,8 @@ def eigen_smooth(activations: Any, weights: Any, *, center: bool = True, sign: s
     Examples
     --------
     >>> a = np.array([[[[1., 0.]], [[0., 1.]]]])         # O = I (2 positions, 2 channels)
-    >>> eigen_smooth(a, np.array([[3., 1.]]))             # O^w = diag(3, 1): centred +-1.5
-    array([[[ 1.5, -1.5]]])
+    >>> eigen_smooth(a, np.array([[3., 1.]]))   # O^w = diag(3, 1), centred rows +-(1.5, -0.5)
+    array([[[ 1.58113883, -1.58113883]]])
     """
     x = _v.feature_maps(activations, "activations")
     w = _v.as_float_array(weights, "weights")

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from .. import _validate as _v
 from ..errors import InvalidArgumentError, ShapeError
@@ -164,5 +163,7 @@ def gaussian_blur(maps: Any, ksize: int = 11, sigma: float = 5.0) -> np.ndarray:
     x = np.arange(ksize) - (ksize - 1) / 2
     g = np.exp(-(x * x) / (2 * sigma * sigma))
     g = g / g.sum()
+    from scipy import ndimage  # imported here: scipy.ndimage costs ~0.2 s of every refcam import
+
     out = ndimage.correlate1d(m.astype(np.float64), g, axis=-1, mode="mirror")
     return ndimage.correlate1d(out, g, axis=-2, mode="mirror").astype(m.dtype)

@@ -32,6 +32,7 @@ equation number; the section is not verified).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -175,71 +176,66 @@ class PerturbationCurve:
     order: np.ndarray
 
 
-def _curve(
-    kind: str,
-    score_fn: ScoreFn,
-    inputs: Any,
-    maps: Any,
-    targets: Any,
-    *,
-    step: int,
-    baseline: Any,
-    blur_sigma: float,
-    resize: str | None,
-    batch_size: int,
-    progress: bool,
-) -> PerturbationCurve:
-    x = images(inputs)
-    m = maps_for_inputs(maps, x, resize=resize)
-    step = V.positive_int(step, "step")
-    base = make_baseline(x, baseline, blur_sigma=blur_sigma)
-    dt = V.result_dtype(x, m, base)
-    x = x.astype(dt, copy=False)
-    base = base.astype(dt, copy=False)
-    t = targets_array(targets, x.shape[0])
-    order = saliency_order(m)
-    n, p = order.shape
-    rank = np.empty_like(order)
-    np.put_along_axis(
-        rank, order, np.broadcast_to(np.arange(p), (n, p)), axis=1
-    )  # rank of each pixel
-    counts = np.minimum(np.arange(-(-p // step) + 1) * step, p)  # pixels changed at each point
-    n_pts = counts.size
-    xs = x.reshape(n, x.shape[1], p)
-    bs = base.reshape(n, x.shape[1], p)
-    first, then = (xs, bs) if kind == "deletion" else (bs, xs)
+def _curve_metric(kind: str, default_baseline: str, doc: str) -> Callable[..., PerturbationCurve]:
+    """The public ``deletion`` / ``insertion`` (``kind``), with RISE's baseline of that kind."""
 
-    def build(items: np.ndarray) -> np.ndarray:
-        s, k = items // n_pts, items % n_pts
-        changed = rank[s] < counts[k][:, None]  # (B, P): the first counts[k] pixels in the order
-        out = np.where(changed[:, None, :], then[s], first[s])
-        return out.reshape((items.size,) + x.shape[1:])
+    def metric(
+        score_fn: ScoreFn,
+        inputs: Any,
+        maps: Any,
+        targets: Any = None,
+        *,
+        step: int,
+        baseline: Any = default_baseline,
+        blur_sigma: float = 5.0,
+        resize: str | None = None,
+        batch_size: int = 64,
+        progress: bool = True,
+    ) -> PerturbationCurve:
+        x = images(inputs)
+        m = maps_for_inputs(maps, x, resize=resize)
+        step = V.positive_int(step, "step")
+        base = make_baseline(x, baseline, blur_sigma=blur_sigma)
+        dt = V.result_dtype(x, m, base)
+        x = x.astype(dt, copy=False)
+        base = base.astype(dt, copy=False)
+        t = targets_array(targets, x.shape[0])
+        order = saliency_order(m)
+        n, p = order.shape
+        rank = np.empty_like(order)
+        np.put_along_axis(
+            rank, order, np.broadcast_to(np.arange(p), (n, p)), axis=1
+        )  # rank of each pixel
+        counts = np.minimum(np.arange(-(-p // step) + 1) * step, p)  # pixels changed at each point
+        n_pts = counts.size
+        xs = x.reshape(n, x.shape[1], p)
+        bs = base.reshape(n, x.shape[1], p)
+        first, then = (xs, bs) if kind == "deletion" else (bs, xs)
 
-    item_t = None if t is None else np.repeat(t, n_pts)
-    sc = (
-        batched_scores(
-            score_fn, n * n_pts, build, item_t, batch_size=batch_size, progress=progress, desc=kind
+        def build(items: np.ndarray) -> np.ndarray:
+            s, k = items // n_pts, items % n_pts
+            changed = rank[s] < counts[k][:, None]  # (B, P): the first counts[k] pixels in the order
+            out = np.where(changed[:, None, :], then[s], first[s])
+            return out.reshape((items.size,) + x.shape[1:])
+
+        item_t = None if t is None else np.repeat(t, n_pts)
+        sc = (
+            batched_scores(
+                score_fn, n * n_pts, build, item_t, batch_size=batch_size, progress=progress, desc=kind
+            )
+            .reshape(n, n_pts)
+            .astype(dt)
         )
-        .reshape(n, n_pts)
-        .astype(dt)
-    )
-    fr = (counts / p).astype(dt)
-    return PerturbationCurve(fr, sc, auc(fr, sc), order)
+        fr = (counts / p).astype(dt)
+        return PerturbationCurve(fr, sc, auc(fr, sc), order)
+
+    metric.__name__ = metric.__qualname__ = kind
+    metric.__doc__ = doc
+    return metric
 
 
-def deletion(
-    score_fn: ScoreFn,
-    inputs: Any,
-    maps: Any,
-    targets: Any = None,
-    *,
-    step: int,
-    baseline: Any = "zeros",
-    blur_sigma: float = 5.0,
-    resize: str | None = None,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> PerturbationCurve:
+deletion = _curve_metric(
+    "deletion", "zeros",
     r"""Deletion curve and AUC (Petsiuk et al. 2018, RISE): remove the most salient pixels first.
 
     Point :math:`k` of the curve is :math:`y_k = f_c(I^{(k)})` with
@@ -277,35 +273,11 @@ def deletion(
     >>> c = deletion(f, np.array([[[[1.0, 2.0]]]]), np.array([[[0.0, 1.0]]]), step=1, progress=False)
     >>> c.fractions, c.scores, c.auc       # remove pixel 1 (value 2) first, then pixel 0
     (array([0. , 0.5, 1. ]), array([[3., 1., 0.]]), array([1.25]))
-    """
-    return _curve(
-        "deletion",
-        score_fn,
-        inputs,
-        maps,
-        targets,
-        step=step,
-        baseline=baseline,
-        blur_sigma=blur_sigma,
-        resize=resize,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    """,
+)
 
-
-def insertion(
-    score_fn: ScoreFn,
-    inputs: Any,
-    maps: Any,
-    targets: Any = None,
-    *,
-    step: int,
-    baseline: Any = "blur",
-    blur_sigma: float = 5.0,
-    resize: str | None = None,
-    batch_size: int = 64,
-    progress: bool = True,
-) -> PerturbationCurve:
+insertion = _curve_metric(
+    "insertion", "blur",
     r"""Insertion curve and AUC (Petsiuk et al. 2018, RISE): insert the most salient pixels first.
 
     .. math::
@@ -323,17 +295,5 @@ def insertion(
     ...               progress=False)
     >>> c.scores, c.auc
     (array([[0., 2., 3.]]), array([1.75]))
-    """
-    return _curve(
-        "insertion",
-        score_fn,
-        inputs,
-        maps,
-        targets,
-        step=step,
-        baseline=baseline,
-        blur_sigma=blur_sigma,
-        resize=resize,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    """,
+)

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper
 
 from .. import _validate as V
 from ..errors import InvalidArgumentError, ModelError, ShapeError
+from . import _weights
 from .head import cut_head, linear_head
 from .layers import (
     LayerInfo,
@@ -187,13 +188,24 @@ class Model:
         other_inputs: dict | None = None,
     ) -> None:
         if isinstance(source, Model):
-            source = source.proto
-        self.proto = _load_proto(source, base_dir)
-        self.ir_version_loaded = self.proto.ir_version
-        if self.proto.ir_version > max_ir_version():
+            source = source._full if source._full is not None else \
+                _weights.join(source.skeleton, source.weights)
+        # the graph without its large initializers (shape inference, layers, sessions, VJP builds)
+        # and their values held once, shared by every session (refcam.onnx._weights)
+        fast = None
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            fast = _weights.load_split(os.fspath(source))  # weights read once, never parsed
+        if fast is not None and fast[0].graph.node and fast[0].graph.output and fast[0].opset_import:
+            self.skeleton, self.weights = fast
+        else:
+            self.skeleton, self.weights = _weights.split(_load_proto(source, base_dir))
+        self._full: onnx.ModelProto | None = None
+        self._ort_values: dict = {}
+        self.ir_version_loaded = self.skeleton.ir_version
+        if self.skeleton.ir_version > max_ir_version():
             # onnx >= 1.23 writes IR 14 by default; onnxruntime may load only up to 13.  Only the
             # in-memory copy is changed.
-            self.proto.ir_version = max_ir_version()
+            self.skeleton.ir_version = max_ir_version()
         self.layout = V.choice(layout, "layout", list(LAYOUTS))
         self.channels_last = LAYOUTS[layout]
         self.providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
@@ -211,21 +223,21 @@ class Model:
 
         try:
             self._inferred = onnx.shape_inference.infer_shapes(
-                self.proto, strict_mode=False, data_prop=True
+                self.skeleton, strict_mode=False, data_prop=True
             )
         except Exception:  # foreign graphs: keep going without shapes
-            self._inferred = self.proto
+            self._inferred = self.skeleton
         g = self._inferred.graph
         self.value_info = {
             vi.name: vi for vi in list(g.value_info) + list(g.input) + list(g.output)
         }
-        self._layers = discover_layers(self.proto, self._inferred)
+        self._layers = discover_layers(self.skeleton, self._inferred)
         self._layouts: dict | None = None
         self._layout_shapes: dict = {}
         self._with_layout: dict = {}
 
-        inits = {t.name for t in self.proto.graph.initializer}
-        real_inputs = [i for i in self.proto.graph.input if i.name not in inits]
+        inits = {t.name for t in self.skeleton.graph.initializer}
+        real_inputs = [i for i in self.skeleton.graph.input if i.name not in inits]
         names_in = [i.name for i in real_inputs]
         if input_name is None:
             if len(real_inputs) != 1:
@@ -281,7 +293,7 @@ class Model:
         b0 = self.input_shape[0] if self.input_shape else None
         self.fixed_batch: int | None = b0 if isinstance(b0, int) and b0 > 0 else None
 
-        self.graph_outputs = [o.name for o in self.proto.graph.output]
+        self.graph_outputs = [o.name for o in self.skeleton.graph.output]
         self.softmax_stripped = False
         if output is None:
             output = self.graph_outputs[0]
@@ -303,7 +315,7 @@ class Model:
 
     # ------------------------------------------------------------------ structure
     def _producer(self, name: str) -> onnx.NodeProto | None:
-        for n in self.proto.graph.node:
+        for n in self.skeleton.graph.node:
             if name in n.output:
                 return n
         return None
@@ -347,7 +359,7 @@ class Model:
                     outs = self.session(names).run(list(names), feed)
                     return {n: tuple(o.shape) for n, o in zip(names, outs)}
             try:
-                self._layouts, self._layout_shapes = graph_layouts(self.proto, inputs, probe=probe)
+                self._layouts, self._layout_shapes = graph_layouts(self.skeleton, inputs, probe=probe)
             except Exception:  # noqa: BLE001 - no inference: every layout unclear, never guessed
                 self._layouts, self._layout_shapes = {}, {}
         return self._layouts
@@ -393,7 +405,7 @@ class Model:
         """The last spatial or token map before the readout (see :func:`layers.default_layer`)."""
         li = default_layer(
             self.layers(),
-            self.proto.graph,
+            self.skeleton.graph,
             exclude=[*self.graph_outputs, self.output_name],
         )
         if li is None:
@@ -553,7 +565,7 @@ class Model:
         return out
 
     # ------------------------------------------------------------------ sessions
-    def _options(self) -> ort.SessionOptions:
+    def _options(self, prepack: bool = True) -> ort.SessionOptions:
         if self._session_options is not None:
             return self._session_options
         so = ort.SessionOptions()
@@ -562,7 +574,45 @@ class Model:
         if self._threads[1] is not None:
             so.inter_op_num_threads = self._threads[1]
         so.log_severity_level = 3
+        if not prepack:
+            # gradient sessions: onnxruntime would keep a packed copy of every Gemm/MatMul weight
+            # per use, and a VJP graph uses each dense weight twice (forward, and transposed in
+            # the backward): vgg16_bn's 411 MB fc6 weight then costs 3 copies and ~8 s of session
+            # creation.  Measured on vgg16_bn (1 thread): first Grad-CAM 10.7 s -> 1.8 s, its
+            # peak RSS growth +1086 -> +653 MiB, warm runs no slower.
+            so.add_session_config_entry("session.disable_prepacking", "1")
         return so
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The loaded model as one :class:`onnx.ModelProto` with every initializer's values.
+
+        Built on first access from :attr:`skeleton` and :attr:`weights` and kept: refcam's own
+        sessions, shape analyses and gradient graphs use the skeleton, so the weights are held
+        twice only once something needs them inside a proto (head cuts, finite differences,
+        FullGrad's biases).  Treat it as read-only.
+        """
+        if self._full is None:
+            self._full = _weights.join(self.skeleton, self.weights)
+        return self._full
+
+    def new_session(self, model: onnx.ModelProto, data: bytes | None = None, *,
+                    prepack: bool = True) -> ort.InferenceSession:
+        """An onnxruntime session of ``model``, a graph built from :attr:`skeleton` (``data``: its
+        serialisation, if already made).  Its in-memory initializers are handed to onnxruntime
+        from :attr:`weights` without a copy, so every session of this model shares one copy of
+        the weights.  ``prepack=False`` turns off onnxruntime's weight prepacking (gradient
+        graphs).  A caller's own ``session_options`` are never modified: with them the weights
+        are put back into a full serialised proto instead."""
+        if self._session_options is not None:
+            return ort.InferenceSession(_weights.join(model, self.weights).SerializeToString(),
+                                        sess_options=self._session_options, providers=self.providers)
+        so = self._options(prepack)
+        names = _weights.external_names(model)
+        if names:
+            so.add_external_initializers(names, _weights.ort_values(self.weights, names, self._ort_values))
+        return ort.InferenceSession(model.SerializeToString() if data is None else data,
+                                    sess_options=so, providers=self.providers)
 
     def session(self, names: Iterable[str]) -> ort.InferenceSession:
         """The (cached) session whose outputs are exactly ``names``."""
@@ -571,7 +621,7 @@ class Model:
         if sess is not None:
             self._sessions.move_to_end(key)
             return sess
-        g = self.proto.graph
+        g = self.skeleton.graph
         saved = [onnx.ValueInfoProto() for _ in g.output]
         for s, o in zip(saved, g.output):
             s.CopyFrom(o)
@@ -592,14 +642,12 @@ class Model:
         del g.output[:]
         g.output.extend(new)
         try:
-            data = self.proto.SerializeToString()
+            data = self.skeleton.SerializeToString()
         finally:
             del g.output[:]
             g.output.extend(saved)
         try:
-            sess = ort.InferenceSession(
-                data, sess_options=self._options(), providers=self.providers
-            )
+            sess = self.new_session(self.skeleton, data)
         except Exception as exc:
             raise ModelError(
                 f"model: onnxruntime could not load the model with outputs {sorted(key)}: {exc}"
@@ -742,7 +790,7 @@ class Model:
     def unknown_ranks(self) -> list[str]:
         """Tensors produced by the graph whose rank static shape inference leaves unknown."""
         out = []
-        for n in self.proto.graph.node:
+        for n in self.skeleton.graph.node:
             for o in n.output:
                 vi = self.value_info.get(o)
                 if o and (vi is None or not vi.type.HasField("tensor_type")
@@ -861,7 +909,7 @@ class Model:
         of other exporters from it (:func:`refcam.zoo.model_classes`,
         :func:`refcam.zoo.model_preprocessing`).
         """
-        return {p.key: p.value for p in self.proto.metadata_props}
+        return {p.key: p.value for p in self.skeleton.metadata_props}
 
     def __repr__(self) -> str:
         return (

@@ -260,6 +260,10 @@ new_case("LayerNormalization-params", [node("LayerNormalization", ["x", "s", "b"
 new_case("LayerNormalization-stats", [node("LayerNormalization", ["x", "s", "b"], ["o", "m", "r"], axis=1),
                                       node("Mul", ["m", "r"], ["mr"]), node("Add", ["o", "mr"], ["y"])],
          {"x": rnd(2, 3, 4, dtype=F32), "s": rnd(3, 4, dtype=F32), "b": rnd(3, 4, dtype=F32)}, wrt=("x",), **NL32)
+new_case("LayerNormalization-stats-only", [node("LayerNormalization", ["x", "s", "b"], ["o", "m", "r"], axis=1),
+                                           node("Mul", ["m", "r"], ["y"])],     # Y unused: scale/bias get 0
+         {"x": rnd(2, 3, 4, dtype=F32), "s": rnd(3, 4, dtype=F32), "b": rnd(3, 4, dtype=F32)}, wrt=("x", "s", "b"),
+         **NL32)
 new_case("BatchNormalization-params", [node("BatchNormalization", ["x", "s", "b", "m", "v"], epsilon=1e-3)],
          {"x": rnd(2, 3, 4, 2), "s": rnd(3), "b": rnd(3), "m": rnd(3), "v": np.abs(rnd(3)) + 0.1},
          wrt=("x", "s", "b", "m", "v"), **D64)

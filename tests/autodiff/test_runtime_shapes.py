@@ -16,6 +16,7 @@ from ._harness import WORST, session, to_float64
 from refcam.autodiff import SEED_INPUT, build_vjp_model, grad_name
 from refcam.autodiff.fd import fd_gradients
 from refcam.autodiff.rules import NeedsRuntimeShapes
+from refcam._compare import max_abs_error
 from refcam.errors import ModelError
 
 R = np.random.default_rng(12)
@@ -141,6 +142,34 @@ def test_conv_stride_two_with_runtime_spatial_sizes(pads):
               rtol=1e-5, ref64=True)
 
 
+@pytest.mark.parametrize("strides", [[2, 2], [1, 1]])
+def test_conv_weight_and_bias_gradients_with_runtime_spatial_sizes(strides):
+    # x, W and B differentiated together (so the rule takes the run-time-size path for x and must
+    # keep W's and B's adjoints beside it), x's spatial axes symbolic.  W, B as graph inputs and as
+    # initializers (same function; differences taken on the graph-input twin).  Weight: correlation
+    # of x^T with g^T (stride d, dilation s), cropped to k; bias: sum of g over batch and space.
+    w = R.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    bias = R.standard_normal(2).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=strides, pads=[1, 0, 1, 1])
+    x_in = {"x": (TensorProto.FLOAT, ["N", 3, "H", "W"])}
+    fed = graph([node], {**x_in, "w": (TensorProto.FLOAT, [2, 3, 3, 3]), "b": (TensorProto.FLOAT, [2])},
+                out=TensorProto.FLOAT)
+    baked = graph([node], x_in, inits={"w": w, "b": bias}, out=TensorProto.FLOAT)
+    for hw in ((7, 8), (6, 5)):
+        x = R.standard_normal((2, 3) + hw).astype(np.float32)
+        s = R.standard_normal(session(fed).run(["y"], {"x": x, "w": w, "b": bias})[0].shape).astype(np.float32)
+        f64 = {"x": x.astype(np.float64), "w": w.astype(np.float64), "b": bias.astype(np.float64)}
+        for model, feeds in ((fed, {"x": x, "w": w, "b": bias}), (baked, {"x": x})):
+            vjp = build_vjp_model(model, ["x", "w", "b"], seed="y")
+            got = session(vjp).run([grad_name(t) for t in "xwb"], {**feeds, SEED_INPUT: s})
+            for t, gt in zip("xwb", got):
+                _, fd = fd_gradients(to_float64(fed), f64, t, s.astype(np.float64), seed="y", batched=False,
+                                     backend="reference")
+                err = max_abs_error(gt, fd.value) / float(np.max(np.abs(fd.value)))
+                WORST["Conv parameters (run-time sizes)"] = max(WORST.get("Conv parameters (run-time sizes)", 0.0), err)
+                assert gt.shape == fd.value.shape and err <= 1e-5, (t, err)
+
+
 def test_unknown_rank_is_read_from_the_run():
     # Reshape to a shape fed at run time: shape inference cannot know the rank of r
     x = R.standard_normal((2, 6))
@@ -168,6 +197,31 @@ def test_unknown_rank_is_read_from_the_run():
     out = session(vjp).run([grad_name("x")], {"x": x3, "shp": np.array([4, 3, 2], np.int64),
                                               SEED_INPUT: np.ones((2, 3, 4))})[0]
     assert out.shape == x3.shape
+
+
+@pytest.mark.parametrize("op", ["Slice", "Pad-constant", "Pad-reflect"])
+def test_slice_and_pad_with_constant_indices_need_no_rank(op):
+    # rank of r unknown and no run at hand: Slice / Pad with constant starts or pads take their
+    # rank-free run-time form (the node on the flat positions) instead of asking for a probe;
+    # Pad's constant_value (a graph input) gets sum(g) - sum(dx).
+    ints = lambda *v: np.array(v, np.int64)  # noqa: E731
+    if op == "Slice":
+        node = helper.make_node("Slice", ["r", "st", "en", "ax"], ["q"])
+        inits, extra, wrt = {"st": ints(1), "en": ints(-1), "ax": ints(-1)}, {}, ["x"]
+    else:
+        mode = op.split("-")[1]
+        ins = ["r", "p", "c"] if mode == "constant" else ["r", "p"]
+        node = helper.make_node("Pad", ins, ["q"], mode=mode)
+        inits, wrt = {"p": ints(0, 1, 0, 0, 0, 1)}, ["x", "c1"] if mode == "constant" else ["x"]
+        extra = {"c1": (D, [1])} if mode == "constant" else {}
+    sq = [helper.make_node("Squeeze", ["c1"], ["c"])] if extra else []     # constant_value: a scalar
+    m = graph([helper.make_node("Reshape", ["x", "shp"], ["r"]), *sq, node, helper.make_node("Mul", ["q", "q"], ["y"])],
+              {"x": (D, ["N", 6]), "shp": (I64, [None]), **extra}, 16, inits=inits)
+    feeds = {"x": R.standard_normal((2, 6)), "shp": ints(2, 3, 2)}
+    if extra:
+        feeds["c1"] = np.array([0.7])
+    for w in wrt:
+        check(f"{op} (rank-free)", m, feeds, wrt=w)
 
 
 def _with_outputs(m, names):

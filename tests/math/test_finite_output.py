@@ -198,6 +198,7 @@ def _case(draw, name, dt):
             "eps": draw(st.sampled_from([0.0, 1e-6]))}),
         "softmax": lambda: ((arr((n, k)),), {"axis": -1}),
         "ablation_values": lambda: ((A, draw(st.sampled_from([0.0, -5.0, "pgc"]))), {}),
+        "ablated_activations": lambda: ((A, arr((n, k))), {}),
         "sscam": lambda: ((A, arr((n, steps, k))), {"baseline_score": b,
                                                     "softmax": draw(st.booleans()), "relu": relu}),
         "iscam": lambda: ((A, arr((n, steps, k))), {"baseline_score": b,

@@ -382,3 +382,64 @@ def test_flags_must_be_boolean():
         scorecam_weights([[1.0, 2.0]], softmax="channels")
     with pytest.raises(InvalidArgumentError, match="relu"):
         ablationcam(A, [[1.0, 3.0]], [2.0], relu=None)
+
+
+# ------------------------------------------------------------------ ablated activations
+
+from refcam.math import ablated_activations, ablation_values  # noqa: E402
+
+
+def test_ablated_activations_hand():
+    # A (module top): copy 0 has A^0 := -1 everywhere, copy 1 has A^1 := 7 everywhere
+    out = ablated_activations(A, np.array([[-1.0, 7.0]]))
+    assert out.shape == (1, 2, 2, 2, 2)
+    close(out[0, 0], [[[-1, -1], [-1, -1]], [[0, 3], [2, 0]]])
+    close(out[0, 1], [[[1, 2], [3, 4]], [[7, 7], [7, 7]]])
+    # a subset of channels, in the caller's order
+    sub = ablated_activations(A, np.array([[5.0]]), channels=[1])
+    close(sub[0, 0], [[[1, 2], [3, 4]], [[5, 5], [5, 5]]])
+
+
+def test_ablated_activations_token_view_ablates_the_class_token():
+    # a token layer (N, T, C) = 1 class token + 2 patch tokens, C = 2, ablated through its
+    # channels-first view (N, C, T) with pytorch-grad-cam's compounding value: min over every token
+    # (class token -3 included) - 1e7, then - 1e7 again for the second channel of the batch
+    t = np.array([[[-3.0, 1.0], [2.0, 0.5], [4.0, 6.0]]])
+    cf = np.moveaxis(t, 2, 1)
+    v = ablation_values(cf, "pgc")
+    close(v, [[-3 - 1e7, -3 - 2e7]])
+    out = np.moveaxis(ablated_activations(cf, v), 2, 3)          # (N, J, T, C)
+    close(out[0, 0], [[-3 - 1e7, 1.0], [-3 - 1e7, 0.5], [-3 - 1e7, 6.0]])
+    close(out[0, 1], [[-3.0, -3 - 2e7], [2.0, -3 - 2e7], [4.0, -3 - 2e7]])
+
+
+def test_ablated_activations_errors_and_dtype():
+    a32 = A.astype(np.float32)
+    assert ablated_activations(a32, np.zeros((1, 2), np.float32)).dtype == np.float32
+    assert ablated_activations(a32, np.zeros((1, 2))).dtype == np.float64
+    with pytest.raises(ShapeError, match="values"):
+        ablated_activations(A, np.zeros((1, 3)))
+    for bad in ([2], [0, 0], [-1], [], [[0]], [0.5]):
+        with pytest.raises(InvalidArgumentError, match="channels"):
+            ablated_activations(A, np.zeros((1, max(1, np.size(bad)))), channels=bad)
+    with pytest.raises(NonFiniteError, match="values"):
+        ablated_activations(A, np.array([[0.0, np.nan]]))
+
+
+@given(st.data())
+def test_ablated_activations_properties(data):
+    """Copy j differs from A only in channel k_j, which holds v^{k_j}_n at every position; the
+    copies of sample n depend on sample n only."""
+    a, _, _ = data.draw(problems())
+    n, k = a.shape[:2]
+    ch = np.array(data.draw(st.permutations(range(k)))[: data.draw(st.integers(1, k))])
+    v = data.draw(hnp.arrays(np.float64, (n, ch.size), elements=finite))
+    out = ablated_activations(a, v, channels=ch)
+    assert out.shape == (n, ch.size) + a.shape[1:]
+    for j, kj in enumerate(ch):
+        keep = np.arange(k) != kj
+        assert np.array_equal(out[:, j][:, keep], a[:, keep])
+        assert np.array_equal(out[:, j, kj], np.broadcast_to(v[:, j].reshape((n,) + (1,) * (a.ndim - 2)),
+                                                             a[:, kj].shape))
+    for i in range(n):
+        assert np.array_equal(ablated_activations(a[i:i + 1], v[i:i + 1], channels=ch), out[i:i + 1])

@@ -44,6 +44,18 @@ def _classes(kind: str) -> list[int]:
 TOL = 1e-5          # of the maximum, Grad-CAM maps (max 1 after min-max) and saliency maps
 
 
+def _redraw(m, seed: int) -> None:
+    """Every parameter re-drawn from a seeded generator: N(0, 0.3²) for matrices and kernels,
+    N(0, 0.1²) for vectors, LayerNorm scales 1 + N(0, 0.1²) (``test_peers_transformers.make_model``)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.3 if p.ndim > 1 else 0.1))
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.copy_(1 + 0.1 * torch.randn(mod.weight.shape, generator=g))
+
+
 def _build(kind: str, seed: int = 0):
     """(model, input, Grad-CAM target module path or None) with seeded weights, eval mode."""
     torch.manual_seed(seed)
@@ -63,6 +75,7 @@ def _build(kind: str, seed: int = 0):
         m = maxvit.MaxVit(input_size=(64, 64), stem_channels=8, partition_size=4, block_channels=[16, 32],
                           block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0.0, num_classes=10)
         layer, size = "blocks.1", (64, 64)
+        _redraw(m, seed)    # torchvision's init: a cancelling last-block map (see _amplification)
     else:  # vit_b_16
         m = vision_transformer.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
                                                  hidden_dim=16, mlp_dim=32, num_classes=10)
@@ -188,7 +201,14 @@ GRADCAM = [c for c in CASES if c[0] != "vit_b_16"]
 def _amplification(a: np.ndarray, g: np.ndarray) -> float:
     r"""Cancellation in the Grad-CAM map: :math:`\max \sum_k |\alpha_k A^k| / \mathrm{range}(\mathrm{ReLU}
     (\sum_k \alpha_k A^k))` (worst sample).  Relative errors :math:`\delta` of ``A`` and ``G`` reach the
-    min-max normalised map multiplied by about twice this factor."""
+    min-max normalised map multiplied by about twice this factor (shown when the comparison fails).
+
+    Note (why MaxViT's weights are re-drawn): with torchvision's own initialisation the reduced
+    MaxViT's last-block map is a 240-1500x cancellation for every seed tried (0-7) -- pytorch-grad-cam
+    on torch's own hooked float32 arrays then differs from the float64 formula by 1.2e-5 to 7.5e-5 of
+    the max, so no implementation can meet 1e-5 against it.  Re-drawn weights (:func:`_redraw`) give a
+    factor of 26 and 3-4e-6.  (ResNet's factor is ~2000 but its layer gradients are bit-equal to
+    torch's, so nothing is amplified.)"""
     al = g.astype(np.float64).mean(axis=(2, 3))
     raw = np.maximum(np.einsum("nk,nkhw->nhw", al, a.astype(np.float64)), 0)
     terms = np.einsum("nk,nkhw->nhw", np.abs(al), np.abs(a.astype(np.float64)))
@@ -210,19 +230,9 @@ def test_gradcam_equals_pytorch_grad_cam(exports, kind, exporter):
     a, g = r.activations[name], r.gradients[name][:, 0]
     ref = presets.compute("gradcam", convention=presets.get("pytorch-grad-cam", "gradcam"),
                           activations=a, gradients=g, input_size=tuple(x.shape[2:]))
-    tol = TOL
-    if kind == "maxvit_t":
-        # The reduced random MaxViT's last-block Grad-CAM is a ~100-1000x cancellation for every seed
-        # tried (0-7): sum_k |alpha_k A^k| / range(map) = 236 here, so float32 rounding alone moves
-        # the normalised map by ~1e-5 -- pytorch-grad-cam on torch's own hooked arrays differs from
-        # the float64 formula by 1.2e-5.  The arrays themselves match torch to 1e-5 of their max
-        # (test_gradients_at_a_layer_equal_torch_autograd); the map gets the bound those errors
-        # allow: 4 x amplification x (delta_A + delta_G + 2 eps32).
-        a_t, g_t, _ = _torch_grads(model, x, layer, _classes(kind))
-        delta = (max_abs_error(a, a_t) / float(np.abs(a_t).max()) + max_abs_error(g, g_t) / float(np.abs(g_t).max())
-                 + 2 * float(np.finfo(np.float32).eps))
-        tol = max(TOL, 4 * _amplification(a, g) * delta)
-    assert max_abs_error(ref, peer) <= tol * float(np.abs(peer).max())
+    err = max_abs_error(ref, peer)
+    assert err <= TOL * float(np.abs(peer).max()), \
+        f"Grad-CAM error {err:.2e}; cancellation factor of the map {_amplification(a, g):.0f}"
 
 
 # ---------------------------------------------------------------- mobilenet_v2 features.18.0 (issue 12.7)

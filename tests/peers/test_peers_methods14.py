@@ -278,6 +278,106 @@ def test_torchcam_smoothgradcampp_with_the_peers_noise(kind):
     assert max_abs_error(ref, peer) <= FEAT_TOL
 
 
+def _tv_cnn(name: str):
+    """A reduced torchvision CNN (seeded weights, randomised BatchNorm statistics, no in-place ops)."""
+    import torchvision
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    m = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10) if name == "resnet" else \
+        torchvision.models.mobilenet_v3_small(num_classes=10)
+    for mod in m.modules():
+        if hasattr(mod, "inplace"):
+            mod.inplace = False
+    H._randomise_bn(m, torch.Generator().manual_seed(1))
+    return m.eval()
+
+
+def _torchcam_sgcpp(model, x, layer, n, std, seed):
+    import torchcam.methods as tm
+
+    with H._quiet(), tm.SmoothGradCAMpp(model, layer, num_samples=n, std=std, input_shape=tuple(x.shape[1:])) as ex:
+        model(x)
+        torch.manual_seed(seed)
+        return ex(class_idx=list(H.CLASSES))[0].detach().double().numpy()
+
+
+@pytest.mark.parametrize("name,layer,dynamo", [
+    ("resnet", "layer4", False), ("resnet", "layer4", True),
+    ("resnet", "layer3", False), ("mobilenet_v3_small", "features.12", False),
+])
+def test_torchcam_smoothgradcampp_on_the_onnx_export(name, layer, dynamo, tmp_path):
+    """torchcam SmoothGradCAMpp on a reduced torchvision CNN vs refcam on its ONNX export: the
+    peer's noise replayed from torch's generator and supplied as arrays, refcam's VJP gradients at
+    the noisy inputs, refcam.math.smoothgradcampp with the torchcam conventions.
+
+    Conditioning: torchcam's alpha = g2 / (2 g2 + Σ_ij g3 A + eps) has denominators down to 1e-7
+    of their maximum, so float32 rounding of the gradients is amplified: torchcam's own float32
+    result is off its float64 result (model.double(), same noise) by 5.2e-7 (ResNet layer4),
+    1.8e-4 (layer3), 2.9e-5 (MobileNet v3 features.12), 1.1e-2 (layer2, not run).  onnxruntime has
+    no float64 Conv, so refcam runs in float32 and is held to the float32 floor: no further from
+    torchcam float64 than twice torchcam float32 is, and ≤ 1e-5 of torchcam float32 where torchcam
+    float32 itself is within 1e-5 of float64 (layer4: measured 6.6e-7 / 9.5e-7).  The formula is
+    reproduced exactly: refcam's math on torch float64 gradients equals torchcam float64 to 1e-10."""
+    pytest.importorskip("torchcam")
+    pytest.importorskip("torchvision")
+    import refcam
+    from refcam.autodiff import gradients
+
+    n, std, seed = 4, 0.3, 77
+    model = _tv_cnn(name)
+    x = torch.randn((2, 3, 128, 160), generator=torch.Generator().manual_seed(5))
+    peer32 = _torchcam_sgcpp(model, x, layer, n, std, seed)
+    model64, x64 = _tv_cnn(name).double(), x.double()
+    peer64 = _torchcam_sgcpp(model64, x64, layer, n, std, seed)
+    torch.manual_seed(seed)
+    dist = torch.distributions.normal.Normal(0, std)
+    noise = np.stack([dist.sample(x.size()).numpy() for _ in range(n)], axis=1)    # (N, n, C, H, W)
+    conv = presets.get("torchcam", "gradcampp")
+
+    # refcam on the float32 ONNX export, noise as arrays
+    path = str(tmp_path / f"{name}.onnx")
+    H.export_onnx(model, x, path, dynamo=dynamo)
+    m = refcam.onnx.load(path)
+    xn = x.numpy()
+    (a,) = m.forward(xn, [layer]).activations.values()
+    gs, acts = [], []
+    for j in range(n):
+        r = gradients(m, (xn + noise[:, j]).astype(np.float32), wrt=layer, target=list(H.CLASSES))
+        gs.append(r.gradients[m.layer(layer).name][:, 0])
+        acts.append(r.activations[m.layer(layer).name])
+    raw = rm.smoothgradcampp(a, np.stack(gs, 1), first_order="last", denominator="channel", eps=1e-8,
+                             map_activations=acts[-1])
+    ref = presets.postprocess(conv, raw)
+    floor = max_abs_error(peer32, peer64)
+    err32, err64 = max_abs_error(ref, peer32), max_abs_error(ref, peer64)
+    print(f"SmoothGradCAMpp ONNX {name} {layer} {'dynamo' if dynamo else 'legacy'}: refcam-torchcam32 "
+          f"{err32:.2e}, refcam-torchcam64 {err64:.2e}, torchcam32-torchcam64 {floor:.2e}")
+    assert float(np.abs(peer64).max()) > 0.5
+    assert err64 <= max(FEAT_TOL, 2 * floor)
+    if floor <= FEAT_TOL / 2:
+        assert err32 <= FEAT_TOL
+
+    # the formula in float64: torch float64 gradients at the same noisy inputs
+    mod = dict(model64.named_modules())[layer]
+
+    def hooked(xx):
+        st = {}
+        h = mod.register_forward_hook(lambda m_, i, o: st.__setitem__("a", o))
+        try:
+            out = model64(xx)
+        finally:
+            h.remove()
+        y = out[torch.arange(len(H.CLASSES)), torch.tensor(H.CLASSES)].sum()
+        return st["a"].detach().numpy(), torch.autograd.grad(y, st["a"])[0].numpy()
+
+    a64, _ = hooked(x64)
+    per = [hooked(x64 + torch.from_numpy(noise[:, j]).double()) for j in range(n)]
+    raw64 = rm.smoothgradcampp(a64, np.stack([p[1] for p in per], 1), first_order="last",
+                               denominator="channel", eps=1e-8, map_activations=per[-1][0])
+    assert max_abs_error(presets.postprocess(conv, raw64), peer64) <= 1e-10
+
+
 # ------------------------------------------------------------------------------- FinerCAM
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -347,7 +447,10 @@ def test_shapleycam_end_to_end(kind, score, onnx_resnet, onnx_vgg):
     """pytorch-grad-cam ShapleyCAM (torch double backward, weights mean(G - H A / 2)) vs
     refcam.explain("shapleycam") on the ONNX export (refcam's reverse-over-reverse HVP).  With logit
     targets these ReLU networks have H A = 0 (both agree it is Grad-CAM); the softmax target has a
-    non-zero Hessian."""
+    non-zero Hessian.  Measured: ≤ 9.6e-7 of the [0, 1] maps (both exporters' float32 ONNX vs torch
+    float32); the softmax target's H A term moves the map by 0.12 (ResNet) and 9.2e-3 (VGG), so the
+    bound tests the HVP, not only Grad-CAM.  (The ≤ 1e-4 this test asserted before was the generic
+    upsampled-map bound ``UP_TOL``, not a measured difference.)"""
     import refcam
     from pytorch_grad_cam import ShapleyCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
@@ -361,9 +464,18 @@ def test_shapleycam_end_to_end(kind, score, onnx_resnet, onnx_vgg):
     tgt = list(H.CLASSES) if score == "logit" else softmax_probability(list(H.CLASSES))
     e = refcam.explain(m, x.numpy(), "shapleycam", layer=H.ONNX_LAYER[kind], target=tgt)
     ref = presets.postprocess(_pgc_conv("shapleycam"), e.maps, H.INPUT_SIZE)
-    assert max_abs_error(ref, peer) <= UP_TOL
+    assert max_abs_error(ref, peer) <= FEAT_TOL
+    hv = e.arrays["hessian_vector_products"][:, 0]
     if score == "logit":
-        assert np.abs(e.arrays["hessian_vector_products"]).max() == 0
+        assert np.abs(hv).max() == 0
+        return
+    # H A against torch float64 double backward, and the H A term visibly moves the map
+    name = {mod: nm for nm, mod in model.named_modules()}[layers[0]]
+    _, h64 = _torch_hvp(H.make_model(kind).double(), x.double(), name, H.CLASSES, True)
+    assert rel(hv, h64) <= FEAT_TOL
+    g = e.arrays["gradients"][:, 0]
+    gradcam = presets.postprocess(_pgc_conv("gradcam"), rm.gradcam(e.arrays["activations"], g), H.INPUT_SIZE)
+    assert max_abs_error(ref, gradcam) >= 100 * FEAT_TOL
 
 
 def _torch_hvp(model, x, layer_name, cls, softmax):
@@ -529,7 +641,8 @@ def test_divergence_pgc_randomcam_generator():
 def test_refinecam(kind):
     """pytorch-grad-cam RefineCAM (base Grad-CAM++ per layer, product, scale_cam_image) vs refcam:
     the pgc Grad-CAM++ preset per layer, refinecam(layer_normalize=False) (the peer's normalisation
-    loop is a no-op), min-max +1e-7."""
+    loop is a no-op), min-max +1e-7.  Measured: ≤ 3.0e-7 (both models); the bound was the generic
+    ``UP_TOL`` (1e-4) before."""
     from pytorch_grad_cam import RefineCAM
 
     model = H.make_model(kind)
@@ -544,9 +657,9 @@ def test_refinecam(kind):
     per = [presets.compute("gradcampp", "pytorch-grad-cam", activations=a, gradients=g, input_size=H.INPUT_SIZE)
            for a, g in zip(acts, grads)]
     ref = rm.normalize(rm.refinecam(per, layer_normalize=False), "minmax", eps=1e-7)
-    assert max_abs_error(ref, peer) <= UP_TOL
+    assert max_abs_error(ref, peer) <= FEAT_TOL
     # refcam's own normalisation (ReLU / max per layer) differs only by the peer's 1e-7 eps
-    assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= UP_TOL
+    assert max_abs_error(rm.normalize(rm.refinecam(per), "minmax", eps=1e-7), peer) <= FEAT_TOL
 
 
 # ------------------------------------------------------------------------------------- SESS
@@ -600,3 +713,59 @@ def test_sess(kind, pool, theta, smooth):
     ref = _sess_ref(model, layers, x, H.CLASSES, num_scales=4, pool=pool, theta=theta, smooth=smooth)
     print(f"SESS {kind} {pool} theta={theta} smooth={smooth}: {max_abs_error(ref, peer):.2e}")
     assert max_abs_error(ref, peer) <= UP_TOL
+
+
+# ------------------------------------------------------------ Ablation-CAM on token layers (ViT)
+
+@pytest.mark.parametrize("kind", ["vit", "deit"])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_ablationcam_vit_token_layer(kind, dynamo, tmp_path):
+    """pytorch-grad-cam ``AblationCAM(ablation_layer=AblationLayerVit())`` with its README
+    reshape_transform on ``encoder.layers[-1].ln_1`` of a reduced torchvision ViT (one class token)
+    and DeiT (two prefix tokens) vs refcam.explain("ablationcam") with the pgc preset on the ONNX
+    export (default layer, layout found in the graph).  The residual stream bypasses ``ln_1``, so
+    refcam re-runs the whole graph with the layer tensor fed from outside
+    (:mod:`refcam.onnx.override`); channel k is ablated on every token, class token included, to
+    pgc's compounding value (min over all tokens - j·1e7).  Measured ≤ 5.1e-7 of the [0, 1] maps."""
+    pytest.importorskip("torchvision")
+    pytest.importorskip("onnxscript")
+    import contextlib
+    import io
+
+    import refcam
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from . import test_peers_transformers as TT
+
+    model = TT.make_model(kind)
+    path = str(tmp_path / f"{kind}.onnx")
+    TT.export(model, kind, path, dynamo)
+    m = refcam.onnx.load(path)
+    x = TT.make_input(kind)
+    size = tuple(x.shape[2:])
+    conv = presets.get("pytorch-grad-cam", "ablationcam")
+
+    def ref_map(**kw):
+        e = refcam.explain(m, x.numpy(), "ablationcam", target=TT.CLASSES, **kw)
+        return e, presets.compute("ablationcam", convention=conv, activations=e.arrays["activations"],
+                                  input_size=size, scores=e.arrays["ablated_scores"][:, 0],
+                                  baseline_score=e.arrays["ablation_base_scores"][:, 0])
+
+    e, ref = ref_map(**presets.explain_options(conv))
+    assert m.default_layer().name == m.layer(TT.EXPECTED[kind][1]).name
+    h, w = e.arrays["activations"].shape[2:]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cam = AblationCAM(model=model, target_layers=[TT.EXPECTED[kind][0](model)],
+                          reshape_transform=TT.reshape_transform(kind, h, w), ablation_layer=AblationLayerVit())
+        peer = cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in TT.CLASSES])
+    assert float(np.abs(peer).max()) > 0.5
+    err = max_abs_error(ref, peer)
+    print(f"AblationLayerVit {kind} {'dynamo' if dynamo else 'legacy'}: {err:.2e}")
+    assert err <= FEAT_TOL * float(np.abs(peer).max())
+    # the ablation value matters: the paper's 0 gives another map
+    _, paper = ref_map(ablation_value=0.0)
+    assert max_abs_error(paper, peer) >= 100 * FEAT_TOL
