@@ -906,6 +906,15 @@ MEMORY_WORKERS = ["ort_forward", "refcam_gradcam", "tc_gradcam", "pgc_gradcam", 
                   "captum_saliency", "refcam_gbp", "captum_gbp"]
 
 
+def _xaxis(ax, axis: str, xs: list) -> None:
+    """Batch sizes on a log2 axis, input sizes on a linear one; ticks at the measured values."""
+    if axis == "batch":
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(v) for v in xs])
+    ax.minorticks_off()
+
+
 def plot_scaling(rows: list, path: Path) -> None:
     """ms per image and the refcam/peer ratios versus batch size (224×224) and input size (batch 1)."""
     import matplotlib
@@ -924,11 +933,11 @@ def plot_scaling(rows: list, path: Path) -> None:
             ys = [R.get((w, b, s_)) for b, s_ in pts]
             if all(y is not None for y in ys):
                 ax.plot(xs, [y * 1e3 / b for y, (b, s_) in zip(ys, pts)], "o-", label=lab)
-        ax.set_xscale("log", base=2)
+        _xaxis(ax, axis, xs)
         ax.set_yscale("log")
         ax.set_xlabel(axis + (" (224×224)" if axis == "batch" else " (pixels per side, batch 1)"))
         ax.set_ylabel("ms per image (median, wall, 1 thread)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best")
         ax.set_title(f"ResNet-50 vs {axis}")
         ax = axes[1, col]
         for (num, den), lab in (((("refcam_gradcam", "ort_forward")), "Grad-CAM / ORT forward (≤ 1.2)"),
@@ -938,7 +947,7 @@ def plot_scaling(rows: list, path: Path) -> None:
             ys = [(R.get((num, b, s_)), R.get((den, b, s_))) for b, s_ in pts]
             if all(u is not None and v is not None for u, v in ys):
                 ax.plot(xs, [u / v for u, v in ys], "o-", label=lab)
-        ax.set_xscale("log", base=2)
+        _xaxis(ax, axis, xs)
         ax.set_xlabel(axis)
         ax.set_ylabel("ratio of wall times (same run)")
         ax.axhline(1.0, color="grey", lw=0.5)
