@@ -1063,7 +1063,8 @@ def report(a, res: list, chk: dict, sc_rows: list, kern: dict | None, mem: list,
                                        f"({fa['wall']:.0f} s) Score-CAM")
     loads = [v for r in list(res) + list(sc_rows) for v in r.get("loads", [])]
     L = ["# Benchmarks: refcam versus pytorch-grad-cam, torchcam and captum\n"]
-    L.append(f"Command: `python benchmarks/peers_bench.py --out docs/benchmarks.md` (run started {started} UTC, "
+    cmd = getattr(a, "command", None) or "python benchmarks/peers_bench.py --out docs/benchmarks.md"
+    L.append(f"Command: `{cmd}` (run started {started} UTC, "
              f"{minutes:.0f} min in all; {a.repeats} interleaved repeats after one warm-up, medians of wall time; "
              "`--quick` for a smoke run).\n")
     L.append("## Machine and settings\n")
@@ -1204,6 +1205,7 @@ def main(argv=None) -> int:
                     help="smoke run: 2 repeats, no Score-CAM, no memory, scaling on batches 1,2 and sizes 224,288")
     ap.add_argument("--only", default=None, help="comma-separated worker names (main table)")
     ap.add_argument("--dir", default=None, help="reuse an export directory")
+    ap.add_argument("--from-json", default=None, help="re-render the report (and plots) of a previous run's JSON")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -1216,6 +1218,16 @@ def main(argv=None) -> int:
     if a.serve:
         serve(a)
         return 0
+    if a.from_json:
+        j = json.loads(Path(a.from_json).read_text())
+        for k, v in j.get("args", {}).items():
+            if k in ("repeats", "scaling_repeats", "threads", "peer_masks", "budget_mib", "command"):
+                setattr(a, k, v)
+        write(a, j["results"], j["checks"], j["scaling"], j["kernels"], j["memory"], j["started"],
+              j.get("minutes", 0.0), Path("."))
+        return 0
+    a.command = "python benchmarks/peers_bench.py " + " ".join(
+        v for v in (sys.argv[1:] if argv is None else argv))
     if a.quick:
         a.repeats, a.scaling_repeats = min(a.repeats, 2), 1
         a.skip_scorecam, a.no_memory = True, True
@@ -1279,19 +1291,28 @@ def main(argv=None) -> int:
     kern = None
     if a.kernels:
         kern = kernel_scaling(a.quick, a.threads)
-    text = report(a, res, chk, sc_rows, kern, mem, started, (time.perf_counter() - t_start) / 60, d)
+    write(a, res, chk, sc_rows, kern, mem, started, (time.perf_counter() - t_start) / 60, d)
+    return 0
+
+
+def write(a, res, chk, sc_rows, kern, mem, started, minutes, d) -> None:
+    """Print the report; with ``--out`` write it (keeping other benchmarks' marked sections), the
+    plots next to it and the raw results as JSON (``--from-json`` re-renders from that)."""
+    text = report(a, res, chk, sc_rows, kern, mem, started, minutes, d)
     print(text)
     if a.out:
         out = Path(a.out)
-        out.write_text(text + "\n".join(kept_sections(out)) + "\n")
+        kept = kept_sections(out)
+        out.write_text(text + "\n".join(kept) + ("\n" if kept else ""))
         if sc_rows:
             plot_scaling(sc_rows, out.with_name("benchmarks_scaling.png"))
         if kern:
             plot_kernels(kern, out.with_name("benchmarks_kernels.png"))
+        args = {k: getattr(a, k, None) for k in ("repeats", "scaling_repeats", "threads", "peer_masks",
+                                                 "budget_mib", "command")}
         out.with_suffix(".json").write_text(json.dumps(
             {"results": res, "scaling": sc_rows, "memory": mem, "checks": chk, "kernels": kern,
-             "started": started}, indent=1, default=str))
-    return 0
+             "started": started, "minutes": minutes, "args": args}, indent=1, default=str))
 
 
 if __name__ == "__main__":
