@@ -584,7 +584,7 @@ class Server:
 
 
 def interleaved(d: Path, a, plan: list, repeats: int, servers: dict, label: str = "",
-                save: bool = True) -> list[dict]:
+                save: bool = True, warmup: int = 1) -> list[dict]:
     """Median wall / CPU time of every ``(worker, batch, size)`` in ``plan``: each is set up (and
     warmed up once) in its side's server, then the repeats run round-robin -- repeat ``r`` runs
     every measurement once, in plan order on even ``r`` and reversed on odd ``r`` -- so load
@@ -597,7 +597,7 @@ def interleaved(d: Path, a, plan: list, repeats: int, servers: dict, label: str 
             del servers[side]
         if side not in servers:
             servers[side] = Server(side, d, a)
-        r = servers[side].call(op="setup", worker=w, batch=b, size=size, warmup=1)
+        r = servers[side].call(op="setup", worker=w, batch=b, size=size, warmup=warmup)
         res[(w, b, size)] = {"worker": w, "batch": b, "size": size, "walls": [], "cpus": [], "loads": [],
                              "server": side, **r}
         if "error" in r:
@@ -1291,7 +1291,8 @@ def main(argv=None) -> int:
             print("Score-CAM (minutes) ...", flush=True)
             sc_plan = [("forwards", 1, 224), ("refcam_scorecam", 1, 224), ("pgc_scorecam", 1, 224),
                        ("tc_scorecam", 1, 224), ("refcam_scorecam_tc", 1, 224), ("forwards_after", 1, 224)]
-            res += interleaved(d, a, sc_plan, 1, servers, "Score-CAM: ")
+            # one run each, no warm-up run (minutes each; the workers create their sessions at setup)
+            res += interleaved(d, a, sc_plan, 1, servers, "Score-CAM: ", warmup=0)
         sc_rows = []
         if not a.no_scaling:
             pts = [(b, 224) for b in batches] + [(1, s_) for s_ in sizes if s_ != 224]
