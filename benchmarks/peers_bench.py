@@ -1151,7 +1151,7 @@ def report(a, res: list, chk: dict, sc_rows: list, kern: dict | None, mem: list,
     if ("refcam_scorecam", 1) in R:
         L.append("\nScore-CAM (1 image, all 2048 layer4 masks, pytorch-grad-cam's mask convention; the peers run the "
                  f"first {a.peer_masks} masks, time × 2048/{a.peer_masks}, marked *):\n")
-        L.append("| measurement | wall s | ratio |")
+        L.append("| measurement | wall s | ratio (CPU; wall) |")
         L.append("|---|---|---|")
         fw = R.get(("forwards", 1))
         if fw:
@@ -1162,7 +1162,7 @@ def report(a, res: list, chk: dict, sc_rows: list, kern: dict | None, mem: list,
         for k, lab in (("pgc_scorecam", "pytorch-grad-cam ScoreCAM*"), ("tc_scorecam", "torchcam ScoreCAM*")):
             if (k, 1) in R:
                 w, c = _ratio(R, ("refcam_scorecam", 1), (k, 1), 1.0, scale)
-                L.append(f"| {lab} | {R[(k, 1)]['wall'] * scale:.1f} | refcam / peer {w:.2f}× ({c:.2f}×) |")
+                L.append(f"| {lab} | {R[(k, 1)]['wall'] * scale:.1f} | refcam / peer {c:.2f}× ({w:.2f}×) |")
     else:
         L.append("\nScore-CAM: not measured in this run (`--skip-scorecam`, `--quick`); the command without "
                  "them measures it against 2048 plain forwards and the peers.")
