@@ -864,39 +864,6 @@ def plot_kernels(res: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-# ----------------------------------------------------------------------------------------- report
-def machine() -> list[str]:
-    cpu = "?"
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    vers = []
-    for mod in ("numpy", "onnx", "onnxruntime", "torch", "torchvision", "pytorch_grad_cam", "torchcam", "captum"):
-        try:
-            v = __import__(mod).__version__
-        except Exception:  # noqa: BLE001
-            try:
-                from importlib.metadata import version
-
-                v = version({"pytorch_grad_cam": "grad-cam"}.get(mod, mod))
-            except Exception:  # noqa: BLE001
-                v = "absent"
-        vers.append(f"{mod} {v}")
-    return [f"CPU: {cpu}, nproc {os.cpu_count()}", f"Python {platform.python_version()}, " + ", ".join(vers)]
-
-
-def _fmt(v):
-    return ", ".join(f"{z:.2e}" for z in v) if isinstance(v, (tuple, list)) else f"{v:.2e}"
-
-
-def fmt_ms(s):
-    return "—" if s is None else (f"{s * 1e3:,.0f}" if s >= 1 else f"{s * 1e3:.1f}")
-
-
 #: the end-to-end scaling measurements (ResNet-50, batch axis at 224×224, input-size axis at batch 1)
 SCALE_WORKERS = [("ort_forward", "onnxruntime forward"), ("refcam_gradcam", "refcam Grad-CAM"),
                  ("tc_gradcam", "torchcam GradCAM"), ("pgc_gradcam", "pytorch-grad-cam GradCAM"),
