@@ -178,11 +178,13 @@ def table(res: dict, repeats: int, started: str, loads: list) -> str:
     return "\n".join(L) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the part of ``path`` between the markers ``begin``/``end`` by ``section`` (which carries
+    the same markers), or append it; the rest of the file is kept (memory_bench.py passes its own)."""
     text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        a = text.index(BEGIN)
-        b = text.index(END) + len(END)
+    if begin in text and end in text:
+        a = text.index(begin)
+        b = text.index(end) + len(end)
         text = text[:a] + section.rstrip("\n") + text[b:]
     else:
         text = text.rstrip("\n") + "\n\n" + section

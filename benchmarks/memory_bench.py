@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     section = table(res, a.batches, started)
     print("\n" + section)
     if a.out != "-":
-        write_section(Path(a.out), section)
+        write_section(Path(a.out), section, BEGIN, END)
         print(f"written to {a.out}")
     return 0
 

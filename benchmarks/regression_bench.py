@@ -198,7 +198,9 @@ def _write(lines: list[str]) -> None:
     block = "\n".join(lines) + "\n"
     if SECTION in text:
         start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
+        # the section ends at the next heading or at the next marked section of another benchmark
+        ends = [i for i in (text.find("\n## ", start + len(SECTION)), text.find("\n<!-- ", start)) if i >= 0]
+        nxt = min(ends) if ends else -1
         text = text[:start] + block + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
