@@ -456,8 +456,8 @@ def _w_refcam_scorecam_tc(d, x, cls, a):
 
     def run():
         acts = m.forward(x, [layer], checked=True).activations[layer][:, :mk]
-        h = M.scorecam_masks(acts, x.shape[2:], upsample_mode="linear", order="normalize-then-upsample",
-                             eps=1e-8)  # (N, mk, H, W)
+        h = M.scorecam_masks(acts, x.shape[2:], upsample_mode="linear", mask_order="normalize-then-upsample",
+                             mask_eps=1e-8)  # (N, mk, H, W)
         scores = np.stack([m.run(x[i][None] * h[i][:, None], checked=True)[m.output_name][:, cls[i]]
                            for i in range(x.shape[0])])
         return {"scores": scores}
