@@ -20,7 +20,6 @@ import weakref
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from ..errors import ModelError
@@ -107,10 +106,11 @@ class Override:
         vi = model.value_info.get(layer)
         et = vi.type.tensor_type.elem_type if vi is not None and vi.type.HasField("tensor_type") else 0
         self.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(et)) if et else np.dtype(np.float32)
-        proto = override_proto(model.proto, layer, [model.output_name], value_info=model.value_info)
+        # the skeleton (weights as stubs) is rewired, and Model.new_session hands the weights to
+        # onnxruntime without a copy: no full proto is rebuilt and the weights are not held twice
+        proto = override_proto(model.skeleton, layer, [model.output_name], value_info=model.value_info)
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), sess_options=model._options(),
-                                                providers=model.providers)
+            self.session = model.new_session(proto)
         except Exception as exc:
             raise ModelError(f"model: onnxruntime could not load the graph with {layer!r} fed from "
                              f"outside: {exc}") from exc
