@@ -77,8 +77,8 @@ def _vjp_session(model: Model, wrt: tuple, rules: str, seed_mode: str = "input",
     key = (wrt, rules, seed_mode, None if target is None else target.signature,
            None if model.input_shape is not None or x is None else x.ndim)
     if key not in per:
-        # built from the model's skeleton (its large initializers stay in model.weights, shared
-        # with the session without a copy: refcam.onnx._weights)
+        # built from the model's skeleton (its large initializers stay in model.weights and are
+        # handed to the session as external initializers: refcam.onnx._weights)
         proto = onnx.ModelProto()
         proto.CopyFrom(model.skeleton)
         if model.output_name not in [o.name for o in proto.graph.output]:

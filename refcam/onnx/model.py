@@ -7,7 +7,8 @@ type and dims) and :attr:`Model.weights` (their values, one NumPy copy): see
 :mod:`refcam.onnx._weights`.  Each distinct *set* of requested tensors gets its own
 :class:`onnxruntime.InferenceSession`, built from the skeleton with ``graph.output`` listing exactly
 those tensors (so onnxruntime prunes everything else, e.g. a trailing Softmax); the weights are
-handed to every session without a copy (:meth:`Model.new_session`).  Sessions live in a small LRU
+handed to every session from :attr:`Model.weights` (:meth:`Model.new_session`; onnxruntime keeps
+its own copy per session, see :mod:`refcam.onnx._weights`).  Sessions live in a small LRU
 cache (``max_sessions``) keyed by the frozenset of names; the file on disk is never written.
 
 Batching
@@ -620,8 +621,9 @@ class Model:
                     gradient: bool = False) -> ort.InferenceSession:
         """An onnxruntime session of ``model``, a graph built from :attr:`skeleton` (``data``: its
         serialisation, if already made).  Its in-memory initializers are handed to onnxruntime
-        from :attr:`weights` without a copy, so every session of this model shares one copy of
-        the weights.  ``gradient=True`` (VJP graphs) turns off onnxruntime's weight prepacking
+        from :attr:`weights` as external initializers: no proto with the weights is serialised.
+        onnxruntime copies them into the session (about one weight copy per session, in its own
+        layout: :mod:`refcam.onnx._weights`).  ``gradient=True`` (VJP graphs) turns off onnxruntime's weight prepacking
         and memory pattern (see :meth:`_options`).  A caller's own ``session_options`` are never modified: with them the weights
         are put back into a full serialised proto instead."""
         if self._session_options is not None:

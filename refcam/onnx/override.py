@@ -107,7 +107,7 @@ class Override:
         et = vi.type.tensor_type.elem_type if vi is not None and vi.type.HasField("tensor_type") else 0
         self.dtype = np.dtype(helper.tensor_dtype_to_np_dtype(et)) if et else np.dtype(np.float32)
         # the skeleton (weights as stubs) is rewired, and Model.new_session hands the weights to
-        # onnxruntime without a copy: no full proto is rebuilt and the weights are not held twice
+        # onnxruntime from Model.weights: no full proto with the weights is rebuilt or serialised
         proto = override_proto(model.skeleton, layer, [model.output_name], value_info=model.value_info)
         try:
             self.session = model.new_session(proto)

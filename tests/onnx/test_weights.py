@@ -1,4 +1,4 @@
-"""The skeleton + weights split of refcam.onnx._weights: lossless, shared by sessions, exact."""
+"""The skeleton + weights split of refcam.onnx._weights: lossless, handed to every session, exact."""
 
 from __future__ import annotations
 
