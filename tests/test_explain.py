@@ -517,3 +517,56 @@ def test_eigencam_component_option_reaches_the_math():
     assert not np.allclose(e.maps, refcam.explain(cam_net(), x, "eigencam").maps)
     with pytest.raises(InvalidArgumentError, match="component"):
         refcam.explain(cam_net(), x, "eigencam", component=0)
+
+
+def _dead_channel_net() -> onnx.ModelProto:
+    """Conv(3 -> 6) + ReLU + GAP + Gemm, channels 1 and 4 dead (zero weights, negative bias)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    b = rng.random(6).astype(np.float32)
+    w[[1, 4]] = 0.0
+    b[[1, 4]] = -1.0
+    fc = rng.standard_normal((4, 6)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["pre"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["pre"], ["feat"]),
+         helper.make_node("GlobalAveragePool", ["feat"], ["gap"]),
+         helper.make_node("Flatten", ["gap"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "fc"], ["logits"], transB=1)],
+        "dead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"), numpy_helper.from_array(fc, "fc")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("method, draws", [("scorecam", None), ("iscam", 3)])
+def test_masked_scores_run_identical_zero_masks_once(method, draws):
+    # dead channels have all-zero masks, hence the same masked input X_s * 0: it runs once per
+    # sample (over every chunk and draw) and every dead channel gets its scores, bit for bit the
+    # scores of running each masked input
+    m = Model(_dead_channel_net())
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    rows = []
+    run = m.run
+    def counted(xm, *args, **kw):  # the masked runs ask for the output only (no names)
+        if not args and "names" not in kw:
+            rows.append(len(xm))
+        return run(xm, *args, **kw)
+
+    m.run = counted
+    opts = {} if draws is None else {"n_steps": draws}
+    e = refcam.explain(m, x, method, score="logit", batch_size=2, progress=False, **opts)
+    a = e.arrays["activations"]
+    assert (a[:, [1, 4]] == 0).all() and (a.reshape(2, 6, -1).max(-1)[:, [0, 2, 3, 5]] > 0).all()
+    n_draws = draws or 1
+    assert sum(rows) == 2 * (4 * n_draws + 1)  # live channels x draws, + one dead mask per sample
+    h = M.scorecam_masks(a, (8, 8))
+    assert (h[:, [1, 4]] == 0).all()
+    masks = h[:, None] if draws is None else M.iscam_masks(h, draws)
+    cls = e.targets[:, 0]
+    want = np.stack([np.stack([run(x[s][None] * masks[s, i][:, None], batch_size=6)[m.output_name][:, cls[s]]
+                               for i in range(n_draws)]) for s in range(2)])  # (N, draws, K)
+    got = e.arrays[{"scorecam": "masked_scores", "iscam": "scaled_masked_scores"}[method]][:, 0]
+    np.testing.assert_array_equal(got, want[:, 0] if draws is None else want)
