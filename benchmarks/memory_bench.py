@@ -136,10 +136,11 @@ def table(res: dict, batches, started: str) -> str:
                 cells.append("failed" if r is None else f"+{r['peak'] - r['base']:.0f} ({r['base']:.0f})")
             L.append(f"| {method} | {impl} | " + " | ".join(cells) + " |")
     L += ["", "Target (issue 13): refcam's growth ≤ the best peer's for each method and batch.  refcam's "
-          "growth includes creating its gradient session inside the measured call (onnxruntime's NCHWc copies "
-          "of the convolution weights, ~95 MiB for ResNet-50, and a ~70 MiB transient while the session is "
-          "optimised; `docs/autodiff.md`, *Cold start*); the torch peers' models are ready-to-run modules, "
-          "whose own load (the bracketed figure) is 3–4× refcam's.", END]
+          "growth includes creating its gradient session inside the measured call: onnxruntime copies the "
+          "weights it is handed (~96 MiB for ResNet-50) and writes its blocked (NCHWc) copy of the convolution "
+          "weights (~94 MiB) before it frees the first copy, so the creation peaks at about two weight copies "
+          "(`refcam/onnx/_weights.py`, `docs/benchmarks_profile.md`); the torch peers run their modules' own "
+          "weights, and their loaded process (the bracketed figure) is 3–4× refcam's.", END]
     return "\n".join(L) + "\n"
 
 
