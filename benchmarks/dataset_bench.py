@@ -186,6 +186,16 @@ def make_images(folder: Path, n: int) -> list[Path]:
     return out
 
 
+def image_folder(d: Path, name: str, n: int) -> Path:
+    """``d / name`` holding exactly the ``n`` images of :func:`make_images` (reused if it has
+    ``n`` files, rebuilt otherwise)."""
+    folder = d / name
+    if not folder.exists() or len(list(folder.iterdir())) != n:
+        shutil.rmtree(folder, ignore_errors=True)
+        make_images(folder, n)
+    return folder
+
+
 def _workload(path: Path, layer: str, folder: Path, store: Path, **kw):
     from refcam.dataset import explain_dataset
 
@@ -235,15 +245,10 @@ def part_workers(d: Path, n_images: int, n_parts: int) -> None:
 
     path = export(d)
     layer = layer4(path)
-    folder = d / f"images{n_images}"
-    if not folder.exists() or len(list(folder.iterdir())) != n_images:
-        shutil.rmtree(folder, ignore_errors=True)
-        make_images(folder, n_images)
+    folder = image_folder(d, f"images{n_images}", n_images)
     say(f"### B. {n_images} images, Grad-CAM top-1 + all-class CAM, batch {BATCH} ({load()})")
     say()
-    warm = d / "images-warm"
-    if not warm.exists():
-        make_images(warm, 4)
+    warm = image_folder(d, "images-warm", 4)
     files = sorted(str(f) for f in folder.iterdir())
     parts = [list(p) for p in np.array_split(np.asarray(files, dtype=object), n_parts)]
     clusters, starts = {}, {}
@@ -330,10 +335,7 @@ def part_memory(d: Path, batches: list[int]) -> None:
     path = export(d)
     layer = layer4(path)
     n = 2 * max(batches)
-    folder = d / f"images{n}"
-    if not folder.exists() or len(list(folder.iterdir())) != n:
-        shutil.rmtree(folder, ignore_errors=True)
-        make_images(folder, n)
+    folder = image_folder(d, f"images{n}", n)
     say(f"### C. Peak memory per worker vs batch size ({load()})")
     say()
     say(f"1 Dask worker, {n} images, Grad-CAM top-1 + all-class CAM; peak RSS of the worker "
